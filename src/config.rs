@@ -1,0 +1,27 @@
+//! Gateway settings, with the defaults the binary uses.
+
+use std::time::Duration;
+
+/// How a gateway's sessions behave.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// How long a session, its log and its resume token survive a dropped transport.
+    pub resume_window: Duration,
+    /// The most job frames a session's log keeps; older frames are evicted first.
+    pub max_log_frames: usize,
+    /// Advertised in the welcome (§6.4).
+    pub heartbeat_interval_sec: u32,
+    /// How often expired sessions, tokens and finished jobs are swept.
+    pub sweep_interval: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            resume_window: Duration::from_secs(600),
+            max_log_frames: 100_000,
+            heartbeat_interval_sec: 30,
+            sweep_interval: Duration::from_secs(1),
+        }
+    }
+}

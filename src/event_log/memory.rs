@@ -1,0 +1,215 @@
+//! The embedded, in-process event log.
+
+use std::{collections::HashMap, collections::VecDeque, sync::Arc};
+
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+
+use crate::{
+    error::ArcpError,
+    ids::{EventSeq, SessionId},
+    protocol::server::{JobFrame, LoggedFrame},
+};
+
+use super::{EventLog, LogBounds};
+
+/// Event logs held in this process's memory, each bounded to `max_frames` frames.
+pub struct MemoryEventLog {
+    sessions: RwLock<HashMap<SessionId, Arc<SessionLog>>>,
+    max_frames: usize,
+}
+
+struct SessionLog {
+    frames: Mutex<Frames>,
+    /// Carries the newest sequence number; readers at the end of the log wait on it.
+    newest: watch::Sender<EventSeq>,
+}
+
+struct Frames {
+    retained: VecDeque<Arc<LoggedFrame>>,
+    bounds: LogBounds,
+}
+
+impl MemoryEventLog {
+    /// An empty store whose logs keep at most `max_frames` frames each.
+    pub fn new(max_frames: usize) -> Self {
+        MemoryEventLog {
+            sessions: RwLock::new(HashMap::new()),
+            max_frames: max_frames.max(1),
+        }
+    }
+
+    fn get(&self, session: &SessionId) -> Result<Arc<SessionLog>, ArcpError> {
+        self.sessions.read().get(session).cloned().ok_or_else(|| {
+            ArcpError::ResumeWindowExpired(format!("session {session} has no event log"))
+        })
+    }
+}
+
+#[async_trait]
+impl EventLog for MemoryEventLog {
+    async fn create(&self, session: &SessionId) -> Result<(), ArcpError> {
+        let log = Arc::new(SessionLog {
+            frames: Mutex::new(Frames {
+                retained: VecDeque::new(),
+                bounds: LogBounds {
+                    evicted_through: EventSeq::ZERO,
+                    newest: EventSeq::ZERO,
+                },
+            }),
+            newest: watch::Sender::new(EventSeq::ZERO),
+        });
+        self.sessions.write().insert(session.clone(), log);
+        Ok(())
+    }
+
+    async fn append(&self, session: &SessionId, frame: JobFrame) -> Result<EventSeq, ArcpError> {
+        let log = self.get(session)?;
+        let seq = {
+            let mut frames = log.frames.lock();
+            let seq = frames.bounds.newest.next();
+            frames.bounds.newest = seq;
+            frames
+                .retained
+                .push_back(Arc::new(LoggedFrame { seq, frame }));
+            while frames.retained.len() > self.max_frames {
+                if let Some(evicted) = frames.retained.pop_front() {
+                    frames.bounds.evicted_through = evicted.seq;
+                }
+            }
+            seq
+        };
+        log.newest.send_replace(seq);
+        Ok(seq)
+    }
+
+    async fn read_after(
+        &self,
+        session: &SessionId,
+        after: EventSeq,
+        max: usize,
+    ) -> Result<Vec<Arc<LoggedFrame>>, ArcpError> {
+        let log = self.get(session)?;
+        let frames = log.frames.lock();
+        if after < frames.bounds.evicted_through {
+            return Err(ArcpError::ResumeWindowExpired(format!(
+                "events after {after} were evicted from the buffer (oldest retained is {})",
+                frames.bounds.evicted_through.next()
+            )));
+        }
+        // Retained frames are contiguous from `evicted_through + 1`, so the index is arithmetic.
+        let first_retained = frames.bounds.evicted_through.get() + 1;
+        let start = (after.get() + 1).saturating_sub(first_retained) as usize;
+        Ok(frames
+            .retained
+            .range(start.min(frames.retained.len())..)
+            .take(max)
+            .cloned()
+            .collect())
+    }
+
+    async fn wait_beyond(&self, session: &SessionId, after: EventSeq) -> Result<(), ArcpError> {
+        let mut newest = self.get(session)?.newest.subscribe();
+        newest
+            .wait_for(|&n| n > after)
+            .await
+            .map(|_| ())
+            .map_err(|_| ArcpError::ResumeWindowExpired(format!("session {session} was removed")))
+    }
+
+    async fn bounds(&self, session: &SessionId) -> Result<LogBounds, ArcpError> {
+        Ok(self.get(session)?.frames.lock().bounds)
+    }
+
+    async fn remove(&self, session: &SessionId) {
+        self.sessions.write().remove(session);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        clock::Timestamp,
+        event_log::LogCursor,
+        ids::JobId,
+        protocol::{event::EventBody, server::JobPayload},
+    };
+
+    fn frame(n: u64) -> JobFrame {
+        JobFrame {
+            job_id: JobId::new("job_t"),
+            trace_id: None,
+            payload: JobPayload::Event {
+                ts: Timestamp::now(),
+                body: EventBody::Thought {
+                    text: n.to_string(),
+                },
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn assigns_gap_free_sequence_and_reads_from_any_position() {
+        let log = MemoryEventLog::new(100);
+        let s = SessionId::generate();
+        log.create(&s).await.unwrap();
+        for n in 1..=10 {
+            assert_eq!(log.append(&s, frame(n)).await.unwrap(), EventSeq(n));
+        }
+        let got = log.read_after(&s, EventSeq(4), 3).await.unwrap();
+        let seqs: Vec<u64> = got.iter().map(|f| f.seq.get()).collect();
+        assert_eq!(seqs, vec![5, 6, 7]);
+        assert!(log
+            .read_after(&s, EventSeq(10), 3)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn eviction_is_reported_never_skipped() {
+        let log = MemoryEventLog::new(3);
+        let s = SessionId::generate();
+        log.create(&s).await.unwrap();
+        for n in 1..=5 {
+            log.append(&s, frame(n)).await.unwrap();
+        }
+        let bounds = log.bounds(&s).await.unwrap();
+        assert_eq!(bounds.evicted_through, EventSeq(2));
+        assert_eq!(bounds.newest, EventSeq(5));
+        let err = log.read_after(&s, EventSeq(1), 10).await.unwrap_err();
+        assert_eq!(err.code(), crate::error::ErrorCode::ResumeWindowExpired);
+        let seqs: Vec<u64> = log
+            .read_after(&s, EventSeq(2), 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| f.seq.get())
+            .collect();
+        assert_eq!(seqs, vec![3, 4, 5]);
+        assert!(bounds.check_resume_from(EventSeq(1)).is_err());
+        assert!(bounds.check_resume_from(EventSeq(2)).is_ok());
+        assert!(bounds.check_resume_from(EventSeq(6)).is_err());
+    }
+
+    #[tokio::test]
+    async fn cursor_moves_from_replay_to_live() {
+        let log: Arc<dyn EventLog> = Arc::new(MemoryEventLog::new(100));
+        let s = SessionId::generate();
+        log.create(&s).await.unwrap();
+        log.append(&s, frame(1)).await.unwrap();
+        let mut cursor = LogCursor::new(log.clone(), s.clone(), EventSeq::ZERO, 16);
+        assert_eq!(cursor.next_batch().await.unwrap()[0].seq, EventSeq(1));
+        let writer = {
+            let log = log.clone();
+            let s = s.clone();
+            tokio::spawn(async move { log.append(&s, frame(2)).await })
+        };
+        assert_eq!(cursor.next_batch().await.unwrap()[0].seq, EventSeq(2));
+        writer.await.unwrap().unwrap();
+        log.remove(&s).await;
+        assert!(cursor.next_batch().await.is_err());
+    }
+}

@@ -1,0 +1,127 @@
+//! Identifier newtypes. Each wraps an `Arc<str>` so the hot path clones them without copying
+//! bytes, and so a session id can never be passed where a job id is expected.
+
+use std::{fmt, sync::Arc};
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// The prefix every generated id of this kind starts with.
+            pub const PREFIX: &'static str = $prefix;
+
+            /// Mints a fresh, time-ordered, globally unique id.
+            pub fn generate() -> Self {
+                Self(format!("{}{}", $prefix, uuid::Uuid::now_v7().simple()).into())
+            }
+
+            /// Wraps an id received from a peer or a store.
+            pub fn new(id: impl Into<Arc<str>>) -> Self {
+                Self(id.into())
+            }
+
+            /// The id as it appears on the wire.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({:?})", stringify!($name), &*self.0)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// Identifies a session (§6); stable across resumes.
+    SessionId,
+    "sess_"
+);
+string_id!(
+    /// Identifies a job (§7).
+    JobId,
+    "job_"
+);
+
+/// A W3C `traceparent` (or any opaque trace id a client sends) carried on every frame of a job
+/// (§11).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct TraceId(Arc<str>);
+
+impl TraceId {
+    /// Wraps a trace id received from a client.
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        Self(id.into())
+    }
+
+    /// The trace id as it appears on the wire.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The authenticated identity behind a session. Authorization decisions (resume, cancel) compare
+/// principals, never tokens.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Principal(Arc<str>);
+
+impl Principal {
+    /// Names a principal.
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        Self(name.into())
+    }
+
+    /// The principal's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Principal({:?})", &*self.0)
+    }
+}
+
+/// A session-scoped event sequence number (§8.3). Sequences start at 1; `EventSeq::ZERO` means
+/// "nothing yet", which is what a client that has seen no event presents on resume.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct EventSeq(pub u64);
+
+impl EventSeq {
+    /// Before the first event.
+    pub const ZERO: EventSeq = EventSeq(0);
+
+    /// The sequence number that follows this one.
+    pub fn next(self) -> EventSeq {
+        EventSeq(self.0 + 1)
+    }
+
+    /// The raw number, as it goes on the wire.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for EventSeq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}

@@ -1,0 +1,52 @@
+//! # arcp-gateway
+//!
+//! An Agent Runtime Control Protocol (ARCP) v1.1 runtime served over gRPC bidirectional
+//! streams, whose resume is exact: a reconnecting client gets every event it missed, once, in
+//! order, ahead of live ones, while its jobs keep running through the drop.
+//!
+//! ## Layout
+//!
+//! - **Wire schema**: `proto/arcp/v1/arcp.proto`, compiled by `build.rs` into [`proto`].
+//! - **Domain types**: [`ids`] (session, job, principal, sequence newtypes), [`error`] (the
+//!   §12 taxonomy), [`protocol`] (every ARCP message as a transport-neutral type), [`clock`].
+//! - **Sessions**: [`session`] holds the session table; [`session::handshake`] turns a first
+//!   frame into a new or resumed session; [`session::connection`] serves one attached stream.
+//! - **Event log**: [`event_log`] is the per-session, bounded, sequence-numbered log that both
+//!   replay and live delivery read through one cursor; [`event_log::memory`] is the embedded
+//!   store.
+//! - **Resume registry**: [`resume`] keeps the digest of each session's current token, bound to
+//!   its principal, rotated on every welcome and expiring with the resume window.
+//! - **Jobs and agents**: [`job`] runs agents and guarantees one terminal frame per job;
+//!   [`agent`] is the agent trait, the `name@version` registry and the built-in demo agents.
+//! - **Authentication**: [`auth`] maps bearer tokens to principals.
+//! - **Transports**: [`transport::grpc`] adapts the gRPC service, its frame conversions and the
+//!   tower layer that authenticates before a stream opens; [`server`] assembles the tonic server
+//!   with health, reflection and graceful shutdown.
+//! - **The gateway**: [`gateway::Gateway`] ties the pieces together; [`config`] its settings.
+
+pub mod agent;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod event_log;
+pub mod gateway;
+pub mod ids;
+pub mod job;
+pub mod protocol;
+pub mod resume;
+pub mod server;
+pub mod session;
+pub mod transport;
+
+/// Code generated from `proto/arcp/v1/arcp.proto` (package `arcp.v1`).
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("arcp.v1");
+
+    /// The encoded descriptor set, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("arcp_descriptor");
+}
+
+pub use error::{ArcpError, ErrorCode};
+pub use gateway::Gateway;

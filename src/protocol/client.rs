@@ -1,0 +1,138 @@
+//! Messages a client sends.
+
+use crate::{
+    error::ArcpError,
+    ids::{EventSeq, JobId, SessionId, TraceId},
+};
+
+use super::{Json, Lease};
+
+/// One client frame: the §5 envelope fields that matter to the runtime, and the message.
+#[derive(Clone, Debug)]
+pub struct Inbound {
+    /// The client's message id, echoed as `request_id` in replies.
+    pub id: Option<String>,
+    /// The envelope `session_id`, when the client sets it.
+    pub session_id: Option<SessionId>,
+    /// The envelope `trace_id` (§11).
+    pub trace_id: Option<TraceId>,
+    /// The envelope `job_id`.
+    pub job_id: Option<JobId>,
+    /// The message.
+    pub message: ClientMessage,
+}
+
+/// The messages of the client side of ARCP v1.1.
+#[derive(Clone, Debug)]
+pub enum ClientMessage {
+    /// `session.hello` (§6.2), possibly carrying resume coordinates.
+    Hello(Hello),
+    /// `session.resume` (§6.3).
+    Resume(Hello),
+    /// `session.ping` (§6.4).
+    Ping {
+        /// Echoed as `ping_nonce`.
+        nonce: String,
+    },
+    /// `session.pong` (§6.4).
+    Pong,
+    /// `session.ack` (§6.5).
+    Ack {
+        /// The highest sequence number the client has processed.
+        last_processed_seq: EventSeq,
+    },
+    /// `session.list_jobs` (§6.6).
+    ListJobs,
+    /// `session.close` (§6.7).
+    Close {
+        /// Why the client closes, for logs.
+        reason: Option<String>,
+    },
+    /// `job.submit` (§7.1).
+    Submit(JobSubmit),
+    /// `job.cancel` (§7.4).
+    Cancel {
+        /// The job to cancel.
+        job_id: JobId,
+        /// Why, echoed in `job.cancelled`.
+        reason: Option<String>,
+    },
+    /// `job.subscribe` (§7.6).
+    Subscribe {
+        /// The job to attach to.
+        job_id: JobId,
+    },
+    /// `job.unsubscribe` (§7.6).
+    Unsubscribe {
+        /// The job to detach from.
+        job_id: JobId,
+    },
+}
+
+impl ClientMessage {
+    /// The ARCP message type, as in the JSON envelope's `type`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientMessage::Hello(_) => "session.hello",
+            ClientMessage::Resume(_) => "session.resume",
+            ClientMessage::Ping { .. } => "session.ping",
+            ClientMessage::Pong => "session.pong",
+            ClientMessage::Ack { .. } => "session.ack",
+            ClientMessage::ListJobs => "session.list_jobs",
+            ClientMessage::Close { .. } => "session.close",
+            ClientMessage::Submit(_) => "job.submit",
+            ClientMessage::Cancel { .. } => "job.cancel",
+            ClientMessage::Subscribe { .. } => "job.subscribe",
+            ClientMessage::Unsubscribe { .. } => "job.unsubscribe",
+        }
+    }
+}
+
+/// The opening of a session: `session.hello`, or `session.resume` (which always has `resume`).
+#[derive(Clone, Debug, Default)]
+pub struct Hello {
+    /// `auth.token` (§6.1), when the client authenticates in-band.
+    pub token: Option<String>,
+    /// `capabilities.features`; `None` when the client sent no capabilities at all.
+    pub features: Option<Vec<String>>,
+    /// Resume coordinates (§6.3).
+    pub resume: Option<ResumeRequest>,
+}
+
+/// What a client presents to continue a session.
+#[derive(Clone, Debug)]
+pub struct ResumeRequest {
+    /// The session the client believes it resumes, when it says.
+    pub session_id: Option<SessionId>,
+    /// The most recent `resume_token` the client received.
+    pub token: String,
+    /// The highest `event_seq` the client has processed.
+    pub last_event_seq: EventSeq,
+}
+
+/// `job.submit` (§7.1).
+#[derive(Clone, Debug)]
+pub struct JobSubmit {
+    /// `name` or `name@version` (§7.5).
+    pub agent: String,
+    /// The agent's input.
+    pub input: Json,
+    /// Requested capabilities.
+    pub lease_request: Lease,
+    /// `lease_constraints.expires_at`, verbatim.
+    pub expires_at: Option<String>,
+    /// §7.2.
+    pub idempotency_key: Option<String>,
+    /// Upper bound on the job's run time; `None` means unbounded.
+    pub max_runtime_sec: Option<u32>,
+}
+
+/// A client frame the transport could not turn into a message; answered with a
+/// `session.error` while the session carries on.
+#[derive(Clone, Debug)]
+pub struct RejectedFrame {
+    /// The frame's `id`, if it could be read.
+    pub request_id: Option<String>,
+    /// What was wrong.
+    pub error: ArcpError,
+}

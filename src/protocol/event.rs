@@ -1,0 +1,169 @@
+//! `job.event` bodies (§8.2).
+
+use crate::error::{ArcpError, ErrorCode};
+
+use super::{Json, Lease};
+
+/// The body of a `job.event`, one variant per `kind`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EventBody {
+    /// `log`: `{ level, message }`.
+    Log {
+        /// `debug`, `info`, `warn` or `error`.
+        level: String,
+        /// The line.
+        message: String,
+    },
+    /// `thought`: `{ text }`.
+    Thought {
+        /// The agent's reasoning text.
+        text: String,
+    },
+    /// `tool_call`: `{ tool, args, call_id }`.
+    ToolCall {
+        /// Tool name.
+        tool: String,
+        /// Arguments.
+        args: Json,
+        /// Correlates the `tool_result`.
+        call_id: String,
+    },
+    /// `tool_result`: `{ call_id, result | error }`.
+    ToolResult {
+        /// The `call_id` of the call.
+        call_id: String,
+        /// The tool's result, or the error it failed with.
+        outcome: Result<Json, ToolError>,
+    },
+    /// `status`: `{ phase, message? }`.
+    Status {
+        /// e.g. `running`, `back_pressure`, `credential_rotated`.
+        phase: String,
+        /// Free text.
+        message: Option<String>,
+    },
+    /// `metric`: `{ name, value, unit?, dimensions? }`.
+    Metric {
+        /// e.g. `cost.inference`.
+        name: String,
+        /// The measurement.
+        value: f64,
+        /// e.g. `USD`, `ms`.
+        unit: Option<String>,
+        /// Extra labels.
+        dimensions: Option<serde_json::Map<String, Json>>,
+    },
+    /// `artifact_ref`: `{ uri, content_type, byte_size?, sha256? }`.
+    ArtifactRef {
+        /// Where the artifact lives.
+        uri: String,
+        /// Its media type.
+        content_type: String,
+        /// Its size.
+        byte_size: Option<u64>,
+        /// Its digest, hex.
+        sha256: Option<String>,
+    },
+    /// `delegate` (§10).
+    Delegate {
+        /// The child job.
+        child_job_id: String,
+        /// The child's agent.
+        agent: String,
+        /// The child's input.
+        input: Json,
+        /// The derived lease.
+        lease_request: Lease,
+        /// The child's `expires_at`.
+        expires_at: Option<String>,
+    },
+    /// `progress` (§8.2.1).
+    Progress {
+        /// Work done; non-negative.
+        current: f64,
+        /// Total work; absent means indeterminate.
+        total: Option<f64>,
+        /// e.g. `files`.
+        units: Option<String>,
+        /// Free text.
+        message: Option<String>,
+    },
+    /// `result_chunk` (§8.4).
+    ResultChunk {
+        /// The assembled result's id.
+        result_id: String,
+        /// 0-based chunk index.
+        chunk_seq: u64,
+        /// The chunk, encoded per `encoding`.
+        data: String,
+        /// `utf8` or `base64`.
+        encoding: String,
+        /// Whether more chunks follow.
+        more: bool,
+    },
+}
+
+/// The error half of a `tool_result`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolError {
+    /// A §12 code.
+    pub code: ErrorCode,
+    /// Human-readable text.
+    pub message: String,
+}
+
+impl EventBody {
+    /// The `kind` discriminator.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::Log { .. } => "log",
+            EventBody::Thought { .. } => "thought",
+            EventBody::ToolCall { .. } => "tool_call",
+            EventBody::ToolResult { .. } => "tool_result",
+            EventBody::Status { .. } => "status",
+            EventBody::Metric { .. } => "metric",
+            EventBody::ArtifactRef { .. } => "artifact_ref",
+            EventBody::Delegate { .. } => "delegate",
+            EventBody::Progress { .. } => "progress",
+            EventBody::ResultChunk { .. } => "result_chunk",
+        }
+    }
+
+    /// The feature flag that must be negotiated before this kind may be sent (§6.2), if any.
+    pub fn required_feature(&self) -> Option<&'static str> {
+        match self {
+            EventBody::Progress { .. } => Some("progress"),
+            EventBody::ResultChunk { .. } => Some("result_chunk"),
+            _ => None,
+        }
+    }
+
+    /// Checks the body against the constraints of §8.2.
+    pub fn validate(&self) -> Result<(), ArcpError> {
+        match self {
+            EventBody::Progress { current, total, .. } => {
+                if !current.is_finite() || *current < 0.0 {
+                    return Err(ArcpError::InvalidRequest(format!(
+                        "progress.current must be a non-negative number, got {current}"
+                    )));
+                }
+                if let Some(total) = total {
+                    if !total.is_finite() || current > total {
+                        return Err(ArcpError::InvalidRequest(format!(
+                            "progress.current {current} exceeds total {total}"
+                        )));
+                    }
+                }
+                Ok(())
+            }
+            EventBody::ResultChunk { encoding, .. }
+                if encoding != "utf8" && encoding != "base64" =>
+            {
+                Err(ArcpError::InvalidRequest(format!(
+                    "result_chunk.encoding must be utf8 or base64, got {encoding:?}"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! The ARCP messages as transport-neutral Rust types. Transports (gRPC today) convert their
+//! frames to and from these; the session, job and log layers speak only these.
+//!
+//! - [`client`]: what a client sends (`session.hello`, `job.submit`, ...).
+//! - [`server`]: what the runtime sends: session-control frames and the job frames that are
+//!   logged with an `event_seq`.
+//! - [`event`]: the bodies of `job.event` (§8.2).
+
+pub mod client;
+pub mod event;
+pub mod server;
+
+use std::collections::BTreeMap;
+
+/// A lease: capability namespace (`fs.read`, `cost.budget`, ...) to patterns (§9.2).
+pub type Lease = BTreeMap<String, Vec<String>>;
+
+/// Free-form JSON (job input, results, tool arguments).
+pub type Json = serde_json::Value;
+
+/// The features this runtime implements end to end and therefore advertises (§6.2). A feature
+/// joins this list only once it works through the real server.
+pub const SUPPORTED_FEATURES: &[&str] = &["progress", "agent_versions"];
+
+/// The protocol version written in every envelope's `arcp` field.
+pub const PROTOCOL_VERSION: &str = "1.1";
+
+/// A negotiated feature set (§6.2): the features both peers named.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Features(Vec<&'static str>);
+
+impl Features {
+    /// The intersection of what the client offered with [`SUPPORTED_FEATURES`].
+    pub fn negotiate<S: AsRef<str>>(offered: &[S]) -> Features {
+        Features(
+            SUPPORTED_FEATURES
+                .iter()
+                .copied()
+                .filter(|f| offered.iter().any(|o| o.as_ref() == *f))
+                .collect(),
+        )
+    }
+
+    /// Whether `feature` was negotiated.
+    pub fn has(&self, feature: &str) -> bool {
+        self.0.contains(&feature)
+    }
+
+    /// The names, for the welcome.
+    pub fn names(&self) -> Vec<String> {
+        self.0.iter().map(|f| (*f).to_owned()).collect()
+    }
+}

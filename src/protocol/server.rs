@@ -1,0 +1,224 @@
+//! Messages the runtime sends.
+//!
+//! Two families, as §8.3 distinguishes them: [`Control`] frames (welcome, errors, pong, ...)
+//! belong to one connection and carry no sequence number; [`JobFrame`]s are appended to the
+//! session's event log, get the session's next `event_seq`, and are replayed on resume.
+
+use std::sync::Arc;
+
+use crate::{
+    clock::Timestamp,
+    error::{ArcpError, ErrorCode},
+    ids::{EventSeq, JobId, SessionId, TraceId},
+};
+
+use super::{event::EventBody, Json, Lease};
+
+/// A session-control frame for one connection.
+#[derive(Clone, Debug)]
+pub struct Control {
+    /// The `id` of the client frame this answers.
+    pub request_id: Option<String>,
+    /// The message.
+    pub message: ControlMessage,
+}
+
+/// The session-control messages.
+#[derive(Clone, Debug)]
+pub enum ControlMessage {
+    /// `session.welcome` (§6.2).
+    Welcome(Welcome),
+    /// `session.error` (§12).
+    Error(ArcpError),
+    /// `session.pong` (§6.4).
+    Pong {
+        /// The nonce of the ping.
+        ping_nonce: String,
+        /// When the ping arrived.
+        received_at: Timestamp,
+    },
+    /// `session.closed` (§6.7).
+    Closed {
+        /// Why.
+        reason: Option<String>,
+    },
+}
+
+/// `session.welcome`.
+#[derive(Clone, Debug)]
+pub struct Welcome {
+    /// The runtime's name and version.
+    pub runtime_name: &'static str,
+    /// See `runtime_name`.
+    pub runtime_version: &'static str,
+    /// The freshly rotated token.
+    pub resume_token: String,
+    /// How long the session survives a dropped transport.
+    pub resume_window_sec: u32,
+    /// §6.4.
+    pub heartbeat_interval_sec: u32,
+    /// The effective feature set.
+    pub features: Vec<String>,
+    /// The agent inventory.
+    pub agents: Vec<AgentInfo>,
+}
+
+/// One agent of the inventory (§7.5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentInfo {
+    /// Agent name.
+    pub name: String,
+    /// Registered versions.
+    pub versions: Vec<String>,
+    /// The version a bare `name` resolves to.
+    pub default: String,
+}
+
+/// A job-scoped frame before it has a sequence number.
+#[derive(Clone, Debug)]
+pub struct JobFrame {
+    /// The job.
+    pub job_id: JobId,
+    /// The job's trace context (§11).
+    pub trace_id: Option<TraceId>,
+    /// The message.
+    pub payload: JobPayload,
+}
+
+/// A job frame as stored in a session's event log, with its place in the session's sequence.
+#[derive(Clone, Debug)]
+pub struct LoggedFrame {
+    /// The session-scoped sequence number (§8.3).
+    pub seq: EventSeq,
+    /// The frame.
+    pub frame: JobFrame,
+}
+
+/// The job-scoped messages.
+#[derive(Clone, Debug)]
+pub enum JobPayload {
+    /// `job.accepted` (§7.1).
+    Accepted(Accepted),
+    /// `job.event` (§8).
+    Event {
+        /// When the agent emitted it.
+        ts: Timestamp,
+        /// The body.
+        body: EventBody,
+    },
+    /// `job.result`: terminal success.
+    Result(JobResult),
+    /// `job.error`: terminal failure.
+    Error(JobError),
+    /// `job.cancelled` (§7.4), followed by a `job.error` CANCELLED.
+    Cancelled {
+        /// The reason the client gave.
+        reason: Option<String>,
+    },
+}
+
+/// `job.accepted`.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    /// The resolved `name@version`.
+    pub agent: String,
+    /// The effective lease.
+    pub lease: Lease,
+    /// `lease_constraints.expires_at`.
+    pub expires_at: Option<String>,
+    /// When the runtime accepted the job.
+    pub accepted_at: Timestamp,
+    /// The `id` of the `job.submit`.
+    pub request_id: Option<String>,
+}
+
+/// `job.result`.
+#[derive(Clone, Debug)]
+pub struct JobResult {
+    /// The inline result.
+    pub result: Json,
+    /// When the job finished.
+    pub completed_at: Timestamp,
+}
+
+/// The terminal state of a job (§7.3).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FinalStatus {
+    /// The agent returned a result.
+    Success,
+    /// The agent or the runtime failed the job.
+    Error,
+    /// The submitter cancelled it.
+    Cancelled,
+    /// It ran past `max_runtime_sec`.
+    TimedOut,
+}
+
+impl FinalStatus {
+    /// The wire value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinalStatus::Success => "success",
+            FinalStatus::Error => "error",
+            FinalStatus::Cancelled => "cancelled",
+            FinalStatus::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// `job.error`.
+#[derive(Clone, Debug)]
+pub struct JobError {
+    /// How the job ended.
+    pub final_status: FinalStatus,
+    /// Why.
+    pub code: ErrorCode,
+    /// Human-readable text.
+    pub message: String,
+    /// When the job ended.
+    pub completed_at: Timestamp,
+}
+
+impl JobError {
+    /// The terminal error for `err`, with the final status §7.3 assigns to its code.
+    pub fn from_error(err: &ArcpError) -> JobError {
+        let final_status = match err.code() {
+            ErrorCode::Cancelled => FinalStatus::Cancelled,
+            ErrorCode::Timeout => FinalStatus::TimedOut,
+            _ => FinalStatus::Error,
+        };
+        JobError {
+            final_status,
+            code: err.code(),
+            message: err.message().to_owned(),
+            completed_at: Timestamp::now(),
+        }
+    }
+}
+
+/// A frame on its way to one connection: a control frame, or a logged job frame.
+#[derive(Clone, Debug)]
+pub enum Outbound {
+    /// Session control.
+    Control(Control),
+    /// A job frame from the session's log, shared with the log and other readers.
+    Job(Arc<LoggedFrame>),
+}
+
+/// Why a connection's outbound stream ended other than by the client going away.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The session was resumed on another stream, which now owns it.
+    Superseded,
+    /// The gateway is shutting down; resume elsewhere.
+    ShuttingDown,
+}
+
+/// Everything a connection's outbound stream yields, with the session it belongs to.
+#[derive(Clone, Debug)]
+pub enum OutboundItem {
+    /// A frame for the client, stamped with the session id (absent before a welcome).
+    Frame(Option<SessionId>, Outbound),
+    /// The stream ends for this reason.
+    End(StreamEnd),
+}

@@ -1,0 +1,79 @@
+//! The tonic server: the ARCP service behind its authentication layer, with gRPC health and
+//! server reflection, graceful shutdown and the session sweeper.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+
+use crate::{
+    gateway::Gateway,
+    proto::{self, arcp_server::ArcpServer},
+    transport::grpc::{auth_layer::AuthLayer, service::ArcpService},
+};
+
+/// HTTP/2 pings detect peers that vanished without closing the connection, so their sessions
+/// detach (and start the resume window) instead of hanging.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds `addr` (port 0 picks a free one).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `gateway` on `listener` until `shutdown` resolves. On shutdown, health turns to
+/// NOT_SERVING, every ARCP stream ends with UNAVAILABLE (sessions stay resumable), and the
+/// server drains connections before returning.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ArcpServer<ArcpService>>().await;
+    // grpcurl and most tools speak reflection v1; older ones only v1alpha.
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let sweeper = gateway.spawn_sweeper();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let stopping = {
+        let gateway = gateway.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining streams");
+            health.set_not_serving::<ArcpServer<ArcpService>>().await;
+            gateway.shutdown();
+        }
+    };
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(AuthLayer::new(gateway.clone()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ArcpService::new(gateway.clone()).into_server())
+        .serve_with_incoming_shutdown(incoming, stopping)
+        .await;
+    sweeper.abort();
+    Ok(result?)
+}
+
+/// Why the server stopped other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The embedded protobuf descriptors could not be served by reflection.
+    #[error("server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}

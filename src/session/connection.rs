@@ -1,0 +1,265 @@
+//! One stream attached to a session.
+//!
+//! Two halves. The reader task takes client frames and acts on them (submit, cancel, ping,
+//! close), answering with control frames over a small channel. The outbound stream sends the
+//! welcome, then interleaves those control frames with the session's event log read through one
+//! [`LogCursor`] from the resume point: replayed frames and live frames come out of the same
+//! loop, so they cannot overlap or leave a gap.
+//!
+//! Backpressure is end to end: the outbound stream produces a frame only when the transport
+//! asks for one, the log absorbs what the client has not read yet (within its bound), and a
+//! reader blocked on a full control channel stops reading the client.
+
+use std::sync::Arc;
+
+use futures::{stream::BoxStream, Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::{
+    clock::Timestamp,
+    error::ArcpError,
+    event_log::LogCursor,
+    gateway::{ConnectInfo, Gateway},
+    job::Submitter,
+    protocol::{
+        client::{ClientMessage, Inbound, RejectedFrame},
+        server::{Control, ControlMessage, Outbound, OutboundItem, StreamEnd},
+    },
+};
+
+use super::{handshake, Session};
+
+/// How many log frames one read takes; bounds the latency a control frame waits behind them.
+const LOG_BATCH: usize = 256;
+/// Control frames waiting for the client; when full, the reader stops reading the client.
+const CONTROL_QUEUE: usize = 64;
+
+/// What the client sends, as the transport decoded it.
+pub type InboundStream = BoxStream<'static, Result<Inbound, RejectedFrame>>;
+
+/// Serves one stream: handshake, then frames both ways until the client leaves, closes, or is
+/// taken over, or the gateway shuts down.
+pub fn serve(
+    gw: Arc<Gateway>,
+    conn: ConnectInfo,
+    mut inbound: InboundStream,
+) -> impl Stream<Item = OutboundItem> + Send + 'static {
+    async_stream::stream! {
+        let first = match inbound.next().await {
+            Some(Ok(first)) => first,
+            Some(Err(rejected)) => {
+                yield error_frame(None, rejected.request_id, rejected.error);
+                return;
+            }
+            None => return,
+        };
+        let request_id = first.id.clone();
+        let opened = match handshake::open(&gw, &conn, first).await {
+            Ok(opened) => opened,
+            Err(error) => {
+                tracing::info!(code = %error.code(), "handshake refused: {}", error.message());
+                yield error_frame(None, request_id, error);
+                return;
+            }
+        };
+        let session = opened.session;
+        let sid = Some(session.id.clone());
+        let _detach = DetachOnDrop {
+            gw: gw.clone(),
+            session: session.clone(),
+            generation: opened.attached.generation,
+        };
+        yield OutboundItem::Frame(sid.clone(), Outbound::Control(Control {
+            request_id,
+            message: ControlMessage::Welcome(opened.welcome),
+        }));
+
+        let (control_tx, mut control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let reader = tokio::spawn(read_loop(gw.clone(), session.clone(), inbound, control_tx));
+        let _stop_reader = AbortOnDrop(reader);
+        let mut reader_open = true;
+        let mut cursor = LogCursor::new(gw.log.clone(), session.id.clone(), opened.replay_after, LOG_BATCH);
+
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = opened.attached.superseded.cancelled() => Step::End(StreamEnd::Superseded),
+                _ = gw.shutdown.cancelled() => Step::End(StreamEnd::ShuttingDown),
+                control = control_rx.recv(), if reader_open => match control {
+                    Some(reply) => Step::Control(reply),
+                    None => Step::ReaderDone,
+                },
+                frames = cursor.next_batch() => Step::Frames(frames),
+            };
+            match step {
+                Step::End(reason) => {
+                    yield OutboundItem::End(reason);
+                    break;
+                }
+                Step::Control(Reply { control, then_close }) => {
+                    yield OutboundItem::Frame(sid.clone(), Outbound::Control(control));
+                    if then_close {
+                        break;
+                    }
+                }
+                // The client half-closed its side; it may still be reading, so keep delivering.
+                Step::ReaderDone => reader_open = false,
+                Step::Frames(Ok(frames)) => {
+                    for frame in frames {
+                        yield OutboundItem::Frame(sid.clone(), Outbound::Job(frame));
+                    }
+                }
+                Step::Frames(Err(error)) => {
+                    // The cursor fell behind eviction: continuing would hide a gap.
+                    tracing::warn!(session = %session.id, "closing stream: {error}");
+                    yield error_frame(sid.clone(), None, error);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+enum Step {
+    End(StreamEnd),
+    Control(Reply),
+    ReaderDone,
+    Frames(Result<Vec<Arc<crate::protocol::server::LoggedFrame>>, ArcpError>),
+}
+
+/// A control frame from the reader, and whether the stream ends after it.
+struct Reply {
+    control: Control,
+    then_close: bool,
+}
+
+fn error_frame(
+    sid: Option<crate::ids::SessionId>,
+    request_id: Option<String>,
+    error: ArcpError,
+) -> OutboundItem {
+    OutboundItem::Frame(
+        sid,
+        Outbound::Control(Control {
+            request_id,
+            message: ControlMessage::Error(error),
+        }),
+    )
+}
+
+/// Acts on client frames until the client stops sending or closes the session.
+async fn read_loop(
+    gw: Arc<Gateway>,
+    session: Arc<Session>,
+    mut inbound: InboundStream,
+    replies: mpsc::Sender<Reply>,
+) {
+    while let Some(frame) = inbound.next().await {
+        let (request_id, outcome) = match frame {
+            Ok(frame) => (frame.id.clone(), dispatch(&gw, &session, frame).await),
+            Err(rejected) => (rejected.request_id, Err(rejected.error)),
+        };
+        let reply = match outcome {
+            Ok(None) => continue,
+            Ok(Some(message)) => Reply {
+                then_close: matches!(message, ControlMessage::Closed { .. }),
+                control: Control {
+                    request_id,
+                    message,
+                },
+            },
+            Err(error) => Reply {
+                control: Control {
+                    request_id,
+                    message: ControlMessage::Error(error),
+                },
+                then_close: false,
+            },
+        };
+        let closing = reply.then_close;
+        if replies.send(reply).await.is_err() || closing {
+            return;
+        }
+    }
+}
+
+/// Handles one client frame of an open session; returns the control frame to answer with.
+async fn dispatch(
+    gw: &Gateway,
+    session: &Session,
+    frame: Inbound,
+) -> Result<Option<ControlMessage>, ArcpError> {
+    if let Some(claimed) = &frame.session_id {
+        if claimed != &session.id {
+            return Err(ArcpError::InvalidRequest(format!(
+                "frame names session {claimed}, but this stream carries {}",
+                session.id
+            )));
+        }
+    }
+    match frame.message {
+        ClientMessage::Hello(_) | ClientMessage::Resume(_) => Err(ArcpError::InvalidRequest(
+            "the session is already open; open a new stream to start or resume another".into(),
+        )),
+        ClientMessage::Ping { nonce } => Ok(Some(ControlMessage::Pong {
+            ping_nonce: nonce,
+            received_at: Timestamp::now(),
+        })),
+        ClientMessage::Pong => Ok(None),
+        ClientMessage::Close { reason } => {
+            tracing::info!(session = %session.id, reason = reason.as_deref().unwrap_or(""), "session closed by client; jobs continue");
+            Ok(Some(ControlMessage::Closed { reason }))
+        }
+        ClientMessage::Submit(submit) => {
+            let by = Submitter {
+                session: &session.id,
+                principal: &session.principal,
+                features: session.features(),
+                request_id: frame.id,
+                trace_id: frame.trace_id,
+            };
+            gw.jobs.submit(by, submit).await.map(|_| None)
+        }
+        ClientMessage::Cancel { job_id, reason } => gw
+            .jobs
+            .cancel(&session.id, &session.principal, &job_id, reason)
+            .map(|_| None),
+        ClientMessage::Ack { .. } => Err(not_negotiated("ack")),
+        ClientMessage::ListJobs => Err(not_negotiated("list_jobs")),
+        ClientMessage::Subscribe { .. } | ClientMessage::Unsubscribe { .. } => {
+            Err(not_negotiated("subscribe"))
+        }
+    }
+}
+
+fn not_negotiated(feature: &str) -> ArcpError {
+    ArcpError::InvalidRequest(format!(
+        "feature {feature:?} is not in this session's effective feature set (§6.2)"
+    ))
+}
+
+/// Starts the resume window when the stream goes away, however it goes.
+struct DetachOnDrop {
+    gw: Arc<Gateway>,
+    session: Arc<Session>,
+    generation: u64,
+}
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        let gw = self.gw.clone();
+        let session = self.session.clone();
+        let generation = self.generation;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { handshake::detach(&gw, &session, generation).await });
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,154 @@
+//! A tower layer that authenticates an ARCP stream before it opens.
+//!
+//! For calls to the `arcp.v1.Arcp` service it checks the `authorization: Bearer` metadata
+//! against the gateway's authenticator and, when the client sends `arcp-resume-token` (with
+//! `arcp-last-event-seq`), validates the token against the same resume registry the session
+//! code uses, and the sequence against the session's log. A failure answers the call with a
+//! gRPC status (UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION, INVALID_ARGUMENT)
+//! carrying the §12 code in `arcp-error-code`, and no stream is opened. What it establishes
+//! travels to the service as a [`ConnectInfo`] request extension.
+//!
+//! Other services (health, reflection) pass through untouched, so probes need no credentials.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures::future::BoxFuture;
+use http::{HeaderMap, Request, Response};
+use tower::{Layer, Service};
+
+use crate::{
+    auth::bearer_from_header,
+    error::ArcpError,
+    gateway::{ConnectInfo, Gateway},
+    ids::EventSeq,
+    protocol::client::ResumeRequest,
+};
+
+use super::{status, AUTHORIZATION, LAST_EVENT_SEQ, RESUME_TOKEN};
+
+/// The path prefix of the calls this layer guards.
+const GUARDED_PREFIX: &str = "/arcp.v1.Arcp/";
+
+/// Authenticates ARCP calls against a [`Gateway`].
+#[derive(Clone)]
+pub struct AuthLayer {
+    gateway: Arc<Gateway>,
+}
+
+impl AuthLayer {
+    /// A layer authenticating against `gateway`'s authenticator and resume registry.
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        AuthLayer { gateway }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Authenticate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate {
+            inner,
+            gateway: self.gateway.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] produces.
+#[derive(Clone)]
+pub struct Authenticate<S> {
+    inner: S,
+    gateway: Arc<Gateway>,
+}
+
+impl<S, B> Service<Request<B>> for Authenticate<S>
+where
+    S: Service<Request<B>, Response = Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The clone is the service that was driven to readiness in `poll_ready`; keep it.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let gateway = self.gateway.clone();
+        Box::pin(async move {
+            if !request.uri().path().starts_with(GUARDED_PREFIX) {
+                return inner.call(request).await;
+            }
+            match admit(&gateway, request.headers()).await {
+                Ok(conn) => {
+                    request.extensions_mut().insert(conn);
+                    inner.call(request).await
+                }
+                Err(error) => {
+                    tracing::info!(code = %error.code(), "stream refused before opening: {}", error.message());
+                    Ok(status::from_error(&error).into_http())
+                }
+            }
+        })
+    }
+}
+
+/// Checks the call's metadata; returns what it establishes.
+pub async fn admit(gateway: &Gateway, headers: &HeaderMap) -> Result<ConnectInfo, ArcpError> {
+    let principal = match header(headers, AUTHORIZATION)? {
+        Some(value) => Some(
+            gateway
+                .authenticator()
+                .authenticate(bearer_from_header(value)?)?,
+        ),
+        None => None,
+    };
+    let resume = match header(headers, RESUME_TOKEN)? {
+        None => None,
+        Some(token) => {
+            let principal = principal.as_ref().ok_or_else(|| {
+                ArcpError::Unauthenticated(format!(
+                    "{RESUME_TOKEN} metadata needs {AUTHORIZATION} metadata to bind it to a principal"
+                ))
+            })?;
+            let last_event_seq = match header(headers, LAST_EVENT_SEQ)? {
+                None => EventSeq::ZERO,
+                Some(n) => EventSeq(n.trim().parse().map_err(|_| {
+                    ArcpError::InvalidRequest(format!(
+                        "{LAST_EVENT_SEQ} must be an unsigned integer"
+                    ))
+                })?),
+            };
+            let session = gateway.resume_registry().check(token, principal).await?;
+            gateway
+                .event_log()
+                .bounds(&session)
+                .await?
+                .check_resume_from(last_event_seq)?;
+            Some(ResumeRequest {
+                session_id: Some(session),
+                token: token.to_owned(),
+                last_event_seq,
+            })
+        }
+    };
+    Ok(ConnectInfo { principal, resume })
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ArcpError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                ArcpError::InvalidRequest(format!("{name} metadata is not valid ASCII"))
+            })
+        })
+        .transpose()
+}

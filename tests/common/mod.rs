@@ -1,0 +1,320 @@
+//! A real gateway on an ephemeral port, and a small client that speaks frames to it.
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use arcp_gateway::{
+    auth::Authenticator,
+    config::GatewayConfig,
+    ids::Principal,
+    proto::{
+        self, arcp_client::ArcpClient, client_frame::Payload as In, server_frame::Payload as Out,
+        ClientFrame, ServerFrame,
+    },
+    server, Gateway,
+};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{metadata::MetadataValue, transport::Channel, Streaming};
+
+/// How long a test waits for a frame before failing. A guard against hangs, not a timing
+/// assertion: every frame the tests wait for is due in milliseconds.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The features the runtime implements, offered by the tests' hellos.
+pub const FEATURES: &[&str] = &["progress", "agent_versions"];
+
+/// A gateway serving on 127.0.0.1 with an ephemeral port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a gateway with `config` and the built-in agents. `tokens` are `(token, principal)`
+    /// pairs; none means open authentication.
+    pub async fn start(config: GatewayConfig, tokens: &[(&str, &str)]) -> TestServer {
+        let auth = Authenticator::from_pairs(
+            tokens
+                .iter()
+                .map(|(t, p)| (t.to_string(), Principal::new(*p))),
+        );
+        let gateway = Gateway::builder(config).auth(auth).build();
+        Self::start_gateway(gateway).await
+    }
+
+    /// Starts the default configuration with two principals: `alice` (token `alice-token`)
+    /// and `bob` (token `bob-token`).
+    pub async fn start_default() -> TestServer {
+        Self::start(
+            GatewayConfig::default(),
+            &[("alice-token", "alice"), ("bob-token", "bob")],
+        )
+        .await
+    }
+
+    pub async fn start_gateway(gateway: Arc<Gateway>) -> TestServer {
+        let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let gw = gateway.clone();
+        let task = tokio::spawn(async move {
+            server::serve(gw, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server failed");
+        });
+        TestServer {
+            addr,
+            gateway,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to test server")
+    }
+
+    /// Opens a session stream with no metadata.
+    pub async fn open(&self) -> Conn {
+        self.open_with(&[]).await.expect("stream opens")
+    }
+
+    /// Opens a session stream with the given metadata; `Err` is the status that refused it.
+    pub async fn open_with(&self, metadata: &[(&'static str, &str)]) -> Result<Conn, tonic::Status> {
+        let (tx, rx) = mpsc::channel::<ClientFrame>(1024);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        for (key, value) in metadata {
+            request
+                .metadata_mut()
+                .insert(*key, MetadataValue::try_from(*value).unwrap());
+        }
+        let mut client = ArcpClient::new(self.channel().await);
+        let response = client.session(request).await?;
+        Ok(Conn {
+            tx: Some(tx),
+            rx: response.into_inner(),
+            next_id: 0,
+        })
+    }
+
+    /// Opens a stream and completes a hello as `token`; returns the welcome frame.
+    pub async fn hello(&self, token: &str) -> (Conn, ServerFrame) {
+        let mut conn = self.open().await;
+        conn.send(hello(token, FEATURES, None)).await;
+        let welcome = conn.recv().await;
+        assert!(
+            matches!(welcome.payload, Some(Out::SessionWelcome(_))),
+            "expected a welcome, got {welcome:?}"
+        );
+        (conn, welcome)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// One client stream.
+pub struct Conn {
+    tx: Option<mpsc::Sender<ClientFrame>>,
+    pub rx: Streaming<ServerFrame>,
+    next_id: u64,
+}
+
+impl Conn {
+    /// Sends a payload in a frame with a fresh `id`; returns that id.
+    pub async fn send(&mut self, payload: In) -> String {
+        self.next_id += 1;
+        let id = format!("c{}", self.next_id);
+        self.send_frame(ClientFrame {
+            id: id.clone(),
+            payload: Some(payload),
+            ..Default::default()
+        })
+        .await;
+        id
+    }
+
+    pub async fn send_frame(&mut self, frame: ClientFrame) {
+        self.tx
+            .as_ref()
+            .expect("send side open")
+            .send(frame)
+            .await
+            .expect("stream accepts frames");
+    }
+
+    /// Closes the client's sending half, keeping the receiving half.
+    pub fn close_send(&mut self) {
+        self.tx = None;
+    }
+
+    /// The next frame; fails the test on a status, end of stream or timeout.
+    pub async fn recv(&mut self) -> ServerFrame {
+        match self.try_recv().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => panic!("stream ended while a frame was expected"),
+            Err(status) => panic!("stream failed while a frame was expected: {status:?}"),
+        }
+    }
+
+    /// The next frame, `None` at the end of the stream, or the status it ended with.
+    pub async fn try_recv(&mut self) -> Result<Option<ServerFrame>, tonic::Status> {
+        tokio::time::timeout(FRAME_TIMEOUT, self.rx.message())
+            .await
+            .expect("no frame arrived within the timeout")
+    }
+
+    /// Receives frames until `pred` holds; returns the frames before it and the match.
+    pub async fn recv_until(&mut self, pred: impl Fn(&ServerFrame) -> bool) -> (Vec<ServerFrame>, ServerFrame) {
+        let mut before = Vec::new();
+        loop {
+            let frame = self.recv().await;
+            if pred(&frame) {
+                return (before, frame);
+            }
+            before.push(frame);
+        }
+    }
+
+    /// Receives up to and including the job's terminal frame (`job_result` or `job_error`).
+    pub async fn recv_until_terminal(&mut self, job_id: &str) -> (Vec<ServerFrame>, ServerFrame) {
+        let job_id = job_id.to_owned();
+        self.recv_until(move |f| f.job_id == job_id && is_terminal(f)).await
+    }
+}
+
+pub fn is_terminal(frame: &ServerFrame) -> bool {
+    matches!(frame.payload, Some(Out::JobResult(_)) | Some(Out::JobError(_)))
+}
+
+pub fn hello(token: &str, features: &[&str], resume: Option<proto::ResumeInfo>) -> In {
+    In::SessionHello(proto::SessionHello {
+        client: Some(proto::ClientInfo {
+            name: "arcp-gateway-tests".into(),
+            version: "0".into(),
+        }),
+        auth: Some(proto::Auth {
+            scheme: "bearer".into(),
+            token: token.into(),
+        }),
+        capabilities: Some(proto::Capabilities {
+            encodings: vec!["protobuf".into()],
+            features: features.iter().map(|f| f.to_string()).collect(),
+            agents: vec![],
+        }),
+        resume,
+    })
+}
+
+pub fn resume_info(session_id: &str, token: &str, last_event_seq: u64) -> proto::ResumeInfo {
+    proto::ResumeInfo {
+        session_id: session_id.into(),
+        resume_token: token.into(),
+        last_event_seq,
+    }
+}
+
+pub fn submit(agent: &str, input: serde_json::Value) -> In {
+    In::JobSubmit(proto::JobSubmit {
+        agent: agent.into(),
+        input: Some(json_value(&input)),
+        ..Default::default()
+    })
+}
+
+pub fn ticker(count: u64, interval_ms: u64) -> In {
+    submit("ticker", serde_json::json!({"count": count, "interval_ms": interval_ms}))
+}
+
+pub fn cancel(job_id: &str) -> In {
+    In::JobCancel(proto::JobCancel {
+        job_id: job_id.into(),
+        reason: "test".into(),
+    })
+}
+
+pub fn json_value(json: &serde_json::Value) -> prost_types::Value {
+    arcp_gateway::transport::grpc::convert::to_value(json)
+}
+
+pub fn to_json(value: &prost_types::Value) -> serde_json::Value {
+    arcp_gateway::transport::grpc::convert::to_json(value.clone())
+}
+
+pub fn welcome(frame: &ServerFrame) -> &proto::SessionWelcome {
+    match &frame.payload {
+        Some(Out::SessionWelcome(w)) => w,
+        other => panic!("expected session_welcome, got {other:?}"),
+    }
+}
+
+pub fn session_error(frame: &ServerFrame) -> &proto::SessionError {
+    match &frame.payload {
+        Some(Out::SessionError(e)) => e,
+        other => panic!("expected session_error, got {other:?}"),
+    }
+}
+
+pub fn accepted(frame: &ServerFrame) -> &proto::JobAccepted {
+    match &frame.payload {
+        Some(Out::JobAccepted(a)) => a,
+        other => panic!("expected job_accepted, got {other:?}"),
+    }
+}
+
+pub fn job_error(frame: &ServerFrame) -> &proto::JobError {
+    match &frame.payload {
+        Some(Out::JobError(e)) => e,
+        other => panic!("expected job_error, got {other:?}"),
+    }
+}
+
+pub fn job_result(frame: &ServerFrame) -> &proto::JobResult {
+    match &frame.payload {
+        Some(Out::JobResult(r)) => r,
+        other => panic!("expected job_result, got {other:?}"),
+    }
+}
+
+/// `progress.current` of a `job_event` frame, if it is a progress event.
+pub fn progress_current(frame: &ServerFrame) -> Option<f64> {
+    match &frame.payload {
+        Some(Out::JobEvent(proto::JobEvent {
+            body: Some(proto::job_event::Body::Progress(p)),
+            ..
+        })) => Some(p.current),
+        _ => None,
+    }
+}
+
+/// Submits and waits for the acceptance; returns the job id and the accepted frame.
+pub async fn submit_and_accept(conn: &mut Conn, payload: In) -> (String, ServerFrame) {
+    let request_id = conn.send(payload).await;
+    let frame = conn.recv().await;
+    let a = accepted(&frame);
+    assert_eq!(a.request_id, request_id, "job_accepted echoes the submit id");
+    (a.job_id.clone(), frame)
+}
