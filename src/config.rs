@@ -13,6 +13,9 @@ pub struct GatewayConfig {
     pub heartbeat_interval_sec: u32,
     /// How often expired sessions, tokens and finished jobs are swept.
     pub sweep_interval: Duration,
+    /// How long a new stream may stay silent before its `session.hello`; bounds what idle,
+    /// never-authenticated connections can hold.
+    pub hello_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -22,6 +25,7 @@ impl Default for GatewayConfig {
             max_log_frames: 100_000,
             heartbeat_interval_sec: 30,
             sweep_interval: Duration::from_secs(1),
+            hello_timeout: Duration::from_secs(30),
         }
     }
 }

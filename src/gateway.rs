@@ -2,7 +2,7 @@
 
 use std::{sync::Arc, time::SystemTime};
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -199,15 +199,4 @@ impl Gateway {
             agents: self.agents.inventory(),
         }
     }
-}
-
-/// Adapts any stream of inbound frames for [`Gateway::connect`].
-pub fn inbound<S>(stream: S) -> InboundStream
-where
-    S: Stream<
-            Item = Result<crate::protocol::client::Inbound, crate::protocol::client::RejectedFrame>,
-        > + Send
-        + 'static,
-{
-    stream.boxed()
 }

@@ -29,6 +29,10 @@ struct Inner {
     log: Arc<dyn EventLog>,
     cancel: CancellationToken,
     features: Features,
+    /// `false` once the terminal frame is logged. Emits hold the read side while appending and
+    /// the terminal frame takes the write side, so no frame of this job can land after it
+    /// (§7.3), even from a sub-task holding a clone of the context.
+    open: tokio::sync::RwLock<bool>,
 }
 
 impl JobContext {
@@ -48,6 +52,7 @@ impl JobContext {
                 log,
                 cancel,
                 features,
+                open: tokio::sync::RwLock::new(true),
             }),
         }
     }
@@ -134,9 +139,32 @@ impl JobContext {
         .await
     }
 
-    /// Appends a frame of this job to its session's log. A session whose resume window closed
-    /// has no log any more; its job runs on (§6.4) and what it emits has no reader.
+    /// Appends a frame of this job to its session's log; refused once the job has ended.
     pub(crate) async fn append(&self, payload: JobPayload) -> Result<(), ArcpError> {
+        let open = self.inner.open.read().await;
+        if !*open {
+            return Err(ArcpError::InvalidRequest(format!(
+                "job {} has already ended; nothing more may be emitted for it",
+                self.inner.job_id
+            )));
+        }
+        self.append_unchecked(payload).await
+    }
+
+    /// Ends the job: appends its terminal frames, after which every emit is refused.
+    pub(crate) async fn finish(&self, terminal: Vec<JobPayload>) {
+        let mut open = self.inner.open.write().await;
+        *open = false;
+        for payload in terminal {
+            if let Err(e) = self.append_unchecked(payload).await {
+                tracing::error!(job = %self.inner.job_id, error = %e, "could not record the job's terminal frame");
+            }
+        }
+    }
+
+    /// A session whose resume window closed has no log any more; its job runs on (§6.4) and
+    /// what it emits has no reader.
+    async fn append_unchecked(&self, payload: JobPayload) -> Result<(), ArcpError> {
         let frame = JobFrame {
             job_id: self.inner.job_id.clone(),
             trace_id: self.inner.trace_id.clone(),

@@ -151,15 +151,22 @@ impl JobManager {
             job.cancel.clone(),
             by.features,
         );
-        ctx.append(JobPayload::Accepted(Accepted {
-            agent: job.agent.clone(),
-            lease: submit.lease_request,
-            expires_at: None,
-            accepted_at: job.created_at,
-            request_id: by.request_id,
-        }))
-        .await?;
+        // Registered before the acceptance is visible, so a cancel racing right behind
+        // `job.accepted` finds the job.
         self.jobs.lock().insert(job.id.clone(), job.clone());
+        let accepted = ctx
+            .append(JobPayload::Accepted(Accepted {
+                agent: job.agent.clone(),
+                lease: submit.lease_request,
+                expires_at: None,
+                accepted_at: job.created_at,
+                request_id: by.request_id,
+            }))
+            .await;
+        if let Err(e) = accepted {
+            self.jobs.lock().remove(&job.id);
+            return Err(e);
+        }
         tracing::info!(job = %job.id, session = %job.session, agent = %job.agent, "job accepted");
 
         let max_runtime = submit
@@ -293,10 +300,6 @@ async fn run(
         state.status = JobStatus::Finished(status);
         state.finished_at = Some(SystemTime::now());
     }
-    for frame in frames {
-        if let Err(e) = ctx.append(frame).await {
-            tracing::error!(job = %job.id, error = %e, "could not record the job's terminal frame");
-        }
-    }
+    ctx.finish(frames).await;
     tracing::info!(job = %job.id, status = status.as_str(), "job finished");
 }

@@ -45,13 +45,29 @@ pub fn serve(
     mut inbound: InboundStream,
 ) -> impl Stream<Item = OutboundItem> + Send + 'static {
     async_stream::stream! {
-        let first = match inbound.next().await {
-            Some(Ok(first)) => first,
-            Some(Err(rejected)) => {
+        // A shutdown must not wait for streams that never said hello.
+        let waited = tokio::select! {
+            _ = gw.shutdown.cancelled() => {
+                yield OutboundItem::End(StreamEnd::ShuttingDown);
+                return;
+            }
+            waited = tokio::time::timeout(gw.config.hello_timeout, inbound.next()) => waited,
+        };
+        let first = match waited {
+            Ok(Some(Ok(first))) => first,
+            Ok(Some(Err(rejected))) => {
                 yield error_frame(None, rejected.request_id, rejected.error);
                 return;
             }
-            None => return,
+            Ok(None) => return,
+            Err(_) => {
+                let error = ArcpError::InvalidRequest(format!(
+                    "no session.hello within {}s of opening the stream",
+                    gw.config.hello_timeout.as_secs()
+                ));
+                yield error_frame(None, None, error);
+                return;
+            }
         };
         let request_id = first.id.clone();
         let opened = match handshake::open(&gw, &conn, first).await {

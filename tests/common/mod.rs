@@ -89,7 +89,10 @@ impl TestServer {
     }
 
     /// Opens a session stream with the given metadata; `Err` is the status that refused it.
-    pub async fn open_with(&self, metadata: &[(&'static str, &str)]) -> Result<Conn, tonic::Status> {
+    pub async fn open_with(
+        &self,
+        metadata: &[(&'static str, &str)],
+    ) -> Result<Conn, tonic::Status> {
         let (tx, rx) = mpsc::channel::<ClientFrame>(1024);
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         for (key, value) in metadata {
@@ -188,7 +191,10 @@ impl Conn {
     }
 
     /// Receives frames until `pred` holds; returns the frames before it and the match.
-    pub async fn recv_until(&mut self, pred: impl Fn(&ServerFrame) -> bool) -> (Vec<ServerFrame>, ServerFrame) {
+    pub async fn recv_until(
+        &mut self,
+        pred: impl Fn(&ServerFrame) -> bool,
+    ) -> (Vec<ServerFrame>, ServerFrame) {
         let mut before = Vec::new();
         loop {
             let frame = self.recv().await;
@@ -202,12 +208,16 @@ impl Conn {
     /// Receives up to and including the job's terminal frame (`job_result` or `job_error`).
     pub async fn recv_until_terminal(&mut self, job_id: &str) -> (Vec<ServerFrame>, ServerFrame) {
         let job_id = job_id.to_owned();
-        self.recv_until(move |f| f.job_id == job_id && is_terminal(f)).await
+        self.recv_until(move |f| f.job_id == job_id && is_terminal(f))
+            .await
     }
 }
 
 pub fn is_terminal(frame: &ServerFrame) -> bool {
-    matches!(frame.payload, Some(Out::JobResult(_)) | Some(Out::JobError(_)))
+    matches!(
+        frame.payload,
+        Some(Out::JobResult(_)) | Some(Out::JobError(_))
+    )
 }
 
 pub fn hello(token: &str, features: &[&str], resume: Option<proto::ResumeInfo>) -> In {
@@ -246,7 +256,10 @@ pub fn submit(agent: &str, input: serde_json::Value) -> In {
 }
 
 pub fn ticker(count: u64, interval_ms: u64) -> In {
-    submit("ticker", serde_json::json!({"count": count, "interval_ms": interval_ms}))
+    submit(
+        "ticker",
+        serde_json::json!({"count": count, "interval_ms": interval_ms}),
+    )
 }
 
 pub fn cancel(job_id: &str) -> In {
@@ -315,6 +328,9 @@ pub async fn submit_and_accept(conn: &mut Conn, payload: In) -> (String, ServerF
     let request_id = conn.send(payload).await;
     let frame = conn.recv().await;
     let a = accepted(&frame);
-    assert_eq!(a.request_id, request_id, "job_accepted echoes the submit id");
+    assert_eq!(
+        a.request_id, request_id,
+        "job_accepted echoes the submit id"
+    );
     (a.job_id.clone(), frame)
 }

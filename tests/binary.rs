@@ -1,0 +1,444 @@
+//! End-to-end tests of the `arcp-gateway` binary: a real process on an ephemeral port, driven
+//! over gRPC, stopped with SIGTERM.
+
+use std::{net::SocketAddr, process::Stdio, sync::Arc, time::Duration};
+
+use arcp_gateway::{
+    proto::{
+        self, arcp_client::ArcpClient, client_frame::Payload as In, server_frame::Payload as Out,
+        ClientFrame, ServerFrame,
+    },
+    transport::grpc::convert::{to_json, to_value},
+};
+use serde_json::json;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+    task::JoinHandle,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{transport::Channel, Code, Streaming};
+use tonic_health::pb::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
+
+/// A guard against hangs, not a timing assertion: startup, frames and shutdown are all due in
+/// well under a second, but CI machines can be slow.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+const TOKEN: &str = "alice-token";
+const WRONG_TOKEN: &str = "mallory-guessed-token";
+
+/// The binary with a clean environment: no `ARCP_*` settings inherited from the caller, and no
+/// colour codes in its log.
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arcp-gateway"));
+    cmd.args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for var in [
+        "ARCP_LISTEN",
+        "ARCP_AUTH_TOKENS",
+        "ARCP_RESUME_WINDOW_SEC",
+        "ARCP_MAX_LOG_FRAMES",
+        "ARCP_HEARTBEAT_INTERVAL_SEC",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// A running gateway process and everything it has written so far.
+struct Process {
+    child: Child,
+    addr: SocketAddr,
+    output: Arc<parking_lot::Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Process {
+    /// Starts `serve --listen 127.0.0.1:0 --auth-token alice-token=alice` with `RUST_LOG` set to
+    /// `rust_log`, and waits for it to log its address.
+    async fn start(rust_log: &str) -> Process {
+        let mut cmd = command(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--auth-token",
+            &format!("{TOKEN}=alice"),
+        ]);
+        cmd.env("RUST_LOG", rust_log);
+        let mut child = cmd.spawn().expect("spawn arcp-gateway");
+        let output = Arc::new(parking_lot::Mutex::new(String::new()));
+        let (lines_tx, mut lines) = mpsc::unbounded_channel();
+        let readers = vec![
+            capture(
+                child.stdout.take().unwrap(),
+                output.clone(),
+                lines_tx.clone(),
+            ),
+            capture(child.stderr.take().unwrap(), output.clone(), lines_tx),
+        ];
+        let addr = tokio::time::timeout(TIMEOUT, async {
+            while let Some(line) = lines.recv().await {
+                if let Some(addr) = listening_addr(&line) {
+                    return Some(addr);
+                }
+            }
+            None // Both pipes closed: the process exited.
+        })
+        .await;
+        let addr = match addr {
+            Ok(Some(addr)) => addr,
+            Ok(None) => panic!(
+                "arcp-gateway exited ({:?}) before logging its address; output:\n{}",
+                child.try_wait(),
+                output.lock()
+            ),
+            Err(_) => panic!(
+                "arcp-gateway did not log `arcp-gateway listening ... addr=` within {TIMEOUT:?}; \
+                 output:\n{}",
+                output.lock()
+            ),
+        };
+        Process {
+            child,
+            addr,
+            output,
+            readers,
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to arcp-gateway")
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit status and its complete
+    /// output.
+    async fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().expect("the process is still running");
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(kill.success(), "kill -TERM {pid} failed: {kill}");
+        let status = match tokio::time::timeout(TIMEOUT, self.child.wait()).await {
+            Ok(status) => status.expect("wait for arcp-gateway"),
+            Err(_) => panic!(
+                "arcp-gateway did not exit within {TIMEOUT:?} of SIGTERM; output:\n{}",
+                self.output.lock()
+            ),
+        };
+        for reader in self.readers.drain(..) {
+            tokio::time::timeout(TIMEOUT, reader)
+                .await
+                .expect("output pipes close after exit")
+                .expect("output reader");
+        }
+        let output = self.output.lock().clone();
+        (status, output)
+    }
+}
+
+/// Copies `pipe` line by line, colour codes removed, into `output` and `lines`.
+fn capture(
+    pipe: impl AsyncRead + Unpin + Send + 'static,
+    output: Arc<parking_lot::Mutex<String>>,
+    lines: mpsc::UnboundedSender<String>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(pipe).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            let line = strip_ansi(&line);
+            {
+                let mut output = output.lock();
+                output.push_str(&line);
+                output.push('\n');
+            }
+            let _ = lines.send(line);
+        }
+    })
+}
+
+/// `line` without ANSI escape sequences (`ESC [ ... final-byte`), should colour slip through.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The address in the startup line `... arcp-gateway listening ... addr=127.0.0.1:PORT`.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    if !line.contains("arcp-gateway listening") {
+        return None;
+    }
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))?;
+    Some(
+        addr.parse()
+            .unwrap_or_else(|e| panic!("bad addr in {line:?}: {e}")),
+    )
+}
+
+/// One open `Session` stream.
+struct Session {
+    tx: mpsc::Sender<ClientFrame>,
+    rx: Streaming<ServerFrame>,
+}
+
+impl Session {
+    async fn open(channel: Channel) -> Session {
+        let (tx, rx) = mpsc::channel(16);
+        let rx = ArcpClient::new(channel)
+            .session(ReceiverStream::new(rx))
+            .await
+            .expect("the session stream opens")
+            .into_inner();
+        Session { tx, rx }
+    }
+
+    async fn send(&self, id: &str, payload: In) {
+        self.tx
+            .send(ClientFrame {
+                id: id.into(),
+                payload: Some(payload),
+                ..Default::default()
+            })
+            .await
+            .expect("the stream accepts frames");
+    }
+
+    /// The next message: a frame, the end of the stream, or the status it ended with.
+    async fn next(&mut self) -> Result<Option<ServerFrame>, tonic::Status> {
+        tokio::time::timeout(TIMEOUT, self.rx.message())
+            .await
+            .expect("the server answered within the timeout")
+    }
+
+    async fn recv(&mut self) -> ServerFrame {
+        match self.next().await {
+            Ok(Some(frame)) => frame,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+}
+
+fn hello(token: &str) -> In {
+    In::SessionHello(proto::SessionHello {
+        client: Some(proto::ClientInfo {
+            name: "arcp-gateway-binary-tests".into(),
+            version: "0".into(),
+        }),
+        auth: Some(proto::Auth {
+            scheme: "bearer".into(),
+            token: token.into(),
+        }),
+        capabilities: Some(proto::Capabilities {
+            encodings: vec!["protobuf".into()],
+            features: vec!["progress".into(), "agent_versions".into()],
+            agents: vec![],
+        }),
+        resume: None,
+    })
+}
+
+/// Opens a stream and says hello as `token`; returns the stream and the first server frame.
+async fn hello_as(channel: Channel, token: &str) -> (Session, ServerFrame) {
+    let mut session = Session::open(channel).await;
+    session.send("hello", hello(token)).await;
+    let first = session.recv().await;
+    (session, first)
+}
+
+#[tokio::test]
+async fn serves_a_job_and_shuts_down_gracefully_on_sigterm() {
+    let process = Process::start("info").await;
+    let channel = process.channel().await;
+
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "arcp.v1.Arcp".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+
+    let (mut session, welcome) = hello_as(channel, TOKEN).await;
+    let Some(Out::SessionWelcome(w)) = &welcome.payload else {
+        panic!("expected session_welcome, got {welcome:?}");
+    };
+    assert!(
+        !welcome.session_id.is_empty(),
+        "the welcome names the session"
+    );
+    assert!(
+        !w.resume_token.is_empty(),
+        "the welcome carries a resume token"
+    );
+
+    let input = json!({"hello": "world"});
+    session
+        .send(
+            "submit-1",
+            In::JobSubmit(proto::JobSubmit {
+                agent: "echo".into(),
+                input: Some(to_value(&input)),
+                ..Default::default()
+            }),
+        )
+        .await;
+    let frame = session.recv().await;
+    let Some(Out::JobAccepted(accepted)) = &frame.payload else {
+        panic!("expected job_accepted, got {frame:?}");
+    };
+    assert_eq!(accepted.request_id, "submit-1");
+    assert!(!accepted.job_id.is_empty());
+    let job_id = accepted.job_id.clone();
+
+    let result = loop {
+        let frame = session.recv().await;
+        assert_eq!(frame.job_id, job_id, "only this job's frames: {frame:?}");
+        match frame.payload {
+            Some(Out::JobEvent(_)) => continue,
+            Some(Out::JobResult(result)) => break result,
+            _ => panic!("expected job_result, got {frame:?}"),
+        }
+    };
+    assert_eq!(result.final_status, "success");
+    let output = to_json(result.result.expect("an inline result"));
+    assert_eq!(output, input);
+
+    // SIGTERM with the session stream still open (its send half too): the stream ends with
+    // UNAVAILABLE so the client knows to resume elsewhere, and the process exits cleanly.
+    let stream_end = tokio::spawn(async move {
+        let end = session.next().await;
+        (end, session)
+    });
+    let (status, log) = process.terminate().await;
+    let (end, session) = stream_end.await.unwrap();
+    match end {
+        Err(status) => assert_eq!(
+            status.code(),
+            Code::Unavailable,
+            "the stream ends with UNAVAILABLE: {status:?}"
+        ),
+        other => panic!("expected the stream to end with UNAVAILABLE, got {other:?}"),
+    }
+    assert!(
+        status.success(),
+        "arcp-gateway exits with success after SIGTERM, got {status}; output:\n{log}"
+    );
+    drop(session);
+}
+
+#[tokio::test]
+async fn a_malformed_auth_token_is_refused_at_startup() {
+    let run = command(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--auth-token",
+        "bad-format",
+    ])
+    .spawn()
+    .expect("spawn arcp-gateway");
+    let out = tokio::time::timeout(TIMEOUT, run.wait_with_output())
+        .await
+        .expect("arcp-gateway exits on a malformed --auth-token")
+        .expect("run arcp-gateway");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "exit status {} should be a failure; output:\n{text}",
+        out.status
+    );
+    assert!(
+        text.contains("TOKEN=PRINCIPAL"),
+        "the error names the expected form; output:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn tokens_never_reach_the_log() {
+    // The gateway's own debug logs too, to cover everything it might say about a hello.
+    let process = Process::start("info,arcp_gateway=debug").await;
+    let channel = process.channel().await;
+
+    // A hello with the configured token is welcomed.
+    let (good, welcome) = hello_as(channel.clone(), TOKEN).await;
+    assert!(
+        matches!(welcome.payload, Some(Out::SessionWelcome(_))),
+        "expected session_welcome, got {welcome:?}"
+    );
+
+    // A hello with a wrong token is refused.
+    let (mut bad, refusal) = hello_as(channel.clone(), WRONG_TOKEN).await;
+    let Some(Out::SessionError(error)) = &refusal.payload else {
+        panic!("expected session_error, got {refusal:?}");
+    };
+    assert_eq!(error.code, "UNAUTHENTICATED");
+    assert!(
+        matches!(bad.next().await, Ok(None) | Err(_)),
+        "the refused stream ends"
+    );
+
+    // The same two tokens as `authorization` metadata, which is checked before a stream opens.
+    let mut client = ArcpClient::new(channel);
+    for token in [TOKEN, WRONG_TOKEN] {
+        let (tx, rx) = mpsc::channel::<ClientFrame>(1);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let opened = client.session(request).await;
+        if token == WRONG_TOKEN {
+            let status = opened.expect_err("a wrong bearer token is refused");
+            assert_eq!(status.code(), Code::Unauthenticated);
+        } else {
+            opened.expect("the configured bearer token is accepted");
+        }
+        drop(tx);
+    }
+
+    drop(good);
+    let (status, log) = process.terminate().await;
+    assert!(status.success(), "exit status {status}; output:\n{log}");
+    assert!(
+        log.contains("arcp-gateway listening"),
+        "the log was captured:\n{log}"
+    );
+    for secret in [TOKEN, WRONG_TOKEN] {
+        assert!(
+            !log.contains(secret),
+            "the log contains the token {secret:?}:\n{log}"
+        );
+    }
+}

@@ -1,0 +1,539 @@
+//! Resume (§6.3, §8.3): exact replay, token rotation, expiry, binding, and takeover, through
+//! the real server.
+
+mod common;
+
+use std::time::Duration;
+
+use arcp_gateway::{config::GatewayConfig, ids::SessionId, proto, ErrorCode};
+use common::*;
+use proto::{client_frame::Payload as In, server_frame::Payload as Out};
+use rand::{Rng, SeedableRng};
+
+/// Waits until the session's log has grown past `seq`: proof that the job kept emitting while
+/// no client was attached.
+async fn wait_for_log_beyond(server: &TestServer, session: &str, seq: u64) {
+    let session = SessionId::new(session);
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    loop {
+        let newest = server
+            .gateway
+            .event_log()
+            .bounds(&session)
+            .await
+            .expect("session log exists")
+            .newest;
+        if newest.get() > seq {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "log never grew past {seq} (newest {newest})"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Opens a stream and resumes with `hello.resume`; returns the stream and its first frame.
+async fn resume_with_hello(
+    server: &TestServer,
+    token: &str,
+    session: &str,
+    resume_token: &str,
+    last: u64,
+) -> (Conn, proto::ServerFrame) {
+    let mut conn = server.open().await;
+    conn.send(hello(
+        token,
+        FEATURES,
+        Some(resume_info(session, resume_token, last)),
+    ))
+    .await;
+    let first = conn.recv().await;
+    (conn, first)
+}
+
+fn expect_error(frame: &proto::ServerFrame, code: ErrorCode) {
+    let e = session_error(frame);
+    assert_eq!(e.code, code.as_str(), "unexpected error: {e:?}");
+    assert_eq!(e.retryable, code.retryable());
+}
+
+#[tokio::test]
+async fn missed_frames_replay_once_in_order_then_live_frames_follow() {
+    let server = TestServer::start_default().await;
+    let (mut conn, w) = server.hello("alice-token").await;
+    let session = w.session_id.clone();
+    let token = welcome(&w).resume_token.clone();
+    let (job, _) = submit_and_accept(&mut conn, ticker(40, 10)).await;
+
+    let mut seen = vec![1u64];
+    let mut progress = Vec::new();
+    while progress.len() < 5 {
+        let f = conn.recv().await;
+        seen.push(f.event_seq);
+        progress.extend(progress_current(&f));
+    }
+    let last = *seen.last().unwrap();
+    drop(conn);
+    wait_for_log_beyond(&server, &session, last + 3).await;
+
+    let (mut conn, first) = resume_with_hello(&server, "alice-token", &session, &token, last).await;
+    let w2 = welcome(&first);
+    assert_eq!(first.session_id, session, "the same session continues");
+    assert_ne!(w2.resume_token, token, "the token rotates on every welcome");
+
+    let (frames, terminal) = conn.recv_until_terminal(&job).await;
+    for f in frames.iter().chain([&terminal]) {
+        assert_eq!(f.job_id, job);
+        seen.push(f.event_seq);
+        progress.extend(progress_current(f));
+    }
+    let expected: Vec<u64> = (1..=terminal.event_seq).collect();
+    assert_eq!(seen, expected, "every frame exactly once, in order");
+    assert_eq!(progress, (1..=40).map(f64::from).collect::<Vec<_>>());
+    assert_eq!(
+        to_json(job_result(&terminal).result.as_ref().unwrap()),
+        serde_json::json!({"ticks": 40})
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_out_token_is_rejected_and_the_new_one_works() {
+    let server = TestServer::start_default().await;
+    let (conn, w) = server.hello("alice-token").await;
+    let session = w.session_id.clone();
+    let t1 = welcome(&w).resume_token.clone();
+    drop(conn);
+
+    let (conn, first) = resume_with_hello(&server, "alice-token", &session, &t1, 0).await;
+    let t2 = welcome(&first).resume_token.clone();
+    drop(conn);
+
+    let (_conn, first) = resume_with_hello(&server, "alice-token", &session, &t1, 0).await;
+    expect_error(&first, ErrorCode::ResumeWindowExpired);
+
+    let (_conn, first) = resume_with_hello(&server, "alice-token", &session, &t2, 0).await;
+    assert_eq!(first.session_id, session);
+    welcome(&first);
+}
+
+#[tokio::test]
+async fn tokens_expire_with_the_resume_window_and_the_session_is_swept() {
+    let config = GatewayConfig {
+        resume_window: Duration::from_secs(1),
+        sweep_interval: Duration::from_millis(50),
+        ..GatewayConfig::default()
+    };
+    let server = TestServer::start(config, &[("alice-token", "alice")]).await;
+    let (conn, w) = server.hello("alice-token").await;
+    let session = w.session_id.clone();
+    let token = welcome(&w).resume_token.clone();
+    drop(conn);
+
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let (_conn, first) = resume_with_hello(&server, "alice-token", &session, &token, 0).await;
+    expect_error(&first, ErrorCode::ResumeWindowExpired);
+
+    let id = SessionId::new(session.as_str());
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    while server.gateway.sessions().get(&id).is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expired session never swept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        server.gateway.event_log().bounds(&id).await.is_err(),
+        "log removed"
+    );
+}
+
+#[tokio::test]
+async fn the_window_only_starts_when_the_transport_drops() {
+    let config = GatewayConfig {
+        resume_window: Duration::from_secs(1),
+        sweep_interval: Duration::from_millis(50),
+        ..GatewayConfig::default()
+    };
+    let server = TestServer::start(config, &[("alice-token", "alice")]).await;
+    let (mut attached, w) = server.hello("alice-token").await;
+    let session = w.session_id.clone();
+    let token = welcome(&w).resume_token.clone();
+
+    // Longer than the window, but the stream is still attached: the token stays valid.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let (_conn, first) = resume_with_hello(&server, "alice-token", &session, &token, 0).await;
+    assert_eq!(welcome(&first).resume_window_sec, 1);
+    assert_eq!(first.session_id, session);
+    let ended = attached
+        .try_recv()
+        .await
+        .expect_err("the taken-over stream ends");
+    assert_eq!(ended.code(), tonic::Code::Aborted);
+}
+
+#[tokio::test]
+async fn unknown_malformed_and_mismatched_tokens_are_refused() {
+    let server = TestServer::start_default().await;
+    let (_a, wa) = server.hello("alice-token").await;
+    let (_b, wb) = server.hello("alice-token").await;
+    let token_a = welcome(&wa).resume_token.clone();
+
+    for (session, token) in [
+        (wa.session_id.as_str(), "nope"),
+        (wa.session_id.as_str(), "rt_sess_unknown.c2VjcmV0"),
+        (wa.session_id.as_str(), &format!("{token_a}x")),
+        // A's valid token, but claiming to resume B.
+        (wb.session_id.as_str(), token_a.as_str()),
+    ] {
+        let (_conn, first) = resume_with_hello(&server, "alice-token", session, token, 0).await;
+        expect_error(&first, ErrorCode::ResumeWindowExpired);
+        assert_eq!(first.event_seq, 0);
+    }
+}
+
+#[tokio::test]
+async fn a_token_presented_by_another_principal_is_denied_and_not_burnt() {
+    let server = TestServer::start_default().await;
+    let (conn, w) = server.hello("alice-token").await;
+    let session = w.session_id.clone();
+    let token = welcome(&w).resume_token.clone();
+    drop(conn);
+
+    let (_conn, first) = resume_with_hello(&server, "bob-token", &session, &token, 0).await;
+    expect_error(&first, ErrorCode::PermissionDenied);
+
+    let (_conn, first) = resume_with_hello(&server, "alice-token", &session, &token, 0).await;
+    assert_eq!(first.session_id, session);
+    welcome(&first);
+}
+
+#[tokio::test]
+async fn last_event_seq_must_lie_within_the_buffer() {
+    let config = GatewayConfig {
+        max_log_frames: 5,
+        ..GatewayConfig::default()
+    };
+    let server = TestServer::start(config, &[("alice-token", "alice")]).await;
+    let (mut conn, w) = server.hello("alice-token").await;
+    let session = w.session_id.clone();
+    let token = welcome(&w).resume_token.clone();
+    let (job, _) = submit_and_accept(&mut conn, ticker(10, 0)).await;
+    drop(conn);
+    // accepted + 10 progress + result; only the last five stay buffered.
+    let newest = 12;
+    wait_for_log_beyond(&server, &session, newest - 1).await;
+
+    // Beyond the newest: a client bug, not an expired window. The token survives.
+    let (_conn, first) =
+        resume_with_hello(&server, "alice-token", &session, &token, newest + 1).await;
+    expect_error(&first, ErrorCode::InvalidRequest);
+
+    // Frames 1..=7 were evicted; resuming from 6 would leave a gap.
+    let (_conn, first) = resume_with_hello(&server, "alice-token", &session, &token, 6).await;
+    expect_error(&first, ErrorCode::ResumeWindowExpired);
+
+    // From 7 the five retained frames replay exactly.
+    let (mut conn, first) = resume_with_hello(&server, "alice-token", &session, &token, 7).await;
+    welcome(&first);
+    let (frames, terminal) = conn.recv_until_terminal(&job).await;
+    let seqs: Vec<u64> = frames
+        .iter()
+        .chain([&terminal])
+        .map(|f| f.event_seq)
+        .collect();
+    assert_eq!(seqs, vec![8, 9, 10, 11, 12]);
+}
+
+#[tokio::test]
+async fn resuming_takes_over_a_live_stream() {
+    let server = TestServer::start_default().await;
+    let (mut old, w) = server.hello("alice-token").await;
+    let session = w.session_id.clone();
+    let token = welcome(&w).resume_token.clone();
+    let (job, _) = submit_and_accept(&mut old, ticker(5, 20)).await;
+
+    let (mut new, first) = resume_with_hello(&server, "alice-token", &session, &token, 1).await;
+    welcome(&first);
+    loop {
+        match old.try_recv().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("old stream ended without a status"),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Aborted);
+                break;
+            }
+        }
+    }
+    let (frames, terminal) = new.recv_until_terminal(&job).await;
+    let seqs: Vec<u64> = frames
+        .iter()
+        .chain([&terminal])
+        .map(|f| f.event_seq)
+        .collect();
+    assert_eq!(seqs, (2..=7).collect::<Vec<_>>());
+
+    // The new stream owns the session: it may cancel its jobs.
+    let (job2, _) = submit_and_accept(&mut new, ticker(1000, 20)).await;
+    new.send(cancel(&job2)).await;
+    let (_, terminal) = new.recv_until_terminal(&job2).await;
+    assert_eq!(job_error(&terminal).code, "CANCELLED");
+}
+
+#[tokio::test]
+async fn standalone_session_resume_continues_the_session() {
+    let server = TestServer::start_default().await;
+    let (mut conn, w) = server.hello("alice-token").await;
+    let session = w.session_id.clone();
+    let token = welcome(&w).resume_token.clone();
+    let (job, _) = submit_and_accept(&mut conn, submit("echo", serde_json::json!({"x": 1}))).await;
+    drop(conn);
+
+    let mut conn = server.open().await;
+    conn.send(In::SessionResume(proto::SessionResume {
+        session_id: session.clone(),
+        resume_token: token,
+        last_event_seq: 1,
+        auth: Some(proto::Auth {
+            scheme: "bearer".into(),
+            token: "alice-token".into(),
+        }),
+        ..Default::default()
+    }))
+    .await;
+    let first = conn.recv().await;
+    welcome(&first);
+    assert_eq!(first.session_id, session);
+    let (_, terminal) = conn.recv_until_terminal(&job).await;
+    assert_eq!(terminal.event_seq, 2);
+    assert_eq!(
+        to_json(job_result(&terminal).result.as_ref().unwrap()),
+        serde_json::json!({"x": 1})
+    );
+}
+
+#[tokio::test]
+async fn resume_metadata_is_validated_before_the_stream_opens() {
+    let server = TestServer::start_default().await;
+    let (mut conn, w) = server.hello("alice-token").await;
+    let session = w.session_id.clone();
+    let token = welcome(&w).resume_token.clone();
+    let (job, _) = submit_and_accept(&mut conn, submit("echo", serde_json::json!("hi"))).await;
+    conn.recv_until_terminal(&job).await;
+    drop(conn);
+
+    let refused = |metadata: Vec<(&'static str, String)>, code: tonic::Code, arcp: ErrorCode| {
+        let server = &server;
+        async move {
+            let md: Vec<(&'static str, &str)> =
+                metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let status = match server.open_with(&md).await {
+                Err(status) => status,
+                Ok(mut conn) => conn
+                    .try_recv()
+                    .await
+                    .expect_err("refused before the stream opens"),
+            };
+            assert_eq!(status.code(), code, "{status:?}");
+            assert_eq!(
+                status
+                    .metadata()
+                    .get("arcp-error-code")
+                    .and_then(|v| v.to_str().ok()),
+                Some(arcp.as_str())
+            );
+        }
+    };
+    let alice = || ("authorization", "Bearer alice-token".to_string());
+    refused(
+        vec![alice(), ("arcp-resume-token", "rt_sess_x.bogus".into())],
+        tonic::Code::FailedPrecondition,
+        ErrorCode::ResumeWindowExpired,
+    )
+    .await;
+    refused(
+        vec![
+            ("authorization", "Bearer bob-token".into()),
+            ("arcp-resume-token", token.clone()),
+        ],
+        tonic::Code::PermissionDenied,
+        ErrorCode::PermissionDenied,
+    )
+    .await;
+    refused(
+        vec![("arcp-resume-token", token.clone())],
+        tonic::Code::Unauthenticated,
+        ErrorCode::Unauthenticated,
+    )
+    .await;
+    refused(
+        vec![
+            ("authorization", "Bearer wrong".into()),
+            ("arcp-resume-token", token.clone()),
+        ],
+        tonic::Code::Unauthenticated,
+        ErrorCode::Unauthenticated,
+    )
+    .await;
+    refused(
+        vec![
+            alice(),
+            ("arcp-resume-token", token.clone()),
+            ("arcp-last-event-seq", "x".into()),
+        ],
+        tonic::Code::InvalidArgument,
+        ErrorCode::InvalidRequest,
+    )
+    .await;
+    refused(
+        vec![
+            alice(),
+            ("arcp-resume-token", token.clone()),
+            ("arcp-last-event-seq", "3".into()),
+        ],
+        tonic::Code::InvalidArgument,
+        ErrorCode::InvalidRequest,
+    )
+    .await;
+
+    // Valid metadata: a hello without a resume block continues the session from seq 1.
+    let mut conn = server
+        .open_with(&[
+            ("authorization", "Bearer alice-token"),
+            ("arcp-resume-token", &token),
+            ("arcp-last-event-seq", "1"),
+        ])
+        .await
+        .expect("stream opens");
+    conn.send(hello("", FEATURES, None)).await;
+    let first = conn.recv().await;
+    assert_eq!(first.session_id, session);
+    assert_ne!(welcome(&first).resume_token, token);
+    let replayed = conn.recv().await;
+    assert_eq!(replayed.event_seq, 2);
+    assert!(matches!(replayed.payload, Some(Out::JobResult(_))));
+}
+
+/// Drops and resumes the stream at random points while a job emits; the client must see every
+/// sequence number from 1 to the terminal frame exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_drops_and_resumes_lose_and_repeat_nothing() {
+    let seed: u64 = std::env::var("ARCP_STRESS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("ARCP_STRESS_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    const TICKS: u64 = 3000;
+    let server = TestServer::start_default().await;
+    let (mut conn, w) = server.hello("alice-token").await;
+    let session = w.session_id.clone();
+    let mut token = welcome(&w).resume_token.clone();
+    let (job, _) = submit_and_accept(&mut conn, ticker(TICKS, 0)).await;
+
+    let mut seen = vec![1u64];
+    let mut progress = Vec::new();
+    let mut resumes = 0;
+    'outer: loop {
+        let burst = rng.random_range(0..200);
+        for _ in 0..burst {
+            let f = conn.recv().await;
+            assert_eq!(f.job_id, job);
+            seen.push(f.event_seq);
+            progress.extend(progress_current(&f));
+            if is_terminal(&f) {
+                break 'outer;
+            }
+        }
+        drop(conn);
+        resumes += 1;
+        let last = *seen.last().unwrap();
+        let (next, first) = match rng.random_range(0..3) {
+            0 => resume_with_hello(&server, "alice-token", &session, &token, last).await,
+            1 => {
+                let mut c = server.open().await;
+                c.send(In::SessionResume(proto::SessionResume {
+                    session_id: session.clone(),
+                    resume_token: token.clone(),
+                    last_event_seq: last,
+                    auth: Some(proto::Auth {
+                        scheme: "bearer".into(),
+                        token: "alice-token".into(),
+                    }),
+                    ..Default::default()
+                }))
+                .await;
+                let first = c.recv().await;
+                (c, first)
+            }
+            _ => {
+                let last = last.to_string();
+                let mut c = server
+                    .open_with(&[
+                        ("authorization", "Bearer alice-token"),
+                        ("arcp-resume-token", &token),
+                        ("arcp-last-event-seq", &last),
+                    ])
+                    .await
+                    .expect("resume metadata accepted");
+                c.send(hello("", FEATURES, None)).await;
+                let first = c.recv().await;
+                (c, first)
+            }
+        };
+        assert_eq!(first.session_id, session);
+        token = welcome(&first).resume_token.clone();
+        conn = next;
+    }
+    println!("resumed {resumes} times");
+    assert!(resumes >= 5, "the test must actually exercise resume");
+    let expected: Vec<u64> = (1..=*seen.last().unwrap()).collect();
+    assert_eq!(
+        seen, expected,
+        "gap-free and duplicate-free across {resumes} resumes"
+    );
+    assert_eq!(progress.len() as u64, TICKS);
+    assert!(progress
+        .iter()
+        .enumerate()
+        .all(|(i, p)| *p == (i + 1) as f64));
+}
+
+/// A live client that falls so far behind that its unread frames are evicted gets an explicit
+/// error instead of a silent gap.
+#[tokio::test]
+async fn a_live_reader_overtaken_by_eviction_is_told_not_skipped() {
+    let config = GatewayConfig {
+        max_log_frames: 50,
+        ..GatewayConfig::default()
+    };
+    let server = TestServer::start(config, &[("alice-token", "alice")]).await;
+    let (mut conn, w) = server.hello("alice-token").await;
+    let (job, _) = submit_and_accept(&mut conn, ticker(50_000, 0)).await;
+    // Not reading lets HTTP/2 flow control stop the stream long before the job ends.
+    wait_for_log_beyond(&server, &w.session_id, 50_001).await;
+
+    let mut last = 1;
+    loop {
+        let f = conn.recv().await;
+        if let Some(Out::SessionError(e)) = &f.payload {
+            assert_eq!(e.code, "RESUME_WINDOW_EXPIRED");
+            break;
+        }
+        assert_eq!(f.job_id, job);
+        assert_eq!(
+            f.event_seq,
+            last + 1,
+            "frames before the error are contiguous"
+        );
+        last = f.event_seq;
+    }
+    assert!(last < 50_002, "the reader was overtaken");
+    assert!(
+        matches!(conn.try_recv().await, Ok(None)),
+        "the stream ends after the error"
+    );
+}
