@@ -1,6 +1,8 @@
 //! End-to-end tests of the `arcp-gateway` binary: a real process on an ephemeral port, driven
 //! over gRPC, stopped with SIGTERM.
 
+mod common;
+
 use std::{net::SocketAddr, process::Stdio, sync::Arc, time::Duration};
 
 use arcp_gateway::{
@@ -246,29 +248,12 @@ impl Session {
     }
 }
 
-fn hello(token: &str) -> In {
-    In::SessionHello(proto::SessionHello {
-        client: Some(proto::ClientInfo {
-            name: "arcp-gateway-binary-tests".into(),
-            version: "0".into(),
-        }),
-        auth: Some(proto::Auth {
-            scheme: "bearer".into(),
-            token: token.into(),
-        }),
-        capabilities: Some(proto::Capabilities {
-            encodings: vec!["protobuf".into()],
-            features: vec!["progress".into(), "agent_versions".into()],
-            agents: vec![],
-        }),
-        resume: None,
-    })
-}
-
 /// Opens a stream and says hello as `token`; returns the stream and the first server frame.
 async fn hello_as(channel: Channel, token: &str) -> (Session, ServerFrame) {
     let mut session = Session::open(channel).await;
-    session.send("hello", hello(token)).await;
+    session
+        .send("hello", common::hello(token, common::FEATURES, None))
+        .await;
     let first = session.recv().await;
     (session, first)
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use arcp_gateway::{
     agent::{Agent, AgentRegistry, JobContext},
@@ -53,35 +53,6 @@ fn submit_with(agent: &str, input: serde_json::Value, max_runtime_sec: u32) -> I
 
 fn event_seqs<'a>(frames: impl IntoIterator<Item = &'a proto::ServerFrame>) -> Vec<u64> {
     frames.into_iter().map(|f| f.event_seq).collect()
-}
-
-/// The session's newest event_seq, straight from the gateway's log.
-async fn newest(server: &TestServer, session: &str) -> u64 {
-    server
-        .gateway
-        .event_log()
-        .bounds(&SessionId::new(session))
-        .await
-        .expect("the session has a log")
-        .newest
-        .get()
-}
-
-/// Polls the log until it holds `seq` frames. A guard against hangs bounded by a deadline, not
-/// a timing assertion.
-async fn wait_for_log(server: &TestServer, session: &str, seq: u64) {
-    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
-    loop {
-        let n = newest(server, session).await;
-        if n >= seq {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the log never reached {seq} (newest {n})"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Runs an echo job on `conn` and returns its (accepted, result) frames.

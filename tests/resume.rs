@@ -10,30 +10,6 @@ use common::*;
 use proto::{client_frame::Payload as In, server_frame::Payload as Out};
 use rand::{Rng, SeedableRng};
 
-/// Waits until the session's log has grown past `seq`: proof that the job kept emitting while
-/// no client was attached.
-async fn wait_for_log_beyond(server: &TestServer, session: &str, seq: u64) {
-    let session = SessionId::new(session);
-    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
-    loop {
-        let newest = server
-            .gateway
-            .event_log()
-            .bounds(&session)
-            .await
-            .expect("session log exists")
-            .newest;
-        if newest.get() > seq {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "log never grew past {seq} (newest {newest})"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Opens a stream and resumes with `hello.resume`; returns the stream and its first frame.
 async fn resume_with_hello(
     server: &TestServer,
@@ -76,7 +52,7 @@ async fn missed_frames_replay_once_in_order_then_live_frames_follow() {
     }
     let last = *seen.last().unwrap();
     drop(conn);
-    wait_for_log_beyond(&server, &session, last + 3).await;
+    wait_for_log(&server, &session, last + 4).await;
 
     let (mut conn, first) = resume_with_hello(&server, "alice-token", &session, &token, last).await;
     let w2 = welcome(&first);
@@ -224,7 +200,7 @@ async fn last_event_seq_must_lie_within_the_buffer() {
     drop(conn);
     // accepted + 10 progress + result; only the last five stay buffered.
     let newest = 12;
-    wait_for_log_beyond(&server, &session, newest - 1).await;
+    wait_for_log(&server, &session, newest).await;
 
     // Beyond the newest: a client bug, not an expired window. The token survives.
     let (_conn, first) =
@@ -514,7 +490,7 @@ async fn a_live_reader_overtaken_by_eviction_is_told_not_skipped() {
     let (mut conn, w) = server.hello("alice-token").await;
     let (job, _) = submit_and_accept(&mut conn, ticker(50_000, 0)).await;
     // Not reading lets HTTP/2 flow control stop the stream long before the job ends.
-    wait_for_log_beyond(&server, &w.session_id, 50_001).await;
+    wait_for_log(&server, &w.session_id, 50_002).await;
 
     let mut last = 1;
     loop {

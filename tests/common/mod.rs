@@ -334,3 +334,32 @@ pub async fn submit_and_accept(conn: &mut Conn, payload: In) -> (String, ServerF
     );
     (a.job_id.clone(), frame)
 }
+
+/// The session's newest event_seq, straight from the gateway's log.
+pub async fn newest(server: &TestServer, session: &str) -> u64 {
+    server
+        .gateway
+        .event_log()
+        .bounds(&arcp_gateway::ids::SessionId::new(session))
+        .await
+        .expect("the session has a log")
+        .newest
+        .get()
+}
+
+/// Polls the log until it holds `seq` frames. A guard against hangs bounded by a deadline, not
+/// a timing assertion.
+pub async fn wait_for_log(server: &TestServer, session: &str, seq: u64) {
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    loop {
+        let n = newest(server, session).await;
+        if n >= seq {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the log never reached {seq} (newest {n})"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
