@@ -16,6 +16,11 @@ pub struct GatewayConfig {
     /// How long a new stream may stay silent before its `session.hello`; bounds what idle,
     /// never-authenticated connections can hold.
     pub hello_timeout: Duration,
+    /// Unacknowledged frames a session with `ack` may accumulate before the runtime emits a
+    /// `back_pressure` status (§6.5).
+    pub back_pressure_lag: u64,
+    /// How long an `idempotency_key` keeps naming its job (§7.2).
+    pub idempotency_window: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -26,6 +31,8 @@ impl Default for GatewayConfig {
             heartbeat_interval_sec: 30,
             sweep_interval: Duration::from_secs(1),
             hello_timeout: Duration::from_secs(30),
+            back_pressure_lag: 1000,
+            idempotency_window: Duration::from_secs(24 * 3600),
         }
     }
 }

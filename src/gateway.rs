@@ -11,7 +11,7 @@ use crate::{
     config::GatewayConfig,
     event_log::{memory::MemoryEventLog, EventLog},
     ids::Principal,
-    job::JobManager,
+    job::{JobManager, ObservePolicy, SamePrincipalOnly},
     protocol::{
         client::ResumeRequest,
         server::{OutboundItem, Welcome},
@@ -20,6 +20,7 @@ use crate::{
     resume::{memory::MemoryResumeRegistry, ResumeRegistry, ResumeToken},
     session::{
         connection::{self, InboundStream},
+        outbox::Outbox,
         SessionTable,
     },
 };
@@ -48,6 +49,8 @@ pub struct Gateway {
     pub(crate) jobs: JobManager,
     pub(crate) agents: Arc<AgentRegistry>,
     pub(crate) shutdown: CancellationToken,
+    /// What the runtime offers in every welcome (§6.2).
+    pub(crate) features: Features,
 }
 
 /// Assembles a [`Gateway`].
@@ -57,6 +60,7 @@ pub struct GatewayBuilder {
     agents: AgentRegistry,
     registry: Option<Arc<dyn ResumeRegistry>>,
     log: Option<Arc<dyn EventLog>>,
+    observe: Arc<dyn ObservePolicy>,
 }
 
 impl GatewayBuilder {
@@ -84,6 +88,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Who may observe other principals' jobs; the default is nobody ([`SamePrincipalOnly`]).
+    pub fn observe_policy(mut self, policy: Arc<dyn ObservePolicy>) -> Self {
+        self.observe = policy;
+        self
+    }
+
     /// The gateway.
     pub fn build(self) -> Arc<Gateway> {
         let log = self
@@ -94,7 +104,13 @@ impl GatewayBuilder {
             registry: self
                 .registry
                 .unwrap_or_else(|| Arc::new(MemoryResumeRegistry::new())),
-            jobs: JobManager::new(agents.clone(), log.clone()),
+            jobs: JobManager::new(
+                agents.clone(),
+                Outbox::new(log.clone(), self.config.back_pressure_lag),
+                self.config.idempotency_window,
+                self.observe,
+            ),
+            features: Features::supported(),
             log,
             agents,
             auth: self.auth,
@@ -115,6 +131,7 @@ impl Gateway {
             agents: AgentRegistry::with_builtins(),
             registry: None,
             log: None,
+            observe: Arc::new(SamePrincipalOnly),
         }
     }
 

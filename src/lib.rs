@@ -18,6 +18,7 @@
 //!   its principal, rotated on every welcome and expiring with the resume window.
 //! - **Jobs and agents**: [`job`] runs agents and guarantees one terminal frame per job;
 //!   [`agent`] is the agent trait, the `name@version` registry and the built-in demo agents.
+//! - **Leases**: [`lease`] enforces grants, budgets and expiry, and checks delegation (§9).
 //! - **Authentication**: [`auth`] maps bearer tokens to principals.
 //! - **Transports**: [`transport::grpc`] adapts the gRPC service, its frame conversions and the
 //!   tower layer that authenticates before a stream opens; [`server`] assembles the tonic server
@@ -33,6 +34,7 @@ pub mod event_log;
 pub mod gateway;
 pub mod ids;
 pub mod job;
+pub mod lease;
 pub mod protocol;
 pub mod resume;
 pub mod server;

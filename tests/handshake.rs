@@ -139,7 +139,7 @@ async fn effective_features_are_the_intersection_of_hello_and_runtime() {
         hello("alice-token", &["progress", "heartbeat", "bogus"], None),
     )
     .await;
-    assert_eq!(features(&w), vec!["progress"]);
+    assert_eq!(features(&w), vec!["heartbeat", "progress"]);
 
     let (_c, _, w) = first_frame(&server, hello("alice-token", &[], None)).await;
     assert!(features(&w).is_empty(), "{:?}", features(&w));
@@ -441,7 +441,7 @@ async fn a_ping_is_answered_with_a_pong_echoing_its_nonce() {
 }
 
 #[tokio::test]
-async fn features_the_runtime_does_not_offer_are_refused_and_the_session_survives() {
+async fn features_the_client_did_not_negotiate_are_refused_and_the_session_survives() {
     let server = TestServer::start_default().await;
     let (mut conn, _) = server.hello("alice-token").await;
     for payload in [

@@ -12,7 +12,10 @@ use arcp_gateway::{
     config::GatewayConfig,
     ids::{EventSeq, Principal, SessionId},
     proto::{self, client_frame::Payload as In, server_frame::Payload as Out, ClientFrame},
-    protocol::{server::JobPayload, Json},
+    protocol::{
+        server::{JobPayload, ResultBody},
+        Json,
+    },
     ArcpError, ErrorCode, Gateway,
 };
 use common::*;
@@ -506,20 +509,13 @@ async fn bad_agent_input_is_accepted_then_fails_the_job() {
 async fn features_this_runtime_does_not_offer_are_refused_on_submit() {
     let server = TestServer::start_default().await;
     let (mut conn, w) = server.hello("alice-token").await;
-    for payload in [
-        In::JobSubmit(proto::JobSubmit {
-            agent: "echo".into(),
-            idempotency_key: "k1".into(),
-            ..Default::default()
+    for payload in [In::JobSubmit(proto::JobSubmit {
+        agent: "echo".into(),
+        lease_constraints: Some(proto::LeaseConstraints {
+            expires_at: "2099-01-01T00:00:00Z".into(),
         }),
-        In::JobSubmit(proto::JobSubmit {
-            agent: "echo".into(),
-            lease_constraints: Some(proto::LeaseConstraints {
-                expires_at: "2099-01-01T00:00:00Z".into(),
-            }),
-            ..Default::default()
-        }),
-    ] {
+        ..Default::default()
+    })] {
         let id = conn.send(payload).await;
         expect_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
     }
@@ -553,7 +549,7 @@ async fn jobs_keep_running_after_the_client_disconnects() {
     // accepted + 20 progress + result.
     wait_for_log(&server, &w.session_id, 22).await;
     match last_logged(&server, &w.session_id, 22).await {
-        JobPayload::Result(r) => assert_eq!(r.result, json!({"ticks": 20})),
+        JobPayload::Result(r) => assert_eq!(r.result, ResultBody::Inline(json!({"ticks": 20}))),
         other => panic!("expected the result last, got {other:?}"),
     }
 }
@@ -571,7 +567,7 @@ async fn jobs_keep_running_after_session_close() {
     // accepted + 10 progress + result.
     wait_for_log(&server, &w.session_id, 12).await;
     match last_logged(&server, &w.session_id, 12).await {
-        JobPayload::Result(r) => assert_eq!(r.result, json!({"ticks": 10})),
+        JobPayload::Result(r) => assert_eq!(r.result, ResultBody::Inline(json!({"ticks": 10}))),
         other => panic!("expected the result last, got {other:?}"),
     }
 }

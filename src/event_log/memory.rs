@@ -118,6 +118,21 @@ impl EventLog for MemoryEventLog {
             .map_err(|_| ArcpError::ResumeWindowExpired(format!("session {session} was removed")))
     }
 
+    async fn release_through(
+        &self,
+        session: &SessionId,
+        through: EventSeq,
+    ) -> Result<(), ArcpError> {
+        let log = self.get(session)?;
+        let mut frames = log.frames.lock();
+        while frames.retained.front().is_some_and(|f| f.seq <= through) {
+            if let Some(released) = frames.retained.pop_front() {
+                frames.bounds.evicted_through = released.seq;
+            }
+        }
+        Ok(())
+    }
+
     async fn bounds(&self, session: &SessionId) -> Result<LogBounds, ArcpError> {
         Ok(self.get(session)?.frames.lock().bounds)
     }

@@ -76,6 +76,14 @@ pub trait EventLog: Send + Sync + 'static {
     /// removed.
     async fn wait_beyond(&self, session: &SessionId, after: EventSeq) -> Result<(), ArcpError>;
 
+    /// Frees the frames up to `through` early, because the client acknowledged them (§6.5).
+    /// A resume from before `through` then fails as if they had been evicted.
+    async fn release_through(
+        &self,
+        session: &SessionId,
+        through: EventSeq,
+    ) -> Result<(), ArcpError>;
+
     /// The session's current bounds.
     async fn bounds(&self, session: &SessionId) -> Result<LogBounds, ArcpError>;
 

@@ -1,85 +1,83 @@
 //! The job engine: accepts submissions, runs agents, and ends every job with exactly one
 //! terminal frame (§7.3).
 //!
-//! A job's frames go to its session's event log through its [`JobContext`]: `job.accepted`
-//! first (appended before the agent starts, so it always precedes the job's events), then the
-//! agent's events, then `job.result` or `job.error`. Jobs do not depend on a connection: they
-//! keep running and appending while the client is away (§6.4).
+//! - [`record`]: one job's state and the single path its frames take to the session logs of
+//!   its submitter and subscribers.
+//! - [`context`]: the handle an agent runs with.
+//! - [`runner`]: drives an agent to the job's terminal frame.
+//! - [`idempotency`]: `idempotency_key` (§7.2).
+//! - [`listing`]: `session.list_jobs` filters and cursors (§6.6).
+//!
+//! Jobs do not depend on a connection: they keep running and appending while the client is
+//! away (§6.4).
 
 pub mod context;
+pub mod idempotency;
+pub mod listing;
+pub mod record;
+mod runner;
 
 use std::{
-    collections::HashMap,
-    panic::AssertUnwindSafe,
+    collections::{BTreeMap, HashSet},
+    ops::Bound,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use futures::FutureExt;
 use parking_lot::Mutex;
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     agent::AgentRegistry,
     clock::Timestamp,
     error::ArcpError,
-    event_log::EventLog,
-    ids::{JobId, Principal, SessionId, TraceId},
+    ids::{EventSeq, JobId, Principal, TraceId},
     protocol::{
-        client::JobSubmit,
-        server::{Accepted, FinalStatus, JobError, JobPayload, JobResult},
+        client::{JobSubmit, ListJobs, Subscribe},
+        server::{Accepted, JobPayload, JobSummary, Subscribed},
         Features,
+    },
+    session::{
+        outbox::{Outbox, Recipient},
+        Session,
     },
 };
 
 use context::JobContext;
+use idempotency::{Claim, IdempotencyKeys};
+use record::{Authority, JobRecord, JobSpec};
 
-/// Where a job is in its lifecycle.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum JobStatus {
-    /// The agent is running.
-    Running,
-    /// The job ended.
-    Finished(FinalStatus),
+pub use record::JobStatus;
+
+/// Who may observe (list, subscribe to) jobs submitted by other principals (§6.6, §7.6). The
+/// submitter may always observe its own jobs; this decides only for everyone else.
+pub trait ObservePolicy: Send + Sync + 'static {
+    /// Whether `observer` may see `job`.
+    fn may_observe(&self, observer: &Principal, job: &JobRecord) -> bool;
 }
 
-/// The runtime's record of one job.
-pub struct JobRecord {
-    /// The job.
-    pub id: JobId,
-    /// The session that submitted it, the only one that may cancel it (§7.4).
-    pub session: SessionId,
-    /// The submitting principal.
-    pub principal: Principal,
-    /// `name@version`.
-    pub agent: String,
-    /// Its trace context.
-    pub trace_id: Option<TraceId>,
-    /// When it was accepted.
-    pub created_at: Timestamp,
-    cancel: CancellationToken,
-    state: Mutex<JobState>,
+/// The default of §14: nobody observes another principal's jobs.
+pub struct SamePrincipalOnly;
+
+impl ObservePolicy for SamePrincipalOnly {
+    fn may_observe(&self, _: &Principal, _: &JobRecord) -> bool {
+        false
+    }
 }
 
-struct JobState {
-    status: JobStatus,
-    cancel_reason: Option<String>,
-    finished_at: Option<SystemTime>,
-}
+/// Named principals (auditors, dashboards) may observe every job; nobody else may observe
+/// other principals' jobs.
+pub struct Observers(pub HashSet<Principal>);
 
-impl JobRecord {
-    /// The job's current status.
-    pub fn status(&self) -> JobStatus {
-        self.state.lock().status
+impl ObservePolicy for Observers {
+    fn may_observe(&self, observer: &Principal, _: &JobRecord) -> bool {
+        self.0.contains(observer)
     }
 }
 
 /// Who submits, from where: what the engine needs besides the submission itself.
 pub struct Submitter<'a> {
     /// The submitting session.
-    pub session: &'a SessionId,
-    /// Its principal.
-    pub principal: &'a Principal,
+    pub session: &'a Arc<Session>,
     /// The session's effective features.
     pub features: Features,
     /// The `id` of the `job.submit` frame.
@@ -88,24 +86,45 @@ pub struct Submitter<'a> {
     pub trace_id: Option<TraceId>,
 }
 
+impl Submitter<'_> {
+    fn recipient(&self) -> Recipient {
+        Recipient {
+            session: self.session.clone(),
+            features: self.features.clone(),
+            sees_secrets: true,
+        }
+    }
+}
+
 /// Runs jobs.
 pub struct JobManager {
     agents: Arc<AgentRegistry>,
-    log: Arc<dyn EventLog>,
-    jobs: Mutex<HashMap<JobId, Arc<JobRecord>>>,
+    outbox: Outbox,
+    jobs: Mutex<BTreeMap<JobId, Arc<JobRecord>>>,
+    keys: IdempotencyKeys,
+    policy: Arc<dyn ObservePolicy>,
 }
 
 impl JobManager {
-    /// An engine running `agents`, writing to `log`.
-    pub fn new(agents: Arc<AgentRegistry>, log: Arc<dyn EventLog>) -> Self {
+    /// An engine running `agents`, delivering through `outbox`, keeping idempotency keys for
+    /// `key_window`.
+    pub fn new(
+        agents: Arc<AgentRegistry>,
+        outbox: Outbox,
+        key_window: Duration,
+        policy: Arc<dyn ObservePolicy>,
+    ) -> Self {
         JobManager {
             agents,
-            log,
-            jobs: Mutex::new(HashMap::new()),
+            outbox,
+            jobs: Mutex::new(BTreeMap::new()),
+            keys: IdempotencyKeys::new(key_window),
+            policy,
         }
     }
 
-    /// Accepts a submission: resolves the agent, appends `job.accepted`, starts the agent.
+    /// Accepts a submission: resolves the agent, appends `job.accepted`, starts the agent. A
+    /// repeated idempotent submission gets the original job's `job.accepted` again.
     pub async fn submit(
         &self,
         by: Submitter<'_>,
@@ -123,97 +142,191 @@ impl JobManager {
                     .into(),
             ));
         }
-        if submit.idempotency_key.is_some() {
-            return Err(ArcpError::InvalidRequest(
-                "idempotency_key is not supported by this runtime yet".into(),
-            ));
-        }
         let agent = self.agents.resolve(&submit.agent)?;
-        let job = Arc::new(JobRecord {
-            id: JobId::generate(),
-            session: by.session.clone(),
-            principal: by.principal.clone(),
+        let id = JobId::generate();
+        let principal = &by.session.principal;
+        if let Some(key) = &submit.idempotency_key {
+            if let Claim::Existing(existing) = self.keys.claim(principal, key, &submit, &id)? {
+                if let Some(job) = self.get(&existing) {
+                    self.repeat_acceptance(&job, &by).await?;
+                    return Ok(job);
+                }
+                // The job was forgotten; the key starts afresh.
+                self.keys.release(principal, key);
+                self.keys.claim(principal, key, &submit, &id)?;
+            }
+        }
+        let accepted_at = Timestamp::now();
+        let spec = JobSpec {
+            id: id.clone(),
             agent: agent.reference(),
-            trace_id: by.trace_id,
-            created_at: Timestamp::now(),
-            cancel: CancellationToken::new(),
-            state: Mutex::new(JobState {
-                status: JobStatus::Running,
-                cancel_reason: None,
-                finished_at: None,
-            }),
-        });
-        let ctx = JobContext::new(
-            job.id.clone(),
-            job.trace_id.clone(),
-            job.session.clone(),
-            self.log.clone(),
-            job.cancel.clone(),
-            by.features,
-        );
+            trace_id: by.trace_id.clone(),
+            parent: None,
+            lease: submit.lease_request.clone(),
+            expires_at: None,
+            created_at: accepted_at,
+        };
+        let job = Arc::new(JobRecord::new(spec, by.recipient(), Authority::default()));
         // Registered before the acceptance is visible, so a cancel racing right behind
         // `job.accepted` finds the job.
-        self.jobs.lock().insert(job.id.clone(), job.clone());
-        let accepted = ctx
-            .append(JobPayload::Accepted(Accepted {
-                agent: job.agent.clone(),
-                lease: submit.lease_request,
-                expires_at: None,
-                accepted_at: job.created_at,
-                request_id: by.request_id,
-            }))
+        self.jobs.lock().insert(id.clone(), job.clone());
+        let accepted = job
+            .emit(
+                &self.outbox,
+                JobPayload::Accepted(acceptance(&job, by.request_id)),
+            )
             .await;
         if let Err(e) = accepted {
-            self.jobs.lock().remove(&job.id);
+            self.jobs.lock().remove(&id);
+            if let Some(key) = &submit.idempotency_key {
+                self.keys.release(principal, key);
+            }
             return Err(e);
         }
-        tracing::info!(job = %job.id, session = %job.session, agent = %job.agent, "job accepted");
-
+        tracing::info!(job = %id, session = %job.session(), agent = %job.spec.agent, "job accepted");
+        let ctx = JobContext::new(job.clone(), self.outbox.clone());
         let max_runtime = submit
             .max_runtime_sec
             .map(|s| Duration::from_secs(s.into()));
-        tokio::spawn(run(
-            job.clone(),
-            agent.agent,
-            ctx,
-            submit.input,
-            max_runtime,
-        ));
+        tokio::spawn(runner::run(ctx, agent.agent, submit.input, max_runtime));
         Ok(job)
+    }
+
+    /// §7.2: the same `job.accepted` payload, answering this submit's `id`, in the submitting
+    /// session's log.
+    async fn repeat_acceptance(
+        &self,
+        job: &JobRecord,
+        by: &Submitter<'_>,
+    ) -> Result<(), ArcpError> {
+        let frame = crate::protocol::server::JobFrame {
+            job_id: job.id().clone(),
+            trace_id: job.spec.trace_id.clone(),
+            payload: JobPayload::Accepted(acceptance(job, by.request_id.clone())),
+        };
+        self.outbox
+            .deliver(&by.recipient(), frame)
+            .await
+            .map(|_| ())
     }
 
     /// Cancels a running job on behalf of `session` (§7.4).
     pub fn cancel(
         &self,
-        session: &SessionId,
-        principal: &Principal,
+        session: &Session,
         job_id: &JobId,
         reason: Option<String>,
     ) -> Result<(), ArcpError> {
-        let job = self
-            .jobs
-            .lock()
-            .get(job_id)
-            .filter(|j| &j.principal == principal)
-            .cloned()
-            .ok_or_else(|| ArcpError::JobNotFound(format!("no job {job_id}")))?;
-        if &job.session != session {
+        let job = self.visible(&session.principal, job_id)?;
+        if job.session() != &session.id {
             return Err(ArcpError::PermissionDenied(
-                "only the session that submitted a job may cancel it".into(),
+                "only the session that submitted a job may cancel it; subscribers only observe"
+                    .into(),
             ));
         }
-        let mut state = job.state.lock();
-        if let JobStatus::Finished(status) = state.status {
-            return Err(ArcpError::InvalidRequest(format!(
-                "job {job_id} already ended ({})",
-                status.as_str()
+        job.request_cancel(reason)
+    }
+
+    /// One page of the jobs `observer` may see (§6.6).
+    pub fn list(
+        &self,
+        observer: &Principal,
+        request: ListJobs,
+    ) -> Result<(Vec<JobSummary>, Option<String>), ArcpError> {
+        let query = listing::Query::parse(request)?;
+        let mut page = Vec::new();
+        let mut more = false;
+        {
+            let jobs = self.jobs.lock();
+            let start = query
+                .after
+                .clone()
+                .map_or(Bound::Unbounded, Bound::Excluded);
+            for job in jobs.range((start, Bound::Unbounded)).map(|(_, j)| j) {
+                if !self.may_observe(observer, job) || !query.matches(job) {
+                    continue;
+                }
+                if page.len() == query.limit {
+                    more = true;
+                    break;
+                }
+                page.push(job.clone());
+            }
+        }
+        let next = more
+            .then(|| page.last().map(|j| listing::encode_cursor(j.id())))
+            .flatten();
+        Ok((page.iter().map(|j| j.summary(observer)).collect(), next))
+    }
+
+    /// Attaches `session` to a job (§7.6). Every decision is logged for audit (§14).
+    pub async fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        features: Features,
+        request: Subscribe,
+        request_id: Option<String>,
+    ) -> Result<(), ArcpError> {
+        let observer = &session.principal;
+        let job = self
+            .get(&request.job_id)
+            .ok_or_else(|| not_found(&request.job_id))?;
+        let permitted = self.may_observe(observer, &job);
+        tracing::info!(
+            target: "arcp::audit",
+            subscriber = %observer,
+            session = %session.id,
+            job = %job.id(),
+            job_principal = %job.principal(),
+            decision = if permitted { "permit" } else { "deny" },
+            "job.subscribe"
+        );
+        if !permitted {
+            return Err(ArcpError::PermissionDenied(format!(
+                "principal {observer} may not observe job {}",
+                request.job_id
             )));
         }
-        if !job.cancel.is_cancelled() {
-            state.cancel_reason = reason;
-            job.cancel.cancel();
+        let announce = |newest: EventSeq, replayed: bool| {
+            JobPayload::Subscribed(Subscribed {
+                summary: job.summary(observer),
+                subscribed_from: newest,
+                replayed,
+                request_id: request_id.clone(),
+            })
+        };
+        let subscriber = Recipient {
+            session: session.clone(),
+            features,
+            sees_secrets: observer == job.principal(),
+        };
+        if job.session() == &session.id {
+            // The session already receives every frame of its own job; announcing is all
+            // there is to do, and replaying would repeat frames it has.
+            let frame = crate::protocol::server::JobFrame {
+                job_id: job.id().clone(),
+                trace_id: job.spec.trace_id.clone(),
+                payload: announce(job.summary(observer).last_event_seq, false),
+            };
+            return self.outbox.deliver(&subscriber, frame).await.map(|_| ());
         }
-        Ok(())
+        let history = request
+            .history
+            .then(|| request.from_event_seq.unwrap_or(EventSeq::ZERO));
+        job.attach(&self.outbox, subscriber, history, announce)
+            .await
+    }
+
+    /// Detaches `session` from a job it subscribed to.
+    pub async fn unsubscribe(&self, session: &Session, job_id: &JobId) -> Result<(), ArcpError> {
+        let job = self.visible(&session.principal, job_id)?;
+        if job.detach(&session.id).await {
+            Ok(())
+        } else {
+            Err(ArcpError::InvalidRequest(format!(
+                "this session is not subscribed to job {job_id}"
+            )))
+        }
     }
 
     /// A job by id.
@@ -221,85 +334,40 @@ impl JobManager {
         self.jobs.lock().get(job_id).cloned()
     }
 
-    /// Forgets jobs that ended before `before`.
+    /// Forgets jobs that ended before `before`, and idempotency keys past their window.
     pub fn purge_finished(&self, before: SystemTime) {
-        self.jobs
-            .lock()
-            .retain(|_, j| j.state.lock().finished_at.is_none_or(|at| at >= before));
+        self.jobs.lock().retain(|_, j| !j.finished_before(before));
+        self.keys.sweep(SystemTime::now());
+    }
+
+    fn may_observe(&self, observer: &Principal, job: &JobRecord) -> bool {
+        observer == job.principal() || self.policy.may_observe(observer, job)
+    }
+
+    /// A job `observer` may see; any other is reported as not found, so job ids of other
+    /// principals cannot be probed (§6.6).
+    fn visible(&self, observer: &Principal, job_id: &JobId) -> Result<Arc<JobRecord>, ArcpError> {
+        self.get(job_id)
+            .filter(|j| self.may_observe(observer, j))
+            .ok_or_else(|| not_found(job_id))
     }
 }
 
-/// How the agent's future ended.
-enum Outcome {
-    Returned(Result<serde_json::Value, ArcpError>),
-    Cancelled,
-    TimedOut(Duration),
+fn not_found(job_id: &JobId) -> ArcpError {
+    ArcpError::JobNotFound(format!("no job {job_id}"))
 }
 
-/// Drives one job to its single terminal frame.
-async fn run(
-    job: Arc<JobRecord>,
-    agent: Arc<dyn crate::agent::Agent>,
-    ctx: JobContext,
-    input: serde_json::Value,
-    max_runtime: Option<Duration>,
-) {
-    let deadline = async {
-        match max_runtime {
-            Some(limit) => tokio::time::sleep(limit).await,
-            None => std::future::pending().await,
-        }
-    };
-    // A panicking agent must still produce a terminal frame, so the panic is caught here.
-    let work = AssertUnwindSafe(agent.run(ctx.clone(), input)).catch_unwind();
-    let outcome = tokio::select! {
-        biased;
-        _ = job.cancel.cancelled() => Outcome::Cancelled,
-        _ = deadline => Outcome::TimedOut(max_runtime.unwrap_or_default()),
-        result = work => Outcome::Returned(result.unwrap_or_else(|_| {
-            Err(ArcpError::Internal("agent panicked".into()))
-        })),
-    };
-    // Dropping the agent's future above stops it; its sub-tasks see the cancellation token.
-    job.cancel.cancel();
-
-    let (status, frames) = match outcome {
-        Outcome::Returned(Ok(result)) => (
-            FinalStatus::Success,
-            vec![JobPayload::Result(JobResult {
-                result,
-                completed_at: Timestamp::now(),
-            })],
-        ),
-        Outcome::Returned(Err(err)) => {
-            let error = JobError::from_error(&err);
-            (error.final_status, vec![JobPayload::Error(error)])
-        }
-        Outcome::Cancelled => {
-            let reason = job.state.lock().cancel_reason.clone();
-            let error = JobError::from_error(&ArcpError::Cancelled(
-                reason
-                    .clone()
-                    .unwrap_or_else(|| "cancelled by the client".into()),
-            ));
-            (
-                FinalStatus::Cancelled,
-                vec![JobPayload::Cancelled { reason }, JobPayload::Error(error)],
-            )
-        }
-        Outcome::TimedOut(limit) => {
-            let error = JobError::from_error(&ArcpError::Timeout(format!(
-                "job exceeded max_runtime_sec ({}s)",
-                limit.as_secs()
-            )));
-            (FinalStatus::TimedOut, vec![JobPayload::Error(error)])
-        }
-    };
-    {
-        let mut state = job.state.lock();
-        state.status = JobStatus::Finished(status);
-        state.finished_at = Some(SystemTime::now());
+/// The `job.accepted` payload of `job`, answering the submit frame `request_id`.
+fn acceptance(job: &JobRecord, request_id: Option<String>) -> Accepted {
+    let authority = job.authority.lock();
+    Accepted {
+        agent: job.spec.agent.clone(),
+        lease: job.spec.lease.clone(),
+        expires_at: job.spec.expires_at,
+        budget: authority.budget.clone(),
+        credentials: authority.credentials.clone(),
+        parent_job_id: job.spec.parent.clone(),
+        accepted_at: job.spec.created_at,
+        request_id,
     }
-    ctx.finish(frames).await;
-    tracing::info!(job = %job.id, status = status.as_str(), "job finished");
 }

@@ -42,7 +42,7 @@ pub enum ClientMessage {
         last_processed_seq: EventSeq,
     },
     /// `session.list_jobs` (§6.6).
-    ListJobs,
+    ListJobs(ListJobs),
     /// `session.close` (§6.7).
     Close {
         /// Why the client closes, for logs.
@@ -58,10 +58,7 @@ pub enum ClientMessage {
         reason: Option<String>,
     },
     /// `job.subscribe` (§7.6).
-    Subscribe {
-        /// The job to attach to.
-        job_id: JobId,
-    },
+    Subscribe(Subscribe),
     /// `job.unsubscribe` (§7.6).
     Unsubscribe {
         /// The job to detach from.
@@ -78,7 +75,7 @@ impl ClientMessage {
             ClientMessage::Ping { .. } => "session.ping",
             ClientMessage::Pong => "session.pong",
             ClientMessage::Ack { .. } => "session.ack",
-            ClientMessage::ListJobs => "session.list_jobs",
+            ClientMessage::ListJobs(_) => "session.list_jobs",
             ClientMessage::Close { .. } => "session.close",
             ClientMessage::Submit(_) => "job.submit",
             ClientMessage::Cancel { .. } => "job.cancel",
@@ -125,6 +122,33 @@ pub struct JobSubmit {
     pub idempotency_key: Option<String>,
     /// Upper bound on the job's run time; `None` means unbounded.
     pub max_runtime_sec: Option<u32>,
+}
+
+/// `session.list_jobs` (§6.6). Every filter is optional.
+#[derive(Clone, Debug, Default)]
+pub struct ListJobs {
+    /// Only jobs in one of these states (`pending`, `running`, `success`, ...); empty: all.
+    pub status: Vec<String>,
+    /// Only jobs of this agent: `name` (any version) or `name@version`.
+    pub agent: Option<String>,
+    /// Only jobs created after this RFC 3339 instant.
+    pub created_after: Option<String>,
+    /// The page size; `None` for the runtime's default.
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// `job.subscribe` (§7.6).
+#[derive(Clone, Debug)]
+pub struct Subscribe {
+    /// The job to attach to.
+    pub job_id: JobId,
+    /// With `history`, replay the job's buffered frames after this sequence number of the
+    /// job's own session; absent means from the job's first frame.
+    pub from_event_seq: Option<EventSeq>,
+    /// Whether to replay buffered history before live frames.
+    pub history: bool,
 }
 
 /// A client frame the transport could not turn into a message; answered with a

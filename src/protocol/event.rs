@@ -1,8 +1,11 @@
 //! `job.event` bodies (§8.2).
 
-use crate::error::{ArcpError, ErrorCode};
+use crate::{
+    clock::Timestamp,
+    error::{ArcpError, ErrorCode},
+};
 
-use super::{Json, Lease};
+use super::{server::Credential, Json, Lease};
 
 /// The body of a `job.event`, one variant per `kind`.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,6 +44,8 @@ pub enum EventBody {
         phase: String,
         /// Free text.
         message: Option<String>,
+        /// With `credential_rotated` (§9.8.2): the credential's id and new value.
+        credential: Option<Credential>,
     },
     /// `metric`: `{ name, value, unit?, dimensions? }`.
     Metric {
@@ -75,7 +80,7 @@ pub enum EventBody {
         /// The derived lease.
         lease_request: Lease,
         /// The child's `expires_at`.
-        expires_at: Option<String>,
+        expires_at: Option<Timestamp>,
     },
     /// `progress` (§8.2.1).
     Progress {

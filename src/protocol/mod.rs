@@ -20,7 +20,14 @@ pub type Json = serde_json::Value;
 
 /// The features this runtime implements end to end and therefore advertises (§6.2). A feature
 /// joins this list only once it works through the real server.
-pub const SUPPORTED_FEATURES: &[&str] = &["progress", "agent_versions"];
+pub const SUPPORTED_FEATURES: &[&str] = &[
+    "heartbeat",
+    "ack",
+    "list_jobs",
+    "subscribe",
+    "progress",
+    "agent_versions",
+];
 
 /// The protocol version written in every envelope's `arcp` field.
 pub const PROTOCOL_VERSION: &str = "1.1";
@@ -30,13 +37,24 @@ pub const PROTOCOL_VERSION: &str = "1.1";
 pub struct Features(Vec<&'static str>);
 
 impl Features {
-    /// The intersection of what the client offered with [`SUPPORTED_FEATURES`].
-    pub fn negotiate<S: AsRef<str>>(offered: &[S]) -> Features {
+    /// Everything this runtime supports.
+    pub fn supported() -> Features {
+        Features(SUPPORTED_FEATURES.to_vec())
+    }
+
+    /// These features less `feature`, for a runtime configured without what it needs.
+    pub fn without(mut self, feature: &str) -> Features {
+        self.0.retain(|f| *f != feature);
+        self
+    }
+
+    /// The effective set (§6.2): the features of this (runtime's) set the client also named.
+    pub fn negotiate<S: AsRef<str>>(&self, requested: &[S]) -> Features {
         Features(
-            SUPPORTED_FEATURES
+            self.0
                 .iter()
                 .copied()
-                .filter(|f| offered.iter().any(|o| o.as_ref() == *f))
+                .filter(|f| requested.iter().any(|o| o.as_ref() == *f))
                 .collect(),
         )
     }

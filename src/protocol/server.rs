@@ -4,7 +4,7 @@
 //! belong to one connection and carry no sequence number; [`JobFrame`]s are appended to the
 //! session's event log, get the session's next `event_seq`, and are replayed on resume.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use crate::{
     clock::Timestamp,
@@ -42,6 +42,75 @@ pub enum ControlMessage {
         /// Why.
         reason: Option<String>,
     },
+    /// `session.ping` (§6.4), sent when the connection has been idle for an interval.
+    Ping {
+        /// Echoed by the client's pong.
+        nonce: String,
+        /// When it was sent.
+        sent_at: Timestamp,
+    },
+    /// `session.jobs` (§6.6): one page of the jobs the principal may observe.
+    Jobs {
+        /// The page.
+        jobs: Vec<JobSummary>,
+        /// Present when more jobs follow; pass it back as `cursor`.
+        next_cursor: Option<String>,
+    },
+}
+
+/// A provisioned credential (§9.8.1). Its `value` is a secret: only the job's submitter ever
+/// receives it, and it never reaches a log.
+#[derive(Clone, PartialEq)]
+pub struct Credential {
+    /// Stable within the job; correlates rotation and revocation.
+    pub id: String,
+    /// `bearer`.
+    pub scheme: String,
+    /// The secret.
+    pub value: String,
+    /// The only URL the credential may be presented to.
+    pub endpoint: String,
+    /// The API dialect to speak at `endpoint`.
+    pub profile: Option<String>,
+    /// What the upstream enforces, echoed for information.
+    pub constraints: serde_json::Map<String, Json>,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("id", &self.id)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The observable view of a job (§6.6), which is also the authority descriptor of
+/// `job.subscribed` (§7.6).
+#[derive(Clone, Debug)]
+pub struct JobSummary {
+    /// The job.
+    pub job_id: JobId,
+    /// `name@version`.
+    pub agent: String,
+    /// `running`, `success`, `error`, `cancelled` or `timed_out`.
+    pub status: &'static str,
+    /// The effective lease.
+    pub lease: Lease,
+    /// `lease_constraints.expires_at`.
+    pub expires_at: Option<Timestamp>,
+    /// Current budget counters, when the lease has `cost.budget`.
+    pub budget: Option<BTreeMap<String, f64>>,
+    /// The delegating job, for a child job (§10).
+    pub parent_job_id: Option<JobId>,
+    /// When it was accepted.
+    pub created_at: Timestamp,
+    /// Its trace context.
+    pub trace_id: Option<TraceId>,
+    /// The sequence number of its newest frame in its own session.
+    pub last_event_seq: EventSeq,
+    /// Only for the job's submitter (§14); empty for everyone else.
+    pub credentials: Vec<Credential>,
 }
 
 /// `session.welcome`.
@@ -85,6 +154,32 @@ pub struct JobFrame {
     pub payload: JobPayload,
 }
 
+impl JobFrame {
+    /// The frame as an observer other than the submitter may see it: no credentials (§14).
+    pub fn without_secrets(mut self) -> JobFrame {
+        match &mut self.payload {
+            JobPayload::Accepted(a) => a.credentials.clear(),
+            JobPayload::Subscribed(s) => s.summary.credentials.clear(),
+            JobPayload::Event {
+                body: EventBody::Status { credential, .. },
+                ..
+            } => *credential = None,
+            _ => {}
+        }
+        self
+    }
+}
+
+impl JobPayload {
+    /// Whether this frame ends its job (§7.3); `job.cancelled` is followed by a `job.error`.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            JobPayload::Result(_) | JobPayload::Error(_) | JobPayload::Cancelled { .. }
+        )
+    }
+}
+
 /// A job frame as stored in a session's event log, with its place in the session's sequence.
 #[derive(Clone, Debug)]
 pub struct LoggedFrame {
@@ -115,6 +210,22 @@ pub enum JobPayload {
         /// The reason the client gave.
         reason: Option<String>,
     },
+    /// `job.subscribed` (§7.6). Logged like the job's frames so it always precedes the
+    /// replayed and live frames it announces, and is replayed on resume.
+    Subscribed(Subscribed),
+}
+
+/// `job.subscribed`.
+#[derive(Clone, Debug)]
+pub struct Subscribed {
+    /// The authority descriptor, as the subscribing principal may see it.
+    pub summary: JobSummary,
+    /// The job's sequence number (in its own session) after which live delivery starts.
+    pub subscribed_from: EventSeq,
+    /// Whether buffered history was replayed.
+    pub replayed: bool,
+    /// The `id` of the `job.subscribe`.
+    pub request_id: Option<String>,
 }
 
 /// `job.accepted`.
@@ -125,7 +236,13 @@ pub struct Accepted {
     /// The effective lease.
     pub lease: Lease,
     /// `lease_constraints.expires_at`.
-    pub expires_at: Option<String>,
+    pub expires_at: Option<Timestamp>,
+    /// Initial budget counters, when the lease has `cost.budget` (§9.6).
+    pub budget: Option<BTreeMap<String, f64>>,
+    /// Provisioned credentials (§9.8).
+    pub credentials: Vec<Credential>,
+    /// The delegating job, for a child job (§10).
+    pub parent_job_id: Option<JobId>,
     /// When the runtime accepted the job.
     pub accepted_at: Timestamp,
     /// The `id` of the `job.submit`.
@@ -135,10 +252,26 @@ pub struct Accepted {
 /// `job.result`.
 #[derive(Clone, Debug)]
 pub struct JobResult {
-    /// The inline result.
-    pub result: Json,
+    /// The result, inline or streamed.
+    pub result: ResultBody,
     /// When the job finished.
     pub completed_at: Timestamp,
+}
+
+/// Where a job's result is (§8.4): never both inline and chunked.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResultBody {
+    /// In the `job.result` itself.
+    Inline(Json),
+    /// The concatenation of the `result_chunk` events with this `result_id`.
+    Streamed {
+        /// The chunks' `result_id`.
+        result_id: String,
+        /// Decoded bytes across all chunks.
+        result_size: u64,
+        /// What the agent said about it, if anything.
+        summary: Option<String>,
+    },
 }
 
 /// The terminal state of a job (§7.3).

@@ -10,20 +10,28 @@
 //! asks for one, the log absorbs what the client has not read yet (within its bound), and a
 //! reader blocked on a full control channel stops reading the client.
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use futures::{stream::BoxStream, Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
     clock::Timestamp,
     error::ArcpError,
     event_log::LogCursor,
     gateway::{ConnectInfo, Gateway},
+    ids::EventSeq,
     job::Submitter,
     protocol::{
         client::{ClientMessage, Inbound, RejectedFrame},
         server::{Control, ControlMessage, Outbound, OutboundItem, StreamEnd},
+        Features,
     },
 };
 
@@ -90,13 +98,23 @@ pub fn serve(
             message: ControlMessage::Welcome(opened.welcome),
         }));
 
+        let link = Arc::new(Link::new());
         let (control_tx, mut control_rx) = mpsc::channel(CONTROL_QUEUE);
-        let reader = tokio::spawn(read_loop(gw.clone(), session.clone(), inbound, control_tx));
+        let reader = tokio::spawn(read_loop(gw.clone(), session.clone(), link.clone(), inbound, control_tx));
         let _stop_reader = AbortOnDrop(reader);
         let mut reader_open = true;
         let mut cursor = LogCursor::new(gw.log.clone(), session.id.clone(), opened.replay_after, LOG_BATCH);
+        link.delivered.store(opened.replay_after.get(), Ordering::Release);
+        // §6.4: only with `heartbeat` negotiated does the runtime ping and declare loss.
+        let heartbeat = session.features().has("heartbeat").then(|| {
+            Duration::from_secs(u64::from(gw.config.heartbeat_interval_sec.max(1)))
+        });
+        let mut last_sent = Instant::now();
 
         loop {
+            let check_at = heartbeat.map_or(last_sent, |interval| {
+                (last_sent + interval).min(link.last_seen() + 2 * interval)
+            });
             let step = tokio::select! {
                 biased;
                 _ = opened.attached.superseded.cancelled() => Step::End(StreamEnd::Superseded),
@@ -106,6 +124,7 @@ pub fn serve(
                     None => Step::ReaderDone,
                 },
                 frames = cursor.next_batch() => Step::Frames(frames),
+                _ = tokio::time::sleep_until(check_at), if heartbeat.is_some() => Step::Heartbeat,
             };
             match step {
                 Step::End(reason) => {
@@ -114,6 +133,7 @@ pub fn serve(
                 }
                 Step::Control(Reply { control, then_close }) => {
                     yield OutboundItem::Frame(sid.clone(), Outbound::Control(control));
+                    last_sent = Instant::now();
                     if then_close {
                         break;
                     }
@@ -122,8 +142,11 @@ pub fn serve(
                 Step::ReaderDone => reader_open = false,
                 Step::Frames(Ok(frames)) => {
                     for frame in frames {
+                        let seq = frame.seq;
                         yield OutboundItem::Frame(sid.clone(), Outbound::Job(frame));
+                        link.delivered.store(seq.get(), Ordering::Release);
                     }
+                    last_sent = Instant::now();
                 }
                 Step::Frames(Err(error)) => {
                     // The cursor fell behind eviction: continuing would hide a gap.
@@ -131,8 +154,63 @@ pub fn serve(
                     yield error_frame(sid.clone(), None, error);
                     break;
                 }
+                Step::Heartbeat => {
+                    let Some(interval) = heartbeat else { continue };
+                    let now = Instant::now();
+                    if now >= link.last_seen() + 2 * interval {
+                        // The jobs run on and the session stays resumable; only this
+                        // transport is given up.
+                        tracing::info!(session = %session.id, "heartbeat lost; closing the transport");
+                        let error = ArcpError::HeartbeatLost(format!(
+                            "nothing received from the client for two heartbeat intervals ({}s)",
+                            2 * interval.as_secs()
+                        ));
+                        yield error_frame(sid.clone(), None, error);
+                        break;
+                    }
+                    if now >= last_sent + interval {
+                        let ping = ControlMessage::Ping {
+                            nonce: format!("p_{}", uuid::Uuid::now_v7().simple()),
+                            sent_at: Timestamp::now(),
+                        };
+                        yield OutboundItem::Frame(sid.clone(), Outbound::Control(Control {
+                            request_id: None,
+                            message: ping,
+                        }));
+                        last_sent = now;
+                    }
+                }
             }
         }
+    }
+}
+
+/// What the two halves of a connection share.
+struct Link {
+    opened: Instant,
+    /// Milliseconds after `opened` at which the client last sent anything (§6.4).
+    seen_ms: AtomicU64,
+    /// The newest sequence number handed to the transport; the client cannot have processed
+    /// anything beyond it, so it bounds what it may acknowledge.
+    delivered: AtomicU64,
+}
+
+impl Link {
+    fn new() -> Link {
+        Link {
+            opened: Instant::now(),
+            seen_ms: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+        }
+    }
+
+    fn saw_client(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.seen_ms.store(ms, Ordering::Release);
+    }
+
+    fn last_seen(&self) -> Instant {
+        self.opened + Duration::from_millis(self.seen_ms.load(Ordering::Acquire))
     }
 }
 
@@ -140,6 +218,7 @@ enum Step {
     End(StreamEnd),
     Control(Reply),
     ReaderDone,
+    Heartbeat,
     Frames(Result<Vec<Arc<crate::protocol::server::LoggedFrame>>, ArcpError>),
 }
 
@@ -167,12 +246,17 @@ fn error_frame(
 async fn read_loop(
     gw: Arc<Gateway>,
     session: Arc<Session>,
+    link: Arc<Link>,
     mut inbound: InboundStream,
     replies: mpsc::Sender<Reply>,
 ) {
     while let Some(frame) = inbound.next().await {
+        link.saw_client();
         let (request_id, outcome) = match frame {
-            Ok(frame) => (frame.id.clone(), dispatch(&gw, &session, frame).await),
+            Ok(frame) => (
+                frame.id.clone(),
+                dispatch(&gw, &session, &link, frame).await,
+            ),
             Err(rejected) => (rejected.request_id, Err(rejected.error)),
         };
         let reply = match outcome {
@@ -202,7 +286,8 @@ async fn read_loop(
 /// Handles one client frame of an open session; returns the control frame to answer with.
 async fn dispatch(
     gw: &Gateway,
-    session: &Session,
+    session: &Arc<Session>,
+    link: &Link,
     frame: Inbound,
 ) -> Result<Option<ControlMessage>, ArcpError> {
     if let Some(claimed) = &frame.session_id {
@@ -228,23 +313,57 @@ async fn dispatch(
         }
         ClientMessage::Submit(submit) => {
             let by = Submitter {
-                session: &session.id,
-                principal: &session.principal,
+                session,
                 features: session.features(),
                 request_id: frame.id,
                 trace_id: frame.trace_id,
             };
             gw.jobs.submit(by, submit).await.map(|_| None)
         }
-        ClientMessage::Cancel { job_id, reason } => gw
-            .jobs
-            .cancel(&session.id, &session.principal, &job_id, reason)
-            .map(|_| None),
-        ClientMessage::Ack { .. } => Err(not_negotiated("ack")),
-        ClientMessage::ListJobs => Err(not_negotiated("list_jobs")),
-        ClientMessage::Subscribe { .. } | ClientMessage::Unsubscribe { .. } => {
-            Err(not_negotiated("subscribe"))
+        ClientMessage::Cancel { job_id, reason } => {
+            gw.jobs.cancel(session, &job_id, reason).map(|_| None)
         }
+        ClientMessage::Ack { last_processed_seq } => {
+            require(session, "ack")?;
+            let delivered = EventSeq(link.delivered.load(Ordering::Acquire));
+            if last_processed_seq > delivered {
+                return Err(ArcpError::InvalidRequest(format!(
+                    "session.ack names event {last_processed_seq}, but only events up to {delivered} were delivered"
+                )));
+            }
+            let newest = gw.log.bounds(&session.id).await?.newest;
+            session.record_ack(last_processed_seq, newest, gw.config.back_pressure_lag);
+            gw.log
+                .release_through(&session.id, last_processed_seq)
+                .await?;
+            Ok(None)
+        }
+        ClientMessage::ListJobs(request) => {
+            require(session, "list_jobs")?;
+            let (jobs, next_cursor) = gw.jobs.list(&session.principal, request)?;
+            Ok(Some(ControlMessage::Jobs { jobs, next_cursor }))
+        }
+        ClientMessage::Subscribe(request) => {
+            let features = require(session, "subscribe")?;
+            gw.jobs
+                .subscribe(session, features, request, frame.id)
+                .await
+                .map(|_| None)
+        }
+        ClientMessage::Unsubscribe { job_id } => {
+            require(session, "subscribe")?;
+            gw.jobs.unsubscribe(session, &job_id).await.map(|_| None)
+        }
+    }
+}
+
+/// The session's features, if `feature` is among them; §6.2 forbids using any other.
+fn require(session: &Session, feature: &str) -> Result<Features, ArcpError> {
+    let features = session.features();
+    if features.has(feature) {
+        Ok(features)
+    } else {
+        Err(not_negotiated(feature))
     }
 }
 

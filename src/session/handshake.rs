@@ -46,7 +46,10 @@ pub async fn open(gw: &Gateway, conn: &ConnectInfo, first: Inbound) -> Result<Op
         }
     };
     let principal = authenticate(gw, conn, &hello)?;
-    let features = hello.features.as_deref().map(Features::negotiate);
+    let features = hello
+        .features
+        .as_deref()
+        .map(|requested| gw.features.negotiate(requested));
     match hello.resume.or_else(|| conn.resume.clone()) {
         None => create(gw, principal, features.unwrap_or_default()).await,
         Some(resume) => resume_session(gw, principal, features, resume).await,

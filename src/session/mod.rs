@@ -3,6 +3,8 @@
 //! - [`handshake`]: the first frame of a stream, turned into a new or resumed session.
 //! - [`connection`]: one attached stream: dispatching client frames, and delivering control
 //!   frames and the session's event log through one cursor.
+//! - [`outbox`]: how a job frame enters a session's log: feature gating, redaction for
+//!   observers, and back-pressure signals (§6.5).
 //!
 //! A session is attached to at most one stream. Attaching bumps the session's generation and
 //! stops the previous stream; only the current generation's detach starts the resume window,
@@ -10,14 +12,21 @@
 
 pub mod connection;
 pub mod handshake;
+pub mod outbox;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+};
 
 use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ids::{Principal, SessionId},
+    ids::{EventSeq, Principal, SessionId},
     protocol::Features,
 };
 
@@ -29,6 +38,16 @@ pub struct Session {
     pub principal: Principal,
     features: RwLock<Features>,
     attachment: tokio::sync::Mutex<Attachment>,
+    flow: Flow,
+}
+
+/// What the client has acknowledged (§6.5), and whether it has been told it lags.
+#[derive(Default)]
+struct Flow {
+    acked: AtomicU64,
+    /// Set when a `back_pressure` status went out; cleared once an ack brings the lag back
+    /// under the threshold, so one slow spell yields one signal, not one per frame.
+    pressured: AtomicBool,
 }
 
 struct Attachment {
@@ -56,7 +75,33 @@ impl Session {
                 generation: 0,
                 stream: None,
             }),
+            flow: Flow::default(),
         }
+    }
+
+    /// Records a `session.ack`; returns the lag it leaves (`newest - acked`). Acks never move
+    /// backwards.
+    pub fn record_ack(&self, acked: EventSeq, newest: EventSeq, lag_limit: u64) -> u64 {
+        let acked = self
+            .flow
+            .acked
+            .fetch_max(acked.get(), Ordering::AcqRel)
+            .max(acked.get());
+        let lag = newest.get().saturating_sub(acked);
+        if lag <= lag_limit {
+            self.flow.pressured.store(false, Ordering::Release);
+        }
+        lag
+    }
+
+    /// Whether a frame just logged at `seq` puts the client more than `lag_limit` frames behind
+    /// its last ack for the first time since it last caught up. Only meaningful with `ack`
+    /// negotiated: without acks the lag is unknown.
+    pub fn crossed_lag_limit(&self, seq: EventSeq, lag_limit: u64) -> Option<(u64, u64)> {
+        let acked = self.flow.acked.load(Ordering::Acquire);
+        let lag = seq.get().saturating_sub(acked);
+        (lag > lag_limit && !self.flow.pressured.swap(true, Ordering::AcqRel))
+            .then_some((lag, acked))
     }
 
     /// The effective features.

@@ -13,9 +13,15 @@ use crate::{
         server_frame::Payload as Out,
     },
     protocol::{
-        client::{ClientMessage, Hello, Inbound, JobSubmit, RejectedFrame, ResumeRequest},
+        client::{
+            ClientMessage, Hello, Inbound, JobSubmit, ListJobs, RejectedFrame, ResumeRequest,
+            Subscribe,
+        },
         event::EventBody,
-        server::{Control, ControlMessage, JobPayload, LoggedFrame, Outbound, OutboundItem},
+        server::{
+            Control, ControlMessage, Credential, JobPayload, JobSummary, LoggedFrame, Outbound,
+            OutboundItem, ResultBody,
+        },
         Json, Lease, PROTOCOL_VERSION,
     },
 };
@@ -70,7 +76,16 @@ fn client_message(payload: In, envelope_job: Option<&JobId>) -> Result<ClientMes
         In::SessionAck(ack) => ClientMessage::Ack {
             last_processed_seq: EventSeq(ack.last_processed_seq),
         },
-        In::SessionListJobs(_) => ClientMessage::ListJobs,
+        In::SessionListJobs(list) => {
+            let filter = list.filter.unwrap_or_default();
+            ClientMessage::ListJobs(ListJobs {
+                status: filter.status,
+                agent: non_empty(filter.agent),
+                created_after: non_empty(filter.created_after),
+                limit: (list.limit > 0).then_some(list.limit),
+                cursor: non_empty(list.cursor),
+            })
+        }
         In::SessionClose(close) => ClientMessage::Close {
             reason: non_empty(close.reason),
         },
@@ -79,9 +94,11 @@ fn client_message(payload: In, envelope_job: Option<&JobId>) -> Result<ClientMes
             job_id: job_ref(cancel.job_id, envelope_job, "job_cancel")?,
             reason: non_empty(cancel.reason),
         },
-        In::JobSubscribe(sub) => ClientMessage::Subscribe {
+        In::JobSubscribe(sub) => ClientMessage::Subscribe(Subscribe {
             job_id: job_ref(sub.job_id, envelope_job, "job_subscribe")?,
-        },
+            from_event_seq: sub.from_event_seq.map(EventSeq),
+            history: sub.history,
+        }),
         In::JobUnsubscribe(unsub) => ClientMessage::Unsubscribe {
             job_id: job_ref(unsub.job_id, envelope_job, "job_unsubscribe")?,
         },
@@ -199,6 +216,15 @@ fn control_frame(session: Option<SessionId>, control: Control) -> proto::ServerF
         ControlMessage::Closed { reason } => Out::SessionClosed(proto::SessionClosed {
             reason: reason.unwrap_or_default(),
         }),
+        ControlMessage::Ping { nonce, sent_at } => Out::SessionPing(proto::SessionPing {
+            nonce,
+            sent_at: sent_at.to_rfc3339(),
+        }),
+        ControlMessage::Jobs { jobs, next_cursor } => Out::SessionJobs(proto::SessionJobs {
+            request_id,
+            jobs: jobs.iter().map(job_summary).collect(),
+            next_cursor: next_cursor.unwrap_or_default(),
+        }),
     };
     proto::ServerFrame {
         arcp: PROTOCOL_VERSION.into(),
@@ -222,27 +248,55 @@ fn job_frame(session: Option<SessionId>, logged: &LoggedFrame) -> proto::ServerF
             job_id: job_id.clone(),
             agent: a.agent.clone(),
             lease: lease_to_proto(&a.lease),
-            lease_constraints: a
-                .expires_at
-                .clone()
-                .map(|expires_at| proto::LeaseConstraints { expires_at }),
-            budget: HashMap::new(),
-            credentials: Vec::new(),
+            lease_constraints: lease_constraints(a.expires_at),
+            budget: budget_to_proto(a.budget.as_ref()),
+            credentials: a.credentials.iter().map(credential).collect(),
             accepted_at: a.accepted_at.to_rfc3339(),
             trace_id: trace_id.clone(),
             request_id: a.request_id.clone().unwrap_or_default(),
-            parent_job_id: String::new(),
+            parent_job_id: id_or_empty(a.parent_job_id.as_ref()),
         }),
+        JobPayload::Subscribed(s) => {
+            let summary = job_summary(&s.summary);
+            Out::JobSubscribed(proto::JobSubscribed {
+                job_id: summary.job_id,
+                current_status: summary.status,
+                agent: summary.agent,
+                lease: summary.lease,
+                lease_constraints: summary.lease_constraints,
+                budget: summary.budget,
+                parent_job_id: summary.parent_job_id,
+                trace_id: summary.trace_id,
+                subscribed_from: s.subscribed_from.get(),
+                replayed: s.replayed,
+                request_id: s.request_id.clone().unwrap_or_default(),
+                credentials: summary.credentials,
+            })
+        }
         JobPayload::Event { ts, body } => Out::JobEvent(proto::JobEvent {
             kind: body.kind().into(),
             ts: ts.to_rfc3339(),
             body: Some(event_body(body)),
         }),
-        JobPayload::Result(r) => Out::JobResult(proto::JobResult {
-            final_status: "success".into(),
-            result: Some(to_value(&r.result)),
-            completed_at: r.completed_at.to_rfc3339(),
-            ..Default::default()
+        JobPayload::Result(r) => Out::JobResult(match &r.result {
+            ResultBody::Inline(result) => proto::JobResult {
+                final_status: "success".into(),
+                result: Some(to_value(result)),
+                completed_at: r.completed_at.to_rfc3339(),
+                ..Default::default()
+            },
+            ResultBody::Streamed {
+                result_id,
+                result_size,
+                summary,
+            } => proto::JobResult {
+                final_status: "success".into(),
+                result: None,
+                result_id: result_id.clone(),
+                result_size: *result_size,
+                summary: summary.clone().unwrap_or_default(),
+                completed_at: r.completed_at.to_rfc3339(),
+            },
         }),
         JobPayload::Error(e) => Out::JobError(proto::JobError {
             final_status: e.final_status.as_str().into(),
@@ -301,10 +355,14 @@ fn event_body(body: &EventBody) -> ProtoBody {
                 error,
             })
         }
-        EventBody::Status { phase, message } => ProtoBody::Status(proto::StatusBody {
+        EventBody::Status {
+            phase,
+            message,
+            credential: rotated,
+        } => ProtoBody::Status(proto::StatusBody {
             phase,
             message: message.unwrap_or_default(),
-            credential: None,
+            credential: rotated.as_ref().map(credential),
         }),
         EventBody::Metric {
             name,
@@ -339,7 +397,7 @@ fn event_body(body: &EventBody) -> ProtoBody {
             agent,
             input: Some(to_value(&input)),
             lease_request: lease_to_proto(&lease_request),
-            lease_constraints: expires_at.map(|expires_at| proto::LeaseConstraints { expires_at }),
+            lease_constraints: lease_constraints(expires_at),
         }),
         EventBody::Progress {
             current,
@@ -366,6 +424,57 @@ fn event_body(body: &EventBody) -> ProtoBody {
             more,
         }),
     }
+}
+
+fn job_summary(j: &JobSummary) -> proto::JobSummary {
+    proto::JobSummary {
+        job_id: j.job_id.as_str().to_owned(),
+        agent: j.agent.clone(),
+        status: j.status.into(),
+        lease: lease_to_proto(&j.lease),
+        lease_constraints: lease_constraints(j.expires_at),
+        budget: budget_to_proto(j.budget.as_ref()),
+        parent_job_id: id_or_empty(j.parent_job_id.as_ref()),
+        created_at: j.created_at.to_rfc3339(),
+        trace_id: j
+            .trace_id
+            .as_ref()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default(),
+        last_event_seq: j.last_event_seq.get(),
+        credentials: j.credentials.iter().map(credential).collect(),
+    }
+}
+
+fn credential(c: &Credential) -> proto::Credential {
+    proto::Credential {
+        id: c.id.clone(),
+        scheme: c.scheme.clone(),
+        value: c.value.clone(),
+        endpoint: c.endpoint.clone(),
+        profile: c.profile.clone().unwrap_or_default(),
+        constraints: (!c.constraints.is_empty()).then(|| to_struct(&c.constraints)),
+    }
+}
+
+fn lease_constraints(
+    expires_at: Option<crate::clock::Timestamp>,
+) -> Option<proto::LeaseConstraints> {
+    expires_at.map(|at| proto::LeaseConstraints {
+        expires_at: at.to_rfc3339(),
+    })
+}
+
+fn budget_to_proto(
+    budget: Option<&std::collections::BTreeMap<String, f64>>,
+) -> HashMap<String, f64> {
+    budget
+        .map(|b| b.iter().map(|(c, v)| (c.clone(), *v)).collect())
+        .unwrap_or_default()
+}
+
+fn id_or_empty(id: Option<&JobId>) -> String {
+    id.map(|j| j.as_str().to_owned()).unwrap_or_default()
 }
 
 fn lease_to_proto(lease: &Lease) -> HashMap<String, ListValue> {

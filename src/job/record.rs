@@ -1,0 +1,341 @@
+//! The runtime's record of one job, and the one place its frames are emitted from.
+//!
+//! Every frame of a job, from `job.accepted` to its terminal frame, is emitted while holding
+//! the read side of [`JobRecord`]'s emission lock; the terminal frame and every change to the
+//! subscriber list take the write side. So no frame can follow the terminal one (§7.3), and a
+//! subscriber's history replay and its first live frame cannot overlap or leave a gap (§7.6).
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::SystemTime,
+};
+
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    clock::Timestamp,
+    error::ArcpError,
+    ids::{EventSeq, JobId, Principal, SessionId, TraceId},
+    protocol::{
+        server::{Credential, FinalStatus, JobFrame, JobPayload, JobSummary},
+        Lease,
+    },
+    session::outbox::{Outbox, Recipient},
+};
+
+/// Where a job is in its lifecycle.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum JobStatus {
+    /// The agent is running.
+    Running,
+    /// The job ended.
+    Finished(FinalStatus),
+}
+
+impl JobStatus {
+    /// The wire name (§6.6, §7.3).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Running => "running",
+            JobStatus::Finished(status) => status.as_str(),
+        }
+    }
+}
+
+/// What a job was started with; fixed for its lifetime (§7.5: the version never changes).
+pub struct JobSpec {
+    /// The job.
+    pub id: JobId,
+    /// `name@version`.
+    pub agent: String,
+    /// Its trace context (§11).
+    pub trace_id: Option<TraceId>,
+    /// The delegating job (§10).
+    pub parent: Option<JobId>,
+    /// The effective lease, in its wire form.
+    pub lease: Lease,
+    /// `lease_constraints.expires_at`.
+    pub expires_at: Option<Timestamp>,
+    /// When it was accepted.
+    pub created_at: Timestamp,
+}
+
+/// One job.
+pub struct JobRecord {
+    /// What it runs.
+    pub spec: JobSpec,
+    /// The submitting session's recipient view: the only session that may cancel (§7.4).
+    owner: Recipient,
+    pub(crate) cancel: CancellationToken,
+    state: Mutex<JobState>,
+    /// The newest sequence number this job got in its own session.
+    last_seq: AtomicU64,
+    emission: tokio::sync::RwLock<Emission>,
+    /// Budget counters and credentials change while the job runs; observers read them.
+    pub(crate) authority: Mutex<Authority>,
+}
+
+struct JobState {
+    status: JobStatus,
+    cancel_reason: Option<String>,
+    finished_at: Option<SystemTime>,
+}
+
+struct Emission {
+    open: bool,
+    subscribers: Vec<Recipient>,
+}
+
+/// The mutable part of a job's authority.
+#[derive(Default)]
+pub struct Authority {
+    /// Current counters per currency, when the lease has `cost.budget`.
+    pub budget: Option<std::collections::BTreeMap<String, f64>>,
+    /// Live credentials (§9.8).
+    pub credentials: Vec<Credential>,
+}
+
+impl JobRecord {
+    pub(crate) fn new(spec: JobSpec, owner: Recipient, authority: Authority) -> JobRecord {
+        JobRecord {
+            spec,
+            owner,
+            cancel: CancellationToken::new(),
+            state: Mutex::new(JobState {
+                status: JobStatus::Running,
+                cancel_reason: None,
+                finished_at: None,
+            }),
+            last_seq: AtomicU64::new(0),
+            emission: tokio::sync::RwLock::new(Emission {
+                open: true,
+                subscribers: Vec::new(),
+            }),
+            authority: Mutex::new(authority),
+        }
+    }
+
+    /// The job's id.
+    pub fn id(&self) -> &JobId {
+        &self.spec.id
+    }
+
+    /// The submitting session.
+    pub fn session(&self) -> &SessionId {
+        &self.owner.session.id
+    }
+
+    /// The submitting principal.
+    pub fn principal(&self) -> &Principal {
+        &self.owner.session.principal
+    }
+
+    /// The job's current status.
+    pub fn status(&self) -> JobStatus {
+        self.state.lock().status
+    }
+
+    pub(crate) fn finished_before(&self, before: SystemTime) -> bool {
+        self.state.lock().finished_at.is_some_and(|at| at < before)
+    }
+
+    /// Asks the job to stop on behalf of its submitter (§7.4).
+    pub(crate) fn request_cancel(&self, reason: Option<String>) -> Result<(), ArcpError> {
+        let mut state = self.state.lock();
+        if let JobStatus::Finished(status) = state.status {
+            return Err(ArcpError::InvalidRequest(format!(
+                "job {} already ended ({})",
+                self.spec.id,
+                status.as_str()
+            )));
+        }
+        if !self.cancel.is_cancelled() {
+            state.cancel_reason = reason;
+            self.cancel.cancel();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn cancel_reason(&self) -> Option<String> {
+        self.state.lock().cancel_reason.clone()
+    }
+
+    /// The observable view of the job for `observer` (§6.6, §7.6): credentials only for the
+    /// submitter (§14).
+    pub fn summary(&self, observer: &Principal) -> JobSummary {
+        let authority = self.authority.lock();
+        JobSummary {
+            job_id: self.spec.id.clone(),
+            agent: self.spec.agent.clone(),
+            status: self.status().as_str(),
+            lease: self.spec.lease.clone(),
+            expires_at: self.spec.expires_at,
+            budget: authority.budget.clone(),
+            parent_job_id: self.spec.parent.clone(),
+            created_at: self.spec.created_at,
+            trace_id: self.spec.trace_id.clone(),
+            last_event_seq: EventSeq(self.last_seq.load(Ordering::Acquire)),
+            credentials: if observer == self.principal() {
+                authority.credentials.clone()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn frame(&self, payload: JobPayload) -> JobFrame {
+        JobFrame {
+            job_id: self.spec.id.clone(),
+            trace_id: self.spec.trace_id.clone(),
+            payload,
+        }
+    }
+
+    /// Emits a non-terminal frame to the job's session and its subscribers; refused once the
+    /// job has ended.
+    pub(crate) async fn emit(&self, outbox: &Outbox, payload: JobPayload) -> Result<(), ArcpError> {
+        let emission = self.emission.read().await;
+        if !emission.open {
+            return Err(ArcpError::InvalidRequest(format!(
+                "job {} has already ended; nothing more may be emitted for it",
+                self.spec.id
+            )));
+        }
+        self.fan_out(outbox, &emission, payload).await
+    }
+
+    /// Ends the job with `status`: appends its terminal frames, after which every emit is
+    /// refused.
+    pub(crate) async fn finish(
+        &self,
+        outbox: &Outbox,
+        status: FinalStatus,
+        terminal: Vec<JobPayload>,
+    ) {
+        let mut emission = self.emission.write().await;
+        emission.open = false;
+        {
+            let mut state = self.state.lock();
+            state.status = JobStatus::Finished(status);
+            state.finished_at = Some(SystemTime::now());
+        }
+        for payload in terminal {
+            if let Err(e) = self.fan_out(outbox, &emission, payload).await {
+                tracing::error!(job = %self.spec.id, error = %e, "could not record the job's terminal frame");
+            }
+        }
+        emission.subscribers.clear();
+    }
+
+    async fn fan_out(
+        &self,
+        outbox: &Outbox,
+        emission: &Emission,
+        payload: JobPayload,
+    ) -> Result<(), ArcpError> {
+        let frame = self.frame(payload);
+        for subscriber in &emission.subscribers {
+            // A subscriber whose session expired has no log; the others must not suffer.
+            if let Err(e) = outbox.deliver(subscriber, frame.clone()).await {
+                tracing::debug!(job = %self.spec.id, session = %subscriber.session.id, "subscriber not reached: {e}");
+            }
+        }
+        match outbox.deliver(&self.owner, frame).await {
+            Ok(Some(seq)) => {
+                self.last_seq.fetch_max(seq.get(), Ordering::AcqRel);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            // The submitting session's window closed: the job runs on (§6.4), unobserved.
+            Err(ArcpError::ResumeWindowExpired(_)) => {
+                tracing::debug!(job = %self.spec.id, "session gone; event dropped");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Attaches `subscriber` (§7.6): logs `job.subscribed` built by `announce` from the job's
+    /// newest sequence number, then, with `history`, the job's frames after `from` as they are
+    /// in its own session's log, then lets live frames follow, all under the write lock so
+    /// nothing is missed or repeated in between.
+    pub(crate) async fn attach(
+        &self,
+        outbox: &Outbox,
+        subscriber: Recipient,
+        history: Option<EventSeq>,
+        announce: impl FnOnce(EventSeq, bool) -> JobPayload,
+    ) -> Result<(), ArcpError> {
+        let mut emission = self.emission.write().await;
+        if emission
+            .subscribers
+            .iter()
+            .any(|s| s.session.id == subscriber.session.id)
+        {
+            return Err(ArcpError::InvalidRequest(format!(
+                "this session is already subscribed to job {}",
+                self.spec.id
+            )));
+        }
+        let newest = EventSeq(self.last_seq.load(Ordering::Acquire));
+        let replay = match history {
+            Some(from) => self.history(outbox, from, newest).await?,
+            None => Vec::new(),
+        };
+        outbox
+            .deliver(
+                &subscriber,
+                self.frame(announce(newest, !replay.is_empty())),
+            )
+            .await?;
+        for frame in replay {
+            outbox.deliver(&subscriber, frame).await?;
+        }
+        if emission.open {
+            emission.subscribers.push(subscriber);
+        }
+        Ok(())
+    }
+
+    /// Detaches a subscriber; `false` if it was not subscribed.
+    pub(crate) async fn detach(&self, session: &SessionId) -> bool {
+        let mut emission = self.emission.write().await;
+        let before = emission.subscribers.len();
+        emission.subscribers.retain(|s| &s.session.id != session);
+        emission.subscribers.len() != before
+    }
+
+    /// This job's frames in its own session's log with sequence numbers in `(from, through]`.
+    async fn history(
+        &self,
+        outbox: &Outbox,
+        from: EventSeq,
+        through: EventSeq,
+    ) -> Result<Vec<JobFrame>, ArcpError> {
+        const BATCH: usize = 1024;
+        let mut frames = Vec::new();
+        let mut position = from;
+        while position < through {
+            let batch = outbox
+                .log()
+                .read_after(self.session(), position, BATCH)
+                .await
+                .map_err(|_| {
+                    ArcpError::ResumeWindowExpired(format!(
+                        "the history of job {} after {from} is no longer buffered",
+                        self.spec.id
+                    ))
+                })?;
+            let Some(last) = batch.last() else { break };
+            position = last.seq;
+            frames.extend(
+                batch
+                    .iter()
+                    .filter(|f| f.seq <= through && f.frame.job_id == self.spec.id)
+                    .map(|f| f.frame.clone()),
+            );
+        }
+        Ok(frames)
+    }
+}

@@ -1,0 +1,105 @@
+//! How a job frame enters a session's log.
+//!
+//! Every job frame a session receives, from its own jobs or from jobs it subscribed to, goes
+//! through [`Outbox::deliver`], which applies what depends on the receiving session rather than
+//! on the job: the features it negotiated (§6.2), whether it may see the job's credentials
+//! (§14), and the back-pressure signal of §6.5 when its acknowledgements lag.
+
+use std::sync::Arc;
+
+use crate::{
+    clock::Timestamp,
+    error::ArcpError,
+    event_log::EventLog,
+    ids::EventSeq,
+    protocol::{
+        event::EventBody,
+        server::{JobFrame, JobPayload},
+        Features,
+    },
+};
+
+use super::Session;
+
+/// One receiving session, as a job sees it.
+#[derive(Clone)]
+pub struct Recipient {
+    /// The session.
+    pub session: Arc<Session>,
+    /// Its features when it started receiving this job's frames.
+    pub features: Features,
+    /// Whether it is the submitter's principal, the only one that sees credentials (§14).
+    pub sees_secrets: bool,
+}
+
+/// Appends job frames to session logs.
+#[derive(Clone)]
+pub struct Outbox {
+    log: Arc<dyn EventLog>,
+    lag_limit: u64,
+}
+
+impl Outbox {
+    /// An outbox writing to `log`, signalling back-pressure past `lag_limit` unacknowledged
+    /// frames.
+    pub fn new(log: Arc<dyn EventLog>, lag_limit: u64) -> Self {
+        Outbox { log, lag_limit }
+    }
+
+    /// The log it writes to.
+    pub fn log(&self) -> &Arc<dyn EventLog> {
+        &self.log
+    }
+
+    /// Appends `frame` to the recipient's log, unless the recipient did not negotiate the
+    /// feature the frame needs. Returns the sequence number it got, if it was appended.
+    pub async fn deliver(
+        &self,
+        to: &Recipient,
+        frame: JobFrame,
+    ) -> Result<Option<EventSeq>, ArcpError> {
+        if !allowed(&to.features, &frame.payload) {
+            return Ok(None);
+        }
+        let frame = if to.sees_secrets {
+            frame
+        } else {
+            frame.without_secrets()
+        };
+        let terminal = frame.payload.is_terminal();
+        let job_id = frame.job_id.clone();
+        let trace_id = frame.trace_id.clone();
+        let seq = self.log.append(&to.session.id, frame).await?;
+        if terminal || !to.features.has("ack") {
+            return Ok(Some(seq));
+        }
+        if let Some((lag, acked)) = to.session.crossed_lag_limit(seq, self.lag_limit) {
+            tracing::info!(session = %to.session.id, lag, "client lags; signalling back_pressure");
+            let signal = JobFrame {
+                job_id,
+                trace_id,
+                payload: JobPayload::Event {
+                    ts: Timestamp::now(),
+                    body: EventBody::Status {
+                        phase: "back_pressure".into(),
+                        message: Some(format!(
+                            "{lag} events are unacknowledged (last ack {acked}, limit {})",
+                            self.lag_limit
+                        )),
+                        credential: None,
+                    },
+                },
+            };
+            return Ok(Some(self.log.append(&to.session.id, signal).await?));
+        }
+        Ok(Some(seq))
+    }
+}
+
+/// §6.2: event kinds behind a feature go only to sessions that negotiated it.
+fn allowed(features: &Features, payload: &JobPayload) -> bool {
+    match payload {
+        JobPayload::Event { body, .. } => body.required_feature().is_none_or(|f| features.has(f)),
+        _ => true,
+    }
+}
