@@ -21,6 +21,19 @@ pub struct GatewayConfig {
     pub back_pressure_lag: u64,
     /// How long an `idempotency_key` keeps naming its job (§7.2).
     pub idempotency_window: Duration,
+    /// `model.use` patterns granted to jobs whose lease names none (§9.7); `None` grants no
+    /// model.
+    pub default_model_use: Option<Vec<String>>,
+    /// Whether an exhausted budget ends the job (`true`) or only fails the operation, which
+    /// the agent sees as a `tool_result` error and may unwind from (§9.6, §13.5).
+    pub budget_exhaustion_fatal: bool,
+    /// How long after `expires_at` an agent may take to unwind before the runtime ends its job
+    /// (§14 suggests a small bounded grace).
+    pub lease_grace: Duration,
+    /// The largest decoded `result_chunk` (§14).
+    pub max_result_chunk_bytes: u64,
+    /// The largest streamed result, all chunks together (§14).
+    pub max_result_bytes: u64,
 }
 
 impl Default for GatewayConfig {
@@ -33,6 +46,11 @@ impl Default for GatewayConfig {
             hello_timeout: Duration::from_secs(30),
             back_pressure_lag: 1000,
             idempotency_window: Duration::from_secs(24 * 3600),
+            default_model_use: None,
+            budget_exhaustion_fatal: false,
+            lease_grace: Duration::from_secs(1),
+            max_result_chunk_bytes: 1024 * 1024,
+            max_result_bytes: 64 * 1024 * 1024,
         }
     }
 }

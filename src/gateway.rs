@@ -9,6 +9,7 @@ use crate::{
     agent::AgentRegistry,
     auth::Authenticator,
     config::GatewayConfig,
+    credentials::CredentialProvisioner,
     event_log::{memory::MemoryEventLog, EventLog},
     ids::Principal,
     job::{JobManager, ObservePolicy, SamePrincipalOnly},
@@ -46,7 +47,7 @@ pub struct Gateway {
     pub(crate) registry: Arc<dyn ResumeRegistry>,
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) sessions: SessionTable,
-    pub(crate) jobs: JobManager,
+    pub(crate) jobs: Arc<JobManager>,
     pub(crate) agents: Arc<AgentRegistry>,
     pub(crate) shutdown: CancellationToken,
     /// What the runtime offers in every welcome (§6.2).
@@ -61,6 +62,7 @@ pub struct GatewayBuilder {
     registry: Option<Arc<dyn ResumeRegistry>>,
     log: Option<Arc<dyn EventLog>>,
     observe: Arc<dyn ObservePolicy>,
+    provisioner: Option<Arc<dyn CredentialProvisioner>>,
 }
 
 impl GatewayBuilder {
@@ -94,6 +96,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Issue provisioned credentials (§9.8) through `provisioner`; only then is
+    /// `provisioned_credentials` advertised.
+    pub fn credential_provisioner(mut self, provisioner: Arc<dyn CredentialProvisioner>) -> Self {
+        self.provisioner = Some(provisioner);
+        self
+    }
+
     /// The gateway.
     pub fn build(self) -> Arc<Gateway> {
         let log = self
@@ -104,13 +113,18 @@ impl GatewayBuilder {
             registry: self
                 .registry
                 .unwrap_or_else(|| Arc::new(MemoryResumeRegistry::new())),
-            jobs: JobManager::new(
+            jobs: Arc::new(JobManager::new(
                 agents.clone(),
                 Outbox::new(log.clone(), self.config.back_pressure_lag),
-                self.config.idempotency_window,
+                self.config.clone(),
                 self.observe,
-            ),
-            features: Features::supported(),
+                self.provisioner.clone(),
+            )),
+            features: if self.provisioner.is_some() {
+                Features::supported()
+            } else {
+                Features::supported().without("provisioned_credentials")
+            },
             log,
             agents,
             auth: self.auth,
@@ -132,6 +146,7 @@ impl Gateway {
             registry: None,
             log: None,
             observe: Arc::new(SamePrincipalOnly),
+            provisioner: None,
         }
     }
 

@@ -18,6 +18,8 @@
 //!   its principal, rotated on every welcome and expiring with the resume window.
 //! - **Jobs and agents**: [`job`] runs agents and guarantees one terminal frame per job;
 //!   [`agent`] is the agent trait, the `name@version` registry and the built-in demo agents.
+//! - **Credentials**: [`credentials`] is the provisioner trait and its in-process upstream
+//!   (§9.8).
 //! - **Leases**: [`lease`] enforces grants, budgets and expiry, and checks delegation (§9).
 //! - **Authentication**: [`auth`] maps bearer tokens to principals.
 //! - **Transports**: [`transport::grpc`] adapts the gRPC service, its frame conversions and the
@@ -29,6 +31,7 @@ pub mod agent;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod event_log;
 pub mod gateway;

@@ -1,11 +1,11 @@
 //! `arcp-gateway serve`: the gateway as a standalone process with embedded in-memory stores
 //! and the built-in demo agents.
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use arcp_gateway::{
-    agent::AgentRegistry, auth::Authenticator, config::GatewayConfig, ids::Principal, server,
-    Gateway,
+    agent::AgentRegistry, auth::Authenticator, config::GatewayConfig,
+    credentials::MemoryProvisioner, ids::Principal, job::Observers, server, Gateway,
 };
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -45,6 +45,37 @@ struct ServeArgs {
     /// Heartbeat interval advertised in the welcome.
     #[arg(long, default_value_t = 30, env = "ARCP_HEARTBEAT_INTERVAL_SEC")]
     heartbeat_interval_sec: u32,
+    /// Unacknowledged events after which a session that negotiated `ack` gets a
+    /// `back_pressure` status.
+    #[arg(long, default_value_t = 1000, env = "ARCP_BACK_PRESSURE_LAG")]
+    back_pressure_lag: u64,
+    /// How long an idempotency_key keeps naming its job.
+    #[arg(long, default_value_t = 86_400, env = "ARCP_IDEMPOTENCY_WINDOW_SEC")]
+    idempotency_window_sec: u64,
+    /// `model.use` patterns granted to jobs whose lease names none; repeatable.
+    #[arg(
+        long = "default-model-use",
+        value_name = "PATTERN",
+        env = "ARCP_DEFAULT_MODEL_USE",
+        value_delimiter = ','
+    )]
+    default_model_use: Vec<String>,
+    /// End a job when its budget is exhausted, instead of failing only the operation.
+    #[arg(long, env = "ARCP_BUDGET_EXHAUSTION_FATAL")]
+    budget_exhaustion_fatal: bool,
+    /// A principal allowed to list and subscribe to every principal's jobs (an auditor or
+    /// dashboard); repeatable. By default principals observe only their own jobs.
+    #[arg(
+        long = "observer",
+        value_name = "PRINCIPAL",
+        env = "ARCP_OBSERVERS",
+        value_delimiter = ','
+    )]
+    observers: Vec<String>,
+    /// Issue provisioned credentials (§9.8) valid at this endpoint, from the in-process
+    /// provisioner; enables the `provisioned_credentials` feature.
+    #[arg(long, value_name = "URL", env = "ARCP_CREDENTIALS_ENDPOINT")]
+    credentials_endpoint: Option<String>,
 }
 
 fn parse_token_pair(pair: &str) -> Result<(String, Principal), String> {
@@ -78,16 +109,27 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         resume_window: Duration::from_secs(args.resume_window_sec),
         max_log_frames: args.max_log_frames,
         heartbeat_interval_sec: args.heartbeat_interval_sec,
+        back_pressure_lag: args.back_pressure_lag,
+        idempotency_window: Duration::from_secs(args.idempotency_window_sec),
+        default_model_use: (!args.default_model_use.is_empty()).then_some(args.default_model_use),
+        budget_exhaustion_fatal: args.budget_exhaustion_fatal,
         ..GatewayConfig::default()
     };
     let auth = Authenticator::from_pairs(args.auth_tokens);
     if auth.is_open() {
         tracing::warn!("running open: no --auth-token given, so every bearer token is accepted");
     }
-    let gateway = Gateway::builder(config)
+    let mut builder = Gateway::builder(config)
         .auth(auth)
-        .agents(AgentRegistry::with_builtins())
-        .build();
+        .agents(AgentRegistry::with_builtins());
+    if !args.observers.is_empty() {
+        let observers = args.observers.into_iter().map(Principal::new).collect();
+        builder = builder.observe_policy(Arc::new(Observers(observers)));
+    }
+    if let Some(endpoint) = args.credentials_endpoint {
+        builder = builder.credential_provisioner(Arc::new(MemoryProvisioner::new(endpoint, None)));
+    }
+    let gateway = builder.build();
     let listener = server::bind(args.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "arcp-gateway listening (gRPC, package arcp.v1)");
     server::serve(gateway, listener, shutdown_signal()).await?;

@@ -27,14 +27,17 @@ use std::{
 use parking_lot::Mutex;
 
 use crate::{
-    agent::AgentRegistry,
+    agent::{Agent, AgentRegistry},
     clock::Timestamp,
+    config::GatewayConfig,
+    credentials::CredentialProvisioner,
     error::ArcpError,
     ids::{EventSeq, JobId, Principal, TraceId},
+    lease::{parse_expires_at, EffectiveLease, Namespace},
     protocol::{
         client::{JobSubmit, ListJobs, Subscribe},
         server::{Accepted, JobPayload, JobSummary, Subscribed},
-        Features,
+        Features, Json, Lease,
     },
     session::{
         outbox::{Outbox, Recipient},
@@ -99,49 +102,84 @@ impl Submitter<'_> {
 /// Runs jobs.
 pub struct JobManager {
     agents: Arc<AgentRegistry>,
-    outbox: Outbox,
+    pub(crate) outbox: Outbox,
     jobs: Mutex<BTreeMap<JobId, Arc<JobRecord>>>,
     keys: IdempotencyKeys,
     policy: Arc<dyn ObservePolicy>,
+    pub(crate) provisioner: Option<Arc<dyn CredentialProvisioner>>,
+    pub(crate) settings: GatewayConfig,
+}
+
+/// A job about to start: everything but its record.
+struct Start {
+    owner: Recipient,
+    spec: JobSpec,
+    agent: Arc<dyn Agent>,
+    input: Json,
+    max_runtime: Option<Duration>,
+    request_id: Option<String>,
 }
 
 impl JobManager {
-    /// An engine running `agents`, delivering through `outbox`, keeping idempotency keys for
-    /// `key_window`.
+    /// An engine running `agents` under `settings`, delivering through `outbox`, issuing
+    /// credentials through `provisioner` if there is one.
     pub fn new(
         agents: Arc<AgentRegistry>,
         outbox: Outbox,
-        key_window: Duration,
+        settings: GatewayConfig,
         policy: Arc<dyn ObservePolicy>,
+        provisioner: Option<Arc<dyn CredentialProvisioner>>,
     ) -> Self {
         JobManager {
             agents,
             outbox,
             jobs: Mutex::new(BTreeMap::new()),
-            keys: IdempotencyKeys::new(key_window),
+            keys: IdempotencyKeys::new(settings.idempotency_window),
             policy,
+            provisioner,
+            settings,
         }
     }
 
-    /// Accepts a submission: resolves the agent, appends `job.accepted`, starts the agent. A
-    /// repeated idempotent submission gets the original job's `job.accepted` again.
+    /// Accepts a submission: checks its lease, resolves the agent, appends `job.accepted`,
+    /// starts the agent. A repeated idempotent submission gets the original job's
+    /// `job.accepted` again.
     pub async fn submit(
-        &self,
+        self: &Arc<Self>,
         by: Submitter<'_>,
         submit: JobSubmit,
     ) -> Result<Arc<JobRecord>, ArcpError> {
-        if submit.agent.contains('@') && !by.features.has("agent_versions") {
-            return Err(ArcpError::InvalidRequest(
-                "a pinned agent version needs the agent_versions feature, which this session did not negotiate"
-                    .into(),
-            ));
+        let needs = |feature: &str, what: &str| {
+            if by.features.has(feature) {
+                Ok(())
+            } else {
+                Err(ArcpError::InvalidRequest(format!(
+                    "{what} needs the {feature} feature, which this session did not negotiate"
+                )))
+            }
+        };
+        if submit.agent.contains('@') {
+            needs("agent_versions", "a pinned agent version")?;
         }
         if submit.expires_at.is_some() {
-            return Err(ArcpError::InvalidRequest(
-                "lease_constraints.expires_at needs the lease_expires_at feature, which this runtime does not offer yet"
-                    .into(),
-            ));
+            needs("lease_expires_at", "lease_constraints.expires_at")?;
         }
+        for namespace in [Namespace::CostBudget, Namespace::ModelUse] {
+            if submit.lease_request.contains_key(namespace.as_str()) {
+                needs(namespace.as_str(), &format!("a {namespace} lease"))?;
+            }
+        }
+        let now = std::time::SystemTime::now();
+        let expires_at = submit
+            .expires_at
+            .as_deref()
+            .map(|at| parse_expires_at(at, now))
+            .transpose()?;
+        let lease = EffectiveLease::from_request(
+            &submit.lease_request,
+            expires_at,
+            self.settings.default_model_use.as_deref(),
+        )?;
         let agent = self.agents.resolve(&submit.agent)?;
         let id = JobId::generate();
         let principal = &by.session.principal;
@@ -156,39 +194,123 @@ impl JobManager {
                 self.keys.claim(principal, key, &submit, &id)?;
             }
         }
-        let accepted_at = Timestamp::now();
         let spec = JobSpec {
-            id: id.clone(),
+            id,
             agent: agent.reference(),
             trace_id: by.trace_id.clone(),
             parent: None,
-            lease: submit.lease_request.clone(),
-            expires_at: None,
-            created_at: accepted_at,
+            initial_budget: lease.budget().map(|b| b.remaining()),
+            lease,
+            created_at: Timestamp::now(),
         };
-        let job = Arc::new(JobRecord::new(spec, by.recipient(), Authority::default()));
+        let started = self
+            .start(Start {
+                owner: by.recipient(),
+                spec,
+                agent: agent.agent,
+                input: submit.input,
+                max_runtime: submit
+                    .max_runtime_sec
+                    .map(|s| Duration::from_secs(s.into())),
+                request_id: by.request_id,
+            })
+            .await;
+        if let (Err(_), Some(key)) = (&started, &submit.idempotency_key) {
+            self.keys.release(principal, key);
+        }
+        started
+    }
+
+    /// Starts a delegated child of `parent` (§10) in the parent's session, after checking
+    /// that its lease is a subset of the parent's and reserving its budget.
+    pub(crate) async fn delegate(
+        self: &Arc<Self>,
+        parent: &Arc<JobRecord>,
+        agent: &str,
+        input: Json,
+        lease_request: &Lease,
+        expires_at: Option<&str>,
+    ) -> Result<Arc<JobRecord>, ArcpError> {
+        let agent = self.agents.resolve(agent)?;
+        let now = std::time::SystemTime::now();
+        let expires_at = expires_at.map(|at| parse_expires_at(at, now)).transpose()?;
+        // No deployment default: a default wider than the parent's grant would make every
+        // child a violation.
+        let mut lease = EffectiveLease::from_request(lease_request, expires_at, None)?;
+        lease.inherit_expiry(&parent.spec.lease);
+        {
+            let mut authority = parent.authority.lock();
+            parent
+                .spec
+                .lease
+                .check_subset(&lease, authority.budget.as_ref())?;
+            if let (Some(remaining), Some(granted)) = (authority.budget.as_mut(), lease.budget()) {
+                for (currency, amount) in granted.counters() {
+                    remaining.charge(currency, *amount);
+                }
+            }
+        }
+        let spec = JobSpec {
+            id: JobId::generate(),
+            agent: agent.reference(),
+            trace_id: parent.spec.trace_id.clone(),
+            parent: Some(parent.id().clone()),
+            initial_budget: lease.budget().map(|b| b.remaining()),
+            lease,
+            created_at: Timestamp::now(),
+        };
+        let child = self
+            .start(Start {
+                owner: parent.owner().clone(),
+                spec,
+                agent: agent.agent,
+                input,
+                max_runtime: None,
+                request_id: None,
+            })
+            .await?;
+        parent.children.lock().push(child.clone());
+        Ok(child)
+    }
+
+    /// Issues credentials, records the job, logs `job.accepted` and runs the agent.
+    async fn start(self: &Arc<Self>, start: Start) -> Result<Arc<JobRecord>, ArcpError> {
+        let credentials = match &self.provisioner {
+            Some(provisioner) => vec![
+                provisioner
+                    .issue(&start.spec.id, credential_constraints(&start.spec.lease))
+                    .await?,
+            ],
+            None => Vec::new(),
+        };
+        let authority = Authority {
+            budget: start.spec.lease.budget().cloned(),
+            credentials,
+        };
+        let id = start.spec.id.clone();
+        let job = Arc::new(JobRecord::new(start.spec, start.owner, authority));
         // Registered before the acceptance is visible, so a cancel racing right behind
         // `job.accepted` finds the job.
         self.jobs.lock().insert(id.clone(), job.clone());
         let accepted = job
             .emit(
                 &self.outbox,
-                JobPayload::Accepted(acceptance(&job, by.request_id)),
+                JobPayload::Accepted(acceptance(&job, start.request_id)),
             )
             .await;
         if let Err(e) = accepted {
             self.jobs.lock().remove(&id);
-            if let Some(key) = &submit.idempotency_key {
-                self.keys.release(principal, key);
-            }
+            runner::revoke_credentials(self, &job).await;
             return Err(e);
         }
         tracing::info!(job = %id, session = %job.session(), agent = %job.spec.agent, "job accepted");
-        let ctx = JobContext::new(job.clone(), self.outbox.clone());
-        let max_runtime = submit
-            .max_runtime_sec
-            .map(|s| Duration::from_secs(s.into()));
-        tokio::spawn(runner::run(ctx, agent.agent, submit.input, max_runtime));
+        let ctx = JobContext::new(job.clone(), self.clone());
+        tokio::spawn(runner::run(
+            ctx,
+            start.agent,
+            start.input,
+            start.max_runtime,
+        ));
         Ok(job)
     }
 
@@ -357,14 +479,32 @@ fn not_found(job_id: &JobId) -> ArcpError {
     ArcpError::JobNotFound(format!("no job {job_id}"))
 }
 
+/// What the upstream is asked to enforce for a job's credential (§9.8.3).
+fn credential_constraints(lease: &EffectiveLease) -> serde_json::Map<String, Json> {
+    let mut constraints = serde_json::Map::new();
+    let wire = lease.to_wire();
+    for namespace in [Namespace::CostBudget, Namespace::ModelUse] {
+        if let Some(patterns) = wire.get(namespace.as_str()) {
+            constraints.insert(namespace.as_str().into(), serde_json::json!(patterns));
+        }
+    }
+    if let Some(at) = lease.expires_at() {
+        constraints.insert(
+            "expires_at".into(),
+            Json::String(Timestamp(at).to_rfc3339()),
+        );
+    }
+    constraints
+}
+
 /// The `job.accepted` payload of `job`, answering the submit frame `request_id`.
 fn acceptance(job: &JobRecord, request_id: Option<String>) -> Accepted {
     let authority = job.authority.lock();
     Accepted {
         agent: job.spec.agent.clone(),
-        lease: job.spec.lease.clone(),
-        expires_at: job.spec.expires_at,
-        budget: authority.budget.clone(),
+        lease: job.spec.lease.to_wire(),
+        expires_at: job.spec.lease.expires_at().map(Timestamp),
+        budget: job.spec.initial_budget.clone(),
         credentials: authority.credentials.clone(),
         parent_job_id: job.spec.parent.clone(),
         accepted_at: job.spec.created_at,

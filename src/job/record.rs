@@ -6,7 +6,11 @@
 //! subscriber's history replay and its first live frame cannot overlap or leave a gap (§7.6).
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::SystemTime,
 };
 
@@ -17,10 +21,8 @@ use crate::{
     clock::Timestamp,
     error::ArcpError,
     ids::{EventSeq, JobId, Principal, SessionId, TraceId},
-    protocol::{
-        server::{Credential, FinalStatus, JobFrame, JobPayload, JobSummary},
-        Lease,
-    },
+    lease::{Budget, EffectiveLease},
+    protocol::server::{Credential, FinalStatus, JobFrame, JobPayload, JobSummary, ResultBody},
     session::outbox::{Outbox, Recipient},
 };
 
@@ -53,10 +55,10 @@ pub struct JobSpec {
     pub trace_id: Option<TraceId>,
     /// The delegating job (§10).
     pub parent: Option<JobId>,
-    /// The effective lease, in its wire form.
-    pub lease: Lease,
-    /// `lease_constraints.expires_at`.
-    pub expires_at: Option<Timestamp>,
+    /// The effective lease, with its `expires_at` (§9).
+    pub lease: EffectiveLease,
+    /// The budget counters at acceptance, as `job.accepted` reports them.
+    pub initial_budget: Option<BTreeMap<String, f64>>,
     /// When it was accepted.
     pub created_at: Timestamp,
 }
@@ -74,6 +76,25 @@ pub struct JobRecord {
     emission: tokio::sync::RwLock<Emission>,
     /// Budget counters and credentials change while the job runs; observers read them.
     pub(crate) authority: Mutex<Authority>,
+    /// The error the job must end with whatever the agent returns: its lease expired, or its
+    /// budget ran out under a fatal policy. The first one wins.
+    fatal: Mutex<Option<ArcpError>>,
+    /// Delegated jobs (§10), cancelled when this one ends.
+    pub(crate) children: Mutex<Vec<Arc<JobRecord>>>,
+    /// The streamed result, once the agent starts one (§8.4).
+    pub(crate) stream: Mutex<Option<StreamState>>,
+    /// How the job ended, for whoever waits on it (a delegating parent).
+    ended: tokio::sync::watch::Sender<Option<Result<ResultBody, ArcpError>>>,
+    /// The job's tracing span (§11).
+    pub(crate) span: tracing::Span,
+}
+
+/// A result being streamed as `result_chunk` events.
+pub(crate) struct StreamState {
+    pub result_id: String,
+    pub next_chunk: u64,
+    pub size: u64,
+    pub complete: bool,
 }
 
 struct JobState {
@@ -91,14 +112,27 @@ struct Emission {
 #[derive(Default)]
 pub struct Authority {
     /// Current counters per currency, when the lease has `cost.budget`.
-    pub budget: Option<std::collections::BTreeMap<String, f64>>,
+    pub budget: Option<Budget>,
     /// Live credentials (§9.8).
     pub credentials: Vec<Credential>,
 }
 
 impl JobRecord {
     pub(crate) fn new(spec: JobSpec, owner: Recipient, authority: Authority) -> JobRecord {
+        let span = tracing::info_span!(
+            "arcp.job",
+            job_id = %spec.id,
+            agent = %spec.agent,
+            trace_id = spec.trace_id.as_ref().map(|t| t.as_str()).unwrap_or(""),
+            "arcp.lease.expires_at" = spec.lease.expires_at().map(|t| Timestamp(t).to_rfc3339()).unwrap_or_default(),
+            "arcp.budget.remaining" = tracing::field::Empty,
+        );
         JobRecord {
+            fatal: Mutex::new(None),
+            children: Mutex::new(Vec::new()),
+            stream: Mutex::new(None),
+            ended: tokio::sync::watch::Sender::new(None),
+            span,
             spec,
             owner,
             cancel: CancellationToken::new(),
@@ -129,6 +163,16 @@ impl JobRecord {
     /// The submitting principal.
     pub fn principal(&self) -> &Principal {
         &self.owner.session.principal
+    }
+
+    /// The features of the submitting session when it submitted.
+    pub(crate) fn owner_features(&self) -> &crate::protocol::Features {
+        &self.owner.features
+    }
+
+    /// The submitting session, as a recipient of frames.
+    pub(crate) fn owner(&self) -> &Recipient {
+        &self.owner
     }
 
     /// The job's current status.
@@ -169,9 +213,9 @@ impl JobRecord {
             job_id: self.spec.id.clone(),
             agent: self.spec.agent.clone(),
             status: self.status().as_str(),
-            lease: self.spec.lease.clone(),
-            expires_at: self.spec.expires_at,
-            budget: authority.budget.clone(),
+            lease: self.spec.lease.to_wire(),
+            expires_at: self.spec.lease.expires_at().map(Timestamp),
+            budget: authority.budget.as_ref().map(Budget::remaining),
             parent_job_id: self.spec.parent.clone(),
             created_at: self.spec.created_at,
             trace_id: self.spec.trace_id.clone(),
@@ -182,6 +226,31 @@ impl JobRecord {
                 Vec::new()
             },
         }
+    }
+
+    /// Records the error the job must end with; the first one wins.
+    pub(crate) fn fail(&self, error: ArcpError) {
+        self.fatal.lock().get_or_insert(error);
+    }
+
+    /// The error recorded by [`JobRecord::fail`], if any.
+    pub(crate) fn fatal(&self) -> Option<ArcpError> {
+        self.fatal.lock().clone()
+    }
+
+    /// Tells whoever waits on the job how it ended.
+    pub(crate) fn publish_outcome(&self, outcome: Result<ResultBody, ArcpError>) {
+        self.ended.send_replace(Some(outcome));
+    }
+
+    /// Waits for the job to end.
+    pub async fn outcome(&self) -> Result<ResultBody, ArcpError> {
+        let mut ended = self.ended.subscribe();
+        let outcome = match ended.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone(),
+            Err(_) => None,
+        };
+        outcome.unwrap_or_else(|| Err(ArcpError::Internal("job record dropped".into())))
     }
 
     fn frame(&self, payload: JobPayload) -> JobFrame {

@@ -1,8 +1,14 @@
-//! Drives one agent to its job's single terminal frame (§7.3).
+//! Drives one agent to its job's single terminal frame (§7.3), then releases what the job
+//! held: its credentials (§9.8.2) and its delegated children (§10).
 
-use std::{panic::AssertUnwindSafe, sync::Arc, time::Duration};
+use std::{
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use futures::FutureExt;
+use tracing::Instrument;
 
 use crate::{
     agent::Agent,
@@ -14,14 +20,18 @@ use crate::{
     },
 };
 
-use super::context::JobContext;
+use super::{context::JobContext, record::JobRecord, JobManager, JobStatus};
 
 /// How the agent's future ended.
 enum Outcome {
     Returned(Result<Json, ArcpError>),
     Cancelled,
     TimedOut(Duration),
+    LeaseExpired,
 }
+
+/// How many times revocation is tried before it is reported as permanently failed.
+const REVOKE_ATTEMPTS: u32 = 5;
 
 /// Runs `agent` for the job behind `ctx` and records how it ended.
 pub(super) async fn run(
@@ -31,18 +41,21 @@ pub(super) async fn run(
     max_runtime: Option<Duration>,
 ) {
     let job = ctx.record().clone();
-    let deadline = async {
-        match max_runtime {
-            Some(limit) => tokio::time::sleep(limit).await,
-            None => std::future::pending().await,
-        }
-    };
+    let engine = ctx.engine().clone();
+    let deadline = sleep_for(max_runtime);
+    // §13.4: past `expires_at` the agent gets LEASE_EXPIRED from its next operation and may
+    // unwind for a short grace; then the runtime ends the job.
+    let lease_end = sleep_for(job.spec.lease.expires_at().map(|at| {
+        at.duration_since(SystemTime::now()).unwrap_or_default() + engine.settings.lease_grace
+    }));
     // A panicking agent must still produce a terminal frame, so the panic is caught here.
-    let work = AssertUnwindSafe(agent.run(ctx.clone(), input)).catch_unwind();
+    let work =
+        AssertUnwindSafe(agent.run(ctx.clone(), input).instrument(job.span.clone())).catch_unwind();
     let outcome = tokio::select! {
         biased;
         _ = job.cancel.cancelled() => Outcome::Cancelled,
         _ = deadline => Outcome::TimedOut(max_runtime.unwrap_or_default()),
+        _ = lease_end => Outcome::LeaseExpired,
         result = work => Outcome::Returned(result.unwrap_or_else(|_| {
             Err(ArcpError::Internal("agent panicked".into()))
         })),
@@ -50,38 +63,138 @@ pub(super) async fn run(
     // Dropping the agent's future above stops it; its sub-tasks see the cancellation token.
     job.cancel.cancel();
 
-    let (status, frames) = match outcome {
-        Outcome::Returned(Ok(result)) => (
-            FinalStatus::Success,
-            vec![JobPayload::Result(JobResult {
-                result: ResultBody::Inline(result),
-                completed_at: Timestamp::now(),
-            })],
-        ),
-        Outcome::Returned(Err(err)) => {
-            let error = JobError::from_error(&err);
-            (error.final_status, vec![JobPayload::Error(error)])
+    let (status, frames, published) = conclude(&job, outcome);
+    revoke_credentials(&engine, &job).await;
+    job.finish(&engine.outbox, status, frames).await;
+    job.publish_outcome(published);
+    let children = job.children.lock().clone();
+    for child in children {
+        if child.status() == JobStatus::Running {
+            let _ = child.request_cancel(Some(format!("parent job {} ended", job.id())));
         }
+    }
+    let _enter = job.span.enter();
+    tracing::info!(job = %job.id(), status = status.as_str(), "job finished");
+}
+
+async fn sleep_for(limit: Option<Duration>) {
+    match limit {
+        Some(limit) => tokio::time::sleep(limit).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The job's final status, its terminal frames, and what a waiting parent learns.
+fn conclude(
+    job: &JobRecord,
+    outcome: Outcome,
+) -> (FinalStatus, Vec<JobPayload>, Result<ResultBody, ArcpError>) {
+    let failed = |err: ArcpError| {
+        let error = JobError::from_error(&err);
+        (error.final_status, vec![JobPayload::Error(error)], Err(err))
+    };
+    let returned = match outcome {
         Outcome::Cancelled => {
             let reason = job.cancel_reason();
-            let error = JobError::from_error(&ArcpError::Cancelled(
+            let err = ArcpError::Cancelled(
                 reason
                     .clone()
                     .unwrap_or_else(|| "cancelled by the client".into()),
-            ));
-            (
+            );
+            let error = JobError::from_error(&err);
+            return (
                 FinalStatus::Cancelled,
                 vec![JobPayload::Cancelled { reason }, JobPayload::Error(error)],
-            )
+                Err(err),
+            );
         }
         Outcome::TimedOut(limit) => {
-            let error = JobError::from_error(&ArcpError::Timeout(format!(
+            return failed(ArcpError::Timeout(format!(
                 "job exceeded max_runtime_sec ({}s)",
                 limit.as_secs()
-            )));
-            (FinalStatus::TimedOut, vec![JobPayload::Error(error)])
+            )))
+        }
+        Outcome::LeaseExpired => {
+            tracing::warn!(target: "arcp::audit", job = %job.id(), "lease expired; ending the job");
+            return failed(ArcpError::LeaseExpired(
+                "the lease's expires_at passed before the job ended".into(),
+            ));
+        }
+        Outcome::Returned(returned) => returned,
+    };
+    // An expired lease or a fatal budget decides the outcome whatever the agent returned.
+    if let Some(fatal) = job.fatal() {
+        return failed(fatal);
+    }
+    match returned.and_then(|value| result_body(job, value)) {
+        Ok(result) => (
+            FinalStatus::Success,
+            vec![JobPayload::Result(JobResult {
+                result: result.clone(),
+                completed_at: Timestamp::now(),
+            })],
+            Ok(result),
+        ),
+        Err(err) => failed(err),
+    }
+}
+
+/// The inline result, or the reference to the streamed one (§8.4). An agent that streamed
+/// may return only a summary string (or nothing): mixing is refused.
+fn result_body(job: &JobRecord, value: Json) -> Result<ResultBody, ArcpError> {
+    let stream = job.stream.lock();
+    let Some(stream) = stream.as_ref() else {
+        return Ok(ResultBody::Inline(value));
+    };
+    if !stream.complete {
+        return Err(ArcpError::Internal(
+            "the agent returned before sending its last result_chunk (more: false)".into(),
+        ));
+    }
+    let summary = match value {
+        Json::Null => None,
+        Json::String(s) => Some(s),
+        _ => {
+            return Err(ArcpError::Internal(
+                "the agent returned an inline result after streaming result_chunk events".into(),
+            ))
         }
     };
-    job.finish(ctx.outbox(), status, frames).await;
-    tracing::info!(job = %job.id(), status = status.as_str(), "job finished");
+    Ok(ResultBody::Streamed {
+        result_id: stream.result_id.clone(),
+        result_size: stream.size,
+        summary,
+    })
+}
+
+/// Revokes every credential of `job` at the upstream, retrying transient failures; a
+/// permanent failure is logged for operators (§9.8.2, §14).
+pub(super) async fn revoke_credentials(engine: &JobManager, job: &JobRecord) {
+    let Some(provisioner) = &engine.provisioner else {
+        return;
+    };
+    let ids: Vec<String> = job
+        .authority
+        .lock()
+        .credentials
+        .iter()
+        .map(|c| c.id.clone())
+        .collect();
+    for id in ids {
+        let mut attempt = 0;
+        loop {
+            match provisioner.revoke(&id).await {
+                Ok(()) => break,
+                Err(e) if attempt + 1 < REVOKE_ATTEMPTS => {
+                    attempt += 1;
+                    tracing::warn!(job = %job.id(), credential = %id, attempt, "credential revocation failed, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                Err(e) => {
+                    tracing::error!(job = %job.id(), credential = %id, "credential revocation failed permanently; revoke it by hand: {e}");
+                    break;
+                }
+            }
+        }
+    }
 }

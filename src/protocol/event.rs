@@ -145,30 +145,93 @@ impl EventBody {
 
     /// Checks the body against the constraints of §8.2.
     pub fn validate(&self) -> Result<(), ArcpError> {
+        let invalid = |message: String| Err(ArcpError::InvalidRequest(message));
+        let required = |kind: &str, field: &str, value: &str| {
+            if value.is_empty() {
+                invalid(format!("{kind}.{field} is required"))
+            } else {
+                Ok(())
+            }
+        };
         match self {
+            EventBody::Log { level, message: _ } => {
+                if !LOG_LEVELS.contains(&level.as_str()) {
+                    return invalid(format!(
+                        "log.level must be one of {}, got {level:?}",
+                        LOG_LEVELS.join(", ")
+                    ));
+                }
+                Ok(())
+            }
+            EventBody::Thought { .. } => Ok(()),
+            EventBody::ToolCall { tool, call_id, .. } => {
+                required("tool_call", "tool", tool)?;
+                required("tool_call", "call_id", call_id)
+            }
+            EventBody::ToolResult { call_id, .. } => required("tool_result", "call_id", call_id),
+            EventBody::Status { phase, .. } => required("status", "phase", phase),
+            EventBody::Metric { name, value, .. } => {
+                required("metric", "name", name)?;
+                if !value.is_finite() {
+                    return invalid(format!("metric.value must be a finite number, got {value}"));
+                }
+                Ok(())
+            }
+            EventBody::ArtifactRef {
+                uri,
+                content_type,
+                sha256,
+                ..
+            } => {
+                required("artifact_ref", "uri", uri)?;
+                required("artifact_ref", "content_type", content_type)?;
+                if sha256
+                    .as_ref()
+                    .is_some_and(|h| h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()))
+                {
+                    return invalid("artifact_ref.sha256 must be 64 hex digits".into());
+                }
+                Ok(())
+            }
+            EventBody::Delegate {
+                child_job_id,
+                agent,
+                ..
+            } => {
+                required("delegate", "child_job_id", child_job_id)?;
+                required("delegate", "agent", agent)
+            }
             EventBody::Progress { current, total, .. } => {
                 if !current.is_finite() || *current < 0.0 {
-                    return Err(ArcpError::InvalidRequest(format!(
+                    return invalid(format!(
                         "progress.current must be a non-negative number, got {current}"
-                    )));
+                    ));
                 }
                 if let Some(total) = total {
                     if !total.is_finite() || current > total {
-                        return Err(ArcpError::InvalidRequest(format!(
+                        return invalid(format!(
                             "progress.current {current} exceeds total {total}"
-                        )));
+                        ));
                     }
                 }
                 Ok(())
             }
-            EventBody::ResultChunk { encoding, .. }
-                if encoding != "utf8" && encoding != "base64" =>
-            {
-                Err(ArcpError::InvalidRequest(format!(
-                    "result_chunk.encoding must be utf8 or base64, got {encoding:?}"
-                )))
+            EventBody::ResultChunk {
+                result_id,
+                encoding,
+                ..
+            } => {
+                required("result_chunk", "result_id", result_id)?;
+                if encoding != "utf8" && encoding != "base64" {
+                    return invalid(format!(
+                        "result_chunk.encoding must be utf8 or base64, got {encoding:?}"
+                    ));
+                }
+                Ok(())
             }
-            _ => Ok(()),
         }
     }
 }
+
+/// The `log.level` values agents may use.
+pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];

@@ -25,7 +25,12 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "ack",
     "list_jobs",
     "subscribe",
+    "lease_expires_at",
+    "cost.budget",
+    "model.use",
+    "provisioned_credentials",
     "progress",
+    "result_chunk",
     "agent_versions",
 ];
 
