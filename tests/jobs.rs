@@ -506,7 +506,7 @@ async fn bad_agent_input_is_accepted_then_fails_the_job() {
 }
 
 #[tokio::test]
-async fn features_this_runtime_does_not_offer_are_refused_on_submit() {
+async fn lease_features_the_client_did_not_negotiate_are_refused_on_submit() {
     let server = TestServer::start_default().await;
     let (mut conn, w) = server.hello("alice-token").await;
     for payload in [In::JobSubmit(proto::JobSubmit {
