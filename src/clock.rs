@@ -1,6 +1,6 @@
 //! Wall-clock timestamps as ARCP writes them: RFC 3339, UTC, `Z` suffix (§9.5).
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -10,9 +10,15 @@ use chrono::{DateTime, SecondsFormat, Utc};
 pub struct Timestamp(pub SystemTime);
 
 impl Timestamp {
-    /// Now.
+    /// Now, to the millisecond: the precision timestamps have on the wire, so comparing two
+    /// timestamps gives the answer a client comparing their text would get.
     pub fn now() -> Timestamp {
-        Timestamp(SystemTime::now())
+        let now = SystemTime::now();
+        let sub_ms = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| Duration::from_nanos(u64::from(d.subsec_nanos() % 1_000_000)))
+            .unwrap_or_default();
+        Timestamp(now - sub_ms)
     }
 
     /// RFC 3339 with milliseconds and a `Z` suffix, e.g. `2026-05-13T19:42:13.000Z`.

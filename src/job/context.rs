@@ -289,18 +289,23 @@ impl JobContext {
     ) -> Result<ChildJob, ArcpError> {
         let (name, _) = crate::agent::parse_reference(agent)?;
         self.authorize(Namespace::AgentDelegate, name)?;
-        let child = self
-            .engine
-            .delegate(&self.job, agent, input.clone(), lease_request, expires_at)
-            .await?;
+        let child = self.engine.prepare_child(
+            &self.job,
+            agent,
+            input.clone(),
+            lease_request,
+            expires_at,
+        )?;
+        // The announcement precedes every frame of the child.
         self.send(EventBody::Delegate {
-            child_job_id: child.id().as_str().to_owned(),
+            child_job_id: child.spec.id.as_str().to_owned(),
             agent: child.spec.agent.clone(),
             input,
             lease_request: child.spec.lease.to_wire(),
             expires_at: child.spec.lease.expires_at().map(Timestamp),
         })
         .await?;
+        let child = self.engine.start_child(&self.job, child).await?;
         Ok(ChildJob { job: child })
     }
 

@@ -1,5 +1,7 @@
 //! Idempotent submission (§7.2): a key, scoped to its principal, maps to the first job
-//! submitted with it and a digest of that submission's parameters.
+//! submitted with it, a digest of that submission's parameters, and the `job.accepted` frame
+//! it got. The key keeps the frame itself, so it answers for its whole window even after the
+//! job is forgotten, and a repeat racing the first acceptance waits for it.
 
 use std::{
     collections::HashMap,
@@ -8,19 +10,22 @@ use std::{
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use crate::{
     error::ArcpError,
     ids::{JobId, Principal},
-    protocol::client::JobSubmit,
+    protocol::{client::JobSubmit, server::JobFrame},
 };
 
 /// What a key resolved to.
 pub enum Claim {
-    /// The key is new: the caller's job now owns it.
+    /// The key is new: the caller's job now owns it and must call
+    /// [`IdempotencyKeys::accepted`] or [`IdempotencyKeys::release`].
     New,
-    /// The key names an earlier job with identical parameters.
-    Existing(JobId),
+    /// The key names an earlier submission with identical parameters; this resolves to its
+    /// `job.accepted` frame, or fails if that submission was refused after all.
+    Existing(watch::Receiver<Option<JobFrame>>),
 }
 
 /// Keys per principal, each kept for `window` after it was first used.
@@ -33,6 +38,7 @@ struct Entry {
     fingerprint: [u8; 32],
     job: JobId,
     expires_at: SystemTime,
+    accepted: watch::Sender<Option<JobFrame>>,
 }
 
 impl IdempotencyKeys {
@@ -64,7 +70,7 @@ impl IdempotencyKeys {
                     entry.job
                 )));
             }
-            return Ok(Claim::Existing(entry.job.clone()));
+            return Ok(Claim::Existing(entry.accepted.subscribe()));
         }
         keys.insert(
             slot,
@@ -72,9 +78,17 @@ impl IdempotencyKeys {
                 fingerprint,
                 job: job.clone(),
                 expires_at: now + self.window,
+                accepted: watch::Sender::new(None),
             },
         );
         Ok(Claim::New)
+    }
+
+    /// Records the `job.accepted` frame of the job that claimed `key`, for repeats.
+    pub fn accepted(&self, principal: &Principal, key: &str, frame: JobFrame) {
+        if let Some(entry) = self.keys.lock().get(&(principal.clone(), key.to_owned())) {
+            entry.accepted.send_replace(Some(frame));
+        }
     }
 
     /// Gives a key back when the job that claimed it was never accepted.
@@ -128,10 +142,10 @@ mod tests {
         assert!(matches!(keys.claim(&alice, "k", &a, &j1), Ok(Claim::New)));
         // Same parameters, keys in another order: the same job.
         let same = submit(serde_json::json!({"y": 2, "x": 1}));
-        match keys.claim(&alice, "k", &same, &j2) {
-            Ok(Claim::Existing(j)) => assert_eq!(j, j1),
-            _ => panic!("expected the existing job"),
-        }
+        assert!(matches!(
+            keys.claim(&alice, "k", &same, &j2),
+            Ok(Claim::Existing(_))
+        ));
         let other = submit(serde_json::json!({"x": 2}));
         let err = keys.claim(&alice, "k", &other, &j2).err().map(|e| e.code());
         assert_eq!(err, Some(ErrorCode::DuplicateKey));

@@ -111,7 +111,7 @@ pub struct JobManager {
 }
 
 /// A job about to start: everything but its record.
-struct Start {
+pub(crate) struct Start {
     owner: Recipient,
     spec: JobSpec,
     agent: Arc<dyn Agent>,
@@ -148,7 +148,7 @@ impl JobManager {
         self: &Arc<Self>,
         by: Submitter<'_>,
         submit: JobSubmit,
-    ) -> Result<Arc<JobRecord>, ArcpError> {
+    ) -> Result<JobId, ArcpError> {
         let needs = |feature: &str, what: &str| {
             if by.features.has(feature) {
                 Ok(())
@@ -184,14 +184,21 @@ impl JobManager {
         let id = JobId::generate();
         let principal = &by.session.principal;
         if let Some(key) = &submit.idempotency_key {
-            if let Claim::Existing(existing) = self.keys.claim(principal, key, &submit, &id)? {
-                if let Some(job) = self.get(&existing) {
-                    self.repeat_acceptance(&job, &by).await?;
-                    return Ok(job);
+            loop {
+                match self.keys.claim(principal, key, &submit, &id)? {
+                    Claim::New => break,
+                    Claim::Existing(mut accepted) => {
+                        let frame = accepted
+                            .wait_for(Option::is_some)
+                            .await
+                            .ok()
+                            .and_then(|f| f.clone());
+                        // None: the first submission was refused and gave the key back.
+                        if let Some(frame) = frame {
+                            return self.repeat_acceptance(frame, &by).await;
+                        }
+                    }
                 }
-                // The job was forgotten; the key starts afresh.
-                self.keys.release(principal, key);
-                self.keys.claim(principal, key, &submit, &id)?;
             }
         }
         let spec = JobSpec {
@@ -215,22 +222,30 @@ impl JobManager {
                 request_id: by.request_id,
             })
             .await;
-        if let (Err(_), Some(key)) = (&started, &submit.idempotency_key) {
-            self.keys.release(principal, key);
+        if let Some(key) = &submit.idempotency_key {
+            match &started {
+                Ok(job) => self.keys.accepted(
+                    principal,
+                    key,
+                    job.frame(JobPayload::Accepted(acceptance(job, None))),
+                ),
+                Err(_) => self.keys.release(principal, key),
+            }
         }
-        started
+        started.map(|job| job.id().clone())
     }
 
-    /// Starts a delegated child of `parent` (§10) in the parent's session, after checking
-    /// that its lease is a subset of the parent's and reserving its budget.
-    pub(crate) async fn delegate(
-        self: &Arc<Self>,
+    /// Prepares a delegated child of `parent` (§10) in the parent's session: checks that its
+    /// lease is a subset of the parent's and reserves its budget. [`JobManager::start_child`]
+    /// starts it, once the parent has announced it.
+    pub(crate) fn prepare_child(
+        &self,
         parent: &Arc<JobRecord>,
         agent: &str,
         input: Json,
         lease_request: &Lease,
         expires_at: Option<&str>,
-    ) -> Result<Arc<JobRecord>, ArcpError> {
+    ) -> Result<Start, ArcpError> {
         let agent = self.agents.resolve(agent)?;
         let now = std::time::SystemTime::now();
         let expires_at = expires_at.map(|at| parse_expires_at(at, now)).transpose()?;
@@ -259,29 +274,38 @@ impl JobManager {
             lease,
             created_at: Timestamp::now(),
         };
-        let child = self
-            .start(Start {
-                owner: parent.owner().clone(),
-                spec,
-                agent: agent.agent,
-                input,
-                max_runtime: None,
-                request_id: None,
-            })
-            .await?;
+        Ok(Start {
+            owner: parent.owner().clone(),
+            spec,
+            agent: agent.agent,
+            input,
+            max_runtime: None,
+            request_id: None,
+        })
+    }
+
+    /// Starts a child prepared by [`JobManager::prepare_child`].
+    pub(crate) async fn start_child(
+        self: &Arc<Self>,
+        parent: &JobRecord,
+        child: Start,
+    ) -> Result<Arc<JobRecord>, ArcpError> {
+        let child = self.start(child).await?;
         parent.children.lock().push(child.clone());
         Ok(child)
     }
 
     /// Issues credentials, records the job, logs `job.accepted` and runs the agent.
     async fn start(self: &Arc<Self>, start: Start) -> Result<Arc<JobRecord>, ArcpError> {
+        // §6.2: no credentials for a submitter that did not negotiate them.
+        let wants_credentials = start.owner.features.has("provisioned_credentials");
         let credentials = match &self.provisioner {
-            Some(provisioner) => vec![
+            Some(provisioner) if wants_credentials => vec![
                 provisioner
                     .issue(&start.spec.id, credential_constraints(&start.spec.lease))
                     .await?,
             ],
-            None => Vec::new(),
+            _ => Vec::new(),
         };
         let authority = Authority {
             budget: start.spec.lease.budget().cloned(),
@@ -318,18 +342,15 @@ impl JobManager {
     /// session's log.
     async fn repeat_acceptance(
         &self,
-        job: &JobRecord,
+        mut frame: crate::protocol::server::JobFrame,
         by: &Submitter<'_>,
-    ) -> Result<(), ArcpError> {
-        let frame = crate::protocol::server::JobFrame {
-            job_id: job.id().clone(),
-            trace_id: job.spec.trace_id.clone(),
-            payload: JobPayload::Accepted(acceptance(job, by.request_id.clone())),
-        };
-        self.outbox
-            .deliver(&by.recipient(), frame)
-            .await
-            .map(|_| ())
+    ) -> Result<JobId, ArcpError> {
+        if let JobPayload::Accepted(accepted) = &mut frame.payload {
+            accepted.request_id = by.request_id.clone();
+        }
+        let job = frame.job_id.clone();
+        self.outbox.deliver(&by.recipient(), frame).await?;
+        Ok(job)
     }
 
     /// Cancels a running job on behalf of `session` (§7.4).
@@ -425,11 +446,7 @@ impl JobManager {
         if job.session() == &session.id {
             // The session already receives every frame of its own job; announcing is all
             // there is to do, and replaying would repeat frames it has.
-            let frame = crate::protocol::server::JobFrame {
-                job_id: job.id().clone(),
-                trace_id: job.spec.trace_id.clone(),
-                payload: announce(job.summary(observer).last_event_seq, false),
-            };
+            let frame = job.frame(announce(job.summary(observer).last_event_seq, false));
             return self.outbox.deliver(&subscriber, frame).await.map(|_| ());
         }
         let history = request

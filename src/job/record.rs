@@ -253,7 +253,8 @@ impl JobRecord {
         outcome.unwrap_or_else(|| Err(ArcpError::Internal("job record dropped".into())))
     }
 
-    fn frame(&self, payload: JobPayload) -> JobFrame {
+    /// A frame of this job.
+    pub(crate) fn frame(&self, payload: JobPayload) -> JobFrame {
         JobFrame {
             job_id: self.spec.id.clone(),
             trace_id: self.spec.trace_id.clone(),
@@ -306,11 +307,11 @@ impl JobRecord {
         let frame = self.frame(payload);
         for subscriber in &emission.subscribers {
             // A subscriber whose session expired has no log; the others must not suffer.
-            if let Err(e) = outbox.deliver(subscriber, frame.clone()).await {
+            if let Err(e) = outbox.deliver_live(subscriber, frame.clone()).await {
                 tracing::debug!(job = %self.spec.id, session = %subscriber.session.id, "subscriber not reached: {e}");
             }
         }
-        match outbox.deliver(&self.owner, frame).await {
+        match outbox.deliver_live(&self.owner, frame).await {
             Ok(Some(seq)) => {
                 self.last_seq.fetch_max(seq.get(), Ordering::AcqRel);
                 Ok(())

@@ -66,10 +66,23 @@ impl Outbox {
         } else {
             frame.without_secrets()
         };
+        self.log.append(&to.session.id, frame).await.map(Some)
+    }
+
+    /// [`Outbox::deliver`] for a frame a running job emits: when it leaves the client too far
+    /// behind its acknowledgements, a `back_pressure` status for the same job follows (§6.5).
+    /// Never after a terminal frame, which must stay the job's last.
+    pub async fn deliver_live(
+        &self,
+        to: &Recipient,
+        frame: JobFrame,
+    ) -> Result<Option<EventSeq>, ArcpError> {
         let terminal = frame.payload.is_terminal();
         let job_id = frame.job_id.clone();
         let trace_id = frame.trace_id.clone();
-        let seq = self.log.append(&to.session.id, frame).await?;
+        let Some(seq) = self.deliver(to, frame).await? else {
+            return Ok(None);
+        };
         if terminal || !to.features.has("ack") {
             return Ok(Some(seq));
         }

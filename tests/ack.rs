@@ -1,0 +1,402 @@
+//! Event acknowledgement (§6.5) through the real server: acks free logged frames early and bound
+//! later resumes, may not run ahead of delivery, get no reply, and drive the `back_pressure`
+//! status a lagging client gets once per slow spell, never after a terminal frame.
+
+mod common;
+
+use std::sync::Arc;
+
+use arcp_gateway::{
+    agent::{Agent, AgentRegistry, JobContext},
+    auth::Authenticator,
+    config::GatewayConfig,
+    ids::{Principal, SessionId},
+    proto::{self, client_frame::Payload as In, server_frame::Payload as Out},
+    protocol::Json,
+    ArcpError, ErrorCode, Gateway,
+};
+use common::*;
+use serde_json::json;
+use tokio::sync::{mpsc, Mutex};
+
+/// Emits `n` log lines for every `n` the test sends and returns `{"lines": total}` on a 0, so
+/// the test decides exactly when each frame is logged.
+struct Pacer {
+    steps: Mutex<mpsc::UnboundedReceiver<u64>>,
+}
+
+#[async_trait::async_trait]
+impl Agent for Pacer {
+    async fn run(&self, ctx: JobContext, _input: Json) -> Result<Json, ArcpError> {
+        let mut steps = self.steps.lock().await;
+        let mut lines = 0u64;
+        while let Some(n) = steps.recv().await {
+            if n == 0 {
+                break;
+            }
+            for _ in 0..n {
+                lines += 1;
+                ctx.log("info", format!("line {lines}")).await?;
+            }
+        }
+        Ok(json!({ "lines": lines }))
+    }
+}
+
+/// A server with alice, the built-in agents and `pacer`, whose steps the returned sender feeds.
+async fn start(back_pressure_lag: u64) -> (TestServer, mpsc::UnboundedSender<u64>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut agents = AgentRegistry::with_builtins();
+    agents
+        .register(
+            "pacer",
+            "1.0.0",
+            Arc::new(Pacer {
+                steps: Mutex::new(rx),
+            }),
+        )
+        .unwrap();
+    let config = GatewayConfig {
+        back_pressure_lag,
+        ..GatewayConfig::default()
+    };
+    let gateway = Gateway::builder(config)
+        .auth(Authenticator::from_pairs([(
+            "alice-token".to_string(),
+            Principal::new("alice"),
+        )]))
+        .agents(agents)
+        .build();
+    (TestServer::start_gateway(gateway).await, tx)
+}
+
+/// Opens a session as alice offering `features`; returns the stream and the welcome.
+async fn open(server: &TestServer, features: &[&str]) -> (Conn, proto::ServerFrame) {
+    let mut conn = server.open().await;
+    conn.send(hello("alice-token", features, None)).await;
+    let w = conn.recv().await;
+    welcome(&w);
+    (conn, w)
+}
+
+fn ack(seq: u64) -> In {
+    In::SessionAck(proto::SessionAck {
+        last_processed_seq: seq,
+    })
+}
+
+fn expect_error(frame: &proto::ServerFrame, code: ErrorCode, request_id: &str) {
+    let e = session_error(frame);
+    assert_eq!(e.code, code.as_str(), "unexpected error: {e:?}");
+    assert_eq!(e.retryable, code.retryable());
+    assert_eq!(e.request_id, request_id, "request_id of {e:?}");
+    assert_eq!(frame.event_seq, 0, "session errors carry no event_seq");
+}
+
+/// Sends a ping and returns the frames before its pong. Frames a connection handles in order,
+/// so everything sent before the ping (acks included) has been acted on when the pong arrives.
+async fn sync(conn: &mut Conn, nonce: &str) -> Vec<proto::ServerFrame> {
+    conn.send(In::SessionPing(proto::SessionPing {
+        nonce: nonce.into(),
+        sent_at: String::new(),
+    }))
+    .await;
+    let nonce = nonce.to_owned();
+    let (before, _) = conn
+        .recv_until(
+            move |f| matches!(&f.payload, Some(Out::SessionPong(p)) if p.ping_nonce == nonce),
+        )
+        .await;
+    before
+}
+
+/// The phase of a `status` event, if `frame` is one.
+fn status_body(frame: &proto::ServerFrame) -> Option<&proto::StatusBody> {
+    match &frame.payload {
+        Some(Out::JobEvent(proto::JobEvent {
+            kind,
+            body: Some(proto::job_event::Body::Status(s)),
+            ..
+        })) => {
+            assert_eq!(kind, "status");
+            Some(s)
+        }
+        _ => None,
+    }
+}
+
+fn is_back_pressure(frame: &proto::ServerFrame) -> bool {
+    status_body(frame).is_some_and(|s| s.phase == "back_pressure")
+}
+
+fn log_message(frame: &proto::ServerFrame) -> Option<&str> {
+    match &frame.payload {
+        Some(Out::JobEvent(proto::JobEvent {
+            body: Some(proto::job_event::Body::Log(l)),
+            ..
+        })) => Some(&l.message),
+        _ => None,
+    }
+}
+
+/// Receives `n` frames.
+async fn recv_n(conn: &mut Conn, n: usize) -> Vec<proto::ServerFrame> {
+    let mut frames = Vec::with_capacity(n);
+    for _ in 0..n {
+        frames.push(conn.recv().await);
+    }
+    frames
+}
+
+fn seqs(frames: &[proto::ServerFrame]) -> Vec<u64> {
+    frames.iter().map(|f| f.event_seq).collect()
+}
+
+async fn resume(
+    server: &TestServer,
+    session: &str,
+    token: &str,
+    last: u64,
+) -> (Conn, proto::ServerFrame) {
+    let mut conn = server.open().await;
+    conn.send(hello(
+        "alice-token",
+        &["ack", "progress"],
+        Some(resume_info(session, token, last)),
+    ))
+    .await;
+    let first = conn.recv().await;
+    (conn, first)
+}
+
+#[tokio::test]
+async fn an_ack_without_the_ack_feature_is_refused_and_the_session_survives() {
+    let (server, _steps) = start(1000).await;
+    let (mut conn, _) = open(&server, &["progress"]).await;
+    let id = conn.send(ack(0)).await;
+    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
+    let (job, accepted_frame) = submit_and_accept(&mut conn, submit("echo", json!(1))).await;
+    assert_eq!(accepted_frame.event_seq, 1);
+    let (_, terminal) = conn.recv_until_terminal(&job).await;
+    assert_eq!(terminal.event_seq, 2);
+}
+
+#[tokio::test]
+async fn acks_get_no_reply_and_may_not_run_ahead_of_what_this_stream_delivered() {
+    let (server, _steps) = start(1000).await;
+    let (mut conn, w) = open(&server, &["ack"]).await;
+
+    // Nothing delivered yet: only 0 may be acknowledged.
+    let id = conn.send(ack(1)).await;
+    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
+    conn.send(ack(0)).await;
+    assert!(
+        sync(&mut conn, "n0").await.is_empty(),
+        "an ack has no reply"
+    );
+
+    let (job, _) = submit_and_accept(&mut conn, submit("echo", json!("x"))).await;
+    let (_, terminal) = conn.recv_until_terminal(&job).await;
+    assert_eq!(terminal.event_seq, 2);
+
+    let id = conn.send(ack(3)).await;
+    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
+    let id = conn.send(ack(u64::MAX)).await;
+    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
+    conn.send(ack(2)).await;
+    // Acks never move backwards, and repeating one is harmless.
+    conn.send(ack(1)).await;
+    conn.send(ack(2)).await;
+    assert!(sync(&mut conn, "n1").await.is_empty(), "acks have no reply");
+
+    // The acknowledged frames are freed; the session carries on in sequence.
+    let bounds = server
+        .gateway
+        .event_log()
+        .bounds(&SessionId::new(w.session_id.as_str()))
+        .await
+        .unwrap();
+    assert_eq!(bounds.evicted_through.get(), 2);
+    let (job, accepted_frame) = submit_and_accept(&mut conn, submit("echo", json!("y"))).await;
+    assert_eq!(accepted_frame.event_seq, 3);
+    let (_, terminal) = conn.recv_until_terminal(&job).await;
+    assert_eq!(terminal.event_seq, 4);
+}
+
+#[tokio::test]
+async fn an_ack_frees_frames_early_so_a_resume_must_start_at_or_after_it() {
+    let (server, _steps) = start(1000).await;
+    let (mut conn, w) = open(&server, &["ack", "progress"]).await;
+    let session = w.session_id.clone();
+    let token = welcome(&w).resume_token.clone();
+    let (job, _) = submit_and_accept(&mut conn, ticker(5, 0)).await;
+    let (_, terminal) = conn.recv_until_terminal(&job).await;
+    assert_eq!(terminal.event_seq, 7);
+    conn.send(ack(4)).await;
+    sync(&mut conn, "acked").await;
+    drop(conn);
+
+    // Frames up to 4 are gone: resuming from before the ack would leave a gap.
+    for last in [0, 3] {
+        let (_conn, first) = resume(&server, &session, &token, last).await;
+        let e = session_error(&first);
+        assert_eq!(e.code, ErrorCode::ResumeWindowExpired.as_str(), "{e:?}");
+        assert!(!e.retryable);
+    }
+
+    // From the acknowledged frame itself, the rest replays exactly (the token survived).
+    let (mut conn, first) = resume(&server, &session, &token, 4).await;
+    let token = welcome(&first).resume_token.clone();
+    assert_eq!(first.session_id, session);
+    let (frames, terminal) = conn.recv_until_terminal(&job).await;
+    assert_eq!(seqs(&frames), vec![5, 6]);
+    assert_eq!(terminal.event_seq, 7);
+    assert_eq!(
+        to_json(job_result(&terminal).result.as_ref().unwrap()),
+        json!({"ticks": 5})
+    );
+    drop(conn);
+
+    // And from a later one.
+    let (mut conn, first) = resume(&server, &session, &token, 6).await;
+    welcome(&first);
+    let (frames, terminal) = conn.recv_until_terminal(&job).await;
+    assert!(frames.is_empty(), "{frames:?}");
+    assert_eq!(terminal.event_seq, 7);
+}
+
+#[tokio::test]
+async fn a_client_lagging_past_the_limit_gets_one_back_pressure_status_for_the_job_that_crossed_it()
+{
+    let (server, _steps) = start(3).await;
+    let (mut conn, w) = open(&server, &["ack", "progress"]).await;
+    let (job, _) = submit_and_accept(&mut conn, ticker(10, 0)).await;
+    let (frames, terminal) = conn.recv_until_terminal(&job).await;
+
+    // accepted=1, ticks 1..3 = 2..4; the fourth unacknowledged frame (lag 4 > 3) draws the
+    // signal at 5; the other seven ticks and the result follow with no second signal.
+    assert_eq!(seqs(&frames), (2..=12).collect::<Vec<_>>());
+    assert_eq!(terminal.event_seq, 13);
+    let signals: Vec<&proto::ServerFrame> = frames.iter().filter(|f| is_back_pressure(f)).collect();
+    assert_eq!(signals.len(), 1, "one signal per slow spell: {frames:?}");
+    let signal = signals[0];
+    assert_eq!(signal.event_seq, 5);
+    assert_eq!(signal.job_id, job);
+    assert_eq!(signal.session_id, w.session_id);
+    assert!(!status_body(signal).unwrap().message.is_empty());
+    let ticks: Vec<f64> = frames.iter().filter_map(progress_current).collect();
+    assert_eq!(ticks, (1..=10).map(f64::from).collect::<Vec<_>>());
+    assert_eq!(newest(&server, &w.session_id).await, 13);
+}
+
+#[tokio::test]
+async fn an_ack_that_brings_the_lag_within_the_limit_re_arms_the_signal() {
+    let (server, steps) = start(3).await;
+    let (mut conn, w) = open(&server, &["ack"]).await;
+    let (job, _) = submit_and_accept(&mut conn, submit("pacer", json!(null))).await;
+
+    // Lines at 2, 3, 4; 4 is the fourth unacknowledged frame: the signal at 5.
+    steps.send(3).unwrap();
+    let spell = recv_n(&mut conn, 4).await;
+    assert_eq!(seqs(&spell), vec![2, 3, 4, 5]);
+    assert_eq!(log_message(&spell[2]), Some("line 3"));
+    assert!(is_back_pressure(&spell[3]), "{:?}", spell[3]);
+    assert_eq!(spell[3].job_id, job);
+
+    // An ack that leaves the lag above the limit (5 - 1 = 4) does not re-arm it.
+    conn.send(ack(1)).await;
+    sync(&mut conn, "a1").await;
+    steps.send(2).unwrap();
+    let more = recv_n(&mut conn, 2).await;
+    assert_eq!(seqs(&more), vec![6, 7]);
+    assert!(more.iter().all(|f| log_message(f).is_some()), "{more:?}");
+
+    // Catching up (lag 0) re-arms it: the next spell is signalled again, once.
+    conn.send(ack(7)).await;
+    sync(&mut conn, "a7").await;
+    steps.send(4).unwrap();
+    let spell = recv_n(&mut conn, 5).await;
+    assert_eq!(seqs(&spell), vec![8, 9, 10, 11, 12]);
+    assert_eq!(log_message(&spell[3]), Some("line 9"));
+    assert!(is_back_pressure(&spell[4]), "{:?}", spell[4]);
+    assert_eq!(spell[4].job_id, job);
+
+    steps.send(0).unwrap();
+    let terminal = conn.recv().await;
+    assert_eq!(terminal.event_seq, 13);
+    assert_eq!(
+        to_json(job_result(&terminal).result.as_ref().unwrap()),
+        json!({"lines": 9})
+    );
+    assert_eq!(newest(&server, &w.session_id).await, 13);
+}
+
+#[tokio::test]
+async fn a_terminal_frame_never_draws_a_back_pressure_status() {
+    let (server, steps) = start(3).await;
+    let (mut conn, w) = open(&server, &["ack"]).await;
+    let (pacer, _) = submit_and_accept(&mut conn, submit("pacer", json!(null))).await;
+    steps.send(2).unwrap();
+    assert_eq!(seqs(&recv_n(&mut conn, 2).await), vec![2, 3]);
+    // The result is the fourth unacknowledged frame, but nothing may follow a terminal frame.
+    steps.send(0).unwrap();
+    let terminal = conn.recv().await;
+    assert_eq!(terminal.job_id, pacer);
+    assert_eq!(terminal.event_seq, 4);
+    job_result(&terminal);
+    assert!(sync(&mut conn, "after").await.is_empty());
+    assert_eq!(newest(&server, &w.session_id).await, 4);
+
+    // The next job's first frame crosses the limit: the signal is that job's.
+    let (echo, accepted_frame) = submit_and_accept(&mut conn, submit("echo", json!(2))).await;
+    assert_eq!(accepted_frame.event_seq, 5);
+    let (frames, terminal) = conn.recv_until_terminal(&echo).await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert!(is_back_pressure(&frames[0]));
+    assert_eq!(frames[0].job_id, echo);
+    assert_eq!(frames[0].event_seq, 6);
+    assert_eq!(terminal.event_seq, 7);
+}
+
+/// §7.3: nothing of a job follows its terminal frame. A repeated idempotent submission (§7.2)
+/// is answered with the finished job's `job.accepted` again; when that answer crosses the lag
+/// limit, no `status` event of the finished job may follow it.
+#[tokio::test]
+async fn a_repeated_acceptance_of_a_finished_job_draws_no_back_pressure_status_for_it() {
+    let (server, _steps) = start(2).await;
+    let (mut conn, w) = open(&server, &["ack"]).await;
+    let keyed = || {
+        In::JobSubmit(proto::JobSubmit {
+            agent: "echo".into(),
+            input: Some(json_value(&json!("once"))),
+            idempotency_key: "k".into(),
+            ..Default::default()
+        })
+    };
+    let (job, _) = submit_and_accept(&mut conn, keyed()).await;
+    let (_, terminal) = conn.recv_until_terminal(&job).await;
+    assert_eq!(terminal.event_seq, 2);
+
+    // The repeat is logged at 3: the third unacknowledged frame, over the limit of 2.
+    let (again, repeat) = submit_and_accept(&mut conn, keyed()).await;
+    assert_eq!(again, job);
+    assert_eq!(repeat.event_seq, 3);
+    let after = sync(&mut conn, "after").await;
+    assert!(
+        after.is_empty(),
+        "frames of job {job} logged after its terminal frame: {after:?}"
+    );
+    assert_eq!(newest(&server, &w.session_id).await, 3);
+}
+
+#[tokio::test]
+async fn without_ack_negotiated_no_back_pressure_is_signalled() {
+    let (server, _steps) = start(3).await;
+    let (mut conn, w) = open(&server, &["progress"]).await;
+    let (job, _) = submit_and_accept(&mut conn, ticker(10, 0)).await;
+    let (frames, terminal) = conn.recv_until_terminal(&job).await;
+    assert_eq!(frames.len(), 10, "only the ticks: {frames:?}");
+    assert!(frames.iter().all(|f| progress_current(f).is_some()));
+    assert_eq!(terminal.event_seq, 12);
+    assert_eq!(newest(&server, &w.session_id).await, 12);
+}
