@@ -139,19 +139,6 @@ fn log_message(frame: &proto::ServerFrame) -> Option<&str> {
     }
 }
 
-/// Receives `n` frames.
-async fn recv_n(conn: &mut Conn, n: usize) -> Vec<proto::ServerFrame> {
-    let mut frames = Vec::with_capacity(n);
-    for _ in 0..n {
-        frames.push(conn.recv().await);
-    }
-    frames
-}
-
-fn seqs(frames: &[proto::ServerFrame]) -> Vec<u64> {
-    frames.iter().map(|f| f.event_seq).collect()
-}
-
 async fn resume(
     server: &TestServer,
     session: &str,

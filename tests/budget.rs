@@ -16,28 +16,12 @@ use arcp_gateway::{
     ArcpError, Gateway,
 };
 use common::*;
-use prost_types::{value::Kind, ListValue};
+use prost_types::ListValue;
 use serde_json::json;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// A `lease_request` map from `(namespace, patterns)` pairs.
-fn lease(entries: &[(&str, &[&str])]) -> HashMap<String, ListValue> {
-    entries
-        .iter()
-        .map(|(ns, patterns)| {
-            let values = patterns
-                .iter()
-                .map(|p| prost_types::Value {
-                    kind: Some(Kind::StringValue((*p).to_owned())),
-                })
-                .collect();
-            ((*ns).to_owned(), ListValue { values })
-        })
-        .collect()
-}
 
 fn submit_leased(
     agent: &str,

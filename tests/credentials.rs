@@ -43,21 +43,6 @@ const FEATURES: &[&str] = &[
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn lease(entries: &[(&str, &[&str])]) -> HashMap<String, ListValue> {
-    entries
-        .iter()
-        .map(|(ns, patterns)| {
-            let values = patterns
-                .iter()
-                .map(|p| prost_types::Value {
-                    kind: Some(Kind::StringValue((*p).to_owned())),
-                })
-                .collect();
-            ((*ns).to_owned(), ListValue { values })
-        })
-        .collect()
-}
-
 fn submit_full(
     agent: &str,
     input: serde_json::Value,

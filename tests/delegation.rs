@@ -20,7 +20,7 @@ use arcp_gateway::{
 };
 use chrono::{SecondsFormat, Utc};
 use common::*;
-use prost_types::{value::Kind, ListValue};
+use prost_types::ListValue;
 use serde_json::json;
 
 const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -28,21 +28,6 @@ const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-fn lease(entries: &[(&str, &[&str])]) -> HashMap<String, ListValue> {
-    entries
-        .iter()
-        .map(|(ns, patterns)| {
-            let values = patterns
-                .iter()
-                .map(|p| prost_types::Value {
-                    kind: Some(Kind::StringValue((*p).to_owned())),
-                })
-                .collect();
-            ((*ns).to_owned(), ListValue { values })
-        })
-        .collect()
-}
 
 fn lease_json(lease: &HashMap<String, ListValue>) -> serde_json::Value {
     lease

@@ -11,7 +11,7 @@ use arcp_gateway::proto::{
     ServerFrame,
 };
 use common::*;
-use prost_types::{value::Kind, ListValue};
+use prost_types::ListValue;
 use serde_json::json;
 
 const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -35,21 +35,6 @@ const FEATURES: &[&str] = &["progress", "result_chunk", "agent_versions"];
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-fn lease(entries: &[(&str, &[&str])]) -> HashMap<String, ListValue> {
-    entries
-        .iter()
-        .map(|(ns, patterns)| {
-            let values = patterns
-                .iter()
-                .map(|p| prost_types::Value {
-                    kind: Some(Kind::StringValue((*p).to_owned())),
-                })
-                .collect();
-            ((*ns).to_owned(), ListValue { values })
-        })
-        .collect()
-}
 
 fn submit_leased(
     agent: &str,

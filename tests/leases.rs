@@ -29,22 +29,6 @@ use serde_json::json;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// A `lease_request` map from `(namespace, patterns)` pairs.
-fn lease(entries: &[(&str, &[&str])]) -> HashMap<String, ListValue> {
-    entries
-        .iter()
-        .map(|(ns, patterns)| {
-            let values = patterns
-                .iter()
-                .map(|p| prost_types::Value {
-                    kind: Some(Kind::StringValue((*p).to_owned())),
-                })
-                .collect();
-            ((*ns).to_owned(), ListValue { values })
-        })
-        .collect()
-}
-
 /// A wire lease as plain strings, for comparisons.
 fn lease_strings(lease: &HashMap<String, ListValue>) -> BTreeMap<String, Vec<String>> {
     lease

@@ -128,19 +128,6 @@ fn log_message(frame: &proto::ServerFrame) -> Option<&str> {
     }
 }
 
-/// Receives `n` frames.
-async fn recv_n(conn: &mut Conn, n: usize) -> Vec<proto::ServerFrame> {
-    let mut frames = Vec::with_capacity(n);
-    for _ in 0..n {
-        frames.push(conn.recv().await);
-    }
-    frames
-}
-
-fn seqs(frames: &[proto::ServerFrame]) -> Vec<u64> {
-    frames.iter().map(|f| f.event_seq).collect()
-}
-
 /// Sends a ping and returns the frames before its pong: everything sent before it has been
 /// acted on when the pong arrives.
 async fn sync(conn: &mut Conn, nonce: &str) -> Vec<proto::ServerFrame> {

@@ -363,3 +363,35 @@ pub async fn wait_for_log(server: &TestServer, session: &str, seq: u64) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A `lease_request` map from `(namespace, patterns)` pairs.
+pub fn lease(
+    entries: &[(&str, &[&str])],
+) -> std::collections::HashMap<String, prost_types::ListValue> {
+    entries
+        .iter()
+        .map(|(ns, patterns)| {
+            let values = patterns
+                .iter()
+                .map(|p| prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue((*p).to_owned())),
+                })
+                .collect();
+            ((*ns).to_owned(), prost_types::ListValue { values })
+        })
+        .collect()
+}
+
+/// Receives `n` frames.
+pub async fn recv_n(conn: &mut Conn, n: usize) -> Vec<ServerFrame> {
+    let mut frames = Vec::with_capacity(n);
+    for _ in 0..n {
+        frames.push(conn.recv().await);
+    }
+    frames
+}
+
+/// The `event_seq` of each frame.
+pub fn seqs(frames: &[ServerFrame]) -> Vec<u64> {
+    frames.iter().map(|f| f.event_seq).collect()
+}
