@@ -427,3 +427,63 @@ async fn tokens_never_reach_the_log() {
         );
     }
 }
+
+/// §11: a job's tracing span carries its `trace_id` and the recommended
+/// `arcp.lease.expires_at` attribute, so the log line that ends the job names them.
+#[tokio::test]
+async fn job_spans_carry_the_trace_context_and_lease_attributes() {
+    let process = Process::start("info").await;
+    let channel = process.channel().await;
+    let mut session = Session::open(channel).await;
+    session
+        .send(
+            "hello",
+            common::hello(TOKEN, &["lease_expires_at", "progress"], None),
+        )
+        .await;
+    let welcome = session.recv().await;
+    assert!(matches!(welcome.payload, Some(Out::SessionWelcome(_))));
+
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let expires_at = "2099-01-01T00:00:00Z";
+    session
+        .tx
+        .send(ClientFrame {
+            id: "submit-traced".into(),
+            trace_id: traceparent.into(),
+            payload: Some(In::JobSubmit(proto::JobSubmit {
+                agent: "echo".into(),
+                input: Some(to_value(&json!("traced"))),
+                lease_constraints: Some(proto::LeaseConstraints {
+                    expires_at: expires_at.into(),
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .await
+        .expect("the stream accepts frames");
+    loop {
+        let frame = session.recv().await;
+        assert_eq!(
+            frame.trace_id, traceparent,
+            "every job frame carries the trace"
+        );
+        if matches!(frame.payload, Some(Out::JobResult(_))) {
+            break;
+        }
+    }
+    drop(session);
+    let (status, log) = process.terminate().await;
+    assert!(status.success(), "exit status {status}; output:\n{log}");
+    let finished = log
+        .lines()
+        .find(|l| l.contains("job finished"))
+        .unwrap_or_else(|| panic!("no `job finished` line:\n{log}"));
+    assert!(finished.contains("arcp.job"), "{finished}");
+    assert!(finished.contains(traceparent), "{finished}");
+    assert!(
+        finished.contains(r#"arcp.lease.expires_at="2099-01-01T00:00:00.000Z""#),
+        "{finished}"
+    );
+}

@@ -557,3 +557,72 @@ async fn listing_jobs_redacts_credentials_for_other_principals() {
     s.gate.notify_one();
     alice.recv_until_terminal(&job).await;
 }
+
+/// An upstream whose revocations fail `failures` times before they go through, the way a
+/// flaky network would.
+struct FlakyRevocation {
+    inner: MemoryProvisioner,
+    failures: std::sync::atomic::AtomicU32,
+    attempts: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl arcp_gateway::credentials::CredentialProvisioner for FlakyRevocation {
+    async fn issue(
+        &self,
+        job: &arcp_gateway::ids::JobId,
+        constraints: serde_json::Map<String, Json>,
+    ) -> Result<arcp_gateway::protocol::server::Credential, ArcpError> {
+        self.inner.issue(job, constraints).await
+    }
+
+    async fn rotate(
+        &self,
+        id: &str,
+    ) -> Result<arcp_gateway::protocol::server::Credential, ArcpError> {
+        self.inner.rotate(id).await
+    }
+
+    async fn revoke(&self, id: &str) -> Result<(), ArcpError> {
+        use std::sync::atomic::Ordering;
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return Err(ArcpError::Internal("upstream unavailable".into()));
+        }
+        self.inner.revoke(id).await
+    }
+}
+
+/// §9.8.2: revocation is retried on transient failure, and the credential is dead by the time
+/// the job's terminal frame is logged.
+#[tokio::test]
+async fn a_failed_revocation_is_retried_until_the_upstream_accepts_it() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let upstream = Arc::new(FlakyRevocation {
+        inner: MemoryProvisioner::new(ENDPOINT, Some("openai".into())),
+        failures: AtomicU32::new(2),
+        attempts: AtomicU32::new(0),
+    });
+    let gateway = Gateway::builder(GatewayConfig::default())
+        .auth(Authenticator::from_pairs([(
+            "alice-token".to_string(),
+            Principal::new("alice"),
+        )]))
+        .credential_provisioner(upstream.clone())
+        .build();
+    let server = TestServer::start_gateway(gateway).await;
+    let (mut conn, _) = session(&server, "alice-token", FEATURES).await;
+    let (job, frame) = submit_and_accept(&mut conn, submit("echo", json!({"x": 1}))).await;
+    let value = the_credential(&frame).value;
+    assert!(upstream.inner.is_live(&value));
+    let (_, terminal) = conn.recv_until_terminal(&job).await;
+    assert_eq!(job_result(&terminal).final_status, "success");
+    assert_eq!(
+        upstream.attempts.load(Ordering::SeqCst),
+        3,
+        "two failures, then success"
+    );
+    assert!(!upstream.inner.is_live(&value), "revoked after the retries");
+}
