@@ -5,7 +5,7 @@ use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use arcp_gateway::{
     agent::AgentRegistry, auth::Authenticator, config::GatewayConfig,
-    credentials::MemoryProvisioner, ids::Principal, job::Observers, server, Gateway,
+    credentials::MemoryProvisioner, ids::Principal, job::Observers, server, transport::ws, Gateway,
 };
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -29,9 +29,12 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address to listen on.
+    /// Address to serve gRPC on.
     #[arg(long, default_value = "127.0.0.1:50051", env = "ARCP_LISTEN")]
     listen: SocketAddr,
+    /// Address to serve ARCP JSON over WebSocket on (path /arcp).
+    #[arg(long, default_value = "127.0.0.1:50052", env = "ARCP_WS_LISTEN")]
+    ws_listen: SocketAddr,
     /// Accept bearer TOKEN as PRINCIPAL; repeatable. With none, every bearer token is
     /// accepted and names its own principal.
     #[arg(long = "auth-token", value_name = "TOKEN=PRINCIPAL", env = "ARCP_AUTH_TOKENS", value_delimiter = ',', value_parser = parse_token_pair)]
@@ -131,8 +134,10 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let gateway = builder.build();
     let listener = server::bind(args.listen).await?;
+    let ws_listener = server::bind(args.ws_listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "arcp-gateway listening (gRPC, package arcp.v1)");
-    server::serve(gateway, listener, shutdown_signal()).await?;
+    tracing::info!(ws_addr = %ws_listener.local_addr()?, path = ws::PATH, "arcp-gateway listening (ARCP JSON over WebSocket)");
+    server::serve_all(gateway, listener, ws_listener, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,15 +1,20 @@
-//! The tonic server: the ARCP service behind its authentication layer, with gRPC health and
-//! server reflection, graceful shutdown and the session sweeper.
+//! The servers: the tonic server (the ARCP service behind its authentication layer, with gRPC
+//! health and server reflection, graceful shutdown and the session sweeper), and
+//! [`serve_all`], which runs it beside the WebSocket transport over one gateway.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use crate::{
     gateway::Gateway,
     proto::{self, arcp_server::ArcpServer},
-    transport::grpc::{auth_layer::AuthLayer, service::ArcpService},
+    transport::{
+        grpc::{auth_layer::AuthLayer, service::ArcpService},
+        ws,
+    },
 };
 
 /// HTTP/2 pings detect peers that vanished without closing the connection, so their sessions
@@ -61,6 +66,36 @@ pub async fn serve(
     Ok(result?)
 }
 
+/// Serves gRPC on `grpc` and WebSocket ([`crate::transport::ws`]) on `websocket` until
+/// `shutdown` resolves, or until either server fails, which stops the other too.
+pub async fn serve_all(
+    gateway: Arc<Gateway>,
+    grpc: TcpListener,
+    websocket: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let stop = CancellationToken::new();
+    let trigger = async {
+        tokio::select! {
+            _ = shutdown => stop.cancel(),
+            _ = stop.cancelled() => {}
+        }
+    };
+    let grpc = async {
+        let served = serve(gateway.clone(), grpc, stop.clone().cancelled_owned()).await;
+        stop.cancel();
+        served
+    };
+    let websocket = async {
+        let served = ws::serve(gateway.clone(), websocket, stop.clone().cancelled_owned()).await;
+        stop.cancel();
+        served
+    };
+    let ((), grpc, websocket) = tokio::join!(trigger, grpc, websocket);
+    grpc?;
+    Ok(websocket?)
+}
+
 /// Why the server stopped other than by shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -70,6 +105,9 @@ pub enum ServeError {
     /// The transport failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The WebSocket listener failed.
+    #[error("websocket: {0}")]
+    WebSocket(#[from] std::io::Error),
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

@@ -45,6 +45,7 @@ fn command(args: &[&str]) -> Command {
         .kill_on_drop(true);
     for var in [
         "ARCP_LISTEN",
+        "ARCP_WS_LISTEN",
         "ARCP_AUTH_TOKENS",
         "ARCP_RESUME_WINDOW_SEC",
         "ARCP_MAX_LOG_FRAMES",
@@ -70,6 +71,8 @@ impl Process {
         let mut cmd = command(&[
             "serve",
             "--listen",
+            "127.0.0.1:0",
+            "--ws-listen",
             "127.0.0.1:0",
             "--auth-token",
             &format!("{TOKEN}=alice"),

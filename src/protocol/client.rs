@@ -160,3 +160,20 @@ pub struct RejectedFrame {
     /// What was wrong.
     pub error: ArcpError,
 }
+
+/// The job a job-scoped request (`job.cancel`, `job.subscribe`, ...) names: in its payload or,
+/// equivalently, in its envelope's `job_id`. When both are given they must agree.
+pub fn job_ref(
+    payload_job: Option<JobId>,
+    envelope_job: Option<&JobId>,
+    what: &str,
+) -> Result<JobId, ArcpError> {
+    match (payload_job, envelope_job) {
+        (Some(p), Some(e)) if &p != e => Err(ArcpError::InvalidRequest(format!(
+            "{what}: payload job_id and envelope job_id differ"
+        ))),
+        (Some(p), _) => Ok(p),
+        (None, Some(e)) => Ok(e.clone()),
+        (None, None) => Err(ArcpError::InvalidRequest(format!("{what} requires job_id"))),
+    }
+}

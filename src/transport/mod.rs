@@ -1,4 +1,10 @@
 //! Transports: adapters between a wire protocol and the transport-neutral [`crate::protocol`]
 //! types that [`crate::gateway::Gateway`] serves.
+//!
+//! - [`grpc`]: the `arcp.v1` protobuf schema over one gRPC bidirectional stream.
+//! - [`json`]: the JSON envelope of §5, shared by text transports.
+//! - [`ws`]: WebSocket (§4) carrying [`json`] frames.
 
 pub mod grpc;
+pub mod json;
+pub mod ws;

@@ -24,9 +24,10 @@ pub const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
 /// The features the runtime implements, offered by the tests' hellos.
 pub const FEATURES: &[&str] = &["progress", "agent_versions"];
 
-/// A gateway serving on 127.0.0.1 with an ephemeral port.
+/// A gateway serving gRPC and WebSocket on 127.0.0.1, each on an ephemeral port.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub ws_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -57,11 +58,13 @@ impl TestServer {
 
     pub async fn start_gateway(gateway: Arc<Gateway>) -> TestServer {
         let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let ws_listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let ws_addr = ws_listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let gw = gateway.clone();
         let task = tokio::spawn(async move {
-            server::serve(gw, listener, async {
+            server::serve_all(gw, listener, ws_listener, async {
                 let _ = stopped.await;
             })
             .await
@@ -69,6 +72,7 @@ impl TestServer {
         });
         TestServer {
             addr,
+            ws_addr,
             gateway,
             stop: Some(stop),
             task: Some(task),
@@ -394,4 +398,109 @@ pub async fn recv_n(conn: &mut Conn, n: usize) -> Vec<ServerFrame> {
 /// The `event_seq` of each frame.
 pub fn seqs(frames: &[ServerFrame]) -> Vec<u64> {
     frames.iter().map(|f| f.event_seq).collect()
+}
+
+/// One WebSocket session speaking §5 JSON envelopes.
+pub struct WsConn {
+    pub ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    next_id: u64,
+}
+
+impl TestServer {
+    /// Opens a WebSocket to `/arcp`.
+    pub async fn ws(&self) -> WsConn {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/arcp", self.ws_addr))
+            .await
+            .expect("websocket opens");
+        WsConn { ws, next_id: 0 }
+    }
+
+    /// Opens a WebSocket and completes a hello as `token` offering `features`.
+    pub async fn ws_hello(&self, token: &str, features: &[&str]) -> (WsConn, serde_json::Value) {
+        let mut conn = self.ws().await;
+        conn.send("session.hello", ws_hello_payload(token, features))
+            .await;
+        let welcome = conn.recv().await;
+        assert_eq!(welcome["type"], "session.welcome", "{welcome}");
+        (conn, welcome)
+    }
+}
+
+/// A `session.hello` payload as the spec's JSON example writes it.
+pub fn ws_hello_payload(token: &str, features: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "client": {"name": "arcp-gateway-tests", "version": "0"},
+        "auth": {"scheme": "bearer", "token": token},
+        "capabilities": {"encodings": ["json"], "features": features},
+    })
+}
+
+impl WsConn {
+    /// Wraps a socket opened by hand (e.g. with custom upgrade headers).
+    pub fn from_socket(
+        ws: tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> WsConn {
+        WsConn { ws, next_id: 0 }
+    }
+
+    /// Sends an envelope of `kind` with a fresh `id`; returns that id.
+    pub async fn send(&mut self, kind: &str, payload: serde_json::Value) -> String {
+        self.next_id += 1;
+        let id = format!("w{}", self.next_id);
+        let frame = serde_json::json!({"arcp": "1.1", "id": id, "type": kind, "payload": payload});
+        self.send_text(&frame.to_string()).await;
+        id
+    }
+
+    /// Sends one text frame as is.
+    pub async fn send_text(&mut self, text: &str) {
+        use futures::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .expect("websocket accepts frames");
+    }
+
+    /// The next WebSocket message other than ping/pong; `None` once the socket is gone.
+    pub async fn next_message(&mut self) -> Option<tokio_tungstenite::tungstenite::Message> {
+        use futures::StreamExt;
+        loop {
+            let message = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
+                .await
+                .expect("no websocket message within the timeout");
+            match message {
+                Some(Ok(m)) if m.is_ping() || m.is_pong() => continue,
+                Some(Ok(m)) => return Some(m),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next JSON envelope; fails the test on anything else.
+    pub async fn recv(&mut self) -> serde_json::Value {
+        match self.next_message().await {
+            Some(tokio_tungstenite::tungstenite::Message::Text(text)) => {
+                serde_json::from_str(text.as_str()).expect("frames are JSON")
+            }
+            other => panic!("expected a JSON text frame, got {other:?}"),
+        }
+    }
+
+    /// Receives envelopes up to and including the terminal frame of `job_id`.
+    pub async fn recv_until_terminal(&mut self, job_id: &str) -> Vec<serde_json::Value> {
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.recv().await;
+            let done = frame["job_id"] == job_id
+                && (frame["type"] == "job.result" || frame["type"] == "job.error");
+            frames.push(frame);
+            if done {
+                return frames;
+            }
+        }
+    }
 }

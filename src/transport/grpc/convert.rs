@@ -14,8 +14,8 @@ use crate::{
     },
     protocol::{
         client::{
-            ClientMessage, Hello, Inbound, JobSubmit, ListJobs, RejectedFrame, ResumeRequest,
-            Subscribe,
+            job_ref, ClientMessage, Hello, Inbound, JobSubmit, ListJobs, RejectedFrame,
+            ResumeRequest, Subscribe,
         },
         event::EventBody,
         server::{
@@ -91,16 +91,28 @@ fn client_message(payload: In, envelope_job: Option<&JobId>) -> Result<ClientMes
         },
         In::JobSubmit(submit) => ClientMessage::Submit(job_submit(submit)?),
         In::JobCancel(cancel) => ClientMessage::Cancel {
-            job_id: job_ref(cancel.job_id, envelope_job, "job_cancel")?,
+            job_id: job_ref(
+                non_empty(cancel.job_id).map(JobId::new),
+                envelope_job,
+                "job_cancel",
+            )?,
             reason: non_empty(cancel.reason),
         },
         In::JobSubscribe(sub) => ClientMessage::Subscribe(Subscribe {
-            job_id: job_ref(sub.job_id, envelope_job, "job_subscribe")?,
+            job_id: job_ref(
+                non_empty(sub.job_id).map(JobId::new),
+                envelope_job,
+                "job_subscribe",
+            )?,
             from_event_seq: sub.from_event_seq.map(EventSeq),
             history: sub.history,
         }),
         In::JobUnsubscribe(unsub) => ClientMessage::Unsubscribe {
-            job_id: job_ref(unsub.job_id, envelope_job, "job_unsubscribe")?,
+            job_id: job_ref(
+                non_empty(unsub.job_id).map(JobId::new),
+                envelope_job,
+                "job_unsubscribe",
+            )?,
         },
     })
 }
@@ -122,23 +134,6 @@ fn job_submit(s: proto::JobSubmit) -> Result<JobSubmit, ArcpError> {
         idempotency_key: non_empty(s.idempotency_key),
         max_runtime_sec: (s.max_runtime_sec > 0).then_some(s.max_runtime_sec),
     })
-}
-
-/// The job a job-scoped request names: in its payload or, equivalently, its envelope.
-fn job_ref(
-    payload_job: String,
-    envelope_job: Option<&JobId>,
-    what: &str,
-) -> Result<JobId, ArcpError> {
-    let payload_job = non_empty(payload_job).map(JobId::new);
-    match (payload_job, envelope_job) {
-        (Some(p), Some(e)) if &p != e => Err(invalid(&format!(
-            "{what}: payload job_id and envelope job_id differ"
-        ))),
-        (Some(p), _) => Ok(p),
-        (None, Some(e)) => Ok(e.clone()),
-        (None, None) => Err(invalid(&format!("{what} requires job_id"))),
-    }
 }
 
 fn lease_from_proto(map: HashMap<String, ListValue>) -> Result<Lease, ArcpError> {
