@@ -552,6 +552,66 @@ async fn reflection_lists_the_services_without_credentials() {
     );
 }
 
+/// What `grpcurl describe arcp.v1.ClientFrame` and `-d @ ... arcp.v1.Arcp/Session` ask for:
+/// the file declaring a symbol, with the files it imports.
+#[tokio::test]
+async fn reflection_serves_the_schema_of_every_frame_type() {
+    use prost::Message;
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let server = TestServer::start_default().await;
+    let mut client = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "arcp.v1.ClientFrame".into(),
+        )),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let response = tokio::time::timeout(FRAME_TIMEOUT, responses.next())
+        .await
+        .expect("a reflection response")
+        .expect("the stream yields a response")
+        .expect("the response is not an error");
+    let files = match response.message_response {
+        Some(MessageResponse::FileDescriptorResponse(files)) => files.file_descriptor_proto,
+        other => panic!("expected file descriptors, got {other:?}"),
+    };
+    let files: Vec<prost_types::FileDescriptorProto> = files
+        .iter()
+        .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap())
+        .collect();
+    let arcp = files
+        .iter()
+        .find(|f| f.package() == "arcp.v1")
+        .expect("the arcp.v1 file");
+    let messages: Vec<&str> = arcp.message_type.iter().map(|m| m.name()).collect();
+    for name in [
+        "ClientFrame",
+        "ServerFrame",
+        "SessionHello",
+        "JobSubmit",
+        "JobEvent",
+    ] {
+        assert!(messages.contains(&name), "{name} in {messages:?}");
+    }
+    assert_eq!(arcp.service[0].name(), "Arcp");
+    assert!(
+        arcp.dependency
+            .iter()
+            .any(|d| d == "google/protobuf/struct.proto"),
+        "{:?}",
+        arcp.dependency
+    );
+}
+
 #[tokio::test]
 async fn a_graceful_stop_ends_attached_streams_with_unavailable() {
     let server = TestServer::start_default().await;

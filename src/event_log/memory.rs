@@ -70,9 +70,11 @@ impl EventLog for MemoryEventLog {
             let mut frames = log.frames.lock();
             let seq = frames.bounds.newest.next();
             frames.bounds.newest = seq;
-            frames
-                .retained
-                .push_back(Arc::new(LoggedFrame { seq, frame }));
+            frames.retained.push_back(Arc::new(LoggedFrame {
+                seq,
+                id: uuid::Uuid::now_v7(),
+                frame,
+            }));
             while frames.retained.len() > self.max_frames {
                 if let Some(evicted) = frames.retained.pop_front() {
                     frames.bounds.evicted_through = evicted.seq;

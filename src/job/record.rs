@@ -359,7 +359,11 @@ impl JobRecord {
                 self.frame(announce(newest, !replay.is_empty())),
             )
             .await?;
-        for frame in replay {
+        for mut frame in replay {
+            // The submit's id correlates only for the submitting session.
+            if let JobPayload::Accepted(accepted) = &mut frame.payload {
+                accepted.request_id = None;
+            }
             outbox.deliver(&subscriber, frame).await?;
         }
         if emission.open {

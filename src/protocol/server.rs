@@ -185,6 +185,9 @@ impl JobPayload {
 pub struct LoggedFrame {
     /// The session-scoped sequence number (§8.3).
     pub seq: EventSeq,
+    /// The envelope `id`, a UUIDv7 fixed when the frame is logged, so a replayed frame carries
+    /// the id it was first sent with.
+    pub id: uuid::Uuid,
     /// The frame.
     pub frame: JobFrame,
 }

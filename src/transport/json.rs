@@ -149,7 +149,9 @@ fn client_message(
                 cursor: p.cursor.filter(|c| !c.is_empty()),
             })
         }
-        "session.close" => {
+        // `session.bye` is what the reference Python SDK sends to close (§6.7 names
+        // `session.close`); both close the session.
+        "session.close" | "session.bye" => {
             let p: ClosePayload = parse(kind, payload)?;
             ClientMessage::Close { reason: p.reason }
         }
@@ -357,6 +359,10 @@ fn control_frame(session: Option<SessionId>, control: Control) -> Value {
         ControlMessage::Welcome(w) => (
             "session.welcome",
             json!({
+                // Beyond §6.2's example, for clients (the reference Python SDK among them)
+                // that read the session id from the payload and require `accepted_at`.
+                "session_id": session.as_ref().map(SessionId::as_str),
+                "accepted_at": Timestamp::now().to_rfc3339(),
                 "runtime": { "name": w.runtime_name, "version": w.runtime_version },
                 "resume_token": w.resume_token,
                 "resume_window_sec": w.resume_window_sec,
@@ -474,6 +480,7 @@ fn job_frame(session: Option<SessionId>, logged: &LoggedFrame) -> Value {
                     map.insert("current_status".into(), status);
                 }
                 map.remove("created_at");
+                map.remove("submitted_at");
                 map.remove("last_event_seq");
                 map.insert("subscribed_from".into(), s.subscribed_from.get().into());
                 map.insert("replayed".into(), s.replayed.into());
@@ -483,13 +490,7 @@ fn job_frame(session: Option<SessionId>, logged: &LoggedFrame) -> Value {
         }
     };
     let session = session.as_ref();
-    // Derived, so a replayed frame carries the same id as when it was first sent.
-    let id = format!(
-        "{}-{}",
-        session.map(SessionId::as_str).unwrap_or(""),
-        logged.seq
-    );
-    let mut frame = envelope(kind, id, session, payload);
+    let mut frame = envelope(kind, logged.id.to_string(), session, payload);
     frame.insert("job_id".into(), job_id.into());
     frame.insert("event_seq".into(), logged.seq.get().into());
     if let Some(trace_id) = trace_id {
@@ -508,6 +509,8 @@ fn job_summary(j: &JobSummary) -> Value {
         "budget": j.budget,
         "parent_job_id": j.parent_job_id.as_ref().map(JobId::as_str),
         "created_at": j.created_at.to_rfc3339(),
+        // The same instant under the name the reference Python SDK requires.
+        "submitted_at": j.created_at.to_rfc3339(),
         "trace_id": j.trace_id.as_ref().map(TraceId::as_str),
         "last_event_seq": j.last_event_seq.get(),
         "credentials": (!j.credentials.is_empty()).then(|| j.credentials.iter().map(credential).collect::<Vec<_>>()),

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::{
     handshake::server::{ErrorResponse, Request, Response},
     protocol::{frame::coding::CloseCode, CloseFrame, Message, WebSocketConfig},
 };
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     auth::bearer_from_header,
@@ -118,9 +118,20 @@ async fn connection(
     let (mut sink, stream) = socket.split();
 
     // The client's frames until it closes or the connection fails; control frames (ping,
-    // pong) are answered by the WebSocket layer itself.
+    // pong) are answered by the WebSocket layer itself. Unlike a gRPC half-close, a WebSocket
+    // close ends both directions, so it also ends delivery.
+    let gone = CancellationToken::new();
     let inbound = stream
-        .take_while(|message| future::ready(matches!(message, Ok(m) if !m.is_close())))
+        .take_while({
+            let gone = gone.clone();
+            move |message| {
+                let open = matches!(message, Ok(m) if !m.is_close());
+                if !open {
+                    gone.cancel();
+                }
+                future::ready(open)
+            }
+        })
         .filter_map(|message| {
             future::ready(match message {
                 Ok(Message::Text(text)) => Some(json::decode(text.as_str())),
@@ -144,7 +155,12 @@ async fn connection(
         code: CloseCode::Normal,
         reason: "".into(),
     };
-    while let Some(item) = outbound.next().await {
+    loop {
+        let item = tokio::select! {
+            item = outbound.next() => item,
+            _ = gone.cancelled() => None,
+        };
+        let Some(item) = item else { break };
         match json::encode(item) {
             Ok(text) => sink.send(Message::text(text)).await?,
             Err(end) => {

@@ -309,8 +309,7 @@ fn job_frame(session: Option<SessionId>, logged: &LoggedFrame) -> proto::ServerF
     let session = session.map(|s| s.as_str().to_owned()).unwrap_or_default();
     proto::ServerFrame {
         arcp: PROTOCOL_VERSION.into(),
-        // Derived, so a replayed frame carries the same id as when it was first sent.
-        id: format!("{session}-{}", logged.seq),
+        id: logged.id.to_string(),
         session_id: session,
         trace_id,
         job_id,
