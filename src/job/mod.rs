@@ -91,11 +91,7 @@ pub struct Submitter<'a> {
 
 impl Submitter<'_> {
     fn recipient(&self) -> Recipient {
-        Recipient {
-            session: self.session.clone(),
-            features: self.features.clone(),
-            sees_secrets: true,
-        }
+        Recipient::new(self.session.clone(), self.features.clone(), true)
     }
 }
 
@@ -438,11 +434,7 @@ impl JobManager {
                 request_id: request_id.clone(),
             })
         };
-        let subscriber = Recipient {
-            session: session.clone(),
-            features,
-            sees_secrets: observer == job.principal(),
-        };
+        let subscriber = Recipient::new(session.clone(), features, observer == job.principal());
         if job.session() == &session.id {
             // The session already receives every frame of its own job; announcing is all
             // there is to do, and replaying would repeat frames it has.

@@ -30,6 +30,20 @@ pub struct Recipient {
     pub features: Features,
     /// Whether it is the submitter's principal, the only one that sees credentials (§14).
     pub sees_secrets: bool,
+    /// Whether it negotiated `ack`, looked up once rather than for every frame.
+    acks: bool,
+}
+
+impl Recipient {
+    /// `session` receiving with `features`; `sees_secrets` for the submitter's principal.
+    pub fn new(session: Arc<Session>, features: Features, sees_secrets: bool) -> Recipient {
+        Recipient {
+            acks: features.has("ack"),
+            session,
+            features,
+            sees_secrets,
+        }
+    }
 }
 
 /// Appends job frames to session logs.
@@ -83,7 +97,7 @@ impl Outbox {
         let Some(seq) = self.deliver(to, frame).await? else {
             return Ok(None);
         };
-        if terminal || !to.features.has("ack") {
+        if terminal || !to.acks {
             return Ok(Some(seq));
         }
         if let Some((lag, acked)) = to.session.crossed_lag_limit(seq, self.lag_limit) {

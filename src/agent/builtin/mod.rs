@@ -1,5 +1,6 @@
 //! Demo agents registered by default in the binary and used by the tests.
 
+mod chatter;
 mod chunker;
 mod delegator;
 mod echo;
@@ -10,6 +11,7 @@ mod tools;
 
 use std::sync::Arc;
 
+pub use chatter::Chatter;
 pub use chunker::Chunker;
 pub use delegator::Delegator;
 pub use echo::Echo;
@@ -22,9 +24,10 @@ use super::{Agent, AgentRegistry};
 
 /// Registers every built-in agent at version 1.0.0.
 pub fn register_all(registry: &mut AgentRegistry) {
-    let agents: [(&str, Arc<dyn Agent>); 7] = [
+    let agents: [(&str, Arc<dyn Agent>); 8] = [
         ("echo", Arc::new(Echo)),
         ("ticker", Arc::new(Ticker)),
+        ("chatter", Arc::new(Chatter)),
         ("tool-user", Arc::new(ToolUser)),
         ("spender", Arc::new(Spender)),
         ("chunker", Arc::new(Chunker)),
