@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("arcp_descriptor.bin"))
+        .codec_path("crate::transport::grpc::codec::ArcpCodec")
         .compile_protos(
             &["proto/arcp/v1/arcp.proto"],
             &[

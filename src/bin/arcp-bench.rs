@@ -79,6 +79,8 @@ struct Args {
 }
 
 const TOKEN: &str = "bench-token";
+/// Row 1's client acknowledges every this many frames.
+const ACK_EVERY: u64 = 1000;
 /// Streams per HTTP/2 connection; servers commonly cap concurrent streams at a few hundred.
 const STREAMS_PER_CONNECTION: usize = 100;
 
@@ -270,7 +272,7 @@ impl Session {
                     token: TOKEN.into(),
                 }),
                 capabilities: Some(proto::Capabilities {
-                    features: vec!["progress".into()],
+                    features: vec!["progress".into(), "ack".into()],
                     ..Default::default()
                 }),
                 resume,
@@ -350,6 +352,15 @@ impl Bench {
             total += frame.encoded_len();
             if is_terminal(&frame) {
                 break;
+            }
+            // A well-behaved chatty client acknowledges in batches (§6.5), which lets the
+            // gateway free what it has delivered.
+            if frames % ACK_EVERY == 0 {
+                session
+                    .send(In::SessionAck(proto::SessionAck {
+                        last_processed_seq: frame.event_seq,
+                    }))
+                    .await?;
             }
         }
         let seconds = start.elapsed().as_secs_f64();

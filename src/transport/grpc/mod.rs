@@ -5,8 +5,10 @@
 //! - [`auth_layer`]: the tower layer that authenticates bearer and resume metadata before a
 //!   stream opens.
 //! - [`status`]: §12 errors as gRPC statuses.
+//! - [`codec`]: the protobuf codec, with buffers sized for many small streams.
 
 pub mod auth_layer;
+pub mod codec;
 pub mod convert;
 pub mod service;
 pub mod status;
