@@ -9,6 +9,9 @@ pub struct GatewayConfig {
     pub resume_window: Duration,
     /// The most job frames a session's log keeps; older frames are evicted first.
     pub max_log_frames: usize,
+    /// How many frames a job may run ahead of its session's attached reader before its emits
+    /// wait; capped at half of `max_log_frames` so eviction never overtakes a live reader.
+    pub flow_window: u64,
     /// Advertised in the welcome (§6.4).
     pub heartbeat_interval_sec: u32,
     /// How often expired sessions, tokens and finished jobs are swept.
@@ -41,6 +44,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             resume_window: Duration::from_secs(600),
             max_log_frames: 100_000,
+            flow_window: 8192,
             heartbeat_interval_sec: 30,
             sweep_interval: Duration::from_secs(1),
             hello_timeout: Duration::from_secs(30),

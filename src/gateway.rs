@@ -115,7 +115,13 @@ impl GatewayBuilder {
                 .unwrap_or_else(|| Arc::new(MemoryResumeRegistry::new())),
             jobs: Arc::new(JobManager::new(
                 agents.clone(),
-                Outbox::new(log.clone(), self.config.back_pressure_lag),
+                Outbox::new(
+                    log.clone(),
+                    self.config.back_pressure_lag,
+                    self.config
+                        .flow_window
+                        .min(self.config.max_log_frames as u64 / 2),
+                ),
                 self.config.clone(),
                 self.observe,
                 self.provisioner.clone(),

@@ -330,7 +330,7 @@ impl JobContext {
         self.send(EventBody::Status {
             phase: "credential_rotated".into(),
             message: Some(format!("credential {id} rotated")),
-            credential: Some(rotated.clone()),
+            credential: Some(Box::new(rotated.clone())),
         })
         .await?;
         Ok(rotated)

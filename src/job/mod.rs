@@ -91,7 +91,7 @@ pub struct Submitter<'a> {
 
 impl Submitter<'_> {
     fn recipient(&self) -> Recipient {
-        Recipient::new(self.session.clone(), self.features.clone(), true)
+        Recipient::submitter(self.session.clone(), self.features.clone())
     }
 }
 
@@ -223,7 +223,7 @@ impl JobManager {
                 Ok(job) => self.keys.accepted(
                     principal,
                     key,
-                    job.frame(JobPayload::Accepted(acceptance(job, None))),
+                    job.frame(JobPayload::Accepted(Box::new(acceptance(job, None)))),
                 ),
                 Err(_) => self.keys.release(principal, key),
             }
@@ -315,7 +315,7 @@ impl JobManager {
         let accepted = job
             .emit(
                 &self.outbox,
-                JobPayload::Accepted(acceptance(&job, start.request_id)),
+                JobPayload::Accepted(Box::new(acceptance(&job, start.request_id))),
             )
             .await;
         if let Err(e) = accepted {
@@ -427,14 +427,15 @@ impl JobManager {
             )));
         }
         let announce = |newest: EventSeq, replayed: bool| {
-            JobPayload::Subscribed(Subscribed {
+            JobPayload::Subscribed(Box::new(Subscribed {
                 summary: job.summary(observer),
                 subscribed_from: newest,
                 replayed,
                 request_id: request_id.clone(),
-            })
+            }))
         };
-        let subscriber = Recipient::new(session.clone(), features, observer == job.principal());
+        let subscriber =
+            Recipient::observer(session.clone(), features, observer == job.principal());
         if job.session() == &session.id {
             // The session already receives every frame of its own job; announcing is all
             // there is to do, and replaying would repeat frames it has.

@@ -45,7 +45,7 @@ pub enum EventBody {
         /// Free text.
         message: Option<String>,
         /// With `credential_rotated` (§9.8.2): the credential's id and new value.
-        credential: Option<Credential>,
+        credential: Option<Box<Credential>>,
     },
     /// `metric`: `{ name, value, unit?, dimensions? }`.
     Metric {

@@ -195,8 +195,9 @@ pub struct LoggedFrame {
 /// The job-scoped messages.
 #[derive(Clone, Debug)]
 pub enum JobPayload {
-    /// `job.accepted` (§7.1).
-    Accepted(Accepted),
+    /// `job.accepted` (§7.1). Boxed, like the other rare large payloads, so the frames a
+    /// job emits by the thousand stay small to move.
+    Accepted(Box<Accepted>),
     /// `job.event` (§8).
     Event {
         /// When the agent emitted it.
@@ -215,7 +216,7 @@ pub enum JobPayload {
     },
     /// `job.subscribed` (§7.6). Logged like the job's frames so it always precedes the
     /// replayed and live frames it announces, and is replayed on resume.
-    Subscribed(Subscribed),
+    Subscribed(Box<Subscribed>),
 }
 
 /// `job.subscribed`.

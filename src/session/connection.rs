@@ -26,7 +26,6 @@ use crate::{
     error::ArcpError,
     event_log::LogCursor,
     gateway::{ConnectInfo, Gateway},
-    ids::EventSeq,
     job::Submitter,
     protocol::{
         client::{ClientMessage, Inbound, RejectedFrame},
@@ -104,7 +103,7 @@ pub fn serve(
         let _stop_reader = AbortOnDrop(reader);
         let mut reader_open = true;
         let mut cursor = LogCursor::new(gw.log.clone(), session.id.clone(), opened.replay_after, LOG_BATCH);
-        link.delivered.store(opened.replay_after.get(), Ordering::Release);
+        session.set_reader(Some(opened.replay_after));
         // §6.4: only with `heartbeat` negotiated does the runtime ping and declare loss.
         let heartbeat = session.features().has("heartbeat").then(|| {
             Duration::from_secs(u64::from(gw.config.heartbeat_interval_sec.max(1)))
@@ -144,8 +143,9 @@ pub fn serve(
                     for frame in frames {
                         let seq = frame.seq;
                         yield OutboundItem::Frame(sid.clone(), Outbound::Job(frame));
-                        link.delivered.store(seq.get(), Ordering::Release);
+                        session.record_delivered(seq);
                     }
+                    session.reader_progressed();
                     last_sent = Instant::now();
                 }
                 Step::Frames(Err(error)) => {
@@ -190,9 +190,6 @@ struct Link {
     opened: Instant,
     /// Milliseconds after `opened` at which the client last sent anything (§6.4).
     seen_ms: AtomicU64,
-    /// The newest sequence number handed to the transport; the client cannot have processed
-    /// anything beyond it, so it bounds what it may acknowledge.
-    delivered: AtomicU64,
 }
 
 impl Link {
@@ -200,7 +197,6 @@ impl Link {
         Link {
             opened: Instant::now(),
             seen_ms: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
         }
     }
 
@@ -253,10 +249,7 @@ async fn read_loop(
     while let Some(frame) = inbound.next().await {
         link.saw_client();
         let (request_id, outcome) = match frame {
-            Ok(frame) => (
-                frame.id.clone(),
-                dispatch(&gw, &session, &link, frame).await,
-            ),
+            Ok(frame) => (frame.id.clone(), dispatch(&gw, &session, frame).await),
             Err(rejected) => (rejected.request_id, Err(rejected.error)),
         };
         let reply = match outcome {
@@ -287,7 +280,6 @@ async fn read_loop(
 async fn dispatch(
     gw: &Gateway,
     session: &Arc<Session>,
-    link: &Link,
     frame: Inbound,
 ) -> Result<Option<ControlMessage>, ArcpError> {
     if let Some(claimed) = &frame.session_id {
@@ -325,7 +317,7 @@ async fn dispatch(
         }
         ClientMessage::Ack { last_processed_seq } => {
             require(session, "ack")?;
-            let delivered = EventSeq(link.delivered.load(Ordering::Acquire));
+            let delivered = session.delivered();
             if last_processed_seq > delivered {
                 return Err(ArcpError::InvalidRequest(format!(
                     "session.ack names event {last_processed_seq}, but only events up to {delivered} were delivered"

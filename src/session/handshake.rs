@@ -159,6 +159,7 @@ pub async fn detach(gw: &Gateway, session: &Session, generation: u64) {
     if attachment.generation != generation || attachment.stream.take().is_none() {
         return;
     }
+    session.set_reader(None);
     let deadline = std::time::SystemTime::now() + gw.config.resume_window;
     gw.registry.start_window(&session.id, deadline).await;
     tracing::info!(session = %session.id, window_sec = gw.config.resume_window.as_secs(), "transport detached; resume window started");

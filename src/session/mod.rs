@@ -41,13 +41,19 @@ pub struct Session {
     flow: Flow,
 }
 
-/// What the client has acknowledged (§6.5), and whether it has been told it lags.
+/// What the client has received and acknowledged (§6.5), and whether it has been told it
+/// lags.
 #[derive(Default)]
 struct Flow {
     acked: AtomicU64,
     /// Set when a `back_pressure` status went out; cleared once an ack brings the lag back
     /// under the threshold, so one slow spell yields one signal, not one per frame.
     pressured: AtomicBool,
+    /// Whether a stream is attached, and the newest sequence number it has handed to its
+    /// transport. Jobs of the session wait on these (see [`Session::wait_for_reader`]).
+    attached: AtomicBool,
+    delivered: AtomicU64,
+    progress: tokio::sync::Notify,
 }
 
 struct Attachment {
@@ -76,6 +82,52 @@ impl Session {
                 stream: None,
             }),
             flow: Flow::default(),
+        }
+    }
+
+    /// Marks the session attached to a stream that will deliver the frames after `from`, or
+    /// detached. Jobs waiting for a reader stop waiting when it detaches.
+    pub(crate) fn set_reader(&self, from: Option<EventSeq>) {
+        if let Some(from) = from {
+            self.flow.delivered.store(from.get(), Ordering::Release);
+        }
+        self.flow.attached.store(from.is_some(), Ordering::Release);
+        self.flow.progress.notify_waiters();
+    }
+
+    /// Records that the attached stream handed everything up to `seq` to its transport.
+    /// Waiting jobs are woken by [`Session::reader_progressed`], once per batch.
+    pub(crate) fn record_delivered(&self, seq: EventSeq) {
+        self.flow.delivered.store(seq.get(), Ordering::Release);
+    }
+
+    /// Wakes jobs waiting for the reader to catch up.
+    pub(crate) fn reader_progressed(&self) {
+        self.flow.progress.notify_waiters();
+    }
+
+    /// The newest sequence number the attached stream delivered.
+    pub fn delivered(&self) -> EventSeq {
+        EventSeq(self.flow.delivered.load(Ordering::Acquire))
+    }
+
+    /// Flow control for the session's own jobs: while a stream is attached and more than
+    /// `window` frames up to `seq` are undelivered, waits for the stream to catch up. So a
+    /// chatty agent runs at the pace of its reader instead of piling up frames until the log
+    /// bound evicts them under the reader (§13.2 names throttling the agent). Detached
+    /// sessions never wait: their jobs run on (§6.4) and the log bound holds memory.
+    pub(crate) async fn wait_for_reader(&self, seq: EventSeq, window: u64) {
+        loop {
+            let progress = self.flow.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            let behind = seq
+                .get()
+                .saturating_sub(self.flow.delivered.load(Ordering::Acquire));
+            if !self.flow.attached.load(Ordering::Acquire) || behind <= window {
+                return;
+            }
+            progress.await;
         }
     }
 

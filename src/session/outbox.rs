@@ -32,16 +32,31 @@ pub struct Recipient {
     pub sees_secrets: bool,
     /// Whether it negotiated `ack`, looked up once rather than for every frame.
     acks: bool,
+    /// Whether the job waits for this recipient's reader (see [`Session::wait_for_reader`]):
+    /// only for the submitting session, so a slow observer never slows a job down.
+    paces: bool,
 }
 
 impl Recipient {
-    /// `session` receiving with `features`; `sees_secrets` for the submitter's principal.
-    pub fn new(session: Arc<Session>, features: Features, sees_secrets: bool) -> Recipient {
+    /// The submitting session, receiving with `features`.
+    pub fn submitter(session: Arc<Session>, features: Features) -> Recipient {
+        Recipient {
+            acks: features.has("ack"),
+            session,
+            features,
+            sees_secrets: true,
+            paces: true,
+        }
+    }
+
+    /// An observing session (§7.6); `sees_secrets` only for the submitter's principal.
+    pub fn observer(session: Arc<Session>, features: Features, sees_secrets: bool) -> Recipient {
         Recipient {
             acks: features.has("ack"),
             session,
             features,
             sees_secrets,
+            paces: false,
         }
     }
 }
@@ -51,13 +66,18 @@ impl Recipient {
 pub struct Outbox {
     log: Arc<dyn EventLog>,
     lag_limit: u64,
+    window: u64,
 }
 
 impl Outbox {
     /// An outbox writing to `log`, signalling back-pressure past `lag_limit` unacknowledged
-    /// frames.
-    pub fn new(log: Arc<dyn EventLog>, lag_limit: u64) -> Self {
-        Outbox { log, lag_limit }
+    /// frames, and letting a job run at most `window` frames ahead of its session's reader.
+    pub fn new(log: Arc<dyn EventLog>, lag_limit: u64, window: u64) -> Self {
+        Outbox {
+            log,
+            lag_limit,
+            window: window.max(1),
+        }
     }
 
     /// The log it writes to.
@@ -97,6 +117,9 @@ impl Outbox {
         let Some(seq) = self.deliver(to, frame).await? else {
             return Ok(None);
         };
+        if to.paces {
+            to.session.wait_for_reader(seq, self.window).await;
+        }
         if terminal || !to.acks {
             return Ok(Some(seq));
         }

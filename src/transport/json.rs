@@ -551,7 +551,7 @@ fn event_body(body: &EventBody) -> Value {
         } => json!({
             "phase": phase,
             "message": message,
-            "credential": rotated.as_ref().map(credential),
+            "credential": rotated.as_deref().map(credential),
         }),
         EventBody::Metric {
             name,

@@ -356,7 +356,7 @@ fn event_body(body: &EventBody) -> ProtoBody {
         } => ProtoBody::Status(proto::StatusBody {
             phase,
             message: message.unwrap_or_default(),
-            credential: rotated.as_ref().map(credential),
+            credential: rotated.as_deref().map(credential),
         }),
         EventBody::Metric {
             name,
