@@ -1,7 +1,7 @@
 //! # arcp-gateway
 //!
 //! An Agent Runtime Control Protocol (ARCP) v1.1 runtime served over gRPC bidirectional
-//! streams, whose resume is exact: a reconnecting client gets every event it missed, once, in
+//! streams and over WebSocket, whose resume is exact: a reconnecting client gets every event it missed, once, in
 //! order, ahead of live ones, while its jobs keep running through the drop.
 //!
 //! ## Layout
@@ -10,7 +10,9 @@
 //! - **Domain types**: [`ids`] (session, job, principal, sequence newtypes), [`error`] (the
 //!   §12 taxonomy), [`protocol`] (every ARCP message as a transport-neutral type), [`clock`].
 //! - **Sessions**: [`session`] holds the session table; [`session::handshake`] turns a first
-//!   frame into a new or resumed session; [`session::connection`] serves one attached stream.
+//!   frame into a new or resumed session; [`session::connection`] serves one attached stream;
+//!   [`session::outbox`] is how job frames enter a session's log (features, redaction,
+//!   back-pressure, flow control).
 //! - **Event log**: [`event_log`] is the per-session, bounded, sequence-numbered log that both
 //!   replay and live delivery read through one cursor; [`event_log::memory`] is the embedded
 //!   store.
@@ -22,10 +24,14 @@
 //!   (§9.8).
 //! - **Leases**: [`lease`] enforces grants, budgets and expiry, and checks delegation (§9).
 //! - **Authentication**: [`auth`] maps bearer tokens to principals.
-//! - **Transports**: [`transport::grpc`] adapts the gRPC service, its frame conversions and the
-//!   tower layer that authenticates before a stream opens; [`server`] assembles the tonic server
-//!   with health, reflection and graceful shutdown.
+//! - **Transports**: [`transport::grpc`] adapts the gRPC service, its frame conversions, its
+//!   codec and the tower layer that authenticates before a stream opens; [`transport::json`] is
+//!   the §5 JSON envelope and [`transport::ws`] serves it over WebSocket. [`server`] assembles
+//!   the tonic server with health, reflection and graceful shutdown, and runs both transports
+//!   over one gateway.
 //! - **The gateway**: [`gateway::Gateway`] ties the pieces together; [`config`] its settings.
+//! - **Binaries**: `src/main.rs` is `arcp-gateway serve`; `src/bin/arcp-bench.rs` is the
+//!   benchmark described in `BENCHMARKS.md`.
 
 pub mod agent;
 pub mod auth;

@@ -4,7 +4,7 @@
 //! - [`record`]: one job's state and the single path its frames take to the session logs of
 //!   its submitter and subscribers.
 //! - [`context`]: the handle an agent runs with.
-//! - [`runner`]: drives an agent to the job's terminal frame.
+//! - `runner`: drives an agent to the job's terminal frame.
 //! - [`idempotency`]: `idempotency_key` (§7.2).
 //! - [`listing`]: `session.list_jobs` filters and cursors (§6.6).
 //!

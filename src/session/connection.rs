@@ -8,7 +8,7 @@
 //!
 //! Backpressure is end to end: the outbound stream produces a frame only when the transport
 //! asks for one, and records what it delivered so the session's jobs stay within a window of
-//! it ([`Session::wait_for_reader`]); the log absorbs the rest. A reader blocked on a full
+//! it (`Session::wait_for_reader`); the log absorbs the rest. A reader blocked on a full
 //! control channel stops reading the client.
 
 use std::{

@@ -16,7 +16,7 @@ const BUFFER_SIZE: usize = 1024;
 /// How much an encoder batches before handing bytes to the transport (tonic's default).
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
-/// [`ProstCodec`] with [`BUFFER_SIZE`] buffers; named by `build.rs` for the generated code.
+/// [`ProstCodec`] with `BUFFER_SIZE` buffers; named by `build.rs` for the generated code.
 #[derive(Debug, Clone, Copy)]
 pub struct ArcpCodec<T, U>(PhantomData<(T, U)>);
 
