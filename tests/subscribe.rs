@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use std::{collections::HashSet, sync::Arc};
 
 use arcp_gateway::{
@@ -494,4 +496,53 @@ async fn unsubscribing_stops_delivery_and_only_a_subscription_can_be_ended() {
 
     let id = sub.send(unsubscribe(&job)).await;
     expect_error(&sub.recv().await, ErrorCode::InvalidRequest, &id);
+}
+
+/// A job held back by its own session's slow reader (flow control) must not hold back anyone
+/// else: another session subscribes, gets its announcement and keeps answering, while the
+/// submitter's stream sits unread.
+#[tokio::test]
+async fn a_job_paced_by_a_stuck_reader_does_not_stall_its_subscribers_session() {
+    let config = GatewayConfig {
+        max_log_frames: 50,
+        ..GatewayConfig::default()
+    };
+    let server = TestServer::start(config, &[("alice-token", "alice")]).await;
+    let (mut owner, w) = open(&server, "alice-token", &["progress"]).await;
+    let (job, _) = submit_and_accept(&mut owner, ticker(60_000, 0)).await;
+    // The owner reads nothing more: its job fills the transport's buffers and then waits.
+    // Waits (bounded) until the log has stopped growing, well short of the job's end.
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    loop {
+        let before = newest(&server, &w.session_id).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let after = newest(&server, &w.session_id).await;
+        if after == before && after > 1 {
+            assert!(after < 60_002, "the job was not held back");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job never paused"
+        );
+    }
+
+    let (mut watcher, _) = open(&server, "alice-token", &["subscribe", "progress"]).await;
+    let id = watcher.send(subscribe(&job, false, None)).await;
+    let announced = watcher.recv().await;
+    assert_eq!(subscribed(&announced).request_id, id);
+    let ping = watcher
+        .send(In::SessionPing(proto::SessionPing {
+            nonce: "still-here".into(),
+            sent_at: String::new(),
+        }))
+        .await;
+    let (_, pong) = watcher
+        .recv_until(|f| matches!(f.payload, Some(Out::SessionPong(_))))
+        .await;
+    let Some(Out::SessionPong(p)) = &pong.payload else {
+        unreachable!()
+    };
+    assert_eq!(p.ping_nonce, "still-here", "answering {ping}");
+    drop(owner);
 }

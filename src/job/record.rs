@@ -263,16 +263,23 @@ impl JobRecord {
     }
 
     /// Emits a non-terminal frame to the job's session and its subscribers; refused once the
-    /// job has ended.
+    /// job has ended. Then keeps the job within the flow window of its session's reader,
+    /// after releasing the emission lock.
     pub(crate) async fn emit(&self, outbox: &Outbox, payload: JobPayload) -> Result<(), ArcpError> {
-        let emission = self.emission.read().await;
-        if !emission.open {
-            return Err(ArcpError::InvalidRequest(format!(
-                "job {} has already ended; nothing more may be emitted for it",
-                self.spec.id
-            )));
+        let logged = {
+            let emission = self.emission.read().await;
+            if !emission.open {
+                return Err(ArcpError::InvalidRequest(format!(
+                    "job {} has already ended; nothing more may be emitted for it",
+                    self.spec.id
+                )));
+            }
+            self.fan_out(outbox, &emission, payload).await?
+        };
+        if let Some(seq) = logged {
+            outbox.pace(&self.owner, seq).await;
         }
-        self.fan_out(outbox, &emission, payload).await
+        Ok(())
     }
 
     /// Ends the job with `status`: appends its terminal frames, after which every emit is
@@ -298,12 +305,14 @@ impl JobRecord {
         emission.subscribers.clear();
     }
 
+    /// Delivers a frame to every subscriber and the submitting session; returns the sequence
+    /// number it got in the latter.
     async fn fan_out(
         &self,
         outbox: &Outbox,
         emission: &Emission,
         payload: JobPayload,
-    ) -> Result<(), ArcpError> {
+    ) -> Result<Option<EventSeq>, ArcpError> {
         let frame = self.frame(payload);
         for subscriber in &emission.subscribers {
             // A subscriber whose session expired has no log; the others must not suffer.
@@ -314,13 +323,13 @@ impl JobRecord {
         match outbox.deliver_live(&self.owner, frame).await {
             Ok(Some(seq)) => {
                 self.last_seq.fetch_max(seq.get(), Ordering::AcqRel);
-                Ok(())
+                Ok(Some(seq))
             }
-            Ok(None) => Ok(()),
+            Ok(None) => Ok(None),
             // The submitting session's window closed: the job runs on (§6.4), unobserved.
             Err(ArcpError::ResumeWindowExpired(_)) => {
                 tracing::debug!(job = %self.spec.id, "session gone; event dropped");
-                Ok(())
+                Ok(None)
             }
             Err(e) => Err(e),
         }

@@ -32,9 +32,6 @@ pub struct Recipient {
     pub sees_secrets: bool,
     /// Whether it negotiated `ack`, looked up once rather than for every frame.
     acks: bool,
-    /// Whether the job waits for this recipient's reader (see [`Session::wait_for_reader`]):
-    /// only for the submitting session, so a slow observer never slows a job down.
-    paces: bool,
 }
 
 impl Recipient {
@@ -45,7 +42,6 @@ impl Recipient {
             session,
             features,
             sees_secrets: true,
-            paces: true,
         }
     }
 
@@ -56,7 +52,6 @@ impl Recipient {
             session,
             features,
             sees_secrets,
-            paces: false,
         }
     }
 }
@@ -117,9 +112,6 @@ impl Outbox {
         let Some(seq) = self.deliver(to, frame).await? else {
             return Ok(None);
         };
-        if to.paces {
-            to.session.wait_for_reader(seq, self.window).await;
-        }
         if terminal || !to.acks {
             return Ok(Some(seq));
         }
@@ -143,6 +135,15 @@ impl Outbox {
             return Ok(Some(self.log.append(&to.session.id, signal).await?));
         }
         Ok(Some(seq))
+    }
+}
+
+impl Outbox {
+    /// Waits while `to`'s attached reader is more than the flow window behind `seq`
+    /// ([`Session::wait_for_reader`]). Called for a job's submitting session only, and with no
+    /// lock held, so neither a slow observer nor a stuck reader can hold up anyone else.
+    pub async fn pace(&self, to: &Recipient, seq: EventSeq) {
+        to.session.wait_for_reader(seq, self.window).await;
     }
 }
 
