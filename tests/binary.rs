@@ -490,3 +490,68 @@ async fn job_spans_carry_the_trace_context_and_lease_attributes() {
         "{finished}"
     );
 }
+
+/// §14: every `job.subscribe` is logged for audit with the subscriber, the job, the job's
+/// principal and the decision.
+#[tokio::test]
+async fn subscribe_decisions_are_logged_for_audit() {
+    let process = Process::start("info").await;
+    let channel = process.channel().await;
+    let mut owner = Session::open(channel.clone()).await;
+    owner
+        .send("hello", common::hello(TOKEN, &["subscribe"], None))
+        .await;
+    assert!(matches!(
+        owner.recv().await.payload,
+        Some(Out::SessionWelcome(_))
+    ));
+    owner
+        .send(
+            "submit",
+            In::JobSubmit(proto::JobSubmit {
+                agent: "ticker".into(),
+                input: Some(to_value(&json!({"count": 50, "interval_ms": 100}))),
+                ..Default::default()
+            }),
+        )
+        .await;
+    let Some(Out::JobAccepted(accepted)) = owner.recv().await.payload else {
+        panic!("expected job_accepted");
+    };
+    let mut watcher = Session::open(channel).await;
+    watcher
+        .send("hello", common::hello(TOKEN, &["subscribe"], None))
+        .await;
+    assert!(matches!(
+        watcher.recv().await.payload,
+        Some(Out::SessionWelcome(_))
+    ));
+    watcher
+        .send(
+            "subscribe",
+            In::JobSubscribe(proto::JobSubscribe {
+                job_id: accepted.job_id.clone(),
+                ..Default::default()
+            }),
+        )
+        .await;
+    assert!(matches!(
+        watcher.recv().await.payload,
+        Some(Out::JobSubscribed(_))
+    ));
+    drop((owner, watcher));
+    let (status, log) = process.terminate().await;
+    assert!(status.success(), "exit status {status}; output:\n{log}");
+    let audit = log
+        .lines()
+        .find(|l| l.contains("arcp::audit") && l.contains("job.subscribe"))
+        .unwrap_or_else(|| panic!("no audit line for the subscribe:\n{log}"));
+    for field in [
+        "subscriber=alice",
+        &format!("job={}", accepted.job_id),
+        "job_principal=alice",
+        "decision=\"permit\"",
+    ] {
+        assert!(audit.contains(field), "{field} in {audit}");
+    }
+}
