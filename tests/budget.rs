@@ -16,25 +16,11 @@ use arcp_gateway::{
     ArcpError, Gateway,
 };
 use common::*;
-use prost_types::ListValue;
 use serde_json::json;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-fn submit_leased(
-    agent: &str,
-    input: serde_json::Value,
-    lease_request: HashMap<String, ListValue>,
-) -> In {
-    In::JobSubmit(proto::JobSubmit {
-        agent: agent.into(),
-        input: Some(json_value(&input)),
-        lease_request,
-        ..Default::default()
-    })
-}
 
 /// A spender job paying `costs` in `currency` through tool `llm`, under `budget`.
 fn spender(costs: &[f64], currency: &str, budget: &[&str]) -> In {

@@ -20,7 +20,6 @@ use arcp_gateway::{
     protocol::Json,
     ArcpError, Gateway,
 };
-use chrono::{SecondsFormat, Utc};
 use common::*;
 use prost_types::{value::Kind, ListValue};
 use serde_json::json;
@@ -60,18 +59,6 @@ fn submit_full(
         max_runtime_sec,
         ..Default::default()
     })
-}
-
-fn submit_leased(
-    agent: &str,
-    input: serde_json::Value,
-    lease_request: HashMap<String, ListValue>,
-) -> In {
-    submit_full(agent, input, lease_request, None, 0)
-}
-
-fn in_ms(ms: i64) -> String {
-    (Utc::now() + chrono::Duration::milliseconds(ms)).to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Waits until released, then optionally rotates its credentials (`"rotate": true`) and waits

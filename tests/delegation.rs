@@ -18,7 +18,6 @@ use arcp_gateway::{
     protocol::{Json, Lease},
     ArcpError, Gateway,
 };
-use chrono::{SecondsFormat, Utc};
 use common::*;
 use prost_types::ListValue;
 use serde_json::json;
@@ -38,27 +37,6 @@ fn lease_json(lease: &HashMap<String, ListValue>) -> serde_json::Value {
         })
         .collect::<serde_json::Map<_, _>>()
         .into()
-}
-
-fn submit_leased(
-    agent: &str,
-    input: serde_json::Value,
-    lease_request: HashMap<String, ListValue>,
-    expires_at: Option<&str>,
-) -> In {
-    In::JobSubmit(proto::JobSubmit {
-        agent: agent.into(),
-        input: Some(json_value(&input)),
-        lease_request,
-        lease_constraints: expires_at.map(|at| proto::LeaseConstraints {
-            expires_at: at.into(),
-        }),
-        ..Default::default()
-    })
-}
-
-fn in_ms(ms: i64) -> String {
-    (Utc::now() + chrono::Duration::milliseconds(ms)).to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 const FEATURES: &[&str] = &["lease_expires_at", "cost.budget", "model.use", "progress"];
@@ -168,7 +146,7 @@ async fn a_delegate_event_announces_the_child_whose_frames_and_result_reach_the_
     conn.send_frame(ClientFrame {
         id: "submit-parent".into(),
         trace_id: TRACE.into(),
-        payload: Some(submit_leased(
+        payload: Some(submit_expiring(
             "delegator",
             delegator("echo", child_input.clone(), child_lease.clone(), None),
             lease(&[("agent.delegate", &["echo"]), ("tool.call", &["fetch_*"])]),
@@ -276,7 +254,7 @@ async fn the_child_is_bound_by_its_own_narrower_lease() {
     let calls = json!({"calls": [{"tool": "fetch_page"}, {"tool": "search"}]});
     let (parent, frames, terminal) = run(
         &mut conn,
-        submit_leased(
+        submit_expiring(
             "delegator",
             delegator(
                 "tool-user",
@@ -332,7 +310,7 @@ async fn a_child_lease_broader_than_the_parents_is_a_lease_subset_violation() {
         let mut conn = session(&server).await;
         let (_, frames, terminal) = run(
             &mut conn,
-            submit_leased(
+            submit_expiring(
                 "delegator",
                 delegator("echo", json!(1), child_lease.clone(), None),
                 lease(parent_lease),
@@ -362,7 +340,7 @@ async fn a_child_budget_above_the_parents_remaining_is_a_lease_subset_violation(
         let mut conn = session(&server).await;
         let (_, frames, terminal) = run(
             &mut conn,
-            submit_leased(
+            submit_expiring(
                 "delegator",
                 delegator("echo", json!(1), child_lease.clone(), None),
                 lease(parent_lease),
@@ -382,7 +360,7 @@ async fn a_child_may_not_outlive_the_parents_lease() {
     let later = in_ms(120_000);
     let (_, frames, terminal) = run(
         &mut conn,
-        submit_leased(
+        submit_expiring(
             "delegator",
             delegator("echo", json!(1), json!({}), Some(&later)),
             lease(&[("agent.delegate", &["echo"])]),
@@ -403,7 +381,7 @@ async fn a_child_inherits_the_parents_expiry_or_keeps_an_earlier_one() {
     for (child_at, effective) in [(None, &parent_at), (Some(&earlier), &earlier)] {
         let (parent, frames, terminal) = run(
             &mut conn,
-            submit_leased(
+            submit_expiring(
                 "delegator",
                 delegator("echo", json!(1), json!({}), child_at.map(String::as_str)),
                 lease(&[("agent.delegate", &["echo"])]),
@@ -450,7 +428,7 @@ async fn delegating_to_an_agent_outside_agent_delegate_is_permission_denied() {
         let mut conn = session(&server).await;
         let (_, frames, terminal) = run(
             &mut conn,
-            submit_leased(
+            submit_expiring(
                 "delegator",
                 delegator("echo", json!(1), json!({}), None),
                 parent_lease,
@@ -468,7 +446,7 @@ async fn agent_delegate_patterns_are_globs_over_agent_names() {
     let mut conn = session(&server).await;
     let (_, _, terminal) = run(
         &mut conn,
-        submit_leased(
+        submit_expiring(
             "delegator",
             delegator("echo@1.0.0", json!("pinned"), json!({}), None),
             lease(&[("agent.delegate", &["ec*"])]),
@@ -486,7 +464,7 @@ async fn an_exhausted_parent_may_not_delegate() {
     let mut conn = session(&server).await;
     let (_, frames, terminal) = run(
         &mut conn,
-        submit_leased(
+        submit_expiring(
             "delegator",
             delegator("echo", json!(1), json!({"cost.budget": ["USD:0"]}), None),
             lease(&[("agent.delegate", &["echo"]), ("cost.budget", &["USD:0"])]),
@@ -516,7 +494,7 @@ async fn each_childs_budget_is_reserved_out_of_the_parents_counters() {
     ]});
     let (parent, frames, terminal) = run(
         &mut conn,
-        submit_leased(
+        submit_expiring(
             "multi",
             input,
             lease(&[
@@ -559,7 +537,7 @@ async fn delegating_to_an_unknown_agent_fails_the_parent() {
     let mut conn = session(&server).await;
     let (_, frames, terminal) = run(
         &mut conn,
-        submit_leased(
+        submit_expiring(
             "delegator",
             delegator("nope", json!(1), json!({}), None),
             lease(&[("agent.delegate", &["*"])]),

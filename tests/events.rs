@@ -7,11 +7,10 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 
 use arcp_gateway::proto::{
-    self, client_frame::Payload as In, job_event::Body, server_frame::Payload as Out, ClientFrame,
+    client_frame::Payload as In, job_event::Body, server_frame::Payload as Out, ClientFrame,
     ServerFrame,
 };
 use common::*;
-use prost_types::ListValue;
 use serde_json::json;
 
 const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -35,19 +34,6 @@ const FEATURES: &[&str] = &["progress", "result_chunk", "agent_versions"];
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-fn submit_leased(
-    agent: &str,
-    input: serde_json::Value,
-    lease_request: HashMap<String, ListValue>,
-) -> In {
-    In::JobSubmit(proto::JobSubmit {
-        agent: agent.into(),
-        input: Some(json_value(&input)),
-        lease_request,
-        ..Default::default()
-    })
-}
 
 fn showcase() -> In {
     submit_leased("showcase", json!({}), lease(&[("tool.call", &["search"])]))

@@ -20,7 +20,7 @@ use arcp_gateway::{
     protocol::Json,
     ArcpError, Gateway,
 };
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use common::*;
 use prost_types::{value::Kind, ListValue};
 use serde_json::json;
@@ -49,29 +49,6 @@ fn lease_strings(lease: &HashMap<String, ListValue>) -> BTreeMap<String, Vec<Str
 
 fn strings(entries: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
     lease_strings(&lease(entries))
-}
-
-/// A `job.submit` with a lease and an optional `expires_at`.
-fn submit_leased(
-    agent: &str,
-    input: serde_json::Value,
-    lease_request: HashMap<String, ListValue>,
-    expires_at: Option<&str>,
-) -> In {
-    In::JobSubmit(proto::JobSubmit {
-        agent: agent.into(),
-        input: Some(json_value(&input)),
-        lease_request,
-        lease_constraints: expires_at.map(|at| proto::LeaseConstraints {
-            expires_at: at.into(),
-        }),
-        ..Default::default()
-    })
-}
-
-/// `now + ms` as RFC 3339 UTC with milliseconds and a `Z` suffix.
-fn in_ms(ms: i64) -> String {
-    (Utc::now() + chrono::Duration::milliseconds(ms)).to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn instant(ts: &str) -> DateTime<Utc> {
@@ -178,7 +155,7 @@ async fn probe(
     let checks: Vec<_> = checks.iter().map(|(ns, r)| json!([ns, r])).collect();
     let (job, _) = submit_and_accept(
         conn,
-        submit_leased("prober", json!({ "checks": checks }), lease_request, None),
+        submit_expiring("prober", json!({ "checks": checks }), lease_request, None),
     )
     .await;
     let (_, terminal) = conn.recv_until_terminal(&job).await;
@@ -213,7 +190,7 @@ async fn every_reserved_namespace_is_accepted_and_echoed_verbatim_as_the_effecti
     ];
     let (job, frame) = submit_and_accept(
         &mut conn,
-        submit_leased("echo", json!(1), lease(entries), None),
+        submit_expiring("echo", json!(1), lease(entries), None),
     )
     .await;
     let a = accepted(&frame);
@@ -236,7 +213,7 @@ async fn an_empty_pattern_list_is_kept_and_grants_nothing() {
     let mut conn = session(&server, "alice-token", ALL).await;
     let (job, frame) = submit_and_accept(
         &mut conn,
-        submit_leased("echo", json!(1), lease(&[("tool.call", &[])]), None),
+        submit_expiring("echo", json!(1), lease(&[("tool.call", &[])]), None),
     )
     .await;
     assert_eq!(
@@ -259,7 +236,7 @@ async fn an_unknown_namespace_is_an_invalid_request_and_starts_no_job() {
     let mut conn = session(&server, "alice-token", ALL).await;
     let message = expect_refused(
         &mut conn,
-        submit_leased(
+        submit_expiring(
             "echo",
             json!(1),
             lease(&[("fs.read", &["/a/**"]), ("shell.exec", &["*"])]),
@@ -283,7 +260,7 @@ async fn malformed_patterns_are_invalid_requests_and_start_no_job() {
         let mut conn = session(&server, "alice-token", ALL).await;
         expect_refused(
             &mut conn,
-            submit_leased("echo", json!(1), lease(entries), None),
+            submit_expiring("echo", json!(1), lease(entries), None),
         )
         .await;
     }
@@ -298,7 +275,7 @@ async fn malformed_patterns_are_invalid_requests_and_start_no_job() {
             }],
         },
     );
-    expect_refused(&mut conn, submit_leased("echo", json!(1), bad, None)).await;
+    expect_refused(&mut conn, submit_expiring("echo", json!(1), bad, None)).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -322,7 +299,7 @@ async fn tool_calls_outside_tool_call_are_denied_before_they_run_and_covered_one
     });
     let (job, _) = submit_and_accept(
         &mut conn,
-        submit_leased(
+        submit_expiring(
             "tool-user",
             input,
             lease(&[("tool.call", &["search", "fetch_*"])]),
@@ -462,7 +439,7 @@ async fn model_use_needs_the_model_use_feature() {
     let mut conn = session(&server, "alice-token", &["progress"]).await;
     let message = expect_refused(
         &mut conn,
-        submit_leased(
+        submit_expiring(
             "echo",
             json!(1),
             lease(&[("model.use", &["tier-fast/*"])]),
@@ -483,7 +460,7 @@ async fn the_deployment_default_model_use_is_granted_when_the_lease_names_none()
     let mut conn = session(&server, "alice-token", ALL).await;
     let (job, frame) = submit_and_accept(
         &mut conn,
-        submit_leased("echo", json!(1), lease(&[("fs.read", &["/a/**"])]), None),
+        submit_expiring("echo", json!(1), lease(&[("fs.read", &["/a/**"])]), None),
     )
     .await;
     assert_eq!(
@@ -517,7 +494,7 @@ async fn an_explicit_model_use_replaces_the_deployment_default() {
         let grants = lease(&[("model.use", patterns)]);
         let (job, frame) = submit_and_accept(
             &mut conn,
-            submit_leased("echo", json!(1), grants.clone(), None),
+            submit_expiring("echo", json!(1), grants.clone(), None),
         )
         .await;
         assert_eq!(
@@ -553,7 +530,7 @@ async fn expires_at_needs_the_lease_expires_at_feature() {
     let mut conn = session(&server, "alice-token", &["progress"]).await;
     let message = expect_refused(
         &mut conn,
-        submit_leased("echo", json!(1), lease(&[]), Some(&in_ms(60_000))),
+        submit_expiring("echo", json!(1), lease(&[]), Some(&in_ms(60_000))),
     )
     .await;
     assert!(message.contains("lease_expires_at"), "{message}");
@@ -581,7 +558,7 @@ async fn expires_at_must_be_a_future_utc_timestamp_with_a_z_suffix() {
         let mut conn = session(&server, "alice-token", ALL).await;
         let message = expect_refused(
             &mut conn,
-            submit_leased("echo", json!(1), lease(&[]), Some(bad)),
+            submit_expiring("echo", json!(1), lease(&[]), Some(bad)),
         )
         .await;
         assert!(message.contains(bad), "{bad}: {message}");
@@ -595,7 +572,7 @@ async fn a_valid_expires_at_is_echoed_in_the_acceptance() {
     let at = in_ms(3_600_000);
     let (job, frame) = submit_and_accept(
         &mut conn,
-        submit_leased("echo", json!(1), lease(&[("tool.call", &["*"])]), Some(&at)),
+        submit_expiring("echo", json!(1), lease(&[("tool.call", &["*"])]), Some(&at)),
     )
     .await;
     let echoed = &accepted(&frame)
@@ -609,7 +586,7 @@ async fn a_valid_expires_at_is_echoed_in_the_acceptance() {
     // Second precision is accepted and echoed as the same instant, still in UTC.
     let (_, frame) = submit_and_accept(
         &mut conn,
-        submit_leased("echo", json!(1), lease(&[]), Some("2099-01-01T00:00:00Z")),
+        submit_expiring("echo", json!(1), lease(&[]), Some("2099-01-01T00:00:00Z")),
     )
     .await;
     let echoed = &accepted(&frame)
@@ -637,7 +614,7 @@ async fn an_operation_after_expiry_fails_with_lease_expired_and_ends_the_job() {
     let at = in_ms(1200);
     let (job, _) = submit_and_accept(
         &mut conn,
-        submit_leased(
+        submit_expiring(
             "tool-user",
             input,
             lease(&[("tool.call", &["search"])]),
@@ -679,7 +656,7 @@ async fn an_agent_that_swallows_lease_expired_still_ends_with_lease_expired() {
     });
     let (job, _) = submit_and_accept(
         &mut conn,
-        submit_leased(
+        submit_expiring(
             "prober",
             input,
             lease(&[("tool.call", &["search"])]),
@@ -708,7 +685,7 @@ async fn an_agent_running_past_expiry_and_grace_is_ended_by_the_runtime() {
     let at = in_ms(500);
     let (job, _) = submit_and_accept(
         &mut conn,
-        submit_leased(
+        submit_expiring(
             "ticker",
             json!({"count": 1000, "interval_ms": 10}),
             lease(&[]),

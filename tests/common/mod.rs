@@ -504,3 +504,36 @@ impl WsConn {
         }
     }
 }
+
+/// A `job_submit` of `agent` with `input` under `lease_request`.
+pub fn submit_leased(
+    agent: &str,
+    input: serde_json::Value,
+    lease_request: std::collections::HashMap<String, prost_types::ListValue>,
+) -> In {
+    submit_expiring(agent, input, lease_request, None)
+}
+
+/// [`submit_leased`] with `lease_constraints.expires_at`.
+pub fn submit_expiring(
+    agent: &str,
+    input: serde_json::Value,
+    lease_request: std::collections::HashMap<String, prost_types::ListValue>,
+    expires_at: Option<&str>,
+) -> In {
+    In::JobSubmit(proto::JobSubmit {
+        agent: agent.into(),
+        input: Some(json_value(&input)),
+        lease_request,
+        lease_constraints: expires_at.map(|at| proto::LeaseConstraints {
+            expires_at: at.into(),
+        }),
+        ..Default::default()
+    })
+}
+
+/// Now plus `ms` milliseconds, as RFC 3339 UTC with a `Z` suffix.
+pub fn in_ms(ms: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::milliseconds(ms))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
