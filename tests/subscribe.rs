@@ -9,59 +9,26 @@ use std::time::Duration;
 use std::{collections::HashSet, sync::Arc};
 
 use arcp_gateway::{
-    agent::{Agent, AgentRegistry, JobContext},
+    agent::AgentRegistry,
     auth::Authenticator,
     config::GatewayConfig,
     ids::Principal,
     job::Observers,
     proto::{self, client_frame::Payload as In, server_frame::Payload as Out, ClientFrame},
-    protocol::Json,
-    ArcpError, ErrorCode, Gateway,
+    ErrorCode, Gateway,
 };
 use common::*;
 use serde_json::json;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::mpsc;
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
-/// Emits `n` log lines for every `n` the test sends and returns `{"lines": total}` on a 0, so
-/// the test decides exactly when each frame is logged.
-struct Pacer {
-    steps: Mutex<mpsc::UnboundedReceiver<u64>>,
-}
-
-#[async_trait::async_trait]
-impl Agent for Pacer {
-    async fn run(&self, ctx: JobContext, _input: Json) -> Result<Json, ArcpError> {
-        let mut steps = self.steps.lock().await;
-        let mut lines = 0u64;
-        while let Some(n) = steps.recv().await {
-            if n == 0 {
-                break;
-            }
-            for _ in 0..n {
-                lines += 1;
-                ctx.log("info", format!("line {lines}")).await?;
-            }
-        }
-        Ok(json!({ "lines": lines }))
-    }
-}
 
 /// A gateway with alice, bob and carol (an observer of every job), the built-in agents and
 /// `pacer`, whose steps the returned sender feeds.
 async fn start() -> (TestServer, mpsc::UnboundedSender<u64>) {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (pacer, tx) = Pacer::new();
     let mut agents = AgentRegistry::with_builtins();
-    agents
-        .register(
-            "pacer",
-            "1.0.0",
-            Arc::new(Pacer {
-                steps: Mutex::new(rx),
-            }),
-        )
-        .unwrap();
+    agents.register("pacer", "1.0.0", pacer).unwrap();
     let gateway = Gateway::builder(GatewayConfig::default())
         .auth(Authenticator::from_pairs(
             [

@@ -241,6 +241,36 @@ impl Bench {
     }
 }
 
+/// Enough HTTP/2 connections for `sessions` streams at [`STREAMS_PER_CONNECTION`] each.
+async fn connections(addr: SocketAddr, sessions: usize) -> BenchResult<Vec<Channel>> {
+    let mut channels = Vec::new();
+    for _ in 0..sessions.div_ceil(STREAMS_PER_CONNECTION) {
+        channels.push(connect(addr).await?);
+    }
+    Ok(channels)
+}
+
+/// Opens one session per entry of `resumes` at once, spread over `channels`; each entry is
+/// `None` for a new session or the coordinates to resume.
+async fn open_all(
+    channels: &[Channel],
+    resumes: Vec<Option<proto::ResumeInfo>>,
+) -> BenchResult<Vec<(Session, ServerFrame)>> {
+    let opening: Vec<_> = resumes
+        .into_iter()
+        .enumerate()
+        .map(|(i, resume)| {
+            let channel = channels[i / STREAMS_PER_CONNECTION].clone();
+            tokio::spawn(async move { Session::open(channel, resume).await })
+        })
+        .collect();
+    let mut opened = Vec::with_capacity(opening.len());
+    for o in opening {
+        opened.push(o.await??);
+    }
+    Ok(opened)
+}
+
 async fn connect(addr: SocketAddr) -> Result<Channel, tonic::transport::Error> {
     Channel::from_shared(format!("http://{addr}"))
         .expect("a valid uri")
@@ -539,24 +569,11 @@ struct FanIn {
 impl Bench {
     /// Row 4: `sessions` sessions each run a `stamper` job at once.
     async fn fan_in(&self, sessions: usize, ticks: u64) -> BenchResult<FanIn> {
-        let mut channels = Vec::new();
-        for _ in 0..sessions.div_ceil(STREAMS_PER_CONNECTION) {
-            channels.push(connect(self.addr).await?);
-        }
-        let mut opened = Vec::new();
-        for i in 0..sessions {
-            let channel = channels[i / STREAMS_PER_CONNECTION].clone();
-            opened.push(tokio::spawn(async move {
-                Session::open(channel, None).await.map(|(s, _)| s)
-            }));
-        }
-        let mut sessions_ready = Vec::new();
-        for o in opened {
-            sessions_ready.push(o.await??);
-        }
+        let channels = connections(self.addr, sessions).await?;
+        let opened = open_all(&channels, vec![None; sessions]).await?;
         let start = Instant::now();
         let mut tasks = Vec::new();
-        for mut session in sessions_ready {
+        for (mut session, _) in opened {
             tasks.push(tokio::spawn(async move {
                 session
                     .send(submit(
@@ -632,10 +649,7 @@ async fn idle_sessions(count: usize) -> BenchResult<f64> {
             break addr.parse()?;
         }
     };
-    let mut channels = Vec::new();
-    for _ in 0..count.div_ceil(STREAMS_PER_CONNECTION) {
-        channels.push(connect(addr).await?);
-    }
+    let channels = connections(addr, count).await?;
     // One warm-up session so allocator arenas and the runtime are in place before measuring.
     let warm = Session::open(channels[0].clone(), None).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -671,43 +685,23 @@ impl Bench {
     /// Row 6: `count` sessions drop their streams at once and resume; ms until every one has
     /// its welcome.
     async fn storm(&self, count: usize) -> BenchResult<f64> {
-        let mut channels = Vec::new();
-        for _ in 0..count.div_ceil(STREAMS_PER_CONNECTION) {
-            channels.push(connect(self.addr).await?);
-        }
-        let mut opened = Vec::new();
-        for i in 0..count {
-            let channel = channels[i / STREAMS_PER_CONNECTION].clone();
-            opened.push(tokio::spawn(
-                async move { Session::open(channel, None).await },
-            ));
-        }
+        let channels = connections(self.addr, count).await?;
+        let opened = open_all(&channels, vec![None; count]).await?;
         let mut resumes = Vec::new();
-        let mut streams = Vec::new();
-        for o in opened {
-            let (session, welcome) = o.await??;
+        for (session, welcome) in opened {
             let Some(Out::SessionWelcome(w)) = welcome.payload else {
                 unreachable!()
             };
-            resumes.push(proto::ResumeInfo {
+            resumes.push(Some(proto::ResumeInfo {
                 session_id: welcome.session_id,
                 resume_token: w.resume_token,
                 last_event_seq: 0,
-            });
-            streams.push(session);
-        }
-        drop(streams);
-        let start = Instant::now();
-        let mut resumed = Vec::new();
-        for (i, resume) in resumes.into_iter().enumerate() {
-            let channel = channels[i / STREAMS_PER_CONNECTION].clone();
-            resumed.push(tokio::spawn(async move {
-                Session::open(channel, Some(resume)).await
             }));
+            // The stream drops here: every session is detached before the storm starts.
+            drop(session);
         }
-        for r in resumed {
-            r.await??;
-        }
+        let start = Instant::now();
+        open_all(&channels, resumes).await?;
         Ok(start.elapsed().as_secs_f64() * 1e3)
     }
 }

@@ -537,3 +537,42 @@ pub fn in_ms(ms: i64) -> String {
     (chrono::Utc::now() + chrono::Duration::milliseconds(ms))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
+
+/// A test agent that emits `n` log lines for every `n` the test sends and returns
+/// `{"lines": total}` on a 0, so the test decides exactly when each frame is logged.
+pub struct Pacer {
+    steps: tokio::sync::Mutex<mpsc::UnboundedReceiver<u64>>,
+}
+
+impl Pacer {
+    /// The agent, and the sender that feeds its steps.
+    pub fn new() -> (Arc<Pacer>, mpsc::UnboundedSender<u64>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pacer = Pacer {
+            steps: tokio::sync::Mutex::new(rx),
+        };
+        (Arc::new(pacer), tx)
+    }
+}
+
+#[async_trait::async_trait]
+impl arcp_gateway::agent::Agent for Pacer {
+    async fn run(
+        &self,
+        ctx: arcp_gateway::agent::JobContext,
+        _input: serde_json::Value,
+    ) -> Result<serde_json::Value, arcp_gateway::ArcpError> {
+        let mut steps = self.steps.lock().await;
+        let mut lines = 0u64;
+        while let Some(n) = steps.recv().await {
+            if n == 0 {
+                break;
+            }
+            for _ in 0..n {
+                lines += 1;
+                ctx.log("info", format!("line {lines}")).await?;
+            }
+        }
+        Ok(serde_json::json!({ "lines": lines }))
+    }
+}
