@@ -6,11 +6,10 @@ mod common;
 
 use arcp_gateway::{
     agent::AgentRegistry,
-    auth::Authenticator,
     config::GatewayConfig,
-    ids::{Principal, SessionId},
+    ids::SessionId,
     proto::{self, client_frame::Payload as In, server_frame::Payload as Out},
-    ErrorCode, Gateway,
+    ErrorCode,
 };
 use common::*;
 use serde_json::json;
@@ -25,14 +24,7 @@ async fn start(back_pressure_lag: u64) -> (TestServer, mpsc::UnboundedSender<u64
         back_pressure_lag,
         ..GatewayConfig::default()
     };
-    let gateway = Gateway::builder(config)
-        .auth(Authenticator::from_pairs([(
-            "alice-token".to_string(),
-            Principal::new("alice"),
-        )]))
-        .agents(agents)
-        .build();
-    (TestServer::start_gateway(gateway).await, tx)
+    (TestServer::start_with_agents(config, agents).await, tx)
 }
 
 /// Opens a session as alice offering `features`; returns the stream and the welcome.
@@ -56,23 +48,6 @@ fn expect_error(frame: &proto::ServerFrame, code: ErrorCode, request_id: &str) {
     assert_eq!(e.retryable, code.retryable());
     assert_eq!(e.request_id, request_id, "request_id of {e:?}");
     assert_eq!(frame.event_seq, 0, "session errors carry no event_seq");
-}
-
-/// Sends a ping and returns the frames before its pong. Frames a connection handles in order,
-/// so everything sent before the ping (acks included) has been acted on when the pong arrives.
-async fn sync(conn: &mut Conn, nonce: &str) -> Vec<proto::ServerFrame> {
-    conn.send(In::SessionPing(proto::SessionPing {
-        nonce: nonce.into(),
-        sent_at: String::new(),
-    }))
-    .await;
-    let nonce = nonce.to_owned();
-    let (before, _) = conn
-        .recv_until(
-            move |f| matches!(&f.payload, Some(Out::SessionPong(p)) if p.ping_nonce == nonce),
-        )
-        .await;
-    before
 }
 
 /// The phase of a `status` event, if `frame` is one.
@@ -143,7 +118,7 @@ async fn acks_get_no_reply_and_may_not_run_ahead_of_what_this_stream_delivered()
     expect_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
     conn.send(ack(0)).await;
     assert!(
-        sync(&mut conn, "n0").await.is_empty(),
+        sync_with_ping(&mut conn, "n0").await.is_empty(),
         "an ack has no reply"
     );
 
@@ -159,7 +134,10 @@ async fn acks_get_no_reply_and_may_not_run_ahead_of_what_this_stream_delivered()
     // Acks never move backwards, and repeating one is harmless.
     conn.send(ack(1)).await;
     conn.send(ack(2)).await;
-    assert!(sync(&mut conn, "n1").await.is_empty(), "acks have no reply");
+    assert!(
+        sync_with_ping(&mut conn, "n1").await.is_empty(),
+        "acks have no reply"
+    );
 
     // The acknowledged frames are freed; the session carries on in sequence.
     let bounds = server
@@ -185,7 +163,7 @@ async fn an_ack_frees_frames_early_so_a_resume_must_start_at_or_after_it() {
     let (_, terminal) = conn.recv_until_terminal(&job).await;
     assert_eq!(terminal.event_seq, 7);
     conn.send(ack(4)).await;
-    sync(&mut conn, "acked").await;
+    sync_with_ping(&mut conn, "acked").await;
     drop(conn);
 
     // Frames up to 4 are gone: resuming from before the ack would leave a gap.
@@ -257,7 +235,7 @@ async fn an_ack_that_brings_the_lag_within_the_limit_re_arms_the_signal() {
 
     // An ack that leaves the lag above the limit (5 - 1 = 4) does not re-arm it.
     conn.send(ack(1)).await;
-    sync(&mut conn, "a1").await;
+    sync_with_ping(&mut conn, "a1").await;
     steps.send(2).unwrap();
     let more = recv_n(&mut conn, 2).await;
     assert_eq!(seqs(&more), vec![6, 7]);
@@ -265,7 +243,7 @@ async fn an_ack_that_brings_the_lag_within_the_limit_re_arms_the_signal() {
 
     // Catching up (lag 0) re-arms it: the next spell is signalled again, once.
     conn.send(ack(7)).await;
-    sync(&mut conn, "a7").await;
+    sync_with_ping(&mut conn, "a7").await;
     steps.send(4).unwrap();
     let spell = recv_n(&mut conn, 5).await;
     assert_eq!(seqs(&spell), vec![8, 9, 10, 11, 12]);
@@ -296,7 +274,7 @@ async fn a_terminal_frame_never_draws_a_back_pressure_status() {
     assert_eq!(terminal.job_id, pacer);
     assert_eq!(terminal.event_seq, 4);
     job_result(&terminal);
-    assert!(sync(&mut conn, "after").await.is_empty());
+    assert!(sync_with_ping(&mut conn, "after").await.is_empty());
     assert_eq!(newest(&server, &w.session_id).await, 4);
 
     // The next job's first frame crosses the limit: the signal is that job's.
@@ -333,7 +311,7 @@ async fn a_repeated_acceptance_of_a_finished_job_draws_no_back_pressure_status_f
     let (again, repeat) = submit_and_accept(&mut conn, keyed()).await;
     assert_eq!(again, job);
     assert_eq!(repeat.event_seq, 3);
-    let after = sync(&mut conn, "after").await;
+    let after = sync_with_ping(&mut conn, "after").await;
     assert!(
         after.is_empty(),
         "frames of job {job} logged after its terminal frame: {after:?}"

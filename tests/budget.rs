@@ -8,12 +8,10 @@ use std::{collections::HashMap, sync::Arc};
 
 use arcp_gateway::{
     agent::{Agent, AgentRegistry, JobContext},
-    auth::Authenticator,
     config::GatewayConfig,
-    ids::Principal,
     proto::{self, client_frame::Payload as In, job_event::Body, server_frame::Payload as Out},
     protocol::Json,
-    ArcpError, Gateway,
+    ArcpError,
 };
 use common::*;
 use serde_json::json;
@@ -99,14 +97,7 @@ impl Agent for Meter {
 async fn start(config: GatewayConfig) -> TestServer {
     let mut agents = AgentRegistry::with_builtins();
     agents.register("meter", "1.0.0", Arc::new(Meter)).unwrap();
-    let gateway = Gateway::builder(config)
-        .auth(Authenticator::from_pairs([(
-            "alice-token".to_string(),
-            Principal::new("alice"),
-        )]))
-        .agents(agents)
-        .build();
-    TestServer::start_gateway(gateway).await
+    TestServer::start_with_agents(config, agents).await
 }
 
 // ---------------------------------------------------------------------------------------------

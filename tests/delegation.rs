@@ -8,15 +8,13 @@ use std::{collections::HashMap, sync::Arc};
 
 use arcp_gateway::{
     agent::{Agent, AgentRegistry, JobContext},
-    auth::Authenticator,
     config::GatewayConfig,
-    ids::Principal,
     proto::{
         self, client_frame::Payload as In, job_event::Body, server_frame::Payload as Out,
         ClientFrame, ServerFrame,
     },
     protocol::{Json, Lease},
-    ArcpError, Gateway,
+    ArcpError,
 };
 use common::*;
 use prost_types::ListValue;
@@ -123,14 +121,7 @@ impl Agent for Multi {
 async fn start() -> TestServer {
     let mut agents = AgentRegistry::with_builtins();
     agents.register("multi", "1.0.0", Arc::new(Multi)).unwrap();
-    let gateway = Gateway::builder(GatewayConfig::default())
-        .auth(Authenticator::from_pairs([(
-            "alice-token".to_string(),
-            Principal::new("alice"),
-        )]))
-        .agents(agents)
-        .build();
-    TestServer::start_gateway(gateway).await
+    TestServer::start_with_agents(GatewayConfig::default(), agents).await
 }
 
 // ---------------------------------------------------------------------------------------------

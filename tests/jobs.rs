@@ -8,15 +8,14 @@ use std::sync::Arc;
 
 use arcp_gateway::{
     agent::{Agent, AgentRegistry, JobContext},
-    auth::Authenticator,
     config::GatewayConfig,
-    ids::{EventSeq, Principal, SessionId},
+    ids::{EventSeq, SessionId},
     proto::{self, client_frame::Payload as In, server_frame::Payload as Out, ClientFrame},
     protocol::{
         server::{JobPayload, ResultBody},
         Json,
     },
-    ArcpError, ErrorCode, Gateway,
+    ArcpError, ErrorCode,
 };
 use common::*;
 use serde_json::json;
@@ -636,14 +635,11 @@ async fn server_with_test_agents() -> (TestServer, Arc<Notify>, Arc<Notify>) {
             }),
         )
         .unwrap();
-    let gateway = Gateway::builder(GatewayConfig::default())
-        .auth(Authenticator::from_pairs([(
-            "alice-token".to_string(),
-            Principal::new("alice"),
-        )]))
-        .agents(agents)
-        .build();
-    (TestServer::start_gateway(gateway).await, go, done)
+    (
+        TestServer::start_with_agents(GatewayConfig::default(), agents).await,
+        go,
+        done,
+    )
 }
 
 #[tokio::test]

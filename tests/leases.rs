@@ -12,13 +12,11 @@ use std::{
 
 use arcp_gateway::{
     agent::{Agent, AgentRegistry, JobContext},
-    auth::Authenticator,
     config::GatewayConfig,
-    ids::Principal,
     lease::Namespace,
     proto::{self, client_frame::Payload as In, job_event::Body, server_frame::Payload as Out},
     protocol::Json,
-    ArcpError, Gateway,
+    ArcpError,
 };
 use chrono::{DateTime, Utc};
 use common::*;
@@ -136,14 +134,7 @@ async fn start(config: GatewayConfig) -> TestServer {
     agents
         .register("prober", "1.0.0", Arc::new(Prober))
         .unwrap();
-    let gateway = Gateway::builder(config)
-        .auth(Authenticator::from_pairs([(
-            "alice-token".to_string(),
-            Principal::new("alice"),
-        )]))
-        .agents(agents)
-        .build();
-    TestServer::start_gateway(gateway).await
+    TestServer::start_with_agents(config, agents).await
 }
 
 /// Runs `prober` with `checks` under `lease_request`; returns the outcomes.

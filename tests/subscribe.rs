@@ -97,23 +97,6 @@ fn log_message(frame: &proto::ServerFrame) -> Option<&str> {
     }
 }
 
-/// Sends a ping and returns the frames before its pong: everything sent before it has been
-/// acted on when the pong arrives.
-async fn sync(conn: &mut Conn, nonce: &str) -> Vec<proto::ServerFrame> {
-    conn.send(In::SessionPing(proto::SessionPing {
-        nonce: nonce.into(),
-        sent_at: String::new(),
-    }))
-    .await;
-    let nonce = nonce.to_owned();
-    let (before, _) = conn
-        .recv_until(
-            move |f| matches!(&f.payload, Some(Out::SessionPong(p)) if p.ping_nonce == nonce),
-        )
-        .await;
-    before
-}
-
 /// Alice's pacer job, submitted with a trace id and a lease; returns the job id and the
 /// acceptance.
 async fn submit_pacer(owner: &mut Conn) -> (String, proto::ServerFrame) {
@@ -215,7 +198,7 @@ async fn a_live_subscription_announces_the_job_then_delivers_only_later_frames()
     );
     let (_, owner_end) = owner.recv_until_terminal(&job).await;
     assert_eq!(owner_end.event_seq, 6);
-    assert!(sync(&mut sub, "end").await.is_empty());
+    assert!(sync_with_ping(&mut sub, "end").await.is_empty());
     assert_eq!(newest(&server, &w.session_id).await, 4);
 }
 
@@ -280,7 +263,10 @@ async fn history_replays_the_jobs_frames_after_from_event_seq_then_live_frames_w
     assert!(frames
         .iter()
         .all(|f| f.job_id == job && f.session_id == w.session_id));
-    assert!(sync(&mut from_two, "end").await.is_empty(), "nothing twice");
+    assert!(
+        sync_with_ping(&mut from_two, "end").await.is_empty(),
+        "nothing twice"
+    );
 
     let live = recv_n(&mut whole, 2).await;
     assert_eq!(log_message(&live[0]), Some("line 4"));
@@ -292,7 +278,10 @@ async fn history_replays_the_jobs_frames_after_from_event_seq_then_live_frames_w
             .collect::<Vec<_>>(),
         (1..=7).collect::<Vec<_>>()
     );
-    assert!(sync(&mut whole, "end").await.is_empty(), "nothing twice");
+    assert!(
+        sync_with_ping(&mut whole, "end").await.is_empty(),
+        "nothing twice"
+    );
 }
 
 #[tokio::test]
@@ -316,7 +305,7 @@ async fn subscribing_to_a_finished_job_with_history_replays_it_to_its_end() {
         json!({"done": true})
     );
     assert_eq!(seqs(&frames), vec![1, 2, 3]);
-    assert!(sync(&mut sub, "end").await.is_empty());
+    assert!(sync_with_ping(&mut sub, "end").await.is_empty());
 }
 
 #[tokio::test]
@@ -355,7 +344,7 @@ async fn only_the_submitter_and_permitted_observers_may_subscribe() {
 
     // Bob received nothing of the job.
     owner.recv_until_terminal(&job).await;
-    assert!(sync(&mut bob, "end").await.is_empty());
+    assert!(sync_with_ping(&mut bob, "end").await.is_empty());
     assert_eq!(newest(&server, &wb.session_id).await, 0);
 }
 
@@ -393,7 +382,10 @@ async fn subscribing_twice_is_an_invalid_request_and_delivers_nothing_twice() {
     assert_eq!(seqs(&frames), vec![2, 3]);
     assert_eq!(log_message(&frames[0]), Some("line 1"));
     job_result(&frames[1]);
-    assert!(sync(&mut sub, "end").await.is_empty(), "nothing twice");
+    assert!(
+        sync_with_ping(&mut sub, "end").await.is_empty(),
+        "nothing twice"
+    );
 }
 
 #[tokio::test]
@@ -448,13 +440,13 @@ async fn unsubscribing_stops_delivery_and_only_a_subscription_can_be_ended() {
 
     // Unsubscribing has no reply, and nothing of the job follows.
     sub.send(unsubscribe(&job)).await;
-    assert!(sync(&mut sub, "unsubscribed").await.is_empty());
+    assert!(sync_with_ping(&mut sub, "unsubscribed").await.is_empty());
     assert_eq!(newest(&server, &w.session_id).await, 2);
     steps.send(2).unwrap();
     steps.send(0).unwrap();
     let (frames, _) = owner.recv_until_terminal(&job).await;
     assert_eq!(frames.len(), 3, "the job went on: {frames:?}");
-    assert!(sync(&mut sub, "after").await.is_empty());
+    assert!(sync_with_ping(&mut sub, "after").await.is_empty());
     assert_eq!(
         newest(&server, &w.session_id).await,
         2,

@@ -46,6 +46,16 @@ impl TestServer {
         Self::start_gateway(gateway).await
     }
 
+    /// Starts `config` with `agents`, for the single principal `alice` (token `alice-token`).
+    pub async fn start_with_agents(
+        config: GatewayConfig,
+        agents: arcp_gateway::agent::AgentRegistry,
+    ) -> TestServer {
+        let auth =
+            Authenticator::from_pairs([("alice-token".to_string(), Principal::new("alice"))]);
+        Self::start_gateway(Gateway::builder(config).auth(auth).agents(agents).build()).await
+    }
+
     /// Starts the default configuration with two principals: `alice` (token `alice-token`)
     /// and `bob` (token `bob-token`).
     pub async fn start_default() -> TestServer {
@@ -575,4 +585,21 @@ impl arcp_gateway::agent::Agent for Pacer {
         }
         Ok(serde_json::json!({ "lines": lines }))
     }
+}
+
+/// Sends a ping and returns the frames before its pong. A connection handles frames in order,
+/// so everything sent before the ping (acks included) has been acted on when the pong arrives.
+pub async fn sync_with_ping(conn: &mut Conn, nonce: &str) -> Vec<ServerFrame> {
+    conn.send(In::SessionPing(proto::SessionPing {
+        nonce: nonce.into(),
+        sent_at: String::new(),
+    }))
+    .await;
+    let nonce = nonce.to_owned();
+    let (before, _) = conn
+        .recv_until(
+            move |f| matches!(&f.payload, Some(Out::SessionPong(p)) if p.ping_nonce == nonce),
+        )
+        .await;
+    before
 }
