@@ -14,6 +14,23 @@ fn main() -> Result<(), Box<dyn Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("arcp_descriptor.bin"))
         .codec_path("crate::transport::grpc::codec::ArcpCodec")
+        // Every frame is moved through several layers of tonic and the gateway, and a oneof is
+        // as large as its largest variant: boxing the rare, large payloads keeps the frequent
+        // ones (events, pings) small.
+        .boxed(".arcp.v1.ServerFrame.payload.session_welcome")
+        .boxed(".arcp.v1.ServerFrame.payload.session_jobs")
+        .boxed(".arcp.v1.ServerFrame.payload.job_accepted")
+        .boxed(".arcp.v1.ServerFrame.payload.job_subscribed")
+        .boxed(".arcp.v1.ServerFrame.payload.job_result")
+        .boxed(".arcp.v1.ServerFrame.payload.session_error")
+        .boxed(".arcp.v1.ServerFrame.payload.job_error")
+        .boxed(".arcp.v1.JobEvent.body.tool_call")
+        .boxed(".arcp.v1.JobEvent.body.tool_result")
+        .boxed(".arcp.v1.JobEvent.body.status")
+        .boxed(".arcp.v1.JobEvent.body.metric")
+        .boxed(".arcp.v1.JobEvent.body.artifact_ref")
+        .boxed(".arcp.v1.JobEvent.body.delegate")
+        .boxed(".arcp.v1.JobEvent.body.result_chunk")
         .compile_protos(
             &["proto/arcp/v1/arcp.proto"],
             &[

@@ -15,7 +15,7 @@
 //!   back-pressure, flow control).
 //! - **Event log**: [`event_log`] is the per-session, bounded, sequence-numbered log that both
 //!   replay and live delivery read through one cursor; [`event_log::memory`] is the embedded
-//!   store.
+//!   store. [`signal`] is the cheap wake-up both use on every frame.
 //! - **Resume registry**: [`resume`] keeps the digest of each session's current token, bound to
 //!   its principal, rotated on every welcome and expiring with the resume window.
 //! - **Jobs and agents**: [`job`] runs agents and guarantees one terminal frame per job;
@@ -48,6 +48,7 @@ pub mod protocol;
 pub mod resume;
 pub mod server;
 pub mod session;
+pub mod signal;
 pub mod transport;
 
 /// Code generated from `proto/arcp/v1/arcp.proto` (package `arcp.v1`).

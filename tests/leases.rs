@@ -98,7 +98,7 @@ fn tool_results(frames: &[proto::ServerFrame]) -> Vec<&proto::ToolResultBody> {
     frames
         .iter()
         .filter_map(|f| match body(f) {
-            Some(Body::ToolResult(r)) => Some(r),
+            Some(Body::ToolResult(r)) => Some(&**r),
             _ => None,
         })
         .collect()

@@ -62,7 +62,7 @@ async fn list(conn: &mut Conn, request: In) -> proto::SessionJobs {
     match frame.payload {
         Some(Out::SessionJobs(jobs)) => {
             assert_eq!(jobs.request_id, id, "session_jobs answers the list frame");
-            jobs
+            *jobs
         }
         other => panic!("expected session_jobs, got {other:?}"),
     }

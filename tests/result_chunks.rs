@@ -44,7 +44,7 @@ fn chunks(events: &[ServerFrame]) -> Vec<&proto::ResultChunkBody> {
                 ..
             })) => {
                 assert_eq!(kind, "result_chunk");
-                c
+                &**c
             }
             other => panic!("expected a result_chunk event, got {other:?}"),
         })

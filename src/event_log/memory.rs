@@ -1,15 +1,21 @@
 //! The embedded, in-process event log.
 
-use std::{collections::HashMap, collections::VecDeque, sync::Arc};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+};
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::watch;
 
 use crate::{
     error::ArcpError,
     ids::{EventSeq, SessionId},
     protocol::server::{JobFrame, LoggedFrame},
+    signal::Signal,
 };
 
 use super::{EventLog, LogBounds};
@@ -22,8 +28,11 @@ pub struct MemoryEventLog {
 
 struct SessionLog {
     frames: Mutex<Frames>,
-    /// Carries the newest sequence number; readers at the end of the log wait on it.
-    newest: watch::Sender<EventSeq>,
+    /// The newest sequence number, readable without the lock by readers waiting at the end of
+    /// the log; `grew` wakes them when it moves or the log is removed.
+    newest: AtomicU64,
+    removed: AtomicBool,
+    grew: Signal,
 }
 
 struct Frames {
@@ -58,7 +67,9 @@ impl EventLog for MemoryEventLog {
                     newest: EventSeq::ZERO,
                 },
             }),
-            newest: watch::Sender::new(EventSeq::ZERO),
+            newest: AtomicU64::new(0),
+            removed: AtomicBool::new(false),
+            grew: Signal::default(),
         });
         self.sessions.write().insert(session.clone(), log);
         Ok(())
@@ -80,9 +91,10 @@ impl EventLog for MemoryEventLog {
                     frames.bounds.evicted_through = evicted.seq;
                 }
             }
+            log.newest.store(seq.get(), Ordering::Release);
             seq
         };
-        log.newest.send_replace(seq);
+        log.grew.notify();
         Ok(seq)
     }
 
@@ -112,12 +124,19 @@ impl EventLog for MemoryEventLog {
     }
 
     async fn wait_beyond(&self, session: &SessionId, after: EventSeq) -> Result<(), ArcpError> {
-        let mut newest = self.get(session)?.newest.subscribe();
-        newest
-            .wait_for(|&n| n > after)
-            .await
-            .map(|_| ())
-            .map_err(|_| ArcpError::ResumeWindowExpired(format!("session {session} was removed")))
+        let log = self.get(session)?;
+        log.grew
+            .wait_until(|| {
+                log.newest.load(Ordering::Acquire) > after.get()
+                    || log.removed.load(Ordering::Acquire)
+            })
+            .await;
+        if log.removed.load(Ordering::Acquire) {
+            return Err(ArcpError::ResumeWindowExpired(format!(
+                "session {session} was removed"
+            )));
+        }
+        Ok(())
     }
 
     async fn release_through(
@@ -140,7 +159,11 @@ impl EventLog for MemoryEventLog {
     }
 
     async fn remove(&self, session: &SessionId) {
-        self.sessions.write().remove(session);
+        let removed = self.sessions.write().remove(session);
+        if let Some(log) = removed {
+            log.removed.store(true, Ordering::Release);
+            log.grew.notify();
+        }
     }
 }
 
@@ -228,5 +251,26 @@ mod tests {
         writer.await.unwrap().unwrap();
         log.remove(&s).await;
         assert!(cursor.next_batch().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_reader_waiting_at_the_end_fails_when_the_log_is_removed() {
+        let log: Arc<dyn EventLog> = Arc::new(MemoryEventLog::new(100));
+        let s = SessionId::generate();
+        log.create(&s).await.unwrap();
+        let mut cursor = LogCursor::new(log.clone(), s.clone(), EventSeq::ZERO, 16);
+        let reader = tokio::spawn(async move { cursor.next_batch().await });
+        // On this single-threaded runtime, one yield runs the reader until it waits.
+        tokio::task::yield_now().await;
+        assert!(!reader.is_finished());
+        log.remove(&s).await;
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+            .await
+            .expect("the waiting reader was woken")
+            .unwrap();
+        assert_eq!(
+            outcome.unwrap_err().code(),
+            crate::error::ErrorCode::ResumeWindowExpired
+        );
     }
 }

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     ids::{EventSeq, Principal, SessionId},
     protocol::Features,
+    signal::Signal,
 };
 
 /// One session.
@@ -53,7 +54,7 @@ struct Flow {
     /// transport. Jobs of the session wait on these (see [`Session::wait_for_reader`]).
     attached: AtomicBool,
     delivered: AtomicU64,
-    progress: tokio::sync::Notify,
+    progress: Signal,
 }
 
 struct Attachment {
@@ -92,7 +93,7 @@ impl Session {
             self.flow.delivered.store(from.get(), Ordering::Release);
         }
         self.flow.attached.store(from.is_some(), Ordering::Release);
-        self.flow.progress.notify_waiters();
+        self.flow.progress.notify();
     }
 
     /// Records that the attached stream handed everything up to `seq` to its transport.
@@ -103,7 +104,7 @@ impl Session {
 
     /// Wakes jobs waiting for the reader to catch up.
     pub(crate) fn reader_progressed(&self) {
-        self.flow.progress.notify_waiters();
+        self.flow.progress.notify();
     }
 
     /// The newest sequence number the attached stream delivered.
@@ -117,18 +118,15 @@ impl Session {
     /// bound evicts them under the reader (§13.2 names throttling the agent). Detached
     /// sessions never wait: their jobs run on (§6.4) and the log bound holds memory.
     pub(crate) async fn wait_for_reader(&self, seq: EventSeq, window: u64) {
-        loop {
-            let progress = self.flow.progress.notified();
-            tokio::pin!(progress);
-            progress.as_mut().enable();
-            let behind = seq
-                .get()
-                .saturating_sub(self.flow.delivered.load(Ordering::Acquire));
-            if !self.flow.attached.load(Ordering::Acquire) || behind <= window {
-                return;
-            }
-            progress.await;
-        }
+        let flow = &self.flow;
+        flow.progress
+            .wait_until(|| {
+                let behind = seq
+                    .get()
+                    .saturating_sub(flow.delivered.load(Ordering::Acquire));
+                !flow.attached.load(Ordering::Acquire) || behind <= window
+            })
+            .await;
     }
 
     /// Records a `session.ack`; returns the lag it leaves (`newest - acked`). Acks never move

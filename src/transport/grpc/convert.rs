@@ -172,7 +172,7 @@ pub fn outbound(item: OutboundItem) -> Result<proto::ServerFrame, Status> {
 fn control_frame(session: Option<SessionId>, control: Control) -> proto::ServerFrame {
     let request_id = control.request_id.unwrap_or_default();
     let payload = match control.message {
-        ControlMessage::Welcome(w) => Out::SessionWelcome(proto::SessionWelcome {
+        ControlMessage::Welcome(w) => Out::SessionWelcome(Box::new(proto::SessionWelcome {
             runtime: Some(proto::RuntimeInfo {
                 name: w.runtime_name.into(),
                 version: w.runtime_version.into(),
@@ -193,14 +193,14 @@ fn control_frame(session: Option<SessionId>, control: Control) -> proto::ServerF
                     })
                     .collect(),
             }),
-        }),
-        ControlMessage::Error(e) => Out::SessionError(proto::SessionError {
+        })),
+        ControlMessage::Error(e) => Out::SessionError(Box::new(proto::SessionError {
             code: e.code().as_str().into(),
             message: e.message().into(),
             retryable: e.retryable(),
             request_id,
             details: None,
-        }),
+        })),
         ControlMessage::Pong {
             ping_nonce,
             received_at,
@@ -215,11 +215,13 @@ fn control_frame(session: Option<SessionId>, control: Control) -> proto::ServerF
             nonce,
             sent_at: sent_at.to_rfc3339(),
         }),
-        ControlMessage::Jobs { jobs, next_cursor } => Out::SessionJobs(proto::SessionJobs {
-            request_id,
-            jobs: jobs.iter().map(job_summary).collect(),
-            next_cursor: next_cursor.unwrap_or_default(),
-        }),
+        ControlMessage::Jobs { jobs, next_cursor } => {
+            Out::SessionJobs(Box::new(proto::SessionJobs {
+                request_id,
+                jobs: jobs.iter().map(job_summary).collect(),
+                next_cursor: next_cursor.unwrap_or_default(),
+            }))
+        }
     };
     proto::ServerFrame {
         arcp: PROTOCOL_VERSION.into(),
@@ -239,7 +241,7 @@ fn job_frame(session: Option<SessionId>, logged: &LoggedFrame) -> proto::ServerF
         .map(|t| t.as_str().to_owned())
         .unwrap_or_default();
     let payload = match &frame.payload {
-        JobPayload::Accepted(a) => Out::JobAccepted(proto::JobAccepted {
+        JobPayload::Accepted(a) => Out::JobAccepted(Box::new(proto::JobAccepted {
             job_id: job_id.clone(),
             agent: a.agent.clone(),
             lease: lease_to_proto(&a.lease),
@@ -250,10 +252,10 @@ fn job_frame(session: Option<SessionId>, logged: &LoggedFrame) -> proto::ServerF
             trace_id: trace_id.clone(),
             request_id: a.request_id.clone().unwrap_or_default(),
             parent_job_id: id_or_empty(a.parent_job_id.as_ref()),
-        }),
+        })),
         JobPayload::Subscribed(s) => {
             let summary = job_summary(&s.summary);
-            Out::JobSubscribed(proto::JobSubscribed {
+            Out::JobSubscribed(Box::new(proto::JobSubscribed {
                 job_id: summary.job_id,
                 current_status: summary.status,
                 agent: summary.agent,
@@ -266,14 +268,14 @@ fn job_frame(session: Option<SessionId>, logged: &LoggedFrame) -> proto::ServerF
                 replayed: s.replayed,
                 request_id: s.request_id.clone().unwrap_or_default(),
                 credentials: summary.credentials,
-            })
+            }))
         }
         JobPayload::Event { ts, body } => Out::JobEvent(proto::JobEvent {
             kind: body.kind().into(),
             ts: ts.to_rfc3339(),
             body: Some(event_body(body)),
         }),
-        JobPayload::Result(r) => Out::JobResult(match &r.result {
+        JobPayload::Result(r) => Out::JobResult(Box::new(match &r.result {
             ResultBody::Inline(result) => proto::JobResult {
                 final_status: "success".into(),
                 result: Some(to_value(result)),
@@ -292,15 +294,15 @@ fn job_frame(session: Option<SessionId>, logged: &LoggedFrame) -> proto::ServerF
                 summary: summary.clone().unwrap_or_default(),
                 completed_at: r.completed_at.to_rfc3339(),
             },
-        }),
-        JobPayload::Error(e) => Out::JobError(proto::JobError {
+        })),
+        JobPayload::Error(e) => Out::JobError(Box::new(proto::JobError {
             final_status: e.final_status.as_str().into(),
             code: e.code.as_str().into(),
             message: e.message.clone(),
             retryable: e.code.retryable(),
             details: None,
             completed_at: e.completed_at.to_rfc3339(),
-        }),
+        })),
         JobPayload::Cancelled { reason } => Out::JobCancelled(proto::JobCancelled {
             job_id: job_id.clone(),
             reason: reason.clone().unwrap_or_default(),
@@ -326,11 +328,11 @@ fn event_body(body: &EventBody) -> ProtoBody {
             tool,
             args,
             call_id,
-        } => ProtoBody::ToolCall(proto::ToolCallBody {
+        } => ProtoBody::ToolCall(Box::new(proto::ToolCallBody {
             tool,
             args: Some(to_value(&args)),
             call_id,
-        }),
+        })),
         EventBody::ToolResult { call_id, outcome } => {
             let (result, error) = match outcome {
                 Ok(result) => (Some(to_value(&result)), None),
@@ -343,56 +345,56 @@ fn event_body(body: &EventBody) -> ProtoBody {
                     }),
                 ),
             };
-            ProtoBody::ToolResult(proto::ToolResultBody {
+            ProtoBody::ToolResult(Box::new(proto::ToolResultBody {
                 call_id,
                 result,
                 error,
-            })
+            }))
         }
         EventBody::Status {
             phase,
             message,
             credential: rotated,
-        } => ProtoBody::Status(proto::StatusBody {
+        } => ProtoBody::Status(Box::new(proto::StatusBody {
             phase,
             message: message.unwrap_or_default(),
             credential: rotated.as_deref().map(credential),
-        }),
+        })),
         EventBody::Metric {
             name,
             value,
             unit,
             dimensions,
-        } => ProtoBody::Metric(proto::MetricBody {
+        } => ProtoBody::Metric(Box::new(proto::MetricBody {
             name,
             value,
             unit: unit.unwrap_or_default(),
             dimensions: dimensions.map(|d| to_struct(&d)),
-        }),
+        })),
         EventBody::ArtifactRef {
             uri,
             content_type,
             byte_size,
             sha256,
-        } => ProtoBody::ArtifactRef(proto::ArtifactRefBody {
+        } => ProtoBody::ArtifactRef(Box::new(proto::ArtifactRefBody {
             uri,
             content_type,
             byte_size,
             sha256: sha256.unwrap_or_default(),
-        }),
+        })),
         EventBody::Delegate {
             child_job_id,
             agent,
             input,
             lease_request,
             expires_at,
-        } => ProtoBody::Delegate(proto::DelegateBody {
+        } => ProtoBody::Delegate(Box::new(proto::DelegateBody {
             child_job_id,
             agent,
             input: Some(to_value(&input)),
             lease_request: lease_to_proto(&lease_request),
             lease_constraints: lease_constraints(expires_at),
-        }),
+        })),
         EventBody::Progress {
             current,
             total,
@@ -410,13 +412,13 @@ fn event_body(body: &EventBody) -> ProtoBody {
             data,
             encoding,
             more,
-        } => ProtoBody::ResultChunk(proto::ResultChunkBody {
+        } => ProtoBody::ResultChunk(Box::new(proto::ResultChunkBody {
             result_id,
             chunk_seq,
             data,
             encoding,
             more,
-        }),
+        })),
     }
 }
 
