@@ -3,7 +3,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc,
     },
 };
@@ -28,10 +28,8 @@ pub struct MemoryEventLog {
 
 struct SessionLog {
     frames: Mutex<Frames>,
-    /// The newest sequence number, readable without the lock by readers waiting at the end of
-    /// the log; `grew` wakes them when it moves or the log is removed.
-    newest: AtomicU64,
     removed: AtomicBool,
+    /// Wakes readers waiting at the end of the log when it grows or is removed.
     grew: Signal,
 }
 
@@ -67,7 +65,6 @@ impl EventLog for MemoryEventLog {
                     newest: EventSeq::ZERO,
                 },
             }),
-            newest: AtomicU64::new(0),
             removed: AtomicBool::new(false),
             grew: Signal::default(),
         });
@@ -91,7 +88,6 @@ impl EventLog for MemoryEventLog {
                     frames.bounds.evicted_through = evicted.seq;
                 }
             }
-            log.newest.store(seq.get(), Ordering::Release);
             seq
         };
         log.grew.notify();
@@ -127,8 +123,7 @@ impl EventLog for MemoryEventLog {
         let log = self.get(session)?;
         log.grew
             .wait_until(|| {
-                log.newest.load(Ordering::Acquire) > after.get()
-                    || log.removed.load(Ordering::Acquire)
+                log.frames.lock().bounds.newest > after || log.removed.load(Ordering::Acquire)
             })
             .await;
         if log.removed.load(Ordering::Acquire) {
