@@ -22,7 +22,131 @@ impl Timestamp {
     }
 
     /// RFC 3339 with milliseconds and a `Z` suffix, e.g. `2026-05-13T19:42:13.000Z`.
+    ///
+    /// Every event frame carries one, so the common case (after 1970, four-digit years) is
+    /// written by hand: chrono's general formatter cost more than the rest of the frame's
+    /// conversion. Other instants go through chrono.
     pub fn to_rfc3339(self) -> String {
-        DateTime::<Utc>::from(self.0).to_rfc3339_opts(SecondsFormat::Millis, true)
+        self.rfc3339().as_str().to_owned()
+    }
+
+    /// [`Timestamp::to_rfc3339`] without allocating, for encoders that copy the text anyway.
+    pub fn rfc3339(self) -> Rfc3339 {
+        match self.0.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(since) if since.as_secs() < MAX_FOUR_DIGIT_SECS => {
+                Rfc3339(Text::Inline(rfc3339_millis(since)))
+            }
+            _ => Rfc3339(Text::Formatted(
+                DateTime::<Utc>::from(self.0).to_rfc3339_opts(SecondsFormat::Millis, true),
+            )),
+        }
+    }
+}
+
+/// The text of a [`Timestamp`].
+pub struct Rfc3339(Text);
+
+enum Text {
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, always ASCII.
+    Inline([u8; 24]),
+    Formatted(String),
+}
+
+impl Rfc3339 {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Text::Inline(bytes) => std::str::from_utf8(bytes).unwrap_or_default(),
+            Text::Formatted(text) => text,
+        }
+    }
+}
+
+/// Seconds from 1970 to 10000-01-01T00:00:00Z.
+const MAX_FOUR_DIGIT_SECS: u64 = 253_402_300_800;
+
+/// Formats `since` the Unix epoch, which must be before the year 10000.
+fn rfc3339_millis(since: Duration) -> [u8; 24] {
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days(secs / 86_400);
+    let of_day = secs % 86_400;
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, value: u64, digits: usize| {
+        let mut value = value;
+        for i in (at..at + digits).rev() {
+            text[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, year, 4);
+    put(5, month, 2);
+    put(8, day, 2);
+    put(11, of_day / 3600, 2);
+    put(14, of_day / 60 % 60, 2);
+    put(17, of_day % 60, 2);
+    put(20, u64::from(since.subsec_millis()), 3);
+    text
+}
+
+/// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01, by Howard
+/// Hinnant's `civil_from_days`.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chrono_text(t: SystemTime) -> String {
+        DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    #[test]
+    fn hand_formatting_matches_chrono() {
+        let epoch = SystemTime::UNIX_EPOCH;
+        let mut instants = vec![
+            epoch,
+            epoch + Duration::from_millis(999),
+            epoch + Duration::from_secs(951_782_400), // 2000-02-29
+            epoch + Duration::from_secs(4_107_542_399) + Duration::from_nanos(999_999_999),
+            epoch + Duration::from_secs(MAX_FOUR_DIGIT_SECS - 1),
+            epoch + Duration::from_secs(MAX_FOUR_DIGIT_SECS),
+            epoch - Duration::from_millis(1),
+            SystemTime::now(),
+        ];
+        // Every day of four centuries, at an odd time of day, and a spread of later instants.
+        let day = 86_400;
+        instants.extend((0..146_097u64).map(|d| epoch + Duration::from_secs(d * day + 45_296)));
+        let span_ms = (MAX_FOUR_DIGIT_SECS + 1) * 1000;
+        instants.extend((0..100_000u64).map(|i| {
+            epoch + Duration::from_millis(i.wrapping_mul(2_534_023_007_999_991_117) % span_ms)
+        }));
+        for t in instants {
+            assert_eq!(Timestamp(t).to_rfc3339(), chrono_text(t), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn now_is_whole_milliseconds() {
+        let since = Timestamp::now()
+            .0
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        assert_eq!(since.subsec_nanos() % 1_000_000, 0);
     }
 }

@@ -10,7 +10,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::{
     gateway::Gateway,
-    proto::{self, arcp_server::ArcpServer},
+    proto,
     transport::{
         grpc::{auth_layer::AuthLayer, service::ArcpService},
         ws,
@@ -36,7 +36,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<ArcpServer<ArcpService>>().await;
+    health.set_serving::<ArcpService>().await;
     // grpcurl and most tools speak reflection v1; older ones only v1alpha.
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -48,7 +48,7 @@ pub async fn serve(
         async move {
             shutdown.await;
             tracing::info!("shutting down: draining streams");
-            health.set_not_serving::<ArcpServer<ArcpService>>().await;
+            health.set_not_serving::<ArcpService>().await;
             gateway.shutdown();
         }
     };
@@ -59,7 +59,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ArcpService::new(gateway.clone()).into_server())
+        .add_service(ArcpService::new(gateway.clone()))
         .serve_with_incoming_shutdown(incoming, stopping)
         .await;
     sweeper.abort();

@@ -648,3 +648,21 @@ async fn a_graceful_stop_also_ends_streams_that_have_not_said_hello() {
     let status = ended.expect_err("the stream ends with a status");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
 }
+
+#[tokio::test]
+async fn an_unknown_method_of_the_arcp_service_is_unimplemented() {
+    let server = TestServer::start_default().await;
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.expect("the channel connects");
+    let codec = tonic_prost::ProstCodec::<ClientFrame, proto::ServerFrame>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/arcp.v1.Arcp/Nope");
+    let status = grpc
+        .unary(tonic::Request::new(ClientFrame::default()), path, codec)
+        .await
+        .expect_err("there is no such method");
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    assert!(
+        status.message().contains("/arcp.v1.Arcp/Nope"),
+        "{status:?}"
+    );
+}

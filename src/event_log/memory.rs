@@ -74,15 +74,19 @@ impl EventLog for MemoryEventLog {
 
     async fn append(&self, session: &SessionId, frame: JobFrame) -> Result<EventSeq, ArcpError> {
         let log = self.get(session)?;
+        // The id is drawn before taking the lock, which readers share, so that the lock is
+        // held only to number and store the frame.
+        let mut logged = LoggedFrame {
+            seq: EventSeq::ZERO,
+            id: uuid::Uuid::now_v7(),
+            frame,
+        };
         let seq = {
             let mut frames = log.frames.lock();
             let seq = frames.bounds.newest.next();
             frames.bounds.newest = seq;
-            frames.retained.push_back(Arc::new(LoggedFrame {
-                seq,
-                id: uuid::Uuid::now_v7(),
-                frame,
-            }));
+            logged.seq = seq;
+            frames.retained.push_back(Arc::new(logged));
             while frames.retained.len() > self.max_frames {
                 if let Some(evicted) = frames.retained.pop_front() {
                     frames.bounds.evicted_through = evicted.seq;

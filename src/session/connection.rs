@@ -141,12 +141,15 @@ pub fn serve(
                 // The client half-closed its side; it may still be reading, so keep delivering.
                 Step::ReaderDone => reader_open = false,
                 Step::Frames(Ok(frames)) => {
-                    for frame in frames {
-                        let seq = frame.seq;
-                        yield OutboundItem::Frame(sid.clone(), Outbound::Job(frame));
-                        session.record_delivered(seq);
+                    // Counted as delivered as soon as they are taken, so that a client's ack
+                    // of the last frame it received can never get ahead of the count, and the
+                    // jobs may produce the next batch while this one is sent.
+                    if let Some(last) = frames.last() {
+                        session.record_delivered(last.seq);
                     }
-                    session.reader_progressed();
+                    for frame in frames {
+                        yield OutboundItem::Frame(sid.clone(), Outbound::Job(frame));
+                    }
                     last_sent = Instant::now();
                 }
                 Step::Frames(Err(error)) => {

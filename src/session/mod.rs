@@ -50,8 +50,8 @@ struct Flow {
     /// Set when a `back_pressure` status went out; cleared once an ack brings the lag back
     /// under the threshold, so one slow spell yields one signal, not one per frame.
     pressured: AtomicBool,
-    /// Whether a stream is attached, and the newest sequence number it has handed to its
-    /// transport. Jobs of the session wait on these (see [`Session::wait_for_reader`]).
+    /// Whether a stream is attached, and the newest sequence number it has taken from the
+    /// log for its transport. Jobs of the session wait on these (see [`Session::wait_for_reader`]).
     attached: AtomicBool,
     delivered: AtomicU64,
     progress: Signal,
@@ -96,18 +96,14 @@ impl Session {
         self.flow.progress.notify();
     }
 
-    /// Records that the attached stream handed everything up to `seq` to its transport.
-    /// Waiting jobs are woken by [`Session::reader_progressed`], once per batch.
+    /// Records that the attached stream took everything up to `seq` from the log for its
+    /// transport, and wakes the jobs waiting for it to catch up.
     pub(crate) fn record_delivered(&self, seq: EventSeq) {
         self.flow.delivered.store(seq.get(), Ordering::Release);
-    }
-
-    /// Wakes jobs waiting for the reader to catch up.
-    pub(crate) fn reader_progressed(&self) {
         self.flow.progress.notify();
     }
 
-    /// The newest sequence number the attached stream delivered.
+    /// The newest sequence number the attached stream took from the log.
     pub fn delivered(&self) -> EventSeq {
         EventSeq(self.flow.delivered.load(Ordering::Acquire))
     }

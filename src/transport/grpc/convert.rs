@@ -19,14 +19,14 @@ use crate::{
         },
         event::EventBody,
         server::{
-            Control, ControlMessage, Credential, JobPayload, JobSummary, LoggedFrame, Outbound,
+            Control, ControlMessage, Credential, JobFrame, JobPayload, JobSummary, Outbound,
             OutboundItem, ResultBody,
         },
         Json, Lease, PROTOCOL_VERSION,
     },
 };
 
-use super::status;
+use super::{status, wire::WireFrame};
 
 // ---------------------------------------------------------------------------------------------
 // Client frames
@@ -159,12 +159,14 @@ fn lease_from_proto(map: HashMap<String, ListValue>) -> Result<Lease, ArcpError>
 // ---------------------------------------------------------------------------------------------
 
 /// A gateway output as a server frame, or the status that ends the stream.
-pub fn outbound(item: OutboundItem) -> Result<proto::ServerFrame, Status> {
+pub fn outbound(item: OutboundItem) -> Result<WireFrame, Status> {
     match item {
-        OutboundItem::Frame(session, Outbound::Control(control)) => {
-            Ok(control_frame(session, control))
+        OutboundItem::Frame(session, Outbound::Control(control)) => Ok(WireFrame::Message(
+            Box::new(control_frame(session, control)),
+        )),
+        OutboundItem::Frame(session, Outbound::Job(logged)) => {
+            Ok(WireFrame::Job { session, logged })
         }
-        OutboundItem::Frame(session, Outbound::Job(logged)) => Ok(job_frame(session, &logged)),
         OutboundItem::End(end) => Err(status::from_stream_end(&end)),
     }
 }
@@ -232,24 +234,24 @@ fn control_frame(session: Option<SessionId>, control: Control) -> proto::ServerF
     }
 }
 
-fn job_frame(session: Option<SessionId>, logged: &LoggedFrame) -> proto::ServerFrame {
-    let frame = &logged.frame;
+/// The payload of a job frame; [`super::wire`] writes the envelope around it.
+pub(super) fn job_payload(frame: &JobFrame) -> Out {
     let job_id = frame.job_id.as_str().to_owned();
     let trace_id = frame
         .trace_id
         .as_ref()
         .map(|t| t.as_str().to_owned())
         .unwrap_or_default();
-    let payload = match &frame.payload {
+    match &frame.payload {
         JobPayload::Accepted(a) => Out::JobAccepted(Box::new(proto::JobAccepted {
-            job_id: job_id.clone(),
+            job_id,
             agent: a.agent.clone(),
             lease: lease_to_proto(&a.lease),
             lease_constraints: lease_constraints(a.expires_at),
             budget: budget_to_proto(a.budget.as_ref()),
             credentials: a.credentials.iter().map(credential).collect(),
             accepted_at: a.accepted_at.to_rfc3339(),
-            trace_id: trace_id.clone(),
+            trace_id,
             request_id: a.request_id.clone().unwrap_or_default(),
             parent_job_id: id_or_empty(a.parent_job_id.as_ref()),
         })),
@@ -304,23 +306,37 @@ fn job_frame(session: Option<SessionId>, logged: &LoggedFrame) -> proto::ServerF
             completed_at: e.completed_at.to_rfc3339(),
         })),
         JobPayload::Cancelled { reason } => Out::JobCancelled(proto::JobCancelled {
-            job_id: job_id.clone(),
+            job_id,
             reason: reason.clone().unwrap_or_default(),
         }),
-    };
-    let session = session.map(|s| s.as_str().to_owned()).unwrap_or_default();
-    proto::ServerFrame {
-        arcp: PROTOCOL_VERSION.into(),
-        id: logged.id.to_string(),
-        session_id: session,
-        trace_id,
-        job_id,
-        event_seq: logged.seq.get(),
-        payload: Some(payload),
     }
 }
 
-fn event_body(body: &EventBody) -> ProtoBody {
+/// A job frame as the generated protobuf type: what [`super::wire`] encodes, built the slow
+/// way, for the tests that hold the two to the same bytes.
+#[cfg(test)]
+pub(super) fn job_frame(
+    session: Option<&SessionId>,
+    logged: &crate::protocol::server::LoggedFrame,
+) -> proto::ServerFrame {
+    let frame = &logged.frame;
+    proto::ServerFrame {
+        arcp: PROTOCOL_VERSION.into(),
+        id: logged.id.to_string(),
+        session_id: session.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        trace_id: frame
+            .trace_id
+            .as_ref()
+            .map(|t| t.as_str().to_owned())
+            .unwrap_or_default(),
+        job_id: frame.job_id.as_str().to_owned(),
+        event_seq: logged.seq.get(),
+        payload: Some(job_payload(frame)),
+    }
+}
+
+/// The body of a `job.event`.
+pub(super) fn event_body(body: &EventBody) -> ProtoBody {
     match body.clone() {
         EventBody::Log { level, message } => ProtoBody::Log(proto::LogBody { level, message }),
         EventBody::Thought { text } => ProtoBody::Thought(proto::ThoughtBody { text }),

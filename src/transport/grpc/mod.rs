@@ -2,16 +2,18 @@
 //!
 //! - [`service`]: the tonic service, a thin adapter onto [`crate::gateway::Gateway::connect`].
 //! - [`convert`]: protobuf frames to and from the domain messages.
+//! - [`wire`]: the frames the service sends, with job frames encoded straight from the log.
 //! - [`auth_layer`]: the tower layer that authenticates bearer and resume metadata before a
 //!   stream opens.
 //! - [`status`]: §12 errors as gRPC statuses.
-//! - [`codec`]: the protobuf codec, with buffers sized for many small streams.
+//! - [`codec`]: the protobuf codecs, with buffers sized for many small streams.
 
 pub mod auth_layer;
 pub mod codec;
 pub mod convert;
 pub mod service;
 pub mod status;
+pub mod wire;
 
 /// The gRPC metadata key carrying a bearer token (`Bearer <token>`).
 pub const AUTHORIZATION: &str = "authorization";

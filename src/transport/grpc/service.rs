@@ -1,43 +1,86 @@
 //! The `arcp.v1.Arcp` service: a thin adapter from the gRPC stream to the gateway.
+//!
+//! Written by hand rather than generated, because the generated server encodes only the
+//! generated `ServerFrame` type, and this one sends job frames straight from the event log
+//! ([`super::wire`]). Clients use the generated stubs; the bytes are the same.
 
-use std::sync::Arc;
+use std::{convert::Infallible, future, sync::Arc};
 
-use futures::{future, stream::BoxStream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
+use futures::{future::BoxFuture, stream::BoxStream, StreamExt};
+use tonic::{
+    body::Body,
+    codegen::{http, Body as HttpBody, Service, StdError},
+    server::{Grpc, NamedService, StreamingService},
+    Request, Response, Status, Streaming,
+};
 
 use crate::{
     gateway::{ConnectInfo, Gateway},
-    proto::{self, arcp_server::Arcp},
+    proto,
 };
 
-use super::convert;
+use super::{codec::SessionCodec, convert, wire::WireFrame};
 
-/// Serves ARCP sessions over gRPC.
+/// The one method's path.
+const SESSION_PATH: &str = "/arcp.v1.Arcp/Session";
+
+/// Serves ARCP sessions over gRPC. Install [`super::auth_layer::AuthLayer`] in front of it to
+/// honour `authorization` and resume metadata.
+#[derive(Clone)]
 pub struct ArcpService {
     gateway: Arc<Gateway>,
 }
 
 impl ArcpService {
-    /// A service for `gateway`. Install [`super::auth_layer::AuthLayer`] in front of it to
-    /// honour `authorization` and resume metadata.
+    /// A service for `gateway`.
     pub fn new(gateway: Arc<Gateway>) -> Self {
         ArcpService { gateway }
     }
+}
 
-    /// The tonic server for this service.
-    pub fn into_server(self) -> proto::arcp_server::ArcpServer<Self> {
-        proto::arcp_server::ArcpServer::new(self)
+impl NamedService for ArcpService {
+    const NAME: &'static str = proto::arcp_server::SERVICE_NAME;
+}
+
+impl<B> Service<http::Request<B>> for ArcpService
+where
+    B: HttpBody + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != SESSION_PATH {
+            let unimplemented = Status::unimplemented(format!(
+                "{} has no method {}",
+                proto::arcp_server::SERVICE_NAME,
+                request.uri().path()
+            ));
+            return Box::pin(future::ready(Ok(unimplemented.into_http())));
+        }
+        let method = SessionMethod(self.gateway.clone());
+        Box::pin(async move { Ok(Grpc::new(SessionCodec).streaming(method, request).await) })
     }
 }
 
-#[tonic::async_trait]
-impl Arcp for ArcpService {
-    type SessionStream = BoxStream<'static, Result<proto::ServerFrame, Status>>;
+/// The `Session` method.
+struct SessionMethod(Arc<Gateway>);
 
-    async fn session(
-        &self,
-        request: Request<Streaming<proto::ClientFrame>>,
-    ) -> Result<Response<Self::SessionStream>, Status> {
+impl StreamingService<proto::ClientFrame> for SessionMethod {
+    type Response = WireFrame;
+    type ResponseStream = BoxStream<'static, Result<WireFrame, Status>>;
+    type Future = future::Ready<Result<Response<Self::ResponseStream>, Status>>;
+
+    fn call(&mut self, request: Request<Streaming<proto::ClientFrame>>) -> Self::Future {
         let conn = request
             .extensions()
             .get::<ConnectInfo>()
@@ -46,10 +89,10 @@ impl Arcp for ArcpService {
         // A transport error on the client's side ends its half of the session, like a close.
         let inbound = request
             .into_inner()
-            .scan((), |_, frame| future::ready(frame.ok()))
+            .scan((), |_, frame| futures::future::ready(frame.ok()))
             .map(convert::inbound)
             .boxed();
-        let outbound = self.gateway.connect(conn, inbound).map(convert::outbound);
-        Ok(Response::new(outbound.boxed()))
+        let outbound = self.0.connect(conn, inbound).map(convert::outbound);
+        future::ready(Ok(Response::new(outbound.boxed())))
     }
 }
