@@ -116,7 +116,6 @@ impl GatewayBuilder {
             jobs: Arc::new(JobManager::new(
                 agents.clone(),
                 Outbox::new(
-                    log.clone(),
                     self.config.back_pressure_lag,
                     self.config
                         .flow_window

@@ -7,7 +7,6 @@ mod common;
 use arcp_gateway::{
     agent::AgentRegistry,
     config::GatewayConfig,
-    ids::SessionId,
     proto::{self, client_frame::Payload as In, server_frame::Payload as Out},
     ErrorCode,
 };
@@ -140,10 +139,9 @@ async fn acks_get_no_reply_and_may_not_run_ahead_of_what_this_stream_delivered()
     );
 
     // The acknowledged frames are freed; the session carries on in sequence.
-    let bounds = server
-        .gateway
-        .event_log()
-        .bounds(&SessionId::new(w.session_id.as_str()))
+    let bounds = session_log(&server, &w.session_id)
+        .await
+        .bounds()
         .await
         .unwrap();
     assert_eq!(bounds.evicted_through.get(), 2);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arcp_gateway::{
     agent::{Agent, AgentRegistry, JobContext},
     config::GatewayConfig,
-    ids::{EventSeq, SessionId},
+    ids::EventSeq,
     proto::{self, client_frame::Payload as In, server_frame::Payload as Out, ClientFrame},
     protocol::{
         server::{JobPayload, ResultBody},
@@ -527,10 +527,9 @@ async fn lease_features_the_client_did_not_negotiate_are_refused_on_submit() {
 
 /// The last frame of the session's log, straight from the gateway.
 async fn last_logged(server: &TestServer, session: &str, seq: u64) -> JobPayload {
-    let frames = server
-        .gateway
-        .event_log()
-        .read_after(&SessionId::new(session), EventSeq(seq - 1), 10)
+    let frames = session_log(server, session)
+        .await
+        .read_after(EventSeq(seq - 1), 10)
         .await
         .expect("the log is readable");
     assert_eq!(frames.len(), 1, "frame {seq} is the last");

@@ -121,7 +121,7 @@ async fn tokens_expire_with_the_resume_window_and_the_session_is_swept() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        server.gateway.event_log().bounds(&id).await.is_err(),
+        server.gateway.event_log().open(&id).await.is_err(),
         "log removed"
     );
 }
@@ -530,10 +530,9 @@ async fn a_detached_session_does_not_throttle_its_job() {
     drop(conn);
     // accepted + 5,000 progress + result, all logged with nobody reading.
     wait_for_log(&server, &w.session_id, 5_002).await;
-    let bounds = server
-        .gateway
-        .event_log()
-        .bounds(&SessionId::new(w.session_id.as_str()))
+    let bounds = session_log(&server, &w.session_id)
+        .await
+        .bounds()
         .await
         .unwrap();
     assert_eq!(

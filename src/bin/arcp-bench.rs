@@ -94,6 +94,12 @@ async fn main() -> BenchResult<()> {
     if args.child_gateway {
         return child_gateway().await;
     }
+    // The clients run as tasks on the runtime's workers, as a tonic client in a service does,
+    // rather than on the main thread, which would be a third thread competing for the cores.
+    tokio::spawn(bench(args)).await?
+}
+
+async fn bench(args: Args) -> BenchResult<()> {
     let mut table = Table::default();
     let mut row1 = None;
     if args.rows.contains(&1) || args.rows.contains(&2) {
@@ -591,7 +597,8 @@ impl Bench {
         // accepted + events + result, all logged while the client is away.
         let newest = count + 2;
         let id = arcp_gateway::ids::SessionId::new(welcome.session_id.clone());
-        while self.gateway.event_log().bounds(&id).await?.newest.get() < newest {
+        let log = self.gateway.event_log().open(&id).await?;
+        while log.bounds().await?.newest.get() < newest {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let start = Instant::now();

@@ -18,15 +18,18 @@ use crate::{
     signal::Signal,
 };
 
-use super::{EventLog, LogBounds};
+use super::{EventLog, LogBounds, SessionLog};
 
 /// Event logs held in this process's memory, each bounded to `max_frames` frames.
 pub struct MemoryEventLog {
-    sessions: RwLock<HashMap<SessionId, Arc<SessionLog>>>,
+    sessions: RwLock<HashMap<SessionId, Arc<MemorySessionLog>>>,
     max_frames: usize,
 }
 
-struct SessionLog {
+/// One session's log in memory.
+pub struct MemorySessionLog {
+    session: SessionId,
+    max_frames: usize,
     frames: Mutex<Frames>,
     removed: AtomicBool,
     /// Wakes readers waiting at the end of the log when it grows or is removed.
@@ -46,18 +49,14 @@ impl MemoryEventLog {
             max_frames: max_frames.max(1),
         }
     }
-
-    fn get(&self, session: &SessionId) -> Result<Arc<SessionLog>, ArcpError> {
-        self.sessions.read().get(session).cloned().ok_or_else(|| {
-            ArcpError::ResumeWindowExpired(format!("session {session} has no event log"))
-        })
-    }
 }
 
 #[async_trait]
 impl EventLog for MemoryEventLog {
-    async fn create(&self, session: &SessionId) -> Result<(), ArcpError> {
-        let log = Arc::new(SessionLog {
+    async fn create(&self, session: &SessionId) -> Result<Arc<dyn SessionLog>, ArcpError> {
+        let log = Arc::new(MemorySessionLog {
+            session: session.clone(),
+            max_frames: self.max_frames,
             frames: Mutex::new(Frames {
                 retained: VecDeque::new(),
                 bounds: LogBounds {
@@ -68,12 +67,44 @@ impl EventLog for MemoryEventLog {
             removed: AtomicBool::new(false),
             grew: Signal::default(),
         });
-        self.sessions.write().insert(session.clone(), log);
-        Ok(())
+        self.sessions.write().insert(session.clone(), log.clone());
+        Ok(log)
     }
 
-    async fn append(&self, session: &SessionId, frame: JobFrame) -> Result<EventSeq, ArcpError> {
-        let log = self.get(session)?;
+    async fn open(&self, session: &SessionId) -> Result<Arc<dyn SessionLog>, ArcpError> {
+        match self.sessions.read().get(session) {
+            Some(log) => Ok(log.clone()),
+            None => Err(no_log(session)),
+        }
+    }
+
+    async fn remove(&self, session: &SessionId) {
+        let removed = self.sessions.write().remove(session);
+        if let Some(log) = removed {
+            log.removed.store(true, Ordering::Release);
+            log.grew.notify();
+        }
+    }
+}
+
+fn no_log(session: &SessionId) -> ArcpError {
+    ArcpError::ResumeWindowExpired(format!("session {session} has no event log"))
+}
+
+impl MemorySessionLog {
+    /// Fails once the log was removed, so that nothing is added to a log no one can read.
+    fn check_present(&self) -> Result<(), ArcpError> {
+        if self.removed.load(Ordering::Acquire) {
+            return Err(no_log(&self.session));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SessionLog for MemorySessionLog {
+    async fn append(&self, frame: JobFrame) -> Result<EventSeq, ArcpError> {
+        self.check_present()?;
         // The id is drawn before taking the lock, which readers share, so that the lock is
         // held only to number and store the frame.
         let mut logged = LoggedFrame {
@@ -82,7 +113,7 @@ impl EventLog for MemoryEventLog {
             frame,
         };
         let seq = {
-            let mut frames = log.frames.lock();
+            let mut frames = self.frames.lock();
             let seq = frames.bounds.newest.next();
             frames.bounds.newest = seq;
             logged.seq = seq;
@@ -94,18 +125,17 @@ impl EventLog for MemoryEventLog {
             }
             seq
         };
-        log.grew.notify();
+        self.grew.notify();
         Ok(seq)
     }
 
     async fn read_after(
         &self,
-        session: &SessionId,
         after: EventSeq,
         max: usize,
     ) -> Result<Vec<Arc<LoggedFrame>>, ArcpError> {
-        let log = self.get(session)?;
-        let frames = log.frames.lock();
+        self.check_present()?;
+        let frames = self.frames.lock();
         if after < frames.bounds.evicted_through {
             return Err(ArcpError::ResumeWindowExpired(format!(
                 "events after {after} were evicted from the buffer (oldest retained is {})",
@@ -123,46 +153,41 @@ impl EventLog for MemoryEventLog {
             .collect())
     }
 
-    async fn wait_beyond(&self, session: &SessionId, after: EventSeq) -> Result<(), ArcpError> {
-        let log = self.get(session)?;
-        log.grew
+    async fn wait_beyond(&self, after: EventSeq) -> Result<(), ArcpError> {
+        self.grew
             .wait_until(|| {
-                log.frames.lock().bounds.newest > after || log.removed.load(Ordering::Acquire)
+                self.frames.lock().bounds.newest > after || self.removed.load(Ordering::Acquire)
             })
             .await;
-        if log.removed.load(Ordering::Acquire) {
+        if self.removed.load(Ordering::Acquire) {
             return Err(ArcpError::ResumeWindowExpired(format!(
-                "session {session} was removed"
+                "session {} was removed",
+                self.session
             )));
         }
         Ok(())
     }
 
-    async fn release_through(
-        &self,
-        session: &SessionId,
-        through: EventSeq,
-    ) -> Result<(), ArcpError> {
-        let log = self.get(session)?;
-        let mut frames = log.frames.lock();
-        while frames.retained.front().is_some_and(|f| f.seq <= through) {
-            if let Some(released) = frames.retained.pop_front() {
-                frames.bounds.evicted_through = released.seq;
+    async fn release_through(&self, through: EventSeq) -> Result<(), ArcpError> {
+        self.check_present()?;
+        // Freed after the lock is released: dropping a thousand acknowledged frames must not
+        // hold up the job appending the next one.
+        let released: Vec<Arc<LoggedFrame>> = {
+            let mut frames = self.frames.lock();
+            let count = frames.retained.partition_point(|f| f.seq <= through);
+            let released: Vec<_> = frames.retained.drain(..count).collect();
+            if let Some(last) = released.last() {
+                frames.bounds.evicted_through = last.seq;
             }
-        }
+            released
+        };
+        drop(released);
         Ok(())
     }
 
-    async fn bounds(&self, session: &SessionId) -> Result<LogBounds, ArcpError> {
-        Ok(self.get(session)?.frames.lock().bounds)
-    }
-
-    async fn remove(&self, session: &SessionId) {
-        let removed = self.sessions.write().remove(session);
-        if let Some(log) = removed {
-            log.removed.store(true, Ordering::Release);
-            log.grew.notify();
-        }
+    async fn bounds(&self) -> Result<LogBounds, ArcpError> {
+        self.check_present()?;
+        Ok(self.frames.lock().bounds)
     }
 }
 
@@ -191,37 +216,35 @@ mod tests {
 
     #[tokio::test]
     async fn assigns_gap_free_sequence_and_reads_from_any_position() {
-        let log = MemoryEventLog::new(100);
-        let s = SessionId::generate();
-        log.create(&s).await.unwrap();
+        let log = MemoryEventLog::new(100)
+            .create(&SessionId::generate())
+            .await
+            .unwrap();
         for n in 1..=10 {
-            assert_eq!(log.append(&s, frame(n)).await.unwrap(), EventSeq(n));
+            assert_eq!(log.append(frame(n)).await.unwrap(), EventSeq(n));
         }
-        let got = log.read_after(&s, EventSeq(4), 3).await.unwrap();
+        let got = log.read_after(EventSeq(4), 3).await.unwrap();
         let seqs: Vec<u64> = got.iter().map(|f| f.seq.get()).collect();
         assert_eq!(seqs, vec![5, 6, 7]);
-        assert!(log
-            .read_after(&s, EventSeq(10), 3)
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(log.read_after(EventSeq(10), 3).await.unwrap().is_empty());
     }
 
     #[tokio::test]
     async fn eviction_is_reported_never_skipped() {
-        let log = MemoryEventLog::new(3);
-        let s = SessionId::generate();
-        log.create(&s).await.unwrap();
+        let log = MemoryEventLog::new(3)
+            .create(&SessionId::generate())
+            .await
+            .unwrap();
         for n in 1..=5 {
-            log.append(&s, frame(n)).await.unwrap();
+            log.append(frame(n)).await.unwrap();
         }
-        let bounds = log.bounds(&s).await.unwrap();
+        let bounds = log.bounds().await.unwrap();
         assert_eq!(bounds.evicted_through, EventSeq(2));
         assert_eq!(bounds.newest, EventSeq(5));
-        let err = log.read_after(&s, EventSeq(1), 10).await.unwrap_err();
+        let err = log.read_after(EventSeq(1), 10).await.unwrap_err();
         assert_eq!(err.code(), crate::error::ErrorCode::ResumeWindowExpired);
         let seqs: Vec<u64> = log
-            .read_after(&s, EventSeq(2), 10)
+            .read_after(EventSeq(2), 10)
             .await
             .unwrap()
             .iter()
@@ -234,35 +257,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn released_frames_are_gone_like_evicted_ones() {
+        let log = MemoryEventLog::new(100)
+            .create(&SessionId::generate())
+            .await
+            .unwrap();
+        for n in 1..=5 {
+            log.append(frame(n)).await.unwrap();
+        }
+        log.release_through(EventSeq(3)).await.unwrap();
+        assert_eq!(log.bounds().await.unwrap().evicted_through, EventSeq(3));
+        assert!(log.read_after(EventSeq(2), 10).await.is_err());
+        let seqs: Vec<u64> = log
+            .read_after(EventSeq(3), 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| f.seq.get())
+            .collect();
+        assert_eq!(seqs, vec![4, 5]);
+    }
+
+    #[tokio::test]
     async fn cursor_moves_from_replay_to_live() {
-        let log: Arc<dyn EventLog> = Arc::new(MemoryEventLog::new(100));
+        let store = MemoryEventLog::new(100);
         let s = SessionId::generate();
-        log.create(&s).await.unwrap();
-        log.append(&s, frame(1)).await.unwrap();
-        let mut cursor = LogCursor::new(log.clone(), s.clone(), EventSeq::ZERO, 16);
+        let log = store.create(&s).await.unwrap();
+        log.append(frame(1)).await.unwrap();
+        let mut cursor = LogCursor::new(log.clone(), EventSeq::ZERO, 16);
         assert_eq!(cursor.next_batch().await.unwrap()[0].seq, EventSeq(1));
         let writer = {
             let log = log.clone();
-            let s = s.clone();
-            tokio::spawn(async move { log.append(&s, frame(2)).await })
+            tokio::spawn(async move { log.append(frame(2)).await })
         };
         assert_eq!(cursor.next_batch().await.unwrap()[0].seq, EventSeq(2));
         writer.await.unwrap().unwrap();
-        log.remove(&s).await;
+        store.remove(&s).await;
         assert!(cursor.next_batch().await.is_err());
+        assert!(
+            log.append(frame(3)).await.is_err(),
+            "a removed log takes no frames"
+        );
+        assert!(store.open(&s).await.is_err());
     }
 
     #[tokio::test]
     async fn a_reader_waiting_at_the_end_fails_when_the_log_is_removed() {
-        let log: Arc<dyn EventLog> = Arc::new(MemoryEventLog::new(100));
+        let store = MemoryEventLog::new(100);
         let s = SessionId::generate();
-        log.create(&s).await.unwrap();
-        let mut cursor = LogCursor::new(log.clone(), s.clone(), EventSeq::ZERO, 16);
+        let mut cursor = LogCursor::new(store.create(&s).await.unwrap(), EventSeq::ZERO, 16);
         let reader = tokio::spawn(async move { cursor.next_batch().await });
         // On this single-threaded runtime, one yield runs the reader until it waits.
         tokio::task::yield_now().await;
         assert!(!reader.is_finished());
-        log.remove(&s).await;
+        store.remove(&s).await;
         let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), reader)
             .await
             .expect("the waiting reader was woken")

@@ -6,8 +6,9 @@
 //! Because a sequence number is assigned inside `append`, in the same critical section that
 //! stores the frame, readers see frames exactly in sequence order with no gaps.
 //!
-//! The trait lets a shared store (Redis) stand in for the in-memory [`memory::MemoryEventLog`]
-//! without the session code changing.
+//! The traits let a shared store (Redis) stand in for the in-memory [`memory::MemoryEventLog`]
+//! without the session code changing: [`EventLog`] creates, opens and removes sessions' logs,
+//! and a [`SessionLog`] handle is what everything on the frame path uses.
 
 pub mod memory;
 
@@ -52,59 +53,60 @@ impl LogBounds {
     }
 }
 
-/// A session-scoped, append-only, bounded log of job frames.
+/// The store of every session's log.
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
     /// Creates the empty log of a new session.
-    async fn create(&self, session: &SessionId) -> Result<(), ArcpError>;
+    async fn create(&self, session: &SessionId) -> Result<Arc<dyn SessionLog>, ArcpError>;
 
+    /// The log of an existing session. Fails with `RESUME_WINDOW_EXPIRED` once it was removed.
+    async fn open(&self, session: &SessionId) -> Result<Arc<dyn SessionLog>, ArcpError>;
+
+    /// Drops the session's log: waiting readers fail, and so does every later call through a
+    /// handle to it.
+    async fn remove(&self, session: &SessionId);
+}
+
+/// One session's append-only, bounded log of job frames. The session, its jobs and its
+/// stream each hold a handle, so the frame path never looks the session up again.
+#[async_trait]
+pub trait SessionLog: Send + Sync + 'static {
     /// Appends `frame`, assigning the session's next sequence number, and wakes readers.
     /// Evicts the oldest frames beyond the log's bound.
-    async fn append(&self, session: &SessionId, frame: JobFrame) -> Result<EventSeq, ArcpError>;
+    async fn append(&self, frame: JobFrame) -> Result<EventSeq, ArcpError>;
 
     /// Up to `max` frames with sequence numbers above `after`, in order. Fails with
     /// `RESUME_WINDOW_EXPIRED` if any frame after `after` has been evicted, so a reader can never
     /// skip a frame unknowingly.
     async fn read_after(
         &self,
-        session: &SessionId,
         after: EventSeq,
         max: usize,
     ) -> Result<Vec<Arc<LoggedFrame>>, ArcpError>;
 
-    /// Resolves once the log holds a frame above `after`. Fails when the session's log is
-    /// removed.
-    async fn wait_beyond(&self, session: &SessionId, after: EventSeq) -> Result<(), ArcpError>;
+    /// Resolves once the log holds a frame above `after`. Fails when the log is removed.
+    async fn wait_beyond(&self, after: EventSeq) -> Result<(), ArcpError>;
 
     /// Frees the frames up to `through` early, because the client acknowledged them (§6.5).
     /// A resume from before `through` then fails as if they had been evicted.
-    async fn release_through(
-        &self,
-        session: &SessionId,
-        through: EventSeq,
-    ) -> Result<(), ArcpError>;
+    async fn release_through(&self, through: EventSeq) -> Result<(), ArcpError>;
 
-    /// The session's current bounds.
-    async fn bounds(&self, session: &SessionId) -> Result<LogBounds, ArcpError>;
-
-    /// Drops the session's log; waiting readers fail.
-    async fn remove(&self, session: &SessionId);
+    /// The log's current bounds.
+    async fn bounds(&self) -> Result<LogBounds, ArcpError>;
 }
 
 /// Reads a session's log from a position onward: replay and live delivery in one loop.
 pub struct LogCursor {
-    log: Arc<dyn EventLog>,
-    session: SessionId,
+    log: Arc<dyn SessionLog>,
     position: EventSeq,
     batch: usize,
 }
 
 impl LogCursor {
     /// A cursor that will yield the frames after `after`.
-    pub fn new(log: Arc<dyn EventLog>, session: SessionId, after: EventSeq, batch: usize) -> Self {
+    pub fn new(log: Arc<dyn SessionLog>, after: EventSeq, batch: usize) -> Self {
         LogCursor {
             log,
-            session,
             position: after,
             batch: batch.max(1),
         }
@@ -121,15 +123,12 @@ impl LogCursor {
     /// (e.g. in a `select!`) loses nothing.
     pub async fn next_batch(&mut self) -> Result<Vec<Arc<LoggedFrame>>, ArcpError> {
         loop {
-            let frames = self
-                .log
-                .read_after(&self.session, self.position, self.batch)
-                .await?;
+            let frames = self.log.read_after(self.position, self.batch).await?;
             if let Some(last) = frames.last() {
                 self.position = last.seq;
                 return Ok(frames);
             }
-            self.log.wait_beyond(&self.session, self.position).await?;
+            self.log.wait_beyond(self.position).await?;
         }
     }
 }

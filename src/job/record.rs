@@ -359,7 +359,7 @@ impl JobRecord {
         }
         let newest = EventSeq(self.last_seq.load(Ordering::Acquire));
         let replay = match history {
-            Some(from) => self.history(outbox, from, newest).await?,
+            Some(from) => self.history(from, newest).await?,
             None => Vec::new(),
         };
         outbox
@@ -390,19 +390,16 @@ impl JobRecord {
     }
 
     /// This job's frames in its own session's log with sequence numbers in `(from, through]`.
-    async fn history(
-        &self,
-        outbox: &Outbox,
-        from: EventSeq,
-        through: EventSeq,
-    ) -> Result<Vec<JobFrame>, ArcpError> {
+    async fn history(&self, from: EventSeq, through: EventSeq) -> Result<Vec<JobFrame>, ArcpError> {
         const BATCH: usize = 1024;
         let mut frames = Vec::new();
         let mut position = from;
         while position < through {
-            let batch = outbox
-                .log()
-                .read_after(self.session(), position, BATCH)
+            let batch = self
+                .owner
+                .session
+                .log
+                .read_after(position, BATCH)
                 .await
                 .map_err(|_| {
                     ArcpError::ResumeWindowExpired(format!(

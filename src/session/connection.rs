@@ -103,7 +103,7 @@ pub fn serve(
         let reader = tokio::spawn(read_loop(gw.clone(), session.clone(), link.clone(), inbound, control_tx));
         let _stop_reader = AbortOnDrop(reader);
         let mut reader_open = true;
-        let mut cursor = LogCursor::new(gw.log.clone(), session.id.clone(), opened.replay_after, LOG_BATCH);
+        let mut cursor = LogCursor::new(session.log.clone(), opened.replay_after, LOG_BATCH);
         session.set_reader(Some(opened.replay_after));
         // §6.4: only with `heartbeat` negotiated does the runtime ping and declare loss.
         let heartbeat = session.features().has("heartbeat").then(|| {
@@ -327,11 +327,9 @@ async fn dispatch(
                     "session.ack names event {last_processed_seq}, but only events up to {delivered} were delivered"
                 )));
             }
-            let newest = gw.log.bounds(&session.id).await?.newest;
+            let newest = session.log.bounds().await?.newest;
             session.record_ack(last_processed_seq, newest, gw.config.back_pressure_lag);
-            gw.log
-                .release_through(&session.id, last_processed_seq)
-                .await?;
+            session.log.release_through(last_processed_seq).await?;
             Ok(None)
         }
         ClientMessage::ListJobs(request) => {

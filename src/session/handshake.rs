@@ -80,9 +80,9 @@ async fn create(
     features: Features,
 ) -> Result<Opened, ArcpError> {
     let id = SessionId::generate();
-    gw.log.create(&id).await?;
+    let log = gw.log.create(&id).await?;
     let token = gw.registry.issue(&id, &principal).await?;
-    let session = Arc::new(Session::new(id, principal, features));
+    let session = Arc::new(Session::new(id, principal, features, log));
     let superseded = CancellationToken::new();
     {
         let mut attachment = session.attachment.lock().await;
@@ -117,8 +117,9 @@ async fn resume_session(
         return Err(token_not_valid());
     }
     let session = gw.sessions.get(&id).ok_or_else(token_not_valid)?;
-    gw.log
-        .bounds(&id)
+    session
+        .log
+        .bounds()
         .await?
         .check_resume_from(resume.last_event_seq)?;
 

@@ -26,6 +26,7 @@ use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    event_log::SessionLog,
     ids::{EventSeq, Principal, SessionId},
     protocol::Features,
     signal::Signal,
@@ -37,6 +38,8 @@ pub struct Session {
     pub id: SessionId,
     /// The principal it was opened by; every resume must present the same one.
     pub principal: Principal,
+    /// Its event log: what its jobs append to and its streams read.
+    pub log: Arc<dyn SessionLog>,
     features: RwLock<Features>,
     attachment: tokio::sync::Mutex<Attachment>,
     flow: Flow,
@@ -73,10 +76,16 @@ pub struct Attached {
 }
 
 impl Session {
-    fn new(id: SessionId, principal: Principal, features: Features) -> Session {
+    fn new(
+        id: SessionId,
+        principal: Principal,
+        features: Features,
+        log: Arc<dyn SessionLog>,
+    ) -> Session {
         Session {
             id,
             principal,
+            log,
             features: RwLock::new(features),
             attachment: tokio::sync::Mutex::new(Attachment {
                 generation: 0,

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use crate::{
     clock::Timestamp,
     error::ArcpError,
-    event_log::EventLog,
     ids::EventSeq,
     protocol::{
         event::EventBody,
@@ -59,25 +58,18 @@ impl Recipient {
 /// Appends job frames to session logs.
 #[derive(Clone)]
 pub struct Outbox {
-    log: Arc<dyn EventLog>,
     lag_limit: u64,
     window: u64,
 }
 
 impl Outbox {
-    /// An outbox writing to `log`, signalling back-pressure past `lag_limit` unacknowledged
-    /// frames, and letting a job run at most `window` frames ahead of its session's reader.
-    pub fn new(log: Arc<dyn EventLog>, lag_limit: u64, window: u64) -> Self {
+    /// An outbox signalling back-pressure past `lag_limit` unacknowledged frames, and letting a
+    /// job run at most `window` frames ahead of its session's reader.
+    pub fn new(lag_limit: u64, window: u64) -> Self {
         Outbox {
-            log,
             lag_limit,
             window: window.max(1),
         }
-    }
-
-    /// The log it writes to.
-    pub fn log(&self) -> &Arc<dyn EventLog> {
-        &self.log
     }
 
     /// Appends `frame` to the recipient's log, unless the recipient did not negotiate the
@@ -95,7 +87,7 @@ impl Outbox {
         } else {
             frame.without_secrets()
         };
-        self.log.append(&to.session.id, frame).await.map(Some)
+        to.session.log.append(frame).await.map(Some)
     }
 
     /// [`Outbox::deliver`] for a frame a running job emits: when it leaves the client too far
@@ -132,7 +124,7 @@ impl Outbox {
                     },
                 },
             };
-            return Ok(Some(self.log.append(&to.session.id, signal).await?));
+            return Ok(Some(to.session.log.append(signal).await?));
         }
         Ok(Some(seq))
     }

@@ -349,14 +349,26 @@ pub async fn submit_and_accept(conn: &mut Conn, payload: In) -> (String, ServerF
     (a.job_id.clone(), frame)
 }
 
-/// The session's newest event_seq, straight from the gateway's log.
-pub async fn newest(server: &TestServer, session: &str) -> u64 {
+/// The session's log, straight from the gateway.
+pub async fn session_log(
+    server: &TestServer,
+    session: &str,
+) -> std::sync::Arc<dyn arcp_gateway::event_log::SessionLog> {
     server
         .gateway
         .event_log()
-        .bounds(&arcp_gateway::ids::SessionId::new(session))
+        .open(&arcp_gateway::ids::SessionId::new(session))
         .await
         .expect("the session has a log")
+}
+
+/// The session's newest event_seq, straight from the gateway's log.
+pub async fn newest(server: &TestServer, session: &str) -> u64 {
+    session_log(server, session)
+        .await
+        .bounds()
+        .await
+        .expect("the log is readable")
         .newest
         .get()
 }

@@ -129,7 +129,9 @@ pub async fn admit(gateway: &Gateway, headers: &HeaderMap) -> Result<ConnectInfo
             let session = gateway.resume_registry().check(token, principal).await?;
             gateway
                 .event_log()
-                .bounds(&session)
+                .open(&session)
+                .await?
+                .bounds()
                 .await?
                 .check_resume_from(last_event_seq)?;
             Some(ResumeRequest {
