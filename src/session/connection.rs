@@ -110,21 +110,34 @@ pub fn serve(
             Duration::from_secs(u64::from(gw.config.heartbeat_interval_sec.max(1)))
         });
         let mut last_sent = Instant::now();
+        let next_check = |last_sent: Instant| {
+            heartbeat.map_or(last_sent, |interval| {
+                (last_sent + interval).min(link.last_seen() + 2 * interval)
+            })
+        };
+        // Both waits are set up once for the life of the stream, not once per frame: the
+        // stop token has its own waiter list, and the heartbeat timer is re-armed only when it
+        // fires. Frames only move `last_sent` on, which makes the check due later, so a
+        // timer armed earlier just checks, finds nothing due, and re-arms.
+        let stopped = opened.attached.stop.cancelled();
+        tokio::pin!(stopped);
+        let check = tokio::time::sleep_until(next_check(last_sent));
+        tokio::pin!(check);
 
         loop {
-            let check_at = heartbeat.map_or(last_sent, |interval| {
-                (last_sent + interval).min(link.last_seen() + 2 * interval)
-            });
             let step = tokio::select! {
                 biased;
-                _ = opened.attached.superseded.cancelled() => Step::End(StreamEnd::Superseded),
-                _ = gw.shutdown.cancelled() => Step::End(StreamEnd::ShuttingDown),
+                _ = &mut stopped => Step::End(if gw.shutdown.is_cancelled() {
+                    StreamEnd::ShuttingDown
+                } else {
+                    StreamEnd::Superseded
+                }),
                 control = control_rx.recv(), if reader_open => match control {
                     Some(reply) => Step::Control(reply),
                     None => Step::ReaderDone,
                 },
                 frames = cursor.next_batch() => Step::Frames(frames),
-                _ = tokio::time::sleep_until(check_at), if heartbeat.is_some() => Step::Heartbeat,
+                _ = &mut check, if heartbeat.is_some() => Step::Heartbeat,
             };
             match step {
                 Step::End(reason) => {
@@ -183,6 +196,7 @@ pub fn serve(
                         }));
                         last_sent = now;
                     }
+                    check.as_mut().reset(next_check(last_sent));
                 }
             }
         }

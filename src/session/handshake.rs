@@ -6,8 +6,6 @@
 
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
-
 use crate::{
     error::ArcpError,
     gateway::{ConnectInfo, Gateway},
@@ -83,11 +81,11 @@ async fn create(
     let log = gw.log.create(&id).await?;
     let token = gw.registry.issue(&id, &principal).await?;
     let session = Arc::new(Session::new(id, principal, features, log));
-    let superseded = CancellationToken::new();
+    let stop = gw.shutdown.child_token();
     {
         let mut attachment = session.attachment.lock().await;
         attachment.generation = 1;
-        attachment.stream = Some(superseded.clone());
+        attachment.stream = Some(stop.clone());
     }
     gw.sessions.insert(session.clone());
     tracing::info!(session = %session.id, principal = %session.principal, "session opened");
@@ -95,7 +93,7 @@ async fn create(
         welcome: gw.welcome(&token, &session.features()),
         attached: Attached {
             generation: 1,
-            superseded,
+            stop,
         },
         session,
         replay_after: EventSeq::ZERO,
@@ -131,13 +129,13 @@ async fn resume_session(
             previous.cancel();
         }
         attachment.generation += 1;
-        let superseded = CancellationToken::new();
-        attachment.stream = Some(superseded.clone());
+        let stop = gw.shutdown.child_token();
+        attachment.stream = Some(stop.clone());
         (
             token,
             Attached {
                 generation: attachment.generation,
-                superseded,
+                stop,
             },
         )
     };

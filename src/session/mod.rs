@@ -71,8 +71,10 @@ struct Attachment {
 pub struct Attached {
     /// Which attachment this is.
     pub generation: u64,
-    /// Cancelled when a newer stream takes the session over.
-    pub superseded: CancellationToken,
+    /// Cancelled when a newer stream takes the session over, and, being a child of the
+    /// gateway's shutdown token, when the gateway shuts down: a stream waits on this one token
+    /// alone rather than also polling the token every stream shares.
+    pub stop: CancellationToken,
 }
 
 impl Session {
