@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use arcp_gateway::{
-    agent::{Agent, AgentRegistry, JobContext},
+    agent::{Agent, AgentRegistry, JobContext, LogLevel},
     config::GatewayConfig,
     ids::EventSeq,
     proto::{self, client_frame::Payload as In, server_frame::Payload as Out, ClientFrame},
@@ -609,7 +609,7 @@ impl Agent for Straggler {
         let (go, done) = (self.go.clone(), self.done.clone());
         tokio::spawn(async move {
             go.notified().await;
-            let _ = ctx.log("info", "a late line from a sub-task").await;
+            let _ = ctx.log(LogLevel::Info, "a late line from a sub-task").await;
             done.notify_one();
         });
         Ok(json!("returned"))

@@ -11,11 +11,11 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use async_trait::async_trait;
 
-pub use crate::job::context::JobContext;
 use crate::{
     error::ArcpError,
     protocol::{server::AgentInfo, Json},
 };
+pub use crate::{job::context::JobContext, protocol::event::LogLevel};
 
 /// In-process agent.
 #[async_trait]

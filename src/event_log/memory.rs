@@ -109,7 +109,7 @@ impl SessionLog for MemorySessionLog {
         // held only to number and store the frame.
         let mut logged = LoggedFrame {
             seq: EventSeq::ZERO,
-            id: uuid::Uuid::now_v7(),
+            id: frame.envelope_id(),
             frame,
         };
         let seq = {

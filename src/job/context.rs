@@ -11,7 +11,7 @@ use crate::{
     ids::{JobId, TraceId},
     lease::{cost_of_metric, EffectiveLease, Namespace},
     protocol::{
-        event::{EventBody, ToolError},
+        event::{EventBody, LogLevel, ToolError},
         server::{Credential, JobPayload},
         Json, Lease,
     },
@@ -231,9 +231,9 @@ impl JobContext {
     }
 
     /// Emits a `log` event.
-    pub async fn log(&self, level: &str, message: impl Into<String>) -> Result<(), ArcpError> {
+    pub async fn log(&self, level: LogLevel, message: impl Into<String>) -> Result<(), ArcpError> {
         self.emit(EventBody::Log {
-            level: level.to_owned(),
+            level,
             message: message.into(),
         })
         .await

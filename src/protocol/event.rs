@@ -12,8 +12,8 @@ use super::{server::Credential, Json, Lease};
 pub enum EventBody {
     /// `log`: `{ level, message }`.
     Log {
-        /// `debug`, `info`, `warn` or `error`.
-        level: String,
+        /// How severe.
+        level: LogLevel,
         /// The line.
         message: String,
     },
@@ -154,16 +154,7 @@ impl EventBody {
             }
         };
         match self {
-            EventBody::Log { level, message: _ } => {
-                if !LOG_LEVELS.contains(&level.as_str()) {
-                    return invalid(format!(
-                        "log.level must be one of {}, got {level:?}",
-                        LOG_LEVELS.join(", ")
-                    ));
-                }
-                Ok(())
-            }
-            EventBody::Thought { .. } => Ok(()),
+            EventBody::Log { .. } | EventBody::Thought { .. } => Ok(()),
             EventBody::ToolCall { tool, call_id, .. } => {
                 required("tool_call", "tool", tool)?;
                 required("tool_call", "call_id", call_id)
@@ -233,5 +224,68 @@ impl EventBody {
     }
 }
 
-/// The `log.level` values agents may use.
-pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
+/// A `log` event's `level`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    /// `trace`
+    Trace,
+    /// `debug`
+    Debug,
+    /// `info`
+    Info,
+    /// `warn`
+    Warn,
+    /// `error`
+    Error,
+}
+
+impl LogLevel {
+    /// Every level, least severe first.
+    pub const ALL: [LogLevel; 5] = [
+        LogLevel::Trace,
+        LogLevel::Debug,
+        LogLevel::Info,
+        LogLevel::Warn,
+        LogLevel::Error,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+
+    /// The level named `name`; `INVALID_REQUEST` for any other name.
+    pub fn parse(name: &str) -> Result<LogLevel, ArcpError> {
+        Self::ALL
+            .into_iter()
+            .find(|level| level.as_str() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|l| l.as_str()).collect();
+                ArcpError::InvalidRequest(format!(
+                    "log.level must be one of {}, got {name:?}",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_parse_from_their_wire_names_only() {
+        for level in LogLevel::ALL {
+            assert_eq!(LogLevel::parse(level.as_str()).ok(), Some(level));
+        }
+        let error = LogLevel::parse("verbose").unwrap_err();
+        assert_eq!(error.code(), ErrorCode::InvalidRequest);
+        assert!(error.message().contains("trace, debug, info, warn, error"));
+    }
+}

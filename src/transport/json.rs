@@ -530,7 +530,9 @@ fn credential(c: &Credential) -> Value {
 
 fn event_body(body: &EventBody) -> Value {
     match body {
-        EventBody::Log { level, message } => json!({ "level": level, "message": message }),
+        EventBody::Log { level, message } => {
+            json!({ "level": level.as_str(), "message": message })
+        }
         EventBody::Thought { text } => json!({ "text": text }),
         EventBody::ToolCall {
             tool,

@@ -592,7 +592,8 @@ impl arcp_gateway::agent::Agent for Pacer {
             }
             for _ in 0..n {
                 lines += 1;
-                ctx.log("info", format!("line {lines}")).await?;
+                ctx.log(arcp_gateway::agent::LogLevel::Info, format!("line {lines}"))
+                    .await?;
             }
         }
         Ok(serde_json::json!({ "lines": lines }))

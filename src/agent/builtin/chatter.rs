@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use crate::{
-    agent::{Agent, JobContext},
+    agent::{Agent, JobContext, LogLevel},
     error::ArcpError,
     protocol::Json,
 };
@@ -30,7 +30,7 @@ impl Agent for Chatter {
         }
         let line = "x".repeat(bytes as usize);
         for _ in 0..count {
-            ctx.log("info", line.clone()).await?;
+            ctx.log(LogLevel::Info, line.clone()).await?;
         }
         Ok(json!({ "lines": count }))
     }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use serde_json::json;
 
 use crate::{
-    agent::{Agent, JobContext},
+    agent::{Agent, JobContext, LogLevel},
     error::ArcpError,
     protocol::{event::EventBody, Json},
 };
@@ -18,7 +18,7 @@ pub struct Showcase;
 #[async_trait]
 impl Agent for Showcase {
     async fn run(&self, ctx: JobContext, input: Json) -> Result<Json, ArcpError> {
-        ctx.log("info", "starting").await?;
+        ctx.log(LogLevel::Info, "starting").await?;
         ctx.emit(EventBody::Thought {
             text: "planning".into(),
         })

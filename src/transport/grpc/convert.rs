@@ -338,7 +338,10 @@ pub(super) fn job_frame(
 /// The body of a `job.event`.
 pub(super) fn event_body(body: &EventBody) -> ProtoBody {
     match body.clone() {
-        EventBody::Log { level, message } => ProtoBody::Log(proto::LogBody { level, message }),
+        EventBody::Log { level, message } => ProtoBody::Log(proto::LogBody {
+            level: level.as_str().into(),
+            message,
+        }),
         EventBody::Thought { text } => ProtoBody::Thought(proto::ThoughtBody { text }),
         EventBody::ToolCall {
             tool,

@@ -146,7 +146,10 @@ impl<'a> Payload<'a> {
                 kind: body.kind(),
                 ts: ts.rfc3339(),
                 body: match body {
-                    EventBody::Log { level, message } => Body::Log { level, message },
+                    EventBody::Log { level, message } => Body::Log {
+                        level: level.as_str(),
+                        message,
+                    },
                     EventBody::Thought { text } => Body::Thought { text },
                     other => Body::Other(convert::event_body(other)),
                 },
@@ -283,7 +286,7 @@ mod tests {
         error::ErrorCode,
         ids::{EventSeq, JobId},
         protocol::{
-            event::ToolError,
+            event::{LogLevel, ToolError},
             server::{
                 Accepted, Credential, FinalStatus, JobError, JobFrame, JobResult, JobSummary,
                 ResultBody, Subscribed,
@@ -300,11 +303,11 @@ mod tests {
         let lease: Lease = [("tool.call".to_owned(), vec!["search.*".to_owned()])].into();
         vec![
             EventBody::Log {
-                level: "info".into(),
+                level: LogLevel::Info,
                 message: "x".repeat(300),
             },
             EventBody::Log {
-                level: "warn".into(),
+                level: LogLevel::Warn,
                 message: String::new(),
             },
             EventBody::Thought {
