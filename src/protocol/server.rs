@@ -355,8 +355,9 @@ impl JobError {
 /// A frame on its way to one connection: a control frame, or a logged job frame.
 #[derive(Clone, Debug)]
 pub enum Outbound {
-    /// Session control.
-    Control(Control),
+    /// Session control. Boxed: control frames are rare and large, and every job frame is
+    /// moved through the stream as this type.
+    Control(Box<Control>),
     /// A job frame from the session's log, shared with the log and other readers.
     Job(Arc<LoggedFrame>),
 }
@@ -404,7 +405,11 @@ mod tests {
             body: EventBody::Thought { text: "t".into() },
         });
         let ids: HashSet<uuid::Uuid> = (0..10_000).map(|_| event.envelope_id()).collect();
-        assert_eq!(ids.len(), 10_000, "ids of events in the same millisecond collide");
+        assert_eq!(
+            ids.len(),
+            10_000,
+            "ids of events in the same millisecond collide"
+        );
         for id in &ids {
             assert_eq!(id.get_version_num(), 7);
             let (secs, nanos) = id.get_timestamp().expect("a v7 id has a time").to_unix();

@@ -93,10 +93,10 @@ pub fn serve(
             session: session.clone(),
             generation: opened.attached.generation,
         };
-        yield OutboundItem::Frame(sid.clone(), Outbound::Control(Control {
+        yield OutboundItem::Frame(sid.clone(), Outbound::Control(Box::new(Control {
             request_id,
             message: ControlMessage::Welcome(opened.welcome),
-        }));
+        })));
 
         let link = Arc::new(Link::new());
         let (control_tx, mut control_rx) = mpsc::channel(CONTROL_QUEUE);
@@ -145,7 +145,7 @@ pub fn serve(
                     break;
                 }
                 Step::Control(Reply { control, then_close }) => {
-                    yield OutboundItem::Frame(sid.clone(), Outbound::Control(control));
+                    yield OutboundItem::Frame(sid.clone(), Outbound::Control(Box::new(control)));
                     last_sent = Instant::now();
                     if then_close {
                         break;
@@ -190,10 +190,10 @@ pub fn serve(
                             nonce: format!("p_{}", uuid::Uuid::now_v7().simple()),
                             sent_at: Timestamp::now(),
                         };
-                        yield OutboundItem::Frame(sid.clone(), Outbound::Control(Control {
+                        yield OutboundItem::Frame(sid.clone(), Outbound::Control(Box::new(Control {
                             request_id: None,
                             message: ping,
-                        }));
+                        })));
                         last_sent = now;
                     }
                     check.as_mut().reset(next_check(last_sent));
@@ -249,10 +249,10 @@ fn error_frame(
 ) -> OutboundItem {
     OutboundItem::Frame(
         sid,
-        Outbound::Control(Control {
+        Outbound::Control(Box::new(Control {
             request_id,
             message: ControlMessage::Error(error),
-        }),
+        })),
     )
 }
 

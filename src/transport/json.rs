@@ -327,7 +327,7 @@ struct SubscribePayload {
 pub fn encode(item: OutboundItem) -> Result<String, StreamEnd> {
     match item {
         OutboundItem::Frame(session, Outbound::Control(control)) => {
-            Ok(control_frame(session, control).to_string())
+            Ok(control_frame(session, *control).to_string())
         }
         OutboundItem::Frame(session, Outbound::Job(logged)) => {
             Ok(job_frame(session, &logged).to_string())

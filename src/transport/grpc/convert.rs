@@ -162,7 +162,7 @@ fn lease_from_proto(map: HashMap<String, ListValue>) -> Result<Lease, ArcpError>
 pub fn outbound(item: OutboundItem) -> Result<WireFrame, Status> {
     match item {
         OutboundItem::Frame(session, Outbound::Control(control)) => Ok(WireFrame::Message(
-            Box::new(control_frame(session, control)),
+            Box::new(control_frame(session, *control)),
         )),
         OutboundItem::Frame(session, Outbound::Job(logged)) => {
             Ok(WireFrame::Job { session, logged })
