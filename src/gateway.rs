@@ -15,7 +15,7 @@ use crate::{
     job::{JobManager, ObservePolicy, SamePrincipalOnly},
     protocol::{
         client::ResumeRequest,
-        server::{OutboundItem, Welcome},
+        server::{OutboundItem, StreamEnd, Welcome},
         Features,
     },
     resume::{memory::MemoryResumeRegistry, ResumeRegistry, ResumeToken},
@@ -192,7 +192,12 @@ impl Gateway {
     /// Ends every stream with a "shutting down" status so clients resume elsewhere. Sessions
     /// and jobs are left as they are.
     pub fn shutdown(&self) {
+        // Streams attaching after this see the cancelled token (`handshake`); the ones already
+        // attached are rung here.
         self.shutdown.cancel();
+        for session in self.sessions.all() {
+            session.stop_stream(StreamEnd::ShuttingDown);
+        }
     }
 
     /// Removes sessions whose resume window has closed, with their logs, and forgets jobs that

@@ -1,7 +1,8 @@
 //! One stream attached to a session.
 //!
 //! Two halves. The reader task takes client frames and acts on them (submit, cancel, ping,
-//! close), answering with control frames over a small channel. The outbound stream sends the
+//! close), answering with control frames through the stream's [`StreamBell`], which also
+//! carries the order to stop. The outbound stream sends the
 //! welcome, then interleaves those control frames with the session's event log read through one
 //! [`LogCursor`] from the resume point: replayed frames and live frames come out of the same
 //! loop, so they cannot overlap or leave a gap.
@@ -9,7 +10,7 @@
 //! Backpressure is end to end: the outbound stream produces a frame only when the transport
 //! asks for one, and records what it delivered so the session's jobs stay within a window of
 //! it (`Session::wait_for_reader`); the log absorbs the rest. A reader blocked on a full
-//! control channel stops reading the client.
+//! reply queue stops reading the client.
 
 use std::{
     sync::{
@@ -20,7 +21,7 @@ use std::{
 };
 
 use futures::{stream::BoxStream, Stream, StreamExt};
-use tokio::{sync::mpsc, time::Instant};
+use tokio::time::Instant;
 
 use crate::{
     clock::Timestamp,
@@ -35,12 +36,13 @@ use crate::{
     },
 };
 
-use super::{handshake, Session};
+use super::{
+    bell::{Reply, Ring, StreamBell},
+    handshake, Session,
+};
 
 /// How many log frames one read takes; bounds the latency a control frame waits behind them.
 const LOG_BATCH: usize = 256;
-/// Control frames waiting for the client; when full, the reader stops reading the client.
-const CONTROL_QUEUE: usize = 64;
 
 /// What the client sends, as the transport decoded it.
 pub type InboundStream = BoxStream<'static, Result<Inbound, RejectedFrame>>;
@@ -99,8 +101,8 @@ pub fn serve(
         })));
 
         let link = Arc::new(Link::new());
-        let (control_tx, mut control_rx) = mpsc::channel(CONTROL_QUEUE);
-        let reader = tokio::spawn(read_loop(gw.clone(), session.clone(), link.clone(), inbound, control_tx));
+        let bell = opened.attached.bell.clone();
+        let reader = tokio::spawn(read_loop(gw.clone(), session.clone(), link.clone(), inbound, bell.clone()));
         let _stop_reader = AbortOnDrop(reader);
         let mut reader_open = true;
         let mut cursor = LogCursor::new(session.log.clone(), opened.replay_after, LOG_BATCH);
@@ -115,26 +117,19 @@ pub fn serve(
                 (last_sent + interval).min(link.last_seen() + 2 * interval)
             })
         };
-        // Both waits are set up once for the life of the stream, not once per frame: the
-        // stop token has its own waiter list, and the heartbeat timer is re-armed only when it
-        // fires. Frames only move `last_sent` on, which makes the check due later, so a
-        // timer armed earlier just checks, finds nothing due, and re-arms.
-        let stopped = opened.attached.stop.cancelled();
-        tokio::pin!(stopped);
+        // The heartbeat timer is armed once and re-armed only when it fires, not once per
+        // frame. Frames only move `last_sent` on, which makes the check due later, so a timer
+        // armed earlier just checks, finds nothing due, and re-arms.
         let check = tokio::time::sleep_until(next_check(last_sent));
         tokio::pin!(check);
 
         loop {
             let step = tokio::select! {
                 biased;
-                _ = &mut stopped => Step::End(if gw.shutdown.is_cancelled() {
-                    StreamEnd::ShuttingDown
-                } else {
-                    StreamEnd::Superseded
-                }),
-                control = control_rx.recv(), if reader_open => match control {
-                    Some(reply) => Step::Control(reply),
-                    None => Step::ReaderDone,
+                ring = bell.ring(reader_open) => match ring {
+                    Ring::Stop(end) => Step::End(end),
+                    Ring::Reply(reply) => Step::Control(reply),
+                    Ring::ReaderDone => Step::ReaderDone,
                 },
                 frames = cursor.next_batch() => Step::Frames(frames),
                 _ = &mut check, if heartbeat.is_some() => Step::Heartbeat,
@@ -236,12 +231,6 @@ enum Step {
     Frames(Result<Vec<Arc<crate::protocol::server::LoggedFrame>>, ArcpError>),
 }
 
-/// A control frame from the reader, and whether the stream ends after it.
-struct Reply {
-    control: Control,
-    then_close: bool,
-}
-
 fn error_frame(
     sid: Option<crate::ids::SessionId>,
     request_id: Option<String>,
@@ -262,12 +251,23 @@ async fn read_loop(
     session: Arc<Session>,
     link: Arc<Link>,
     mut inbound: InboundStream,
-    replies: mpsc::Sender<Reply>,
+    bell: Arc<StreamBell>,
+) {
+    read_frames(&gw, &session, &link, &mut inbound, &bell).await;
+    bell.reader_done();
+}
+
+async fn read_frames(
+    gw: &Arc<Gateway>,
+    session: &Arc<Session>,
+    link: &Link,
+    inbound: &mut InboundStream,
+    bell: &StreamBell,
 ) {
     while let Some(frame) = inbound.next().await {
         link.saw_client();
         let (request_id, outcome) = match frame {
-            Ok(frame) => (frame.id.clone(), dispatch(&gw, &session, frame).await),
+            Ok(frame) => (frame.id.clone(), dispatch(gw, session, frame).await),
             Err(rejected) => (rejected.request_id, Err(rejected.error)),
         };
         let reply = match outcome {
@@ -288,7 +288,8 @@ async fn read_loop(
             },
         };
         let closing = reply.then_close;
-        if replies.send(reply).await.is_err() || closing {
+        bell.send(reply).await;
+        if closing {
             return;
         }
     }

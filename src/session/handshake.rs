@@ -12,13 +12,13 @@ use crate::{
     ids::{EventSeq, Principal, SessionId},
     protocol::{
         client::{ClientMessage, Hello, Inbound, ResumeRequest},
-        server::Welcome,
+        server::{StreamEnd, Welcome},
         Features,
     },
     resume::{token_not_valid, ResumeToken},
 };
 
-use super::{Attached, Session};
+use super::{bell::StreamBell, Attached, Session};
 
 /// A stream that now owns a session.
 pub struct Opened {
@@ -81,19 +81,20 @@ async fn create(
     let log = gw.log.create(&id).await?;
     let token = gw.registry.issue(&id, &principal).await?;
     let session = Arc::new(Session::new(id, principal, features, log));
-    let stop = gw.shutdown.child_token();
+    let bell = Arc::new(StreamBell::default());
     {
         let mut attachment = session.attachment.lock().await;
         attachment.generation = 1;
-        attachment.stream = Some(stop.clone());
+        session.replace_stream(bell.clone());
     }
     gw.sessions.insert(session.clone());
+    stop_if_shutting_down(gw, &bell);
     tracing::info!(session = %session.id, principal = %session.principal, "session opened");
     Ok(Opened {
         welcome: gw.welcome(&token, &session.features()),
         attached: Attached {
             generation: 1,
-            stop,
+            bell,
         },
         session,
         replay_after: EventSeq::ZERO,
@@ -124,21 +125,18 @@ async fn resume_session(
     let (token, attached): (ResumeToken, Attached) = {
         let mut attachment = session.attachment.lock().await;
         let token = gw.registry.rotate(&resume.token, &principal).await?;
-        if let Some(previous) = attachment.stream.take() {
-            tracing::info!(session = %id, "session taken over by a resuming stream");
-            previous.cancel();
-        }
+        let bell = Arc::new(StreamBell::default());
+        session.replace_stream(bell.clone());
         attachment.generation += 1;
-        let stop = gw.shutdown.child_token();
-        attachment.stream = Some(stop.clone());
         (
             token,
             Attached {
                 generation: attachment.generation,
-                stop,
+                bell,
             },
         )
     };
+    stop_if_shutting_down(gw, &attached.bell);
     if let Some(features) = features {
         session.set_features(features);
     }
@@ -151,11 +149,19 @@ async fn resume_session(
     })
 }
 
+/// Stops a stream that attached while the gateway began shutting down: [`Gateway::shutdown`]
+/// rings the streams attached before it, and this catches the ones it could not see yet.
+fn stop_if_shutting_down(gw: &Gateway, bell: &StreamBell) {
+    if gw.shutdown.is_cancelled() {
+        bell.stop(StreamEnd::ShuttingDown);
+    }
+}
+
 /// Releases a stream's claim on its session. If the stream still owned the session, the resume
 /// window starts now.
 pub async fn detach(gw: &Gateway, session: &Session, generation: u64) {
-    let mut attachment = session.attachment.lock().await;
-    if attachment.generation != generation || attachment.stream.take().is_none() {
+    let attachment = session.attachment.lock().await;
+    if attachment.generation != generation || session.stream.lock().take().is_none() {
         return;
     }
     session.set_reader(None);

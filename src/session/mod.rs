@@ -5,11 +5,14 @@
 //!   frames and the session's event log through one cursor.
 //! - [`outbox`]: how a job frame enters a session's log: feature gating, redaction for
 //!   observers, and back-pressure signals (§6.5).
+//! - [`bell`]: what an attached stream waits on besides the log: the order to stop, and the
+//!   replies its reader queued.
 //!
 //! A session is attached to at most one stream. Attaching bumps the session's generation and
 //! stops the previous stream; only the current generation's detach starts the resume window,
 //! so a stream that was taken over cannot expire the session under its successor.
 
+pub mod bell;
 pub mod connection;
 pub mod handshake;
 pub mod outbox;
@@ -23,11 +26,13 @@ use std::{
 };
 
 use parking_lot::RwLock;
-use tokio_util::sync::CancellationToken;
+
+use self::bell::StreamBell;
 
 use crate::{
     event_log::SessionLog,
     ids::{EventSeq, Principal, SessionId},
+    protocol::server::StreamEnd,
     protocol::Features,
     signal::Signal,
 };
@@ -42,6 +47,9 @@ pub struct Session {
     pub log: Arc<dyn SessionLog>,
     features: RwLock<Features>,
     attachment: tokio::sync::Mutex<Attachment>,
+    /// The attached stream's bell; `None` while detached. Changed only under `attachment`, but
+    /// kept outside it so that a shutdown can ring it without waiting for a handshake.
+    stream: parking_lot::Mutex<Option<Arc<StreamBell>>>,
     flow: Flow,
 }
 
@@ -62,8 +70,6 @@ struct Flow {
 
 struct Attachment {
     generation: u64,
-    /// Stops the attached stream; `None` while detached.
-    stream: Option<CancellationToken>,
 }
 
 /// The claim a stream holds on its session.
@@ -71,10 +77,9 @@ struct Attachment {
 pub struct Attached {
     /// Which attachment this is.
     pub generation: u64,
-    /// Cancelled when a newer stream takes the session over, and, being a child of the
-    /// gateway's shutdown token, when the gateway shuts down: a stream waits on this one token
-    /// alone rather than also polling the token every stream shares.
-    pub stop: CancellationToken,
+    /// Rung when a newer stream takes the session over or the gateway shuts down, and by the
+    /// stream's reader.
+    pub bell: Arc<StreamBell>,
 }
 
 impl Session {
@@ -89,11 +94,25 @@ impl Session {
             principal,
             log,
             features: RwLock::new(features),
-            attachment: tokio::sync::Mutex::new(Attachment {
-                generation: 0,
-                stream: None,
-            }),
+            attachment: tokio::sync::Mutex::new(Attachment { generation: 0 }),
+            stream: parking_lot::Mutex::new(None),
             flow: Flow::default(),
+        }
+    }
+
+    /// Makes `bell` the attached stream's, stopping the stream it replaces: the newest
+    /// attachment wins. Call under the attachment lock.
+    fn replace_stream(&self, bell: Arc<StreamBell>) {
+        if let Some(previous) = self.stream.lock().replace(bell) {
+            tracing::info!(session = %self.id, "session taken over by a resuming stream");
+            previous.stop(StreamEnd::Superseded);
+        }
+    }
+
+    /// Ends the attached stream, if any, with `why`.
+    pub(crate) fn stop_stream(&self, why: StreamEnd) {
+        if let Some(bell) = self.stream.lock().as_ref() {
+            bell.stop(why);
         }
     }
 
@@ -181,6 +200,11 @@ impl SessionTable {
     /// A session by id.
     pub fn get(&self, id: &SessionId) -> Option<Arc<Session>> {
         self.sessions.read().get(id).cloned()
+    }
+
+    /// Every session, attached or not.
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.sessions.read().values().cloned().collect()
     }
 
     /// How many sessions exist, attached or not.
