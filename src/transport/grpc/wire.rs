@@ -4,10 +4,11 @@
 //! A chatty job sends thousands of frames a second, each already held by the log. Building the
 //! generated `ServerFrame` for each would copy every id, timestamp and string into fresh
 //! allocations, only to encode them once and free them. Instead the envelope of a job frame and
-//! the bodies of the frequent events (`log`, `thought`) are written from borrowed fields, field
-//! by field in tag order, exactly as prost writes the generated types; rarer payloads are
-//! converted to the generated types and encoded by prost. The tests hold every kind of job
-//! frame to the bytes the generated encoder produces.
+//! the bodies of the events agents emit by the thousand (`log`, `thought`, `status`, `metric`,
+//! `progress`) are written from borrowed fields, field by field in tag order, exactly as prost
+//! writes the generated types; rarer payloads, and bodies with nested messages (a metric's
+//! dimensions, a rotated credential), are converted to the generated types and encoded by
+//! prost. The tests hold every kind of job frame to the bytes the generated encoder produces.
 
 use std::sync::Arc;
 
@@ -89,9 +90,9 @@ const EVENT_KIND: u32 = 1;
 const EVENT_TS: u32 = 2;
 const EVENT_LOG: u32 = 10;
 const EVENT_THOUGHT: u32 = 11;
-const LOG_LEVEL: u32 = 1;
-const LOG_MESSAGE: u32 = 2;
-const THOUGHT_TEXT: u32 = 1;
+const EVENT_STATUS: u32 = 14;
+const EVENT_METRIC: u32 = 15;
+const EVENT_PROGRESS: u32 = 18;
 
 /// The envelope fields of a job frame, borrowed from the log.
 struct Envelope<'a> {
@@ -132,11 +133,86 @@ enum Payload<'a> {
     Other(proto::server_frame::Payload),
 }
 
-/// A `job_event` body.
+/// A `job_event` body: its field number in `JobEvent` and its scalar fields in tag order, or
+/// one prost writes.
 enum Body<'a> {
-    Log { level: &'a str, message: &'a str },
-    Thought { text: &'a str },
+    Fields(u32, [Field<'a>; 4]),
     Other(ProtoBody),
+}
+
+/// A scalar field of a body.
+#[derive(Clone, Copy)]
+enum Field<'a> {
+    Str(u32, &'a str),
+    Double(u32, f64),
+    /// `optional double`: present even when zero.
+    OptionalDouble(u32, Option<f64>),
+    /// Pads bodies with fewer than four fields.
+    None,
+}
+
+impl<'a> Body<'a> {
+    fn of(body: &'a EventBody) -> Body<'a> {
+        use Field::{Double, OptionalDouble, Str};
+        let text = |value: &'a Option<String>| value.as_deref().unwrap_or_default();
+        match body {
+            EventBody::Log { level, message } => Body::Fields(
+                EVENT_LOG,
+                [
+                    Str(1, level.as_str()),
+                    Str(2, message),
+                    Field::None,
+                    Field::None,
+                ],
+            ),
+            EventBody::Thought { text } => Body::Fields(
+                EVENT_THOUGHT,
+                [Str(1, text), Field::None, Field::None, Field::None],
+            ),
+            EventBody::Status {
+                phase,
+                message,
+                credential: None,
+            } => Body::Fields(
+                EVENT_STATUS,
+                [
+                    Str(1, phase),
+                    Str(2, text(message)),
+                    Field::None,
+                    Field::None,
+                ],
+            ),
+            EventBody::Metric {
+                name,
+                value,
+                unit,
+                dimensions: None,
+            } => Body::Fields(
+                EVENT_METRIC,
+                [
+                    Str(1, name),
+                    Double(2, *value),
+                    Str(3, text(unit)),
+                    Field::None,
+                ],
+            ),
+            EventBody::Progress {
+                current,
+                total,
+                units,
+                message,
+            } => Body::Fields(
+                EVENT_PROGRESS,
+                [
+                    Double(1, *current),
+                    OptionalDouble(2, *total),
+                    Str(3, text(units)),
+                    Str(4, text(message)),
+                ],
+            ),
+            other => Body::Other(convert::event_body(other)),
+        }
+    }
 }
 
 impl<'a> Payload<'a> {
@@ -145,14 +221,7 @@ impl<'a> Payload<'a> {
             JobPayload::Event { ts, body } => Payload::Event {
                 kind: body.kind(),
                 ts: ts.rfc3339(),
-                body: match body {
-                    EventBody::Log { level, message } => Body::Log {
-                        level: level.as_str(),
-                        message,
-                    },
-                    EventBody::Thought { text } => Body::Thought { text },
-                    other => Body::Other(convert::event_body(other)),
-                },
+                body: Body::of(body),
             },
             _ => Payload::Other(convert::job_payload(&logged.frame)),
         }
@@ -190,28 +259,44 @@ impl Body<'_> {
     /// The length of the body field, with its tag and length prefix.
     fn len(&self) -> usize {
         match self {
-            Body::Log { level, message } => message_len(
-                EVENT_LOG,
-                str_len(LOG_LEVEL, level) + str_len(LOG_MESSAGE, message),
-            ),
-            Body::Thought { text } => message_len(EVENT_THOUGHT, str_len(THOUGHT_TEXT, text)),
+            Body::Fields(tag, fields) => message_len(*tag, fields.iter().map(Field::len).sum()),
             Body::Other(body) => body.encoded_len(),
         }
     }
 
     fn put(&self, buf: &mut impl BufMut) {
         match self {
-            Body::Log { level, message } => {
-                let len = str_len(LOG_LEVEL, level) + str_len(LOG_MESSAGE, message);
-                put_message_header(EVENT_LOG, len, buf);
-                put_str(LOG_LEVEL, level, buf);
-                put_str(LOG_MESSAGE, message, buf);
-            }
-            Body::Thought { text } => {
-                put_message_header(EVENT_THOUGHT, str_len(THOUGHT_TEXT, text), buf);
-                put_str(THOUGHT_TEXT, text, buf);
+            Body::Fields(tag, fields) => {
+                put_message_header(*tag, fields.iter().map(Field::len).sum(), buf);
+                for field in fields {
+                    field.put(buf);
+                }
             }
             Body::Other(body) => body.encode(buf),
+        }
+    }
+}
+
+impl Field<'_> {
+    fn len(&self) -> usize {
+        match *self {
+            Field::Str(tag, value) => str_len(tag, value),
+            // prost leaves 0.0 (and -0.0, which equals it) off the wire.
+            Field::Double(_, 0.0) => 0,
+            Field::Double(tag, _) | Field::OptionalDouble(tag, Some(_)) => key_len(tag) + 8,
+            Field::OptionalDouble(_, None) | Field::None => 0,
+        }
+    }
+
+    fn put(&self, buf: &mut impl BufMut) {
+        match *self {
+            Field::Str(tag, value) => put_str(tag, value, buf),
+            Field::Double(_, 0.0) => {}
+            Field::Double(tag, value) | Field::OptionalDouble(tag, Some(value)) => {
+                encode_key(tag, WireType::SixtyFourBit, buf);
+                buf.put_f64_le(value);
+            }
+            Field::OptionalDouble(_, None) | Field::None => {}
         }
     }
 }
@@ -333,11 +418,39 @@ mod tests {
                 message: None,
                 credential: None,
             },
+            EventBody::Status {
+                phase: "credential_rotated".into(),
+                message: Some("rotated".into()),
+                credential: Some(Box::new(credential())),
+            },
             EventBody::Metric {
                 name: "tokens".into(),
                 value: 12.5,
                 unit: Some("count".into()),
                 dimensions: None,
+            },
+            EventBody::Metric {
+                name: "zero".into(),
+                value: 0.0,
+                unit: None,
+                dimensions: None,
+            },
+            EventBody::Metric {
+                name: "negative zero".into(),
+                value: -0.0,
+                unit: None,
+                dimensions: None,
+            },
+            EventBody::Metric {
+                name: "cost.inference".into(),
+                value: -1.25e-300,
+                unit: Some("USD".into()),
+                dimensions: Some(
+                    json!({"model": "m", "n": 2})
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
             },
             EventBody::ArtifactRef {
                 uri: "s3://b/k".into(),
@@ -358,6 +471,12 @@ mod tests {
                 units: None,
                 message: Some("m".into()),
             },
+            EventBody::Progress {
+                current: 3.5,
+                total: None,
+                units: Some("files".into()),
+                message: None,
+            },
             EventBody::ResultChunk {
                 result_id: "r".into(),
                 chunk_seq: 0,
@@ -366,6 +485,17 @@ mod tests {
                 more: false,
             },
         ]
+    }
+
+    fn credential() -> Credential {
+        Credential {
+            id: "cred_1".into(),
+            scheme: "bearer".into(),
+            value: "secret".into(),
+            endpoint: "https://api".into(),
+            profile: None,
+            constraints: serde_json::Map::new(),
+        }
     }
 
     fn summary() -> JobSummary {
@@ -404,14 +534,7 @@ mod tests {
                 lease: Lease::new(),
                 expires_at: Some(at(9)),
                 budget: None,
-                credentials: vec![Credential {
-                    id: "cred_1".into(),
-                    scheme: "bearer".into(),
-                    value: "secret".into(),
-                    endpoint: "https://api".into(),
-                    profile: None,
-                    constraints: serde_json::Map::new(),
-                }],
+                credentials: vec![credential()],
                 parent_job_id: Some(JobId::new("job_0")),
                 accepted_at: at(2),
                 request_id: Some("req".into()),
