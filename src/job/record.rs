@@ -8,12 +8,14 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
+    task::Poll,
     time::SystemTime,
 };
 
+use futures::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -76,7 +78,13 @@ pub struct JobRecord {
     pub spec: JobSpec,
     /// The submitting session's recipient view: the only session that may cancel (§7.4).
     owner: Recipient,
+    /// Cancelled when the job is asked to stop or has ended: what the agent and its
+    /// sub-tasks watch.
     pub(crate) cancel: CancellationToken,
+    /// Set by a cancel request for the runner, which checks it every time the agent is woken:
+    /// polling a token's future locks two mutexes, checking this is one atomic load.
+    cancel_requested: AtomicBool,
+    runner: AtomicWaker,
     state: Mutex<JobState>,
     /// The newest sequence number this job got in its own session.
     last_seq: AtomicU64,
@@ -145,6 +153,8 @@ impl JobRecord {
             spec,
             owner,
             cancel: CancellationToken::new(),
+            cancel_requested: AtomicBool::new(false),
+            runner: AtomicWaker::new(),
             state: Mutex::new(JobState {
                 status: JobStatus::Running,
                 cancel_reason: None,
@@ -205,9 +215,27 @@ impl JobRecord {
         }
         if !self.cancel.is_cancelled() {
             state.cancel_reason = reason;
+            self.cancel_requested.store(true, Ordering::Release);
+            self.runner.wake();
             self.cancel.cancel();
         }
         Ok(())
+    }
+
+    /// Resolves once the job is asked to stop (§7.4); for its runner, the one task that waits
+    /// on it.
+    pub(crate) fn cancel_requested(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.cancel_requested.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            self.runner.register(cx.waker());
+            if self.cancel_requested.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 
     pub(crate) fn cancel_reason(&self) -> Option<String> {

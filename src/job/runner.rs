@@ -53,7 +53,7 @@ pub(super) async fn run(
         AssertUnwindSafe(agent.run(ctx.clone(), input).instrument(job.span.clone())).catch_unwind();
     let outcome = tokio::select! {
         biased;
-        _ = job.cancel.cancelled() => Outcome::Cancelled,
+        _ = job.cancel_requested() => Outcome::Cancelled,
         _ = deadline => Outcome::TimedOut(max_runtime.unwrap_or_default()),
         _ = lease_end => Outcome::LeaseExpired,
         result = work => Outcome::Returned(result.unwrap_or_else(|_| {
