@@ -11,11 +11,12 @@
 //!   §12 taxonomy), [`protocol`] (every ARCP message as a transport-neutral type), [`clock`].
 //! - **Sessions**: [`session`] holds the session table; [`session::handshake`] turns a first
 //!   frame into a new or resumed session; [`session::connection`] serves one attached stream;
+//!   [`session::bell`] is how a stream is told to stop and handed its control replies;
 //!   [`session::outbox`] is how job frames enter a session's log (features, redaction,
 //!   back-pressure, flow control).
 //! - **Event log**: [`event_log`] is the per-session, bounded, sequence-numbered log that both
-//!   replay and live delivery read through one cursor; [`event_log::memory`] is the embedded
-//!   store. [`signal`] is the cheap wake-up both use on every frame.
+//!   replay and live delivery read through one cursor, reached through a per-session handle;
+//!   [`event_log::memory`] is the embedded store. [`signal`] is the cheap wake-up both use on every frame.
 //! - **Resume registry**: [`resume`] keeps the digest of each session's current token, bound to
 //!   its principal, rotated on every welcome and expiring with the resume window.
 //! - **Jobs and agents**: [`job`] runs agents and guarantees one terminal frame per job;
@@ -24,8 +25,9 @@
 //!   (§9.8).
 //! - **Leases**: [`lease`] enforces grants, budgets and expiry, and checks delegation (§9).
 //! - **Authentication**: [`auth`] maps bearer tokens to principals.
-//! - **Transports**: [`transport::grpc`] adapts the gRPC service, its frame conversions, its
-//!   codec and the tower layer that authenticates before a stream opens; [`transport::json`] is
+//! - **Transports**: [`transport::grpc`] adapts the gRPC service, its frame conversions, the
+//!   encoder that writes job frames straight from the log, its codecs and the tower layer that
+//!   authenticates before a stream opens; [`transport::json`] is
 //!   the §5 JSON envelope and [`transport::ws`] serves it over WebSocket. [`server`] assembles
 //!   the tonic server with health, reflection and graceful shutdown, and runs both transports
 //!   over one gateway.

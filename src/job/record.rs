@@ -84,6 +84,7 @@ pub struct JobRecord {
     /// Set by a cancel request for the runner, which checks it every time the agent is woken:
     /// polling a token's future locks two mutexes, checking this is one atomic load.
     cancel_requested: AtomicBool,
+    /// Wakes the runner waiting in [`JobRecord::cancel_requested`].
     runner: AtomicWaker,
     state: Mutex<JobState>,
     /// The newest sequence number this job got in its own session.

@@ -132,7 +132,7 @@ impl Outbox {
 
 impl Outbox {
     /// Waits while `to`'s attached reader is more than the flow window behind `seq`
-    /// ([`Session::wait_for_reader`]). Called for a job's submitting session only, and with no
+    /// (`Session::wait_for_reader`). Called for a job's submitting session only, and with no
     /// lock held, so neither a slow observer nor a stuck reader can hold up anyone else.
     pub async fn pace(&self, to: &Recipient, seq: EventSeq) {
         to.session.wait_for_reader(seq, self.window).await;
