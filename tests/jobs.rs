@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arcp_gateway::{
     agent::{Agent, AgentRegistry, JobContext, LogLevel},
     config::GatewayConfig,
-    ids::EventSeq,
+    ids::{EventSeq, SessionId},
     proto::{self, client_frame::Payload as In, server_frame::Payload as Out, ClientFrame},
     protocol::{
         server::{JobPayload, ResultBody},
@@ -699,4 +699,75 @@ async fn nothing_is_logged_for_a_job_after_its_terminal_frame() {
     );
     let (accepted_frame, _) = run_echo(&mut conn, json!("next")).await;
     assert_eq!(accepted_frame.event_seq, 3);
+}
+
+/// Waits for `go`, then emits log lines without ever waiting until a task it spawned first
+/// gets to run, and reports how many it emitted by then (`None` if it reached `SPIN_LIMIT`).
+/// On a single-threaded runtime that task runs only when the agent's task yields.
+struct Spinner {
+    go: Arc<Notify>,
+    spun: tokio::sync::mpsc::UnboundedSender<Option<u64>>,
+}
+
+/// More emits than a job may run ahead of its reader.
+const SPIN_LIMIT: u64 = 100_000;
+
+#[async_trait::async_trait]
+impl Agent for Spinner {
+    async fn run(&self, ctx: JobContext, _input: Json) -> Result<Json, ArcpError> {
+        self.go.notified().await;
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn({
+            let ran = ran.clone();
+            async move { ran.store(true, std::sync::atomic::Ordering::Release) }
+        });
+        let mut spun = None;
+        for emits in 0..SPIN_LIMIT {
+            if ran.load(std::sync::atomic::Ordering::Acquire) {
+                spun = Some(emits);
+                break;
+            }
+            ctx.log(LogLevel::Debug, "spin").await?;
+        }
+        let _ = self.spun.send(spun);
+        Ok(json!(null))
+    }
+}
+
+/// An agent that emits without ever waiting must not keep its worker thread from every other
+/// task, whether its session is reading (flow control would stop it only a whole window
+/// ahead) or gone (nothing would: its emits return at once). This test runtime has one
+/// thread, so the spinner's spawned task runs only when the job yields.
+#[tokio::test]
+async fn an_agent_that_never_waits_still_lets_other_tasks_run() {
+    let go = Arc::new(Notify::new());
+    let (spun_tx, mut spun) = tokio::sync::mpsc::unbounded_channel();
+    let mut agents = AgentRegistry::with_builtins();
+    let spinner = Spinner {
+        go: go.clone(),
+        spun: spun_tx,
+    };
+    agents
+        .register("spinner", "1.0.0", Arc::new(spinner))
+        .unwrap();
+    let server = TestServer::start_with_agents(GatewayConfig::default(), agents).await;
+    let window = GatewayConfig::default().flow_window;
+
+    for session_gone in [false, true] {
+        let (mut conn, w) = server.hello("alice-token").await;
+        submit_and_accept(&mut conn, submit("spinner", json!(null))).await;
+        if session_gone {
+            let id = SessionId::new(w.session_id.as_str());
+            server.gateway.event_log().remove(&id).await;
+        }
+        go.notify_one();
+        let emits = tokio::time::timeout(FRAME_TIMEOUT, spun.recv())
+            .await
+            .expect("the spinner reports")
+            .expect("the spinner is registered");
+        let emits = emits.unwrap_or_else(|| {
+            panic!("{SPIN_LIMIT} emits and no other task ran (session gone: {session_gone})")
+        });
+        assert!(emits < window, "{emits} emits before another task ran");
+    }
 }

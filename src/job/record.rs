@@ -67,9 +67,9 @@ pub struct JobSpec {
 
 /// Nothing on the emit path counts against tokio's cooperative budget, so an agent that never
 /// waits would keep its worker thread from every other task until it ran a whole flow window
-/// ahead of its reader. It yields after this many frames of its session instead, about a
-/// millisecond of emitting. (`arcp-bench` rows 1 and 2 measured 256 and 4096 as well; both
-/// delivered less.)
+/// ahead of its reader, or for ever once its session is gone (its emits then return at once).
+/// It yields after this many emits instead, about a millisecond of emitting. (`arcp-bench`
+/// rows 1 and 2 measured 256 and 4096 as well; both delivered less.)
 const YIELD_EVERY: u64 = 1024;
 
 /// One job.
@@ -89,6 +89,8 @@ pub struct JobRecord {
     state: Mutex<JobState>,
     /// The newest sequence number this job got in its own session.
     last_seq: AtomicU64,
+    /// Emits so far, for [`YIELD_EVERY`].
+    emits: AtomicU64,
     /// An `async_lock` rather than a `tokio` lock: every emit takes it for reading, and
     /// releasing a tokio read guard locks the semaphore's waiter list each time.
     emission: async_lock::RwLock<Emission>,
@@ -162,6 +164,7 @@ impl JobRecord {
                 finished_at: None,
             }),
             last_seq: AtomicU64::new(0),
+            emits: AtomicU64::new(0),
             emission: async_lock::RwLock::new(Emission {
                 open: true,
                 subscribers: Vec::new(),
@@ -316,9 +319,9 @@ impl JobRecord {
         };
         if let Some(seq) = logged {
             outbox.pace(&self.owner, seq).await;
-            if seq.get() % YIELD_EVERY == 0 {
-                tokio::task::yield_now().await;
-            }
+        }
+        if (self.emits.fetch_add(1, Ordering::Relaxed) + 1) % YIELD_EVERY == 0 {
+            tokio::task::yield_now().await;
         }
         Ok(())
     }
