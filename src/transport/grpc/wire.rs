@@ -12,8 +12,8 @@
 
 use std::sync::Arc;
 
-use prost::bytes::BufMut;
 use prost::{
+    bytes::BufMut,
     encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType},
     Message,
 };
