@@ -68,16 +68,6 @@ fn is_back_pressure(frame: &proto::ServerFrame) -> bool {
     status_body(frame).is_some_and(|s| s.phase == "back_pressure")
 }
 
-fn log_message(frame: &proto::ServerFrame) -> Option<&str> {
-    match &frame.payload {
-        Some(Out::JobEvent(proto::JobEvent {
-            body: Some(proto::job_event::Body::Log(l)),
-            ..
-        })) => Some(&l.message),
-        _ => None,
-    }
-}
-
 async fn resume(
     server: &TestServer,
     session: &str,
@@ -179,10 +169,7 @@ async fn an_ack_frees_frames_early_so_a_resume_must_start_at_or_after_it() {
     let (frames, terminal) = conn.recv_until_terminal(&job).await;
     assert_eq!(seqs(&frames), vec![5, 6]);
     assert_eq!(terminal.event_seq, 7);
-    assert_eq!(
-        to_json(job_result(&terminal).result.as_ref().unwrap()),
-        json!({"ticks": 5})
-    );
+    assert_eq!(result_json(&terminal), json!({"ticks": 5}));
     drop(conn);
 
     // And from a later one.
@@ -252,10 +239,7 @@ async fn an_ack_that_brings_the_lag_within_the_limit_re_arms_the_signal() {
     steps.send(0).unwrap();
     let terminal = conn.recv().await;
     assert_eq!(terminal.event_seq, 13);
-    assert_eq!(
-        to_json(job_result(&terminal).result.as_ref().unwrap()),
-        json!({"lines": 9})
-    );
+    assert_eq!(result_json(&terminal), json!({"lines": 9}));
     assert_eq!(newest(&server, &w.session_id).await, 13);
 }
 

@@ -277,7 +277,7 @@ async fn the_child_is_bound_by_its_own_narrower_lease() {
         [None, Some("PERMISSION_DENIED".to_owned())],
         "search is in the parent's lease but not the child's"
     );
-    let result = to_json(job_result(&terminal).result.as_ref().unwrap());
+    let result = result_json(&terminal);
     assert_eq!(result["child_result"]["denied"], json!(["search"]));
 }
 
@@ -445,7 +445,7 @@ async fn agent_delegate_patterns_are_globs_over_agent_names() {
         ),
     )
     .await;
-    let result = to_json(job_result(&terminal).result.as_ref().unwrap());
+    let result = result_json(&terminal);
     assert_eq!(result["child_result"], json!("pinned"));
 }
 
@@ -496,7 +496,7 @@ async fn each_childs_budget_is_reserved_out_of_the_parents_counters() {
         ),
     )
     .await;
-    let result = to_json(job_result(&terminal).result.as_ref().unwrap());
+    let result = result_json(&terminal);
     assert_eq!(
         result,
         json!({

@@ -13,6 +13,7 @@ use arcp_gateway::{
 };
 use common::*;
 use tokio_stream::StreamExt;
+use tonic_reflection::pb::v1 as reflection;
 
 /// Asserts `frame` is a `session_error` with `code`, the retryability §12 fixes for it, and the
 /// `request_id` of the frame that caused it. Control frames carry no `event_seq`.
@@ -516,30 +517,36 @@ async fn health_reports_serving_without_credentials() {
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 }
 
-#[tokio::test]
-async fn reflection_lists_the_services_without_credentials() {
-    use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
-    };
+/// Sends one server reflection request, without credentials, and returns the first answer.
+async fn reflect(
+    request: reflection::server_reflection_request::MessageRequest,
+) -> Option<reflection::server_reflection_response::MessageResponse> {
     let server = TestServer::start_default().await;
-    let mut client = ServerReflectionClient::new(server.channel().await);
-    let request = ServerReflectionRequest {
+    let mut client =
+        reflection::server_reflection_client::ServerReflectionClient::new(server.channel().await);
+    let request = reflection::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
+        message_request: Some(request),
     };
     let mut responses = client
         .server_reflection_info(tokio_stream::iter([request]))
         .await
         .expect("reflection answers without credentials")
         .into_inner();
-    let response = tokio::time::timeout(FRAME_TIMEOUT, responses.next())
+    tokio::time::timeout(FRAME_TIMEOUT, responses.next())
         .await
         .expect("a reflection response")
         .expect("the stream yields a response")
-        .expect("the response is not an error");
-    let names: Vec<String> = match response.message_response {
+        .expect("the response is not an error")
+        .message_response
+}
+
+#[tokio::test]
+async fn reflection_lists_the_services_without_credentials() {
+    use reflection::{
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let names: Vec<String> = match reflect(MessageRequest::ListServices(String::new())).await {
         Some(MessageResponse::ListServicesResponse(list)) => {
             list.service.into_iter().map(|s| s.name).collect()
         }
@@ -557,30 +564,11 @@ async fn reflection_lists_the_services_without_credentials() {
 #[tokio::test]
 async fn reflection_serves_the_schema_of_every_frame_type() {
     use prost::Message;
-    use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
+    use reflection::{
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        ServerReflectionRequest,
     };
-    let server = TestServer::start_default().await;
-    let mut client = ServerReflectionClient::new(server.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::FileContainingSymbol(
-            "arcp.v1.ClientFrame".into(),
-        )),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection answers")
-        .into_inner();
-    let response = tokio::time::timeout(FRAME_TIMEOUT, responses.next())
-        .await
-        .expect("a reflection response")
-        .expect("the stream yields a response")
-        .expect("the response is not an error");
-    let files = match response.message_response {
+    let symbol = MessageRequest::FileContainingSymbol("arcp.v1.ClientFrame".into());
+    let files = match reflect(symbol).await {
         Some(MessageResponse::FileDescriptorResponse(files)) => files.file_descriptor_proto,
         other => panic!("expected file descriptors, got {other:?}"),
     };

@@ -142,10 +142,7 @@ async fn a_repeated_submission_gets_the_same_acceptance_and_runs_no_second_job()
     let ticks: Vec<f64> = frames.iter().filter_map(progress_current).collect();
     assert_eq!(ticks, vec![1.0, 2.0, 3.0], "one run of the job: {frames:?}");
     assert!(frames.iter().all(|f| f.job_id == job));
-    assert_eq!(
-        to_json(job_result(&terminal).result.as_ref().unwrap()),
-        json!({"ticks": 3})
-    );
+    assert_eq!(result_json(&terminal), json!({"ticks": 3}));
 
     // After the job ended: still the same acceptance, and still nothing runs.
     send_submit(&mut conn, "third", submit).await;
@@ -218,10 +215,7 @@ async fn keys_belong_to_their_principal() {
     let b = acceptance(&mut bob, "bob-1").await;
     assert_ne!(b.job_id, a.job_id, "bob gets his own job");
     let (_, result) = bob.recv_until_terminal(&b.job_id).await;
-    assert_eq!(
-        to_json(job_result(&result).result.as_ref().unwrap()),
-        json!("b")
-    );
+    assert_eq!(result_json(&result), json!("b"));
     // Even with alice's exact parameters, bob's key names bob's job: DUPLICATE_KEY for him.
     send_submit(&mut bob, "bob-2", keyed("echo", json!("a"), "shared")).await;
     expect_duplicate_key(&bob.recv().await, "bob-2");

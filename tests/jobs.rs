@@ -68,7 +68,7 @@ async fn run_echo(
         result.job_id, job,
         "the echo's result follows its acceptance"
     );
-    assert_eq!(to_json(job_result(&result).result.as_ref().unwrap()), input);
+    assert_eq!(result_json(&result), input);
     (accepted, result)
 }
 
@@ -250,10 +250,7 @@ async fn without_the_progress_feature_no_progress_is_sent_and_no_seq_is_skipped(
         "no progress without the feature: {events:?}"
     );
     assert_eq!(terminal.event_seq, 2, "accepted=1, result=2");
-    assert_eq!(
-        to_json(job_result(&terminal).result.as_ref().unwrap()),
-        json!({"ticks": 4})
-    );
+    assert_eq!(result_json(&terminal), json!({"ticks": 4}));
     assert_eq!(newest(&server, &w.session_id).await, 2);
 }
 
@@ -375,14 +372,7 @@ async fn only_the_submitting_session_may_cancel_and_other_principals_cannot_see_
 
     // Neither attempt touched the job: its owner still cancels it.
     owner.send(cancel(&job)).await;
-    let (before, terminal) = owner.recv_until_terminal(&job).await;
-    assert!(
-        before
-            .iter()
-            .any(|f| matches!(f.payload, Some(Out::JobCancelled(_)))),
-        "job_cancelled precedes the terminal error"
-    );
-    assert_eq!(job_error(&terminal).code, "CANCELLED");
+    owner.expect_cancelled(&job).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -483,10 +473,7 @@ async fn a_pinned_version_resolves_exactly_when_negotiated() {
     .await;
     assert_eq!(accepted(&a).agent, "ticker@1.0.0");
     let (_, terminal) = conn.recv_until_terminal(&job).await;
-    assert_eq!(
-        to_json(job_result(&terminal).result.as_ref().unwrap()),
-        json!({"ticks": 1})
-    );
+    assert_eq!(result_json(&terminal), json!({"ticks": 1}));
 }
 
 #[tokio::test]

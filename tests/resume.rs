@@ -68,10 +68,7 @@ async fn missed_frames_replay_once_in_order_then_live_frames_follow() {
     let expected: Vec<u64> = (1..=terminal.event_seq).collect();
     assert_eq!(seen, expected, "every frame exactly once, in order");
     assert_eq!(progress, (1..=40).map(f64::from).collect::<Vec<_>>());
-    assert_eq!(
-        to_json(job_result(&terminal).result.as_ref().unwrap()),
-        serde_json::json!({"ticks": 40})
-    );
+    assert_eq!(result_json(&terminal), serde_json::json!({"ticks": 40}));
 }
 
 #[tokio::test]
@@ -284,10 +281,7 @@ async fn standalone_session_resume_continues_the_session() {
     assert_eq!(first.session_id, session);
     let (_, terminal) = conn.recv_until_terminal(&job).await;
     assert_eq!(terminal.event_seq, 2);
-    assert_eq!(
-        to_json(job_result(&terminal).result.as_ref().unwrap()),
-        serde_json::json!({"x": 1})
-    );
+    assert_eq!(result_json(&terminal), serde_json::json!({"x": 1}));
 }
 
 #[tokio::test]

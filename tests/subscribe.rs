@@ -87,16 +87,6 @@ fn expect_error(frame: &proto::ServerFrame, code: ErrorCode, request_id: &str) {
     assert_eq!(frame.event_seq, 0, "session errors carry no event_seq");
 }
 
-fn log_message(frame: &proto::ServerFrame) -> Option<&str> {
-    match &frame.payload {
-        Some(Out::JobEvent(proto::JobEvent {
-            body: Some(proto::job_event::Body::Log(l)),
-            ..
-        })) => Some(&l.message),
-        _ => None,
-    }
-}
-
 /// Alice's pacer job, submitted with a trace id and a lease; returns the job id and the
 /// acceptance.
 async fn submit_pacer(owner: &mut Conn) -> (String, proto::ServerFrame) {
@@ -192,10 +182,7 @@ async fn a_live_subscription_announces_the_job_then_delivers_only_later_frames()
     let terminal = sub.recv().await;
     assert_eq!(terminal.event_seq, 4);
     assert_eq!(terminal.job_id, job);
-    assert_eq!(
-        to_json(job_result(&terminal).result.as_ref().unwrap()),
-        json!({"lines": 4})
-    );
+    assert_eq!(result_json(&terminal), json!({"lines": 4}));
     let (_, owner_end) = owner.recv_until_terminal(&job).await;
     assert_eq!(owner_end.event_seq, 6);
     assert!(sync_with_ping(&mut sub, "end").await.is_empty());
@@ -409,14 +396,7 @@ async fn a_subscriber_may_not_cancel_the_job() {
     }
     owner.send(cancel(&job)).await;
     for conn in [&mut owner, &mut sibling, &mut carol] {
-        let (before, terminal) = conn.recv_until_terminal(&job).await;
-        assert!(
-            before
-                .iter()
-                .any(|f| matches!(f.payload, Some(Out::JobCancelled(_)))),
-            "{before:?}"
-        );
-        assert_eq!(job_error(&terminal).code, "CANCELLED");
+        conn.expect_cancelled(&job).await;
     }
 }
 

@@ -27,7 +27,7 @@ pub struct MemoryEventLog {
 }
 
 /// One session's log in memory.
-pub struct MemorySessionLog {
+struct MemorySessionLog {
     session: SessionId,
     max_frames: usize,
     frames: Mutex<Frames>,
@@ -159,13 +159,7 @@ impl SessionLog for MemorySessionLog {
                 self.frames.lock().bounds.newest > after || self.removed.load(Ordering::Acquire)
             })
             .await;
-        if self.removed.load(Ordering::Acquire) {
-            return Err(ArcpError::ResumeWindowExpired(format!(
-                "session {} was removed",
-                self.session
-            )));
-        }
-        Ok(())
+        self.check_present()
     }
 
     async fn release_through(&self, through: EventSeq) -> Result<(), ArcpError> {

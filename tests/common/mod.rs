@@ -225,6 +225,19 @@ impl Conn {
         self.recv_until(move |f| f.job_id == job_id && is_terminal(f))
             .await
     }
+
+    /// Receives up to the job's terminal frame and asserts the job was cancelled (§7.4):
+    /// `job_cancelled`, then a `CANCELLED` error.
+    pub async fn expect_cancelled(&mut self, job_id: &str) {
+        let (before, terminal) = self.recv_until_terminal(job_id).await;
+        assert!(
+            before
+                .iter()
+                .any(|f| matches!(f.payload, Some(Out::JobCancelled(_)))),
+            "job_cancelled precedes the terminal error: {before:?}"
+        );
+        assert_eq!(job_error(&terminal).code, "CANCELLED");
+    }
 }
 
 pub fn is_terminal(frame: &ServerFrame) -> bool {
@@ -323,6 +336,23 @@ pub fn job_result(frame: &ServerFrame) -> &proto::JobResult {
     match &frame.payload {
         Some(Out::JobResult(r)) => r,
         other => panic!("expected job_result, got {other:?}"),
+    }
+}
+
+/// The inline result of a `job_result` frame, as JSON.
+pub fn result_json(frame: &ServerFrame) -> serde_json::Value {
+    let result = job_result(frame).result.as_ref();
+    to_json(result.expect("an inline result"))
+}
+
+/// The message of a `log` event frame, if it is one.
+pub fn log_message(frame: &ServerFrame) -> Option<&str> {
+    match &frame.payload {
+        Some(Out::JobEvent(proto::JobEvent {
+            body: Some(proto::job_event::Body::Log(l)),
+            ..
+        })) => Some(&l.message),
+        _ => None,
     }
 }
 
