@@ -10,6 +10,11 @@ use arcp_gateway::{
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than the system allocator: the frame path allocates and frees small buffers
+/// on every event, from both workers (see BENCHMARKS.md for what it changed).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "arcp-gateway",

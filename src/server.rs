@@ -5,6 +5,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
@@ -12,7 +13,7 @@ use crate::{
     gateway::Gateway,
     proto,
     transport::{
-        grpc::{auth_layer::AuthLayer, service::ArcpService},
+        grpc::{auth_layer::AuthLayer, batched_writes::BatchedWrites, service::ArcpService},
         ws,
     },
 };
@@ -60,7 +61,11 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(ArcpService::new(gateway.clone()))
-        .serve_with_incoming_shutdown(incoming, stopping)
+        .serve_with_incoming_shutdown(
+            // Frames that many sessions produce at the same tick share a write.
+            incoming.map(|io| io.map(BatchedWrites::new)),
+            stopping,
+        )
         .await;
     sweeper.abort();
     Ok(result?)

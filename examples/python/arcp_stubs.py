@@ -2,6 +2,7 @@
 always match the schema in this repository."""
 
 import os
+import shutil
 import sys
 import tempfile
 
@@ -12,8 +13,20 @@ PROTO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
 
 
 def load():
-    """Returns the `arcp_pb2` and `arcp_pb2_grpc` modules, generated into a temporary directory."""
+    """Returns the `arcp_pb2` and `arcp_pb2_grpc` modules, generated into a temporary directory
+    that is removed once both are imported."""
     out = tempfile.mkdtemp(prefix="arcp-stubs-")
+    try:
+        return _generate_and_import(out)
+    finally:
+        # The modules stay in sys.modules; nothing imports from the directory again.
+        if out in sys.path:
+            sys.path.remove(out)
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _generate_and_import(out):
+    """Compiles the schema into `out` and imports both modules from it."""
     well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
     # Compiled from inside arcp/v1, so the modules are top-level `arcp_pb2`: a package named
     # `arcp` would collide with the reference SDK's import name.

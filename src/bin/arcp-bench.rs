@@ -88,6 +88,12 @@ const ACK_EVERY: u64 = 1000;
 /// Streams per HTTP/2 connection; servers commonly cap concurrent streams at a few hundred.
 const STREAMS_PER_CONNECTION: usize = 100;
 
+/// mimalloc rather than the system allocator: the frame path allocates and frees small buffers
+/// on every event, from both workers (see BENCHMARKS.md for what it changed). The bench uses
+/// the gateway binary's allocator so that it measures the gateway as it ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> BenchResult<()> {
     let args = Args::parse();

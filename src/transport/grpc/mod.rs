@@ -9,6 +9,7 @@
 //! - [`codec`]: the protobuf codecs, with buffers sized for many small streams.
 
 pub mod auth_layer;
+pub mod batched_writes;
 pub mod codec;
 pub mod convert;
 pub mod service;
