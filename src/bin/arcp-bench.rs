@@ -108,11 +108,12 @@ async fn main() -> BenchResult<()> {
 async fn bench(args: Args) -> BenchResult<()> {
     let mut table = Table::default();
     let mut row1 = None;
-    if args.rows.contains(&1) || args.rows.contains(&2) {
-        // Runs of rows 1 and 2 alternate, so drift on a shared machine hits both alike.
-        let (mut live, mut bare) = (Vec::new(), Vec::new());
-        let mut bare_server: Option<BareServer> = None;
-        for _ in 0..args.runs.max(1) {
+    // Runs of rows 1, 2 and 3 alternate, so drift on a shared machine hits them alike, and
+    // rows 2 and 3 are compared with row 1 run by run.
+    let (mut live, mut bare, mut replay) = (Vec::new(), Vec::new(), Vec::new());
+    let mut bare_server: Option<BareServer> = None;
+    for _ in 0..args.runs.max(1) {
+        if args.rows.contains(&1) || args.rows.contains(&2) {
             let run = Bench::once(|b| b.live(args.live_frames, args.event_bytes).boxed()).await?;
             if args.rows.contains(&2) {
                 let server = match bare_server.take() {
@@ -124,6 +125,13 @@ async fn bench(args: Args) -> BenchResult<()> {
             }
             live.push(run);
         }
+        if args.rows.contains(&3) {
+            replay.push(
+                Bench::once(|b| b.replay(args.replay_frames, args.event_bytes).boxed()).await?,
+            );
+        }
+    }
+    if !live.is_empty() {
         let rate = median(live.iter().map(|r| r.frames_per_sec));
         let mbps = median(live.iter().map(|r| r.bytes_per_sec / 1e6));
         let size = live[0].bytes_per_frame;
@@ -134,35 +142,41 @@ async fn bench(args: Args) -> BenchResult<()> {
             format!("{rate:.0} frames/s, {mbps:.1} MB/s ({size:.0} B/frame)"),
             String::new(),
         );
-        if !bare.is_empty() {
-            let limit = median(bare.iter().copied());
-            // Each run of row 1 is compared with the run of row 2 right after it, so a
-            // machine whose speed drifts between runs skews the ratio less.
-            let ratio = median(live.iter().zip(&bare).map(|(l, b)| l.frames_per_sec / b));
-            table.row(
-                "2",
-                "bare tonic bidi stream, same frame size",
-                format!("{limit:.0} frames/s"),
-                format!(
-                    "row 1 = {:.0}% of this (median of the runs' ratios)",
-                    100.0 * ratio
-                ),
-            );
-        }
     }
-    if args.rows.contains(&3) {
-        let runs = repeat(args.runs, || {
-            Bench::once(|b| b.replay(args.replay_frames, args.event_bytes).boxed())
-        })
-        .await?;
-        let rate = median(runs.iter().map(|r| r.0));
-        let first = median(runs.iter().map(|r| r.1));
-        let vs = row1.map(|r| format!("{:.2}x row 1", rate / r));
+    // Rows 2 and 3 are compared with the row 1 run of the same round, and the median taken
+    // over rounds: a machine whose speed drifts between runs skews that less than a ratio of
+    // medians would.
+    if !bare.is_empty() {
+        let limit = median(bare.iter().copied());
+        let ratio = median(live.iter().zip(&bare).map(|(l, b)| l.frames_per_sec / b));
+        table.row(
+            "2",
+            "bare tonic bidi stream, same frame size",
+            format!("{limit:.0} frames/s"),
+            format!(
+                "row 1 = {:.0}% of this (median of the runs' ratios)",
+                100.0 * ratio
+            ),
+        );
+    }
+    if !replay.is_empty() {
+        let rate = median(replay.iter().map(|r| r.0));
+        let first = median(replay.iter().map(|r| r.1));
+        let vs = if live.is_empty() {
+            String::new()
+        } else {
+            let ratio = median(
+                live.iter()
+                    .zip(&replay)
+                    .map(|(l, r)| r.0 / l.frames_per_sec),
+            );
+            format!("{ratio:.2}x row 1 (median of the runs' ratios)")
+        };
         table.row(
             "3",
             &format!("replay of {} frames from seq 0", args.replay_frames),
             format!("{rate:.0} frames/s, first frame after {first:.1} ms"),
-            vs.unwrap_or_default(),
+            vs,
         );
     }
     if args.rows.contains(&4) {
