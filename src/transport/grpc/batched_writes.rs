@@ -5,8 +5,8 @@
 //! stream that woke it. Unbatched, every frame then became its own `writev`. Here the first
 //! write after a flush waits until the worker has run the tasks that were ready alongside it
 //! (tokio's deferred wake-up, the one `yield_now` uses), so the frames they produced go out
-//! in one write. The wait is never longer than the worker's current run of ready tasks, and
-//! it is bounded by tokio's maintenance interval even when that run never ends.
+//! in one write. The wait lasts until the worker runs out of ready tasks, or until its next
+//! maintenance pass (every 61 polls by default) if it never does.
 
 use std::{
     future::Future,
@@ -185,25 +185,28 @@ mod tests {
         assert_eq!(io.inner, b"frame");
     }
 
-    #[tokio::test]
-    async fn after_a_flush_the_next_small_write_waits_again() {
+    /// Writes "first", flushes if `flush`, then writes "second" while two other tasks are
+    /// ready; returns how many of them ran before the second write completed.
+    async fn tasks_run_before_a_second_write(flush: bool) -> usize {
         let mut io = BatchedWrites::new(Vec::new());
         io.write_all(b"first").await.expect("write");
-        io.flush().await.expect("flush");
+        if flush {
+            io.flush().await.expect("flush");
+        }
         let ran = ready_tasks(2);
         io.write_all(b"second").await.expect("write");
-        assert_eq!(ran.load(Ordering::SeqCst), 2);
         assert_eq!(io.inner, b"firstsecond");
+        ran.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn after_a_flush_the_next_small_write_waits_again() {
+        assert_eq!(tasks_run_before_a_second_write(true).await, 2);
     }
 
     #[tokio::test]
     async fn until_the_flush_writes_go_straight_through() {
-        let mut io = BatchedWrites::new(Vec::new());
-        io.write_all(b"first").await.expect("write");
-        let ran = ready_tasks(2);
-        io.write_all(b"second").await.expect("write");
-        assert_eq!(ran.load(Ordering::SeqCst), 0);
-        assert_eq!(io.inner, b"firstsecond");
+        assert_eq!(tasks_run_before_a_second_write(false).await, 0);
     }
 
     #[tokio::test]
