@@ -261,6 +261,20 @@ async fn hello_as(channel: Channel, token: &str) -> (Session, ServerFrame) {
     (session, first)
 }
 
+/// Opens a stream, says hello with `features` and expects the welcome.
+async fn welcomed(channel: Channel, features: &[&str]) -> Session {
+    let mut session = Session::open(channel).await;
+    session
+        .send("hello", common::hello(TOKEN, features, None))
+        .await;
+    let welcome = session.recv().await;
+    assert!(
+        matches!(welcome.payload, Some(Out::SessionWelcome(_))),
+        "expected a welcome, got {welcome:?}"
+    );
+    session
+}
+
 #[tokio::test]
 async fn serves_a_job_and_shuts_down_gracefully_on_sigterm() {
     let process = Process::start("info").await;
@@ -437,15 +451,7 @@ async fn tokens_never_reach_the_log() {
 async fn job_spans_carry_the_trace_context_and_lease_attributes() {
     let process = Process::start("info").await;
     let channel = process.channel().await;
-    let mut session = Session::open(channel).await;
-    session
-        .send(
-            "hello",
-            common::hello(TOKEN, &["lease_expires_at", "progress"], None),
-        )
-        .await;
-    let welcome = session.recv().await;
-    assert!(matches!(welcome.payload, Some(Out::SessionWelcome(_))));
+    let mut session = welcomed(channel, &["lease_expires_at", "progress"]).await;
 
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let expires_at = "2099-01-01T00:00:00Z";
@@ -497,14 +503,7 @@ async fn job_spans_carry_the_trace_context_and_lease_attributes() {
 async fn subscribe_decisions_are_logged_for_audit() {
     let process = Process::start("info").await;
     let channel = process.channel().await;
-    let mut owner = Session::open(channel.clone()).await;
-    owner
-        .send("hello", common::hello(TOKEN, &["subscribe"], None))
-        .await;
-    assert!(matches!(
-        owner.recv().await.payload,
-        Some(Out::SessionWelcome(_))
-    ));
+    let mut owner = welcomed(channel.clone(), &["subscribe"]).await;
     owner
         .send(
             "submit",
@@ -518,14 +517,7 @@ async fn subscribe_decisions_are_logged_for_audit() {
     let Some(Out::JobAccepted(accepted)) = owner.recv().await.payload else {
         panic!("expected job_accepted");
     };
-    let mut watcher = Session::open(channel).await;
-    watcher
-        .send("hello", common::hello(TOKEN, &["subscribe"], None))
-        .await;
-    assert!(matches!(
-        watcher.recv().await.payload,
-        Some(Out::SessionWelcome(_))
-    ));
+    let mut watcher = welcomed(channel, &["subscribe"]).await;
     watcher
         .send(
             "subscribe",

@@ -50,14 +50,8 @@ fn submit_full(
     max_runtime_sec: u32,
 ) -> In {
     In::JobSubmit(proto::JobSubmit {
-        agent: agent.into(),
-        input: Some(json_value(&input)),
-        lease_request,
-        lease_constraints: expires_at.map(|at| proto::LeaseConstraints {
-            expires_at: at.into(),
-        }),
         max_runtime_sec,
-        ..Default::default()
+        ..leased_submit(agent, input, lease_request, expires_at)
     })
 }
 

@@ -53,10 +53,6 @@ fn submit_with(agent: &str, input: serde_json::Value, max_runtime_sec: u32) -> I
     })
 }
 
-fn event_seqs<'a>(frames: impl IntoIterator<Item = &'a proto::ServerFrame>) -> Vec<u64> {
-    frames.into_iter().map(|f| f.event_seq).collect()
-}
-
 /// Runs an echo job on `conn` and returns its (accepted, result) frames.
 async fn run_echo(
     conn: &mut Conn,

@@ -185,11 +185,7 @@ async fn a_token_presented_by_another_principal_is_denied_and_not_burnt() {
 
 #[tokio::test]
 async fn last_event_seq_must_lie_within_the_buffer() {
-    let config = GatewayConfig {
-        max_log_frames: 5,
-        ..GatewayConfig::default()
-    };
-    let server = TestServer::start(config, &[("alice-token", "alice")]).await;
+    let server = TestServer::start_with_log_bound(5).await;
     let (mut conn, w) = server.hello("alice-token").await;
     let session = w.session_id.clone();
     let token = welcome(&w).resume_token.clone();
@@ -212,11 +208,7 @@ async fn last_event_seq_must_lie_within_the_buffer() {
     let (mut conn, first) = resume_with_hello(&server, "alice-token", &session, &token, 7).await;
     welcome(&first);
     let (frames, terminal) = conn.recv_until_terminal(&job).await;
-    let seqs: Vec<u64> = frames
-        .iter()
-        .chain([&terminal])
-        .map(|f| f.event_seq)
-        .collect();
+    let seqs = event_seqs(frames.iter().chain([&terminal]));
     assert_eq!(seqs, vec![8, 9, 10, 11, 12]);
 }
 
@@ -241,11 +233,7 @@ async fn resuming_takes_over_a_live_stream() {
         }
     }
     let (frames, terminal) = new.recv_until_terminal(&job).await;
-    let seqs: Vec<u64> = frames
-        .iter()
-        .chain([&terminal])
-        .map(|f| f.event_seq)
-        .collect();
+    let seqs = event_seqs(frames.iter().chain([&terminal]));
     assert_eq!(seqs, (2..=7).collect::<Vec<_>>());
 
     // The new stream owns the session: it may cancel its jobs.
@@ -477,11 +465,7 @@ async fn random_drops_and_resumes_lose_and_repeat_nothing() {
 /// 50-frame log), so eviction can never overtake the reader.
 #[tokio::test]
 async fn a_live_reader_that_falls_behind_throttles_its_job_and_loses_nothing() {
-    let config = GatewayConfig {
-        max_log_frames: 50,
-        ..GatewayConfig::default()
-    };
-    let server = TestServer::start(config, &[("alice-token", "alice")]).await;
+    let server = TestServer::start_with_log_bound(50).await;
     let (mut conn, w) = server.hello("alice-token").await;
     const TICKS: u64 = 60_000;
     let (job, _) = submit_and_accept(&mut conn, ticker(TICKS, 0)).await;
@@ -497,11 +481,7 @@ async fn a_live_reader_that_falls_behind_throttles_its_job_and_loses_nothing() {
     );
 
     let (frames, terminal) = conn.recv_until_terminal(&job).await;
-    let seqs: Vec<u64> = frames
-        .iter()
-        .chain([&terminal])
-        .map(|f| f.event_seq)
-        .collect();
+    let seqs = event_seqs(frames.iter().chain([&terminal]));
     assert_eq!(
         seqs,
         (2..=TICKS + 2).collect::<Vec<_>>(),
@@ -514,11 +494,7 @@ async fn a_live_reader_that_falls_behind_throttles_its_job_and_loses_nothing() {
 /// runs on (§6.4), and the log bound holds its memory.
 #[tokio::test]
 async fn a_detached_session_does_not_throttle_its_job() {
-    let config = GatewayConfig {
-        max_log_frames: 50,
-        ..GatewayConfig::default()
-    };
-    let server = TestServer::start(config, &[("alice-token", "alice")]).await;
+    let server = TestServer::start_with_log_bound(50).await;
     let (mut conn, w) = server.hello("alice-token").await;
     let (_job, _) = submit_and_accept(&mut conn, ticker(5_000, 0)).await;
     drop(conn);

@@ -442,11 +442,7 @@ async fn unsubscribing_stops_delivery_and_only_a_subscription_can_be_ended() {
 /// submitter's stream sits unread.
 #[tokio::test]
 async fn a_job_paced_by_a_stuck_reader_does_not_stall_its_subscribers_session() {
-    let config = GatewayConfig {
-        max_log_frames: 50,
-        ..GatewayConfig::default()
-    };
-    let server = TestServer::start(config, &[("alice-token", "alice")]).await;
+    let server = TestServer::start_with_log_bound(50).await;
     let (mut owner, w) = open(&server, "alice-token", &["progress"]).await;
     let (job, _) = submit_and_accept(&mut owner, ticker(60_000, 0)).await;
     // The owner reads nothing more: its job fills the transport's buffers and then waits.

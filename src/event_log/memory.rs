@@ -208,6 +208,24 @@ mod tests {
         }
     }
 
+    /// A log keeping at most `max_frames` frames, after `count` appends.
+    async fn log_after_appends(max_frames: usize, count: u64) -> Arc<dyn SessionLog> {
+        let log = MemoryEventLog::new(max_frames)
+            .create(&SessionId::generate())
+            .await
+            .unwrap();
+        for n in 1..=count {
+            log.append(frame(n)).await.unwrap();
+        }
+        log
+    }
+
+    /// The sequence numbers of the frames after `after`.
+    async fn seqs_after(log: &dyn SessionLog, after: u64) -> Vec<u64> {
+        let frames = log.read_after(EventSeq(after), 10).await.unwrap();
+        frames.iter().map(|f| f.seq.get()).collect()
+    }
+
     #[tokio::test]
     async fn assigns_gap_free_sequence_and_reads_from_any_position() {
         let log = MemoryEventLog::new(100)
@@ -225,26 +243,13 @@ mod tests {
 
     #[tokio::test]
     async fn eviction_is_reported_never_skipped() {
-        let log = MemoryEventLog::new(3)
-            .create(&SessionId::generate())
-            .await
-            .unwrap();
-        for n in 1..=5 {
-            log.append(frame(n)).await.unwrap();
-        }
+        let log = log_after_appends(3, 5).await;
         let bounds = log.bounds().await.unwrap();
         assert_eq!(bounds.evicted_through, EventSeq(2));
         assert_eq!(bounds.newest, EventSeq(5));
         let err = log.read_after(EventSeq(1), 10).await.unwrap_err();
         assert_eq!(err.code(), crate::error::ErrorCode::ResumeWindowExpired);
-        let seqs: Vec<u64> = log
-            .read_after(EventSeq(2), 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|f| f.seq.get())
-            .collect();
-        assert_eq!(seqs, vec![3, 4, 5]);
+        assert_eq!(seqs_after(log.as_ref(), 2).await, vec![3, 4, 5]);
         assert!(bounds.check_resume_from(EventSeq(1)).is_err());
         assert!(bounds.check_resume_from(EventSeq(2)).is_ok());
         assert!(bounds.check_resume_from(EventSeq(6)).is_err());
@@ -252,24 +257,11 @@ mod tests {
 
     #[tokio::test]
     async fn released_frames_are_gone_like_evicted_ones() {
-        let log = MemoryEventLog::new(100)
-            .create(&SessionId::generate())
-            .await
-            .unwrap();
-        for n in 1..=5 {
-            log.append(frame(n)).await.unwrap();
-        }
+        let log = log_after_appends(100, 5).await;
         log.release_through(EventSeq(3)).await.unwrap();
         assert_eq!(log.bounds().await.unwrap().evicted_through, EventSeq(3));
         assert!(log.read_after(EventSeq(2), 10).await.is_err());
-        let seqs: Vec<u64> = log
-            .read_after(EventSeq(3), 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|f| f.seq.get())
-            .collect();
-        assert_eq!(seqs, vec![4, 5]);
+        assert_eq!(seqs_after(log.as_ref(), 3).await, vec![4, 5]);
     }
 
     #[tokio::test]

@@ -56,6 +56,16 @@ impl TestServer {
         Self::start_gateway(Gateway::builder(config).auth(auth).agents(agents).build()).await
     }
 
+    /// Starts the default configuration, with session logs bounded to `max_log_frames`, for
+    /// the single principal `alice` (token `alice-token`).
+    pub async fn start_with_log_bound(max_log_frames: usize) -> TestServer {
+        let config = GatewayConfig {
+            max_log_frames,
+            ..GatewayConfig::default()
+        };
+        Self::start(config, &[("alice-token", "alice")]).await
+    }
+
     /// Starts the default configuration with two principals: `alice` (token `alice-token`)
     /// and `bob` (token `bob-token`).
     pub async fn start_default() -> TestServer {
@@ -573,7 +583,17 @@ pub fn submit_expiring(
     lease_request: std::collections::HashMap<String, prost_types::ListValue>,
     expires_at: Option<&str>,
 ) -> In {
-    In::JobSubmit(proto::JobSubmit {
+    In::JobSubmit(leased_submit(agent, input, lease_request, expires_at))
+}
+
+/// The `job.submit` of [`submit_expiring`], for callers that set more of its fields.
+pub fn leased_submit(
+    agent: &str,
+    input: serde_json::Value,
+    lease_request: std::collections::HashMap<String, prost_types::ListValue>,
+    expires_at: Option<&str>,
+) -> proto::JobSubmit {
+    proto::JobSubmit {
         agent: agent.into(),
         input: Some(json_value(&input)),
         lease_request,
@@ -581,7 +601,7 @@ pub fn submit_expiring(
             expires_at: at.into(),
         }),
         ..Default::default()
-    })
+    }
 }
 
 /// Now plus `ms` milliseconds, as RFC 3339 UTC with a `Z` suffix.
@@ -645,4 +665,9 @@ pub async fn sync_with_ping(conn: &mut Conn, nonce: &str) -> Vec<ServerFrame> {
         )
         .await;
     before
+}
+
+/// The `event_seq` of each frame, in order.
+pub fn event_seqs<'a>(frames: impl IntoIterator<Item = &'a ServerFrame>) -> Vec<u64> {
+    frames.into_iter().map(|f| f.event_seq).collect()
 }
