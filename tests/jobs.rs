@@ -599,10 +599,24 @@ impl Agent for Straggler {
     }
 }
 
-/// A server with the built-in agents plus `panics`, `fails` and `straggler`.
+/// Reports the size of the futures its context returns for an emit, without awaiting them
+/// (an emit that is never awaited sends nothing).
+struct Sizer;
+
+#[async_trait::async_trait]
+impl Agent for Sizer {
+    async fn run(&self, ctx: JobContext, _input: Json) -> Result<Json, ArcpError> {
+        let log = std::mem::size_of_val(&ctx.log(LogLevel::Info, "a line"));
+        let metric = std::mem::size_of_val(&ctx.metric("tokens", 1.0, None));
+        Ok(json!({ "log": log, "metric": metric }))
+    }
+}
+
+/// A server with the built-in agents plus `panics`, `fails`, `straggler` and `sizer`.
 async fn server_with_test_agents() -> (TestServer, Arc<Notify>, Arc<Notify>) {
     let (go, done) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let mut agents = AgentRegistry::with_builtins();
+    agents.register("sizer", "1.0.0", Arc::new(Sizer)).unwrap();
     agents
         .register("panics", "1.0.0", Arc::new(Panics))
         .unwrap();
@@ -682,6 +696,22 @@ async fn nothing_is_logged_for_a_job_after_its_terminal_frame() {
     );
     let (accepted_frame, _) = run_echo(&mut conn, json!("next")).await;
     assert_eq!(accepted_frame.event_seq, 3);
+}
+
+/// An agent emits by the thousand, and each emit's future is moved into the agent's own:
+/// the frame travels boxed, so that future stays a few hundred bytes rather than the nearly
+/// 2 KiB it was when every layer held the frame by value.
+#[tokio::test]
+async fn an_emit_is_a_small_future() {
+    let (server, _, _) = server_with_test_agents().await;
+    let (mut conn, _) = server.hello("alice-token").await;
+    let (job, _) = submit_and_accept(&mut conn, submit("sizer", json!(null))).await;
+    let (_, terminal) = conn.recv_until_terminal(&job).await;
+    let sizes = result_json(&terminal);
+    for emit in ["log", "metric"] {
+        let size = sizes[emit].as_u64().expect("a size");
+        assert!(size <= 512, "the future of a {emit} emit is {size} bytes");
+    }
 }
 
 /// Waits for `go`, then emits log lines without ever waiting until a task it spawned first

@@ -103,14 +103,14 @@ impl MemorySessionLog {
 
 #[async_trait]
 impl SessionLog for MemorySessionLog {
-    async fn append(&self, frame: JobFrame) -> Result<EventSeq, ArcpError> {
+    async fn append(&self, frame: Box<JobFrame>) -> Result<EventSeq, ArcpError> {
         self.check_present()?;
         // The id is drawn before taking the lock, which readers share, so that the lock is
         // held only to number and store the frame.
         let mut logged = LoggedFrame {
             seq: EventSeq::ZERO,
             id: frame.envelope_id(),
-            frame,
+            frame: *frame,
         };
         let seq = {
             let mut frames = self.frames.lock();
@@ -195,8 +195,8 @@ mod tests {
         protocol::{event::EventBody, server::JobPayload},
     };
 
-    fn frame(n: u64) -> JobFrame {
-        JobFrame {
+    fn frame(n: u64) -> Box<JobFrame> {
+        Box::new(JobFrame {
             job_id: JobId::new("job_t"),
             trace_id: None,
             payload: JobPayload::Event {
@@ -205,7 +205,7 @@ mod tests {
                     text: n.to_string(),
                 },
             },
-        }
+        })
     }
 
     /// A log keeping at most `max_frames` frames, after `count` appends.

@@ -73,7 +73,10 @@ pub trait EventLog: Send + Sync + 'static {
 pub trait SessionLog: Send + Sync + 'static {
     /// Appends `frame`, assigning the session's next sequence number, and wakes readers.
     /// Evicts the oldest frames beyond the log's bound.
-    async fn append(&self, frame: JobFrame) -> Result<EventSeq, ArcpError>;
+    ///
+    /// The frame comes boxed, as it travels from the job: every async layer it passes through
+    /// then holds a pointer rather than the whole frame, so the futures stay small to move.
+    async fn append(&self, frame: Box<JobFrame>) -> Result<EventSeq, ArcpError>;
 
     /// Up to `max` frames with sequence numbers above `after`, in order. Fails with
     /// `RESUME_WINDOW_EXPIRED` if any frame after `after` has been evicted, so a reader can never

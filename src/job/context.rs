@@ -4,12 +4,13 @@
 use std::{collections::BTreeMap, future::Future, sync::Arc, time::SystemTime};
 
 use base64::{engine::general_purpose::STANDARD, Engine};
+use futures::FutureExt;
 
 use crate::{
     clock::Timestamp,
     error::ArcpError,
     ids::{JobId, TraceId},
-    lease::{cost_of_metric, EffectiveLease, Namespace},
+    lease::{cost_of_metric, Amount, EffectiveLease, Namespace},
     protocol::{
         event::{EventBody, LogLevel, ToolError},
         server::{Credential, JobPayload},
@@ -173,107 +174,113 @@ impl JobContext {
     /// negotiate (`progress`, `result_chunk`) are not sent to it (§6.2). A `cost.*` metric in a
     /// budgeted currency decrements the budget and is followed by `cost.budget.remaining`
     /// (§9.6).
-    pub async fn emit(&self, body: EventBody) -> Result<(), ArcpError> {
-        body.validate()?;
-        match &body {
-            EventBody::Delegate { .. } => return Err(runtime_only("delegate", "delegate()")),
-            EventBody::ResultChunk { .. } => {
-                return Err(runtime_only("result_chunk", "stream_result()"))
+    ///
+    /// The body is checked and framed before the returned future exists, and an event that
+    /// charges nothing is `JobRecord::emit`'s future itself, which holds the boxed frame
+    /// rather than the body (see there why that matters).
+    pub fn emit(&self, body: EventBody) -> impl Future<Output = Result<(), ArcpError>> + Send + '_ {
+        match emittable(&body) {
+            Ok(None) => self.send(body).left_future(),
+            Ok(Some((currency, amount))) => {
+                let sent = self.send(body);
+                async move {
+                    sent.await?;
+                    self.charge(currency, amount).await
+                }
+                .boxed()
+                .right_future()
             }
-            EventBody::Status {
-                credential: Some(_),
-                ..
-            } => return Err(runtime_only("credential_rotated", "rotate_credential()")),
-            _ => {}
+            Err(e) => futures::future::ready(Err(e)).boxed().right_future(),
         }
-        let charge = match &body {
-            EventBody::Metric {
-                name, value, unit, ..
-            } => cost_of_metric(name, *value, unit.as_deref())?,
-            _ => None,
+    }
+
+    /// Charges a `cost.*` metric to the budget, and reports what remains.
+    async fn charge(&self, currency: String, amount: Amount) -> Result<(), ArcpError> {
+        let remaining = {
+            let mut authority = self.job.authority.lock();
+            authority
+                .budget
+                .as_mut()
+                .and_then(|b| b.charge(&currency, amount))
         };
-        self.send(body).await?;
-        if let Some((currency, amount)) = charge {
-            let remaining = {
-                let mut authority = self.job.authority.lock();
-                authority
-                    .budget
-                    .as_mut()
-                    .and_then(|b| b.charge(&currency, amount))
-            };
-            if let Some(remaining) = remaining {
-                self.job.span.record(
-                    "arcp.budget.remaining",
-                    format!("{currency}:{remaining}").as_str(),
-                );
-                self.send(EventBody::Metric {
-                    name: "cost.budget.remaining".into(),
-                    value: remaining.to_f64(),
-                    unit: Some(currency),
-                    dimensions: None,
-                })
-                .await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn send(&self, body: EventBody) -> Result<(), ArcpError> {
-        self.job
-            .emit(
-                self.outbox(),
-                JobPayload::Event {
-                    ts: Timestamp::now(),
-                    body,
-                },
-            )
-            .await
-    }
-
-    /// Emits a `log` event.
-    pub async fn log(&self, level: LogLevel, message: impl Into<String>) -> Result<(), ArcpError> {
-        self.emit(EventBody::Log {
-            level,
-            message: message.into(),
+        let Some(remaining) = remaining else {
+            return Ok(());
+        };
+        self.job.span.record(
+            "arcp.budget.remaining",
+            format!("{currency}:{remaining}").as_str(),
+        );
+        self.send(EventBody::Metric {
+            name: "cost.budget.remaining".into(),
+            value: remaining.to_f64(),
+            unit: Some(currency),
+            dimensions: None,
         })
         .await
     }
 
+    fn send(&self, body: EventBody) -> impl Future<Output = Result<(), ArcpError>> + Send + '_ {
+        self.job.emit(
+            self.outbox(),
+            JobPayload::Event {
+                ts: Timestamp::now(),
+                body,
+            },
+        )
+    }
+
+    /// Emits a `log` event.
+    pub fn log(
+        &self,
+        level: LogLevel,
+        message: impl Into<String>,
+    ) -> impl Future<Output = Result<(), ArcpError>> + Send + '_ {
+        self.emit(EventBody::Log {
+            level,
+            message: message.into(),
+        })
+    }
+
     /// Emits a `progress` event (§8.2.1).
-    pub async fn progress(&self, current: f64, total: Option<f64>) -> Result<(), ArcpError> {
+    pub fn progress(
+        &self,
+        current: f64,
+        total: Option<f64>,
+    ) -> impl Future<Output = Result<(), ArcpError>> + Send + '_ {
         self.emit(EventBody::Progress {
             current,
             total,
             units: None,
             message: None,
         })
-        .await
     }
 
     /// Emits a `status` event.
-    pub async fn status(&self, phase: &str, message: Option<String>) -> Result<(), ArcpError> {
+    pub fn status(
+        &self,
+        phase: &str,
+        message: Option<String>,
+    ) -> impl Future<Output = Result<(), ArcpError>> + Send + '_ {
         self.emit(EventBody::Status {
             phase: phase.to_owned(),
             message,
             credential: None,
         })
-        .await
     }
 
     /// Emits a `metric` event; see [`JobContext::emit`] for `cost.*` metrics.
-    pub async fn metric(
+    pub fn metric(
         &self,
         name: &str,
         value: f64,
         unit: Option<&str>,
-    ) -> Result<(), ArcpError> {
+    ) -> impl Future<Output = Result<(), ArcpError>> + Send + '_ {
         self.emit(EventBody::Metric {
             name: name.to_owned(),
             value,
             unit: unit.map(str::to_owned),
             dimensions: None,
         })
-        .await
     }
 
     /// Delegates to a child job (§10): authorizes `agent.delegate` on the agent's name, checks
@@ -439,6 +446,24 @@ impl ResultStream {
                 more,
             })
             .await
+    }
+}
+
+/// Checks that an agent may emit `body` through [`JobContext::emit`], and returns what it
+/// charges to the budget if it is a `cost.*` metric.
+fn emittable(body: &EventBody) -> Result<Option<(String, Amount)>, ArcpError> {
+    body.validate()?;
+    match body {
+        EventBody::Delegate { .. } => Err(runtime_only("delegate", "delegate()")),
+        EventBody::ResultChunk { .. } => Err(runtime_only("result_chunk", "stream_result()")),
+        EventBody::Status {
+            credential: Some(_),
+            ..
+        } => Err(runtime_only("credential_rotated", "rotate_credential()")),
+        EventBody::Metric {
+            name, value, unit, ..
+        } => cost_of_metric(name, *value, unit.as_deref()),
+        _ => Ok(None),
     }
 }
 

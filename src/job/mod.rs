@@ -223,7 +223,7 @@ impl JobManager {
                 Ok(job) => self.keys.accepted(
                     principal,
                     key,
-                    job.frame(JobPayload::Accepted(Box::new(acceptance(job, None)))),
+                    *job.frame(JobPayload::Accepted(Box::new(acceptance(job, None)))),
                 ),
                 Err(_) => self.keys.release(principal, key),
             }
@@ -345,7 +345,9 @@ impl JobManager {
             accepted.request_id = by.request_id.clone();
         }
         let job = frame.job_id.clone();
-        self.outbox.deliver(&by.recipient(), frame).await?;
+        self.outbox
+            .deliver(&by.recipient(), Box::new(frame))
+            .await?;
         Ok(job)
     }
 

@@ -7,6 +7,7 @@
 
 use std::{
     collections::BTreeMap,
+    future::Future,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -295,35 +296,46 @@ impl JobRecord {
     }
 
     /// A frame of this job.
-    pub(crate) fn frame(&self, payload: JobPayload) -> JobFrame {
-        JobFrame {
+    pub(crate) fn frame(&self, payload: JobPayload) -> Box<JobFrame> {
+        Box::new(JobFrame {
             job_id: self.spec.id.clone(),
             trace_id: self.spec.trace_id.clone(),
             payload,
-        }
+        })
     }
 
     /// Emits a non-terminal frame to the job's session and its subscribers; refused once the
     /// job has ended. Then keeps the job within the flow window of its session's reader,
     /// after releasing the emission lock.
-    pub(crate) async fn emit(&self, outbox: &Outbox, payload: JobPayload) -> Result<(), ArcpError> {
-        let logged = {
-            let emission = self.emission.read().await;
-            if !emission.open {
-                return Err(ArcpError::InvalidRequest(format!(
-                    "job {} has already ended; nothing more may be emitted for it",
-                    self.spec.id
-                )));
+    ///
+    /// The frame is boxed before the future exists, which then holds a pointer rather than
+    /// the payload: emitting is a chain of nested futures, each moved into its caller's, and
+    /// an agent emits by the thousand.
+    pub(crate) fn emit<'a>(
+        &'a self,
+        outbox: &'a Outbox,
+        payload: JobPayload,
+    ) -> impl Future<Output = Result<(), ArcpError>> + Send + 'a {
+        let frame = self.frame(payload);
+        async move {
+            let logged = {
+                let emission = self.emission.read().await;
+                if !emission.open {
+                    return Err(ArcpError::InvalidRequest(format!(
+                        "job {} has already ended; nothing more may be emitted for it",
+                        self.spec.id
+                    )));
+                }
+                self.fan_out(outbox, &emission, frame).await?
+            };
+            if let Some(seq) = logged {
+                outbox.pace(&self.owner, seq).await;
             }
-            self.fan_out(outbox, &emission, payload).await?
-        };
-        if let Some(seq) = logged {
-            outbox.pace(&self.owner, seq).await;
+            if (self.emits.fetch_add(1, Ordering::Relaxed) + 1) % YIELD_EVERY == 0 {
+                tokio::task::yield_now().await;
+            }
+            Ok(())
         }
-        if (self.emits.fetch_add(1, Ordering::Relaxed) + 1) % YIELD_EVERY == 0 {
-            tokio::task::yield_now().await;
-        }
-        Ok(())
     }
 
     /// Ends the job with `status`: appends its terminal frames, after which every emit is
@@ -342,7 +354,7 @@ impl JobRecord {
             state.finished_at = Some(SystemTime::now());
         }
         for payload in terminal {
-            if let Err(e) = self.fan_out(outbox, &emission, payload).await {
+            if let Err(e) = self.fan_out(outbox, &emission, self.frame(payload)).await {
                 tracing::error!(job = %self.spec.id, error = %e, "could not record the job's terminal frame");
             }
         }
@@ -355,9 +367,8 @@ impl JobRecord {
         &self,
         outbox: &Outbox,
         emission: &Emission,
-        payload: JobPayload,
+        frame: Box<JobFrame>,
     ) -> Result<Option<EventSeq>, ArcpError> {
-        let frame = self.frame(payload);
         for subscriber in &emission.subscribers {
             // A subscriber whose session expired has no log; the others must not suffer.
             if let Err(e) = outbox.deliver_live(subscriber, frame.clone()).await {
@@ -417,7 +428,7 @@ impl JobRecord {
             if let JobPayload::Accepted(accepted) = &mut frame.payload {
                 accepted.request_id = None;
             }
-            outbox.deliver(&subscriber, frame).await?;
+            outbox.deliver(&subscriber, Box::new(frame)).await?;
         }
         if emission.open {
             emission.subscribers.push(subscriber);

@@ -174,8 +174,9 @@ impl JobFrame {
         }
     }
 
-    /// The frame as an observer other than the submitter may see it: no credentials (§14).
-    pub fn without_secrets(mut self) -> JobFrame {
+    /// Makes the frame what an observer other than the submitter may see: no credentials
+    /// (§14).
+    pub fn remove_secrets(&mut self) {
         match &mut self.payload {
             JobPayload::Accepted(a) => a.credentials.clear(),
             JobPayload::Subscribed(s) => s.summary.credentials.clear(),
@@ -185,7 +186,6 @@ impl JobFrame {
             } => *credential = None,
             _ => {}
         }
-        self
     }
 }
 

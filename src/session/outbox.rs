@@ -77,16 +77,14 @@ impl Outbox {
     pub async fn deliver(
         &self,
         to: &Recipient,
-        frame: JobFrame,
+        mut frame: Box<JobFrame>,
     ) -> Result<Option<EventSeq>, ArcpError> {
         if !allowed(&to.features, &frame.payload) {
             return Ok(None);
         }
-        let frame = if to.sees_secrets {
-            frame
-        } else {
-            frame.without_secrets()
-        };
+        if !to.sees_secrets {
+            frame.remove_secrets();
+        }
         to.session.log.append(frame).await.map(Some)
     }
 
@@ -96,7 +94,7 @@ impl Outbox {
     pub async fn deliver_live(
         &self,
         to: &Recipient,
-        frame: JobFrame,
+        frame: Box<JobFrame>,
     ) -> Result<Option<EventSeq>, ArcpError> {
         let terminal = frame.payload.is_terminal();
         let job_id = frame.job_id.clone();
@@ -109,7 +107,7 @@ impl Outbox {
         }
         if let Some((lag, acked)) = to.session.crossed_lag_limit(seq, self.lag_limit) {
             tracing::info!(session = %to.session.id, lag, "client lags; signalling back_pressure");
-            let signal = JobFrame {
+            let signal = Box::new(JobFrame {
                 job_id,
                 trace_id,
                 payload: JobPayload::Event {
@@ -123,7 +121,7 @@ impl Outbox {
                         credential: None,
                     },
                 },
-            };
+            });
             return Ok(Some(to.session.log.append(signal).await?));
         }
         Ok(Some(seq))
