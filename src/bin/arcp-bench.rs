@@ -107,10 +107,15 @@ async fn main() -> BenchResult<()> {
 
 async fn bench(args: Args) -> BenchResult<()> {
     let mut table = Table::default();
-    let mut row1 = None;
-    // Runs of rows 1, 2 and 3 alternate, so drift on a shared machine hits them alike, and
-    // rows 2 and 3 are compared with row 1 run by run.
-    let (mut live, mut bare, mut replay) = (Vec::new(), Vec::new(), Vec::new());
+    // Runs of rows 1, 2, 3 and 7 alternate, so drift on a shared machine hits them alike, and
+    // rows 2, 3 and 7 are compared with row 1 run by run.
+    let python = if args.rows.contains(&7) {
+        Some(python(args.python.clone()))
+    } else {
+        None
+    };
+    let (mut live, mut bare, mut replay, mut peer) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut bare_server: Option<BareServer> = None;
     for _ in 0..args.runs.max(1) {
         if args.rows.contains(&1) || args.rows.contains(&2) {
@@ -130,12 +135,14 @@ async fn bench(args: Args) -> BenchResult<()> {
                 Bench::once(|b| b.replay(args.replay_frames, args.event_bytes).boxed()).await?,
             );
         }
+        if let Some(Ok(python)) = &python {
+            peer.push(python_peer(python, args.live_frames, args.event_bytes).await?);
+        }
     }
     if !live.is_empty() {
         let rate = median(live.iter().map(|r| r.frames_per_sec));
         let mbps = median(live.iter().map(|r| r.bytes_per_sec / 1e6));
         let size = live[0].bytes_per_frame;
-        row1 = Some(rate);
         table.row(
             "1",
             "live throughput, one session",
@@ -143,7 +150,7 @@ async fn bench(args: Args) -> BenchResult<()> {
             String::new(),
         );
     }
-    // Rows 2 and 3 are compared with the row 1 run of the same round, and the median taken
+    // Rows 2, 3 and 7 are compared with the row 1 run of the same round, and the median taken
     // over rounds: a machine whose speed drifts between runs skews that less than a ratio of
     // medians would.
     if !bare.is_empty() {
@@ -240,29 +247,29 @@ async fn bench(args: Args) -> BenchResult<()> {
             String::new(),
         );
     }
-    if args.rows.contains(&7) {
-        match python(args.python.clone()) {
-            Ok(python) => {
-                let runs = repeat(args.runs, || {
-                    python_peer(&python, args.live_frames, args.event_bytes)
-                })
-                .await?;
-                let rate = median(runs.iter().copied());
-                let vs = row1.map(|r| format!("row 1 = {:.1}x this", r / rate));
-                table.row(
-                    "7",
-                    "reference Python runtime + client, row 1's workload",
-                    format!("{rate:.0} frames/s"),
-                    vs.unwrap_or_default(),
-                );
-            }
-            Err(why) => table.row(
+    match python {
+        Some(Ok(_)) => {
+            let rate = median(peer.iter().copied());
+            let vs = if live.is_empty() {
+                String::new()
+            } else {
+                let ratio = median(live.iter().zip(&peer).map(|(l, p)| l.frames_per_sec / p));
+                format!("row 1 = {ratio:.1}x this (median of the runs' ratios)")
+            };
+            table.row(
                 "7",
-                "reference Python runtime",
-                format!("not run: {why}"),
-                String::new(),
-            ),
+                "reference Python runtime + client, row 1's workload",
+                format!("{rate:.0} frames/s"),
+                vs,
+            );
         }
+        Some(Err(why)) => table.row(
+            "7",
+            "reference Python runtime",
+            format!("not run: {why}"),
+            String::new(),
+        ),
+        None => {}
     }
     table.print(&args);
     Ok(())
