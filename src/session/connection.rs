@@ -329,7 +329,9 @@ async fn dispatch(
                 request_id: frame.id,
                 trace_id: frame.trace_id,
             };
-            gw.jobs.submit(by, submit).await.map(|_| None)
+            // Boxed, like `subscribe`: inline, the largest branch's future would be part of
+            // every session's task for its whole life, idle or not (row 5 of BENCHMARKS.md).
+            Box::pin(gw.jobs.submit(by, submit)).await.map(|_| None)
         }
         ClientMessage::Cancel { job_id, reason } => {
             gw.jobs.cancel(session, &job_id, reason).map(|_| None)
@@ -354,8 +356,7 @@ async fn dispatch(
         }
         ClientMessage::Subscribe(request) => {
             let features = require(session, "subscribe")?;
-            gw.jobs
-                .subscribe(session, features, request, frame.id)
+            Box::pin(gw.jobs.subscribe(session, features, request, frame.id))
                 .await
                 .map(|_| None)
         }
