@@ -295,7 +295,7 @@ impl JobRecord {
         outcome.unwrap_or_else(|| Err(ArcpError::Internal("job record dropped".into())))
     }
 
-    /// A frame of this job.
+    /// A frame of this job, boxed to travel to the logs (see [`JobRecord::emit`]).
     pub(crate) fn frame(&self, payload: JobPayload) -> Box<JobFrame> {
         Box::new(JobFrame {
             job_id: self.spec.id.clone(),
