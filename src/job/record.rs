@@ -7,7 +7,7 @@
 
 use std::{
     collections::BTreeMap,
-    future::Future,
+    future::{self, Future},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -229,8 +229,8 @@ impl JobRecord {
 
     /// Resolves once the job is asked to stop (§7.4); for its runner, the one task that waits
     /// on it.
-    pub(crate) fn cancel_requested(&self) -> impl std::future::Future<Output = ()> + '_ {
-        std::future::poll_fn(|cx| {
+    pub(crate) fn cancel_requested(&self) -> impl Future<Output = ()> + '_ {
+        future::poll_fn(|cx| {
             if self.cancel_requested.load(Ordering::Acquire) {
                 return Poll::Ready(());
             }

@@ -89,7 +89,7 @@ impl StreamingService<proto::ClientFrame> for SessionMethod {
         // A transport error on the client's side ends its half of the session, like a close.
         let inbound = request
             .into_inner()
-            .scan((), |_, frame| futures::future::ready(frame.ok()))
+            .scan((), |_, frame| future::ready(frame.ok()))
             .map(convert::inbound)
             .boxed();
         let outbound = self.0.connect(conn, inbound).map(convert::outbound);
