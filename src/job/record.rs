@@ -371,11 +371,15 @@ impl JobRecord {
     ) -> Result<Option<EventSeq>, ArcpError> {
         for subscriber in &emission.subscribers {
             // A subscriber whose session expired has no log; the others must not suffer.
-            if let Err(e) = outbox.deliver_live(subscriber, frame.clone()).await {
+            let delivered = outbox.deliver_live(subscriber, frame.clone(), |p| self.frame(p));
+            if let Err(e) = delivered.await {
                 tracing::debug!(job = %self.spec.id, session = %subscriber.session.id, "subscriber not reached: {e}");
             }
         }
-        match outbox.deliver_live(&self.owner, frame).await {
+        match outbox
+            .deliver_live(&self.owner, frame, |p| self.frame(p))
+            .await
+        {
             Ok(Some(seq)) => {
                 self.last_seq.fetch_max(seq.get(), Ordering::AcqRel);
                 Ok(Some(seq))

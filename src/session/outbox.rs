@@ -89,16 +89,16 @@ impl Outbox {
     }
 
     /// [`Outbox::deliver`] for a frame a running job emits: when it leaves the client too far
-    /// behind its acknowledgements, a `back_pressure` status for the same job follows (§6.5).
-    /// Never after a terminal frame, which must stay the job's last.
+    /// behind its acknowledgements, a `back_pressure` status for the same job follows (§6.5),
+    /// framed by `job_frame` as the job frames its own events. Never after a terminal frame,
+    /// which must stay the job's last.
     pub async fn deliver_live(
         &self,
         to: &Recipient,
         frame: Box<JobFrame>,
+        job_frame: impl FnOnce(JobPayload) -> Box<JobFrame>,
     ) -> Result<Option<EventSeq>, ArcpError> {
         let terminal = frame.payload.is_terminal();
-        let job_id = frame.job_id.clone();
-        let trace_id = frame.trace_id.clone();
         let Some(seq) = self.deliver(to, frame).await? else {
             return Ok(None);
         };
@@ -107,19 +107,15 @@ impl Outbox {
         }
         if let Some((lag, acked)) = to.session.crossed_lag_limit(seq, self.lag_limit) {
             tracing::info!(session = %to.session.id, lag, "client lags; signalling back_pressure");
-            let signal = Box::new(JobFrame {
-                job_id,
-                trace_id,
-                payload: JobPayload::Event {
-                    ts: Timestamp::now(),
-                    body: EventBody::Status {
-                        phase: "back_pressure".into(),
-                        message: Some(format!(
-                            "{lag} events are unacknowledged (last ack {acked}, limit {})",
-                            self.lag_limit
-                        )),
-                        credential: None,
-                    },
+            let signal = job_frame(JobPayload::Event {
+                ts: Timestamp::now(),
+                body: EventBody::Status {
+                    phase: "back_pressure".into(),
+                    message: Some(format!(
+                        "{lag} events are unacknowledged (last ack {acked}, limit {})",
+                        self.lag_limit
+                    )),
+                    credential: None,
                 },
             });
             return Ok(Some(to.session.log.append(signal).await?));
