@@ -155,30 +155,27 @@ async fn bench(args: Args) -> BenchResult<()> {
     // medians would.
     if !bare.is_empty() {
         let limit = median(bare.iter().copied());
-        let ratio = median(live.iter().zip(&bare).map(|(l, b)| l.frames_per_sec / b));
+        let vs = per_round(&live, &bare, |l, b| l.frames_per_sec / b)
+            .map(|ratio| {
+                format!(
+                    "row 1 = {:.0}% of this (median of the runs' ratios)",
+                    100.0 * ratio
+                )
+            })
+            .unwrap_or_default();
         table.row(
             "2",
             "bare tonic bidi stream, same frame size",
             format!("{limit:.0} frames/s"),
-            format!(
-                "row 1 = {:.0}% of this (median of the runs' ratios)",
-                100.0 * ratio
-            ),
+            vs,
         );
     }
     if !replay.is_empty() {
         let rate = median(replay.iter().map(|r| r.0));
         let first = median(replay.iter().map(|r| r.1));
-        let vs = if live.is_empty() {
-            String::new()
-        } else {
-            let ratio = median(
-                live.iter()
-                    .zip(&replay)
-                    .map(|(l, r)| r.0 / l.frames_per_sec),
-            );
-            format!("{ratio:.2}x row 1 (median of the runs' ratios)")
-        };
+        let vs = per_round(&live, &replay, |l, r| r.0 / l.frames_per_sec)
+            .map(|ratio| format!("{ratio:.2}x row 1 (median of the runs' ratios)"))
+            .unwrap_or_default();
         table.row(
             "3",
             &format!("replay of {} frames from seq 0", args.replay_frames),
@@ -250,12 +247,9 @@ async fn bench(args: Args) -> BenchResult<()> {
     match python {
         Some(Ok(_)) => {
             let rate = median(peer.iter().copied());
-            let vs = if live.is_empty() {
-                String::new()
-            } else {
-                let ratio = median(live.iter().zip(&peer).map(|(l, p)| l.frames_per_sec / p));
-                format!("row 1 = {ratio:.1}x this (median of the runs' ratios)")
-            };
+            let vs = per_round(&live, &peer, |l, p| l.frames_per_sec / p)
+                .map(|ratio| format!("row 1 = {ratio:.1}x this (median of the runs' ratios)"))
+                .unwrap_or_default();
             table.row(
                 "7",
                 "reference Python runtime + client, row 1's workload",
@@ -954,6 +948,12 @@ where
         results.push(run().await?);
     }
     Ok(results)
+}
+
+/// The median over rounds of `ratio` between a round's row 1 run and its run of another row;
+/// `None` when row 1 did not run.
+fn per_round<T>(live: &[Live], other: &[T], ratio: impl Fn(&Live, &T) -> f64) -> Option<f64> {
+    (!live.is_empty()).then(|| median(live.iter().zip(other).map(|(l, o)| ratio(l, o))))
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {
