@@ -1,6 +1,9 @@
 //! Wall-clock timestamps as ARCP writes them: RFC 3339, UTC, `Z` suffix (§9.5).
 
-use std::time::{Duration, SystemTime};
+use std::{
+    cell::Cell,
+    time::{Duration, SystemTime},
+};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -65,27 +68,49 @@ impl Rfc3339 {
 /// Seconds from 1970 to 10000-01-01T00:00:00Z.
 const MAX_FOUR_DIGIT_SECS: u64 = 253_402_300_800;
 
+thread_local! {
+    /// The second this thread formatted last, and its text. A chatty job stamps thousands of
+    /// events a second, so the calendar arithmetic is done once a second and each event writes
+    /// only its milliseconds.
+    static LAST_SECOND: Cell<(u64, [u8; 24])> = const { Cell::new((u64::MAX, [0; 24])) };
+}
+
 /// Formats `since` the Unix epoch, which must be before the year 10000.
 fn rfc3339_millis(since: Duration) -> [u8; 24] {
     let secs = since.as_secs();
+    let mut text = LAST_SECOND.with(|last| match last.get() {
+        (cached, text) if cached == secs => text,
+        _ => {
+            let text = rfc3339_second(secs);
+            last.set((secs, text));
+            text
+        }
+    });
+    put_digits(&mut text, 20, u64::from(since.subsec_millis()), 3);
+    text
+}
+
+/// The text of whole second `secs` after the Unix epoch, with `.000` milliseconds.
+fn rfc3339_second(secs: u64) -> [u8; 24] {
     let (year, month, day) = civil_from_days(secs / 86_400);
     let of_day = secs % 86_400;
     let mut text = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, value: u64, digits: usize| {
-        let mut value = value;
-        for i in (at..at + digits).rev() {
-            text[i] = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
-    };
-    put(0, year, 4);
-    put(5, month, 2);
-    put(8, day, 2);
-    put(11, of_day / 3600, 2);
-    put(14, of_day / 60 % 60, 2);
-    put(17, of_day % 60, 2);
-    put(20, u64::from(since.subsec_millis()), 3);
+    put_digits(&mut text, 0, year, 4);
+    put_digits(&mut text, 5, month, 2);
+    put_digits(&mut text, 8, day, 2);
+    put_digits(&mut text, 11, of_day / 3600, 2);
+    put_digits(&mut text, 14, of_day / 60 % 60, 2);
+    put_digits(&mut text, 17, of_day % 60, 2);
     text
+}
+
+/// Writes `value` as `digits` decimal digits, zero-padded, at `text[at..]`.
+fn put_digits(text: &mut [u8; 24], at: usize, value: u64, digits: usize) {
+    let mut value = value;
+    for i in (at..at + digits).rev() {
+        text[i] = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01, by Howard
@@ -137,6 +162,20 @@ mod tests {
             epoch + Duration::from_millis(i.wrapping_mul(2_534_023_007_999_991_117) % span_ms)
         }));
         for t in instants {
+            assert_eq!(Timestamp(t).to_rfc3339(), chrono_text(t), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn a_seconds_text_is_reused_only_within_that_second() {
+        let second = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000);
+        for t in [
+            second + Duration::from_millis(5),
+            second + Duration::from_millis(999),
+            second + Duration::from_millis(1_000),
+            second + Duration::from_millis(1),
+            second - Duration::from_millis(1),
+        ] {
             assert_eq!(Timestamp(t).to_rfc3339(), chrono_text(t), "{t:?}");
         }
     }
