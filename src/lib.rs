@@ -16,7 +16,8 @@
 //!   back-pressure, flow control).
 //! - **Event log**: [`event_log`] is the per-session, bounded, sequence-numbered log that both
 //!   replay and live delivery read through one cursor, reached through a per-session handle;
-//!   [`event_log::memory`] is the embedded store. [`signal`] is the cheap wake-up both use on every frame.
+//!   [`event_log::memory`] is the embedded store. [`signal`] is the cheap wake-up both use on every frame,
+//!   and [`gate`] the read-write lock every emit passes through.
 //! - **Resume registry**: [`resume`] keeps the digest of each session's current token, bound to
 //!   its principal, rotated on every welcome and expiring with the resume window.
 //! - **Jobs and agents**: [`job`] runs agents and guarantees one terminal frame per job;
@@ -42,6 +43,7 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod event_log;
+pub mod gate;
 pub mod gateway;
 pub mod ids;
 pub mod job;

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     clock::Timestamp,
     error::ArcpError,
+    gate::Gate,
     ids::{EventSeq, JobId, Principal, SessionId, TraceId},
     lease::{Budget, EffectiveLease},
     protocol::server::{Credential, FinalStatus, JobFrame, JobPayload, JobSummary, ResultBody},
@@ -92,9 +93,9 @@ pub struct JobRecord {
     last_seq: AtomicU64,
     /// Emits so far, for [`YIELD_EVERY`].
     emits: AtomicU64,
-    /// An `async_lock` rather than a `tokio` lock: every emit takes it for reading, and
-    /// releasing a tokio read guard locks the semaphore's waiter list each time.
-    emission: async_lock::RwLock<Emission>,
+    /// Every emit reads it, across the log append; a [`Gate`] rather than a `tokio` or
+    /// `async_lock` lock, whose read guards lock a mutex when released.
+    emission: Gate<Emission>,
     /// Budget counters and credentials change while the job runs; observers read them.
     pub(crate) authority: Mutex<Authority>,
     /// The error the job must end with whatever the agent returns: its lease expired, or its
@@ -166,7 +167,7 @@ impl JobRecord {
             }),
             last_seq: AtomicU64::new(0),
             emits: AtomicU64::new(0),
-            emission: async_lock::RwLock::new(Emission {
+            emission: Gate::new(Emission {
                 open: true,
                 subscribers: Vec::new(),
             }),

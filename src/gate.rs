@@ -1,0 +1,227 @@
+//! [`Gate`]: an async read-write lock for state that is read on every frame and written rarely.
+//!
+//! Every emit of a job holds the job's emission state for reading across the log append, and
+//! only a job ending or a subscriber attaching or leaving writes it. `async_lock`'s read guard
+//! rings an event whenever the last reader leaves, and ringing it locks a mutex, so every emit
+//! paid for a lock no writer was waiting on. A gate's reader pays one compare-and-swap to enter
+//! and one subtraction to leave; it rings the [`Signal`] only when it is the last reader and a
+//! writer is waiting for it.
+
+use std::{
+    cell::UnsafeCell,
+    ops::{Deref, DerefMut},
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+use crate::signal::Signal;
+
+/// The bit of `state` a writer holds; the bits below it count the readers inside.
+const WRITER: usize = 1 << (usize::BITS - 1);
+
+/// An async read-write lock: any number of readers, or one writer. A writer that has claimed
+/// the gate keeps new readers out while it waits for those inside to leave, so a steady stream
+/// of readers cannot starve it.
+pub struct Gate<T> {
+    state: AtomicUsize,
+    /// Rung when a writer leaves, and when the last reader leaves while a writer waits.
+    changed: Signal,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the gate hands out `&T` to readers on several threads at once only while no writer is
+// inside, and `&mut T` to one writer at a time, as `std::sync::RwLock` does.
+unsafe impl<T: Send> Send for Gate<T> {}
+unsafe impl<T: Send + Sync> Sync for Gate<T> {}
+
+impl<T> Gate<T> {
+    /// A gate around `value`.
+    pub fn new(value: T) -> Self {
+        Gate {
+            state: AtomicUsize::new(0),
+            changed: Signal::default(),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    /// Shared access, once no writer holds or has claimed the gate. Cancel-safe.
+    pub async fn read(&self) -> ReadGuard<'_, T> {
+        loop {
+            let state = self.state.load(Ordering::Relaxed);
+            if state & WRITER != 0 {
+                self.changed.wait_until(|| self.writer_gone()).await;
+            } else if self
+                .state
+                .compare_exchange_weak(state, state + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                return ReadGuard { gate: self };
+            }
+        }
+    }
+
+    /// Exclusive access, once every reader inside has left. Cancel-safe: dropping the future
+    /// while it waits for readers gives up the claim.
+    pub async fn write(&self) -> WriteGuard<'_, T> {
+        loop {
+            let state = self.state.load(Ordering::Relaxed);
+            if state & WRITER != 0 {
+                self.changed.wait_until(|| self.writer_gone()).await;
+            } else if self
+                .state
+                .compare_exchange_weak(state, state | WRITER, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                break;
+            }
+        }
+        // The guard owns the claim from here: dropped while waiting, it releases it.
+        let guard = WriteGuard { gate: self };
+        self.changed
+            .wait_until(|| self.state.load(Ordering::Acquire) == WRITER)
+            .await;
+        guard
+    }
+
+    fn writer_gone(&self) -> bool {
+        self.state.load(Ordering::Acquire) & WRITER == 0
+    }
+}
+
+/// Shared access to a [`Gate`]'s value.
+pub struct ReadGuard<'a, T> {
+    gate: &'a Gate<T>,
+}
+
+impl<T> Deref for ReadGuard<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: a reader is counted in `state`, so no writer is inside.
+        unsafe { &*self.gate.value.get() }
+    }
+}
+
+impl<T> Drop for ReadGuard<'_, T> {
+    fn drop(&mut self) {
+        if self.gate.state.fetch_sub(1, Ordering::Release) == WRITER | 1 {
+            self.gate.changed.notify();
+        }
+    }
+}
+
+/// Exclusive access to a [`Gate`]'s value.
+pub struct WriteGuard<'a, T> {
+    gate: &'a Gate<T>,
+}
+
+impl<T> Deref for WriteGuard<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: the writer bit is held and no reader is inside (`Gate::write` waited).
+        unsafe { &*self.gate.value.get() }
+    }
+}
+
+impl<T> DerefMut for WriteGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as for `deref`, and this guard is the only one.
+        unsafe { &mut *self.gate.value.get() }
+    }
+}
+
+impl<T> Drop for WriteGuard<'_, T> {
+    fn drop(&mut self) {
+        self.gate.state.fetch_and(!WRITER, Ordering::Release);
+        self.gate.changed.notify();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use super::*;
+
+    async fn pending<F: std::future::Future>(future: F) -> bool {
+        tokio::time::timeout(Duration::from_millis(20), future)
+            .await
+            .is_err()
+    }
+
+    #[tokio::test]
+    async fn readers_share_and_a_writer_waits_for_them() {
+        let gate = Gate::new(0u32);
+        let first = gate.read().await;
+        let second = gate.read().await;
+        assert_eq!(*first + *second, 0);
+        assert!(pending(gate.write()).await);
+        drop(first);
+        assert!(pending(gate.write()).await);
+        drop(second);
+        *gate.write().await += 1;
+        assert_eq!(*gate.read().await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_claiming_writer_keeps_new_readers_out() {
+        let gate = Arc::new(Gate::new(0u32));
+        let reader = gate.read().await;
+        let writer = tokio::spawn({
+            let gate = gate.clone();
+            async move { *gate.write().await = 7 }
+        });
+        // Once the writer has claimed the gate, a new reader waits behind it.
+        while gate.state.load(Ordering::Acquire) & WRITER == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(pending(gate.read()).await);
+        drop(reader);
+        writer.await.expect("the writer did not panic");
+        assert_eq!(*gate.read().await, 7);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_write_gives_up_its_claim() {
+        let gate = Gate::new(0u32);
+        let reader = gate.read().await;
+        assert!(pending(gate.write()).await);
+        // The abandoned writer must not keep readers out.
+        let again = gate.read().await;
+        drop((reader, again));
+        assert_eq!(gate.state.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_are_exclusive_under_contention() {
+        // Writers update two fields in two steps with a yield between; a reader or another
+        // writer getting in between would see them differ.
+        let gate = Arc::new(Gate::new((0u64, 0u64)));
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let gate = gate.clone();
+                tokio::spawn(async move {
+                    for _ in 0..500 {
+                        if i % 2 == 0 {
+                            let mut pair = gate.write().await;
+                            pair.0 += 1;
+                            tokio::task::yield_now().await;
+                            pair.1 += 1;
+                        } else {
+                            let pair = gate.read().await;
+                            assert_eq!(pair.0, pair.1, "a reader saw a write half done");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("no waiter was left hanging")
+                .expect("no task panicked");
+        }
+        assert_eq!(*gate.read().await, (2000, 2000));
+        assert_eq!(gate.state.load(Ordering::Acquire), 0);
+    }
+}
