@@ -1,5 +1,6 @@
 //! The protobuf codecs of the `arcp.v1` service: tonic's prost codec with smaller initial
-//! buffers, and the server's session codec, which encodes [`WireFrame`]s.
+//! buffers and a decoder that reads each message as one slice, and the server's session
+//! codec, which encodes [`WireFrame`]s.
 //!
 //! tonic gives every stream an 8 KiB encode and an 8 KiB decode buffer up front. A gateway
 //! holds thousands of mostly idle sessions whose frames are a few hundred bytes, so most of
@@ -7,12 +8,15 @@
 
 use std::marker::PhantomData;
 
-use prost::Message;
+use prost::{
+    bytes::{Buf, BufMut},
+    Message,
+};
 use tonic::{
-    codec::{BufferSettings, Codec, EncodeBuf, Encoder},
+    codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     Status,
 };
-use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+use tonic_prost::{ProstCodec, ProstEncoder};
 
 use crate::proto;
 
@@ -45,19 +49,54 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = ProstEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = SliceDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstCodec::<T, U>::raw_encoder(buffer_settings())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(buffer_settings())
+        SliceDecoder(PhantomData)
     }
 }
 
-/// The gateway's side of a session stream: decodes client frames with prost, encodes
-/// [`WireFrame`]s.
+/// Decodes a message with prost from the contiguous bytes tonic has buffered for it.
+///
+/// tonic hands a decoder the message through [`DecodeBuf`], a length-limited view of its
+/// receive buffer. prost reading through that view pays a bounds check and a `BytesMut`
+/// cursor update for every varint and every string; reading the same bytes as one `&[u8]`
+/// pays a pointer bump. The buffer holds a whole message before tonic calls the decoder, so
+/// the slice is always available; the view is the fallback should that ever change.
+#[derive(Debug, Clone, Copy)]
+pub struct SliceDecoder<U>(PhantomData<U>);
+
+impl<U: Message + Default> Decoder for SliceDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        let len = buf.remaining();
+        let decoded = match buf.chunk() {
+            whole if whole.len() == len => {
+                let decoded = U::decode(whole);
+                buf.advance(len);
+                decoded
+            }
+            _ => U::decode(&mut *buf),
+        };
+        // tonic maps prost's errors to INTERNAL too (gRPC's status-code guidance).
+        decoded
+            .map(Some)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        buffer_settings()
+    }
+}
+
+/// The gateway's side of a session stream: decodes client frames with [`SliceDecoder`],
+/// encodes [`WireFrame`]s.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SessionCodec;
 
@@ -65,31 +104,135 @@ impl Codec for SessionCodec {
     type Encode = WireFrame;
     type Decode = proto::ClientFrame;
     type Encoder = WireEncoder;
-    type Decoder = ProstDecoder<proto::ClientFrame>;
+    type Decoder = SliceDecoder<proto::ClientFrame>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        WireEncoder
+        WireEncoder::default()
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<proto::ServerFrame, proto::ClientFrame>::raw_decoder(buffer_settings())
+        SliceDecoder(PhantomData)
     }
 }
 
-/// Encodes [`WireFrame`]s.
+/// Encodes [`WireFrame`]s, and sizes a busy stream's buffer for a whole batch.
+///
+/// tonic encodes the frames a stream has ready into one buffer and hands it to the transport
+/// once it holds [`YIELD_THRESHOLD`] bytes or the stream has nothing more ready. The transport
+/// still holds the previous batch when the next one starts, so the next batch gets a fresh
+/// allocation of the initial [`BUFFER_SIZE`], which then doubles frame by frame: five
+/// reallocations, each copying what the batch held so far, for every 32 KiB sent. Once a batch
+/// has shown the stream to be busy, the encoder reserves the rest of the batch at once.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct WireEncoder;
+pub struct WireEncoder {
+    batch: BatchTracker,
+}
 
 impl Encoder for WireEncoder {
     type Item = WireFrame;
     type Error = Status;
 
     fn encode(&mut self, item: WireFrame, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst)
-            .map_err(|e| Status::internal(format!("encoding a server frame: {e}")))
+        if let Some(room) = self
+            .batch
+            .room_to_reserve(dst.remaining_mut(), dst.chunk_mut().len())
+        {
+            dst.reserve(room);
+        }
+        let encoded = item
+            .encode(dst)
+            .map_err(|e| Status::internal(format!("encoding a server frame: {e}")));
+        self.batch.encoded(dst.remaining_mut());
+        encoded
     }
 
     fn buffer_settings(&self) -> BufferSettings {
         buffer_settings()
+    }
+}
+
+/// How much a batch has taken: what the batch held when it showed the stream busy.
+const BUSY_BATCH: usize = 4 * 1024;
+/// Room a busy batch reserves beyond the yield threshold, for the frame that crosses it.
+const LOW_ROOM: usize = 1024;
+
+/// Follows tonic's batches through the buffer's `remaining_mut`, which falls by what each frame
+/// writes and rises again when tonic hands the batch to the transport and empties the buffer.
+#[derive(Debug, Clone, Copy, Default)]
+struct BatchTracker {
+    /// `remaining_mut` when the current batch began.
+    start: usize,
+    /// `remaining_mut` after the last frame.
+    after_last: usize,
+}
+
+impl BatchTracker {
+    /// Before a frame: how much to reserve, given the buffer's `remaining_mut` and the spare
+    /// capacity of its current allocation. A busy batch reserves, once, room for the rest of
+    /// the batch.
+    fn room_to_reserve(&mut self, remaining: usize, spare: usize) -> Option<usize> {
+        if remaining > self.after_last {
+            self.start = remaining;
+            return None;
+        }
+        let taken = self.start.saturating_sub(remaining);
+        let batch_room = YIELD_THRESHOLD + LOW_ROOM;
+        (taken >= BUSY_BATCH && taken + spare < batch_room).then(|| batch_room - taken)
+    }
+
+    /// After a frame, with the buffer's `remaining_mut`.
+    fn encoded(&mut self, remaining: usize) {
+        self.after_last = remaining;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `frames` frames of `size` bytes through a tracker as tonic writes them into a
+    /// `BytesMut`, whose `remaining_mut` is `usize::MAX - len`: a 5-byte header, then the
+    /// frame, handing the batch over every `per_batch` frames. Returns the frames before which
+    /// it reserved.
+    fn reservations(
+        tracker: &mut BatchTracker,
+        frames: usize,
+        size: usize,
+        per_batch: usize,
+    ) -> Vec<usize> {
+        let (mut len, mut capacity, mut reserved) = (0, BUFFER_SIZE, Vec::new());
+        for n in 0..frames {
+            if n % per_batch == 0 {
+                // tonic splits the batch off: a new, empty buffer of the initial size.
+                (len, capacity) = (0, BUFFER_SIZE);
+            }
+            len += 5;
+            capacity = capacity.max(len);
+            if let Some(room) = tracker.room_to_reserve(usize::MAX - len, capacity - len) {
+                capacity = len + room;
+                reserved.push(n);
+            }
+            len += size;
+            capacity = capacity.max(len);
+            tracker.encoded(usize::MAX - len);
+        }
+        reserved
+    }
+
+    #[test]
+    fn a_busy_stream_reserves_once_per_batch() {
+        // 120 frames of 269 bytes make a 32 KiB batch.
+        let reserved = reservations(&mut BatchTracker::default(), 360, 269, 120);
+        // Once 4 KiB of each batch are written, when the 1 KiB it started with is long full.
+        let first = BUSY_BATCH.div_ceil(274);
+        assert_eq!(reserved, [first, 120 + first, 240 + first]);
+    }
+
+    #[test]
+    fn a_quiet_stream_never_reserves() {
+        // A frame per batch (a ticking job), or a few small frames together (a job starting).
+        let mut tracker = BatchTracker::default();
+        assert!(reservations(&mut tracker, 1000, 150, 1).is_empty());
+        assert!(reservations(&mut tracker, 1000, 300, 5).is_empty());
     }
 }
