@@ -44,24 +44,54 @@ impl<T> Gate<T> {
     }
 
     /// Shared access, once no writer holds or has claimed the gate. Cancel-safe.
+    ///
+    /// The waits are boxed: this future is part of every emit's, and of every session task
+    /// that may subscribe or unsubscribe, which would otherwise reserve room for them.
     pub async fn read(&self) -> ReadGuard<'_, T> {
-        loop {
-            let state = self.state.load(Ordering::Relaxed);
-            if state & WRITER != 0 {
-                self.changed.wait_until(|| self.writer_gone()).await;
-            } else if self
-                .state
-                .compare_exchange_weak(state, state + 1, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                return ReadGuard { gate: self };
-            }
+        match self.try_read() {
+            Some(guard) => guard,
+            None => Box::pin(self.read_contended()).await,
         }
     }
 
     /// Exclusive access, once every reader inside has left. Cancel-safe: dropping the future
     /// while it waits for readers gives up the claim.
     pub async fn write(&self) -> WriteGuard<'_, T> {
+        match self
+            .state
+            .compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
+        {
+            Ok(_) => WriteGuard { gate: self },
+            Err(_) => Box::pin(self.write_contended()).await,
+        }
+    }
+
+    fn try_read(&self) -> Option<ReadGuard<'_, T>> {
+        let mut state = self.state.load(Ordering::Relaxed);
+        while state & WRITER == 0 {
+            match self.state.compare_exchange_weak(
+                state,
+                state + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(ReadGuard { gate: self }),
+                Err(now) => state = now,
+            }
+        }
+        None
+    }
+
+    async fn read_contended(&self) -> ReadGuard<'_, T> {
+        loop {
+            self.changed.wait_until(|| self.writer_gone()).await;
+            if let Some(guard) = self.try_read() {
+                return guard;
+            }
+        }
+    }
+
+    async fn write_contended(&self) -> WriteGuard<'_, T> {
         loop {
             let state = self.state.load(Ordering::Relaxed);
             if state & WRITER != 0 {
@@ -147,6 +177,14 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(20), future)
             .await
             .is_err()
+    }
+
+    #[test]
+    fn its_futures_hold_a_pointer_to_their_waits() {
+        // Every emit's future holds a read's, and every session task may hold a write's.
+        let gate = Gate::new(());
+        assert!(std::mem::size_of_val(&gate.read()) <= 32);
+        assert!(std::mem::size_of_val(&gate.write()) <= 32);
     }
 
     #[tokio::test]
