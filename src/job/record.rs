@@ -332,7 +332,11 @@ impl JobRecord {
             if let Some(seq) = logged {
                 outbox.pace(&self.owner, seq).await;
             }
-            if (self.emits.fetch_add(1, Ordering::Relaxed) + 1) % YIELD_EVERY == 0 {
+            // A load and a store rather than a locked add: the count only paces yields, so
+            // an increment lost to a concurrent emit of the same job costs nothing.
+            let emits = self.emits.load(Ordering::Relaxed) + 1;
+            self.emits.store(emits, Ordering::Relaxed);
+            if emits % YIELD_EVERY == 0 {
                 tokio::task::yield_now().await;
             }
             Ok(())

@@ -176,8 +176,13 @@ impl Session {
     pub fn crossed_lag_limit(&self, seq: EventSeq, lag_limit: u64) -> Option<(u64, u64)> {
         let acked = self.flow.acked.load(Ordering::Acquire);
         let lag = seq.get().saturating_sub(acked);
-        (lag > lag_limit && !self.flow.pressured.swap(true, Ordering::AcqRel))
-            .then_some((lag, acked))
+        // Loaded before it is swapped: a client past the limit stays there for many frames,
+        // and the load spares each of them a locked instruction.
+        let signalled = || {
+            self.flow.pressured.load(Ordering::Acquire)
+                || self.flow.pressured.swap(true, Ordering::AcqRel)
+        };
+        (lag > lag_limit && !signalled()).then_some((lag, acked))
     }
 
     /// The effective features.
