@@ -125,18 +125,25 @@ impl Envelope<'_> {
 
 /// A job frame's payload: a `job_event` written here, or another payload prost writes.
 enum Payload<'a> {
+    /// A `job_event`, with the length of its content, measured once for both measuring and
+    /// writing the frame.
     Event {
         kind: &'static str,
         ts: crate::clock::Rfc3339,
         body: Body<'a>,
+        len: usize,
     },
     Other(proto::server_frame::Payload),
 }
 
-/// A `job_event` body: its field number in `JobEvent` and its scalar fields in tag order, or
-/// one prost writes.
+/// A `job_event` body: its field number in `JobEvent`, its scalar fields in tag order and
+/// their encoded length, or one prost writes.
 enum Body<'a> {
-    Fields(u32, [Field<'a>; 4]),
+    Fields {
+        tag: u32,
+        fields: [Field<'a>; 4],
+        len: usize,
+    },
     Other(ProtoBody),
 }
 
@@ -155,8 +162,8 @@ impl<'a> Body<'a> {
     fn of(body: &'a EventBody) -> Body<'a> {
         use Field::{Double, OptionalDouble, Str};
         let text = |value: &'a Option<String>| value.as_deref().unwrap_or_default();
-        match body {
-            EventBody::Log { level, message } => Body::Fields(
+        let (tag, fields) = match body {
+            EventBody::Log { level, message } => (
                 EVENT_LOG,
                 [
                     Str(1, level.as_str()),
@@ -165,7 +172,7 @@ impl<'a> Body<'a> {
                     Field::None,
                 ],
             ),
-            EventBody::Thought { text } => Body::Fields(
+            EventBody::Thought { text } => (
                 EVENT_THOUGHT,
                 [Str(1, text), Field::None, Field::None, Field::None],
             ),
@@ -173,7 +180,7 @@ impl<'a> Body<'a> {
                 phase,
                 message,
                 credential: None,
-            } => Body::Fields(
+            } => (
                 EVENT_STATUS,
                 [
                     Str(1, phase),
@@ -187,7 +194,7 @@ impl<'a> Body<'a> {
                 value,
                 unit,
                 dimensions: None,
-            } => Body::Fields(
+            } => (
                 EVENT_METRIC,
                 [
                     Str(1, name),
@@ -201,7 +208,7 @@ impl<'a> Body<'a> {
                 total,
                 units,
                 message,
-            } => Body::Fields(
+            } => (
                 EVENT_PROGRESS,
                 [
                     Double(1, *current),
@@ -210,44 +217,48 @@ impl<'a> Body<'a> {
                     Str(4, text(message)),
                 ],
             ),
-            other => Body::Other(convert::event_body(other)),
-        }
+            other => return Body::Other(convert::event_body(other)),
+        };
+        let len = fields.iter().map(Field::len).sum();
+        Body::Fields { tag, fields, len }
     }
 }
 
 impl<'a> Payload<'a> {
     fn of(logged: &'a LoggedFrame) -> Payload<'a> {
         match &logged.frame.payload {
-            JobPayload::Event { ts, body } => Payload::Event {
-                kind: body.kind(),
-                ts: ts.rfc3339(),
-                body: Body::of(body),
-            },
+            JobPayload::Event { ts, body } => {
+                let (kind, ts, body) = (body.kind(), ts.rfc3339(), Body::of(body));
+                let len = str_len(EVENT_KIND, kind) + str_len(EVENT_TS, ts.as_str()) + body.len();
+                Payload::Event {
+                    kind,
+                    ts,
+                    body,
+                    len,
+                }
+            }
             _ => Payload::Other(convert::job_payload(&logged.frame)),
         }
     }
 
-    /// The length of the `job_event` message, without its tag and length prefix.
-    fn event_len(kind: &str, ts: &str, body: &Body<'_>) -> usize {
-        str_len(EVENT_KIND, kind) + str_len(EVENT_TS, ts) + body.len()
-    }
-
     fn len(&self) -> usize {
         match self {
-            Payload::Event { kind, ts, body } => {
-                message_len(FRAME_JOB_EVENT, Self::event_len(kind, ts.as_str(), body))
-            }
+            Payload::Event { len, .. } => message_len(FRAME_JOB_EVENT, *len),
             Payload::Other(payload) => payload.encoded_len(),
         }
     }
 
     fn put(&self, buf: &mut impl BufMut) {
         match self {
-            Payload::Event { kind, ts, body } => {
-                let ts = ts.as_str();
-                put_message_header(FRAME_JOB_EVENT, Self::event_len(kind, ts, body), buf);
+            Payload::Event {
+                kind,
+                ts,
+                body,
+                len,
+            } => {
+                put_message_header(FRAME_JOB_EVENT, *len, buf);
                 put_str(EVENT_KIND, kind, buf);
-                put_str(EVENT_TS, ts, buf);
+                put_str(EVENT_TS, ts.as_str(), buf);
                 body.put(buf);
             }
             Payload::Other(payload) => payload.encode(buf),
@@ -259,15 +270,15 @@ impl Body<'_> {
     /// The length of the body field, with its tag and length prefix.
     fn len(&self) -> usize {
         match self {
-            Body::Fields(tag, fields) => message_len(*tag, fields.iter().map(Field::len).sum()),
+            Body::Fields { tag, len, .. } => message_len(*tag, *len),
             Body::Other(body) => body.encoded_len(),
         }
     }
 
     fn put(&self, buf: &mut impl BufMut) {
         match self {
-            Body::Fields(tag, fields) => {
-                put_message_header(*tag, fields.iter().map(Field::len).sum(), buf);
+            Body::Fields { tag, fields, len } => {
+                put_message_header(*tag, *len, buf);
                 for field in fields {
                     field.put(buf);
                 }
