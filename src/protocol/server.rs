@@ -4,7 +4,9 @@
 //! belong to one connection and carry no sequence number; [`JobFrame`]s are appended to the
 //! session's event log, get the session's next `event_seq`, and are replayed on resume.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{cell::RefCell, collections::BTreeMap, sync::Arc};
+
+use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use crate::{
     clock::Timestamp,
@@ -154,22 +156,33 @@ pub struct JobFrame {
     pub payload: JobPayload,
 }
 
+thread_local! {
+    /// The random bits of envelope ids: a fast generator per thread, seeded from the thread's
+    /// cryptographic one. Ids are not secrets and need only be unique; drawing each id's bits
+    /// from the cryptographic generator, as `Uuid::new_v7` does, was most of an id's cost.
+    static ID_BITS: RefCell<SmallRng> = RefCell::new(SmallRng::from_rng(&mut rand::rng()));
+}
+
 impl JobFrame {
     /// A fresh UUIDv7 for the envelope `id` the frame gets when it is logged. An event is
     /// stamped with its own `ts`, which spares every event a second clock read and the
     /// process-wide lock `Uuid::now_v7` takes to keep ids monotonic: `event_seq` orders
     /// frames, so ids need only be unique, which their 74 random bits make them.
     pub fn envelope_id(&self) -> uuid::Uuid {
-        let event_time = match &self.payload {
+        let since_epoch = match &self.payload {
             JobPayload::Event { ts, .. } => ts.0.duration_since(std::time::UNIX_EPOCH).ok(),
             _ => None,
         };
-        match event_time {
-            Some(since) => uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
-                uuid::NoContext,
-                since.as_secs(),
-                since.subsec_nanos(),
-            )),
+        match since_epoch {
+            Some(since) => {
+                let millis = since.as_secs() * 1000 + u64::from(since.subsec_millis());
+                // Two 64-bit draws: `random::<[u8; 10]>()` would draw once per byte.
+                let bits = ID_BITS
+                    .with(|bits| bits.borrow_mut().random::<u128>())
+                    .to_le_bytes();
+                let random: [u8; 10] = std::array::from_fn(|i| bits[i]);
+                uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+            }
             None => uuid::Uuid::now_v7(),
         }
     }
