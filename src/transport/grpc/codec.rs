@@ -151,7 +151,7 @@ impl Encoder for WireEncoder {
     }
 }
 
-/// How much a batch has taken: what the batch held when it showed the stream busy.
+/// What a batch must already hold for its stream to count as busy.
 const BUSY_BATCH: usize = 4 * 1024;
 /// Room a busy batch reserves beyond the yield threshold, for the frame that crosses it.
 const LOW_ROOM: usize = 1024;
@@ -223,7 +223,8 @@ mod tests {
     fn a_busy_stream_reserves_once_per_batch() {
         // 120 frames of 269 bytes make a 32 KiB batch.
         let reserved = reservations(&mut BatchTracker::default(), 360, 269, 120);
-        // Once 4 KiB of each batch are written, when the 1 KiB it started with is long full.
+        // Once 4 KiB of each batch (274 bytes a frame with its header) are written, when the
+        // 1 KiB it started with is long full.
         let first = BUSY_BATCH.div_ceil(274);
         assert_eq!(reserved, [first, 120 + first, 240 + first]);
     }
