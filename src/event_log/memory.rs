@@ -14,7 +14,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::{
     error::ArcpError,
     ids::{EventSeq, SessionId},
-    protocol::server::{JobFrame, LoggedFrame},
+    protocol::server::{LoggedFrame, NewFrame},
     signal::Signal,
 };
 
@@ -103,21 +103,13 @@ impl MemorySessionLog {
 
 #[async_trait]
 impl SessionLog for MemorySessionLog {
-    async fn append(&self, frame: Box<JobFrame>) -> Result<EventSeq, ArcpError> {
+    async fn append(&self, frame: NewFrame) -> Result<EventSeq, ArcpError> {
         self.check_present()?;
-        // The id is drawn before taking the lock, which readers share, so that the lock is
-        // held only to number and store the frame.
-        let mut logged = LoggedFrame {
-            seq: EventSeq::ZERO,
-            id: frame.envelope_id(),
-            frame: *frame,
-        };
         let seq = {
             let mut frames = self.frames.lock();
             let seq = frames.bounds.newest.next();
             frames.bounds.newest = seq;
-            logged.seq = seq;
-            frames.retained.push_back(Arc::new(logged));
+            frames.retained.push_back(frame.logged(seq));
             while frames.retained.len() > self.max_frames {
                 if let Some(evicted) = frames.retained.pop_front() {
                     frames.bounds.evicted_through = evicted.seq;
@@ -192,11 +184,14 @@ mod tests {
         clock::Timestamp,
         event_log::LogCursor,
         ids::JobId,
-        protocol::{event::EventBody, server::JobPayload},
+        protocol::{
+            event::EventBody,
+            server::{JobFrame, JobPayload},
+        },
     };
 
-    fn frame(n: u64) -> Box<JobFrame> {
-        Box::new(JobFrame {
+    fn frame(n: u64) -> NewFrame {
+        NewFrame::new(JobFrame {
             job_id: JobId::new("job_t"),
             trace_id: None,
             payload: JobPayload::Event {

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use crate::{
     error::ArcpError,
     ids::{EventSeq, SessionId},
-    protocol::server::{JobFrame, LoggedFrame},
+    protocol::server::{LoggedFrame, NewFrame},
 };
 
 /// What a log holds for one session, by sequence number.
@@ -74,9 +74,10 @@ pub trait SessionLog: Send + Sync + 'static {
     /// Appends `frame`, assigning the session's next sequence number, and wakes readers.
     /// Evicts the oldest frames beyond the log's bound.
     ///
-    /// The frame comes boxed, as it travels from the job: every async layer it passes through
-    /// then holds a pointer rather than the whole frame, so the futures stay small to move.
-    async fn append(&self, frame: Box<JobFrame>) -> Result<EventSeq, ArcpError>;
+    /// The frame comes as the entry it becomes, as it travels from the job: every async layer
+    /// it passes through then holds a pointer rather than the whole frame, so the futures stay
+    /// small to move, and the in-memory log stores it without copying it.
+    async fn append(&self, frame: NewFrame) -> Result<EventSeq, ArcpError>;
 
     /// Up to `max` frames with sequence numbers above `after`, in order. Fails with
     /// `RESUME_WINDOW_EXPIRED` if any frame after `after` has been evicted, so a reader can never

@@ -176,8 +176,8 @@ impl JobContext {
     /// (§9.6).
     ///
     /// The body is checked and framed before the returned future exists, and an event that
-    /// charges nothing is `JobRecord::emit`'s future itself, which holds the boxed frame
-    /// rather than the body (see there why that matters).
+    /// charges nothing is `JobRecord::emit`'s future itself, which holds a pointer to the
+    /// frame rather than the body (see there why that matters).
     pub fn emit(&self, body: EventBody) -> impl Future<Output = Result<(), ArcpError>> + Send + '_ {
         match emittable(&body) {
             Ok(None) => self.send(body).left_future(),

@@ -36,7 +36,7 @@ use crate::{
     lease::{parse_expires_at, EffectiveLease, Namespace},
     protocol::{
         client::{JobSubmit, ListJobs, Subscribe},
-        server::{Accepted, JobPayload, JobSummary, Subscribed},
+        server::{Accepted, JobPayload, JobSummary, NewFrame, Subscribed},
         Features, Json, Lease,
     },
     session::{
@@ -223,7 +223,7 @@ impl JobManager {
                 Ok(job) => self.keys.accepted(
                     principal,
                     key,
-                    *job.frame(JobPayload::Accepted(Box::new(acceptance(job, None)))),
+                    job.job_frame(JobPayload::Accepted(Box::new(acceptance(job, None)))),
                 ),
                 Err(_) => self.keys.release(principal, key),
             }
@@ -346,7 +346,7 @@ impl JobManager {
         }
         let job = frame.job_id.clone();
         self.outbox
-            .deliver(&by.recipient(), Box::new(frame))
+            .deliver(&by.recipient(), NewFrame::new(frame))
             .await?;
         Ok(job)
     }

@@ -26,7 +26,9 @@ use crate::{
     gate::Gate,
     ids::{EventSeq, JobId, Principal, SessionId, TraceId},
     lease::{Budget, EffectiveLease},
-    protocol::server::{Credential, FinalStatus, JobFrame, JobPayload, JobSummary, ResultBody},
+    protocol::server::{
+        Credential, FinalStatus, JobFrame, JobPayload, JobSummary, NewFrame, ResultBody,
+    },
     session::outbox::{Outbox, Recipient},
 };
 
@@ -296,22 +298,28 @@ impl JobRecord {
         outcome.unwrap_or_else(|| Err(ArcpError::Internal("job record dropped".into())))
     }
 
-    /// A frame of this job, boxed to travel to the logs (see [`JobRecord::emit`]).
-    pub(crate) fn frame(&self, payload: JobPayload) -> Box<JobFrame> {
-        Box::new(JobFrame {
+    /// A frame of this job.
+    pub(crate) fn job_frame(&self, payload: JobPayload) -> JobFrame {
+        JobFrame {
             job_id: self.spec.id.clone(),
             trace_id: self.spec.trace_id.clone(),
             payload,
-        })
+        }
+    }
+
+    /// A frame of this job as the log entry it travels to its session's log as (see
+    /// [`JobRecord::emit`]).
+    pub(crate) fn frame(&self, payload: JobPayload) -> NewFrame {
+        NewFrame::new(self.job_frame(payload))
     }
 
     /// Emits a non-terminal frame to the job's session and its subscribers; refused once the
     /// job has ended. Then keeps the job within the flow window of its session's reader,
     /// after releasing the emission lock.
     ///
-    /// The frame is boxed before the future exists, which then holds a pointer rather than
-    /// the payload: emitting is a chain of nested futures, each moved into its caller's, and
-    /// an agent emits by the thousand.
+    /// The frame is allocated, as its log entry, before the future exists, which then holds a
+    /// pointer rather than the payload: emitting is a chain of nested futures, each moved into
+    /// its caller's, and an agent emits by the thousand.
     pub(crate) fn emit<'a>(
         &'a self,
         outbox: &'a Outbox,
@@ -372,7 +380,7 @@ impl JobRecord {
         &self,
         outbox: &Outbox,
         emission: &Emission,
-        frame: Box<JobFrame>,
+        frame: NewFrame,
     ) -> Result<Option<EventSeq>, ArcpError> {
         for subscriber in &emission.subscribers {
             // A subscriber whose session expired has no log; the others must not suffer.
@@ -437,7 +445,7 @@ impl JobRecord {
             if let JobPayload::Accepted(accepted) = &mut frame.payload {
                 accepted.request_id = None;
             }
-            outbox.deliver(&subscriber, Box::new(frame)).await?;
+            outbox.deliver(&subscriber, NewFrame::new(frame)).await?;
         }
         if emission.open {
             emission.subscribers.push(subscriber);

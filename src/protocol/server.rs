@@ -217,11 +217,58 @@ impl JobPayload {
 pub struct LoggedFrame {
     /// The session-scoped sequence number (§8.3).
     pub seq: EventSeq,
-    /// The envelope `id`, a UUIDv7 fixed when the frame is logged, so a replayed frame carries
-    /// the id it was first sent with.
+    /// The envelope `id`, a UUIDv7 fixed before the frame is logged, so a replayed frame
+    /// carries the id it was first sent with.
     pub id: uuid::Uuid,
     /// The frame.
     pub frame: JobFrame,
+}
+
+/// A job frame on its way into one session's log, allocated as the log entry it becomes.
+///
+/// A job emits by the thousand, and each frame used to be boxed where the job framed it, then
+/// moved into a second allocation, the log's shared entry, and the box freed. A `NewFrame` is
+/// that entry from the start, not yet numbered and never shared until the log numbers it, so
+/// it travels as one pointer and is logged in place. Cloning one makes a separate entry, with
+/// its own envelope id, for another session's log.
+#[derive(Debug)]
+pub struct NewFrame(Arc<LoggedFrame>);
+
+impl NewFrame {
+    /// An entry for `frame`, with a fresh envelope id.
+    pub fn new(frame: JobFrame) -> Self {
+        NewFrame(Arc::new(LoggedFrame {
+            seq: EventSeq::ZERO,
+            id: frame.envelope_id(),
+            frame,
+        }))
+    }
+
+    /// The frame, to change before it is logged.
+    pub fn frame_mut(&mut self) -> &mut JobFrame {
+        // The entry is not shared yet, so this never clones it.
+        &mut Arc::make_mut(&mut self.0).frame
+    }
+
+    /// The log entry, numbered `seq`.
+    pub fn logged(mut self, seq: EventSeq) -> Arc<LoggedFrame> {
+        Arc::make_mut(&mut self.0).seq = seq;
+        self.0
+    }
+}
+
+impl std::ops::Deref for NewFrame {
+    type Target = JobFrame;
+
+    fn deref(&self) -> &JobFrame {
+        &self.0.frame
+    }
+}
+
+impl Clone for NewFrame {
+    fn clone(&self) -> Self {
+        NewFrame::new(self.0.frame.clone())
+    }
 }
 
 /// The job-scoped messages.

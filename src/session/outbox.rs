@@ -13,7 +13,7 @@ use crate::{
     ids::EventSeq,
     protocol::{
         event::EventBody,
-        server::{JobFrame, JobPayload},
+        server::{JobPayload, NewFrame},
         Features,
     },
 };
@@ -77,13 +77,13 @@ impl Outbox {
     pub async fn deliver(
         &self,
         to: &Recipient,
-        mut frame: Box<JobFrame>,
+        mut frame: NewFrame,
     ) -> Result<Option<EventSeq>, ArcpError> {
         if !allowed(&to.features, &frame.payload) {
             return Ok(None);
         }
         if !to.sees_secrets {
-            frame.remove_secrets();
+            frame.frame_mut().remove_secrets();
         }
         to.session.log.append(frame).await.map(Some)
     }
@@ -95,8 +95,8 @@ impl Outbox {
     pub async fn deliver_live(
         &self,
         to: &Recipient,
-        frame: Box<JobFrame>,
-        job_frame: impl FnOnce(JobPayload) -> Box<JobFrame>,
+        frame: NewFrame,
+        job_frame: impl FnOnce(JobPayload) -> NewFrame,
     ) -> Result<Option<EventSeq>, ArcpError> {
         let terminal = frame.payload.is_terminal();
         let Some(seq) = self.deliver(to, frame).await? else {
