@@ -164,7 +164,7 @@ thread_local! {
 }
 
 impl JobFrame {
-    /// A fresh UUIDv7 for the envelope `id` the frame gets when it is logged. An event is
+    /// A fresh UUIDv7 for the envelope `id` the frame gets as it enters a log. An event is
     /// stamped with its own `ts`, which spares every event a second clock read and the
     /// process-wide lock `Uuid::now_v7` takes to keep ids monotonic: `event_seq` orders
     /// frames, so ids need only be unique, which their 74 random bits make them.
@@ -226,11 +226,11 @@ pub struct LoggedFrame {
 
 /// A job frame on its way into one session's log, allocated as the log entry it becomes.
 ///
-/// A job emits by the thousand, and each frame used to be boxed where the job framed it, then
-/// moved into a second allocation, the log's shared entry, and the box freed. A `NewFrame` is
-/// that entry from the start, not yet numbered and never shared until the log numbers it, so
-/// it travels as one pointer and is logged in place. Cloning one makes a separate entry, with
-/// its own envelope id, for another session's log.
+/// A job emits by the thousand. Boxing each frame where the job frames it, then moving it into
+/// the log's shared entry, would cost every event a second allocation, a copy and a free. A
+/// `NewFrame` is that entry from the start, not yet numbered and never shared until the log
+/// numbers it, so it travels as one pointer and is logged in place. Cloning one makes a
+/// separate entry, with its own envelope id, for another session's log.
 #[derive(Debug)]
 pub struct NewFrame(Arc<LoggedFrame>);
 
