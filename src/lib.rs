@@ -16,8 +16,8 @@
 //!   back-pressure, flow control).
 //! - **Event log**: [`event_log`] is the per-session, bounded, sequence-numbered log that both
 //!   replay and live delivery read through one cursor, reached through a per-session handle;
-//!   [`event_log::memory`] is the embedded store. [`signal`] is the cheap wake-up both use on every frame,
-//!   and [`gate`] the read-write lock every emit passes through.
+//!   [`event_log::memory`] is the embedded store. `sync` holds the cheap wake-up both use
+//!   on every frame and the read-write lock every emit passes through.
 //! - **Resume registry**: [`resume`] keeps the digest of each session's current token, bound to
 //!   its principal, rotated on every welcome and expiring with the resume window.
 //! - **Jobs and agents**: [`job`] runs agents and guarantees one terminal frame per job;
@@ -43,7 +43,6 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod event_log;
-pub mod gate;
 pub mod gateway;
 pub mod ids;
 pub mod job;
@@ -52,7 +51,7 @@ pub mod protocol;
 pub mod resume;
 pub mod server;
 pub mod session;
-pub mod signal;
+pub(crate) mod sync;
 pub mod transport;
 
 /// Code generated from `proto/arcp/v1/arcp.proto` (package `arcp.v1`).

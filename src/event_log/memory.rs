@@ -15,7 +15,7 @@ use crate::{
     error::ArcpError,
     ids::{EventSeq, SessionId},
     protocol::server::{LoggedFrame, NewFrame},
-    signal::Signal,
+    sync::wakeup::Wakeup,
 };
 
 use super::{EventLog, LogBounds, SessionLog};
@@ -33,7 +33,7 @@ struct MemorySessionLog {
     frames: Mutex<Frames>,
     removed: AtomicBool,
     /// Wakes readers waiting at the end of the log when it grows or is removed.
-    grew: Signal,
+    grew: Wakeup,
 }
 
 struct Frames {
@@ -65,7 +65,7 @@ impl EventLog for MemoryEventLog {
                 },
             }),
             removed: AtomicBool::new(false),
-            grew: Signal::default(),
+            grew: Wakeup::default(),
         });
         self.sessions.write().insert(session.clone(), log.clone());
         Ok(log)

@@ -23,13 +23,13 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     clock::Timestamp,
     error::ArcpError,
-    gate::Gate,
     ids::{EventSeq, JobId, Principal, SessionId, TraceId},
     lease::{Budget, EffectiveLease},
     protocol::server::{
         Credential, FinalStatus, JobFrame, JobPayload, JobSummary, NewFrame, ResultBody,
     },
     session::outbox::{Outbox, Recipient},
+    sync::read_mostly_lock::ReadMostlyLock,
 };
 
 /// Where a job is in its lifecycle.
@@ -95,9 +95,9 @@ pub struct JobRecord {
     last_seq: AtomicU64,
     /// Emits so far, for [`YIELD_EVERY`].
     emits: AtomicU64,
-    /// Every emit reads it, across the log append; a [`Gate`] rather than a `tokio` or
+    /// Every emit reads it, across the log append; a [`ReadMostlyLock`] rather than a `tokio` or
     /// `async_lock` lock, whose read guards lock a mutex when released.
-    emission: Gate<Emission>,
+    emission: ReadMostlyLock<Emission>,
     /// Budget counters and credentials change while the job runs; observers read them.
     pub(crate) authority: Mutex<Authority>,
     /// The error the job must end with whatever the agent returns: its lease expired, or its
@@ -169,7 +169,7 @@ impl JobRecord {
             }),
             last_seq: AtomicU64::new(0),
             emits: AtomicU64::new(0),
-            emission: Gate::new(Emission {
+            emission: ReadMostlyLock::new(Emission {
                 open: true,
                 subscribers: Vec::new(),
             }),

@@ -1,7 +1,7 @@
 //! One stream attached to a session.
 //!
 //! Two halves. The reader task takes client frames and acts on them (submit, cancel, ping,
-//! close), answering with control frames through the stream's [`StreamBell`], which also
+//! close), answering with control frames through the stream's [`StreamControl`], which also
 //! carries the order to stop. The outbound stream sends the
 //! welcome, then interleaves those control frames with the session's event log read through one
 //! [`LogCursor`] from the resume point: replayed frames and live frames come out of the same
@@ -37,8 +37,9 @@ use crate::{
 };
 
 use super::{
-    bell::{Reply, Ring, StreamBell},
-    handshake, Session,
+    handshake,
+    stream_control::{Reply, StreamControl, StreamEvent},
+    Session,
 };
 
 /// How many log frames one read takes; bounds the latency a control frame waits behind them.
@@ -100,9 +101,9 @@ pub fn serve(
             message: ControlMessage::Welcome(opened.welcome),
         })));
 
-        let link = Arc::new(Link::new());
-        let bell = opened.attached.bell.clone();
-        let reader = tokio::spawn(read_loop(gw.clone(), session.clone(), link.clone(), inbound, bell.clone()));
+        let heard = Arc::new(LastHeard::new());
+        let control = opened.attached.control.clone();
+        let reader = tokio::spawn(read_loop(gw.clone(), session.clone(), heard.clone(), inbound, control.clone()));
         let _stop_reader = AbortOnDrop(reader);
         let mut reader_open = true;
         let mut cursor = LogCursor::new(session.log.clone(), opened.replay_after, LOG_BATCH);
@@ -114,7 +115,7 @@ pub fn serve(
         let mut last_sent = Instant::now();
         let next_check = |last_sent: Instant| {
             heartbeat.map_or(last_sent, |interval| {
-                (last_sent + interval).min(link.last_seen() + 2 * interval)
+                (last_sent + interval).min(heard.last_seen() + 2 * interval)
             })
         };
         // The heartbeat timer is armed once and re-armed only when it fires, not once per
@@ -126,10 +127,10 @@ pub fn serve(
         loop {
             let step = tokio::select! {
                 biased;
-                ring = bell.ring(reader_open) => match ring {
-                    Ring::Stop(end) => Step::End(end),
-                    Ring::Reply(reply) => Step::Control(reply),
-                    Ring::ReaderDone => Step::ReaderDone,
+                event = control.next_event(reader_open) => match event {
+                    StreamEvent::Stop(end) => Step::End(end),
+                    StreamEvent::Reply(reply) => Step::Control(reply),
+                    StreamEvent::ReaderDone => Step::ReaderDone,
                 },
                 frames = cursor.next_batch() => Step::Frames(frames),
                 _ = &mut check, if heartbeat.is_some() => Step::Heartbeat,
@@ -169,7 +170,7 @@ pub fn serve(
                 Step::Heartbeat => {
                     let Some(interval) = heartbeat else { continue };
                     let now = Instant::now();
-                    if now >= link.last_seen() + 2 * interval {
+                    if now >= heard.last_seen() + 2 * interval {
                         // The jobs run on and the session stays resumable; only this
                         // transport is given up.
                         tracing::info!(session = %session.id, "heartbeat lost; closing the transport");
@@ -199,15 +200,15 @@ pub fn serve(
 }
 
 /// What the two halves of a connection share.
-struct Link {
+struct LastHeard {
     opened: Instant,
     /// Milliseconds after `opened` at which the client last sent anything (§6.4).
     seen_ms: AtomicU64,
 }
 
-impl Link {
-    fn new() -> Link {
-        Link {
+impl LastHeard {
+    fn new() -> LastHeard {
+        LastHeard {
             opened: Instant::now(),
             seen_ms: AtomicU64::new(0),
         }
@@ -249,23 +250,23 @@ fn error_frame(
 async fn read_loop(
     gw: Arc<Gateway>,
     session: Arc<Session>,
-    link: Arc<Link>,
+    heard: Arc<LastHeard>,
     mut inbound: InboundStream,
-    bell: Arc<StreamBell>,
+    control: Arc<StreamControl>,
 ) {
-    read_frames(&gw, &session, &link, &mut inbound, &bell).await;
-    bell.reader_done();
+    read_frames(&gw, &session, &heard, &mut inbound, &control).await;
+    control.reader_done();
 }
 
 async fn read_frames(
     gw: &Arc<Gateway>,
     session: &Arc<Session>,
-    link: &Link,
+    heard: &LastHeard,
     inbound: &mut InboundStream,
-    bell: &StreamBell,
+    control: &StreamControl,
 ) {
     while let Some(frame) = inbound.next().await {
-        link.saw_client();
+        heard.saw_client();
         let (request_id, outcome) = match frame {
             Ok(frame) => (frame.id.clone(), dispatch(gw, session, frame).await),
             Err(rejected) => (rejected.request_id, Err(rejected.error)),
@@ -288,7 +289,7 @@ async fn read_frames(
             },
         };
         let closing = reply.then_close;
-        bell.send(reply).await;
+        control.send(reply).await;
         if closing {
             return;
         }

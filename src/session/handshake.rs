@@ -18,7 +18,7 @@ use crate::{
     resume::{token_not_valid, ResumeToken},
 };
 
-use super::{bell::StreamBell, Attached, Session};
+use super::{stream_control::StreamControl, Attached, Session};
 
 /// A stream that now owns a session.
 pub struct Opened {
@@ -81,20 +81,20 @@ async fn create(
     let log = gw.log.create(&id).await?;
     let token = gw.registry.issue(&id, &principal).await?;
     let session = Arc::new(Session::new(id, principal, features, log));
-    let bell = Arc::new(StreamBell::default());
+    let control = Arc::new(StreamControl::default());
     {
         let mut attachment = session.attachment.lock().await;
         attachment.generation = 1;
-        session.replace_stream(bell.clone());
+        session.replace_stream(control.clone());
     }
     gw.sessions.insert(session.clone());
-    stop_if_shutting_down(gw, &bell);
+    stop_if_shutting_down(gw, &control);
     tracing::info!(session = %session.id, principal = %session.principal, "session opened");
     Ok(Opened {
         welcome: gw.welcome(&token, &session.features()),
         attached: Attached {
             generation: 1,
-            bell,
+            control,
         },
         session,
         replay_after: EventSeq::ZERO,
@@ -125,18 +125,18 @@ async fn resume_session(
     let (token, attached): (ResumeToken, Attached) = {
         let mut attachment = session.attachment.lock().await;
         let token = gw.registry.rotate(&resume.token, &principal).await?;
-        let bell = Arc::new(StreamBell::default());
-        session.replace_stream(bell.clone());
+        let control = Arc::new(StreamControl::default());
+        session.replace_stream(control.clone());
         attachment.generation += 1;
         (
             token,
             Attached {
                 generation: attachment.generation,
-                bell,
+                control,
             },
         )
     };
-    stop_if_shutting_down(gw, &attached.bell);
+    stop_if_shutting_down(gw, &attached.control);
     if let Some(features) = features {
         session.set_features(features);
     }
@@ -151,9 +151,9 @@ async fn resume_session(
 
 /// Stops a stream that attached while the gateway began shutting down: [`Gateway::shutdown`]
 /// rings the streams attached before it, and this catches the ones it could not see yet.
-fn stop_if_shutting_down(gw: &Gateway, bell: &StreamBell) {
+fn stop_if_shutting_down(gw: &Gateway, control: &StreamControl) {
     if gw.shutdown.is_cancelled() {
-        bell.stop(StreamEnd::ShuttingDown);
+        control.stop(StreamEnd::ShuttingDown);
     }
 }
 

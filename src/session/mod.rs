@@ -5,17 +5,17 @@
 //!   frames and the session's event log through one cursor.
 //! - [`outbox`]: how a job frame enters a session's log: feature gating, redaction for
 //!   observers, and back-pressure signals (§6.5).
-//! - [`bell`]: what an attached stream waits on besides the log: the order to stop, and the
+//! - [`control`]: what an attached stream waits on besides the log: the order to stop, and the
 //!   replies its reader queued.
 //!
 //! A session is attached to at most one stream. Attaching bumps the session's generation and
 //! stops the previous stream; only the current generation's detach starts the resume window,
 //! so a stream that was taken over cannot expire the session under its successor.
 
-pub mod bell;
 pub mod connection;
 pub mod handshake;
 pub mod outbox;
+pub mod stream_control;
 
 use std::{
     collections::HashMap,
@@ -27,14 +27,14 @@ use std::{
 
 use parking_lot::RwLock;
 
-use self::bell::StreamBell;
+use self::stream_control::StreamControl;
 
 use crate::{
     event_log::SessionLog,
     ids::{EventSeq, Principal, SessionId},
     protocol::server::StreamEnd,
     protocol::Features,
-    signal::Signal,
+    sync::wakeup::Wakeup,
 };
 
 /// One session.
@@ -47,9 +47,9 @@ pub struct Session {
     pub log: Arc<dyn SessionLog>,
     features: RwLock<Features>,
     attachment: tokio::sync::Mutex<Attachment>,
-    /// The attached stream's bell; `None` while detached. Changed only under `attachment`, but
-    /// kept outside it so that a shutdown can ring it without waiting for a handshake.
-    stream: parking_lot::Mutex<Option<Arc<StreamBell>>>,
+    /// The attached stream's control; `None` while detached. Changed only under `attachment`, but
+    /// kept outside it so that a shutdown can event it without waiting for a handshake.
+    stream: parking_lot::Mutex<Option<Arc<StreamControl>>>,
     flow: Flow,
 }
 
@@ -65,7 +65,7 @@ struct Flow {
     /// log for its transport. Jobs of the session wait on these (see [`Session::wait_for_reader`]).
     attached: AtomicBool,
     delivered: AtomicU64,
-    progress: Signal,
+    progress: Wakeup,
 }
 
 struct Attachment {
@@ -79,7 +79,7 @@ pub struct Attached {
     pub generation: u64,
     /// Rung when a newer stream takes the session over or the gateway shuts down, and by the
     /// stream's reader.
-    pub bell: Arc<StreamBell>,
+    pub control: Arc<StreamControl>,
 }
 
 impl Session {
@@ -100,10 +100,10 @@ impl Session {
         }
     }
 
-    /// Makes `bell` the attached stream's, stopping the stream it replaces: the newest
+    /// Makes `control` the attached stream's, stopping the stream it replaces: the newest
     /// attachment wins. Call under the attachment lock.
-    fn replace_stream(&self, bell: Arc<StreamBell>) {
-        if let Some(previous) = self.stream.lock().replace(bell) {
+    fn replace_stream(&self, control: Arc<StreamControl>) {
+        if let Some(previous) = self.stream.lock().replace(control) {
             tracing::info!(session = %self.id, "session taken over by a resuming stream");
             previous.stop(StreamEnd::Superseded);
         }
@@ -111,8 +111,8 @@ impl Session {
 
     /// Ends the attached stream, if any, with `why`.
     pub(crate) fn stop_stream(&self, why: StreamEnd) {
-        if let Some(bell) = self.stream.lock().as_ref() {
-            bell.stop(why);
+        if let Some(control) = self.stream.lock().as_ref() {
+            control.stop(why);
         }
     }
 

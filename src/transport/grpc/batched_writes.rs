@@ -31,13 +31,13 @@ const WRITE_AT_ONCE: usize = 4096;
 /// shutdown pass straight through.
 pub struct BatchedWrites<T> {
     inner: T,
-    gate: Gate,
+    window: WriteWindow,
     release: Arc<Release>,
 }
 
 /// Where the connection is between two flushes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Gate {
+enum WriteWindow {
     /// Flushed: the next write asks to be woken after the current batch of ready tasks.
     Closed,
     /// Waiting for that wake-up; writes are refused until it comes.
@@ -69,7 +69,7 @@ impl<T> BatchedWrites<T> {
     pub fn new(inner: T) -> Self {
         BatchedWrites {
             inner,
-            gate: Gate::Closed,
+            window: WriteWindow::Closed,
             release: Arc::default(),
         }
     }
@@ -79,21 +79,21 @@ impl<T> BatchedWrites<T> {
         if len >= WRITE_AT_ONCE {
             return Poll::Ready(());
         }
-        match self.gate {
-            Gate::Open => return Poll::Ready(()),
-            Gate::Closed => {
+        match self.window {
+            WriteWindow::Open => return Poll::Ready(()),
+            WriteWindow::Closed => {
                 self.release.fired.store(false, Ordering::Relaxed);
                 self.release.task.register(cx.waker());
                 // Only the first poll of `yield_now` matters: it hands the waker to the
                 // scheduler's deferred list (or wakes it at once outside a runtime).
                 let waker = Waker::from(self.release.clone());
                 let _ = pin!(tokio::task::yield_now()).poll(&mut Context::from_waker(&waker));
-                self.gate = Gate::Waiting;
+                self.window = WriteWindow::Waiting;
             }
-            Gate::Waiting => self.release.task.register(cx.waker()),
+            WriteWindow::Waiting => self.release.task.register(cx.waker()),
         }
         if self.release.fired.load(Ordering::Acquire) {
-            self.gate = Gate::Open;
+            self.window = WriteWindow::Open;
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -127,8 +127,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for BatchedWrites<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         futures::ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
-        if self.gate == Gate::Open {
-            self.gate = Gate::Closed;
+        if self.window == WriteWindow::Open {
+            self.window = WriteWindow::Closed;
         }
         Poll::Ready(Ok(()))
     }

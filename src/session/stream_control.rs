@@ -1,4 +1,4 @@
-//! [`StreamBell`]: everything an attached stream waits on besides its session's log.
+//! [`StreamControl`]: everything an attached stream waits on besides its session's log.
 //!
 //! Between frames, a stream's outbound loop checks whether it must stop (a newer stream took
 //! the session over, or the gateway is shutting down) and whether its reader queued a control
@@ -36,7 +36,7 @@ pub(crate) struct Reply {
 }
 
 /// What woke the stream.
-pub(crate) enum Ring {
+pub(crate) enum StreamEvent {
     /// It must end, for this reason.
     Stop(StreamEnd),
     /// The reader answered a client frame.
@@ -47,7 +47,7 @@ pub(crate) enum Ring {
 }
 
 /// The stop signal and reply queue of one attached stream.
-pub struct StreamBell {
+pub struct StreamControl {
     stop: AtomicU8,
     queued: AtomicUsize,
     reader_done: AtomicBool,
@@ -56,9 +56,9 @@ pub struct StreamBell {
     room: Semaphore,
 }
 
-impl Default for StreamBell {
+impl Default for StreamControl {
     fn default() -> Self {
-        StreamBell {
+        StreamControl {
             stop: AtomicU8::new(RUNNING),
             queued: AtomicUsize::new(0),
             reader_done: AtomicBool::new(false),
@@ -69,7 +69,7 @@ impl Default for StreamBell {
     }
 }
 
-impl StreamBell {
+impl StreamControl {
     /// Tells the stream to end. The first reason given is the one it reports.
     pub fn stop(&self, why: StreamEnd) {
         let code = match why {
@@ -110,27 +110,27 @@ impl StreamBell {
     }
 
     /// The next thing the stream must act on. With `replies` false, only a stop is reported
-    /// (the stream has already seen [`Ring::ReaderDone`]). Cancel-safe: a reply is taken only
+    /// (the stream has already seen [`StreamEvent::ReaderDone`]). Cancel-safe: a reply is taken only
     /// when it is returned.
-    pub(crate) fn ring(&self, replies: bool) -> impl Future<Output = Ring> + '_ {
-        poll_fn(move |cx| self.poll_ring(cx, replies))
+    pub(crate) fn next_event(&self, replies: bool) -> impl Future<Output = StreamEvent> + '_ {
+        poll_fn(move |cx| self.poll_event(cx, replies))
     }
 
-    fn poll_ring(&self, cx: &mut Context<'_>, replies: bool) -> Poll<Ring> {
-        if let Some(ring) = self.check(replies) {
-            return Poll::Ready(ring);
+    fn poll_event(&self, cx: &mut Context<'_>, replies: bool) -> Poll<StreamEvent> {
+        if let Some(event) = self.check(replies) {
+            return Poll::Ready(event);
         }
         self.waker.register(cx.waker());
-        // A ring between the check and the registration found no waker; check again.
+        // A event between the check and the registration found no waker; check again.
         match self.check(replies) {
-            Some(ring) => Poll::Ready(ring),
+            Some(event) => Poll::Ready(event),
             None => Poll::Pending,
         }
     }
 
-    fn check(&self, replies: bool) -> Option<Ring> {
+    fn check(&self, replies: bool) -> Option<StreamEvent> {
         if let Some(end) = self.stopped() {
-            return Some(Ring::Stop(end));
+            return Some(StreamEvent::Stop(end));
         }
         if !replies {
             return None;
@@ -139,12 +139,12 @@ impl StreamBell {
             if let Some(reply) = self.replies.lock().pop_front() {
                 self.queued.fetch_sub(1, Ordering::AcqRel);
                 self.room.add_permits(1);
-                return Some(Ring::Reply(reply));
+                return Some(StreamEvent::Reply(reply));
             }
         }
         // `reader_done` is set after the reader's last send counted its reply.
         (self.reader_done.load(Ordering::Acquire) && self.queued.load(Ordering::Acquire) == 0)
-            .then_some(Ring::ReaderDone)
+            .then_some(StreamEvent::ReaderDone)
     }
 }
 
@@ -165,42 +165,51 @@ mod tests {
         }
     }
 
-    fn request_id(ring: Ring) -> Option<String> {
-        match ring {
-            Ring::Reply(reply) => reply.control.request_id,
+    fn request_id(event: StreamEvent) -> Option<String> {
+        match event {
+            StreamEvent::Reply(reply) => reply.control.request_id,
             _ => None,
         }
     }
 
     #[tokio::test]
     async fn replies_come_in_order_then_reader_done_and_stop_wins_over_both() {
-        let bell = StreamBell::default();
-        bell.send(reply(1)).await;
-        bell.send(reply(2)).await;
-        bell.reader_done();
-        assert_eq!(request_id(bell.ring(true).await).as_deref(), Some("1"));
-        assert_eq!(request_id(bell.ring(true).await).as_deref(), Some("2"));
-        assert!(matches!(bell.ring(true).await, Ring::ReaderDone));
-        bell.send(reply(3)).await;
-        bell.stop(StreamEnd::ShuttingDown);
-        bell.stop(StreamEnd::Superseded);
+        let control = StreamControl::default();
+        control.send(reply(1)).await;
+        control.send(reply(2)).await;
+        control.reader_done();
+        assert_eq!(
+            request_id(control.next_event(true).await).as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            request_id(control.next_event(true).await).as_deref(),
+            Some("2")
+        );
         assert!(matches!(
-            bell.ring(true).await,
-            Ring::Stop(StreamEnd::ShuttingDown)
+            control.next_event(true).await,
+            StreamEvent::ReaderDone
+        ));
+        control.send(reply(3)).await;
+        control.stop(StreamEnd::ShuttingDown);
+        control.stop(StreamEnd::Superseded);
+        assert!(matches!(
+            control.next_event(true).await,
+            StreamEvent::Stop(StreamEnd::ShuttingDown)
         ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_queue_holds_the_reader_back_and_a_waiting_stream_is_woken() {
-        let bell = Arc::new(StreamBell::default());
+        let control = Arc::new(StreamControl::default());
         for n in 0..REPLY_QUEUE as u64 {
-            bell.send(reply(n)).await;
+            control.send(reply(n)).await;
         }
         let mut extra = tokio::spawn({
-            let bell = bell.clone();
+            let control = control.clone();
             async move {
-                bell.send(reply(REPLY_QUEUE as u64)).await;
-                bell.reader_done();
+                control.send(reply(REPLY_QUEUE as u64)).await;
+                control.reader_done();
             }
         });
         // Waiting cannot end while the queue is full, however long it is given.
@@ -208,24 +217,27 @@ mod tests {
             .await
             .is_err());
         for n in 0..=REPLY_QUEUE as u64 {
-            let ring = tokio::time::timeout(Duration::from_secs(5), bell.ring(true))
+            let event = tokio::time::timeout(Duration::from_secs(5), control.next_event(true))
                 .await
                 .expect("the stream is woken");
-            assert_eq!(request_id(ring), Some(n.to_string()));
+            assert_eq!(request_id(event), Some(n.to_string()));
         }
         extra.await.expect("the reader finishes once there is room");
-        assert!(matches!(bell.ring(true).await, Ring::ReaderDone));
+        assert!(matches!(
+            control.next_event(true).await,
+            StreamEvent::ReaderDone
+        ));
         let waiter = tokio::spawn({
-            let bell = bell.clone();
+            let control = control.clone();
             async move {
-                match bell.ring(false).await {
-                    Ring::Stop(end) => end,
+                match control.next_event(false).await {
+                    StreamEvent::Stop(end) => end,
                     _ => panic!("only a stop is reported once the reader is done"),
                 }
             }
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
-        bell.stop(StreamEnd::Superseded);
+        control.stop(StreamEnd::Superseded);
         let end = tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .expect("the waiting stream is woken")

@@ -1,9 +1,9 @@
-//! [`Signal`]: a wake-up that costs one atomic load when nobody waits.
+//! [`Wakeup`]: a wake-up that costs one atomic load when nobody waits.
 //!
 //! The hot path of the gateway signals on every frame: an append wakes the session's reader,
 //! and the reader's progress wakes jobs throttled behind it. Most of the time nobody is
 //! waiting, yet `tokio::sync::Notify::notify_waiters` (and a `watch` channel built on it)
-//! locks a mutex on every call. A [`Signal`] counts its waiters and skips the notification
+//! locks a mutex on every call. A [`Wakeup`] counts its waiters and skips the notification
 //! when there are none.
 
 use std::{
@@ -13,14 +13,14 @@ use std::{
 
 use tokio::sync::Notify;
 
-/// Wakes every task waiting in [`Signal::wait_until`] when [`Signal::notify`] is called.
+/// Wakes every task waiting in [`Wakeup::wait_until`] when [`Wakeup::notify`] is called.
 #[derive(Default)]
-pub struct Signal {
+pub struct Wakeup {
     notify: Notify,
     waiters: AtomicUsize,
 }
 
-impl Signal {
+impl Wakeup {
     /// Wakes the current waiters so they re-check their condition. Call after changing the
     /// state they check.
     pub fn notify(&self) {
@@ -32,7 +32,7 @@ impl Signal {
         }
     }
 
-    /// Returns once `ready` holds, re-checking it after every [`Signal::notify`].
+    /// Returns once `ready` holds, re-checking it after every [`Wakeup::notify`].
     /// Cancel-safe: dropping the future unregisters the waiter.
     pub async fn wait_until(&self, mut ready: impl FnMut() -> bool) {
         if ready() {
@@ -81,7 +81,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_wakes_on_the_change_it_waits_for() {
-        let signal = Arc::new(Signal::default());
+        let signal = Arc::new(Wakeup::default());
         let value = Arc::new(AtomicU64::new(0));
         let waiter = tokio::spawn({
             let (signal, value) = (signal.clone(), value.clone());
@@ -107,7 +107,7 @@ mod tests {
     async fn no_wake_up_is_lost_between_check_and_wait() {
         // Many rounds of a setter racing a waiter on two threads: a lost wake-up hangs a round.
         for _ in 0..2000 {
-            let signal = Arc::new(Signal::default());
+            let signal = Arc::new(Wakeup::default());
             let flag = Arc::new(AtomicBool::new(false));
             let setter = tokio::spawn({
                 let (signal, flag) = (signal.clone(), flag.clone());
@@ -128,7 +128,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_wait_unregisters() {
-        let signal = Signal::default();
+        let signal = Wakeup::default();
         let wait = signal.wait_until(|| false);
         assert!(tokio::time::timeout(Duration::from_millis(10), wait)
             .await

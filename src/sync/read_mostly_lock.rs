@@ -1,10 +1,10 @@
-//! [`Gate`]: an async read-write lock for state that is read on every frame and written rarely.
+//! [`ReadMostlyLock`]: an async read-write lock for state that is read on every frame and written rarely.
 //!
 //! Every emit of a job holds the job's emission state for reading across the log append, and
 //! only a job ending or a subscriber attaching or leaving writes it. `async_lock`'s read guard
 //! rings an event whenever the last reader leaves, and ringing it locks a mutex, so every emit
-//! paid for a lock no writer was waiting on. A gate's reader pays one compare-and-swap to enter
-//! and one subtraction to leave; it rings the [`Signal`] only when it is the last reader and a
+//! paid for a lock no writer was waiting on. A lock's reader pays one compare-and-swap to enter
+//! and one subtraction to leave; it rings the [`Wakeup`] only when it is the last reader and a
 //! writer is waiting for it.
 
 use std::{
@@ -13,37 +13,37 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use crate::signal::Signal;
+use crate::sync::wakeup::Wakeup;
 
 /// The bit of `state` a writer holds; the bits below it count the readers inside.
 const WRITER: usize = 1 << (usize::BITS - 1);
 
 /// An async read-write lock: any number of readers, or one writer. A writer that has claimed
-/// the gate keeps new readers out while it waits for those inside to leave, so a steady stream
+/// the lock keeps new readers out while it waits for those inside to leave, so a steady stream
 /// of readers cannot starve it.
-pub struct Gate<T> {
+pub struct ReadMostlyLock<T> {
     state: AtomicUsize,
     /// Rung when a writer leaves, and when the last reader leaves while a writer waits.
-    changed: Signal,
+    changed: Wakeup,
     value: UnsafeCell<T>,
 }
 
-// SAFETY: the gate hands out `&T` to readers on several threads at once only while no writer is
+// SAFETY: the lock hands out `&T` to readers on several threads at once only while no writer is
 // inside, and `&mut T` to one writer at a time, as `std::sync::RwLock` does.
-unsafe impl<T: Send> Send for Gate<T> {}
-unsafe impl<T: Send + Sync> Sync for Gate<T> {}
+unsafe impl<T: Send> Send for ReadMostlyLock<T> {}
+unsafe impl<T: Send + Sync> Sync for ReadMostlyLock<T> {}
 
-impl<T> Gate<T> {
-    /// A gate around `value`.
+impl<T> ReadMostlyLock<T> {
+    /// A lock around `value`.
     pub fn new(value: T) -> Self {
-        Gate {
+        ReadMostlyLock {
             state: AtomicUsize::new(0),
-            changed: Signal::default(),
+            changed: Wakeup::default(),
             value: UnsafeCell::new(value),
         }
     }
 
-    /// Shared access, once no writer holds or has claimed the gate. Cancel-safe.
+    /// Shared access, once no writer holds or has claimed the lock. Cancel-safe.
     ///
     /// The waits are boxed: this future is part of every emit's, and of every session task
     /// that may subscribe or unsubscribe, which would otherwise reserve room for them.
@@ -61,7 +61,7 @@ impl<T> Gate<T> {
             .state
             .compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
         {
-            Ok(_) => WriteGuard { gate: self },
+            Ok(_) => WriteGuard { lock: self },
             Err(_) => Box::pin(self.write_contended()).await,
         }
     }
@@ -75,7 +75,7 @@ impl<T> Gate<T> {
                 Ordering::Acquire,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Some(ReadGuard { gate: self }),
+                Ok(_) => return Some(ReadGuard { lock: self }),
                 Err(now) => state = now,
             }
         }
@@ -105,7 +105,7 @@ impl<T> Gate<T> {
             }
         }
         // The guard owns the claim from here: dropped while waiting, it releases it.
-        let guard = WriteGuard { gate: self };
+        let guard = WriteGuard { lock: self };
         self.changed
             .wait_until(|| self.state.load(Ordering::Acquire) == WRITER)
             .await;
@@ -117,9 +117,9 @@ impl<T> Gate<T> {
     }
 }
 
-/// Shared access to a [`Gate`]'s value.
+/// Shared access to a [`ReadMostlyLock`]'s value.
 pub struct ReadGuard<'a, T> {
-    gate: &'a Gate<T>,
+    lock: &'a ReadMostlyLock<T>,
 }
 
 impl<T> Deref for ReadGuard<'_, T> {
@@ -127,43 +127,43 @@ impl<T> Deref for ReadGuard<'_, T> {
 
     fn deref(&self) -> &T {
         // SAFETY: a reader is counted in `state`, so no writer is inside.
-        unsafe { &*self.gate.value.get() }
+        unsafe { &*self.lock.value.get() }
     }
 }
 
 impl<T> Drop for ReadGuard<'_, T> {
     fn drop(&mut self) {
-        if self.gate.state.fetch_sub(1, Ordering::Release) == WRITER | 1 {
-            self.gate.changed.notify();
+        if self.lock.state.fetch_sub(1, Ordering::Release) == WRITER | 1 {
+            self.lock.changed.notify();
         }
     }
 }
 
-/// Exclusive access to a [`Gate`]'s value.
+/// Exclusive access to a [`ReadMostlyLock`]'s value.
 pub struct WriteGuard<'a, T> {
-    gate: &'a Gate<T>,
+    lock: &'a ReadMostlyLock<T>,
 }
 
 impl<T> Deref for WriteGuard<'_, T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        // SAFETY: the writer bit is held and no reader is inside (`Gate::write` waited).
-        unsafe { &*self.gate.value.get() }
+        // SAFETY: the writer bit is held and no reader is inside (`ReadMostlyLock::write` waited).
+        unsafe { &*self.lock.value.get() }
     }
 }
 
 impl<T> DerefMut for WriteGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as for `deref`, and this guard is the only one.
-        unsafe { &mut *self.gate.value.get() }
+        unsafe { &mut *self.lock.value.get() }
     }
 }
 
 impl<T> Drop for WriteGuard<'_, T> {
     fn drop(&mut self) {
-        self.gate.state.fetch_and(!WRITER, Ordering::Release);
-        self.gate.changed.notify();
+        self.lock.state.fetch_and(!WRITER, Ordering::Release);
+        self.lock.changed.notify();
     }
 }
 
@@ -182,71 +182,71 @@ mod tests {
     #[test]
     fn its_futures_hold_a_pointer_to_their_waits() {
         // Every emit's future holds a read's, and every session task may hold a write's.
-        let gate = Gate::new(());
-        assert!(std::mem::size_of_val(&gate.read()) <= 32);
-        assert!(std::mem::size_of_val(&gate.write()) <= 32);
+        let lock = ReadMostlyLock::new(());
+        assert!(std::mem::size_of_val(&lock.read()) <= 32);
+        assert!(std::mem::size_of_val(&lock.write()) <= 32);
     }
 
     #[tokio::test]
     async fn readers_share_and_a_writer_waits_for_them() {
-        let gate = Gate::new(0u32);
-        let first = gate.read().await;
-        let second = gate.read().await;
+        let lock = ReadMostlyLock::new(0u32);
+        let first = lock.read().await;
+        let second = lock.read().await;
         assert_eq!(*first + *second, 0);
-        assert!(pending(gate.write()).await);
+        assert!(pending(lock.write()).await);
         drop(first);
-        assert!(pending(gate.write()).await);
+        assert!(pending(lock.write()).await);
         drop(second);
-        *gate.write().await += 1;
-        assert_eq!(*gate.read().await, 1);
+        *lock.write().await += 1;
+        assert_eq!(*lock.read().await, 1);
     }
 
     #[tokio::test]
     async fn a_claiming_writer_keeps_new_readers_out() {
-        let gate = Arc::new(Gate::new(0u32));
-        let reader = gate.read().await;
+        let lock = Arc::new(ReadMostlyLock::new(0u32));
+        let reader = lock.read().await;
         let writer = tokio::spawn({
-            let gate = gate.clone();
-            async move { *gate.write().await = 7 }
+            let lock = lock.clone();
+            async move { *lock.write().await = 7 }
         });
-        // Once the writer has claimed the gate, a new reader waits behind it.
-        while gate.state.load(Ordering::Acquire) & WRITER == 0 {
+        // Once the writer has claimed the lock, a new reader waits behind it.
+        while lock.state.load(Ordering::Acquire) & WRITER == 0 {
             tokio::task::yield_now().await;
         }
-        assert!(pending(gate.read()).await);
+        assert!(pending(lock.read()).await);
         drop(reader);
         writer.await.expect("the writer did not panic");
-        assert_eq!(*gate.read().await, 7);
+        assert_eq!(*lock.read().await, 7);
     }
 
     #[tokio::test]
     async fn a_dropped_write_gives_up_its_claim() {
-        let gate = Gate::new(0u32);
-        let reader = gate.read().await;
-        assert!(pending(gate.write()).await);
+        let lock = ReadMostlyLock::new(0u32);
+        let reader = lock.read().await;
+        assert!(pending(lock.write()).await);
         // The abandoned writer must not keep readers out.
-        let again = gate.read().await;
+        let again = lock.read().await;
         drop((reader, again));
-        assert_eq!(gate.state.load(Ordering::Acquire), 0);
+        assert_eq!(lock.state.load(Ordering::Acquire), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writers_are_exclusive_under_contention() {
         // Writers update two fields in two steps with a yield between; a reader or another
         // writer getting in between would see them differ.
-        let gate = Arc::new(Gate::new((0u64, 0u64)));
+        let lock = Arc::new(ReadMostlyLock::new((0u64, 0u64)));
         let tasks: Vec<_> = (0..8)
             .map(|i| {
-                let gate = gate.clone();
+                let lock = lock.clone();
                 tokio::spawn(async move {
                     for _ in 0..500 {
                         if i % 2 == 0 {
-                            let mut pair = gate.write().await;
+                            let mut pair = lock.write().await;
                             pair.0 += 1;
                             tokio::task::yield_now().await;
                             pair.1 += 1;
                         } else {
-                            let pair = gate.read().await;
+                            let pair = lock.read().await;
                             assert_eq!(pair.0, pair.1, "a reader saw a write half done");
                         }
                     }
@@ -259,7 +259,7 @@ mod tests {
                 .expect("no waiter was left hanging")
                 .expect("no task panicked");
         }
-        assert_eq!(*gate.read().await, (2000, 2000));
-        assert_eq!(gate.state.load(Ordering::Acquire), 0);
+        assert_eq!(*lock.read().await, (2000, 2000));
+        assert_eq!(lock.state.load(Ordering::Acquire), 0);
     }
 }
