@@ -26,27 +26,10 @@ async fn start(back_pressure_lag: u64) -> (TestServer, mpsc::UnboundedSender<u64
     (TestServer::start_with_agents(config, agents).await, tx)
 }
 
-/// Opens a session as alice offering `features`; returns the stream and the welcome.
-async fn open(server: &TestServer, features: &[&str]) -> (Conn, proto::ServerFrame) {
-    let mut conn = server.open().await;
-    conn.send(hello("alice-token", features, None)).await;
-    let w = conn.recv().await;
-    welcome(&w);
-    (conn, w)
-}
-
 fn ack(seq: u64) -> In {
     In::SessionAck(proto::SessionAck {
         last_processed_seq: seq,
     })
-}
-
-fn expect_error(frame: &proto::ServerFrame, code: ErrorCode, request_id: &str) {
-    let e = session_error(frame);
-    assert_eq!(e.code, code.as_str(), "unexpected error: {e:?}");
-    assert_eq!(e.retryable, code.retryable());
-    assert_eq!(e.request_id, request_id, "request_id of {e:?}");
-    assert_eq!(frame.event_seq, 0, "session errors carry no event_seq");
 }
 
 /// The phase of a `status` event, if `frame` is one.
@@ -68,29 +51,12 @@ fn is_back_pressure(frame: &proto::ServerFrame) -> bool {
     status_body(frame).is_some_and(|s| s.phase == "back_pressure")
 }
 
-async fn resume(
-    server: &TestServer,
-    session: &str,
-    token: &str,
-    last: u64,
-) -> (Conn, proto::ServerFrame) {
-    let mut conn = server.open().await;
-    conn.send(hello(
-        "alice-token",
-        &["ack", "progress"],
-        Some(resume_info(session, token, last)),
-    ))
-    .await;
-    let first = conn.recv().await;
-    (conn, first)
-}
-
 #[tokio::test]
 async fn an_ack_without_the_ack_feature_is_refused_and_the_session_survives() {
     let (server, _steps) = start(1000).await;
-    let (mut conn, _) = open(&server, &["progress"]).await;
+    let (mut conn, _) = server.hello_with("alice-token", &["progress"]).await;
     let id = conn.send(ack(0)).await;
-    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
+    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, Some(&id));
     let (job, accepted_frame) = submit_and_accept(&mut conn, submit("echo", json!(1))).await;
     assert_eq!(accepted_frame.event_seq, 1);
     let (_, terminal) = conn.recv_until_terminal(&job).await;
@@ -100,11 +66,11 @@ async fn an_ack_without_the_ack_feature_is_refused_and_the_session_survives() {
 #[tokio::test]
 async fn acks_get_no_reply_and_may_not_run_ahead_of_what_this_stream_delivered() {
     let (server, _steps) = start(1000).await;
-    let (mut conn, w) = open(&server, &["ack"]).await;
+    let (mut conn, w) = server.hello_with("alice-token", &["ack"]).await;
 
     // Nothing delivered yet: only 0 may be acknowledged.
     let id = conn.send(ack(1)).await;
-    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
+    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, Some(&id));
     conn.send(ack(0)).await;
     assert!(
         sync_with_ping(&mut conn, "n0").await.is_empty(),
@@ -116,9 +82,9 @@ async fn acks_get_no_reply_and_may_not_run_ahead_of_what_this_stream_delivered()
     assert_eq!(terminal.event_seq, 2);
 
     let id = conn.send(ack(3)).await;
-    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
+    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, Some(&id));
     let id = conn.send(ack(u64::MAX)).await;
-    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
+    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, Some(&id));
     conn.send(ack(2)).await;
     // Acks never move backwards, and repeating one is harmless.
     conn.send(ack(1)).await;
@@ -144,7 +110,7 @@ async fn acks_get_no_reply_and_may_not_run_ahead_of_what_this_stream_delivered()
 #[tokio::test]
 async fn an_ack_frees_frames_early_so_a_resume_must_start_at_or_after_it() {
     let (server, _steps) = start(1000).await;
-    let (mut conn, w) = open(&server, &["ack", "progress"]).await;
+    let (mut conn, w) = server.hello_with("alice-token", &["ack", "progress"]).await;
     let session = w.session_id.clone();
     let token = welcome(&w).resume_token.clone();
     let (job, _) = submit_and_accept(&mut conn, ticker(5, 0)).await;
@@ -156,24 +122,42 @@ async fn an_ack_frees_frames_early_so_a_resume_must_start_at_or_after_it() {
 
     // Frames up to 4 are gone: resuming from before the ack would leave a gap.
     for last in [0, 3] {
-        let (_conn, first) = resume(&server, &session, &token, last).await;
+        let (_conn, first) = server
+            .resume_with_hello(
+                "alice-token",
+                &["ack", "progress"],
+                resume_info(&session, &token, last),
+            )
+            .await;
         let e = session_error(&first);
         assert_eq!(e.code, ErrorCode::ResumeWindowExpired.as_str(), "{e:?}");
         assert!(!e.retryable);
     }
 
     // From the acknowledged frame itself, the rest replays exactly (the token survived).
-    let (mut conn, first) = resume(&server, &session, &token, 4).await;
+    let (mut conn, first) = server
+        .resume_with_hello(
+            "alice-token",
+            &["ack", "progress"],
+            resume_info(&session, &token, 4),
+        )
+        .await;
     let token = welcome(&first).resume_token.clone();
     assert_eq!(first.session_id, session);
     let (frames, terminal) = conn.recv_until_terminal(&job).await;
-    assert_eq!(seqs(&frames), vec![5, 6]);
+    assert_eq!(event_seqs(&frames), vec![5, 6]);
     assert_eq!(terminal.event_seq, 7);
     assert_eq!(result_json(&terminal), json!({"ticks": 5}));
     drop(conn);
 
     // And from a later one.
-    let (mut conn, first) = resume(&server, &session, &token, 6).await;
+    let (mut conn, first) = server
+        .resume_with_hello(
+            "alice-token",
+            &["ack", "progress"],
+            resume_info(&session, &token, 6),
+        )
+        .await;
     welcome(&first);
     let (frames, terminal) = conn.recv_until_terminal(&job).await;
     assert!(frames.is_empty(), "{frames:?}");
@@ -184,13 +168,13 @@ async fn an_ack_frees_frames_early_so_a_resume_must_start_at_or_after_it() {
 async fn a_client_lagging_past_the_limit_gets_one_back_pressure_status_for_the_job_that_crossed_it()
 {
     let (server, _steps) = start(3).await;
-    let (mut conn, w) = open(&server, &["ack", "progress"]).await;
+    let (mut conn, w) = server.hello_with("alice-token", &["ack", "progress"]).await;
     let (job, _) = submit_and_accept(&mut conn, ticker(10, 0)).await;
     let (frames, terminal) = conn.recv_until_terminal(&job).await;
 
     // accepted=1, ticks 1..3 = 2..4; the fourth unacknowledged frame (lag 4 > 3) draws the
     // signal at 5; the other seven ticks and the result follow with no second signal.
-    assert_eq!(seqs(&frames), (2..=12).collect::<Vec<_>>());
+    assert_eq!(event_seqs(&frames), (2..=12).collect::<Vec<_>>());
     assert_eq!(terminal.event_seq, 13);
     let signals: Vec<&proto::ServerFrame> = frames.iter().filter(|f| is_back_pressure(f)).collect();
     assert_eq!(signals.len(), 1, "one signal per slow spell: {frames:?}");
@@ -207,13 +191,13 @@ async fn a_client_lagging_past_the_limit_gets_one_back_pressure_status_for_the_j
 #[tokio::test]
 async fn an_ack_that_brings_the_lag_within_the_limit_re_arms_the_signal() {
     let (server, steps) = start(3).await;
-    let (mut conn, w) = open(&server, &["ack"]).await;
+    let (mut conn, w) = server.hello_with("alice-token", &["ack"]).await;
     let (job, _) = submit_and_accept(&mut conn, submit("pacer", json!(null))).await;
 
     // Lines at 2, 3, 4; 4 is the fourth unacknowledged frame: the signal at 5.
     steps.send(3).unwrap();
     let spell = recv_n(&mut conn, 4).await;
-    assert_eq!(seqs(&spell), vec![2, 3, 4, 5]);
+    assert_eq!(event_seqs(&spell), vec![2, 3, 4, 5]);
     assert_eq!(log_message(&spell[2]), Some("line 3"));
     assert!(is_back_pressure(&spell[3]), "{:?}", spell[3]);
     assert_eq!(spell[3].job_id, job);
@@ -223,7 +207,7 @@ async fn an_ack_that_brings_the_lag_within_the_limit_re_arms_the_signal() {
     sync_with_ping(&mut conn, "a1").await;
     steps.send(2).unwrap();
     let more = recv_n(&mut conn, 2).await;
-    assert_eq!(seqs(&more), vec![6, 7]);
+    assert_eq!(event_seqs(&more), vec![6, 7]);
     assert!(more.iter().all(|f| log_message(f).is_some()), "{more:?}");
 
     // Catching up (lag 0) re-arms it: the next spell is signalled again, once.
@@ -231,7 +215,7 @@ async fn an_ack_that_brings_the_lag_within_the_limit_re_arms_the_signal() {
     sync_with_ping(&mut conn, "a7").await;
     steps.send(4).unwrap();
     let spell = recv_n(&mut conn, 5).await;
-    assert_eq!(seqs(&spell), vec![8, 9, 10, 11, 12]);
+    assert_eq!(event_seqs(&spell), vec![8, 9, 10, 11, 12]);
     assert_eq!(log_message(&spell[3]), Some("line 9"));
     assert!(is_back_pressure(&spell[4]), "{:?}", spell[4]);
     assert_eq!(spell[4].job_id, job);
@@ -246,10 +230,10 @@ async fn an_ack_that_brings_the_lag_within_the_limit_re_arms_the_signal() {
 #[tokio::test]
 async fn a_terminal_frame_never_draws_a_back_pressure_status() {
     let (server, steps) = start(3).await;
-    let (mut conn, w) = open(&server, &["ack"]).await;
+    let (mut conn, w) = server.hello_with("alice-token", &["ack"]).await;
     let (pacer, _) = submit_and_accept(&mut conn, submit("pacer", json!(null))).await;
     steps.send(2).unwrap();
-    assert_eq!(seqs(&recv_n(&mut conn, 2).await), vec![2, 3]);
+    assert_eq!(event_seqs(&recv_n(&mut conn, 2).await), vec![2, 3]);
     // The result is the fourth unacknowledged frame, but nothing may follow a terminal frame.
     steps.send(0).unwrap();
     let terminal = conn.recv().await;
@@ -276,7 +260,7 @@ async fn a_terminal_frame_never_draws_a_back_pressure_status() {
 #[tokio::test]
 async fn a_repeated_acceptance_of_a_finished_job_draws_no_back_pressure_status_for_it() {
     let (server, _steps) = start(2).await;
-    let (mut conn, w) = open(&server, &["ack"]).await;
+    let (mut conn, w) = server.hello_with("alice-token", &["ack"]).await;
     let keyed = || {
         In::JobSubmit(proto::JobSubmit {
             agent: "echo".into(),
@@ -304,7 +288,7 @@ async fn a_repeated_acceptance_of_a_finished_job_draws_no_back_pressure_status_f
 #[tokio::test]
 async fn without_ack_negotiated_no_back_pressure_is_signalled() {
     let (server, _steps) = start(3).await;
-    let (mut conn, w) = open(&server, &["progress"]).await;
+    let (mut conn, w) = server.hello_with("alice-token", &["progress"]).await;
     let (job, _) = submit_and_accept(&mut conn, ticker(10, 0)).await;
     let (frames, terminal) = conn.recv_until_terminal(&job).await;
     assert_eq!(frames.len(), 10, "only the ticks: {frames:?}");

@@ -9,7 +9,7 @@ use std::{collections::HashMap, sync::Arc};
 use arcp_gateway::{
     agent::{Agent, AgentRegistry, JobContext},
     config::GatewayConfig,
-    proto::{self, client_frame::Payload as In, job_event::Body, server_frame::Payload as Out},
+    proto::{self, client_frame::Payload as In, job_event::Body},
     protocol::Json,
     ArcpError,
 };
@@ -29,28 +29,14 @@ fn spender(costs: &[f64], currency: &str, budget: &[&str]) -> In {
     )
 }
 
-async fn session(server: &TestServer, features: &[&str]) -> Conn {
-    let mut conn = server.open().await;
-    conn.send(hello("alice-token", features, None)).await;
-    welcome(&conn.recv().await);
-    conn
-}
-
 const FEATURES: &[&str] = &["cost.budget", "progress"];
-
-fn body(frame: &proto::ServerFrame) -> Option<&Body> {
-    match &frame.payload {
-        Some(Out::JobEvent(e)) => e.body.as_ref(),
-        _ => None,
-    }
-}
 
 /// Each event of `frames` in a compact form: `call TOOL`, `ok`, `error CODE`,
 /// `metric NAME VALUE UNIT`.
 fn trace(frames: &[proto::ServerFrame]) -> Vec<String> {
     frames
         .iter()
-        .map(|f| match body(f) {
+        .map(|f| match event_body(f) {
             Some(Body::ToolCall(c)) => format!("call {}", c.tool),
             Some(Body::ToolResult(r)) => match &r.error {
                 None => "ok".to_owned(),
@@ -65,10 +51,10 @@ fn trace(frames: &[proto::ServerFrame]) -> Vec<String> {
         .collect()
 }
 
-fn result_json(frame: &proto::ServerFrame) -> serde_json::Value {
-    let r = job_result(frame);
-    assert_eq!(r.final_status, "success");
-    to_json(r.result.as_ref().expect("inline result"))
+/// The inline result of a job that succeeded, as JSON.
+fn success_json(frame: &proto::ServerFrame) -> serde_json::Value {
+    assert_eq!(job_result(frame).final_status, "success");
+    result_json(frame)
 }
 
 /// Emits each metric of `{"metrics": [[name, value, unit], ...]}`, recording `"ok"` or the
@@ -107,7 +93,7 @@ async fn start(config: GatewayConfig) -> TestServer {
 #[tokio::test]
 async fn a_budget_needs_the_cost_budget_feature() {
     let server = start(GatewayConfig::default()).await;
-    let mut conn = session(&server, &["progress"]).await;
+    let (mut conn, _) = server.hello_with("alice-token", &["progress"]).await;
     let id = conn.send(spender(&[0.1], "USD", &["USD:1.00"])).await;
     let e = session_error(&conn.recv().await).clone();
     assert_eq!(e.code, "INVALID_REQUEST");
@@ -130,7 +116,7 @@ async fn malformed_budgets_are_invalid_requests_and_start_no_job() {
         &["U$D:5"][..],
         &["USD:1", "USD:2"][..],
     ] {
-        let mut conn = session(&server, FEATURES).await;
+        let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
         let id = conn.send(spender(&[0.1], "USD", budget)).await;
         let e = session_error(&conn.recv().await).clone();
         assert_eq!(e.code, "INVALID_REQUEST", "{budget:?}: {e:?}");
@@ -144,7 +130,7 @@ async fn malformed_budgets_are_invalid_requests_and_start_no_job() {
 #[tokio::test]
 async fn the_acceptance_reports_the_initial_counter_of_each_currency() {
     let server = start(GatewayConfig::default()).await;
-    let mut conn = session(&server, FEATURES).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (job, frame) = submit_and_accept(
         &mut conn,
         submit_leased(
@@ -175,7 +161,7 @@ async fn the_acceptance_reports_the_initial_counter_of_each_currency() {
 #[tokio::test]
 async fn each_cost_metric_is_followed_by_the_remaining_counter_until_the_budget_is_exhausted() {
     let server = start(GatewayConfig::default()).await;
-    let mut conn = session(&server, FEATURES).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (job, _) = submit_and_accept(
         &mut conn,
         spender(&[0.4, 0.4, 0.4, 0.4], "USD", &["USD:1.00"]),
@@ -203,7 +189,7 @@ async fn each_cost_metric_is_followed_by_the_remaining_counter_until_the_budget_
         ]
     );
     // The agent handles the error and returns a partial result (§13.5).
-    let result = result_json(&terminal);
+    let result = success_json(&terminal);
     assert_eq!(result["calls"], json!(3));
     assert_eq!(result["stopped_by"], json!("BUDGET_EXHAUSTED"));
     assert!((result["spent"].as_f64().unwrap() - 1.2).abs() < 1e-9);
@@ -212,7 +198,7 @@ async fn each_cost_metric_is_followed_by_the_remaining_counter_until_the_budget_
 #[tokio::test]
 async fn a_counter_at_exactly_zero_is_exhausted() {
     let server = start(GatewayConfig::default()).await;
-    let mut conn = session(&server, FEATURES).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (job, _) =
         submit_and_accept(&mut conn, spender(&[0.5, 0.5, 0.5], "USD", &["USD:1.00"])).await;
     let (events, terminal) = conn.recv_until_terminal(&job).await;
@@ -232,7 +218,7 @@ async fn a_counter_at_exactly_zero_is_exhausted() {
         ]
     );
     assert_eq!(
-        result_json(&terminal),
+        success_json(&terminal),
         json!({"spent": 1, "calls": 2, "stopped_by": "BUDGET_EXHAUSTED"})
     );
 }
@@ -240,7 +226,7 @@ async fn a_counter_at_exactly_zero_is_exhausted() {
 #[tokio::test]
 async fn a_zero_budget_refuses_the_first_operation() {
     let server = start(GatewayConfig::default()).await;
-    let mut conn = session(&server, FEATURES).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (job, frame) = submit_and_accept(&mut conn, spender(&[0.1], "USD", &["USD:0"])).await;
     assert_eq!(
         accepted(&frame).budget,
@@ -249,7 +235,7 @@ async fn a_zero_budget_refuses_the_first_operation() {
     let (events, terminal) = conn.recv_until_terminal(&job).await;
     assert_eq!(trace(&events), ["call llm", "error BUDGET_EXHAUSTED"]);
     assert_eq!(
-        result_json(&terminal),
+        success_json(&terminal),
         json!({"spent": 0, "calls": 0, "stopped_by": "BUDGET_EXHAUSTED"})
     );
 }
@@ -261,7 +247,7 @@ async fn fatal_exhaustion_ends_the_job_with_budget_exhausted() {
         ..Default::default()
     })
     .await;
-    let mut conn = session(&server, FEATURES).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (job, _) =
         submit_and_accept(&mut conn, spender(&[0.5, 0.5, 0.5], "USD", &["USD:1.00"])).await;
     let (events, terminal) = conn.recv_until_terminal(&job).await;
@@ -279,7 +265,7 @@ async fn fatal_exhaustion_ends_the_job_with_budget_exhausted() {
 #[tokio::test]
 async fn currencies_are_tracked_independently_and_any_exhausted_one_blocks_operations() {
     let server = start(GatewayConfig::default()).await;
-    let mut conn = session(&server, FEATURES).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (job, _) = submit_and_accept(
         &mut conn,
         spender(&[2.0, 2.0, 2.0, 2.0], "EUR", &["USD:1.00", "EUR:5"]),
@@ -305,13 +291,13 @@ async fn currencies_are_tracked_independently_and_any_exhausted_one_blocks_opera
             "error BUDGET_EXHAUSTED",
         ]
     );
-    assert_eq!(result_json(&terminal)["calls"], json!(3));
+    assert_eq!(success_json(&terminal)["calls"], json!(3));
 }
 
 #[tokio::test]
 async fn costs_in_an_unbudgeted_currency_do_not_decrement() {
     let server = start(GatewayConfig::default()).await;
-    let mut conn = session(&server, FEATURES).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (job, _) =
         submit_and_accept(&mut conn, spender(&[1.0, 1.0, 1.0], "EUR", &["USD:1.00"])).await;
     let (events, terminal) = conn.recv_until_terminal(&job).await;
@@ -322,7 +308,7 @@ async fn costs_in_an_unbudgeted_currency_do_not_decrement() {
     );
     assert!(!t.iter().any(|e| e.contains("error")), "{t:?}");
     assert_eq!(
-        result_json(&terminal),
+        success_json(&terminal),
         json!({"spent": 3, "calls": 3, "stopped_by": null})
     );
 }
@@ -330,7 +316,7 @@ async fn costs_in_an_unbudgeted_currency_do_not_decrement() {
 #[tokio::test]
 async fn only_cost_metrics_in_a_budgeted_currency_decrement_and_negative_costs_are_refused() {
     let server = start(GatewayConfig::default()).await;
-    let mut conn = session(&server, FEATURES).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let metrics = json!([
         ["latency", 5.0, "USD"],
         ["costly", 0.5, "USD"],
@@ -350,7 +336,7 @@ async fn only_cost_metrics_in_a_budgeted_currency_decrement_and_negative_costs_a
     )
     .await;
     let (events, terminal) = conn.recv_until_terminal(&job).await;
-    let result = result_json(&terminal);
+    let result = success_json(&terminal);
     assert_eq!(
         result["outcomes"],
         json!(["ok", "ok", "ok", "ok", "ok", "INVALID_REQUEST", "ok"])
@@ -358,7 +344,7 @@ async fn only_cost_metrics_in_a_budgeted_currency_decrement_and_negative_costs_a
     assert_eq!(result["remaining"], json!({"USD": 0.75}));
     let remaining: Vec<f64> = events
         .iter()
-        .filter_map(|f| match body(f) {
+        .filter_map(|f| match event_body(f) {
             Some(Body::Metric(m)) if m.name == "cost.budget.remaining" && m.unit == "USD" => {
                 Some(m.value)
             }
@@ -369,7 +355,7 @@ async fn only_cost_metrics_in_a_budgeted_currency_decrement_and_negative_costs_a
     assert_eq!(remaining, [0.5, 0.75]);
     let names: Vec<&str> = events
         .iter()
-        .filter_map(|f| match body(f) {
+        .filter_map(|f| match event_body(f) {
             Some(Body::Metric(m)) => Some(m.name.as_str()),
             _ => None,
         })
@@ -392,7 +378,7 @@ async fn only_cost_metrics_in_a_budgeted_currency_decrement_and_negative_costs_a
 #[tokio::test]
 async fn without_a_budget_costs_are_reported_but_nothing_is_enforced() {
     let server = start(GatewayConfig::default()).await;
-    let mut conn = session(&server, FEATURES).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (job, _) = submit_and_accept(
         &mut conn,
         submit_leased(
@@ -415,7 +401,7 @@ async fn without_a_budget_costs_are_reported_but_nothing_is_enforced() {
         ]
     );
     assert_eq!(
-        result_json(&terminal),
+        success_json(&terminal),
         json!({"spent": 10, "calls": 2, "stopped_by": null})
     );
 }

@@ -112,14 +112,6 @@ async fn start() -> Setup {
     }
 }
 
-async fn session(server: &TestServer, token: &str, features: &[&str]) -> (Conn, Vec<String>) {
-    let mut conn = server.open().await;
-    conn.send(hello(token, features, None)).await;
-    let w = conn.recv().await;
-    let offered = welcome(&w).capabilities.as_ref().unwrap().features.clone();
-    (conn, offered)
-}
-
 /// The single credential of an acceptance, checked for its §9.8.1 shape.
 fn the_credential(frame: &proto::ServerFrame) -> proto::Credential {
     let a = accepted(frame);
@@ -170,12 +162,16 @@ fn subscribe(job_id: &str) -> In {
 #[tokio::test]
 async fn the_welcome_offers_provisioned_credentials_only_with_a_provisioner() {
     let s = start().await;
-    let (_, offered) = session(&s.server, "alice-token", FEATURES).await;
-    assert!(offered.iter().any(|f| f == "provisioned_credentials"));
+    let (_, w) = s.server.hello_with("alice-token", FEATURES).await;
+    assert!(offered_features(&w)
+        .iter()
+        .any(|f| f == "provisioned_credentials"));
 
     let plain = TestServer::start_default().await;
-    let (mut conn, offered) = session(&plain, "alice-token", FEATURES).await;
-    assert!(!offered.iter().any(|f| f == "provisioned_credentials"));
+    let (mut conn, w) = plain.hello_with("alice-token", FEATURES).await;
+    assert!(!offered_features(&w)
+        .iter()
+        .any(|f| f == "provisioned_credentials"));
     let (_, frame) = submit_and_accept(&mut conn, submit("echo", json!(1))).await;
     assert!(accepted(&frame).credentials.is_empty());
 }
@@ -183,7 +179,7 @@ async fn the_welcome_offers_provisioned_credentials_only_with_a_provisioner() {
 #[tokio::test]
 async fn the_acceptance_carries_a_credential_constrained_like_the_lease() {
     let s = start().await;
-    let (mut conn, _) = session(&s.server, "alice-token", FEATURES).await;
+    let (mut conn, _) = s.server.hello_with("alice-token", FEATURES).await;
     let at = in_ms(3_600_000);
     let (job, frame) = submit_and_accept(
         &mut conn,
@@ -221,7 +217,7 @@ async fn the_acceptance_carries_a_credential_constrained_like_the_lease() {
 #[tokio::test]
 async fn every_job_gets_its_own_credential() {
     let s = start().await;
-    let (mut conn, _) = session(&s.server, "alice-token", FEATURES).await;
+    let (mut conn, _) = s.server.hello_with("alice-token", FEATURES).await;
     let mut seen = Vec::new();
     for _ in 0..3 {
         let (job, frame) = submit_and_accept(&mut conn, submit("echo", json!(1))).await;
@@ -243,8 +239,10 @@ async fn a_session_that_did_not_negotiate_provisioned_credentials_gets_none() {
         .copied()
         .filter(|f| *f != "provisioned_credentials")
         .collect();
-    let (mut conn, offered) = session(&s.server, "alice-token", &without).await;
-    assert!(!offered.iter().any(|f| f == "provisioned_credentials"));
+    let (mut conn, w) = s.server.hello_with("alice-token", &without).await;
+    assert!(!offered_features(&w)
+        .iter()
+        .any(|f| f == "provisioned_credentials"));
     let (job, frame) = submit_and_accept(&mut conn, submit("gate", json!({}))).await;
     assert!(
         accepted(&frame).credentials.is_empty(),
@@ -261,7 +259,7 @@ async fn a_session_that_did_not_negotiate_provisioned_credentials_gets_none() {
 #[tokio::test]
 async fn a_credential_is_live_while_its_job_runs_and_revoked_once_it_succeeds() {
     let s = start().await;
-    let (mut conn, _) = session(&s.server, "alice-token", FEATURES).await;
+    let (mut conn, _) = s.server.hello_with("alice-token", FEATURES).await;
     let (job, frame) = submit_and_accept(&mut conn, submit("gate", json!({}))).await;
     let c = the_credential(&frame);
     assert!(s.provisioner.is_live(&c.value), "live while running");
@@ -278,7 +276,7 @@ async fn a_credential_is_live_while_its_job_runs_and_revoked_once_it_succeeds() 
 #[tokio::test]
 async fn a_credential_is_revoked_when_its_job_fails() {
     let s = start().await;
-    let (mut conn, _) = session(&s.server, "alice-token", FEATURES).await;
+    let (mut conn, _) = s.server.hello_with("alice-token", FEATURES).await;
     let (job, frame) = submit_and_accept(&mut conn, submit("gate", json!({"fail": true}))).await;
     let c = the_credential(&frame);
     assert!(s.provisioner.is_live(&c.value));
@@ -291,7 +289,7 @@ async fn a_credential_is_revoked_when_its_job_fails() {
 #[tokio::test]
 async fn a_credential_is_revoked_when_its_job_is_cancelled() {
     let s = start().await;
-    let (mut conn, _) = session(&s.server, "alice-token", FEATURES).await;
+    let (mut conn, _) = s.server.hello_with("alice-token", FEATURES).await;
     let (job, frame) = submit_and_accept(&mut conn, submit("gate", json!({}))).await;
     let c = the_credential(&frame);
     assert!(s.provisioner.is_live(&c.value));
@@ -304,7 +302,7 @@ async fn a_credential_is_revoked_when_its_job_is_cancelled() {
 #[tokio::test]
 async fn a_credential_is_revoked_when_its_job_times_out() {
     let s = start().await;
-    let (mut conn, _) = session(&s.server, "alice-token", FEATURES).await;
+    let (mut conn, _) = s.server.hello_with("alice-token", FEATURES).await;
     let (job, frame) = submit_and_accept(
         &mut conn,
         submit_full("gate", json!({}), lease(&[]), None, 1),
@@ -324,7 +322,7 @@ async fn a_credential_is_revoked_when_its_job_times_out() {
 #[tokio::test]
 async fn rotation_emits_credential_rotated_with_the_new_value_and_revokes_the_old() {
     let s = start().await;
-    let (mut conn, _) = session(&s.server, "alice-token", FEATURES).await;
+    let (mut conn, _) = s.server.hello_with("alice-token", FEATURES).await;
     let (job, frame) = submit_and_accept(
         &mut conn,
         submit_leased(
@@ -358,7 +356,7 @@ async fn rotation_emits_credential_rotated_with_the_new_value_and_revokes_the_ol
 #[tokio::test]
 async fn the_rotated_value_is_live_until_the_job_ends() {
     let s = start().await;
-    let (mut conn, _) = session(&s.server, "alice-token", FEATURES).await;
+    let (mut conn, _) = s.server.hello_with("alice-token", FEATURES).await;
     let (job, frame) = submit_and_accept(
         &mut conn,
         submit("gate", json!({"rotate": true, "hold": true})),
@@ -385,7 +383,7 @@ async fn the_rotated_value_is_live_until_the_job_ends() {
 #[tokio::test]
 async fn a_child_gets_its_own_credential_bounded_by_its_lease_and_its_lifetime() {
     let s = start().await;
-    let (mut conn, _) = session(&s.server, "alice-token", FEATURES).await;
+    let (mut conn, _) = s.server.hello_with("alice-token", FEATURES).await;
     let (parent, frame) = submit_and_accept(
         &mut conn,
         submit_leased(
@@ -434,11 +432,11 @@ async fn a_child_gets_its_own_credential_bounded_by_its_lease_and_its_lifetime()
 #[tokio::test]
 async fn another_principal_subscribing_never_sees_credentials() {
     let s = start().await;
-    let (mut alice, _) = session(&s.server, "alice-token", FEATURES).await;
+    let (mut alice, _) = s.server.hello_with("alice-token", FEATURES).await;
     let (job, frame) = submit_and_accept(&mut alice, submit("gate", json!({"rotate": true}))).await;
     let original = the_credential(&frame);
 
-    let (mut bob, _) = session(&s.server, "bob-token", FEATURES).await;
+    let (mut bob, _) = s.server.hello_with("bob-token", FEATURES).await;
     let id = bob.send(subscribe(&job)).await;
     let subscribed = bob.recv().await;
     let Some(Out::JobSubscribed(sub)) = &subscribed.payload else {
@@ -474,7 +472,7 @@ async fn another_principal_subscribing_never_sees_credentials() {
     alice.recv_until_terminal(&job).await;
 
     // Replayed history is redacted the same way.
-    let (mut late, _) = session(&s.server, "bob-token", FEATURES).await;
+    let (mut late, _) = s.server.hello_with("bob-token", FEATURES).await;
     late.send(subscribe(&job)).await;
     let (frames, _) = late.recv_until_terminal(&job).await;
     for f in &frames {
@@ -494,11 +492,11 @@ async fn another_principal_subscribing_never_sees_credentials() {
 #[tokio::test]
 async fn the_submitting_principal_subscribing_from_another_session_sees_credentials() {
     let s = start().await;
-    let (mut alice, _) = session(&s.server, "alice-token", FEATURES).await;
+    let (mut alice, _) = s.server.hello_with("alice-token", FEATURES).await;
     let (job, frame) = submit_and_accept(&mut alice, submit("gate", json!({}))).await;
     let original = the_credential(&frame);
 
-    let (mut again, _) = session(&s.server, "alice-token", FEATURES).await;
+    let (mut again, _) = s.server.hello_with("alice-token", FEATURES).await;
     again.send(subscribe(&job)).await;
     let subscribed = again.recv().await;
     let Some(Out::JobSubscribed(sub)) = &subscribed.payload else {
@@ -515,12 +513,12 @@ async fn the_submitting_principal_subscribing_from_another_session_sees_credenti
 #[tokio::test]
 async fn listing_jobs_redacts_credentials_for_other_principals() {
     let s = start().await;
-    let (mut alice, _) = session(&s.server, "alice-token", FEATURES).await;
+    let (mut alice, _) = s.server.hello_with("alice-token", FEATURES).await;
     let (job, frame) = submit_and_accept(&mut alice, submit("gate", json!({}))).await;
     let original = the_credential(&frame);
 
     for (token, visible) in [("alice-token", true), ("bob-token", false)] {
-        let (mut conn, _) = session(&s.server, token, FEATURES).await;
+        let (mut conn, _) = s.server.hello_with(token, FEATURES).await;
         conn.send(In::SessionListJobs(proto::SessionListJobs::default()))
             .await;
         let listed = conn.recv().await;
@@ -594,7 +592,7 @@ async fn a_failed_revocation_is_retried_until_the_upstream_accepts_it() {
         .credential_provisioner(upstream.clone())
         .build();
     let server = TestServer::start_gateway(gateway).await;
-    let (mut conn, _) = session(&server, "alice-token", FEATURES).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (job, frame) = submit_and_accept(&mut conn, submit("echo", json!({"x": 1}))).await;
     let value = the_credential(&frame).value;
     assert!(upstream.inner.is_live(&value));

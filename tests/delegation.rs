@@ -39,13 +39,6 @@ fn lease_json(lease: &HashMap<String, ListValue>) -> serde_json::Value {
 
 const FEATURES: &[&str] = &["lease_expires_at", "cost.budget", "model.use", "progress"];
 
-async fn session(server: &TestServer) -> Conn {
-    let mut conn = server.open().await;
-    conn.send(hello("alice-token", FEATURES, None)).await;
-    welcome(&conn.recv().await);
-    conn
-}
-
 /// Runs `payload` to its terminal frame; returns the parent id, every frame in between
 /// (including other jobs') and the parent's terminal frame.
 async fn run(conn: &mut Conn, payload: In) -> (String, Vec<ServerFrame>, ServerFrame) {
@@ -131,7 +124,7 @@ async fn start() -> TestServer {
 #[tokio::test]
 async fn a_delegate_event_announces_the_child_whose_frames_and_result_reach_the_parent() {
     let server = start().await;
-    let mut conn = session(&server).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let child_input = json!({"question": 42});
     let child_lease = json!({"tool.call": ["fetch_page"]});
     conn.send_frame(ClientFrame {
@@ -241,7 +234,7 @@ fn kind(frame: &ServerFrame) -> &str {
 #[tokio::test]
 async fn the_child_is_bound_by_its_own_narrower_lease() {
     let server = start().await;
-    let mut conn = session(&server).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let calls = json!({"calls": [{"tool": "fetch_page"}, {"tool": "search"}]});
     let (parent, frames, terminal) = run(
         &mut conn,
@@ -298,7 +291,7 @@ async fn a_child_lease_broader_than_the_parents_is_a_lease_subset_violation() {
         json!({"fs.write": ["/w/out/*"]}),
         json!({"agent.delegate": ["*"]}),
     ] {
-        let mut conn = session(&server).await;
+        let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
         let (_, frames, terminal) = run(
             &mut conn,
             submit_expiring(
@@ -328,7 +321,7 @@ async fn a_child_budget_above_the_parents_remaining_is_a_lease_subset_violation(
         // Silence on a budgeted currency would leave the child unbounded.
         json!({}),
     ] {
-        let mut conn = session(&server).await;
+        let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
         let (_, frames, terminal) = run(
             &mut conn,
             submit_expiring(
@@ -346,7 +339,7 @@ async fn a_child_budget_above_the_parents_remaining_is_a_lease_subset_violation(
 #[tokio::test]
 async fn a_child_may_not_outlive_the_parents_lease() {
     let server = start().await;
-    let mut conn = session(&server).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let parent_at = in_ms(60_000);
     let later = in_ms(120_000);
     let (_, frames, terminal) = run(
@@ -366,7 +359,7 @@ async fn a_child_may_not_outlive_the_parents_lease() {
 #[tokio::test]
 async fn a_child_inherits_the_parents_expiry_or_keeps_an_earlier_one() {
     let server = start().await;
-    let mut conn = session(&server).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let parent_at = in_ms(60_000);
     let earlier = in_ms(30_000);
     for (child_at, effective) in [(None, &parent_at), (Some(&earlier), &earlier)] {
@@ -416,7 +409,7 @@ async fn delegating_to_an_agent_outside_agent_delegate_is_permission_denied() {
         lease(&[("agent.delegate", &[])]),
         lease(&[("tool.call", &["echo"])]),
     ] {
-        let mut conn = session(&server).await;
+        let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
         let (_, frames, terminal) = run(
             &mut conn,
             submit_expiring(
@@ -434,7 +427,7 @@ async fn delegating_to_an_agent_outside_agent_delegate_is_permission_denied() {
 #[tokio::test]
 async fn agent_delegate_patterns_are_globs_over_agent_names() {
     let server = start().await;
-    let mut conn = session(&server).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (_, _, terminal) = run(
         &mut conn,
         submit_expiring(
@@ -452,7 +445,7 @@ async fn agent_delegate_patterns_are_globs_over_agent_names() {
 #[tokio::test]
 async fn an_exhausted_parent_may_not_delegate() {
     let server = start().await;
-    let mut conn = session(&server).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (_, frames, terminal) = run(
         &mut conn,
         submit_expiring(
@@ -473,7 +466,7 @@ async fn an_exhausted_parent_may_not_delegate() {
 #[tokio::test]
 async fn each_childs_budget_is_reserved_out_of_the_parents_counters() {
     let server = start().await;
-    let mut conn = session(&server).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let child = |amount: &str| json!({"agent": "echo", "input": amount, "lease": {"cost.budget": [amount]}});
     let input = json!({"children": [
         child("USD:0.60"),
@@ -525,7 +518,7 @@ async fn each_childs_budget_is_reserved_out_of_the_parents_counters() {
 #[tokio::test]
 async fn delegating_to_an_unknown_agent_fails_the_parent() {
     let server = start().await;
-    let mut conn = session(&server).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (_, frames, terminal) = run(
         &mut conn,
         submit_expiring(

@@ -51,13 +51,6 @@ fn chunking() -> In {
     submit("chunker", json!({"text": "abcdefghij", "chunk_size": 4}))
 }
 
-async fn session(server: &TestServer, features: &[&str]) -> Conn {
-    let mut conn = server.open().await;
-    conn.send(hello("alice-token", features, None)).await;
-    welcome(&conn.recv().await);
-    conn
-}
-
 /// Submits `payload` with envelope `trace_id` and collects every frame up to the job's
 /// terminal one (including frames of the jobs it delegates to).
 async fn run_traced(conn: &mut Conn, payload: In, trace_id: &str) -> (String, Vec<ServerFrame>) {
@@ -124,7 +117,7 @@ fn kinds(frames: &[ServerFrame]) -> Vec<&str> {
 #[tokio::test]
 async fn showcase_emits_every_directly_emitted_kind_with_its_body() {
     let server = TestServer::start_default().await;
-    let mut conn = session(&server, FEATURES).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (job, events, terminal) = run(&mut conn, showcase()).await;
     assert_eq!(
         kinds(&events),
@@ -206,7 +199,7 @@ async fn showcase_emits_every_directly_emitted_kind_with_its_body() {
 #[tokio::test]
 async fn a_denied_tool_call_is_a_tool_result_error_and_the_agent_carries_on() {
     let server = TestServer::start_default().await;
-    let mut conn = session(&server, FEATURES).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (_, events, terminal) = run(&mut conn, submit("showcase", json!({}))).await;
     let result = events
         .iter()
@@ -227,7 +220,7 @@ async fn a_denied_tool_call_is_a_tool_result_error_and_the_agent_carries_on() {
 #[tokio::test]
 async fn all_ten_event_kinds_are_observed_across_showcase_delegation_and_chunking() {
     let server = TestServer::start_default().await;
-    let mut conn = session(&server, FEATURES).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let mut seen = BTreeSet::new();
     for payload in [showcase(), delegating(), chunking()] {
         let (_, frames) = run_traced(&mut conn, payload, TRACE).await;
@@ -240,7 +233,7 @@ async fn all_ten_event_kinds_are_observed_across_showcase_delegation_and_chunkin
 #[tokio::test]
 async fn feature_gated_kinds_are_not_sent_to_sessions_without_the_feature() {
     let server = TestServer::start_default().await;
-    let mut conn = session(&server, &["agent_versions"]).await;
+    let (mut conn, _) = server.hello_with("alice-token", &["agent_versions"]).await;
     let (_, events, terminal) = run(&mut conn, showcase()).await;
     assert_eq!(
         kinds(&events),
@@ -270,7 +263,7 @@ async fn feature_gated_kinds_are_not_sent_to_sessions_without_the_feature() {
 #[tokio::test]
 async fn every_frame_of_a_job_carries_the_submits_trace_id() {
     let server = TestServer::start_default().await;
-    let mut conn = session(&server, FEATURES).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     for payload in [showcase(), chunking()] {
         let (job, frames) = run_traced(&mut conn, payload, TRACE).await;
         assert!(frames.len() > 2);
@@ -285,7 +278,7 @@ async fn every_frame_of_a_job_carries_the_submits_trace_id() {
 #[tokio::test]
 async fn a_delegated_childs_frames_carry_the_parents_trace_id() {
     let server = TestServer::start_default().await;
-    let mut conn = session(&server, FEATURES).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (parent, frames) = run_traced(&mut conn, delegating(), TRACE).await;
     let child_frames: Vec<&ServerFrame> = frames.iter().filter(|f| f.job_id != parent).collect();
     assert!(
@@ -309,7 +302,7 @@ async fn a_delegated_childs_frames_carry_the_parents_trace_id() {
 #[tokio::test]
 async fn concurrent_jobs_keep_their_own_trace_ids() {
     let server = TestServer::start_default().await;
-    let mut conn = session(&server, FEATURES).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let mut expected = HashMap::new();
     for (i, trace) in [TRACE, OTHER_TRACE].into_iter().enumerate() {
         conn.send_frame(ClientFrame {
@@ -337,7 +330,7 @@ async fn concurrent_jobs_keep_their_own_trace_ids() {
 #[tokio::test]
 async fn a_job_submitted_without_a_trace_id_has_none_on_any_frame() {
     let server = TestServer::start_default().await;
-    let mut conn = session(&server, FEATURES).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (job, first) = submit_and_accept(&mut conn, delegating()).await;
     assert!(first.trace_id.is_empty());
     let (frames, terminal) = conn.recv_until_terminal(&job).await;

@@ -15,17 +15,10 @@ use common::*;
 use tokio_stream::StreamExt;
 use tonic_reflection::pb::v1 as reflection;
 
-/// Asserts `frame` is a `session_error` with `code`, the retryability §12 fixes for it, and the
-/// `request_id` of the frame that caused it. Control frames carry no `event_seq`.
-fn expect_error(frame: &proto::ServerFrame, code: ErrorCode, request_id: &str) {
-    let e = session_error(frame);
-    assert_eq!(e.code, code.as_str(), "unexpected error: {e:?}");
-    assert_eq!(e.retryable, code.retryable(), "retryable of {e:?}");
+/// [`expect_error`] for the refusals here, which are all final: none of them is retryable.
+fn expect_final_error(frame: &proto::ServerFrame, code: ErrorCode, request_id: &str) {
+    let e = expect_error(frame, code, Some(request_id));
     assert!(!e.retryable, "{} is not retryable", e.code);
-    assert_eq!(e.request_id, request_id, "request_id of {e:?}");
-    assert!(!e.message.is_empty(), "errors explain themselves");
-    assert_eq!(frame.event_seq, 0, "control frames carry no event_seq");
-    assert!(frame.job_id.is_empty());
 }
 
 /// Asserts the stream ended cleanly: no more frames, no error status.
@@ -62,13 +55,6 @@ async fn echo_completes(conn: &mut Conn) -> proto::ServerFrame {
     assert_eq!(r.final_status, "success");
     assert_eq!(to_json(r.result.as_ref().unwrap()), input);
     terminal
-}
-
-fn ping(nonce: &str) -> In {
-    In::SessionPing(proto::SessionPing {
-        nonce: nonce.into(),
-        sent_at: "2026-05-13T19:42:13.000Z".into(),
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -176,7 +162,7 @@ async fn a_first_frame_other_than_hello_is_refused_and_ends_the_stream() {
         }),
     ] {
         let (mut conn, id, answer) = first_frame(&server, first).await;
-        expect_error(&answer, ErrorCode::InvalidRequest, &id);
+        expect_final_error(&answer, ErrorCode::InvalidRequest, &id);
         assert!(answer.session_id.is_empty(), "no session was opened");
         expect_end(&mut conn).await;
     }
@@ -193,7 +179,7 @@ async fn a_first_frame_without_payload_is_refused_with_its_id() {
     })
     .await;
     let answer = conn.recv().await;
-    expect_error(&answer, ErrorCode::InvalidRequest, "no-payload-1");
+    expect_final_error(&answer, ErrorCode::InvalidRequest, "no-payload-1");
     expect_end(&mut conn).await;
     assert!(server.gateway.sessions().is_empty());
 }
@@ -216,7 +202,7 @@ async fn a_stream_that_never_says_hello_is_refused_after_the_hello_timeout() {
     let server = TestServer::start(config, &[("alice-token", "alice")]).await;
     let mut conn = server.open().await;
     let answer = conn.recv().await;
-    expect_error(&answer, ErrorCode::InvalidRequest, "");
+    expect_final_error(&answer, ErrorCode::InvalidRequest, "");
     expect_end(&mut conn).await;
     assert!(server.gateway.sessions().is_empty());
 }
@@ -230,7 +216,7 @@ async fn a_hello_without_a_token_is_unauthenticated() {
     let server = TestServer::start_default().await;
     for first in [hello("", FEATURES, None), hello_without_auth(FEATURES)] {
         let (mut conn, id, answer) = first_frame(&server, first).await;
-        expect_error(&answer, ErrorCode::Unauthenticated, &id);
+        expect_final_error(&answer, ErrorCode::Unauthenticated, &id);
         assert!(answer.session_id.is_empty());
         expect_end(&mut conn).await;
     }
@@ -241,7 +227,7 @@ async fn a_hello_without_a_token_is_unauthenticated() {
 async fn a_wrong_token_is_unauthenticated() {
     let server = TestServer::start_default().await;
     let (mut conn, id, answer) = first_frame(&server, hello("mallory-token", FEATURES, None)).await;
-    expect_error(&answer, ErrorCode::Unauthenticated, &id);
+    expect_final_error(&answer, ErrorCode::Unauthenticated, &id);
     expect_end(&mut conn).await;
     assert!(server.gateway.sessions().is_empty());
 }
@@ -256,7 +242,7 @@ async fn open_mode_accepts_any_token_but_still_requires_one() {
     assert_ne!(w.session_id, w2.session_id);
 
     let (mut conn, id, answer) = first_frame(&server, hello("", FEATURES, None)).await;
-    expect_error(&answer, ErrorCode::Unauthenticated, &id);
+    expect_final_error(&answer, ErrorCode::Unauthenticated, &id);
     expect_end(&mut conn).await;
 }
 
@@ -318,7 +304,7 @@ async fn metadata_and_hello_naming_different_principals_are_unauthenticated() {
         .expect("metadata accepted");
     let id = conn.send(hello("bob-token", FEATURES, None)).await;
     let answer = conn.recv().await;
-    expect_error(&answer, ErrorCode::Unauthenticated, &id);
+    expect_final_error(&answer, ErrorCode::Unauthenticated, &id);
     expect_end(&mut conn).await;
 
     // A hello token that is itself invalid is refused the same way.
@@ -327,7 +313,7 @@ async fn metadata_and_hello_naming_different_principals_are_unauthenticated() {
         .await
         .expect("metadata accepted");
     let id = conn.send(hello("mallory-token", FEATURES, None)).await;
-    expect_error(&conn.recv().await, ErrorCode::Unauthenticated, &id);
+    expect_final_error(&conn.recv().await, ErrorCode::Unauthenticated, &id);
     assert!(server.gateway.sessions().is_empty());
 }
 
@@ -345,7 +331,7 @@ async fn a_frame_without_payload_after_the_welcome_is_refused_and_the_session_su
     })
     .await;
     let answer = conn.recv().await;
-    expect_error(&answer, ErrorCode::InvalidRequest, "empty-7");
+    expect_final_error(&answer, ErrorCode::InvalidRequest, "empty-7");
     assert_eq!(answer.session_id, w.session_id);
     let result = echo_completes(&mut conn).await;
     assert_eq!(result.event_seq, 2, "the refused frame used no event_seq");
@@ -358,7 +344,7 @@ async fn a_second_hello_or_resume_is_refused_and_the_session_survives() {
     let token = welcome(&w).resume_token.clone();
 
     let id = conn.send(hello("alice-token", FEATURES, None)).await;
-    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
+    expect_final_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
 
     let id = conn
         .send(In::SessionResume(proto::SessionResume {
@@ -371,7 +357,7 @@ async fn a_second_hello_or_resume_is_refused_and_the_session_survives() {
             ..Default::default()
         }))
         .await;
-    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
+    expect_final_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
 
     echo_completes(&mut conn).await;
     assert_eq!(server.gateway.sessions().len(), 1, "no second session");
@@ -391,7 +377,7 @@ async fn a_frame_naming_another_session_is_refused() {
     })
     .await;
     let answer = conn.recv().await;
-    expect_error(&answer, ErrorCode::InvalidRequest, "foreign-1");
+    expect_final_error(&answer, ErrorCode::InvalidRequest, "foreign-1");
     assert_eq!(answer.session_id, w.session_id);
 
     // Naming its own session is fine.
@@ -459,7 +445,7 @@ async fn features_the_client_did_not_negotiate_are_refused_and_the_session_survi
         }),
     ] {
         let id = conn.send(payload).await;
-        expect_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
+        expect_final_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
     }
     let result = echo_completes(&mut conn).await;
     assert_eq!(result.event_seq, 2);

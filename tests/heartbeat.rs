@@ -26,11 +26,9 @@ async fn start() -> TestServer {
     TestServer::start(config, &[("alice-token", "alice")]).await
 }
 
-/// Opens a session as alice offering `features`; returns the stream and the welcome.
-async fn open(server: &TestServer, features: &[&str]) -> (Conn, proto::ServerFrame) {
-    let mut conn = server.open().await;
-    conn.send(hello("alice-token", features, None)).await;
-    let w = conn.recv().await;
+/// Opens a session as alice offering `features`; asserts the welcome advertises [`INTERVAL`].
+async fn alice_session(server: &TestServer, features: &[&str]) -> (Conn, proto::ServerFrame) {
+    let (conn, w) = server.hello_with("alice-token", features).await;
     assert_eq!(welcome(&w).heartbeat_interval_sec, 1);
     (conn, w)
 }
@@ -47,13 +45,6 @@ fn pong_of(frame: &proto::ServerFrame) -> &proto::SessionPong {
         Some(Out::SessionPong(p)) => p,
         other => panic!("expected session_pong, got {other:?}"),
     }
-}
-
-fn client_ping(nonce: &str) -> In {
-    In::SessionPing(proto::SessionPing {
-        nonce: nonce.into(),
-        sent_at: "2026-05-13T19:42:13.000Z".into(),
-    })
 }
 
 fn client_pong(nonce: &str) -> In {
@@ -76,7 +67,7 @@ fn is_job_frame(frame: &proto::ServerFrame) -> bool {
 #[tokio::test]
 async fn an_idle_session_is_pinged_every_interval_and_answering_keeps_it_open() {
     let server = start().await;
-    let (mut conn, w) = open(&server, &["heartbeat", "progress"]).await;
+    let (mut conn, w) = alice_session(&server, &["heartbeat", "progress"]).await;
     let features = &welcome(&w).capabilities.as_ref().unwrap().features;
     assert_eq!(features, &vec!["heartbeat", "progress"]);
 
@@ -136,10 +127,10 @@ fn ping_of_opt(frame: &proto::ServerFrame) -> Option<&proto::SessionPing> {
 #[tokio::test]
 async fn a_client_ping_is_answered_with_a_pong_echoing_its_nonce() {
     let server = start().await;
-    let (mut conn, w) = open(&server, &["heartbeat"]).await;
+    let (mut conn, w) = alice_session(&server, &["heartbeat"]).await;
     // The client's own pong needs no answer: the next frame answers the ping.
     conn.send(client_pong("unsolicited")).await;
-    conn.send(client_ping("c_1")).await;
+    conn.send(ping("c_1")).await;
     let frame = conn.recv().await;
     let pong = pong_of(&frame);
     assert_eq!(pong.ping_nonce, "c_1");
@@ -152,7 +143,7 @@ async fn a_client_ping_is_answered_with_a_pong_echoing_its_nonce() {
 #[tokio::test]
 async fn a_client_that_sends_anything_stays_connected_and_a_busy_server_does_not_ping() {
     let server = start().await;
-    let (mut conn, w) = open(&server, &["heartbeat", "progress"]).await;
+    let (mut conn, w) = alice_session(&server, &["heartbeat", "progress"]).await;
     // 25 ticks 100 ms apart: 2.5 s, longer than two intervals. The client sends only its own
     // pings, every fifth tick; the server sends a frame every 100 ms, so it never idles.
     let (job, _) = submit_and_accept(&mut conn, ticker(25, 100)).await;
@@ -180,7 +171,7 @@ async fn a_client_that_sends_anything_stays_connected_and_a_busy_server_does_not
         if let Some(tick) = progress_current(&frame) {
             if tick as u64 % 5 == 0 {
                 let nonce = format!("c_{tick}");
-                conn.send(client_ping(&nonce)).await;
+                conn.send(ping(&nonce)).await;
                 sent.push(nonce);
             }
         }
@@ -198,7 +189,7 @@ async fn a_client_that_sends_anything_stays_connected_and_a_busy_server_does_not
 #[tokio::test]
 async fn a_silent_client_is_declared_lost_after_two_intervals_while_its_job_runs_on() {
     let server = start().await;
-    let (mut conn, w) = open(&server, &["heartbeat", "progress"]).await;
+    let (mut conn, w) = alice_session(&server, &["heartbeat", "progress"]).await;
     let session = w.session_id.clone();
     let token = welcome(&w).resume_token.clone();
 
@@ -241,15 +232,13 @@ async fn a_silent_client_is_declared_lost_after_two_intervals_while_its_job_runs
     // The job ran on: resuming (without heartbeat now) delivers every frame after the last one
     // processed, through the result.
     let last = *seen.last().unwrap();
-    let mut resumed = server.open().await;
-    resumed
-        .send(hello(
+    let (mut resumed, first) = server
+        .resume_with_hello(
             "alice-token",
             &["progress"],
-            Some(resume_info(&session, &token, last)),
-        ))
+            resume_info(&session, &token, last),
+        )
         .await;
-    let first = resumed.recv().await;
     welcome(&first);
     assert_eq!(first.session_id, session, "the same session continues");
     let (frames, terminal) = resumed.recv_until_terminal(&job).await;
@@ -266,7 +255,7 @@ async fn a_silent_client_is_declared_lost_after_two_intervals_while_its_job_runs
 #[tokio::test]
 async fn without_the_heartbeat_feature_there_are_no_pings_and_no_loss() {
     let server = start().await;
-    let (mut conn, w) = open(&server, &["progress"]).await;
+    let (mut conn, w) = alice_session(&server, &["progress"]).await;
     assert_eq!(
         welcome(&w).capabilities.as_ref().unwrap().features,
         vec!["progress"]
@@ -285,6 +274,6 @@ async fn without_the_heartbeat_feature_there_are_no_pings_and_no_loss() {
     assert_eq!(job_result(&terminal).final_status, "success");
 
     // The session is still open on this stream.
-    conn.send(client_ping("still-here")).await;
+    conn.send(ping("still-here")).await;
     assert_eq!(pong_of(&conn.recv().await).ping_nonce, "still-here");
 }

@@ -29,16 +29,6 @@ use tokio::sync::Notify;
 
 const FEATURES_USED: &[&str] = &["progress", "list_jobs", "provisioned_credentials"];
 
-/// Opens a session as the owner of `token`, offering progress, job listing and credentials
-/// (which the racing test needs, to hold its first acceptance open).
-async fn open(server: &TestServer, token: &str) -> (Conn, proto::ServerFrame) {
-    let mut conn = server.open().await;
-    conn.send(hello(token, FEATURES_USED, None)).await;
-    let w = conn.recv().await;
-    welcome(&w);
-    (conn, w)
-}
-
 fn keyed(agent: &str, input: serde_json::Value, key: &str) -> proto::JobSubmit {
     proto::JobSubmit {
         agent: agent.into(),
@@ -116,7 +106,7 @@ fn same_acceptance(first: &proto::ServerFrame, again: &proto::ServerFrame) {
 #[tokio::test]
 async fn a_repeated_submission_gets_the_same_acceptance_and_runs_no_second_job() {
     let server = TestServer::start_default().await;
-    let (mut conn, w) = open(&server, "alice-token").await;
+    let (mut conn, w) = server.hello_with("alice-token", FEATURES_USED).await;
     let mut submit = keyed("ticker", json!({"count": 3, "interval_ms": 30}), "k-1");
     submit.max_runtime_sec = 60;
     submit.lease_request = HashMap::from([(
@@ -156,7 +146,7 @@ async fn a_repeated_submission_gets_the_same_acceptance_and_runs_no_second_job()
 #[tokio::test]
 async fn a_reused_key_with_different_parameters_is_duplicate_key() {
     let server = TestServer::start_default().await;
-    let (mut conn, _) = open(&server, "alice-token").await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES_USED).await;
     let original = keyed("echo", json!({"x": 1}), "k-dup");
     send_submit(&mut conn, "original", original.clone()).await;
     let first = acceptance(&mut conn, "original").await;
@@ -205,8 +195,8 @@ async fn a_reused_key_with_different_parameters_is_duplicate_key() {
 #[tokio::test]
 async fn keys_belong_to_their_principal() {
     let server = TestServer::start_default().await;
-    let (mut alice, _) = open(&server, "alice-token").await;
-    let (mut bob, _) = open(&server, "bob-token").await;
+    let (mut alice, _) = server.hello_with("alice-token", FEATURES_USED).await;
+    let (mut bob, _) = server.hello_with("bob-token", FEATURES_USED).await;
 
     send_submit(&mut alice, "alice-1", keyed("echo", json!("a"), "shared")).await;
     let a = acceptance(&mut alice, "alice-1").await;
@@ -232,8 +222,8 @@ async fn keys_belong_to_their_principal() {
 #[tokio::test]
 async fn another_session_of_the_principal_gets_the_same_job_back() {
     let server = TestServer::start_default().await;
-    let (mut first_session, _) = open(&server, "alice-token").await;
-    let (mut second_session, w2) = open(&server, "alice-token").await;
+    let (mut first_session, _) = server.hello_with("alice-token", FEATURES_USED).await;
+    let (mut second_session, w2) = server.hello_with("alice-token", FEATURES_USED).await;
     let submit = keyed("ticker", json!({"count": 3, "interval_ms": 30}), "k-cross");
 
     send_submit(&mut first_session, "from-first", submit.clone()).await;
@@ -264,7 +254,7 @@ async fn a_key_keeps_naming_its_job_for_the_idempotency_window_after_the_job_is_
     };
     assert!(config.idempotency_window >= Duration::from_secs(3600));
     let server = TestServer::start(config, &[("alice-token", "alice")]).await;
-    let (mut conn, _) = open(&server, "alice-token").await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES_USED).await;
     let submit = keyed("echo", json!({"charge": "once"}), "k-window");
     send_submit(&mut conn, "first", submit.clone()).await;
     let first = acceptance(&mut conn, "first").await;
@@ -351,8 +341,8 @@ async fn a_keyed_submission_racing_its_own_first_acceptance_gets_the_same_job() 
         .credential_provisioner(upstream.clone())
         .build();
     let server = TestServer::start_gateway(gateway).await;
-    let (mut first_session, _) = open(&server, "alice-token").await;
-    let (mut retry_session, _) = open(&server, "alice-token").await;
+    let (mut first_session, _) = server.hello_with("alice-token", FEATURES_USED).await;
+    let (mut retry_session, _) = server.hello_with("alice-token", FEATURES_USED).await;
     let submit = keyed("echo", json!({"pay": 100}), "k-race");
 
     send_submit(&mut first_session, "attempt-1", submit.clone()).await;

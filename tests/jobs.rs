@@ -21,18 +21,6 @@ use common::*;
 use serde_json::json;
 use tokio::sync::Notify;
 
-const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
-/// Asserts `frame` is a `session_error` with `code` answering the frame `request_id`.
-fn expect_error(frame: &proto::ServerFrame, code: ErrorCode, request_id: &str) {
-    let e = session_error(frame);
-    assert_eq!(e.code, code.as_str(), "unexpected error: {e:?}");
-    assert_eq!(e.retryable, code.retryable());
-    assert_eq!(e.request_id, request_id, "request_id of {e:?}");
-    assert_eq!(frame.event_seq, 0, "session errors carry no event_seq");
-    assert!(frame.job_id.is_empty());
-}
-
 /// The progress body of a `job_event`, if it is a progress event.
 fn progress(frame: &proto::ServerFrame) -> Option<&proto::ProgressBody> {
     match &frame.payload {
@@ -228,9 +216,7 @@ async fn concurrent_jobs_share_one_gap_free_sequence_and_end_once_each() {
 #[tokio::test]
 async fn without_the_progress_feature_no_progress_is_sent_and_no_seq_is_skipped() {
     let server = TestServer::start_default().await;
-    let mut conn = server.open().await;
-    conn.send(hello("alice-token", &[], None)).await;
-    let w = conn.recv().await;
+    let (mut conn, w) = server.hello_with("alice-token", &[]).await;
     assert!(welcome(&w)
         .capabilities
         .as_ref()
@@ -303,7 +289,7 @@ async fn cancel_acknowledges_then_ends_the_job_once() {
 
     // A second cancel finds the job ended.
     let again = conn.send(cancel(&job)).await;
-    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, &again);
+    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, Some(&again));
 
     // Nothing more for the cancelled job: the next frames are the echo's, in sequence.
     let (accepted_frame, result) = run_echo(&mut conn, json!("after")).await;
@@ -335,7 +321,7 @@ async fn cancelling_a_finished_job_is_an_invalid_request() {
     let (mut conn, _) = server.hello("alice-token").await;
     let (accepted_frame, _) = run_echo(&mut conn, json!(1)).await;
     let id = conn.send(cancel(&accepted(&accepted_frame).job_id)).await;
-    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
+    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, Some(&id));
 }
 
 #[tokio::test]
@@ -343,7 +329,7 @@ async fn cancelling_an_unknown_job_is_job_not_found() {
     let server = TestServer::start_default().await;
     let (mut conn, _) = server.hello("alice-token").await;
     let id = conn.send(cancel("job_does_not_exist")).await;
-    expect_error(&conn.recv().await, ErrorCode::JobNotFound, &id);
+    expect_error(&conn.recv().await, ErrorCode::JobNotFound, Some(&id));
 }
 
 #[tokio::test]
@@ -355,16 +341,20 @@ async fn only_the_submitting_session_may_cancel_and_other_principals_cannot_see_
     // Same principal, other session: the job is visible but not theirs to cancel.
     let (mut sibling, _) = server.hello("alice-token").await;
     let id = sibling.send(cancel(&job)).await;
-    expect_error(&sibling.recv().await, ErrorCode::PermissionDenied, &id);
+    expect_error(
+        &sibling.recv().await,
+        ErrorCode::PermissionDenied,
+        Some(&id),
+    );
 
     // Another principal: the job's existence is not revealed.
     let (mut bob, _) = server.hello("bob-token").await;
     let id = bob.send(cancel(&job)).await;
     let hidden = bob.recv().await;
-    expect_error(&hidden, ErrorCode::JobNotFound, &id);
+    expect_error(&hidden, ErrorCode::JobNotFound, Some(&id));
     let id = bob.send(cancel("job_does_not_exist")).await;
     let missing = bob.recv().await;
-    expect_error(&missing, ErrorCode::JobNotFound, &id);
+    expect_error(&missing, ErrorCode::JobNotFound, Some(&id));
 
     // Neither attempt touched the job: its owner still cancels it.
     owner.send(cancel(&job)).await;
@@ -427,7 +417,7 @@ async fn submissions_naming_unavailable_agents_are_refused_without_a_job() {
     ] {
         let id = conn.send(submit(agent, json!({}))).await;
         let answer = conn.recv().await;
-        expect_error(&answer, code, &id);
+        expect_error(&answer, code, Some(&id));
         assert_eq!(answer.session_id, w.session_id);
     }
     assert_eq!(
@@ -442,15 +432,13 @@ async fn submissions_naming_unavailable_agents_are_refused_without_a_job() {
 #[tokio::test]
 async fn a_pinned_version_needs_the_agent_versions_feature() {
     let server = TestServer::start_default().await;
-    let mut conn = server.open().await;
-    conn.send(hello("alice-token", &["progress"], None)).await;
-    let w = conn.recv().await;
+    let (mut conn, w) = server.hello_with("alice-token", &["progress"]).await;
     assert_eq!(
         welcome(&w).capabilities.as_ref().unwrap().features,
         vec!["progress"]
     );
     let id = conn.send(submit("echo@1.0.0", json!(1))).await;
-    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
+    expect_error(&conn.recv().await, ErrorCode::InvalidRequest, Some(&id));
 
     // A bare name still resolves to the default.
     let (_, a) = submit_and_accept(&mut conn, submit("echo", json!(1))).await;
@@ -499,7 +487,7 @@ async fn lease_features_the_client_did_not_negotiate_are_refused_on_submit() {
         ..Default::default()
     })] {
         let id = conn.send(payload).await;
-        expect_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
+        expect_error(&conn.recv().await, ErrorCode::InvalidRequest, Some(&id));
     }
     assert_eq!(newest(&server, &w.session_id).await, 0);
 }

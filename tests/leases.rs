@@ -14,7 +14,7 @@ use arcp_gateway::{
     agent::{Agent, AgentRegistry, JobContext},
     config::GatewayConfig,
     lease::Namespace,
-    proto::{self, client_frame::Payload as In, job_event::Body, server_frame::Payload as Out},
+    proto::{self, client_frame::Payload as In, job_event::Body},
     protocol::Json,
     ArcpError,
 };
@@ -55,12 +55,10 @@ fn instant(ts: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-/// Opens a session as `token` negotiating `features`.
+/// Opens a session as `token` and asserts it negotiated every one of `features`.
 async fn session(server: &TestServer, token: &str, features: &[&str]) -> Conn {
-    let mut conn = server.open().await;
-    conn.send(hello(token, features, None)).await;
-    let w = conn.recv().await;
-    let offered = &welcome(&w).capabilities.as_ref().unwrap().features;
+    let (conn, w) = server.hello_with(token, features).await;
+    let offered = offered_features(&w);
     for f in features {
         assert!(offered.iter().any(|o| o == f), "{f} not negotiated");
     }
@@ -87,17 +85,10 @@ async fn expect_refused(conn: &mut Conn, payload: In) -> String {
     message
 }
 
-fn body(frame: &proto::ServerFrame) -> Option<&Body> {
-    match &frame.payload {
-        Some(Out::JobEvent(e)) => e.body.as_ref(),
-        _ => None,
-    }
-}
-
 fn tool_results(frames: &[proto::ServerFrame]) -> Vec<&proto::ToolResultBody> {
     frames
         .iter()
-        .filter_map(|f| match body(f) {
+        .filter_map(|f| match event_body(f) {
             Some(Body::ToolResult(r)) => Some(&**r),
             _ => None,
         })
@@ -303,10 +294,10 @@ async fn tool_calls_outside_tool_call_are_denied_before_they_run_and_covered_one
     // Each call is a tool_call followed by its tool_result.
     assert_eq!(events.len(), calls.len() * 2, "{events:?}");
     for (pair, (tool, allowed)) in events.chunks(2).zip(calls) {
-        let Some(Body::ToolCall(call)) = body(&pair[0]) else {
+        let Some(Body::ToolCall(call)) = event_body(&pair[0]) else {
             panic!("expected tool_call, got {:?}", pair[0])
         };
-        let Some(Body::ToolResult(result)) = body(&pair[1]) else {
+        let Some(Body::ToolResult(result)) = event_body(&pair[1]) else {
             panic!("expected tool_result, got {:?}", pair[1])
         };
         assert_eq!(call.tool, tool);

@@ -17,17 +17,7 @@ use arcp_gateway::{
 use common::*;
 use serde_json::json;
 
-const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const LISTING: &[&str] = &["list_jobs"];
-
-/// Opens a session as the owner of `token` offering `features`.
-async fn open(server: &TestServer, token: &str, features: &[&str]) -> (Conn, proto::ServerFrame) {
-    let mut conn = server.open().await;
-    conn.send(hello(token, features, None)).await;
-    let w = conn.recv().await;
-    welcome(&w);
-    (conn, w)
-}
 
 fn filter(status: &[&str], agent: &str, created_after: &str) -> Option<proto::JobFilter> {
     Some(proto::JobFilter {
@@ -115,7 +105,7 @@ fn fs_lease() -> std::collections::HashMap<String, prost_types::ListValue> {
 #[tokio::test]
 async fn listing_without_the_list_jobs_feature_is_refused_and_the_session_survives() {
     let server = TestServer::start_default().await;
-    let (mut conn, _) = open(&server, "alice-token", &["progress"]).await;
+    let (mut conn, _) = server.hello_with("alice-token", &["progress"]).await;
     list_refused(&mut conn, list_jobs(None, 0, "")).await;
     let (_, accepted_frame, terminal) = run(&mut conn, submit("echo", json!(1))).await;
     assert_eq!(accepted_frame.event_seq, 1);
@@ -125,9 +115,9 @@ async fn listing_without_the_list_jobs_feature_is_refused_and_the_session_surviv
 #[tokio::test]
 async fn a_listing_holds_the_principals_jobs_in_submission_order_with_their_summaries() {
     let server = TestServer::start_default().await;
-    let (mut a, _) = open(&server, "alice-token", LISTING).await;
-    let (mut b, _) = open(&server, "alice-token", LISTING).await;
-    let (mut bob, _) = open(&server, "bob-token", LISTING).await;
+    let (mut a, _) = server.hello_with("alice-token", LISTING).await;
+    let (mut b, _) = server.hello_with("alice-token", LISTING).await;
+    let (mut bob, _) = server.hello_with("bob-token", LISTING).await;
 
     // Nothing yet.
     let empty = list(&mut a, list_jobs(None, 0, "")).await;
@@ -197,7 +187,7 @@ async fn a_listing_holds_the_principals_jobs_in_submission_order_with_their_summ
 #[tokio::test]
 async fn the_status_filter_selects_by_lifecycle_state_and_rejects_unknown_states() {
     let server = TestServer::start_default().await;
-    let (mut conn, _) = open(&server, "alice-token", LISTING).await;
+    let (mut conn, _) = server.hello_with("alice-token", LISTING).await;
 
     let done = echo(&mut conn, json!("ok")).await;
     let (failed, _, end) = run(&mut conn, submit("ticker", json!({"count": "many"}))).await;
@@ -272,7 +262,7 @@ async fn the_status_filter_selects_by_lifecycle_state_and_rejects_unknown_states
 #[tokio::test]
 async fn the_agent_filter_matches_a_name_or_an_exact_version() {
     let server = TestServer::start_default().await;
-    let (mut conn, _) = open(&server, "alice-token", LISTING).await;
+    let (mut conn, _) = server.hello_with("alice-token", LISTING).await;
     let e1 = echo(&mut conn, json!(1)).await;
     let t = run(&mut conn, ticker(1, 0)).await.0;
     let e2 = echo(&mut conn, json!(2)).await;
@@ -307,7 +297,7 @@ async fn the_agent_filter_matches_a_name_or_an_exact_version() {
 #[tokio::test]
 async fn created_after_keeps_only_jobs_created_strictly_later() {
     let server = TestServer::start_default().await;
-    let (mut conn, _) = open(&server, "alice-token", LISTING).await;
+    let (mut conn, _) = server.hello_with("alice-token", LISTING).await;
     let mut jobs = Vec::new();
     for i in 0..3 {
         jobs.push(echo(&mut conn, json!(i)).await);
@@ -364,7 +354,7 @@ async fn created_after_keeps_only_jobs_created_strictly_later() {
 #[tokio::test]
 async fn limit_and_cursor_page_through_the_jobs_until_next_cursor_is_empty() {
     let server = TestServer::start_default().await;
-    let (mut conn, _) = open(&server, "alice-token", LISTING).await;
+    let (mut conn, _) = server.hello_with("alice-token", LISTING).await;
     let mut jobs = Vec::new();
     for i in 0..5 {
         jobs.push(echo(&mut conn, json!(i)).await);
@@ -422,9 +412,9 @@ async fn other_principals_jobs_are_listed_only_for_permitted_observers() {
         )]))))
         .build();
     let server = TestServer::start_gateway(gateway).await;
-    let (mut alice, _) = open(&server, "alice-token", LISTING).await;
-    let (mut bob, _) = open(&server, "bob-token", LISTING).await;
-    let (mut carol, _) = open(&server, "carol-token", LISTING).await;
+    let (mut alice, _) = server.hello_with("alice-token", LISTING).await;
+    let (mut bob, _) = server.hello_with("bob-token", LISTING).await;
+    let (mut carol, _) = server.hello_with("carol-token", LISTING).await;
 
     let a1 = echo(&mut alice, json!("a1")).await;
     let b1 = echo(&mut bob, json!("b1")).await;

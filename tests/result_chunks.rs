@@ -19,13 +19,6 @@ async fn start(config: GatewayConfig) -> TestServer {
     TestServer::start(config, &[("alice-token", "alice")]).await
 }
 
-async fn session(server: &TestServer, features: &[&str]) -> Conn {
-    let mut conn = server.open().await;
-    conn.send(hello("alice-token", features, None)).await;
-    welcome(&conn.recv().await);
-    conn
-}
-
 /// Runs a chunker job; returns its events and terminal frame.
 async fn chunker(conn: &mut Conn, input: serde_json::Value) -> (Vec<ServerFrame>, ServerFrame) {
     let (job, _) = submit_and_accept(conn, submit("chunker", input)).await;
@@ -90,7 +83,7 @@ fn streamed_result<'a>(terminal: &'a ServerFrame, result_id: &str) -> &'a proto:
 #[tokio::test]
 async fn text_streams_as_utf8_chunks_that_reassemble_to_the_result() {
     let server = start(GatewayConfig::default()).await;
-    let mut conn = session(&server, STREAMING).await;
+    let (mut conn, _) = server.hello_with("alice-token", STREAMING).await;
     let text = "The quick brown fox jumps over the lazy dog.";
     let (events, terminal) = chunker(&mut conn, json!({"text": text, "chunk_size": 8})).await;
     let chunks = chunks(&events);
@@ -107,7 +100,7 @@ async fn text_streams_as_utf8_chunks_that_reassemble_to_the_result() {
 #[tokio::test]
 async fn bytes_stream_as_base64_chunks_and_result_size_counts_decoded_bytes() {
     let server = start(GatewayConfig::default()).await;
-    let mut conn = session(&server, STREAMING).await;
+    let (mut conn, _) = server.hello_with("alice-token", STREAMING).await;
     let bytes: Vec<u8> = (0..=255u8)
         .rev()
         .step_by(7)
@@ -125,7 +118,7 @@ async fn bytes_stream_as_base64_chunks_and_result_size_counts_decoded_bytes() {
 #[tokio::test]
 async fn an_empty_result_is_one_final_empty_chunk() {
     let server = start(GatewayConfig::default()).await;
-    let mut conn = session(&server, STREAMING).await;
+    let (mut conn, _) = server.hello_with("alice-token", STREAMING).await;
     let (events, terminal) = chunker(&mut conn, json!({"text": "", "chunk_size": 4})).await;
     let chunks = chunks(&events);
     assert_eq!(chunks.len(), 1);
@@ -140,7 +133,7 @@ async fn an_empty_result_is_one_final_empty_chunk() {
 #[tokio::test]
 async fn each_job_streams_under_its_own_result_id() {
     let server = start(GatewayConfig::default()).await;
-    let mut conn = session(&server, STREAMING).await;
+    let (mut conn, _) = server.hello_with("alice-token", STREAMING).await;
     let (a, _) = chunker(&mut conn, json!({"text": "abcdef", "chunk_size": 3})).await;
     let (b, _) = chunker(&mut conn, json!({"text": "abcdef", "chunk_size": 3})).await;
     assert_ne!(chunks(&a)[0].result_id, chunks(&b)[0].result_id);
@@ -149,7 +142,7 @@ async fn each_job_streams_under_its_own_result_id() {
 #[tokio::test]
 async fn an_inline_result_after_streaming_is_refused_with_internal_error() {
     let server = start(GatewayConfig::default()).await;
-    let mut conn = session(&server, STREAMING).await;
+    let (mut conn, _) = server.hello_with("alice-token", STREAMING).await;
     let (events, terminal) = chunker(
         &mut conn,
         json!({"text": "abcdefgh", "chunk_size": 4, "inline_too": true}),
@@ -169,7 +162,7 @@ async fn a_chunk_over_the_chunk_cap_ends_the_job_with_internal_error() {
         ..Default::default()
     })
     .await;
-    let mut conn = session(&server, STREAMING).await;
+    let (mut conn, _) = server.hello_with("alice-token", STREAMING).await;
     // At the cap is fine.
     let (events, terminal) = chunker(&mut conn, json!({"text": "abcdefgh", "chunk_size": 4})).await;
     assert_eq!(chunks(&events).len(), 2);
@@ -190,7 +183,7 @@ async fn a_stream_over_the_total_cap_ends_the_job_with_internal_error() {
         ..Default::default()
     })
     .await;
-    let mut conn = session(&server, STREAMING).await;
+    let (mut conn, _) = server.hello_with("alice-token", STREAMING).await;
     let (events, terminal) =
         chunker(&mut conn, json!({"text": "0123456789", "chunk_size": 4})).await;
     assert_eq!(
@@ -214,7 +207,7 @@ async fn a_stream_over_the_total_cap_ends_the_job_with_internal_error() {
 #[tokio::test]
 async fn without_the_result_chunk_feature_the_result_is_inline() {
     let server = start(GatewayConfig::default()).await;
-    let mut conn = session(&server, &["progress"]).await;
+    let (mut conn, _) = server.hello_with("alice-token", &["progress"]).await;
     let text = "The quick brown fox";
     let (events, terminal) = chunker(&mut conn, json!({"text": text, "chunk_size": 4})).await;
     assert!(events.is_empty(), "no result_chunk events: {events:?}");

@@ -10,31 +10,6 @@ use common::*;
 use proto::{client_frame::Payload as In, server_frame::Payload as Out};
 use rand::{Rng, SeedableRng};
 
-/// Opens a stream and resumes with `hello.resume`; returns the stream and its first frame.
-async fn resume_with_hello(
-    server: &TestServer,
-    token: &str,
-    session: &str,
-    resume_token: &str,
-    last: u64,
-) -> (Conn, proto::ServerFrame) {
-    let mut conn = server.open().await;
-    conn.send(hello(
-        token,
-        FEATURES,
-        Some(resume_info(session, resume_token, last)),
-    ))
-    .await;
-    let first = conn.recv().await;
-    (conn, first)
-}
-
-fn expect_error(frame: &proto::ServerFrame, code: ErrorCode) {
-    let e = session_error(frame);
-    assert_eq!(e.code, code.as_str(), "unexpected error: {e:?}");
-    assert_eq!(e.retryable, code.retryable());
-}
-
 #[tokio::test]
 async fn missed_frames_replay_once_in_order_then_live_frames_follow() {
     let server = TestServer::start_default().await;
@@ -54,7 +29,9 @@ async fn missed_frames_replay_once_in_order_then_live_frames_follow() {
     drop(conn);
     wait_for_log(&server, &session, last + 4).await;
 
-    let (mut conn, first) = resume_with_hello(&server, "alice-token", &session, &token, last).await;
+    let (mut conn, first) = server
+        .resume_with_hello("alice-token", FEATURES, resume_info(&session, &token, last))
+        .await;
     let w2 = welcome(&first);
     assert_eq!(first.session_id, session, "the same session continues");
     assert_ne!(w2.resume_token, token, "the token rotates on every welcome");
@@ -79,14 +56,20 @@ async fn a_rotated_out_token_is_rejected_and_the_new_one_works() {
     let t1 = welcome(&w).resume_token.clone();
     drop(conn);
 
-    let (conn, first) = resume_with_hello(&server, "alice-token", &session, &t1, 0).await;
+    let (conn, first) = server
+        .resume_with_hello("alice-token", FEATURES, resume_info(&session, &t1, 0))
+        .await;
     let t2 = welcome(&first).resume_token.clone();
     drop(conn);
 
-    let (_conn, first) = resume_with_hello(&server, "alice-token", &session, &t1, 0).await;
-    expect_error(&first, ErrorCode::ResumeWindowExpired);
+    let (_conn, first) = server
+        .resume_with_hello("alice-token", FEATURES, resume_info(&session, &t1, 0))
+        .await;
+    expect_error(&first, ErrorCode::ResumeWindowExpired, None);
 
-    let (_conn, first) = resume_with_hello(&server, "alice-token", &session, &t2, 0).await;
+    let (_conn, first) = server
+        .resume_with_hello("alice-token", FEATURES, resume_info(&session, &t2, 0))
+        .await;
     assert_eq!(first.session_id, session);
     welcome(&first);
 }
@@ -105,8 +88,10 @@ async fn tokens_expire_with_the_resume_window_and_the_session_is_swept() {
     drop(conn);
 
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let (_conn, first) = resume_with_hello(&server, "alice-token", &session, &token, 0).await;
-    expect_error(&first, ErrorCode::ResumeWindowExpired);
+    let (_conn, first) = server
+        .resume_with_hello("alice-token", FEATURES, resume_info(&session, &token, 0))
+        .await;
+    expect_error(&first, ErrorCode::ResumeWindowExpired, None);
 
     let id = SessionId::new(session.as_str());
     let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
@@ -137,7 +122,9 @@ async fn the_window_only_starts_when_the_transport_drops() {
 
     // Longer than the window, but the stream is still attached: the token stays valid.
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let (_conn, first) = resume_with_hello(&server, "alice-token", &session, &token, 0).await;
+    let (_conn, first) = server
+        .resume_with_hello("alice-token", FEATURES, resume_info(&session, &token, 0))
+        .await;
     assert_eq!(welcome(&first).resume_window_sec, 1);
     assert_eq!(first.session_id, session);
     let ended = attached
@@ -161,8 +148,10 @@ async fn unknown_malformed_and_mismatched_tokens_are_refused() {
         // A's valid token, but claiming to resume B.
         (wb.session_id.as_str(), token_a.as_str()),
     ] {
-        let (_conn, first) = resume_with_hello(&server, "alice-token", session, token, 0).await;
-        expect_error(&first, ErrorCode::ResumeWindowExpired);
+        let (_conn, first) = server
+            .resume_with_hello("alice-token", FEATURES, resume_info(session, token, 0))
+            .await;
+        expect_error(&first, ErrorCode::ResumeWindowExpired, None);
         assert_eq!(first.event_seq, 0);
     }
 }
@@ -175,10 +164,14 @@ async fn a_token_presented_by_another_principal_is_denied_and_not_burnt() {
     let token = welcome(&w).resume_token.clone();
     drop(conn);
 
-    let (_conn, first) = resume_with_hello(&server, "bob-token", &session, &token, 0).await;
-    expect_error(&first, ErrorCode::PermissionDenied);
+    let (_conn, first) = server
+        .resume_with_hello("bob-token", FEATURES, resume_info(&session, &token, 0))
+        .await;
+    expect_error(&first, ErrorCode::PermissionDenied, None);
 
-    let (_conn, first) = resume_with_hello(&server, "alice-token", &session, &token, 0).await;
+    let (_conn, first) = server
+        .resume_with_hello("alice-token", FEATURES, resume_info(&session, &token, 0))
+        .await;
     assert_eq!(first.session_id, session);
     welcome(&first);
 }
@@ -196,16 +189,25 @@ async fn last_event_seq_must_lie_within_the_buffer() {
     wait_for_log(&server, &session, newest).await;
 
     // Beyond the newest: a client bug, not an expired window. The token survives.
-    let (_conn, first) =
-        resume_with_hello(&server, "alice-token", &session, &token, newest + 1).await;
-    expect_error(&first, ErrorCode::InvalidRequest);
+    let (_conn, first) = server
+        .resume_with_hello(
+            "alice-token",
+            FEATURES,
+            resume_info(&session, &token, newest + 1),
+        )
+        .await;
+    expect_error(&first, ErrorCode::InvalidRequest, None);
 
     // Frames 1..=7 were evicted; resuming from 6 would leave a gap.
-    let (_conn, first) = resume_with_hello(&server, "alice-token", &session, &token, 6).await;
-    expect_error(&first, ErrorCode::ResumeWindowExpired);
+    let (_conn, first) = server
+        .resume_with_hello("alice-token", FEATURES, resume_info(&session, &token, 6))
+        .await;
+    expect_error(&first, ErrorCode::ResumeWindowExpired, None);
 
     // From 7 the five retained frames replay exactly.
-    let (mut conn, first) = resume_with_hello(&server, "alice-token", &session, &token, 7).await;
+    let (mut conn, first) = server
+        .resume_with_hello("alice-token", FEATURES, resume_info(&session, &token, 7))
+        .await;
     welcome(&first);
     let (frames, terminal) = conn.recv_until_terminal(&job).await;
     let seqs = event_seqs(frames.iter().chain([&terminal]));
@@ -220,7 +222,9 @@ async fn resuming_takes_over_a_live_stream() {
     let token = welcome(&w).resume_token.clone();
     let (job, _) = submit_and_accept(&mut old, ticker(5, 20)).await;
 
-    let (mut new, first) = resume_with_hello(&server, "alice-token", &session, &token, 1).await;
+    let (mut new, first) = server
+        .resume_with_hello("alice-token", FEATURES, resume_info(&session, &token, 1))
+        .await;
     welcome(&first);
     loop {
         match old.try_recv().await {
@@ -410,7 +414,11 @@ async fn random_drops_and_resumes_lose_and_repeat_nothing() {
         resumes += 1;
         let last = *seen.last().unwrap();
         let (next, first) = match rng.random_range(0..3) {
-            0 => resume_with_hello(&server, "alice-token", &session, &token, last).await,
+            0 => {
+                server
+                    .resume_with_hello("alice-token", FEATURES, resume_info(&session, &token, last))
+                    .await
+            }
             1 => {
                 let mut c = server.open().await;
                 c.send(In::SessionResume(proto::SessionResume {

@@ -21,8 +21,6 @@ use common::*;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-
 /// A gateway with alice, bob and carol (an observer of every job), the built-in agents and
 /// `pacer`, whose steps the returned sender feeds.
 async fn start() -> (TestServer, mpsc::UnboundedSender<u64>) {
@@ -46,18 +44,9 @@ async fn start() -> (TestServer, mpsc::UnboundedSender<u64>) {
     (TestServer::start_gateway(gateway).await, tx)
 }
 
-/// Opens a session as the owner of `token` offering `features`.
-async fn open(server: &TestServer, token: &str, features: &[&str]) -> (Conn, proto::ServerFrame) {
-    let mut conn = server.open().await;
-    conn.send(hello(token, features, None)).await;
-    let w = conn.recv().await;
-    welcome(&w);
-    (conn, w)
-}
-
 /// A subscribing session: `subscribe` only.
 async fn subscriber(server: &TestServer, token: &str) -> (Conn, proto::ServerFrame) {
-    open(server, token, &["subscribe"]).await
+    server.hello_with(token, &["subscribe"]).await
 }
 
 fn subscribe(job: &str, history: bool, from: Option<u64>) -> In {
@@ -77,14 +66,6 @@ fn subscribed(frame: &proto::ServerFrame) -> &proto::JobSubscribed {
         Some(Out::JobSubscribed(s)) => s,
         other => panic!("expected job_subscribed, got {other:?}"),
     }
-}
-
-fn expect_error(frame: &proto::ServerFrame, code: ErrorCode, request_id: &str) {
-    let e = session_error(frame);
-    assert_eq!(e.code, code.as_str(), "unexpected error: {e:?}");
-    assert_eq!(e.retryable, code.retryable());
-    assert_eq!(e.request_id, request_id, "request_id of {e:?}");
-    assert_eq!(frame.event_seq, 0, "session errors carry no event_seq");
 }
 
 /// Alice's pacer job, submitted with a trace id and a lease; returns the job id and the
@@ -118,13 +99,13 @@ async fn submit_pacer(owner: &mut Conn) -> (String, proto::ServerFrame) {
 #[tokio::test]
 async fn subscribing_without_the_subscribe_feature_is_refused_and_the_session_survives() {
     let (server, _steps) = start().await;
-    let (mut owner, _) = open(&server, "alice-token", &[]).await;
+    let (mut owner, _) = server.hello_with("alice-token", &[]).await;
     let (job, _) = submit_and_accept(&mut owner, submit("echo", json!(1))).await;
-    let (mut other, _) = open(&server, "alice-token", &["progress"]).await;
+    let (mut other, _) = server.hello_with("alice-token", &["progress"]).await;
     let id = other.send(subscribe(&job, true, None)).await;
-    expect_error(&other.recv().await, ErrorCode::InvalidRequest, &id);
+    expect_error(&other.recv().await, ErrorCode::InvalidRequest, Some(&id));
     let id = other.send(unsubscribe(&job)).await;
-    expect_error(&other.recv().await, ErrorCode::InvalidRequest, &id);
+    expect_error(&other.recv().await, ErrorCode::InvalidRequest, Some(&id));
     let (job, accepted_frame) = submit_and_accept(&mut other, submit("echo", json!(2))).await;
     assert_eq!(
         accepted_frame.event_seq, 1,
@@ -137,10 +118,10 @@ async fn subscribing_without_the_subscribe_feature_is_refused_and_the_session_su
 #[tokio::test]
 async fn a_live_subscription_announces_the_job_then_delivers_only_later_frames() {
     let (server, steps) = start().await;
-    let (mut owner, _) = open(&server, "alice-token", &[]).await;
+    let (mut owner, _) = server.hello_with("alice-token", &[]).await;
     let (job, acc) = submit_pacer(&mut owner).await;
     steps.send(2).unwrap();
-    assert_eq!(seqs(&recv_n(&mut owner, 2).await), vec![2, 3]);
+    assert_eq!(event_seqs(&recv_n(&mut owner, 2).await), vec![2, 3]);
 
     let (mut sub, w) = subscriber(&server, "alice-token").await;
     let id = sub.send(subscribe(&job, false, None)).await;
@@ -170,13 +151,13 @@ async fn a_live_subscription_announces_the_job_then_delivers_only_later_frames()
     // Only what the job emits from now on, in the subscriber's own sequence.
     steps.send(2).unwrap();
     let live = recv_n(&mut sub, 2).await;
-    assert_eq!(seqs(&live), vec![2, 3]);
+    assert_eq!(event_seqs(&live), vec![2, 3]);
     let lines: Vec<_> = live.iter().map(|f| log_message(f).unwrap()).collect();
     assert_eq!(lines, vec!["line 3", "line 4"]);
     assert!(live
         .iter()
         .all(|f| f.job_id == job && f.session_id == w.session_id));
-    assert_eq!(seqs(&recv_n(&mut owner, 2).await), vec![4, 5]);
+    assert_eq!(event_seqs(&recv_n(&mut owner, 2).await), vec![4, 5]);
 
     steps.send(0).unwrap();
     let terminal = sub.recv().await;
@@ -193,7 +174,7 @@ async fn a_live_subscription_announces_the_job_then_delivers_only_later_frames()
 async fn history_replays_the_jobs_frames_after_from_event_seq_then_live_frames_without_gap_or_duplicate(
 ) {
     let (server, steps) = start().await;
-    let (mut owner, _) = open(&server, "alice-token", &[]).await;
+    let (mut owner, _) = server.hello_with("alice-token", &[]).await;
     let (job, _) = submit_pacer(&mut owner).await; // owner seq 1
     steps.send(1).unwrap(); // 2: line 1
     assert_eq!(owner.recv().await.event_seq, 2);
@@ -201,7 +182,7 @@ async fn history_replays_the_jobs_frames_after_from_event_seq_then_live_frames_w
     let (echo, _) = submit_and_accept(&mut owner, submit("echo", json!("other"))).await;
     owner.recv_until_terminal(&echo).await;
     steps.send(2).unwrap(); // 5: line 2, 6: line 3
-    assert_eq!(seqs(&recv_n(&mut owner, 2).await), vec![5, 6]);
+    assert_eq!(event_seqs(&recv_n(&mut owner, 2).await), vec![5, 6]);
 
     // From owner seq 2: lines 2 and 3 are replayed, the echo's frames are not.
     let (mut from_two, w) = subscriber(&server, "alice-token").await;
@@ -259,9 +240,9 @@ async fn history_replays_the_jobs_frames_after_from_event_seq_then_live_frames_w
     assert_eq!(log_message(&live[0]), Some("line 4"));
     job_result(&live[1]);
     assert_eq!(
-        seqs(&all)
+        event_seqs(&all)
             .into_iter()
-            .chain(seqs(&live))
+            .chain(event_seqs(&live))
             .collect::<Vec<_>>(),
         (1..=7).collect::<Vec<_>>()
     );
@@ -274,7 +255,7 @@ async fn history_replays_the_jobs_frames_after_from_event_seq_then_live_frames_w
 #[tokio::test]
 async fn subscribing_to_a_finished_job_with_history_replays_it_to_its_end() {
     let (server, _steps) = start().await;
-    let (mut owner, _) = open(&server, "alice-token", &[]).await;
+    let (mut owner, _) = server.hello_with("alice-token", &[]).await;
     let (job, _) = submit_and_accept(&mut owner, submit("echo", json!({"done": true}))).await;
     owner.recv_until_terminal(&job).await;
 
@@ -291,22 +272,22 @@ async fn subscribing_to_a_finished_job_with_history_replays_it_to_its_end() {
         to_json(job_result(&frames[2]).result.as_ref().unwrap()),
         json!({"done": true})
     );
-    assert_eq!(seqs(&frames), vec![1, 2, 3]);
+    assert_eq!(event_seqs(&frames), vec![1, 2, 3]);
     assert!(sync_with_ping(&mut sub, "end").await.is_empty());
 }
 
 #[tokio::test]
 async fn only_the_submitter_and_permitted_observers_may_subscribe() {
     let (server, steps) = start().await;
-    let (mut owner, _) = open(&server, "alice-token", &[]).await;
+    let (mut owner, _) = server.hello_with("alice-token", &[]).await;
     let (job, _) = submit_pacer(&mut owner).await;
 
     // Bob is neither the submitter nor an observer.
     let (mut bob, wb) = subscriber(&server, "bob-token").await;
     let id = bob.send(subscribe(&job, true, None)).await;
-    expect_error(&bob.recv().await, ErrorCode::PermissionDenied, &id);
+    expect_error(&bob.recv().await, ErrorCode::PermissionDenied, Some(&id));
     let id = bob.send(subscribe("job_does_not_exist", false, None)).await;
-    expect_error(&bob.recv().await, ErrorCode::JobNotFound, &id);
+    expect_error(&bob.recv().await, ErrorCode::JobNotFound, Some(&id));
 
     // Carol observes by policy.
     let (mut carol, _) = subscriber(&server, "carol-token").await;
@@ -320,14 +301,14 @@ async fn only_the_submitter_and_permitted_observers_may_subscribe() {
     let id = carol
         .send(subscribe("job_does_not_exist", false, None))
         .await;
-    expect_error(&carol.recv().await, ErrorCode::JobNotFound, &id);
+    expect_error(&carol.recv().await, ErrorCode::JobNotFound, Some(&id));
 
     steps.send(1).unwrap();
     steps.send(0).unwrap();
     let frames = recv_n(&mut carol, 2).await;
     assert_eq!(log_message(&frames[0]), Some("line 1"));
     job_result(&frames[1]);
-    assert_eq!(seqs(&frames), vec![2, 3]);
+    assert_eq!(event_seqs(&frames), vec![2, 3]);
 
     // Bob received nothing of the job.
     owner.recv_until_terminal(&job).await;
@@ -338,13 +319,15 @@ async fn only_the_submitter_and_permitted_observers_may_subscribe() {
 #[tokio::test]
 async fn by_default_another_principal_may_not_subscribe() {
     let server = TestServer::start_default().await;
-    let (mut owner, _) = open(&server, "alice-token", &["progress"]).await;
+    let (mut owner, _) = server.hello_with("alice-token", &["progress"]).await;
     let (job, _) = submit_and_accept(&mut owner, ticker(1000, 20)).await;
-    let (mut bob, _) = open(&server, "bob-token", &["subscribe", "progress"]).await;
+    let (mut bob, _) = server
+        .hello_with("bob-token", &["subscribe", "progress"])
+        .await;
     let id = bob.send(subscribe(&job, true, Some(0))).await;
-    expect_error(&bob.recv().await, ErrorCode::PermissionDenied, &id);
+    expect_error(&bob.recv().await, ErrorCode::PermissionDenied, Some(&id));
     // Alice's other session may.
-    let (mut sibling, _) = open(&server, "alice-token", &["subscribe"]).await;
+    let (mut sibling, _) = server.hello_with("alice-token", &["subscribe"]).await;
     let id = sibling.send(subscribe(&job, false, None)).await;
     assert_eq!(subscribed(&sibling.recv().await).request_id, id);
     owner.send(cancel(&job)).await;
@@ -354,19 +337,19 @@ async fn by_default_another_principal_may_not_subscribe() {
 #[tokio::test]
 async fn subscribing_twice_is_an_invalid_request_and_delivers_nothing_twice() {
     let (server, steps) = start().await;
-    let (mut owner, _) = open(&server, "alice-token", &[]).await;
+    let (mut owner, _) = server.hello_with("alice-token", &[]).await;
     let (job, _) = submit_pacer(&mut owner).await;
     let (mut sub, _) = subscriber(&server, "alice-token").await;
     sub.send(subscribe(&job, false, None)).await;
     assert_eq!(subscribed(&sub.recv().await).subscribed_from, 1);
     for again in [subscribe(&job, false, None), subscribe(&job, true, Some(0))] {
         let id = sub.send(again).await;
-        expect_error(&sub.recv().await, ErrorCode::InvalidRequest, &id);
+        expect_error(&sub.recv().await, ErrorCode::InvalidRequest, Some(&id));
     }
     steps.send(1).unwrap();
     steps.send(0).unwrap();
     let frames = recv_n(&mut sub, 2).await;
-    assert_eq!(seqs(&frames), vec![2, 3]);
+    assert_eq!(event_seqs(&frames), vec![2, 3]);
     assert_eq!(log_message(&frames[0]), Some("line 1"));
     job_result(&frames[1]);
     assert!(
@@ -378,7 +361,7 @@ async fn subscribing_twice_is_an_invalid_request_and_delivers_nothing_twice() {
 #[tokio::test]
 async fn a_subscriber_may_not_cancel_the_job() {
     let (server, steps) = start().await;
-    let (mut owner, _) = open(&server, "alice-token", &[]).await;
+    let (mut owner, _) = server.hello_with("alice-token", &[]).await;
     let (job, _) = submit_pacer(&mut owner).await;
     let (mut sibling, _) = subscriber(&server, "alice-token").await;
     let (mut carol, _) = subscriber(&server, "carol-token").await;
@@ -386,7 +369,7 @@ async fn a_subscriber_may_not_cancel_the_job() {
         sub.send(subscribe(&job, false, None)).await;
         subscribed(&sub.recv().await);
         let id = sub.send(cancel(&job)).await;
-        expect_error(&sub.recv().await, ErrorCode::PermissionDenied, &id);
+        expect_error(&sub.recv().await, ErrorCode::PermissionDenied, Some(&id));
     }
 
     // The job was not touched: it still emits, then its submitter cancels it.
@@ -403,15 +386,15 @@ async fn a_subscriber_may_not_cancel_the_job() {
 #[tokio::test]
 async fn unsubscribing_stops_delivery_and_only_a_subscription_can_be_ended() {
     let (server, steps) = start().await;
-    let (mut owner, _) = open(&server, "alice-token", &[]).await;
+    let (mut owner, _) = server.hello_with("alice-token", &[]).await;
     let (job, _) = submit_pacer(&mut owner).await;
     let (mut sub, w) = subscriber(&server, "alice-token").await;
 
     // Not subscribed yet; and no such job.
     let id = sub.send(unsubscribe(&job)).await;
-    expect_error(&sub.recv().await, ErrorCode::InvalidRequest, &id);
+    expect_error(&sub.recv().await, ErrorCode::InvalidRequest, Some(&id));
     let id = sub.send(unsubscribe("job_does_not_exist")).await;
-    expect_error(&sub.recv().await, ErrorCode::JobNotFound, &id);
+    expect_error(&sub.recv().await, ErrorCode::JobNotFound, Some(&id));
 
     sub.send(subscribe(&job, false, None)).await;
     subscribed(&sub.recv().await);
@@ -434,7 +417,7 @@ async fn unsubscribing_stops_delivery_and_only_a_subscription_can_be_ended() {
     );
 
     let id = sub.send(unsubscribe(&job)).await;
-    expect_error(&sub.recv().await, ErrorCode::InvalidRequest, &id);
+    expect_error(&sub.recv().await, ErrorCode::InvalidRequest, Some(&id));
 }
 
 /// A job held back by its own session's slow reader (flow control) must not hold back anyone
@@ -443,7 +426,7 @@ async fn unsubscribing_stops_delivery_and_only_a_subscription_can_be_ended() {
 #[tokio::test]
 async fn a_job_paced_by_a_stuck_reader_does_not_stall_its_subscribers_session() {
     let server = TestServer::start_with_log_bound(50).await;
-    let (mut owner, w) = open(&server, "alice-token", &["progress"]).await;
+    let (mut owner, w) = server.hello_with("alice-token", &["progress"]).await;
     let (job, _) = submit_and_accept(&mut owner, ticker(60_000, 0)).await;
     // The owner reads nothing more: its job fills the transport's buffers and then waits.
     // Waits (bounded) until the log has stopped growing, well short of the job's end.
@@ -462,7 +445,9 @@ async fn a_job_paced_by_a_stuck_reader_does_not_stall_its_subscribers_session() 
         );
     }
 
-    let (mut watcher, _) = open(&server, "alice-token", &["subscribe", "progress"]).await;
+    let (mut watcher, _) = server
+        .hello_with("alice-token", &["subscribe", "progress"])
+        .await;
     let id = watcher.send(subscribe(&job, false, None)).await;
     let announced = watcher.recv().await;
     assert_eq!(subscribed(&announced).request_id, id);

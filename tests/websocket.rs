@@ -229,14 +229,9 @@ async fn a_session_opened_over_websocket_resumes_over_grpc_without_a_gap() {
     let last = *seen.last().unwrap();
     wait_for_log(&server, &session, last + 3).await;
 
-    let mut grpc = server.open().await;
-    grpc.send(hello(
-        "alice-token",
-        FEATURES,
-        Some(resume_info(&session, &token, last)),
-    ))
-    .await;
-    let first = grpc.recv().await;
+    let (mut grpc, first) = server
+        .resume_with_hello("alice-token", FEATURES, resume_info(&session, &token, last))
+        .await;
     assert!(
         matches!(first.payload, Some(Out::SessionWelcome(_))),
         "{first:?}"
@@ -327,9 +322,7 @@ async fn a_graceful_stop_closes_websockets_with_service_restart() {
 #[tokio::test]
 async fn grpc_and_websocket_sessions_see_the_same_jobs() {
     let server = TestServer::start_default().await;
-    let mut grpc = server.open().await;
-    grpc.send(hello("alice-token", &["list_jobs"], None)).await;
-    welcome(&grpc.recv().await);
+    let (mut grpc, _) = server.hello_with("alice-token", &["list_jobs"]).await;
     let (job, _) = submit_and_accept(&mut grpc, submit("echo", json!(1))).await;
     let (mut conn, _) = server.ws_hello("alice-token", FEATURES_WS).await;
     let id = conn.send("session.list_jobs", json!({})).await;

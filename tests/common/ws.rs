@@ -1,0 +1,106 @@
+//! The WebSocket client: one session speaking §5 JSON envelopes ([`WsConn`]), and how a
+//! [`TestServer`] opens one.
+
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::{tungstenite::Message, MaybeTlsStream, WebSocketStream};
+
+use super::{TestServer, FRAME_TIMEOUT};
+
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl TestServer {
+    /// Opens a WebSocket to `/arcp`.
+    pub async fn ws(&self) -> WsConn {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/arcp", self.ws_addr))
+            .await
+            .expect("websocket opens");
+        WsConn::from_socket(ws)
+    }
+
+    /// Opens a WebSocket and completes a hello as `token` offering `features`.
+    pub async fn ws_hello(&self, token: &str, features: &[&str]) -> (WsConn, serde_json::Value) {
+        let mut conn = self.ws().await;
+        conn.send("session.hello", ws_hello_payload(token, features))
+            .await;
+        let welcome = conn.recv().await;
+        assert_eq!(welcome["type"], "session.welcome", "{welcome}");
+        (conn, welcome)
+    }
+}
+
+/// A `session.hello` payload as the spec's JSON example writes it.
+pub fn ws_hello_payload(token: &str, features: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "client": {"name": "arcp-gateway-tests", "version": "0"},
+        "auth": {"scheme": "bearer", "token": token},
+        "capabilities": {"encodings": ["json"], "features": features},
+    })
+}
+
+/// One WebSocket session speaking §5 JSON envelopes.
+pub struct WsConn {
+    pub ws: Socket,
+    next_id: u64,
+}
+
+impl WsConn {
+    /// Wraps a socket opened by hand (e.g. with custom upgrade headers).
+    pub fn from_socket(ws: Socket) -> WsConn {
+        WsConn { ws, next_id: 0 }
+    }
+
+    /// Sends an envelope of `kind` with a fresh `id`; returns that id.
+    pub async fn send(&mut self, kind: &str, payload: serde_json::Value) -> String {
+        self.next_id += 1;
+        let id = format!("w{}", self.next_id);
+        let frame = serde_json::json!({"arcp": "1.1", "id": id, "type": kind, "payload": payload});
+        self.send_text(&frame.to_string()).await;
+        id
+    }
+
+    /// Sends one text frame as is.
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text))
+            .await
+            .expect("websocket accepts frames");
+    }
+
+    /// The next WebSocket message other than ping/pong; `None` once the socket is gone.
+    pub async fn next_message(&mut self) -> Option<Message> {
+        loop {
+            let message = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
+                .await
+                .expect("no websocket message within the timeout");
+            match message {
+                Some(Ok(m)) if m.is_ping() || m.is_pong() => continue,
+                Some(Ok(m)) => return Some(m),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next JSON envelope; fails the test on anything else.
+    pub async fn recv(&mut self) -> serde_json::Value {
+        match self.next_message().await {
+            Some(Message::Text(text)) => {
+                serde_json::from_str(text.as_str()).expect("frames are JSON")
+            }
+            other => panic!("expected a JSON text frame, got {other:?}"),
+        }
+    }
+
+    /// Receives envelopes up to and including the terminal frame of `job_id`.
+    pub async fn recv_until_terminal(&mut self, job_id: &str) -> Vec<serde_json::Value> {
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.recv().await;
+            let done = frame["job_id"] == job_id
+                && (frame["type"] == "job.result" || frame["type"] == "job.error");
+            frames.push(frame);
+            if done {
+                return frames;
+            }
+        }
+    }
+}
