@@ -33,7 +33,7 @@
 //!   the tonic server with health, reflection and graceful shutdown, and runs both transports
 //!   over one gateway.
 //! - **The gateway**: [`gateway::Gateway`] ties the pieces together; [`config`] its settings.
-//! - **Binaries**: `src/main.rs` is `arcp-gateway serve`; `src/bin/arcp-bench.rs` is the
+//! - **Binaries**: `src/main.rs` is `arcp-gateway serve`; `src/bin/arcp-bench/` is the
 //!   benchmark described in `BENCHMARKS.md`.
 
 pub mod agent;

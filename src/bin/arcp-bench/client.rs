@@ -1,0 +1,255 @@
+//! The client side every row shares: a gateway under test serving in this process
+//! ([`Bench`]), tonic connections and sessions to it, and the frame loop rows 1 and 2 both use
+//! so that they differ only on the server side.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use arcp_gateway::{
+    agent::AgentRegistry,
+    config::GatewayConfig,
+    proto::{
+        self, arcp_client::ArcpClient, client_frame::Payload as In, server_frame::Payload as Out,
+        ClientFrame, ServerFrame,
+    },
+    server,
+    transport::grpc::convert::to_value,
+    Gateway,
+};
+use futures::future::BoxFuture;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{transport::Channel, Streaming};
+
+use crate::{rows::fan_in::Stamper, BenchResult};
+
+const TOKEN: &str = "bench-token";
+/// Row 1's client acknowledges every this many frames.
+const ACK_EVERY: u64 = 1000;
+/// Streams per HTTP/2 connection; servers commonly cap concurrent streams at a few hundred.
+pub(crate) const STREAMS_PER_CONNECTION: usize = 100;
+
+/// A gateway serving on 127.0.0.1 in this process, and a connection to it.
+pub(crate) struct Bench {
+    pub(crate) gateway: Arc<Gateway>,
+    pub(crate) channel: Channel,
+    pub(crate) addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<()>,
+}
+
+/// The bench's gateway: open authentication, logs large enough to hold a whole run, and the
+/// built-in agents plus `stamper`.
+pub(crate) fn bench_gateway() -> Arc<Gateway> {
+    let config = GatewayConfig {
+        max_log_frames: 2_000_000,
+        ..GatewayConfig::default()
+    };
+    let mut agents = AgentRegistry::with_builtins();
+    let _ = agents.register("stamper", "1.0.0", Arc::new(Stamper));
+    Gateway::builder(config).agents(agents).build()
+}
+
+impl Bench {
+    async fn start() -> BenchResult<Bench> {
+        let gateway = bench_gateway();
+        let listener = server::bind("127.0.0.1:0".parse()?).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let gw = gateway.clone();
+        let served = tokio::spawn(async move {
+            let _ = server::serve(gw, listener, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        let channel = connect(addr).await?;
+        Ok(Bench {
+            gateway,
+            channel,
+            addr,
+            stop,
+            served,
+        })
+    }
+
+    /// One run of a row against a fresh gateway, stopped afterwards, so that no run inherits
+    /// another's sessions, logs or jobs.
+    pub(crate) async fn once<T>(
+        run: impl for<'a> FnOnce(&'a Bench) -> BoxFuture<'a, BenchResult<T>>,
+    ) -> BenchResult<T> {
+        let bench = Bench::start().await?;
+        let result = run(&bench).await;
+        let Bench {
+            gateway,
+            channel,
+            stop,
+            served,
+            ..
+        } = bench;
+        drop(channel);
+        let _ = stop.send(());
+        if tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .is_err()
+        {
+            return Err("the bench gateway did not stop within 10 s".into());
+        }
+        drop(gateway);
+        result
+    }
+}
+
+/// Enough HTTP/2 connections for `sessions` streams at [`STREAMS_PER_CONNECTION`] each.
+pub(crate) async fn connections(addr: SocketAddr, sessions: usize) -> BenchResult<Vec<Channel>> {
+    let mut channels = Vec::new();
+    for _ in 0..sessions.div_ceil(STREAMS_PER_CONNECTION) {
+        channels.push(connect(addr).await?);
+    }
+    Ok(channels)
+}
+
+/// Opens one session per entry of `resumes` at once, spread over `channels`; each entry is
+/// `None` for a new session or the coordinates to resume.
+pub(crate) async fn open_all(
+    channels: &[Channel],
+    resumes: Vec<Option<proto::ResumeInfo>>,
+) -> BenchResult<Vec<(Session, ServerFrame)>> {
+    let opening: Vec<_> = resumes
+        .into_iter()
+        .enumerate()
+        .map(|(i, resume)| {
+            let channel = channels[i / STREAMS_PER_CONNECTION].clone();
+            tokio::spawn(async move { Session::open(channel, resume).await })
+        })
+        .collect();
+    let mut opened = Vec::with_capacity(opening.len());
+    for o in opening {
+        opened.push(o.await??);
+    }
+    Ok(opened)
+}
+
+pub(crate) async fn connect(addr: SocketAddr) -> Result<Channel, tonic::transport::Error> {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("a valid uri")
+        .connect()
+        .await
+}
+
+/// One session stream.
+pub(crate) struct Session {
+    pub(crate) tx: mpsc::Sender<ClientFrame>,
+    pub(crate) rx: Streaming<ServerFrame>,
+}
+
+impl Session {
+    pub(crate) async fn open(
+        channel: Channel,
+        resume: Option<proto::ResumeInfo>,
+    ) -> Result<(Session, ServerFrame), Box<dyn std::error::Error + Send + Sync>> {
+        let (tx, rx) = mpsc::channel(64);
+        let rx = ArcpClient::new(channel)
+            .session(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let mut session = Session { tx, rx };
+        session
+            .send(In::SessionHello(proto::SessionHello {
+                auth: Some(proto::Auth {
+                    scheme: "bearer".into(),
+                    token: TOKEN.into(),
+                }),
+                capabilities: Some(proto::Capabilities {
+                    features: vec!["progress".into(), "ack".into()],
+                    ..Default::default()
+                }),
+                resume,
+                ..Default::default()
+            }))
+            .await?;
+        let welcome = session.recv().await?;
+        match welcome.payload {
+            Some(Out::SessionWelcome(_)) => Ok((session, welcome)),
+            other => Err(format!("expected a welcome, got {other:?}").into()),
+        }
+    }
+
+    pub(crate) async fn send(
+        &mut self,
+        payload: In,
+    ) -> Result<(), mpsc::error::SendError<ClientFrame>> {
+        self.tx
+            .send(ClientFrame {
+                payload: Some(payload),
+                ..Default::default()
+            })
+            .await
+    }
+
+    pub(crate) async fn recv(
+        &mut self,
+    ) -> Result<ServerFrame, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(self.rx.message().await?.ok_or("the stream ended")?)
+    }
+}
+
+pub(crate) fn submit(agent: &str, input: serde_json::Value) -> In {
+    In::JobSubmit(proto::JobSubmit {
+        agent: agent.into(),
+        input: Some(to_value(&input)),
+        ..Default::default()
+    })
+}
+
+pub(crate) fn is_terminal(frame: &ServerFrame) -> bool {
+    matches!(
+        frame.payload,
+        Some(Out::JobResult(_)) | Some(Out::JobError(_))
+    )
+}
+
+/// What the client of rows 1 and 2 received.
+pub(crate) struct Received {
+    pub(crate) frames: u64,
+    pub(crate) bytes: usize,
+    pub(crate) seconds: f64,
+}
+
+/// The client loop of rows 1 and 2, the same for both so that they differ only on the server
+/// side: reads frames until a terminal frame or the end of the stream, counting their encoded
+/// bytes and acknowledging every [`ACK_EVERY`] frames, as a well-behaved chatty client does
+/// (§6.5) to let the gateway free what it has delivered.
+pub(crate) async fn receive(
+    rx: &mut Streaming<ServerFrame>,
+    tx: &mpsc::Sender<ClientFrame>,
+) -> BenchResult<Received> {
+    let start = Instant::now();
+    let (mut frames, mut bytes) = (0u64, 0usize);
+    while let Some(frame) = rx.message().await? {
+        frames += 1;
+        bytes += frame.encoded_len();
+        if is_terminal(&frame) {
+            break;
+        }
+        if frames % ACK_EVERY == 0 {
+            let ack = In::SessionAck(proto::SessionAck {
+                last_processed_seq: frame.event_seq,
+            });
+            tx.send(ClientFrame {
+                payload: Some(ack),
+                ..Default::default()
+            })
+            .await?;
+        }
+    }
+    Ok(Received {
+        frames,
+        bytes,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

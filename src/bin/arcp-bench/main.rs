@@ -1,0 +1,262 @@
+//! `arcp-bench`: measures the gateway on this machine and prints one table, each row the median
+//! of `--runs` runs, every comparison measured in the same invocation. See BENCHMARKS.md.
+//!
+//! 1. live throughput of one session (a `chatter` job, ~100-byte log events, tonic client);
+//! 2. the limit: a bare tonic bidi stream of frames of the same encoded size, no ARCP logic;
+//! 3. replay of a 100,000-frame log on resume from `last_event_seq` 0;
+//! 4. fan-in: many sessions each running a ticking job; aggregate rate and latency from the
+//!    agent's emit to the client's receipt;
+//! 5. resident memory per idle session (gateway in a child process);
+//! 6. a resume storm: many sessions dropped and resumed at once;
+//! 7. the reference Python runtime and client doing row 1's workload.
+//!
+//! Each row is a module of [`rows`]; [`client`] is the tonic client and in-process gateway
+//! they share, [`stats`] reduces runs to medians and [`table`] prints the result.
+
+mod client;
+mod rows;
+mod stats;
+mod table;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use futures::FutureExt;
+
+use crate::{
+    client::Bench,
+    rows::{
+        bare::BareServer,
+        idle::{child_gateway, idle_sessions},
+        python_peer::{python, python_peer},
+    },
+    stats::{median, per_round, repeat},
+    table::Table,
+};
+
+#[derive(Parser)]
+#[command(name = "arcp-bench", about = "Measure arcp-gateway on this machine")]
+struct Args {
+    /// Runs per row; each row reports the median.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Rows to run, e.g. `1,2,3`.
+    #[arg(long, default_value = "1,2,3,4,5,6,7", value_delimiter = ',')]
+    rows: Vec<u8>,
+    /// Events per run in rows 1, 2 and 7.
+    #[arg(long, default_value_t = 200_000)]
+    live_frames: u64,
+    /// Bytes in each event's log message.
+    #[arg(long, default_value_t = 100)]
+    event_bytes: u64,
+    /// Logged frames replayed in row 3.
+    #[arg(long, default_value_t = 100_000)]
+    replay_frames: u64,
+    /// Sessions in row 4.
+    #[arg(long, default_value_t = 1000)]
+    fan_in_sessions: usize,
+    /// Ticks per session in row 4, 10 ms apart; the first `--fan-in-warmup` are reported
+    /// separately.
+    #[arg(long, default_value_t = 300)]
+    fan_in_ticks: u64,
+    /// Ticks per session in row 4 that count as start-up rather than steady state.
+    #[arg(long, default_value_t = 20)]
+    fan_in_warmup: u64,
+    /// Sessions in row 5.
+    #[arg(long, default_value_t = 10_000)]
+    idle_sessions: usize,
+    /// Sessions in row 6.
+    #[arg(long, default_value_t = 1000)]
+    storm_sessions: usize,
+    /// A Python interpreter with `agentruntimecontrolprotocol` for row 7; by default a
+    /// virtualenv is built in target/bench-venv from tests/interop/requirements.txt.
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Serve a gateway and print its address (row 5 runs the gateway in a child process so
+    /// its memory is measured alone).
+    #[arg(long, hide = true)]
+    child_gateway: bool,
+}
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// mimalloc rather than the system allocator: the frame path allocates and frees small buffers
+/// on every event, from both workers (see BENCHMARKS.md for what it changed). The bench uses
+/// the gateway binary's allocator so that it measures the gateway as it ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main]
+async fn main() -> BenchResult<()> {
+    let args = Args::parse();
+    if args.child_gateway {
+        return child_gateway().await;
+    }
+    // The clients run as tasks on the runtime's workers, as a tonic client in a service does,
+    // rather than on the main thread, which would be a third thread competing for the cores.
+    tokio::spawn(bench(args)).await?
+}
+
+async fn bench(args: Args) -> BenchResult<()> {
+    let mut table = Table::default();
+    // Runs of rows 1, 2, 3 and 7 alternate, so drift on a shared machine hits them alike, and
+    // rows 2, 3 and 7 are compared with row 1 run by run.
+    let python = if args.rows.contains(&7) {
+        Some(python(args.python.clone()))
+    } else {
+        None
+    };
+    let (mut live, mut bare, mut replay, mut peer) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut bare_server: Option<BareServer> = None;
+    for _ in 0..args.runs.max(1) {
+        if args.rows.contains(&1) || args.rows.contains(&2) {
+            let run = Bench::once(|b| b.live(args.live_frames, args.event_bytes).boxed()).await?;
+            if args.rows.contains(&2) {
+                let server = match bare_server.take() {
+                    Some(server) => server,
+                    None => BareServer::start(run.sample.clone()).await?,
+                };
+                bare.push(server.run(args.live_frames).await?);
+                bare_server = Some(server);
+            }
+            live.push(run);
+        }
+        if args.rows.contains(&3) {
+            replay.push(
+                Bench::once(|b| b.replay(args.replay_frames, args.event_bytes).boxed()).await?,
+            );
+        }
+        if let Some(Ok(python)) = &python {
+            peer.push(python_peer(python, args.live_frames, args.event_bytes).await?);
+        }
+    }
+    if !live.is_empty() {
+        let rate = median(live.iter().map(|r| r.frames_per_sec));
+        let mbps = median(live.iter().map(|r| r.bytes_per_sec / 1e6));
+        let size = live[0].bytes_per_frame;
+        table.row(
+            "1",
+            "live throughput, one session",
+            format!("{rate:.0} frames/s, {mbps:.1} MB/s ({size:.0} B/frame)"),
+            String::new(),
+        );
+    }
+    // Rows 2, 3 and 7 are compared with the row 1 run of the same round, and the median taken
+    // over rounds: a machine whose speed drifts between runs skews that less than a ratio of
+    // medians would.
+    if !bare.is_empty() {
+        let limit = median(bare.iter().copied());
+        let vs = per_round(&live, &bare, |l, b| l.frames_per_sec / b)
+            .map(|ratio| {
+                format!(
+                    "row 1 = {:.0}% of this (median of the runs' ratios)",
+                    100.0 * ratio
+                )
+            })
+            .unwrap_or_default();
+        table.row(
+            "2",
+            "bare tonic bidi stream, same frame size",
+            format!("{limit:.0} frames/s"),
+            vs,
+        );
+    }
+    if !replay.is_empty() {
+        let rate = median(replay.iter().map(|r| r.0));
+        let first = median(replay.iter().map(|r| r.1));
+        let vs = per_round(&live, &replay, |l, r| r.0 / l.frames_per_sec)
+            .map(|ratio| format!("{ratio:.2}x row 1 (median of the runs' ratios)"))
+            .unwrap_or_default();
+        table.row(
+            "3",
+            &format!("replay of {} frames from seq 0", args.replay_frames),
+            format!("{rate:.0} frames/s, first frame after {first:.1} ms"),
+            vs,
+        );
+    }
+    if args.rows.contains(&4) {
+        for (label, aligned, what) in [
+            ("4", false, "first ticks spread over the interval"),
+            (
+                "4 (worst case)",
+                true,
+                "all ticking in the same millisecond",
+            ),
+        ] {
+            let runs = repeat(args.runs, || {
+                Bench::once(|b| {
+                    b.fan_in(
+                        args.fan_in_sessions,
+                        args.fan_in_ticks,
+                        args.fan_in_warmup,
+                        aligned,
+                    )
+                    .boxed()
+                })
+            })
+            .await?;
+            let rate = median(runs.iter().map(|r| r.frames_per_sec));
+            let [p50, p99, p999] = [0, 1, 2].map(|i| median(runs.iter().map(|r| r.steady_ms[i])));
+            let all_p99 = median(runs.iter().map(|r| r.all_p99_ms));
+            table.row(
+                label,
+                &format!(
+                    "fan-in, {} sessions ticking every 10 ms, {what}",
+                    args.fan_in_sessions
+                ),
+                format!(
+                    "{rate:.0} frames/s; after the first {} ticks: latency p50 {p50:.2} / p99 {p99:.2} / p999 {p999:.2} ms",
+                    args.fan_in_warmup
+                ),
+                format!("p99 {all_p99:.2} ms with the first ticks"),
+            );
+        }
+    }
+    if args.rows.contains(&5) {
+        let runs = repeat(args.runs, || idle_sessions(args.idle_sessions)).await?;
+        let kib = median(runs.iter().copied());
+        table.row(
+            "5",
+            &format!("{} idle sessions", args.idle_sessions),
+            format!("{kib:.1} KiB resident per session"),
+            String::new(),
+        );
+    }
+    if args.rows.contains(&6) {
+        let runs = repeat(args.runs, || {
+            Bench::once(|b| b.storm(args.storm_sessions).boxed())
+        })
+        .await?;
+        let ms = median(runs.iter().copied());
+        table.row(
+            "6",
+            &format!("resume storm, {} sessions", args.storm_sessions),
+            format!("all live again after {ms:.0} ms"),
+            String::new(),
+        );
+    }
+    match python {
+        Some(Ok(_)) => {
+            let rate = median(peer.iter().copied());
+            let vs = per_round(&live, &peer, |l, p| l.frames_per_sec / p)
+                .map(|ratio| format!("row 1 = {ratio:.1}x this (median of the runs' ratios)"))
+                .unwrap_or_default();
+            table.row(
+                "7",
+                "reference Python runtime + client, row 1's workload",
+                format!("{rate:.0} frames/s"),
+                vs,
+            );
+        }
+        Some(Err(why)) => table.row(
+            "7",
+            "reference Python runtime",
+            format!("not run: {why}"),
+            String::new(),
+        ),
+        None => {}
+    }
+    table.print(&args);
+    Ok(())
+}

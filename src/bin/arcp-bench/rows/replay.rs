@@ -1,0 +1,60 @@
+//! Row 3: replay on resume. A session's log is filled while nobody reads it, then the session
+//! resumes from `last_event_seq` 0 and reads it all back.
+
+use std::time::{Duration, Instant};
+
+use arcp_gateway::proto::{self, server_frame::Payload as Out};
+
+use crate::{
+    client::{submit, Bench, Session},
+    BenchResult,
+};
+
+impl Bench {
+    /// Row 3: fills a session's log with `count` events while nobody reads, then resumes from
+    /// seq 0. Returns (frames/s, ms to the first replayed frame).
+    pub(crate) async fn replay(&self, count: u64, bytes: u64) -> BenchResult<(f64, f64)> {
+        let (mut session, welcome) = Session::open(self.channel.clone(), None).await?;
+        let Some(Out::SessionWelcome(w)) = &welcome.payload else {
+            unreachable!()
+        };
+        let token = w.resume_token.clone();
+        session
+            .send(submit(
+                "chatter",
+                serde_json::json!({"count": count, "bytes": bytes}),
+            ))
+            .await?;
+        // Dropping the stream before the submit is on the wire would cancel it unsent.
+        let accepted = session.recv().await?;
+        if !matches!(accepted.payload, Some(Out::JobAccepted(_))) {
+            return Err(format!("expected job_accepted, got {accepted:?}").into());
+        }
+        drop(session);
+        // accepted + events + result, all logged while the client is away.
+        let newest = count + 2;
+        let id = arcp_gateway::ids::SessionId::new(welcome.session_id.clone());
+        let log = self.gateway.event_log().open(&id).await?;
+        while log.bounds().await?.newest.get() < newest {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let start = Instant::now();
+        let resume = proto::ResumeInfo {
+            session_id: welcome.session_id.clone(),
+            resume_token: token,
+            last_event_seq: 0,
+        };
+        let (mut session, _) = Session::open(self.channel.clone(), Some(resume)).await?;
+        let mut first = None;
+        loop {
+            let frame = session.recv().await?;
+            first.get_or_insert_with(|| start.elapsed());
+            if frame.event_seq == newest {
+                break;
+            }
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let first = first.unwrap_or_default().as_secs_f64() * 1e3;
+        Ok((newest as f64 / seconds, first))
+    }
+}
