@@ -11,19 +11,19 @@
 use std::{
     collections::VecDeque,
     future::{poll_fn, Future},
-    sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
     task::{Context, Poll},
 };
 
-use futures::task::AtomicWaker;
-use parking_lot::Mutex;
-use tokio::sync::Semaphore;
-
-use crate::protocol::server::{Control, StreamEnd};
+use crate::{
+    protocol::server::{Control, StreamEnd},
+    sync::primitives::{
+        AtomicBool, AtomicU8, AtomicUsize, AtomicWaker, Mutex, Ordering, Semaphore,
+    },
+};
 
 /// Control replies that may wait for the stream; past this the reader stops reading the
-/// client until the stream catches up.
-const REPLY_QUEUE: usize = 64;
+/// client until the stream catches up. One under loom, so its model checks reach a full queue.
+const REPLY_QUEUE: usize = if cfg!(arcp_loom) { 1 } else { 64 };
 
 const RUNNING: u8 = 0;
 const SUPERSEDED: u8 = 1;
@@ -243,5 +243,120 @@ mod tests {
             .expect("the waiting stream is woken")
             .expect("the waiter ran");
         assert_eq!(end, StreamEnd::Superseded);
+    }
+}
+
+/// Model checks over every interleaving, or every one within a preemption bound where there are
+/// too many (see `loom_check`); `.ci/run` runs them as
+/// `RUSTFLAGS="--cfg arcp_loom" cargo test --release --lib loom_`. The reply queue holds one
+/// there, so that a full queue is reached. A missed stop or reply shows as loom reporting a
+/// deadlock: the stream waits with nobody left to wake it.
+#[cfg(all(test, arcp_loom))]
+mod loom_tests {
+    use loom::{future::block_on, sync::Arc, thread};
+
+    use super::*;
+    use crate::protocol::server::ControlMessage;
+    use crate::sync::primitives::loom_check;
+
+    fn reply(n: u64) -> Reply {
+        Reply {
+            control: Control {
+                request_id: Some(n.to_string()),
+                message: ControlMessage::Closed { reason: None },
+            },
+            then_close: false,
+        }
+    }
+
+    /// The stream's side, as `connection.rs` drives it: until a stop, taking replies until
+    /// the reader is done and only a stop after that. Returns the replies taken, in order, and
+    /// the stop, or `None` if `until_reader_done` and the reader finished first.
+    fn run_stream(
+        control: &StreamControl,
+        until_reader_done: bool,
+    ) -> (Vec<String>, Option<StreamEnd>) {
+        block_on(async {
+            let mut taken = Vec::new();
+            let mut reader_open = true;
+            loop {
+                match control.next_event(reader_open).await {
+                    StreamEvent::Stop(end) => return (taken, Some(end)),
+                    StreamEvent::Reply(reply) => {
+                        assert!(reader_open, "a reply came after ReaderDone");
+                        taken.push(reply.control.request_id.unwrap());
+                    }
+                    StreamEvent::ReaderDone => {
+                        // Every reply the reader sent before it was done has been taken.
+                        assert_eq!(control.queued.load(Ordering::Relaxed), 0);
+                        assert!(control.replies.lock().is_empty());
+                        if until_reader_done {
+                            return (taken, None);
+                        }
+                        reader_open = false;
+                    }
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn loom_replies_come_in_order_none_lost_then_reader_done() {
+        // Two replies through a queue of one: the second send waits for room.
+        loom_check(Some(3), || {
+            let control = Arc::new(StreamControl::default());
+            let reader = thread::spawn({
+                let control = control.clone();
+                move || {
+                    block_on(async {
+                        control.send(reply(1)).await;
+                        control.send(reply(2)).await;
+                    });
+                    control.reader_done();
+                }
+            });
+            let (taken, stop) = run_stream(&control, true);
+            assert_eq!(taken, ["1", "2"]);
+            assert_eq!(stop, None);
+            reader.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_a_stop_is_never_missed_by_a_waiting_stream() {
+        // The stream has seen ReaderDone and waits for a stop only.
+        loom_check(None, || {
+            let control = Arc::new(StreamControl::default());
+            let stopper = thread::spawn({
+                let control = control.clone();
+                move || control.stop(StreamEnd::Superseded)
+            });
+            let end = block_on(control.next_event(false));
+            assert!(matches!(end, StreamEvent::Stop(StreamEnd::Superseded)));
+            stopper.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_a_stop_racing_replies_and_reader_done_ends_the_stream() {
+        loom_check(Some(3), || {
+            let control = Arc::new(StreamControl::default());
+            let reader = thread::spawn({
+                let control = control.clone();
+                move || {
+                    block_on(control.send(reply(1)));
+                    control.reader_done();
+                }
+            });
+            let stopper = thread::spawn({
+                let control = control.clone();
+                move || control.stop(StreamEnd::ShuttingDown)
+            });
+            let (taken, stop) = run_stream(&control, false);
+            assert_eq!(stop, Some(StreamEnd::ShuttingDown));
+            assert!(taken.is_empty() || taken == ["1"]);
+            reader.join().unwrap();
+            stopper.join().unwrap();
+        });
     }
 }

@@ -7,13 +7,12 @@
 //! and one subtraction to leave; it rings the [`Wakeup`] only when it is the last reader and a
 //! writer is waiting for it.
 
-use std::{
-    cell::UnsafeCell,
-    ops::{Deref, DerefMut},
-    sync::atomic::{AtomicUsize, Ordering},
-};
+use std::ops::{Deref, DerefMut};
 
-use crate::sync::wakeup::Wakeup;
+use crate::sync::{
+    primitives::{AtomicUsize, Ordering, UnsafeCell},
+    wakeup::Wakeup,
+};
 
 /// The bit of `state` a writer holds; the bits below it count the readers inside.
 const WRITER: usize = 1 << (usize::BITS - 1);
@@ -125,9 +124,17 @@ pub struct ReadGuard<'a, T> {
 impl<T> Deref for ReadGuard<'_, T> {
     type Target = T;
 
+    #[cfg(not(arcp_loom))]
     fn deref(&self) -> &T {
         // SAFETY: a reader is counted in `state`, so no writer is inside.
         unsafe { &*self.lock.value.get() }
+    }
+
+    /// Under loom the read is recorded, and one not ordered after the last write is reported.
+    #[cfg(arcp_loom)]
+    fn deref(&self) -> &T {
+        // SAFETY: as above.
+        self.lock.value.with(|value| unsafe { &*value })
     }
 }
 
@@ -147,16 +154,32 @@ pub struct WriteGuard<'a, T> {
 impl<T> Deref for WriteGuard<'_, T> {
     type Target = T;
 
+    #[cfg(not(arcp_loom))]
     fn deref(&self) -> &T {
         // SAFETY: the writer bit is held and no reader is inside (`ReadMostlyLock::write` waited).
         unsafe { &*self.lock.value.get() }
     }
+
+    #[cfg(arcp_loom)]
+    fn deref(&self) -> &T {
+        // SAFETY: as above.
+        self.lock.value.with(|value| unsafe { &*value })
+    }
 }
 
 impl<T> DerefMut for WriteGuard<'_, T> {
+    #[cfg(not(arcp_loom))]
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as for `deref`, and this guard is the only one.
         unsafe { &mut *self.lock.value.get() }
+    }
+
+    /// Under loom the write is recorded, and one not ordered after every other access is
+    /// reported.
+    #[cfg(arcp_loom)]
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as above.
+        self.lock.value.with_mut(|value| unsafe { &mut *value })
     }
 }
 
@@ -261,5 +284,140 @@ mod tests {
         }
         assert_eq!(*lock.read().await, (2000, 2000));
         assert_eq!(lock.state.load(Ordering::Acquire), 0);
+    }
+}
+
+/// Model checks over every interleaving, or every one within a preemption bound where there are
+/// too many (see `loom_check`); `.ci/run` runs them as
+/// `RUSTFLAGS="--cfg arcp_loom" cargo test --release --lib loom_`. The value is a loom
+/// `UnsafeCell`, so a read or write not ordered after every conflicting access is reported as a
+/// data race; a lost wake-up shows as a deadlock.
+#[cfg(all(test, arcp_loom))]
+mod loom_tests {
+    use std::{
+        future::Future,
+        pin::pin,
+        task::{Context, Poll},
+    };
+
+    use futures::task::noop_waker;
+    use loom::{future::block_on, sync::Arc, thread};
+
+    use super::*;
+    use crate::sync::primitives::loom_check;
+
+    fn read_pair(lock: &ReadMostlyLock<(usize, usize)>) -> (usize, usize) {
+        block_on(async {
+            let pair = lock.read().await;
+            let first = pair.0;
+            let second = pair.1;
+            assert_eq!(first, second, "a reader saw a write half done");
+            (first, second)
+        })
+    }
+
+    #[test]
+    fn loom_readers_never_see_a_write_half_done() {
+        // Two readers and a writer: the writer may claim the lock with both, one or none
+        // inside, and must wait for the last one to leave.
+        loom_check(Some(3), || {
+            let lock = Arc::new(ReadMostlyLock::new((0usize, 0usize)));
+            let writer = thread::spawn({
+                let lock = lock.clone();
+                move || {
+                    block_on(async {
+                        let mut pair = lock.write().await;
+                        pair.0 += 1;
+                        pair.1 += 1;
+                    })
+                }
+            });
+            let reader = thread::spawn({
+                let lock = lock.clone();
+                move || read_pair(&lock)
+            });
+            read_pair(&lock);
+            writer.join().unwrap();
+            reader.join().unwrap();
+            assert_eq!(read_pair(&lock), (1, 1));
+            assert_eq!(lock.state.load(Ordering::Relaxed), 0);
+        });
+    }
+
+    #[test]
+    fn loom_writers_exclude_each_other_and_readers() {
+        loom_check(Some(3), || {
+            let lock = Arc::new(ReadMostlyLock::new((0usize, 0usize)));
+            let write = |lock: Arc<ReadMostlyLock<(usize, usize)>>| {
+                move || {
+                    block_on(async {
+                        let mut pair = lock.write().await;
+                        let seen = pair.0;
+                        pair.0 = seen + 1;
+                        pair.1 += 1;
+                    })
+                }
+            };
+            let first = thread::spawn(write(lock.clone()));
+            let second = thread::spawn(write(lock.clone()));
+            read_pair(&lock);
+            first.join().unwrap();
+            second.join().unwrap();
+            assert_eq!(read_pair(&lock), (2, 2), "a write was lost");
+            assert_eq!(lock.state.load(Ordering::Relaxed), 0);
+        });
+    }
+
+    #[test]
+    fn loom_a_dropped_write_gives_up_its_claim() {
+        // A writer claims the lock while a reader is inside, then is dropped while it waits:
+        // a reader that arrives meanwhile must get in, and the lock ends free.
+        loom_check(Some(3), || {
+            let lock = Arc::new(ReadMostlyLock::new((0usize, 0usize)));
+            let inside = block_on(lock.read());
+            let arriving = thread::spawn({
+                let lock = lock.clone();
+                move || read_pair(&lock)
+            });
+            {
+                let waker = noop_waker();
+                let write = pin!(lock.write());
+                assert!(write.poll(&mut Context::from_waker(&waker)).is_pending());
+            }
+            drop(inside);
+            arriving.join().unwrap();
+            assert_eq!(lock.state.load(Ordering::Relaxed), 0);
+            let waker = noop_waker();
+            let write = pin!(lock.write());
+            assert!(matches!(
+                write.poll(&mut Context::from_waker(&waker)),
+                Poll::Ready(_)
+            ));
+        });
+    }
+
+    #[test]
+    fn loom_a_write_dropped_as_the_last_reader_leaves_gives_up_its_claim() {
+        // A reader enters and leaves on its own thread while a write is polled once and
+        // dropped, done or not: the claim may be given up before or after the reader's leaving
+        // rang the wake-up, and either way the lock ends free.
+        loom_check(Some(3), || {
+            let lock = Arc::new(ReadMostlyLock::new((0usize, 0usize)));
+            let passing = thread::spawn({
+                let lock = lock.clone();
+                move || read_pair(&lock)
+            });
+            {
+                let waker = noop_waker();
+                let write = pin!(lock.write());
+                if let Poll::Ready(mut pair) = write.poll(&mut Context::from_waker(&waker)) {
+                    pair.0 += 1;
+                    pair.1 += 1;
+                }
+            }
+            read_pair(&lock);
+            passing.join().unwrap();
+            assert_eq!(lock.state.load(Ordering::Relaxed), 0);
+        });
     }
 }

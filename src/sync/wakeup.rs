@@ -6,12 +6,9 @@
 //! locks a mutex on every call. A [`Wakeup`] counts its waiters and skips the notification
 //! when there are none.
 
-use std::{
-    pin::pin,
-    sync::atomic::{fence, AtomicUsize, Ordering},
-};
+use std::pin::pin;
 
-use tokio::sync::Notify;
+use crate::sync::primitives::{fence, AtomicUsize, Notify, Ordering};
 
 /// Wakes every task waiting in [`Wakeup::wait_until`] when [`Wakeup::notify`] is called.
 #[derive(Default)]
@@ -136,5 +133,126 @@ mod tests {
         assert_eq!(signal.waiters.load(Ordering::SeqCst), 0);
         // With no waiter, notifying takes no lock and wakes nobody.
         signal.notify();
+    }
+}
+
+/// Model checks over every interleaving, or every one within a preemption bound where there are
+/// too many (see `loom_check`); `.ci/run` runs them as
+/// `RUSTFLAGS="--cfg arcp_loom" cargo test --release --lib loom_`. A lost wake-up shows as loom
+/// reporting a deadlock: every thread blocked.
+#[cfg(all(test, arcp_loom))]
+mod loom_tests {
+    use std::{
+        future::Future,
+        pin::pin,
+        task::{Context, Poll},
+    };
+
+    use futures::task::noop_waker;
+    use loom::{
+        future::block_on,
+        sync::{
+            atomic::{AtomicBool, AtomicUsize},
+            Arc,
+        },
+        thread,
+    };
+
+    use super::*;
+    use crate::sync::primitives::loom_check;
+
+    #[test]
+    fn loom_no_wake_up_is_lost_between_check_and_wait() {
+        loom_check(None, || {
+            let signal = Arc::new(Wakeup::default());
+            let flag = Arc::new(AtomicBool::new(false));
+            let setter = thread::spawn({
+                let (signal, flag) = (signal.clone(), flag.clone());
+                move || {
+                    // Relaxed on purpose: the wake-up must not rely on the caller's ordering.
+                    flag.store(true, Ordering::Relaxed);
+                    signal.notify();
+                }
+            });
+            block_on(signal.wait_until(|| flag.load(Ordering::Relaxed)));
+            setter.join().unwrap();
+            assert_eq!(signal.waiters.load(Ordering::Relaxed), 0);
+        });
+    }
+
+    #[test]
+    fn loom_a_waiter_sees_every_change_through_repeated_notifies() {
+        // The waiter needs two changes, so it may go round its loop and wait again.
+        loom_check(Some(3), || {
+            let signal = Arc::new(Wakeup::default());
+            let value = Arc::new(AtomicUsize::new(0));
+            let setter = thread::spawn({
+                let (signal, value) = (signal.clone(), value.clone());
+                move || {
+                    for _ in 0..2 {
+                        value.fetch_add(1, Ordering::Relaxed);
+                        signal.notify();
+                    }
+                }
+            });
+            block_on(signal.wait_until(|| value.load(Ordering::Relaxed) == 2));
+            setter.join().unwrap();
+            assert_eq!(signal.waiters.load(Ordering::Relaxed), 0);
+        });
+    }
+
+    #[test]
+    fn loom_two_waiters_are_both_woken() {
+        loom_check(Some(3), || {
+            let signal = Arc::new(Wakeup::default());
+            let flag = Arc::new(AtomicBool::new(false));
+            let other = thread::spawn({
+                let (signal, flag) = (signal.clone(), flag.clone());
+                move || block_on(signal.wait_until(|| flag.load(Ordering::Relaxed)))
+            });
+            let setter = thread::spawn({
+                let (signal, flag) = (signal.clone(), flag.clone());
+                move || {
+                    flag.store(true, Ordering::Relaxed);
+                    signal.notify();
+                }
+            });
+            block_on(signal.wait_until(|| flag.load(Ordering::Relaxed)));
+            setter.join().unwrap();
+            other.join().unwrap();
+            assert_eq!(signal.waiters.load(Ordering::Relaxed), 0);
+        });
+    }
+
+    #[test]
+    fn loom_a_dropped_wait_unregisters() {
+        // The wait is abandoned after one poll while another thread changes the state and
+        // notifies; however the two interleave, the count is back to zero.
+        loom_check(None, || {
+            let signal = Arc::new(Wakeup::default());
+            let flag = Arc::new(AtomicBool::new(false));
+            let setter = thread::spawn({
+                let (signal, flag) = (signal.clone(), flag.clone());
+                move || {
+                    flag.store(true, Ordering::Relaxed);
+                    signal.notify();
+                }
+            });
+            {
+                let waker = noop_waker();
+                let mut wait = pin!(signal.wait_until(|| flag.load(Ordering::Relaxed)));
+                let _ = wait.as_mut().poll(&mut Context::from_waker(&waker));
+            }
+            assert_eq!(signal.waiters.load(Ordering::Relaxed), 0);
+            setter.join().unwrap();
+            // Dropped while it waited, it left nothing behind for a later wait to trip on.
+            let waker = noop_waker();
+            let later = pin!(signal.wait_until(|| flag.load(Ordering::Relaxed)));
+            assert_eq!(
+                later.poll(&mut Context::from_waker(&waker)),
+                Poll::Ready(())
+            );
+            assert_eq!(signal.waiters.load(Ordering::Relaxed), 0);
+        });
     }
 }
