@@ -24,6 +24,16 @@ impl Timestamp {
         Timestamp(now - sub_ms)
     }
 
+    /// The instant an RFC 3339 text names, with any offset; `None` if it is not RFC 3339.
+    /// Years past 9999, which [`Timestamp::to_rfc3339`] writes with a sign as chrono does,
+    /// parse too.
+    pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
+        DateTime::parse_from_rfc3339(text)
+            .or_else(|_| DateTime::parse_from_str(text, "%+"))
+            .ok()
+            .map(|t| Timestamp(t.with_timezone(&Utc).into()))
+    }
+
     /// RFC 3339 with milliseconds and a `Z` suffix, e.g. `2026-05-13T19:42:13.000Z`.
     ///
     /// Every event frame carries one, so the common case (after 1970, four-digit years) is
@@ -184,6 +194,19 @@ mod tests {
         ] {
             assert_eq!(Timestamp(t).to_rfc3339(), chrono_text(t), "{t:?}");
         }
+    }
+
+    #[test]
+    fn rfc3339_text_parses_back_to_its_instant() {
+        let t = Timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_000_000_123));
+        assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339()), Some(t));
+        assert_eq!(
+            Timestamp::parse_rfc3339("2025-11-24T17:00:00.123+01:00"),
+            Some(Timestamp(
+                SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_000_000_123)
+            ))
+        );
+        assert_eq!(Timestamp::parse_rfc3339("yesterday"), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use rand::RngCore;
 use crate::{
     error::ArcpError,
     ids::JobId,
-    protocol::{server::Credential, Json},
+    protocol::{credential::Credential, Json},
 };
 
 /// The upstream that issues, rotates and revokes credentials.

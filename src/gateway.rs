@@ -10,48 +10,27 @@ use crate::{
     auth::Authenticator,
     config::GatewayConfig,
     credentials::CredentialProvisioner,
-    event_log::{memory::MemoryEventLog, EventLog},
-    ids::Principal,
-    job::{JobManager, ObservePolicy, SamePrincipalOnly},
-    protocol::{
-        client::ResumeRequest,
-        server::{OutboundItem, StreamEnd, Welcome},
-        Features,
-    },
-    resume::{memory::MemoryResumeRegistry, ResumeRegistry, ResumeToken},
+    engine::{JobManager, ObservePolicy, SamePrincipalOnly},
+    job::{delivery::DeliveryPolicy, JobServices},
+    protocol::Features,
     session::{
-        connection::{self, InboundStream},
-        outbox::Outbox,
-        SessionTable,
+        connection,
+        output::{OutboundItem, StreamEnd},
+        Attachments, InboundStream, Offer, SessionServices, SessionSettings,
     },
+    store::Stores,
 };
 
-/// The runtime's name in `session.welcome`.
-pub const RUNTIME_NAME: &str = "arcp-gateway";
-/// The runtime's version in `session.welcome`.
-pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use crate::session::{
+    handshake::{RUNTIME_NAME, RUNTIME_VERSION},
+    ConnectInfo,
+};
 
-/// What the transport established before the first frame: credentials from its metadata.
-#[derive(Clone, Debug, Default)]
-pub struct ConnectInfo {
-    /// The principal authenticated from transport metadata (`authorization: Bearer ...`).
-    pub principal: Option<Principal>,
-    /// Resume coordinates from transport metadata, used when the hello carries none.
-    pub resume: Option<ResumeRequest>,
-}
-
-/// An ARCP runtime: sessions, jobs, the event log and the resume registry.
+/// An ARCP runtime: sessions, jobs, and the stores they live in.
 pub struct Gateway {
-    pub(crate) config: GatewayConfig,
-    pub(crate) auth: Authenticator,
-    pub(crate) registry: Arc<dyn ResumeRegistry>,
-    pub(crate) log: Arc<dyn EventLog>,
-    pub(crate) sessions: SessionTable,
-    pub(crate) jobs: Arc<JobManager>,
-    pub(crate) agents: Arc<AgentRegistry>,
-    pub(crate) shutdown: CancellationToken,
-    /// What the runtime offers in every welcome (§6.2).
-    pub(crate) features: Features,
+    config: GatewayConfig,
+    stores: Stores,
+    sessions: Arc<SessionServices>,
 }
 
 /// Assembles a [`Gateway`].
@@ -59,13 +38,17 @@ pub struct GatewayBuilder {
     config: GatewayConfig,
     auth: Authenticator,
     agents: AgentRegistry,
-    registry: Option<Arc<dyn ResumeRegistry>>,
-    log: Option<Arc<dyn EventLog>>,
+    stores: Option<Stores>,
     observe: Arc<dyn ObservePolicy>,
     provisioner: Option<Arc<dyn CredentialProvisioner>>,
 }
 
 impl GatewayBuilder {
+    /// The settings the gateway will have.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
     /// Bearer authentication; the default accepts every token ([`Authenticator::Open`]).
     pub fn auth(mut self, auth: Authenticator) -> Self {
         self.auth = auth;
@@ -78,15 +61,9 @@ impl GatewayBuilder {
         self
     }
 
-    /// A resume registry other than the embedded in-memory one.
-    pub fn resume_registry(mut self, registry: Arc<dyn ResumeRegistry>) -> Self {
-        self.registry = Some(registry);
-        self
-    }
-
-    /// An event log other than the embedded in-memory one.
-    pub fn event_log(mut self, log: Arc<dyn EventLog>) -> Self {
-        self.log = Some(log);
+    /// Stores other than the embedded in-memory ones, e.g. stores several replicas share.
+    pub fn stores(mut self, stores: Stores) -> Self {
+        self.stores = Some(stores);
         self
     }
 
@@ -105,37 +82,54 @@ impl GatewayBuilder {
 
     /// The gateway.
     pub fn build(self) -> Arc<Gateway> {
-        let log = self
-            .log
-            .unwrap_or_else(|| Arc::new(MemoryEventLog::new(self.config.max_log_frames)));
-        let agents = Arc::new(self.agents);
-        Arc::new(Gateway {
-            registry: self
-                .registry
-                .unwrap_or_else(|| Arc::new(MemoryResumeRegistry::new())),
-            jobs: Arc::new(JobManager::new(
-                agents.clone(),
-                Outbox::new(
-                    self.config.back_pressure_lag,
-                    self.config
-                        .flow_window
-                        .min(self.config.max_log_frames as u64 / 2),
-                ),
-                self.config.clone(),
-                self.observe,
-                self.provisioner.clone(),
-            )),
-            features: if self.provisioner.is_some() {
-                Features::supported()
-            } else {
-                Features::supported().without("provisioned_credentials")
-            },
-            log,
-            agents,
+        let config = self.config;
+        let stores = self
+            .stores
+            .unwrap_or_else(|| Stores::memory(config.max_log_frames));
+        let features = if self.provisioner.is_some() {
+            Features::supported()
+        } else {
+            Features::supported().without("provisioned_credentials")
+        };
+        let services = Arc::new(JobServices {
+            delivery: DeliveryPolicy::new(
+                config.back_pressure_lag,
+                config.flow_window.min(config.max_log_frames as u64 / 2),
+            ),
+            logs: stores.logs.clone(),
+            provisioner: self.provisioner,
+            settings: config.clone(),
+        });
+        let offer = Offer {
+            features,
+            agents: self.agents.inventory(),
+        };
+        let jobs = JobManager::new(
+            Arc::new(self.agents),
+            services,
+            stores.jobs.clone(),
+            stores.idempotency.clone(),
+            self.observe,
+        );
+        let sessions = Arc::new(SessionServices {
+            sessions: stores.sessions.clone(),
+            resume: stores.resume.clone(),
+            logs: stores.logs.clone(),
+            jobs,
             auth: self.auth,
-            sessions: SessionTable::default(),
+            offer,
+            settings: SessionSettings {
+                resume_window: config.resume_window,
+                hello_timeout: config.hello_timeout,
+                heartbeat_interval_sec: config.heartbeat_interval_sec,
+            },
+            attachments: Attachments::default(),
             shutdown: CancellationToken::new(),
-            config: self.config,
+        });
+        Arc::new(Gateway {
+            config,
+            stores,
+            sessions,
         })
     }
 }
@@ -148,8 +142,7 @@ impl Gateway {
             config,
             auth: Authenticator::Open,
             agents: AgentRegistry::with_builtins(),
-            registry: None,
-            log: None,
+            stores: None,
             observe: Arc::new(SamePrincipalOnly),
             provisioner: None,
         }
@@ -157,11 +150,11 @@ impl Gateway {
 
     /// Serves one stream: `inbound` is what the client sends, the result what it receives.
     pub fn connect(
-        self: &Arc<Self>,
+        &self,
         conn: ConnectInfo,
         inbound: InboundStream,
     ) -> impl Stream<Item = OutboundItem> + Send + 'static {
-        connection::serve(self.clone(), conn, inbound)
+        connection::serve(self.sessions.clone(), conn, inbound)
     }
 
     /// The settings.
@@ -171,46 +164,50 @@ impl Gateway {
 
     /// The bearer authenticator, for transport layers that authenticate before a stream opens.
     pub fn authenticator(&self) -> &Authenticator {
-        &self.auth
+        &self.sessions.auth
     }
 
-    /// The resume registry, for transport layers that validate resume metadata.
-    pub fn resume_registry(&self) -> &Arc<dyn ResumeRegistry> {
-        &self.registry
+    /// The stores, for transport layers that validate resume metadata.
+    pub fn stores(&self) -> &Stores {
+        &self.stores
     }
 
-    /// The event log.
-    pub fn event_log(&self) -> &Arc<dyn EventLog> {
-        &self.log
-    }
-
-    /// The sessions this process holds.
-    pub fn sessions(&self) -> &SessionTable {
-        &self.sessions
+    /// The streams attached to sessions on this process.
+    pub fn attachments(&self) -> &Attachments {
+        &self.sessions.attachments
     }
 
     /// Ends every stream with a "shutting down" status so clients resume elsewhere. Sessions
     /// and jobs are left as they are.
     pub fn shutdown(&self) {
         // Streams attaching after this see the cancelled token (`handshake`); the ones already
-        // attached are rung here.
-        self.shutdown.cancel();
-        for session in self.sessions.all() {
-            session.stop_stream(StreamEnd::ShuttingDown);
-        }
+        // attached are stopped here.
+        self.sessions.shutdown.cancel();
+        self.sessions.attachments.stop_all(StreamEnd::ShuttingDown);
     }
 
     /// Removes sessions whose resume window has closed, with their logs, and forgets jobs that
     /// ended longer than a window ago.
     pub async fn sweep(&self) {
         let now = SystemTime::now();
-        for id in self.registry.take_expired(now).await {
-            self.sessions.remove(&id);
-            self.log.remove(&id).await;
+        let expired = match self.stores.resume.take_expired(now).await {
+            Ok(expired) => expired,
+            Err(e) => {
+                tracing::warn!("could not sweep expired sessions: {e}");
+                Vec::new()
+            }
+        };
+        for id in expired {
+            if let Err(e) = self.stores.sessions.remove(&id).await {
+                tracing::warn!(session = %id, "session record not removed: {e}");
+            }
+            self.stores.logs.remove(&id).await;
             tracing::info!(session = %id, "resume window closed; session removed");
         }
         if let Some(before) = now.checked_sub(self.config.resume_window) {
-            self.jobs.purge_finished(before);
+            if let Err(e) = self.sessions.jobs.purge_finished(before).await {
+                tracing::warn!("could not purge finished jobs: {e}");
+            }
         }
     }
 
@@ -222,23 +219,10 @@ impl Gateway {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = gw.shutdown.cancelled() => return,
+                    _ = gw.sessions.shutdown.cancelled() => return,
                     _ = tick.tick() => gw.sweep().await,
                 }
             }
         })
-    }
-
-    pub(crate) fn welcome(&self, token: &ResumeToken, features: &Features) -> Welcome {
-        Welcome {
-            runtime_name: RUNTIME_NAME,
-            runtime_version: RUNTIME_VERSION,
-            resume_token: token.expose().to_owned(),
-            resume_window_sec: u32::try_from(self.config.resume_window.as_secs())
-                .unwrap_or(u32::MAX),
-            heartbeat_interval_sec: self.config.heartbeat_interval_sec,
-            features: features.names(),
-            agents: self.agents.inventory(),
-        }
     }
 }

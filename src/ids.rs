@@ -3,6 +3,8 @@
 
 use std::{fmt, sync::Arc};
 
+use crate::error::ArcpError;
+
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
@@ -123,5 +125,83 @@ impl EventSeq {
 impl fmt::Display for EventSeq {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+/// Which attachment of a stream to a session this is: every attach gets a higher epoch than
+/// the one before, and every operation a stream performs on its session's shared state carries
+/// its epoch, so a stream that was taken over (on this process or another) cannot act on the
+/// session after its successor attached. `Epoch::ZERO` is before the first attachment.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    /// Before the first attachment.
+    pub const ZERO: Epoch = Epoch(0);
+
+    /// The epoch of the next attachment.
+    pub fn next(self) -> Epoch {
+        Epoch(self.0 + 1)
+    }
+
+    /// The raw number, for stores.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An agent as a submission names it: `name` or `name@version` (§7.5).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct AgentRef<'a> {
+    name: &'a str,
+    version: Option<&'a str>,
+}
+
+impl<'a> AgentRef<'a> {
+    /// Splits `name` / `name@version` per the §7.5 grammar; `INVALID_REQUEST` otherwise.
+    pub fn parse(reference: &'a str) -> Result<AgentRef<'a>, ArcpError> {
+        let (name, version) = match reference.split_once('@') {
+            Some((n, v)) => (n, Some(v)),
+            None => (reference, None),
+        };
+        if !AgentRef::valid_name(name) || version.is_some_and(|v| !AgentRef::valid_version(v)) {
+            return Err(ArcpError::InvalidRequest(format!(
+                "agent {reference:?} does not match `name` or `name@version` (§7.5)"
+            )));
+        }
+        Ok(AgentRef { name, version })
+    }
+
+    /// The agent's name.
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+
+    /// The pinned version, if any.
+    pub fn version(&self) -> Option<&'a str> {
+        self.version
+    }
+
+    /// `name ::= [a-z0-9][a-z0-9._-]*`
+    pub fn valid_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+    }
+
+    /// `version ::= [a-zA-Z0-9.+_-]+`
+    pub fn valid_version(version: &str) -> bool {
+        !version.is_empty()
+            && version
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".+_-".contains(c))
     }
 }

@@ -6,51 +6,68 @@
 //!
 //! ## Layout
 //!
+//! Each piece reaches only the ones listed before it, and the session and job code reach shared
+//! state only through the store traits.
+//!
 //! - **Wire schema**: `proto/arcp/v1/arcp.proto`, compiled by `build.rs` into [`proto`].
-//! - **Domain types**: [`ids`] (session, job, principal, sequence newtypes), [`error`] (the
-//!   §12 taxonomy), [`protocol`] (every ARCP message as a transport-neutral type), [`clock`].
-//! - **Sessions**: [`session`] holds the session table; [`session::handshake`] turns a first
-//!   frame into a new or resumed session; [`session::connection`] serves one attached stream;
-//!   [`session::bell`] is how a stream is told to stop and handed its control replies;
-//!   [`session::outbox`] is how job frames enter a session's log (features, redaction,
-//!   back-pressure, flow control).
-//! - **Event log**: [`event_log`] is the per-session, bounded, sequence-numbered log that both
-//!   replay and live delivery read through one cursor, reached through a per-session handle;
-//!   [`event_log::memory`] is the embedded store. `sync` holds the cheap wake-up both use
-//!   on every frame and the read-write lock every emit passes through.
-//! - **Resume registry**: [`resume`] keeps the digest of each session's current token, bound to
-//!   its principal, rotated on every welcome and expiring with the resume window.
-//! - **Jobs and agents**: [`job`] runs agents and guarantees one terminal frame per job;
-//!   [`agent`] is the agent trait, the `name@version` registry and the built-in demo agents.
-//! - **Credentials**: [`credentials`] is the provisioner trait and its in-process upstream
+//! - **Domain types**: [`ids`] (session, job, principal, epoch and sequence newtypes, agent
+//!   references), [`error`] (the §12 taxonomy), [`clock`], and [`protocol`]: every ARCP message
+//!   as a transport-neutral type, one family per file ([`protocol::client`],
+//!   [`protocol::control`], [`protocol::job_frame`], [`protocol::event`]).
+//! - **Encodings**: [`encoding`] holds [`encoding::StoredFrame`], a job frame in the protobuf
+//!   encoding every event log keeps and the gRPC transport sends as it is, and free-form JSON as
+//!   protobuf values.
+//! - **Stores**: [`store`] is everything replicas must share, one trait per kind of state with
+//!   an embedded memory implementation beside it: [`store::session`] (session records:
+//!   principal, features, attachment epoch, flow state), [`store::resume`] (the resume-token
+//!   registry, fenced by epoch), [`store::log`] (each session's bounded event log, and the
+//!   [`store::log::cursor::LogCursor`] that reads replay and live frames in one loop),
+//!   [`store::jobs`] (the job directory) and [`store::idempotency`] (keys with an atomic
+//!   claim). `tests/store_contract.rs` holds the contract every implementation must keep.
+//! - **Leases and credentials**: [`lease`] enforces grants, budgets and expiry, and checks
+//!   delegation (§9); [`credentials`] is the provisioner trait and its in-process upstream
 //!   (§9.8).
-//! - **Leases**: [`lease`] enforces grants, budgets and expiry, and checks delegation (§9).
+//! - **One job**: `job` is a running job's record, the one place its frames leave from (the
+//!   emission lock that keeps the terminal frame last), and `job::delivery`, how a frame enters
+//!   one session's log and how a job is paced to its reader.
+//! - **Agents**: [`agent`] is the agent trait, the [`agent::JobContext`] an agent runs with,
+//!   the `name@version` registry and the built-in demo agents.
+//! - **The job engine**: [`engine`] accepts submissions (with idempotency), runs agents to
+//!   exactly one terminal frame, delegates, cancels, lists and subscribes, by job id through
+//!   the directory.
+//! - **Sessions**: [`session`] is the session state machine: `session::handshake` turns a first
+//!   frame into a new or resumed attachment, epoch-fenced and safe to cancel at every await;
+//!   `session::connection` serves one attached stream, with `session::dispatch` acting on its
+//!   client frames and `session::stream_control` carrying its stop order and replies;
+//!   [`session::output`] is what a stream yields to its transport.
 //! - **Authentication**: [`auth`] maps bearer tokens to principals.
-//! - **Transports**: [`transport::grpc`] adapts the gRPC service, its frame conversions, the
-//!   encoder that writes job frames straight from the log, its codecs and the tower layer that
-//!   authenticates before a stream opens; [`transport::json`] is
-//!   the §5 JSON envelope and [`transport::ws`] serves it over WebSocket. [`server`] assembles
-//!   the tonic server with health, reflection and graceful shutdown, and runs both transports
-//!   over one gateway.
+//! - **Transports**: [`transport::grpc`] is the gRPC service, its frame conversions, its
+//!   codecs and the tower layer that authenticates before a stream opens;
+//!   [`transport::json`] is the §5 JSON envelope and [`transport::ws`] serves it over
+//!   WebSocket. [`server`] assembles the tonic server with health, reflection and graceful
+//!   shutdown, and runs both transports over one gateway.
 //! - **The gateway**: [`gateway::Gateway`] ties the pieces together; [`config`] its settings.
+//! - **Concurrency primitives**: `sync` holds the wake-up and the read-mostly lock the frame
+//!   path uses on every frame.
 //! - **Binaries**: `src/main.rs` is `arcp-gateway serve`; `src/bin/arcp-bench/` is the
-//!   benchmark described in `BENCHMARKS.md`.
+//!   benchmark described in `BENCHMARKS.md`, one module per row.
 
 pub mod agent;
 pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod credentials;
+pub mod encoding;
+pub mod engine;
 pub mod error;
-pub mod event_log;
 pub mod gateway;
 pub mod ids;
-pub mod job;
+pub(crate) mod job;
 pub mod lease;
 pub mod protocol;
-pub mod resume;
 pub mod server;
 pub mod session;
+pub mod store;
 pub(crate) mod sync;
 pub mod transport;
 

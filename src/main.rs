@@ -5,7 +5,8 @@ use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
 
 use arcp_gateway::{
     agent::AgentRegistry, auth::Authenticator, config::GatewayConfig,
-    credentials::MemoryProvisioner, ids::Principal, job::Observers, server, transport::ws, Gateway,
+    credentials::MemoryProvisioner, engine::Observers, ids::Principal, server, transport::ws,
+    Gateway,
 };
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;

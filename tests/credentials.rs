@@ -14,8 +14,8 @@ use arcp_gateway::{
     auth::Authenticator,
     config::GatewayConfig,
     credentials::MemoryProvisioner,
+    engine::Observers,
     ids::Principal,
-    job::Observers,
     proto::{self, client_frame::Payload as In, job_event::Body, server_frame::Payload as Out},
     protocol::Json,
     ArcpError, Gateway,
@@ -103,8 +103,7 @@ async fn start() -> Setup {
         ]))
         .agents(agents)
         .observe_policy(Arc::new(Observers(HashSet::from([Principal::new("bob")]))))
-        .credential_provisioner(provisioner.clone())
-        .build();
+        .credential_provisioner(provisioner.clone());
     Setup {
         server: TestServer::start_gateway(gateway).await,
         provisioner,
@@ -551,14 +550,14 @@ impl arcp_gateway::credentials::CredentialProvisioner for FlakyRevocation {
         &self,
         job: &arcp_gateway::ids::JobId,
         constraints: serde_json::Map<String, Json>,
-    ) -> Result<arcp_gateway::protocol::server::Credential, ArcpError> {
+    ) -> Result<arcp_gateway::protocol::credential::Credential, ArcpError> {
         self.inner.issue(job, constraints).await
     }
 
     async fn rotate(
         &self,
         id: &str,
-    ) -> Result<arcp_gateway::protocol::server::Credential, ArcpError> {
+    ) -> Result<arcp_gateway::protocol::credential::Credential, ArcpError> {
         self.inner.rotate(id).await
     }
 
@@ -589,8 +588,7 @@ async fn a_failed_revocation_is_retried_until_the_upstream_accepts_it() {
             "alice-token".to_string(),
             Principal::new("alice"),
         )]))
-        .credential_provisioner(upstream.clone())
-        .build();
+        .credential_provisioner(upstream.clone());
     let server = TestServer::start_gateway(gateway).await;
     let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (job, frame) = submit_and_accept(&mut conn, submit("echo", json!({"x": 1}))).await;

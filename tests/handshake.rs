@@ -106,7 +106,7 @@ async fn every_session_gets_its_own_id_and_token() {
     let (_b, wb) = server.hello("alice-token").await;
     assert_ne!(wa.session_id, wb.session_id);
     assert_ne!(welcome(&wa).resume_token, welcome(&wb).resume_token);
-    assert_eq!(server.gateway.sessions().len(), 2);
+    assert_eq!(server.session_count(), 2);
 }
 
 #[tokio::test]
@@ -166,7 +166,7 @@ async fn a_first_frame_other_than_hello_is_refused_and_ends_the_stream() {
         assert!(answer.session_id.is_empty(), "no session was opened");
         expect_end(&mut conn).await;
     }
-    assert!(server.gateway.sessions().is_empty());
+    assert_eq!(server.session_count(), 0);
 }
 
 #[tokio::test]
@@ -181,7 +181,7 @@ async fn a_first_frame_without_payload_is_refused_with_its_id() {
     let answer = conn.recv().await;
     expect_final_error(&answer, ErrorCode::InvalidRequest, "no-payload-1");
     expect_end(&mut conn).await;
-    assert!(server.gateway.sessions().is_empty());
+    assert_eq!(server.session_count(), 0);
 }
 
 #[tokio::test]
@@ -190,7 +190,7 @@ async fn a_stream_closed_before_any_frame_just_ends() {
     let mut conn = server.open().await;
     conn.close_send();
     expect_end(&mut conn).await;
-    assert!(server.gateway.sessions().is_empty());
+    assert_eq!(server.session_count(), 0);
 }
 
 #[tokio::test]
@@ -204,7 +204,7 @@ async fn a_stream_that_never_says_hello_is_refused_after_the_hello_timeout() {
     let answer = conn.recv().await;
     expect_final_error(&answer, ErrorCode::InvalidRequest, "");
     expect_end(&mut conn).await;
-    assert!(server.gateway.sessions().is_empty());
+    assert_eq!(server.session_count(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -220,7 +220,7 @@ async fn a_hello_without_a_token_is_unauthenticated() {
         assert!(answer.session_id.is_empty());
         expect_end(&mut conn).await;
     }
-    assert!(server.gateway.sessions().is_empty());
+    assert_eq!(server.session_count(), 0);
 }
 
 #[tokio::test]
@@ -229,7 +229,7 @@ async fn a_wrong_token_is_unauthenticated() {
     let (mut conn, id, answer) = first_frame(&server, hello("mallory-token", FEATURES, None)).await;
     expect_final_error(&answer, ErrorCode::Unauthenticated, &id);
     expect_end(&mut conn).await;
-    assert!(server.gateway.sessions().is_empty());
+    assert_eq!(server.session_count(), 0);
 }
 
 #[tokio::test]
@@ -292,7 +292,7 @@ async fn a_bad_metadata_token_refuses_the_call_before_the_stream_opens() {
         assert_eq!(md("arcp-error-code").as_deref(), Some("UNAUTHENTICATED"));
         assert_eq!(md("arcp-retryable").as_deref(), Some("false"));
     }
-    assert!(server.gateway.sessions().is_empty());
+    assert_eq!(server.session_count(), 0);
 }
 
 #[tokio::test]
@@ -314,7 +314,7 @@ async fn metadata_and_hello_naming_different_principals_are_unauthenticated() {
         .expect("metadata accepted");
     let id = conn.send(hello("mallory-token", FEATURES, None)).await;
     expect_final_error(&conn.recv().await, ErrorCode::Unauthenticated, &id);
-    assert!(server.gateway.sessions().is_empty());
+    assert_eq!(server.session_count(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -360,7 +360,7 @@ async fn a_second_hello_or_resume_is_refused_and_the_session_survives() {
     expect_final_error(&conn.recv().await, ErrorCode::InvalidRequest, &id);
 
     echo_completes(&mut conn).await;
-    assert_eq!(server.gateway.sessions().len(), 1, "no second session");
+    assert_eq!(server.session_count(), 1, "no second session");
 }
 
 #[tokio::test]

@@ -20,7 +20,7 @@ use arcp_gateway::{
     credentials::CredentialProvisioner,
     ids::{JobId, Principal},
     proto::{self, client_frame::Payload as In, server_frame::Payload as Out, ClientFrame},
-    protocol::{server::Credential, Json},
+    protocol::{credential::Credential, Json},
     ArcpError, ErrorCode, Gateway,
 };
 use common::*;
@@ -338,8 +338,7 @@ async fn a_keyed_submission_racing_its_own_first_acceptance_gets_the_same_job() 
             "alice-token".to_string(),
             Principal::new("alice"),
         )]))
-        .credential_provisioner(upstream.clone())
-        .build();
+        .credential_provisioner(upstream.clone());
     let server = TestServer::start_gateway(gateway).await;
     let (mut first_session, _) = server.hello_with("alice-token", FEATURES_USED).await;
     let (mut retry_session, _) = server.hello_with("alice-token", FEATURES_USED).await;

@@ -12,9 +12,10 @@ use arcp_gateway::{
     ids::{EventSeq, SessionId},
     proto::{self, client_frame::Payload as In, server_frame::Payload as Out, ClientFrame},
     protocol::{
-        server::{JobPayload, ResultBody},
+        job_frame::{JobPayload, ResultBody},
         Json,
     },
+    store::log::{EventLog, Wait},
     ArcpError, ErrorCode,
 };
 use common::*;
@@ -500,12 +501,17 @@ async fn lease_features_the_client_did_not_negotiate_are_refused_on_submit() {
 async fn last_logged(server: &TestServer, session: &str, seq: u64) -> JobPayload {
     let frames = session_log(server, session)
         .await
-        .read_after(EventSeq(seq - 1), 10)
+        .read(EventSeq(seq - 1), 10, Wait::No)
         .await
         .expect("the log is readable");
     assert_eq!(frames.len(), 1, "frame {seq} is the last");
     assert_eq!(frames[0].seq, EventSeq(seq));
-    frames[0].frame.payload.clone()
+    frames[0]
+        .frame
+        .decode()
+        .expect("a logged frame decodes")
+        .1
+        .payload
 }
 
 #[tokio::test]
@@ -759,7 +765,7 @@ async fn an_agent_that_never_waits_still_lets_other_tasks_run() {
         submit_and_accept(&mut conn, submit("spinner", json!(null))).await;
         if session_gone {
             let id = SessionId::new(w.session_id.as_str());
-            server.gateway.event_log().remove(&id).await;
+            server.stores.logs.remove(&id).await;
         }
         go.notify_one();
         let emits = tokio::time::timeout(FRAME_TIMEOUT, spun.recv())

@@ -9,8 +9,8 @@ use std::{collections::HashSet, sync::Arc};
 use arcp_gateway::{
     auth::Authenticator,
     config::GatewayConfig,
+    engine::Observers,
     ids::Principal,
-    job::Observers,
     proto::{self, client_frame::Payload as In, server_frame::Payload as Out, ClientFrame},
     ErrorCode, Gateway,
 };
@@ -409,8 +409,7 @@ async fn other_principals_jobs_are_listed_only_for_permitted_observers() {
         ))
         .observe_policy(Arc::new(Observers(HashSet::from([Principal::new(
             "carol",
-        )]))))
-        .build();
+        )]))));
     let server = TestServer::start_gateway(gateway).await;
     let (mut alice, _) = server.hello_with("alice-token", LISTING).await;
     let (mut bob, _) = server.hello_with("bob-token", LISTING).await;

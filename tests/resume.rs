@@ -5,7 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use arcp_gateway::{config::GatewayConfig, ids::SessionId, proto, ErrorCode};
+use arcp_gateway::{
+    config::GatewayConfig,
+    ids::SessionId,
+    proto,
+    store::{log::EventLog, session::SessionStore},
+    ErrorCode,
+};
 use common::*;
 use proto::{client_frame::Payload as In, server_frame::Payload as Out};
 use rand::{Rng, SeedableRng};
@@ -95,17 +101,14 @@ async fn tokens_expire_with_the_resume_window_and_the_session_is_swept() {
 
     let id = SessionId::new(session.as_str());
     let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
-    while server.gateway.sessions().get(&id).is_some() {
+    while server.stores.sessions.open(&id).await.is_ok() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "expired session never swept"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(
-        server.gateway.event_log().open(&id).await.is_err(),
-        "log removed"
-    );
+    assert!(server.stores.logs.open(&id).await.is_err(), "log removed");
 }
 
 #[tokio::test]

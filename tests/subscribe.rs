@@ -12,8 +12,8 @@ use arcp_gateway::{
     agent::AgentRegistry,
     auth::Authenticator,
     config::GatewayConfig,
+    engine::Observers,
     ids::Principal,
-    job::Observers,
     proto::{self, client_frame::Payload as In, server_frame::Payload as Out, ClientFrame},
     ErrorCode, Gateway,
 };
@@ -39,8 +39,7 @@ async fn start() -> (TestServer, mpsc::UnboundedSender<u64>) {
         .agents(agents)
         .observe_policy(Arc::new(Observers(HashSet::from([Principal::new(
             "carol",
-        )]))))
-        .build();
+        )]))));
     (TestServer::start_gateway(gateway).await, tx)
 }
 

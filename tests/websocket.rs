@@ -305,7 +305,7 @@ async fn the_upgrade_checks_the_path_and_a_bearer_header() {
     conn.send("session.hello", json!({"capabilities": {"features": []}}))
         .await;
     assert_eq!(conn.recv().await["type"], "session.welcome");
-    assert_eq!(server.gateway.sessions().len(), 1);
+    assert_eq!(server.session_count(), 1);
 }
 
 #[tokio::test]

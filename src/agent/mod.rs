@@ -6,6 +6,7 @@
 //! `job.error`.
 
 pub mod builtin;
+mod context;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -13,9 +14,13 @@ use async_trait::async_trait;
 
 use crate::{
     error::ArcpError,
-    protocol::{server::AgentInfo, Json},
+    ids::AgentRef,
+    protocol::{control::AgentInfo, Json},
 };
-pub use crate::{job::context::JobContext, protocol::event::LogLevel};
+
+pub use crate::protocol::event::LogLevel;
+pub(crate) use context::Delegation;
+pub use context::{ChildJob, JobContext, ResultStream};
 
 /// In-process agent.
 #[async_trait]
@@ -64,13 +69,6 @@ impl AgentRegistry {
         Self::default()
     }
 
-    /// The registry with the built-in demo agents (`echo`, `ticker`).
-    pub fn with_builtins() -> Self {
-        let mut registry = Self::new();
-        builtin::register_all(&mut registry);
-        registry
-    }
-
     /// Registers `agent` as `name@version`. The most recently registered version of a name is
     /// its default until [`AgentRegistry::set_default`] says otherwise.
     pub fn register(
@@ -79,7 +77,7 @@ impl AgentRegistry {
         version: &str,
         agent: Arc<dyn Agent>,
     ) -> Result<&mut Self, ArcpError> {
-        if !valid_name(name) || !valid_version(version) {
+        if !AgentRef::valid_name(name) || !AgentRef::valid_version(version) {
             return Err(ArcpError::InvalidRequest(format!(
                 "invalid agent reference {name}@{version} (see §7.5 grammar)"
             )));
@@ -112,7 +110,8 @@ impl AgentRegistry {
 
     /// Resolves `name` or `name@version` (§7.5).
     pub fn resolve(&self, reference: &str) -> Result<ResolvedAgent, ArcpError> {
-        let (name, version) = parse_reference(reference)?;
+        let reference = AgentRef::parse(reference)?;
+        let (name, version) = (reference.name(), reference.version());
         let entry = self.agents.get(name).ok_or_else(|| {
             ArcpError::AgentNotAvailable(format!("agent {name:?} is not registered"))
         })?;
@@ -146,37 +145,6 @@ impl AgentRegistry {
             })
             .collect()
     }
-}
-
-/// Splits `name` / `name@version` per the §7.5 grammar.
-pub fn parse_reference(reference: &str) -> Result<(&str, Option<&str>), ArcpError> {
-    let (name, version) = match reference.split_once('@') {
-        Some((n, v)) => (n, Some(v)),
-        None => (reference, None),
-    };
-    if !valid_name(name) || version.is_some_and(|v| !valid_version(v)) {
-        return Err(ArcpError::InvalidRequest(format!(
-            "agent {reference:?} does not match `name` or `name@version` (§7.5)"
-        )));
-    }
-    Ok((name, version))
-}
-
-/// `name ::= [a-z0-9][a-z0-9._-]*`
-fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
-}
-
-/// `version ::= [a-zA-Z0-9.+_-]+`
-fn valid_version(version: &str) -> bool {
-    !version.is_empty()
-        && version
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".+_-".contains(c))
 }
 
 #[cfg(test)]

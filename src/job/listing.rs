@@ -2,28 +2,20 @@
 //! order (job ids are time-ordered, so pages follow submission order).
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use chrono::{DateTime, Utc};
 
 use crate::{
-    agent::parse_reference, clock::Timestamp, error::ArcpError, ids::JobId,
-    protocol::client::ListJobs,
+    clock::Timestamp,
+    error::ArcpError,
+    ids::{AgentRef, JobId},
+    protocol::{client::ListJobs, control::JOB_STATUSES},
+    store::jobs::JobEntry,
 };
-
-use super::record::JobRecord;
 
 /// The page size when the client names none.
 pub const DEFAULT_LIMIT: usize = 100;
 /// The largest page a client may ask for.
 pub const MAX_LIMIT: usize = 1000;
 
-const STATUSES: [&str; 6] = [
-    "pending",
-    "running",
-    "success",
-    "error",
-    "cancelled",
-    "timed_out",
-];
 const CURSOR_PREFIX: &str = "after:";
 
 /// A validated `session.list_jobs`.
@@ -43,32 +35,29 @@ impl Query {
         if let Some(bad) = request
             .status
             .iter()
-            .find(|s| !STATUSES.contains(&s.as_str()))
+            .find(|s| !JOB_STATUSES.contains(&s.as_str()))
         {
             return Err(ArcpError::InvalidRequest(format!(
                 "filter.status {bad:?} is not one of {}",
-                STATUSES.join(", ")
+                JOB_STATUSES.join(", ")
             )));
         }
         let agent = request
             .agent
             .as_deref()
             .map(|a| {
-                parse_reference(a)
-                    .map(|(name, version)| (name.to_owned(), version.map(str::to_owned)))
+                AgentRef::parse(a).map(|r| (r.name().to_owned(), r.version().map(str::to_owned)))
             })
             .transpose()?;
         let created_after = request
             .created_after
             .as_deref()
             .map(|t| {
-                DateTime::parse_from_rfc3339(t)
-                    .map(|t| Timestamp(t.with_timezone(&Utc).into()))
-                    .map_err(|_| {
-                        ArcpError::InvalidRequest(format!(
-                            "filter.created_after {t:?} is not an RFC 3339 timestamp"
-                        ))
-                    })
+                Timestamp::parse_rfc3339(t).ok_or_else(|| {
+                    ArcpError::InvalidRequest(format!(
+                        "filter.created_after {t:?} is not an RFC 3339 timestamp"
+                    ))
+                })
             })
             .transpose()?;
         let after = request.cursor.as_deref().map(decode_cursor).transpose()?;
@@ -86,23 +75,22 @@ impl Query {
     }
 
     /// Whether `job` passes the filters.
-    pub fn matches(&self, job: &JobRecord) -> bool {
-        let status = job.status().as_str();
+    pub fn matches(&self, job: &JobEntry) -> bool {
+        let status = job.status.as_str();
         if !self.statuses.is_empty() && !self.statuses.iter().any(|s| s == status) {
             return false;
         }
         if let Some((name, version)) = &self.agent {
             let (job_name, job_version) = job
-                .spec
                 .agent
                 .split_once('@')
-                .unwrap_or((job.spec.agent.as_str(), ""));
+                .unwrap_or((job.agent.as_str(), ""));
             if job_name != name || version.as_deref().is_some_and(|v| v != job_version) {
                 return false;
             }
         }
         self.created_after
-            .is_none_or(|after| job.spec.created_at > after)
+            .is_none_or(|after| job.created_at > after)
     }
 }
 

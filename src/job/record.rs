@@ -1,21 +1,20 @@
-//! The runtime's record of one job, and the one place its frames are emitted from.
-//!
-//! Every frame of a job, from `job.accepted` to its terminal frame, is emitted while holding
-//! the read side of [`JobRecord`]'s emission lock; the terminal frame and every change to the
-//! subscriber list take the write side. So no frame can follow the terminal one (§7.3), and a
-//! subscriber's history replay and its first live frame cannot overlap or leave a gap (§7.6).
+//! [`JobRecord`]: the runtime's record of one running job: what it runs, its lifecycle state,
+//! its authority (budget, credentials), cancellation, and how it ended. Its frames leave
+//! through [`super::emission`]; the directory reaches it as a
+//! [`JobControl`](crate::store::jobs::JobControl).
 
 use std::{
     collections::BTreeMap,
     future::{self, Future},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc,
     },
     task::Poll,
     time::SystemTime,
 };
 
+use async_trait::async_trait;
 use futures::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -23,33 +22,16 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     clock::Timestamp,
     error::ArcpError,
-    ids::{EventSeq, JobId, Principal, SessionId, TraceId},
+    ids::{JobId, Principal, SessionId, TraceId},
     lease::{Budget, EffectiveLease},
-    protocol::server::{
-        Credential, FinalStatus, JobFrame, JobPayload, JobSummary, NewFrame, ResultBody,
+    protocol::{
+        credential::Credential,
+        job_frame::{FinalStatus, JobFrame, JobPayload, JobStatus, ResultBody, Subscribed},
     },
-    session::outbox::{Outbox, Recipient},
-    sync::read_mostly_lock::ReadMostlyLock,
+    store::jobs::{already_ended, JobControl, JobEntry, Subscriber},
 };
 
-/// Where a job is in its lifecycle.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum JobStatus {
-    /// The agent is running.
-    Running,
-    /// The job ended.
-    Finished(FinalStatus),
-}
-
-impl JobStatus {
-    /// The wire name (§6.6, §7.3).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Running => "running",
-            JobStatus::Finished(status) => status.as_str(),
-        }
-    }
-}
+use super::{delivery::Recipient, emission::Emitter, JobServices};
 
 /// What a job was started with; fixed for its lifetime (§7.5: the version never changes).
 pub struct JobSpec {
@@ -67,21 +49,18 @@ pub struct JobSpec {
     pub initial_budget: Option<BTreeMap<String, f64>>,
     /// When it was accepted.
     pub created_at: Timestamp,
+    /// The submitting principal.
+    pub principal: Principal,
 }
-
-/// Nothing on the emit path counts against tokio's cooperative budget, so an agent that never
-/// waits would keep its worker thread from every other task until it ran a whole flow window
-/// ahead of its reader, or for ever once its session is gone (its emits then return at once).
-/// It yields after this many emits instead, about a millisecond of emitting. (`arcp-bench`
-/// rows 1 and 2 measured 256 and 4096 as well; both delivered less.)
-const YIELD_EVERY: u64 = 1024;
 
 /// One job.
 pub struct JobRecord {
     /// What it runs.
     pub spec: JobSpec,
     /// The submitting session's recipient view: the only session that may cancel (§7.4).
-    owner: Recipient,
+    pub(super) owner: Recipient,
+    /// What every job of the engine shares.
+    pub(crate) services: Arc<JobServices>,
     /// Cancelled when the job is asked to stop or has ended: what the agent and its
     /// sub-tasks watch.
     pub(crate) cancel: CancellationToken,
@@ -91,20 +70,15 @@ pub struct JobRecord {
     /// Wakes the runner waiting in [`JobRecord::cancel_requested`].
     runner: AtomicWaker,
     state: Mutex<JobState>,
-    /// The newest sequence number this job got in its own session.
-    last_seq: AtomicU64,
-    /// Emits so far, for [`YIELD_EVERY`].
-    emits: AtomicU64,
-    /// Every emit reads it, across the log append; a [`ReadMostlyLock`] rather than a `tokio` or
-    /// `async_lock` lock, whose read guards lock a mutex when released.
-    emission: ReadMostlyLock<Emission>,
+    /// Where its frames leave from.
+    pub(super) emitter: Emitter,
     /// Budget counters and credentials change while the job runs; observers read them.
     pub(crate) authority: Mutex<Authority>,
     /// The error the job must end with whatever the agent returns: its lease expired, or its
     /// budget ran out under a fatal policy. The first one wins.
     fatal: Mutex<Option<ArcpError>>,
     /// Delegated jobs (§10), cancelled when this one ends.
-    pub(crate) children: Mutex<Vec<Arc<JobRecord>>>,
+    pub(crate) children: Mutex<Vec<JobId>>,
     /// The streamed result, once the agent starts one (§8.4).
     pub(crate) stream: Mutex<Option<StreamState>>,
     /// How the job ended, for whoever waits on it (a delegating parent).
@@ -127,11 +101,6 @@ struct JobState {
     finished_at: Option<SystemTime>,
 }
 
-struct Emission {
-    open: bool,
-    subscribers: Vec<Recipient>,
-}
-
 /// The mutable part of a job's authority.
 #[derive(Default)]
 pub struct Authority {
@@ -142,7 +111,12 @@ pub struct Authority {
 }
 
 impl JobRecord {
-    pub(crate) fn new(spec: JobSpec, owner: Recipient, authority: Authority) -> JobRecord {
+    pub(crate) fn new(
+        spec: JobSpec,
+        owner: Recipient,
+        authority: Authority,
+        services: Arc<JobServices>,
+    ) -> JobRecord {
         let span = tracing::info_span!(
             "arcp.job",
             job_id = %spec.id,
@@ -151,6 +125,7 @@ impl JobRecord {
             "arcp.lease.expires_at" = spec.lease.expires_at().map(|t| Timestamp(t).to_rfc3339()).unwrap_or_default(),
             "arcp.budget.remaining" = tracing::field::Empty,
         );
+        let emitter = Emitter::new(spec.id.clone(), spec.trace_id.clone());
         JobRecord {
             fatal: Mutex::new(None),
             children: Mutex::new(Vec::new()),
@@ -159,6 +134,7 @@ impl JobRecord {
             span,
             spec,
             owner,
+            services,
             cancel: CancellationToken::new(),
             cancel_requested: AtomicBool::new(false),
             runner: AtomicWaker::new(),
@@ -167,12 +143,7 @@ impl JobRecord {
                 cancel_reason: None,
                 finished_at: None,
             }),
-            last_seq: AtomicU64::new(0),
-            emits: AtomicU64::new(0),
-            emission: ReadMostlyLock::new(Emission {
-                open: true,
-                subscribers: Vec::new(),
-            }),
+            emitter,
             authority: Mutex::new(authority),
         }
     }
@@ -184,12 +155,17 @@ impl JobRecord {
 
     /// The submitting session.
     pub fn session(&self) -> &SessionId {
-        &self.owner.session.id
+        &self.owner.session
     }
 
     /// The submitting principal.
     pub fn principal(&self) -> &Principal {
-        &self.owner.session.principal
+        &self.spec.principal
+    }
+
+    /// The submitting session as a recipient of another job's frames: a delegated child's.
+    pub(crate) fn owner_recipient(&self) -> Recipient {
+        self.owner.same_session()
     }
 
     /// The features of the submitting session when it submitted.
@@ -197,29 +173,31 @@ impl JobRecord {
         &self.owner.features
     }
 
-    /// The submitting session, as a recipient of frames.
-    pub(crate) fn owner(&self) -> &Recipient {
-        &self.owner
+    /// Emits a non-terminal frame (see [`Emitter::emit`]).
+    pub(crate) fn emit(
+        &self,
+        payload: JobPayload,
+    ) -> impl Future<Output = Result<(), ArcpError>> + Send + '_ {
+        self.emitter.emit(&self.services, &self.owner, payload)
     }
 
-    /// The job's current status.
-    pub fn status(&self) -> JobStatus {
-        self.state.lock().status
-    }
-
-    pub(crate) fn finished_before(&self, before: SystemTime) -> bool {
-        self.state.lock().finished_at.is_some_and(|at| at < before)
+    /// Ends the job with `status` and its terminal frames, after which every emit is refused.
+    pub(crate) async fn finish(&self, status: FinalStatus, terminal: Vec<JobPayload>) {
+        let ended = || {
+            let mut state = self.state.lock();
+            state.status = JobStatus::Finished(status);
+            state.finished_at = Some(SystemTime::now());
+        };
+        self.emitter
+            .finish(&self.services, &self.owner, terminal, ended)
+            .await;
     }
 
     /// Asks the job to stop on behalf of its submitter (§7.4).
     pub(crate) fn request_cancel(&self, reason: Option<String>) -> Result<(), ArcpError> {
         let mut state = self.state.lock();
-        if let JobStatus::Finished(status) = state.status {
-            return Err(ArcpError::InvalidRequest(format!(
-                "job {} already ended ({})",
-                self.spec.id,
-                status.as_str()
-            )));
+        if let JobStatus::Finished(_) = state.status {
+            return Err(already_ended(&self.spec.id, state.status));
         }
         if !self.cancel.is_cancelled() {
             state.cancel_reason = reason;
@@ -250,26 +228,28 @@ impl JobRecord {
         self.state.lock().cancel_reason.clone()
     }
 
-    /// The observable view of the job for `observer` (§6.6, §7.6): credentials only for the
-    /// submitter (§14).
-    pub fn summary(&self, observer: &Principal) -> JobSummary {
+    /// The job as the directory lists it (§6.6).
+    pub fn entry(&self) -> JobEntry {
+        let (status, finished_at) = {
+            let state = self.state.lock();
+            (state.status, state.finished_at)
+        };
         let authority = self.authority.lock();
-        JobSummary {
-            job_id: self.spec.id.clone(),
+        JobEntry {
+            id: self.spec.id.clone(),
+            session: self.owner.session.clone(),
+            principal: self.spec.principal.clone(),
             agent: self.spec.agent.clone(),
-            status: self.status().as_str(),
+            status,
             lease: self.spec.lease.to_wire(),
             expires_at: self.spec.lease.expires_at().map(Timestamp),
             budget: authority.budget.as_ref().map(Budget::remaining),
-            parent_job_id: self.spec.parent.clone(),
+            parent: self.spec.parent.clone(),
             created_at: self.spec.created_at,
+            finished_at,
             trace_id: self.spec.trace_id.clone(),
-            last_event_seq: EventSeq(self.last_seq.load(Ordering::Acquire)),
-            credentials: if observer == self.principal() {
-                authority.credentials.clone()
-            } else {
-                Vec::new()
-            },
+            last_event_seq: self.emitter.last_seq(),
+            credentials: authority.credentials.clone(),
         }
     }
 
@@ -300,194 +280,41 @@ impl JobRecord {
 
     /// A frame of this job.
     pub(crate) fn job_frame(&self, payload: JobPayload) -> JobFrame {
-        JobFrame {
-            job_id: self.spec.id.clone(),
-            trace_id: self.spec.trace_id.clone(),
-            payload,
-        }
+        self.emitter.job_frame(payload)
+    }
+}
+
+#[async_trait]
+impl JobControl for JobRecord {
+    fn entry(&self) -> JobEntry {
+        JobRecord::entry(self)
     }
 
-    /// A frame of this job as the log entry it travels to its session's log as (see
-    /// [`JobRecord::emit`]).
-    pub(crate) fn frame(&self, payload: JobPayload) -> NewFrame {
-        NewFrame::new(self.job_frame(payload))
+    fn cancel(&self, reason: Option<String>) -> Result<(), ArcpError> {
+        self.request_cancel(reason)
     }
 
-    /// Emits a non-terminal frame to the job's session and its subscribers; refused once the
-    /// job has ended. Then keeps the job within the flow window of its session's reader,
-    /// after releasing the emission lock.
-    ///
-    /// The frame is allocated, as its log entry, before the future exists, which then holds a
-    /// pointer rather than the payload: emitting is a chain of nested futures, each moved into
-    /// its caller's, and an agent emits by the thousand.
-    pub(crate) fn emit<'a>(
-        &'a self,
-        outbox: &'a Outbox,
-        payload: JobPayload,
-    ) -> impl Future<Output = Result<(), ArcpError>> + Send + 'a {
-        let frame = self.frame(payload);
-        async move {
-            let logged = {
-                let emission = self.emission.read().await;
-                if !emission.open {
-                    return Err(ArcpError::InvalidRequest(format!(
-                        "job {} has already ended; nothing more may be emitted for it",
-                        self.spec.id
-                    )));
-                }
-                self.fan_out(outbox, &emission, frame).await?
-            };
-            if let Some(seq) = logged {
-                outbox.pace(&self.owner, seq).await;
-            }
-            // A load and a store rather than a locked add: the count only paces yields, so
-            // an increment lost to a concurrent emit of the same job costs nothing.
-            let emits = self.emits.load(Ordering::Relaxed) + 1;
-            self.emits.store(emits, Ordering::Relaxed);
-            if emits % YIELD_EVERY == 0 {
-                tokio::task::yield_now().await;
-            }
-            Ok(())
-        }
-    }
-
-    /// Ends the job with `status`: appends its terminal frames, after which every emit is
-    /// refused.
-    pub(crate) async fn finish(
-        &self,
-        outbox: &Outbox,
-        status: FinalStatus,
-        terminal: Vec<JobPayload>,
-    ) {
-        let mut emission = self.emission.write().await;
-        emission.open = false;
-        {
-            let mut state = self.state.lock();
-            state.status = JobStatus::Finished(status);
-            state.finished_at = Some(SystemTime::now());
-        }
-        for payload in terminal {
-            if let Err(e) = self.fan_out(outbox, &emission, self.frame(payload)).await {
-                tracing::error!(job = %self.spec.id, error = %e, "could not record the job's terminal frame");
-            }
-        }
-        emission.subscribers.clear();
-    }
-
-    /// Delivers a frame to every subscriber and the submitting session; returns the sequence
-    /// number it got in the latter.
-    async fn fan_out(
-        &self,
-        outbox: &Outbox,
-        emission: &Emission,
-        frame: NewFrame,
-    ) -> Result<Option<EventSeq>, ArcpError> {
-        for subscriber in &emission.subscribers {
-            // A subscriber whose session expired has no log; the others must not suffer.
-            let delivered = outbox.deliver_live(subscriber, frame.clone(), |p| self.frame(p));
-            if let Err(e) = delivered.await {
-                tracing::debug!(job = %self.spec.id, session = %subscriber.session.id, "subscriber not reached: {e}");
-            }
-        }
-        match outbox
-            .deliver_live(&self.owner, frame, |p| self.frame(p))
-            .await
-        {
-            Ok(Some(seq)) => {
-                self.last_seq.fetch_max(seq.get(), Ordering::AcqRel);
-                Ok(Some(seq))
-            }
-            Ok(None) => Ok(None),
-            // The submitting session's window closed: the job runs on (§6.4), unobserved.
-            Err(ArcpError::ResumeWindowExpired(_)) => {
-                tracing::debug!(job = %self.spec.id, "session gone; event dropped");
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Attaches `subscriber` (§7.6): logs `job.subscribed` built by `announce` from the job's
-    /// newest sequence number, then, with `history`, the job's frames after `from` as they are
-    /// in its own session's log, then lets live frames follow, all under the write lock so
-    /// nothing is missed or repeated in between.
-    pub(crate) async fn attach(
-        &self,
-        outbox: &Outbox,
-        subscriber: Recipient,
-        history: Option<EventSeq>,
-        announce: impl FnOnce(EventSeq, bool) -> JobPayload,
-    ) -> Result<(), ArcpError> {
-        let mut emission = self.emission.write().await;
-        if emission
-            .subscribers
-            .iter()
-            .any(|s| s.session.id == subscriber.session.id)
-        {
-            return Err(ArcpError::InvalidRequest(format!(
-                "this session is already subscribed to job {}",
-                self.spec.id
-            )));
-        }
-        let newest = EventSeq(self.last_seq.load(Ordering::Acquire));
-        let replay = match history {
-            Some(from) => self.history(from, newest).await?,
-            None => Vec::new(),
+    async fn subscribe(&self, subscriber: Subscriber) -> Result<(), ArcpError> {
+        let announce = |newest, replayed| {
+            self.job_frame(JobPayload::Subscribed(Box::new(Subscribed {
+                summary: self.entry().summary(&subscriber.principal),
+                subscribed_from: newest,
+                replayed,
+                request_id: subscriber.request_id.clone(),
+            })))
         };
-        outbox
-            .deliver(
-                &subscriber,
-                self.frame(announce(newest, !replay.is_empty())),
-            )
-            .await?;
-        for mut frame in replay {
-            // The submit's id correlates only for the submitting session.
-            if let JobPayload::Accepted(accepted) = &mut frame.payload {
-                accepted.request_id = None;
-            }
-            outbox.deliver(&subscriber, NewFrame::new(frame)).await?;
-        }
-        if emission.open {
-            emission.subscribers.push(subscriber);
-        }
-        Ok(())
+        let sees_secrets = subscriber.principal == self.spec.principal;
+        let attach = self.emitter.attach(
+            &self.services,
+            &self.owner,
+            &subscriber,
+            sees_secrets,
+            announce,
+        );
+        Box::pin(attach).await
     }
 
-    /// Detaches a subscriber; `false` if it was not subscribed.
-    pub(crate) async fn detach(&self, session: &SessionId) -> bool {
-        let mut emission = self.emission.write().await;
-        let before = emission.subscribers.len();
-        emission.subscribers.retain(|s| &s.session.id != session);
-        emission.subscribers.len() != before
-    }
-
-    /// This job's frames in its own session's log with sequence numbers in `(from, through]`.
-    async fn history(&self, from: EventSeq, through: EventSeq) -> Result<Vec<JobFrame>, ArcpError> {
-        const BATCH: usize = 1024;
-        let mut frames = Vec::new();
-        let mut position = from;
-        while position < through {
-            let batch = self
-                .owner
-                .session
-                .log
-                .read_after(position, BATCH)
-                .await
-                .map_err(|_| {
-                    ArcpError::ResumeWindowExpired(format!(
-                        "the history of job {} after {from} is no longer buffered",
-                        self.spec.id
-                    ))
-                })?;
-            let Some(last) = batch.last() else { break };
-            position = last.seq;
-            frames.extend(
-                batch
-                    .iter()
-                    .filter(|f| f.seq <= through && f.frame.job_id == self.spec.id)
-                    .map(|f| f.frame.clone()),
-            );
-        }
-        Ok(frames)
+    async fn unsubscribe(&self, session: &SessionId) -> Result<bool, ArcpError> {
+        Ok(self.emitter.detach(session).await)
     }
 }

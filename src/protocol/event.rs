@@ -5,7 +5,7 @@ use crate::{
     error::{ArcpError, ErrorCode},
 };
 
-use super::{server::Credential, Json, Lease};
+use super::{credential::Credential, Json, Lease};
 
 /// The body of a `job.event`, one variant per `kind`.
 #[derive(Clone, Debug, PartialEq)]

@@ -2,13 +2,18 @@
 //! frames to and from these; the session, job and log layers speak only these.
 //!
 //! - [`client`]: what a client sends (`session.hello`, `job.submit`, ...).
-//! - [`server`]: what the runtime sends: session-control frames and the job frames that are
-//!   logged with an `event_seq`.
+//! - [`control`]: the session-control frames the runtime sends on one connection (welcome,
+//!   errors, pong, the job listing).
+//! - [`job_frame`]: the job frames the runtime logs with an `event_seq` (`job.accepted`,
+//!   `job.event`, `job.result`, ...).
 //! - [`event`]: the bodies of `job.event` (§8.2).
+//! - [`credential`]: provisioned credentials (§9.8).
 
 pub mod client;
+pub mod control;
+pub mod credential;
 pub mod event;
-pub mod server;
+pub mod job_frame;
 
 use std::collections::BTreeMap;
 

@@ -1,39 +1,73 @@
-//! The opening of a stream (§6.2, §6.3): authenticate, then create a session or resume one.
+//! The opening of a stream (§6.2, §6.3): authenticate, then create a session or resume one,
+//! and attach the stream to it.
 //!
-//! A resume is validated completely (token, principal, session, log coverage) before anything
-//! changes; only then is the token rotated, under the session's attachment lock, so a failed
-//! resume never burns the client's token and two racing resumes with one token cannot both win.
+//! A resume holds the session's attachment lock from checking the client's token to rotating
+//! it, so two resumes of one session never interleave. Inside it the new attachment first
+//! takes the session over (the previous stream is fenced out and the session's jobs are paced
+//! to the new reader), then fences the log against early release by older attachments, then
+//! reads the first frames after the client's `last_event_seq`: that read is the check that
+//! the log still covers the resume point, so nothing can be freed between the check and the
+//! replay. Only then is the token rotated. A resume that fails keeps the client's token.
+//!
+//! Every step that changes shared state comes after the [`DetachGuard`] that undoes it is
+//! armed: a handshake cut short at any await leaves, at worst, a session whose resume window
+//! is running, which the sweeper removes.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::SystemTime};
 
 use crate::{
     error::ArcpError,
-    gateway::{ConnectInfo, Gateway},
-    ids::{EventSeq, Principal, SessionId},
+    ids::{Epoch, EventSeq, Principal, SessionId},
     protocol::{
         client::{ClientMessage, Hello, Inbound, ResumeRequest},
-        server::{StreamEnd, Welcome},
+        control::Welcome,
         Features,
     },
-    resume::{token_not_valid, ResumeToken},
+    store::{
+        log::{LogEntry, SessionLog, Wait},
+        resume::{token_not_valid, ResumeToken},
+        session::{NewSession, SessionRecord},
+    },
 };
 
-use super::{stream_control::StreamControl, Attached, Session};
+use super::{output::StreamEnd, stream_control::StreamControl, ConnectInfo, SessionServices};
 
-/// A stream that now owns a session.
-pub struct Opened {
-    /// The session.
-    pub session: Arc<Session>,
-    /// This stream's claim on it.
-    pub attached: Attached,
+/// The runtime's name in `session.welcome`.
+pub const RUNTIME_NAME: &str = "arcp-gateway";
+/// The runtime's version in `session.welcome`.
+pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How many log frames one read takes; bounds the latency a control frame waits behind them.
+pub(crate) const LOG_BATCH: usize = 256;
+
+/// A stream that now holds a session.
+pub struct Attachment {
+    /// The session's record.
+    pub record: Arc<dyn SessionRecord>,
+    /// Its log.
+    pub log: Arc<dyn SessionLog>,
+    /// This stream's attachment.
+    pub epoch: Epoch,
+    /// Rung when a newer stream takes the session over or the gateway shuts down, and by the
+    /// stream's reader.
+    pub control: Arc<StreamControl>,
     /// The welcome to send first.
     pub welcome: Welcome,
     /// Deliver the log after this sequence number.
     pub replay_after: EventSeq,
+    /// The first frames after `replay_after`, read when the resume was checked.
+    pub first: Vec<LogEntry>,
 }
 
-/// Turns the first frame of a stream into an attached session.
-pub async fn open(gw: &Gateway, conn: &ConnectInfo, first: Inbound) -> Result<Opened, ArcpError> {
+/// Turns the first frame of a stream into an attachment. `guard` is armed before the first
+/// change to shared state; the caller keeps it for as long as the stream lives, and dropping
+/// it (however the handshake or the stream ends) detaches whatever was attached.
+pub async fn open(
+    services: &Arc<SessionServices>,
+    conn: &ConnectInfo,
+    first: Inbound,
+    guard: &mut Option<DetachGuard>,
+) -> Result<Attachment, ArcpError> {
     let hello = match first.message {
         ClientMessage::Hello(hello) | ClientMessage::Resume(hello) => hello,
         other => {
@@ -43,23 +77,27 @@ pub async fn open(gw: &Gateway, conn: &ConnectInfo, first: Inbound) -> Result<Op
             )))
         }
     };
-    let principal = authenticate(gw, conn, &hello)?;
+    let principal = authenticate(services, conn, &hello)?;
     let features = hello
         .features
         .as_deref()
-        .map(|requested| gw.features.negotiate(requested));
+        .map(|requested| services.offer.features.negotiate(requested));
     match hello.resume.or_else(|| conn.resume.clone()) {
-        None => create(gw, principal, features.unwrap_or_default()).await,
-        Some(resume) => resume_session(gw, principal, features, resume).await,
+        None => create(services, principal, features.unwrap_or_default(), guard).await,
+        Some(resume) => resume_session(services, principal, features, resume, guard).await,
     }
 }
 
 /// The principal from the in-band token and/or the transport's credentials; they must agree.
-fn authenticate(gw: &Gateway, conn: &ConnectInfo, hello: &Hello) -> Result<Principal, ArcpError> {
+fn authenticate(
+    services: &SessionServices,
+    conn: &ConnectInfo,
+    hello: &Hello,
+) -> Result<Principal, ArcpError> {
     let in_band = hello
         .token
         .as_deref()
-        .map(|t| gw.auth.authenticate(t))
+        .map(|t| services.auth.authenticate(t))
         .transpose()?;
     match (in_band, conn.principal.clone()) {
         (Some(a), Some(b)) if a != b => Err(ArcpError::Unauthenticated(
@@ -73,41 +111,49 @@ fn authenticate(gw: &Gateway, conn: &ConnectInfo, hello: &Hello) -> Result<Princ
 }
 
 async fn create(
-    gw: &Gateway,
+    services: &Arc<SessionServices>,
     principal: Principal,
     features: Features,
-) -> Result<Opened, ArcpError> {
+    guard: &mut Option<DetachGuard>,
+) -> Result<Attachment, ArcpError> {
     let id = SessionId::generate();
-    let log = gw.log.create(&id).await?;
-    let token = gw.registry.issue(&id, &principal).await?;
-    let session = Arc::new(Session::new(id, principal, features, log));
-    let control = Arc::new(StreamControl::default());
-    {
-        let mut attachment = session.attachment.lock().await;
-        attachment.generation = 1;
-        session.replace_stream(control.clone());
-    }
-    gw.sessions.insert(session.clone());
-    stop_if_shutting_down(gw, &control);
-    tracing::info!(session = %session.id, principal = %session.principal, "session opened");
-    Ok(Opened {
-        welcome: gw.welcome(&token, &session.features()),
-        attached: Attached {
-            generation: 1,
-            control,
-        },
-        session,
+    let epoch = Epoch::ZERO.next();
+    let guard = guard.insert(DetachGuard::new(services.clone(), id.clone(), epoch));
+    // The registry entry comes first: once it exists, the guard's detach starts its window,
+    // and the sweep that closes the window removes whatever else was created.
+    let token = services.resume.issue(&id, &principal, epoch).await?;
+    let log = services.logs.create(&id).await?;
+    let record = services
+        .sessions
+        .create(NewSession {
+            id: id.clone(),
+            principal,
+            features,
+            epoch,
+        })
+        .await?;
+    guard.record = Some(record.clone());
+    let control = attach_here(services, &id, epoch);
+    tracing::info!(session = %id, principal = %record.principal(), "session opened");
+    Ok(Attachment {
+        welcome: welcome(services, &token, &record.features()),
+        record,
+        log,
+        epoch,
+        control,
         replay_after: EventSeq::ZERO,
+        first: Vec::new(),
     })
 }
 
 async fn resume_session(
-    gw: &Gateway,
+    services: &Arc<SessionServices>,
     principal: Principal,
     features: Option<Features>,
     resume: ResumeRequest,
-) -> Result<Opened, ArcpError> {
-    let id = gw.registry.check(&resume.token, &principal).await?;
+    guard: &mut Option<DetachGuard>,
+) -> Result<Attachment, ArcpError> {
+    let id = services.resume.check(&resume.token, &principal).await?;
     if resume
         .session_id
         .as_ref()
@@ -115,57 +161,134 @@ async fn resume_session(
     {
         return Err(token_not_valid());
     }
-    let session = gw.sessions.get(&id).ok_or_else(token_not_valid)?;
-    session
-        .log
-        .bounds()
-        .await?
-        .check_resume_from(resume.last_event_seq)?;
+    let record = services
+        .sessions
+        .open(&id)
+        .await
+        .map_err(|_| token_not_valid())?;
+    let log = services
+        .logs
+        .open(&id)
+        .await
+        .map_err(|_| token_not_valid())?;
+    let after = resume.last_event_seq;
+    // A resume that cannot succeed must not disturb the stream that holds the session.
+    log.bounds().await?.check_resume_from(after)?;
 
-    let (token, attached): (ResumeToken, Attached) = {
-        let mut attachment = session.attachment.lock().await;
-        let token = gw.registry.rotate(&resume.token, &principal).await?;
-        let control = Arc::new(StreamControl::default());
-        session.replace_stream(control.clone());
-        attachment.generation += 1;
-        (
-            token,
-            Attached {
-                generation: attachment.generation,
-                control,
-            },
-        )
-    };
-    stop_if_shutting_down(gw, &attached.control);
-    if let Some(features) = features {
-        session.set_features(features);
+    let lock = record.lock_attachment().await?;
+    // The token may have been rotated while this resume waited for the lock.
+    services.resume.check(&resume.token, &principal).await?;
+    let epoch = record.flow().epoch.next();
+    let guard = guard.insert(DetachGuard::new(services.clone(), id.clone(), epoch));
+    guard.record = Some(record.clone());
+    if !record.attach(epoch, features, after).await? {
+        return Err(token_not_valid());
     }
-    tracing::info!(session = %id, after = %resume.last_event_seq, "session resumed");
-    Ok(Opened {
-        welcome: gw.welcome(&token, &session.features()),
-        attached,
-        session,
-        replay_after: resume.last_event_seq,
+    let control = attach_here(services, &id, epoch);
+    log.fence(epoch).await?;
+    let first = log.read(after, LOG_BATCH, Wait::No).await?;
+    let token = services
+        .resume
+        .rotate(&resume.token, &principal, epoch)
+        .await?;
+    drop(lock);
+    tracing::info!(session = %id, after = %after, "session resumed");
+    Ok(Attachment {
+        welcome: welcome(services, &token, &record.features()),
+        record,
+        log,
+        epoch,
+        control,
+        replay_after: after,
+        first,
     })
 }
 
-/// Stops a stream that attached while the gateway began shutting down: [`Gateway::shutdown`]
-/// rings the streams attached before it, and this catches the ones it could not see yet.
-fn stop_if_shutting_down(gw: &Gateway, control: &StreamControl) {
-    if gw.shutdown.is_cancelled() {
+/// Records this stream as the one attached here, stopping the one it replaces; stops it at
+/// once if the gateway began shutting down, which rings only the streams attached before it.
+fn attach_here(services: &SessionServices, id: &SessionId, epoch: Epoch) -> Arc<StreamControl> {
+    let control = Arc::new(StreamControl::default());
+    services.attachments.attach(id, epoch, control.clone());
+    if services.shutdown.is_cancelled() {
         control.stop(StreamEnd::ShuttingDown);
+    }
+    control
+}
+
+fn welcome(services: &SessionServices, token: &ResumeToken, features: &Features) -> Welcome {
+    Welcome {
+        runtime_name: RUNTIME_NAME,
+        runtime_version: RUNTIME_VERSION,
+        resume_token: token.expose().to_owned(),
+        resume_window_sec: u32::try_from(services.settings.resume_window.as_secs())
+            .unwrap_or(u32::MAX),
+        heartbeat_interval_sec: services.settings.heartbeat_interval_sec,
+        features: features.names(),
+        agents: services.offer.agents.clone(),
     }
 }
 
-/// Releases a stream's claim on its session. If the stream still owned the session, the resume
-/// window starts now.
-pub async fn detach(gw: &Gateway, session: &Session, generation: u64) {
-    let attachment = session.attachment.lock().await;
-    if attachment.generation != generation || session.stream.lock().take().is_none() {
-        return;
+/// Releases a stream's attachment when dropped, however the stream or its handshake ends: if
+/// it still holds the session, the session's flow stops waiting for it and its resume window
+/// starts. Attachments that were taken over are left alone by the stores' epoch checks.
+pub struct DetachGuard {
+    services: Arc<SessionServices>,
+    session: SessionId,
+    epoch: Epoch,
+    record: Option<Arc<dyn SessionRecord>>,
+}
+
+impl DetachGuard {
+    fn new(services: Arc<SessionServices>, session: SessionId, epoch: Epoch) -> Self {
+        DetachGuard {
+            services,
+            session,
+            epoch,
+            record: None,
+        }
     }
-    session.set_reader(None);
-    let deadline = std::time::SystemTime::now() + gw.config.resume_window;
-    gw.registry.start_window(&session.id, deadline).await;
-    tracing::info!(session = %session.id, window_sec = gw.config.resume_window.as_secs(), "transport detached; resume window started");
+}
+
+impl Drop for DetachGuard {
+    fn drop(&mut self) {
+        let services = self.services.clone();
+        let (session, epoch, record) = (self.session.clone(), self.epoch, self.record.take());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { detach(&services, &session, epoch, record).await });
+        }
+    }
+}
+
+/// Releases attachment `epoch` of `session`: the record stops counting it as live, and the
+/// resume window starts, each only if `epoch` is still the newest.
+async fn detach(
+    services: &SessionServices,
+    session: &SessionId,
+    epoch: Epoch,
+    record: Option<Arc<dyn SessionRecord>>,
+) {
+    services.attachments.detach(session, epoch);
+    let record = match record {
+        Some(record) => Some(record),
+        None => services.sessions.open(session).await.ok(),
+    };
+    if let Some(record) = record {
+        if let Err(e) = record.detach(epoch).await {
+            tracing::warn!(session = %session, "could not record the detach: {e}");
+        }
+    }
+    let window = services.settings.resume_window;
+    match services
+        .resume
+        .start_window(session, epoch, SystemTime::now() + window)
+        .await
+    {
+        Ok(true) => {
+            tracing::info!(session = %session, window_sec = window.as_secs(), "transport detached; resume window started")
+        }
+        Ok(false) => {
+            tracing::debug!(session = %session, %epoch, "detach of an attachment that was taken over")
+        }
+        Err(e) => tracing::warn!(session = %session, "could not start the resume window: {e}"),
+    }
 }

@@ -15,11 +15,13 @@ use std::{
 };
 
 use crate::{
-    protocol::server::{Control, StreamEnd},
+    protocol::control::Control,
     sync::primitives::{
         AtomicBool, AtomicU8, AtomicUsize, AtomicWaker, Mutex, Ordering, Semaphore,
     },
 };
+
+use super::output::StreamEnd;
 
 /// Control replies that may wait for the stream; past this the reader stops reading the
 /// client until the stream catches up. One under loom, so its model checks reach a full queue.
@@ -153,7 +155,7 @@ mod tests {
     use std::{sync::Arc, time::Duration};
 
     use super::*;
-    use crate::protocol::server::ControlMessage;
+    use crate::protocol::control::ControlMessage;
 
     fn reply(n: u64) -> Reply {
         Reply {
@@ -256,7 +258,7 @@ mod loom_tests {
     use loom::{future::block_on, sync::Arc, thread};
 
     use super::*;
-    use crate::protocol::server::ControlMessage;
+    use crate::protocol::control::ControlMessage;
     use crate::sync::primitives::loom_check;
 
     fn reply(n: u64) -> Reply {

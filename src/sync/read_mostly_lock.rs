@@ -116,6 +116,12 @@ impl<T> ReadMostlyLock<T> {
     }
 }
 
+impl<T: Default> Default for ReadMostlyLock<T> {
+    fn default() -> Self {
+        ReadMostlyLock::new(T::default())
+    }
+}
+
 /// Shared access to a [`ReadMostlyLock`]'s value.
 pub struct ReadGuard<'a, T> {
     lock: &'a ReadMostlyLock<T>,

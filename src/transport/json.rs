@@ -18,13 +18,14 @@ use crate::{
             job_ref, ClientMessage, Hello, Inbound, JobSubmit, ListJobs, RejectedFrame,
             ResumeRequest, Subscribe,
         },
+        control::{Control, ControlMessage, JobSummary},
+        credential::Credential,
         event::{EventBody, ToolError},
-        server::{
-            Control, ControlMessage, Credential, JobPayload, JobSummary, LoggedFrame, Outbound,
-            OutboundItem, ResultBody, StreamEnd,
-        },
+        job_frame::{JobFrame, JobPayload, ResultBody},
         Json, Lease, PROTOCOL_VERSION,
     },
+    session::output::{Outbound, OutboundItem, StreamEnd},
+    store::log::LogEntry,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -329,9 +330,19 @@ pub fn encode(item: OutboundItem) -> Result<String, StreamEnd> {
         OutboundItem::Frame(session, Outbound::Control(control)) => {
             Ok(control_frame(session, *control).to_string())
         }
-        OutboundItem::Frame(session, Outbound::Job(logged)) => {
-            Ok(job_frame(session, &logged).to_string())
-        }
+        OutboundItem::Frame(session, Outbound::Job(entry)) => Ok(match entry.frame.decode() {
+            Ok((id, frame)) => job_frame(session, &entry, id, &frame).to_string(),
+            // The store handed back a frame this runtime did not write: the client is told,
+            // rather than sent a frame that is not what was logged.
+            Err(error) => control_frame(
+                session,
+                Control {
+                    request_id: None,
+                    message: ControlMessage::Error(error),
+                },
+            )
+            .to_string(),
+        }),
         OutboundItem::End(end) => Err(end),
     }
 }
@@ -414,8 +425,7 @@ fn control_frame(session: Option<SessionId>, control: Control) -> Value {
     ))
 }
 
-fn job_frame(session: Option<SessionId>, logged: &LoggedFrame) -> Value {
-    let frame = &logged.frame;
+fn job_frame(session: Option<SessionId>, entry: &LogEntry, id: String, frame: &JobFrame) -> Value {
     let job_id = frame.job_id.as_str();
     let trace_id = frame.trace_id.as_ref().map(|t| t.as_str());
     let (kind, payload) = match &frame.payload {
@@ -490,9 +500,9 @@ fn job_frame(session: Option<SessionId>, logged: &LoggedFrame) -> Value {
         }
     };
     let session = session.as_ref();
-    let mut frame = envelope(kind, logged.id.to_string(), session, payload);
+    let mut frame = envelope(kind, id, session, payload);
     frame.insert("job_id".into(), job_id.into());
-    frame.insert("event_seq".into(), logged.seq.get().into());
+    frame.insert("event_seq".into(), entry.seq.get().into());
     if let Some(trace_id) = trace_id {
         frame.insert("trace_id".into(), trace_id.into());
     }

@@ -22,7 +22,8 @@ use crate::{
     error::ArcpError,
     gateway::{ConnectInfo, Gateway},
     ids::Principal,
-    protocol::{client::RejectedFrame, server::StreamEnd},
+    protocol::client::RejectedFrame,
+    session::output::StreamEnd,
 };
 
 use super::json;

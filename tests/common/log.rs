@@ -2,7 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use arcp_gateway::{event_log::SessionLog, ids::SessionId};
+use arcp_gateway::{ids::SessionId, store::log::SessionLog};
 
 use super::{TestServer, FRAME_TIMEOUT};
 
@@ -10,7 +10,8 @@ use super::{TestServer, FRAME_TIMEOUT};
 pub async fn session_log(server: &TestServer, session: &str) -> Arc<dyn SessionLog> {
     server
         .gateway
-        .event_log()
+        .stores()
+        .logs
         .open(&SessionId::new(session))
         .await
         .expect("the session has a log")

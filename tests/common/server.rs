@@ -3,7 +3,13 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use arcp_gateway::{
-    agent::AgentRegistry, auth::Authenticator, config::GatewayConfig, ids::Principal, server,
+    agent::AgentRegistry,
+    auth::Authenticator,
+    config::GatewayConfig,
+    gateway::GatewayBuilder,
+    ids::Principal,
+    server,
+    store::{MemoryStores, Stores},
     Gateway,
 };
 use tokio::task::JoinHandle;
@@ -14,6 +20,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub ws_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
+    /// The gateway's stores, for tests that look at what they hold.
+    pub stores: MemoryStores,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -27,15 +35,14 @@ impl TestServer {
                 .iter()
                 .map(|(t, p)| (t.to_string(), Principal::new(*p))),
         );
-        let gateway = Gateway::builder(config).auth(auth).build();
-        Self::start_gateway(gateway).await
+        Self::start_gateway(Gateway::builder(config).auth(auth)).await
     }
 
     /// Starts `config` with `agents`, for the single principal `alice` (token `alice-token`).
     pub async fn start_with_agents(config: GatewayConfig, agents: AgentRegistry) -> TestServer {
         let auth =
             Authenticator::from_pairs([("alice-token".to_string(), Principal::new("alice"))]);
-        Self::start_gateway(Gateway::builder(config).auth(auth).agents(agents).build()).await
+        Self::start_gateway(Gateway::builder(config).auth(auth).agents(agents)).await
     }
 
     /// Starts the default configuration, with session logs bounded to `max_log_frames`, for
@@ -58,8 +65,20 @@ impl TestServer {
         .await
     }
 
-    /// Serves `gateway` as it was built.
-    pub async fn start_gateway(gateway: Arc<Gateway>) -> TestServer {
+    /// Serves the gateway `builder` builds, on memory stores the test can look at.
+    pub async fn start_gateway(builder: GatewayBuilder) -> TestServer {
+        let stores = MemoryStores::new(builder.config().max_log_frames);
+        Self::start_on(builder, stores, |stores| stores).await
+    }
+
+    /// Serves the gateway `builder` builds on `stores`, as `wrap` wraps them: several servers
+    /// on the same stores are replicas of one deployment.
+    pub async fn start_on(
+        builder: GatewayBuilder,
+        stores: MemoryStores,
+        wrap: impl FnOnce(Stores) -> Stores,
+    ) -> TestServer {
+        let gateway = builder.stores(wrap(stores.stores())).build();
         let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let ws_listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -77,9 +96,15 @@ impl TestServer {
             addr,
             ws_addr,
             gateway,
+            stores,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// How many sessions the gateway holds, attached or not.
+    pub fn session_count(&self) -> usize {
+        self.stores.sessions.len()
     }
 
     /// Stops the server gracefully and waits for it.

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::{
     agent::{Agent, JobContext},
     error::ArcpError,
-    protocol::{server::ResultBody, Json, Lease},
+    protocol::{job_frame::ResultBody, Json, Lease},
 };
 
 /// Delegates to one child and waits for it.

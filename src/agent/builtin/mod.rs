@@ -22,6 +22,15 @@ pub use tools::ToolUser;
 
 use super::{Agent, AgentRegistry};
 
+impl AgentRegistry {
+    /// The registry with the built-in demo agents (`echo`, `ticker`, ...).
+    pub fn with_builtins() -> Self {
+        let mut registry = Self::new();
+        register_all(&mut registry);
+        registry
+    }
+}
+
 /// Registers every built-in agent at version 1.0.0.
 pub fn register_all(registry: &mut AgentRegistry) {
     let agents: [(&str, Arc<dyn Agent>); 8] = [

@@ -196,6 +196,21 @@ impl Session {
     ) -> Result<ServerFrame, Box<dyn std::error::Error + Send + Sync>> {
         Ok(self.rx.message().await?.ok_or("the stream ended")?)
     }
+
+    /// Submits a `chatter` job of `count` log events of `bytes` bytes each, and waits for its
+    /// `job_accepted`: until then, dropping the stream could cancel the submit unsent.
+    pub(crate) async fn start_chatter(&mut self, count: u64, bytes: u64) -> BenchResult<()> {
+        self.send(submit(
+            "chatter",
+            serde_json::json!({"count": count, "bytes": bytes}),
+        ))
+        .await?;
+        let accepted = self.recv().await?;
+        if !matches!(accepted.payload, Some(Out::JobAccepted(_))) {
+            return Err(format!("expected job_accepted, got {accepted:?}").into());
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn submit(agent: &str, input: serde_json::Value) -> In {

@@ -126,9 +126,10 @@ pub async fn admit(gateway: &Gateway, headers: &HeaderMap) -> Result<ConnectInfo
                     ))
                 })?),
             };
-            let session = gateway.resume_registry().check(token, principal).await?;
-            gateway
-                .event_log()
+            let stores = gateway.stores();
+            let session = stores.resume.check(token, principal).await?;
+            stores
+                .logs
                 .open(&session)
                 .await?
                 .bounds()

@@ -1,6 +1,6 @@
 //! The protobuf codecs of the `arcp.v1` service: tonic's prost codec with smaller initial
 //! buffers and a decoder that reads each message as one slice, and the server's session
-//! codec, which encodes [`WireFrame`]s.
+//! codec, which encodes the `WireFrame`s of `super::wire`.
 //!
 //! tonic gives every stream an 8 KiB encode and an 8 KiB decode buffer up front. A gateway
 //! holds thousands of mostly idle sessions whose frames are a few hundred bytes, so most of
@@ -98,7 +98,7 @@ impl<U: Message + Default> Decoder for SliceDecoder<U> {
 /// The gateway's side of a session stream: decodes client frames with [`SliceDecoder`],
 /// encodes [`WireFrame`]s.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SessionCodec;
+pub(crate) struct SessionCodec;
 
 impl Codec for SessionCodec {
     type Encode = WireFrame;
@@ -124,7 +124,7 @@ impl Codec for SessionCodec {
 /// reallocations, each copying what the batch held so far, for every 32 KiB sent. Once a batch
 /// has shown the stream to be busy, the encoder reserves the rest of the batch at once.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct WireEncoder {
+pub(crate) struct WireEncoder {
     batch: BatchTracker,
 }
 

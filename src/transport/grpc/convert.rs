@@ -1,30 +1,24 @@
 //! Protobuf frames to and from the domain messages. The only place that knows both.
 
-use std::collections::HashMap;
-
-use prost_types::{value::Kind, ListValue, Struct, Value};
 use tonic::Status;
 
 use crate::{
+    encoding::job_proto::{job_summary, lease_from_proto},
     error::ArcpError,
     ids::{EventSeq, JobId, SessionId, TraceId},
-    proto::{
-        self, client_frame::Payload as In, job_event::Body as ProtoBody,
-        server_frame::Payload as Out,
-    },
+    proto::{self, client_frame::Payload as In, server_frame::Payload as Out},
     protocol::{
         client::{
             job_ref, ClientMessage, Hello, Inbound, JobSubmit, ListJobs, RejectedFrame,
             ResumeRequest, Subscribe,
         },
-        event::EventBody,
-        server::{
-            Control, ControlMessage, Credential, JobFrame, JobPayload, JobSummary, Outbound,
-            OutboundItem, ResultBody,
-        },
-        Json, Lease, PROTOCOL_VERSION,
+        control::{Control, ControlMessage},
+        Json, PROTOCOL_VERSION,
     },
+    session::output::{Outbound, OutboundItem},
 };
+
+pub use crate::encoding::json_value::{to_json, to_value};
 
 use super::{status, wire::WireFrame};
 
@@ -33,7 +27,7 @@ use super::{status, wire::WireFrame};
 // ---------------------------------------------------------------------------------------------
 
 /// A client frame as a domain message, or the reason it is not one.
-pub fn inbound(frame: proto::ClientFrame) -> Result<Inbound, RejectedFrame> {
+pub(crate) fn inbound(frame: proto::ClientFrame) -> Result<Inbound, RejectedFrame> {
     let request_id = non_empty(frame.id);
     let reject = |error: ArcpError| RejectedFrame {
         request_id: request_id.clone(),
@@ -136,37 +130,17 @@ fn job_submit(s: proto::JobSubmit) -> Result<JobSubmit, ArcpError> {
     })
 }
 
-fn lease_from_proto(map: HashMap<String, ListValue>) -> Result<Lease, ArcpError> {
-    map.into_iter()
-        .map(|(namespace, list)| {
-            let patterns = list
-                .values
-                .into_iter()
-                .map(|v| match v.kind {
-                    Some(Kind::StringValue(s)) => Ok(s),
-                    _ => Err(invalid(&format!(
-                        "lease patterns of {namespace} must be strings"
-                    ))),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((namespace, patterns))
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Server frames
 // ---------------------------------------------------------------------------------------------
 
 /// A gateway output as a server frame, or the status that ends the stream.
-pub fn outbound(item: OutboundItem) -> Result<WireFrame, Status> {
+pub(crate) fn outbound(item: OutboundItem) -> Result<WireFrame, Status> {
     match item {
         OutboundItem::Frame(session, Outbound::Control(control)) => Ok(WireFrame::Message(
             Box::new(control_frame(session, *control)),
         )),
-        OutboundItem::Frame(session, Outbound::Job(logged)) => {
-            Ok(WireFrame::Job { session, logged })
-        }
+        OutboundItem::Frame(session, Outbound::Job(entry)) => Ok(WireFrame::Job { session, entry }),
         OutboundItem::End(end) => Err(status::from_stream_end(&end)),
     }
 }
@@ -234,331 +208,6 @@ fn control_frame(session: Option<SessionId>, control: Control) -> proto::ServerF
     }
 }
 
-/// The payload of a job frame; [`super::wire`] writes the envelope around it.
-pub(super) fn job_payload(frame: &JobFrame) -> Out {
-    let job_id = frame.job_id.as_str().to_owned();
-    let trace_id = frame
-        .trace_id
-        .as_ref()
-        .map(|t| t.as_str().to_owned())
-        .unwrap_or_default();
-    match &frame.payload {
-        JobPayload::Accepted(a) => Out::JobAccepted(Box::new(proto::JobAccepted {
-            job_id,
-            agent: a.agent.clone(),
-            lease: lease_to_proto(&a.lease),
-            lease_constraints: lease_constraints(a.expires_at),
-            budget: budget_to_proto(a.budget.as_ref()),
-            credentials: a.credentials.iter().map(credential).collect(),
-            accepted_at: a.accepted_at.to_rfc3339(),
-            trace_id,
-            request_id: a.request_id.clone().unwrap_or_default(),
-            parent_job_id: id_or_empty(a.parent_job_id.as_ref()),
-        })),
-        JobPayload::Subscribed(s) => {
-            let summary = job_summary(&s.summary);
-            Out::JobSubscribed(Box::new(proto::JobSubscribed {
-                job_id: summary.job_id,
-                current_status: summary.status,
-                agent: summary.agent,
-                lease: summary.lease,
-                lease_constraints: summary.lease_constraints,
-                budget: summary.budget,
-                parent_job_id: summary.parent_job_id,
-                trace_id: summary.trace_id,
-                subscribed_from: s.subscribed_from.get(),
-                replayed: s.replayed,
-                request_id: s.request_id.clone().unwrap_or_default(),
-                credentials: summary.credentials,
-            }))
-        }
-        JobPayload::Event { ts, body } => Out::JobEvent(proto::JobEvent {
-            kind: body.kind().into(),
-            ts: ts.to_rfc3339(),
-            body: Some(event_body(body)),
-        }),
-        JobPayload::Result(r) => Out::JobResult(Box::new(match &r.result {
-            ResultBody::Inline(result) => proto::JobResult {
-                final_status: "success".into(),
-                result: Some(to_value(result)),
-                completed_at: r.completed_at.to_rfc3339(),
-                ..Default::default()
-            },
-            ResultBody::Streamed {
-                result_id,
-                result_size,
-                summary,
-            } => proto::JobResult {
-                final_status: "success".into(),
-                result: None,
-                result_id: result_id.clone(),
-                result_size: *result_size,
-                summary: summary.clone().unwrap_or_default(),
-                completed_at: r.completed_at.to_rfc3339(),
-            },
-        })),
-        JobPayload::Error(e) => Out::JobError(Box::new(proto::JobError {
-            final_status: e.final_status.as_str().into(),
-            code: e.code.as_str().into(),
-            message: e.message.clone(),
-            retryable: e.code.retryable(),
-            details: None,
-            completed_at: e.completed_at.to_rfc3339(),
-        })),
-        JobPayload::Cancelled { reason } => Out::JobCancelled(proto::JobCancelled {
-            job_id,
-            reason: reason.clone().unwrap_or_default(),
-        }),
-    }
-}
-
-/// A job frame as the generated protobuf type: what [`super::wire`] encodes, built the slow
-/// way, for the tests that hold the two to the same bytes.
-#[cfg(test)]
-pub(super) fn job_frame(
-    session: Option<&SessionId>,
-    logged: &crate::protocol::server::LoggedFrame,
-) -> proto::ServerFrame {
-    let frame = &logged.frame;
-    proto::ServerFrame {
-        arcp: PROTOCOL_VERSION.into(),
-        id: logged.id.to_string(),
-        session_id: session.map(|s| s.as_str().to_owned()).unwrap_or_default(),
-        trace_id: frame
-            .trace_id
-            .as_ref()
-            .map(|t| t.as_str().to_owned())
-            .unwrap_or_default(),
-        job_id: frame.job_id.as_str().to_owned(),
-        event_seq: logged.seq.get(),
-        payload: Some(job_payload(frame)),
-    }
-}
-
-/// The body of a `job.event`.
-pub(super) fn event_body(body: &EventBody) -> ProtoBody {
-    match body.clone() {
-        EventBody::Log { level, message } => ProtoBody::Log(proto::LogBody {
-            level: level.as_str().into(),
-            message,
-        }),
-        EventBody::Thought { text } => ProtoBody::Thought(proto::ThoughtBody { text }),
-        EventBody::ToolCall {
-            tool,
-            args,
-            call_id,
-        } => ProtoBody::ToolCall(Box::new(proto::ToolCallBody {
-            tool,
-            args: Some(to_value(&args)),
-            call_id,
-        })),
-        EventBody::ToolResult { call_id, outcome } => {
-            let (result, error) = match outcome {
-                Ok(result) => (Some(to_value(&result)), None),
-                Err(e) => (
-                    None,
-                    Some(proto::ErrorInfo {
-                        code: e.code.as_str().into(),
-                        retryable: e.code.retryable(),
-                        message: e.message,
-                    }),
-                ),
-            };
-            ProtoBody::ToolResult(Box::new(proto::ToolResultBody {
-                call_id,
-                result,
-                error,
-            }))
-        }
-        EventBody::Status {
-            phase,
-            message,
-            credential: rotated,
-        } => ProtoBody::Status(Box::new(proto::StatusBody {
-            phase,
-            message: message.unwrap_or_default(),
-            credential: rotated.as_deref().map(credential),
-        })),
-        EventBody::Metric {
-            name,
-            value,
-            unit,
-            dimensions,
-        } => ProtoBody::Metric(Box::new(proto::MetricBody {
-            name,
-            value,
-            unit: unit.unwrap_or_default(),
-            dimensions: dimensions.map(|d| to_struct(&d)),
-        })),
-        EventBody::ArtifactRef {
-            uri,
-            content_type,
-            byte_size,
-            sha256,
-        } => ProtoBody::ArtifactRef(Box::new(proto::ArtifactRefBody {
-            uri,
-            content_type,
-            byte_size,
-            sha256: sha256.unwrap_or_default(),
-        })),
-        EventBody::Delegate {
-            child_job_id,
-            agent,
-            input,
-            lease_request,
-            expires_at,
-        } => ProtoBody::Delegate(Box::new(proto::DelegateBody {
-            child_job_id,
-            agent,
-            input: Some(to_value(&input)),
-            lease_request: lease_to_proto(&lease_request),
-            lease_constraints: lease_constraints(expires_at),
-        })),
-        EventBody::Progress {
-            current,
-            total,
-            units,
-            message,
-        } => ProtoBody::Progress(proto::ProgressBody {
-            current,
-            total,
-            units: units.unwrap_or_default(),
-            message: message.unwrap_or_default(),
-        }),
-        EventBody::ResultChunk {
-            result_id,
-            chunk_seq,
-            data,
-            encoding,
-            more,
-        } => ProtoBody::ResultChunk(Box::new(proto::ResultChunkBody {
-            result_id,
-            chunk_seq,
-            data,
-            encoding,
-            more,
-        })),
-    }
-}
-
-fn job_summary(j: &JobSummary) -> proto::JobSummary {
-    proto::JobSummary {
-        job_id: j.job_id.as_str().to_owned(),
-        agent: j.agent.clone(),
-        status: j.status.into(),
-        lease: lease_to_proto(&j.lease),
-        lease_constraints: lease_constraints(j.expires_at),
-        budget: budget_to_proto(j.budget.as_ref()),
-        parent_job_id: id_or_empty(j.parent_job_id.as_ref()),
-        created_at: j.created_at.to_rfc3339(),
-        trace_id: j
-            .trace_id
-            .as_ref()
-            .map(|t| t.as_str().to_owned())
-            .unwrap_or_default(),
-        last_event_seq: j.last_event_seq.get(),
-        credentials: j.credentials.iter().map(credential).collect(),
-    }
-}
-
-fn credential(c: &Credential) -> proto::Credential {
-    proto::Credential {
-        id: c.id.clone(),
-        scheme: c.scheme.clone(),
-        value: c.value.clone(),
-        endpoint: c.endpoint.clone(),
-        profile: c.profile.clone().unwrap_or_default(),
-        constraints: (!c.constraints.is_empty()).then(|| to_struct(&c.constraints)),
-    }
-}
-
-fn lease_constraints(
-    expires_at: Option<crate::clock::Timestamp>,
-) -> Option<proto::LeaseConstraints> {
-    expires_at.map(|at| proto::LeaseConstraints {
-        expires_at: at.to_rfc3339(),
-    })
-}
-
-fn budget_to_proto(
-    budget: Option<&std::collections::BTreeMap<String, f64>>,
-) -> HashMap<String, f64> {
-    budget
-        .map(|b| b.iter().map(|(c, v)| (c.clone(), *v)).collect())
-        .unwrap_or_default()
-}
-
-fn id_or_empty(id: Option<&JobId>) -> String {
-    id.map(|j| j.as_str().to_owned()).unwrap_or_default()
-}
-
-fn lease_to_proto(lease: &Lease) -> HashMap<String, ListValue> {
-    lease
-        .iter()
-        .map(|(namespace, patterns)| {
-            let values = patterns
-                .iter()
-                .map(|p| Value {
-                    kind: Some(Kind::StringValue(p.clone())),
-                })
-                .collect();
-            (namespace.clone(), ListValue { values })
-        })
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------------
-// JSON <-> google.protobuf.Value
-// ---------------------------------------------------------------------------------------------
-
-/// `google.protobuf.Value` as JSON.
-pub fn to_json(value: Value) -> Json {
-    match value.kind {
-        None | Some(Kind::NullValue(_)) => Json::Null,
-        Some(Kind::BoolValue(b)) => Json::Bool(b),
-        Some(Kind::NumberValue(n)) => number_to_json(n),
-        Some(Kind::StringValue(s)) => Json::String(s),
-        Some(Kind::ListValue(list)) => Json::Array(list.values.into_iter().map(to_json).collect()),
-        Some(Kind::StructValue(s)) => {
-            Json::Object(s.fields.into_iter().map(|(k, v)| (k, to_json(v))).collect())
-        }
-    }
-}
-
-/// Protobuf numbers are doubles; integral ones become JSON integers so agents reading
-/// `{"count": 5}` see an integer, as they would from a JSON client.
-fn number_to_json(n: f64) -> Json {
-    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
-    if n.fract() == 0.0 && n.abs() <= EXACT {
-        if n >= 0.0 {
-            return Json::from(n as u64);
-        }
-        return Json::from(n as i64);
-    }
-    serde_json::Number::from_f64(n).map_or(Json::Null, Json::Number)
-}
-
-/// JSON as `google.protobuf.Value`.
-pub fn to_value(json: &Json) -> Value {
-    let kind = match json {
-        Json::Null => Kind::NullValue(0),
-        Json::Bool(b) => Kind::BoolValue(*b),
-        Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-        Json::String(s) => Kind::StringValue(s.clone()),
-        Json::Array(items) => Kind::ListValue(ListValue {
-            values: items.iter().map(to_value).collect(),
-        }),
-        Json::Object(map) => Kind::StructValue(to_struct(map)),
-    };
-    Value { kind: Some(kind) }
-}
-
-fn to_struct(map: &serde_json::Map<String, Json>) -> Struct {
-    Struct {
-        fields: map.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
-    }
-}
-
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
@@ -569,16 +218,8 @@ fn invalid(message: &str) -> ArcpError {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
     use crate::error::ErrorCode;
-
-    #[test]
-    fn json_survives_the_round_trip_through_protobuf_values() {
-        let original = json!({"count": 5, "ratio": 0.5, "neg": -3, "list": [true, null, "x"], "nested": {"a": {}}});
-        assert_eq!(to_json(to_value(&original)), original);
-    }
 
     #[test]
     fn frames_without_payload_are_rejected_with_their_id() {

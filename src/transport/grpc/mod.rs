@@ -2,19 +2,19 @@
 //!
 //! - [`service`]: the tonic service, a thin adapter onto [`crate::gateway::Gateway::connect`].
 //! - [`convert`]: protobuf frames to and from the domain messages.
-//! - [`wire`]: the frames the service sends, with job frames encoded straight from the log.
+//! - `wire`: the frames the service sends, with job frames copied from the log as stored.
 //! - [`auth_layer`]: the tower layer that authenticates bearer and resume metadata before a
 //!   stream opens.
 //! - [`status`]: §12 errors as gRPC statuses.
 //! - [`codec`]: the protobuf codecs, with buffers sized for many small streams.
 
 pub mod auth_layer;
-pub mod batched_writes;
+pub(crate) mod batched_writes;
 pub mod codec;
 pub mod convert;
 pub mod service;
 pub mod status;
-pub mod wire;
+pub(crate) mod wire;
 
 /// The gRPC metadata key carrying a bearer token (`Bearer <token>`).
 pub const AUTHORIZATION: &str = "authorization";

@@ -2,7 +2,7 @@
 //!
 //! Written by hand rather than generated, because the generated server encodes only the
 //! generated `ServerFrame` type, and this one sends job frames straight from the event log
-//! ([`super::wire`]). Clients use the generated stubs; the bytes are the same.
+//! (`super::wire`). Clients use the generated stubs; the bytes are the same.
 
 use std::{convert::Infallible, future, sync::Arc};
 

@@ -5,7 +5,7 @@ use tonic::{metadata::MetadataValue, Code, Status};
 
 use crate::{
     error::{ArcpError, ErrorCode},
-    protocol::server::StreamEnd,
+    session::output::StreamEnd,
 };
 
 use super::{ERROR_CODE, RETRYABLE};

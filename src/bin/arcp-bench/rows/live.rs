@@ -1,10 +1,10 @@
 //! Row 1: live throughput of one session: a `chatter` job's log events through the gateway to
 //! a tonic client, timed from the first event to the result.
 
-use arcp_gateway::proto::{server_frame::Payload as Out, ServerFrame};
+use arcp_gateway::proto::ServerFrame;
 
 use crate::{
-    client::{receive, submit, Bench, Session},
+    client::{receive, Bench, Session},
     BenchResult,
 };
 
@@ -20,16 +20,7 @@ impl Bench {
     /// result.
     pub(crate) async fn live(&self, count: u64, bytes: u64) -> BenchResult<Live> {
         let (mut session, _) = Session::open(self.channel.clone(), None).await?;
-        session
-            .send(submit(
-                "chatter",
-                serde_json::json!({"count": count, "bytes": bytes}),
-            ))
-            .await?;
-        let accepted = session.recv().await?;
-        if !matches!(accepted.payload, Some(Out::JobAccepted(_))) {
-            return Err(format!("expected job_accepted, got {accepted:?}").into());
-        }
+        session.start_chatter(count, bytes).await?;
         let sample = session.recv().await?;
         let received = receive(&mut session.rx, &session.tx).await?;
         Ok(Live {

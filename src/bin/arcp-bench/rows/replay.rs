@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use arcp_gateway::proto::{self, server_frame::Payload as Out};
 
 use crate::{
-    client::{submit, Bench, Session},
+    client::{Bench, Session},
     BenchResult,
 };
 
@@ -19,22 +19,12 @@ impl Bench {
             unreachable!()
         };
         let token = w.resume_token.clone();
-        session
-            .send(submit(
-                "chatter",
-                serde_json::json!({"count": count, "bytes": bytes}),
-            ))
-            .await?;
-        // Dropping the stream before the submit is on the wire would cancel it unsent.
-        let accepted = session.recv().await?;
-        if !matches!(accepted.payload, Some(Out::JobAccepted(_))) {
-            return Err(format!("expected job_accepted, got {accepted:?}").into());
-        }
+        session.start_chatter(count, bytes).await?;
         drop(session);
         // accepted + events + result, all logged while the client is away.
         let newest = count + 2;
         let id = arcp_gateway::ids::SessionId::new(welcome.session_id.clone());
-        let log = self.gateway.event_log().open(&id).await?;
+        let log = self.gateway.stores().logs.open(&id).await?;
         while log.bounds().await?.newest.get() < newest {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

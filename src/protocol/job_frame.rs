@@ -1,149 +1,17 @@
-//! Messages the runtime sends.
-//!
-//! Two families, as §8.3 distinguishes them: [`Control`] frames (welcome, errors, pong, ...)
-//! belong to one connection and carry no sequence number; [`JobFrame`]s are appended to the
-//! session's event log, get the session's next `event_seq`, and are replayed on resume.
+//! Job frames (§7, §8): the messages a job produces, which enter its session's event log, get
+//! the session's next `event_seq`, and are replayed on resume.
 
-use std::{cell::RefCell, collections::BTreeMap, sync::Arc};
+use std::{cell::RefCell, collections::BTreeMap};
 
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 
 use crate::{
     clock::Timestamp,
     error::{ArcpError, ErrorCode},
-    ids::{EventSeq, JobId, SessionId, TraceId},
+    ids::{EventSeq, JobId, TraceId},
 };
 
-use super::{event::EventBody, Json, Lease};
-
-/// A session-control frame for one connection.
-#[derive(Clone, Debug)]
-pub struct Control {
-    /// The `id` of the client frame this answers.
-    pub request_id: Option<String>,
-    /// The message.
-    pub message: ControlMessage,
-}
-
-/// The session-control messages.
-#[derive(Clone, Debug)]
-pub enum ControlMessage {
-    /// `session.welcome` (§6.2).
-    Welcome(Welcome),
-    /// `session.error` (§12).
-    Error(ArcpError),
-    /// `session.pong` (§6.4).
-    Pong {
-        /// The nonce of the ping.
-        ping_nonce: String,
-        /// When the ping arrived.
-        received_at: Timestamp,
-    },
-    /// `session.closed` (§6.7).
-    Closed {
-        /// Why.
-        reason: Option<String>,
-    },
-    /// `session.ping` (§6.4), sent when the connection has been idle for an interval.
-    Ping {
-        /// Echoed by the client's pong.
-        nonce: String,
-        /// When it was sent.
-        sent_at: Timestamp,
-    },
-    /// `session.jobs` (§6.6): one page of the jobs the principal may observe.
-    Jobs {
-        /// The page.
-        jobs: Vec<JobSummary>,
-        /// Present when more jobs follow; pass it back as `cursor`.
-        next_cursor: Option<String>,
-    },
-}
-
-/// A provisioned credential (§9.8.1). Its `value` is a secret: only the job's submitter ever
-/// receives it, and it never reaches a log.
-#[derive(Clone, PartialEq)]
-pub struct Credential {
-    /// Stable within the job; correlates rotation and revocation.
-    pub id: String,
-    /// `bearer`.
-    pub scheme: String,
-    /// The secret.
-    pub value: String,
-    /// The only URL the credential may be presented to.
-    pub endpoint: String,
-    /// The API dialect to speak at `endpoint`.
-    pub profile: Option<String>,
-    /// What the upstream enforces, echoed for information.
-    pub constraints: serde_json::Map<String, Json>,
-}
-
-impl std::fmt::Debug for Credential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credential")
-            .field("id", &self.id)
-            .field("endpoint", &self.endpoint)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The observable view of a job (§6.6), which is also the authority descriptor of
-/// `job.subscribed` (§7.6).
-#[derive(Clone, Debug)]
-pub struct JobSummary {
-    /// The job.
-    pub job_id: JobId,
-    /// `name@version`.
-    pub agent: String,
-    /// `running`, `success`, `error`, `cancelled` or `timed_out`.
-    pub status: &'static str,
-    /// The effective lease.
-    pub lease: Lease,
-    /// `lease_constraints.expires_at`.
-    pub expires_at: Option<Timestamp>,
-    /// Current budget counters, when the lease has `cost.budget`.
-    pub budget: Option<BTreeMap<String, f64>>,
-    /// The delegating job, for a child job (§10).
-    pub parent_job_id: Option<JobId>,
-    /// When it was accepted.
-    pub created_at: Timestamp,
-    /// Its trace context.
-    pub trace_id: Option<TraceId>,
-    /// The sequence number of its newest frame in its own session.
-    pub last_event_seq: EventSeq,
-    /// Only for the job's submitter (§14); empty for everyone else.
-    pub credentials: Vec<Credential>,
-}
-
-/// `session.welcome`.
-#[derive(Clone, Debug)]
-pub struct Welcome {
-    /// The runtime's name and version.
-    pub runtime_name: &'static str,
-    /// See `runtime_name`.
-    pub runtime_version: &'static str,
-    /// The freshly rotated token.
-    pub resume_token: String,
-    /// How long the session survives a dropped transport.
-    pub resume_window_sec: u32,
-    /// §6.4.
-    pub heartbeat_interval_sec: u32,
-    /// The effective feature set.
-    pub features: Vec<String>,
-    /// The agent inventory.
-    pub agents: Vec<AgentInfo>,
-}
-
-/// One agent of the inventory (§7.5).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AgentInfo {
-    /// Agent name.
-    pub name: String,
-    /// Registered versions.
-    pub versions: Vec<String>,
-    /// The version a bare `name` resolves to.
-    pub default: String,
-}
+use super::{control::JobSummary, credential::Credential, event::EventBody, Json, Lease};
 
 /// A job-scoped frame before it has a sequence number.
 #[derive(Clone, Debug)]
@@ -200,6 +68,27 @@ impl JobFrame {
             _ => {}
         }
     }
+
+    /// Whether the frame carries a secret that [`JobFrame::remove_secrets`] would remove.
+    pub fn has_secrets(&self) -> bool {
+        match &self.payload {
+            JobPayload::Accepted(a) => !a.credentials.is_empty(),
+            JobPayload::Subscribed(s) => !s.summary.credentials.is_empty(),
+            JobPayload::Event {
+                body: EventBody::Status { credential, .. },
+                ..
+            } => credential.is_some(),
+            _ => false,
+        }
+    }
+
+    /// The feature a session must have negotiated to receive this frame (§6.2), if any.
+    pub fn required_feature(&self) -> Option<&'static str> {
+        match &self.payload {
+            JobPayload::Event { body, .. } => body.required_feature(),
+            _ => None,
+        }
+    }
 }
 
 impl JobPayload {
@@ -209,65 +98,6 @@ impl JobPayload {
             self,
             JobPayload::Result(_) | JobPayload::Error(_) | JobPayload::Cancelled { .. }
         )
-    }
-}
-
-/// A job frame as stored in a session's event log, with its place in the session's sequence.
-#[derive(Clone, Debug)]
-pub struct LoggedFrame {
-    /// The session-scoped sequence number (§8.3).
-    pub seq: EventSeq,
-    /// The envelope `id`, a UUIDv7 fixed before the frame is logged, so a replayed frame
-    /// carries the id it was first sent with.
-    pub id: uuid::Uuid,
-    /// The frame.
-    pub frame: JobFrame,
-}
-
-/// A job frame on its way into one session's log, allocated as the log entry it becomes.
-///
-/// A job emits by the thousand. Boxing each frame where the job frames it, then moving it into
-/// the log's shared entry, would cost every event a second allocation, a copy and a free. A
-/// `NewFrame` is that entry from the start, not yet numbered and never shared until the log
-/// numbers it, so it travels as one pointer and is logged in place. Cloning one makes a
-/// separate entry, with its own envelope id, for another session's log.
-#[derive(Debug)]
-pub struct NewFrame(Arc<LoggedFrame>);
-
-impl NewFrame {
-    /// An entry for `frame`, with a fresh envelope id.
-    pub fn new(frame: JobFrame) -> Self {
-        NewFrame(Arc::new(LoggedFrame {
-            seq: EventSeq::ZERO,
-            id: frame.envelope_id(),
-            frame,
-        }))
-    }
-
-    /// The frame, to change before it is logged.
-    pub fn frame_mut(&mut self) -> &mut JobFrame {
-        // The entry is not shared yet, so this never clones it.
-        &mut Arc::make_mut(&mut self.0).frame
-    }
-
-    /// The log entry, numbered `seq`.
-    pub fn logged(mut self, seq: EventSeq) -> Arc<LoggedFrame> {
-        Arc::make_mut(&mut self.0).seq = seq;
-        self.0
-    }
-}
-
-impl std::ops::Deref for NewFrame {
-    type Target = JobFrame;
-
-    fn deref(&self) -> &JobFrame {
-        &self.0.frame
-    }
-}
-
-impl Clone for NewFrame {
-    fn clone(&self) -> Self {
-        NewFrame::new(self.0.frame.clone())
     }
 }
 
@@ -371,6 +201,14 @@ pub enum FinalStatus {
 }
 
 impl FinalStatus {
+    /// Every terminal state.
+    pub const ALL: [FinalStatus; 4] = [
+        FinalStatus::Success,
+        FinalStatus::Error,
+        FinalStatus::Cancelled,
+        FinalStatus::TimedOut,
+    ];
+
     /// The wire value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -378,6 +216,25 @@ impl FinalStatus {
             FinalStatus::Error => "error",
             FinalStatus::Cancelled => "cancelled",
             FinalStatus::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// Where a job is in its lifecycle (§7.3).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum JobStatus {
+    /// The agent is running.
+    Running,
+    /// The job ended.
+    Finished(FinalStatus),
+}
+
+impl JobStatus {
+    /// The wire name (§6.6, §7.3).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Running => "running",
+            JobStatus::Finished(status) => status.as_str(),
         }
     }
 }
@@ -410,34 +267,6 @@ impl JobError {
             completed_at: Timestamp::now(),
         }
     }
-}
-
-/// A frame on its way to one connection: a control frame, or a logged job frame.
-#[derive(Clone, Debug)]
-pub enum Outbound {
-    /// Session control. Boxed: control frames are rare and large, and every job frame is
-    /// moved through the stream as this type.
-    Control(Box<Control>),
-    /// A job frame from the session's log, shared with the log and other readers.
-    Job(Arc<LoggedFrame>),
-}
-
-/// Why a connection's outbound stream ended other than by the client going away.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StreamEnd {
-    /// The session was resumed on another stream, which now owns it.
-    Superseded,
-    /// The gateway is shutting down; resume elsewhere.
-    ShuttingDown,
-}
-
-/// Everything a connection's outbound stream yields, with the session it belongs to.
-#[derive(Clone, Debug)]
-pub enum OutboundItem {
-    /// A frame for the client, stamped with the session id (absent before a welcome).
-    Frame(Option<SessionId>, Outbound),
-    /// The stream ends for this reason.
-    End(StreamEnd),
 }
 
 #[cfg(test)]

@@ -11,16 +11,16 @@ use futures::FutureExt;
 use tracing::Instrument;
 
 use crate::{
-    agent::Agent,
+    agent::{Agent, Delegation, JobContext},
     clock::Timestamp,
     error::ArcpError,
+    job::{record::JobRecord, JobServices},
     protocol::{
-        server::{FinalStatus, JobError, JobPayload, JobResult, ResultBody},
+        job_frame::{FinalStatus, JobError, JobPayload, JobResult, ResultBody},
         Json,
     },
+    store::jobs::JobDirectory,
 };
-
-use super::{context::JobContext, record::JobRecord, JobManager, JobStatus};
 
 /// How the agent's future ended.
 enum Outcome {
@@ -33,20 +33,22 @@ enum Outcome {
 /// How many times revocation is tried before it is reported as permanently failed.
 const REVOKE_ATTEMPTS: u32 = 5;
 
-/// Runs `agent` for the job behind `ctx` and records how it ended.
+/// Runs `agent` for `job`, which starts children through `delegation`, and records how it
+/// ended in `directory`.
 pub(super) async fn run(
-    ctx: JobContext,
+    job: Arc<JobRecord>,
+    delegation: Arc<dyn Delegation>,
+    directory: Arc<dyn JobDirectory>,
     agent: Arc<dyn Agent>,
     input: Json,
     max_runtime: Option<Duration>,
 ) {
-    let job = ctx.record().clone();
-    let engine = ctx.engine().clone();
+    let ctx = JobContext::new(job.clone(), delegation);
     let deadline = sleep_for(max_runtime);
     // §13.4: past `expires_at` the agent gets LEASE_EXPIRED from its next operation and may
     // unwind for a short grace; then the runtime ends the job.
     let lease_end = sleep_for(job.spec.lease.expires_at().map(|at| {
-        at.duration_since(SystemTime::now()).unwrap_or_default() + engine.settings.lease_grace
+        at.duration_since(SystemTime::now()).unwrap_or_default() + job.services.settings.lease_grace
     }));
     // A panicking agent must still produce a terminal frame, so the panic is caught here.
     let work =
@@ -64,14 +66,17 @@ pub(super) async fn run(
     job.cancel.cancel();
 
     let (status, frames, published) = conclude(&job, outcome);
-    revoke_credentials(&engine, &job).await;
-    job.finish(&engine.outbox, status, frames).await;
+    revoke_credentials(&job.services, &job).await;
+    job.finish(status, frames).await;
+    if let Err(e) = directory.finish(job.entry()).await {
+        tracing::warn!(job = %job.id(), "the job's end is not recorded in the directory: {e}");
+    }
     job.publish_outcome(published);
     let children = job.children.lock().clone();
     for child in children {
-        if child.status() == JobStatus::Running {
-            let _ = child.request_cancel(Some(format!("parent job {} ended", job.id())));
-        }
+        // A child that already ended refuses the cancel, which is what it should do.
+        let reason = Some(format!("parent job {} ended", job.id()));
+        let _ = directory.cancel(&child, reason).await;
     }
     let _enter = job.span.enter();
     tracing::info!(job = %job.id(), status = status.as_str(), "job finished");
@@ -169,8 +174,8 @@ fn result_body(job: &JobRecord, value: Json) -> Result<ResultBody, ArcpError> {
 
 /// Revokes every credential of `job` at the upstream, retrying transient failures; a
 /// permanent failure is logged for operators (§9.8.2, §14).
-pub(super) async fn revoke_credentials(engine: &JobManager, job: &JobRecord) {
-    let Some(provisioner) = &engine.provisioner else {
+pub(super) async fn revoke_credentials(services: &JobServices, job: &JobRecord) {
+    let Some(provisioner) = &services.provisioner else {
         return;
     };
     let ids: Vec<String> = job

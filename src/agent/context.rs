@@ -3,32 +3,46 @@
 
 use std::{collections::BTreeMap, future::Future, sync::Arc, time::SystemTime};
 
+use async_trait::async_trait;
 use base64::{engine::general_purpose::STANDARD, Engine};
 use futures::FutureExt;
 
 use crate::{
     clock::Timestamp,
     error::ArcpError,
-    ids::{JobId, TraceId},
+    ids::{AgentRef, JobId, TraceId},
+    job::record::{JobRecord, StreamState},
     lease::{cost_of_metric, Amount, EffectiveLease, Namespace},
     protocol::{
+        credential::Credential,
         event::{EventBody, LogLevel, ToolError},
-        server::{Credential, JobPayload},
+        job_frame::{JobPayload, ResultBody},
         Json, Lease,
     },
-    session::outbox::Outbox,
-};
-
-use super::{
-    record::{JobRecord, StreamState},
-    JobManager,
 };
 
 /// The handle an agent gets for one job. Cheap to clone; clones may move to other tasks.
 #[derive(Clone)]
 pub struct JobContext {
     job: Arc<JobRecord>,
-    engine: Arc<JobManager>,
+    delegation: Arc<dyn Delegation>,
+}
+
+/// Starting delegated jobs (§10): what a job's context needs of the engine that runs it.
+#[async_trait]
+pub(crate) trait Delegation: Send + Sync + 'static {
+    /// Starts a child of `parent` running `agent` on `input` under `lease_request` (and
+    /// `expires_at`): checks that the child's lease is a subset of the parent's, reserves its
+    /// budget out of the parent's, announces it with a `delegate` event of the parent, then
+    /// starts it in the parent's session with the parent's trace context.
+    async fn delegate(
+        &self,
+        parent: &Arc<JobRecord>,
+        agent: &str,
+        input: Json,
+        lease_request: &Lease,
+        expires_at: Option<&str>,
+    ) -> Result<Arc<JobRecord>, ArcpError>;
 }
 
 /// A job this job delegated to (§10).
@@ -43,7 +57,7 @@ impl ChildJob {
     }
 
     /// Waits for the child to end: its result, or the error it ended with.
-    pub async fn outcome(&self) -> Result<crate::protocol::server::ResultBody, ArcpError> {
+    pub async fn outcome(&self) -> Result<ResultBody, ArcpError> {
         self.job.outcome().await
     }
 }
@@ -55,8 +69,8 @@ pub struct ResultStream {
 }
 
 impl JobContext {
-    pub(crate) fn new(job: Arc<JobRecord>, engine: Arc<JobManager>) -> Self {
-        JobContext { job, engine }
+    pub(crate) fn new(job: Arc<JobRecord>, delegation: Arc<dyn Delegation>) -> Self {
+        JobContext { job, delegation }
     }
 
     /// The job's id.
@@ -125,7 +139,7 @@ impl JobContext {
             .map(|b| b.ensure_available())
             .transpose();
         if let Err(e) = spent {
-            if self.engine.settings.budget_exhaustion_fatal {
+            if self.job.services.settings.budget_exhaustion_fatal {
                 self.job.fail(e.clone());
             }
             return Err(e);
@@ -220,13 +234,10 @@ impl JobContext {
     }
 
     fn send(&self, body: EventBody) -> impl Future<Output = Result<(), ArcpError>> + Send + '_ {
-        self.job.emit(
-            self.outbox(),
-            JobPayload::Event {
-                ts: Timestamp::now(),
-                body,
-            },
-        )
+        self.job.emit(JobPayload::Event {
+            ts: Timestamp::now(),
+            body,
+        })
     }
 
     /// Emits a `log` event.
@@ -294,32 +305,19 @@ impl JobContext {
         lease_request: &Lease,
         expires_at: Option<&str>,
     ) -> Result<ChildJob, ArcpError> {
-        let (name, _) = crate::agent::parse_reference(agent)?;
+        let name = AgentRef::parse(agent)?.name();
         self.authorize(Namespace::AgentDelegate, name)?;
-        let child = self.engine.prepare_child(
-            &self.job,
-            agent,
-            input.clone(),
-            lease_request,
-            expires_at,
-        )?;
-        // The announcement precedes every frame of the child.
-        self.send(EventBody::Delegate {
-            child_job_id: child.spec.id.as_str().to_owned(),
-            agent: child.spec.agent.clone(),
-            input,
-            lease_request: child.spec.lease.to_wire(),
-            expires_at: child.spec.lease.expires_at().map(Timestamp),
-        })
-        .await?;
-        let child = self.engine.start_child(&self.job, child).await?;
+        let child = self
+            .delegation
+            .delegate(&self.job, agent, input, lease_request, expires_at)
+            .await?;
         Ok(ChildJob { job: child })
     }
 
     /// Replaces a provisioned credential's value (§9.8.2): the old value is revoked and a
     /// `status` `credential_rotated` event carries the new one (to the submitter only).
     pub async fn rotate_credential(&self, id: &str) -> Result<Credential, ArcpError> {
-        let provisioner = self.engine.provisioner.as_ref().ok_or_else(|| {
+        let provisioner = self.job.services.provisioner.as_ref().ok_or_else(|| {
             ArcpError::InvalidRequest("no credential provisioner is configured".into())
         })?;
         if !self.credentials().iter().any(|c| c.id == id) {
@@ -366,18 +364,6 @@ impl JobContext {
         });
         Ok(ResultStream { ctx: self.clone() })
     }
-
-    pub(crate) fn record(&self) -> &Arc<JobRecord> {
-        &self.job
-    }
-
-    pub(crate) fn outbox(&self) -> &Outbox {
-        &self.engine.outbox
-    }
-
-    pub(crate) fn engine(&self) -> &Arc<JobManager> {
-        &self.engine
-    }
 }
 
 impl ResultStream {
@@ -400,7 +386,7 @@ impl ResultStream {
         encoding: &str,
         more: bool,
     ) -> Result<(), ArcpError> {
-        let settings = &self.ctx.engine.settings;
+        let settings = &self.ctx.job.services.settings;
         let job = &self.ctx.job;
         let (result_id, chunk_seq) = {
             let mut guard = job.stream.lock();

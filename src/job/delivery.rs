@@ -1,0 +1,301 @@
+//! How a job frame enters a session's log.
+//!
+//! Every job frame a session receives, from its own jobs or from jobs it subscribed to, goes
+//! through [`DeliveryPolicy::deliver`], which applies what depends on the receiving session
+//! rather than on the job: the features it negotiated (§6.2), whether it may see the job's
+//! credentials (§14), and the back-pressure signal of §6.5 when its acknowledgements lag. A job
+//! is also paced here to its submitting session's reader ([`DeliveryPolicy::pace`]).
+//!
+//! A frame is encoded once, as an [`Outgoing`], and every recipient that may see all of it
+//! gets the same bytes; only a recipient that may not see its credentials gets a copy
+//! encoded without them.
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
+use crate::{
+    clock::Timestamp,
+    encoding::StoredFrame,
+    error::ArcpError,
+    ids::{EventSeq, JobId, SessionId},
+    protocol::{
+        event::EventBody,
+        job_frame::{JobFrame, JobPayload},
+        Features,
+    },
+    store::{
+        log::{SessionLog, Wait},
+        session::{Flow, SessionRecord},
+    },
+};
+
+/// One receiving session, as a job sees it.
+pub struct Recipient {
+    /// The session.
+    pub session: SessionId,
+    /// Its log.
+    pub log: Arc<dyn SessionLog>,
+    /// Its features when it started receiving this job's frames.
+    pub features: Features,
+    /// Whether it is the submitter's principal, the only one that sees credentials (§14).
+    pub sees_secrets: bool,
+    /// The submitting session's record, whose reader the job is paced to and whose acks it
+    /// watches; observers have none.
+    record: Option<Arc<dyn SessionRecord>>,
+    /// Whether it negotiated `ack`, looked up once rather than for every frame.
+    acks: bool,
+    /// Set when a `back_pressure` status went out; cleared once the lag is back under the
+    /// threshold, so one slow spell yields one signal, not one per frame.
+    pressured: AtomicBool,
+}
+
+impl Recipient {
+    /// The submitting session, receiving with `features`.
+    pub fn submitter(
+        record: Arc<dyn SessionRecord>,
+        log: Arc<dyn SessionLog>,
+        features: Features,
+    ) -> Recipient {
+        Recipient {
+            session: record.id().clone(),
+            acks: features.has("ack"),
+            record: Some(record),
+            log,
+            features,
+            sees_secrets: true,
+            pressured: AtomicBool::new(false),
+        }
+    }
+
+    /// An observing session (§7.6); `sees_secrets` only for the submitter's principal.
+    pub fn observer(
+        session: SessionId,
+        log: Arc<dyn SessionLog>,
+        features: Features,
+        sees_secrets: bool,
+    ) -> Recipient {
+        Recipient {
+            session,
+            log,
+            acks: false,
+            record: None,
+            features,
+            sees_secrets,
+            pressured: AtomicBool::new(false),
+        }
+    }
+
+    /// The same session, receiving another job's frames (a delegated child's), with a
+    /// back-pressure signal of its own.
+    pub fn same_session(&self) -> Recipient {
+        Recipient {
+            session: self.session.clone(),
+            log: self.log.clone(),
+            features: self.features.clone(),
+            sees_secrets: self.sees_secrets,
+            record: self.record.clone(),
+            acks: self.acks,
+            pressured: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a frame just logged at `seq` puts the client more than `lag_limit` frames
+    /// behind its last ack for the first time since it last caught up; the lag and the ack if
+    /// so. Only meaningful with `ack` negotiated: without acks the lag is unknown.
+    fn crossed_lag_limit(&self, seq: EventSeq, lag_limit: u64) -> Option<(u64, EventSeq)> {
+        let acked = self.record.as_ref()?.flow().acked;
+        let lag = seq.get().saturating_sub(acked.get());
+        // Loaded before it is changed: a client past the limit stays there for many frames,
+        // and the load spares each of them a locked instruction.
+        if lag <= lag_limit {
+            if self.pressured.load(Ordering::Relaxed) {
+                self.pressured.store(false, Ordering::Relaxed);
+            }
+            return None;
+        }
+        let signalled =
+            self.pressured.load(Ordering::Relaxed) || self.pressured.swap(true, Ordering::AcqRel);
+        (!signalled).then_some((lag, acked))
+    }
+}
+
+/// A job frame on its way to the sessions that receive it: its encoding, and what delivery
+/// decides on without decoding it.
+pub struct Outgoing {
+    frame: StoredFrame,
+    feature: Option<&'static str>,
+    secrets: bool,
+    terminal: bool,
+}
+
+impl Outgoing {
+    /// Encodes `frame` for delivery.
+    pub fn new(frame: &JobFrame) -> Outgoing {
+        Outgoing {
+            frame: StoredFrame::encode(frame),
+            feature: frame.required_feature(),
+            secrets: frame.has_secrets(),
+            terminal: frame.payload.is_terminal(),
+        }
+    }
+
+    /// The encoding for `to`, or `None` if `to` may not receive the frame.
+    fn for_recipient(&self, to: &Recipient) -> Result<Option<StoredFrame>, ArcpError> {
+        if self.feature.is_some_and(|f| !to.features.has(f)) {
+            return Ok(None);
+        }
+        if self.secrets && !to.sees_secrets {
+            let (_, mut frame) = self.frame.decode()?;
+            frame.remove_secrets();
+            return Ok(Some(StoredFrame::encode(&frame)));
+        }
+        Ok(Some(self.frame.clone()))
+    }
+}
+
+/// Appends job frames to session logs, and paces jobs to their readers.
+#[derive(Clone)]
+pub struct DeliveryPolicy {
+    lag_limit: u64,
+    window: u64,
+}
+
+impl DeliveryPolicy {
+    /// A policy signalling back-pressure past `lag_limit` unacknowledged frames, and letting a
+    /// job run at most `window` frames ahead of its session's reader.
+    pub fn new(lag_limit: u64, window: u64) -> Self {
+        DeliveryPolicy {
+            lag_limit,
+            window: window.max(1),
+        }
+    }
+
+    /// Appends `frame` to the recipient's log, unless the recipient did not negotiate the
+    /// feature the frame needs. Returns the sequence number it got, if it was appended.
+    pub async fn deliver(
+        &self,
+        to: &Recipient,
+        frame: &Outgoing,
+    ) -> Result<Option<EventSeq>, ArcpError> {
+        match frame.for_recipient(to)? {
+            Some(stored) => to.log.append(stored).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// [`DeliveryPolicy::deliver`] for a frame a running job emits: when it leaves the client
+    /// too far behind its acknowledgements, a `back_pressure` status for the same job follows
+    /// (§6.5), framed by `job_frame` as the job frames its own events. Never after a terminal
+    /// frame, which must stay the job's last.
+    pub async fn deliver_live(
+        &self,
+        to: &Recipient,
+        frame: &Outgoing,
+        job_frame: impl FnOnce(JobPayload) -> JobFrame,
+    ) -> Result<Option<EventSeq>, ArcpError> {
+        let Some(seq) = self.deliver(to, frame).await? else {
+            return Ok(None);
+        };
+        if frame.terminal || !to.acks {
+            return Ok(Some(seq));
+        }
+        if let Some((lag, acked)) = to.crossed_lag_limit(seq, self.lag_limit) {
+            tracing::info!(session = %to.session, lag, "client lags; signalling back_pressure");
+            let signal = job_frame(JobPayload::Event {
+                ts: Timestamp::now(),
+                body: EventBody::Status {
+                    phase: "back_pressure".into(),
+                    message: Some(format!(
+                        "{lag} events are unacknowledged (last ack {acked}, limit {})",
+                        self.lag_limit
+                    )),
+                    credential: None,
+                },
+            });
+            return Ok(Some(to.log.append(StoredFrame::encode(&signal)).await?));
+        }
+        Ok(Some(seq))
+    }
+
+    /// Flow control for a job's submitting session: while a stream is attached and more than
+    /// the window of frames up to `seq` are undelivered, waits for the stream to catch up. So
+    /// a chatty agent runs at the pace of its reader instead of piling up frames until the log
+    /// bound evicts them under the reader (§13.2 names throttling the agent). Detached
+    /// sessions never wait: their jobs run on (§6.4) and the log bound holds memory.
+    ///
+    /// Called with no lock held, so neither a slow observer nor a stuck reader can hold up
+    /// anyone else. The check is a few loads; only a job that must wait suspends.
+    pub async fn pace(&self, to: &Recipient, seq: EventSeq) {
+        let Some(record) = &to.record else { return };
+        let window = self.window;
+        let caught_up = move |flow: &Flow| {
+            !flow.attached || seq.get().saturating_sub(flow.delivered.get()) <= window
+        };
+        if !caught_up(&record.flow()) {
+            record.wait_flow(&caught_up).await;
+        }
+    }
+
+    /// Announces a subscription to `to` and replays the job's history: logs the announcement
+    /// built by `announce` from the job's newest sequence number (and whether history follows),
+    /// then, with `history`, the job's frames in its own session's log `owner` after `history`
+    /// through `newest`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn announce_and_replay(
+        &self,
+        to: &Recipient,
+        owner: &dyn SessionLog,
+        job: &JobId,
+        history: Option<EventSeq>,
+        newest: EventSeq,
+        announce: impl FnOnce(EventSeq, bool) -> JobFrame,
+    ) -> Result<(), ArcpError> {
+        let replay = match history {
+            Some(from) => job_history(owner, job, from, newest).await?,
+            None => Vec::new(),
+        };
+        self.deliver(to, &Outgoing::new(&announce(newest, !replay.is_empty())))
+            .await?;
+        for mut frame in replay {
+            // The submit's id correlates only for the submitting session.
+            if let JobPayload::Accepted(accepted) = &mut frame.payload {
+                accepted.request_id = None;
+            }
+            self.deliver(to, &Outgoing::new(&frame)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The frames of `job` in `owner` with sequence numbers in `(from, through]`.
+async fn job_history(
+    owner: &dyn SessionLog,
+    job: &JobId,
+    from: EventSeq,
+    through: EventSeq,
+) -> Result<Vec<JobFrame>, ArcpError> {
+    const BATCH: usize = 1024;
+    let gone = || {
+        ArcpError::ResumeWindowExpired(format!(
+            "the history of job {job} after {from} is no longer buffered"
+        ))
+    };
+    let mut frames = Vec::new();
+    let mut position = from;
+    while position < through {
+        let batch = owner
+            .read(position, BATCH, Wait::No)
+            .await
+            .map_err(|_| gone())?;
+        let Some(last) = batch.last() else { break };
+        position = last.seq;
+        for entry in batch.iter().filter(|e| e.seq <= through) {
+            if entry.frame.job_id()? == job.as_str() {
+                frames.push(entry.frame.decode()?.1);
+            }
+        }
+    }
+    Ok(frames)
+}

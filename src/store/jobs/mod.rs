@@ -1,0 +1,189 @@
+//! The job directory: every job of every session, by id, wherever it runs. Listing (§6.6),
+//! cancelling (§7.4) and subscribing (§7.6) all name a job by id and go through the directory,
+//! which routes what needs the running job to its [`JobControl`], so a session can act on a job
+//! another replica runs.
+//!
+//! A running job's entry is what its control reports now; once the job ends, the directory
+//! keeps its final entry until it is purged. [`memory::MemoryJobDirectory`] is the embedded
+//! store.
+
+pub mod memory;
+
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
+
+use async_trait::async_trait;
+
+use crate::{
+    clock::Timestamp,
+    error::ArcpError,
+    ids::{EventSeq, JobId, Principal, SessionId, TraceId},
+    protocol::{
+        control::JobSummary, credential::Credential, job_frame::JobStatus, Features, Lease,
+    },
+};
+
+/// What the directory knows of a job.
+#[derive(Clone, Debug)]
+pub struct JobEntry {
+    /// The job.
+    pub id: JobId,
+    /// The session that submitted it.
+    pub session: SessionId,
+    /// The principal that submitted it.
+    pub principal: Principal,
+    /// `name@version`.
+    pub agent: String,
+    /// Running, or how it ended.
+    pub status: JobStatus,
+    /// The effective lease.
+    pub lease: Lease,
+    /// `lease_constraints.expires_at`.
+    pub expires_at: Option<Timestamp>,
+    /// Current budget counters, when the lease has `cost.budget`.
+    pub budget: Option<BTreeMap<String, f64>>,
+    /// The delegating job, for a child job (§10).
+    pub parent: Option<JobId>,
+    /// When it was accepted.
+    pub created_at: Timestamp,
+    /// When it ended.
+    pub finished_at: Option<SystemTime>,
+    /// Its trace context (§11).
+    pub trace_id: Option<TraceId>,
+    /// The sequence number of its newest frame in its own session.
+    pub last_event_seq: EventSeq,
+    /// Its live credentials (§9.8); shown to the submitting principal only.
+    pub credentials: Vec<Credential>,
+}
+
+impl JobEntry {
+    /// The observable view of the job for `observer` (§6.6, §7.6): credentials only for the
+    /// submitter (§14).
+    pub fn summary(&self, observer: &Principal) -> JobSummary {
+        JobSummary {
+            job_id: self.id.clone(),
+            agent: self.agent.clone(),
+            status: self.status.as_str(),
+            lease: self.lease.clone(),
+            expires_at: self.expires_at,
+            budget: self.budget.clone(),
+            parent_job_id: self.parent.clone(),
+            created_at: self.created_at,
+            trace_id: self.trace_id.clone(),
+            last_event_seq: self.last_event_seq,
+            credentials: if observer == &self.principal {
+                self.credentials.clone()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+/// A session asking to receive a job's frames (§7.6).
+#[derive(Clone, Debug)]
+pub struct Subscriber {
+    /// The subscribing session.
+    pub session: SessionId,
+    /// Its principal; only the submitter's sees credentials (§14).
+    pub principal: Principal,
+    /// Its effective features.
+    pub features: Features,
+    /// Replay the job's buffered frames after this sequence number (in the job's own
+    /// session) first, if set.
+    pub history: Option<EventSeq>,
+    /// The `id` of the `job.subscribe`.
+    pub request_id: Option<String>,
+}
+
+/// What a subscription found.
+#[derive(Clone, Debug)]
+pub enum Subscription {
+    /// The running job took the subscriber.
+    Live,
+    /// The job had ended, with this final entry; it takes no subscribers.
+    Ended(Box<JobEntry>),
+}
+
+/// Which jobs a listing covers.
+#[derive(Clone, Copy, Debug)]
+pub enum ListScope<'a> {
+    /// The jobs one principal submitted.
+    Principal(&'a Principal),
+    /// Every job.
+    All,
+}
+
+/// The running job, as the directory reaches it.
+#[async_trait]
+pub trait JobControl: Send + Sync + 'static {
+    /// The job's entry as of now.
+    fn entry(&self) -> JobEntry;
+
+    /// Asks the job to stop (§7.4); `INVALID_REQUEST` if it already ended.
+    fn cancel(&self, reason: Option<String>) -> Result<(), ArcpError>;
+
+    /// Starts delivering the job's frames to `subscriber`'s session, after its
+    /// `job.subscribed` and the history it asked for.
+    async fn subscribe(&self, subscriber: Subscriber) -> Result<(), ArcpError>;
+
+    /// Stops delivering to `session`; `false` if it was not subscribed.
+    async fn unsubscribe(&self, session: &SessionId) -> Result<bool, ArcpError>;
+}
+
+/// The store of every job.
+///
+/// Every call may suspend and may be cancelled by dropping its future; a dropped call has
+/// either taken full effect or none.
+#[async_trait]
+pub trait JobDirectory: Send + Sync + 'static {
+    /// Registers a job that started on this replica, reached through `control`.
+    async fn insert(&self, control: Arc<dyn JobControl>) -> Result<(), ArcpError>;
+
+    /// Forgets a job whose acceptance could not be logged, which no client ever saw.
+    async fn remove(&self, id: &JobId) -> Result<(), ArcpError>;
+
+    /// Records that the job ended with `entry` as its final state.
+    async fn finish(&self, entry: JobEntry) -> Result<(), ArcpError>;
+
+    /// A job by id.
+    async fn get(&self, id: &JobId) -> Result<Option<JobEntry>, ArcpError>;
+
+    /// Up to `limit` jobs of `scope` that pass `filter`, in id order after `after`, and whether
+    /// more follow.
+    async fn list(
+        &self,
+        scope: ListScope<'_>,
+        after: Option<&JobId>,
+        limit: usize,
+        filter: &(dyn for<'e> Fn(&'e JobEntry) -> bool + Sync),
+    ) -> Result<(Vec<JobEntry>, bool), ArcpError>;
+
+    /// Asks a running job to stop; `JOB_NOT_FOUND` if there is no such job, `INVALID_REQUEST`
+    /// if it already ended.
+    async fn cancel(&self, id: &JobId, reason: Option<String>) -> Result<(), ArcpError>;
+
+    /// Subscribes to a running job through its control (see [`JobControl::subscribe`]); for a
+    /// job that already ended, returns its final entry, for the caller to replay from its
+    /// session's log.
+    async fn subscribe(
+        &self,
+        id: &JobId,
+        subscriber: Subscriber,
+    ) -> Result<Subscription, ArcpError>;
+
+    /// Unsubscribes `session` from a job; `false` if it was not subscribed.
+    async fn unsubscribe(&self, id: &JobId, session: &SessionId) -> Result<bool, ArcpError>;
+
+    /// Forgets jobs that ended before `before`.
+    async fn purge_finished(&self, before: SystemTime) -> Result<(), ArcpError>;
+}
+
+/// The error for a job that does not exist, or that the asker may not see (§6.6).
+pub fn not_found(job_id: &JobId) -> ArcpError {
+    ArcpError::JobNotFound(format!("no job {job_id}"))
+}
+
+/// The error for an action on a job that already ended.
+pub fn already_ended(job_id: &JobId, status: JobStatus) -> ArcpError {
+    ArcpError::InvalidRequest(format!("job {job_id} already ended ({})", status.as_str()))
+}

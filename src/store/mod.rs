@@ -1,0 +1,90 @@
+//! Everything a replica must share with the others about sessions and jobs, behind one trait
+//! per kind of state, each with an embedded in-memory implementation:
+//!
+//! - [`session`]: session records (principal, features, attachment epoch, flow state).
+//! - [`resume`]: the resume-token registry, fenced by attachment epoch.
+//! - [`log`]: each session's event log, the single source of what a stream delivers.
+//! - [`jobs`]: the job directory: lookups, listing, and cancel and subscribe by id.
+//! - [`idempotency`]: idempotency keys with an atomic claim (§7.2).
+//!
+//! The session and job code reach state only through these traits, so a store shared between
+//! replicas can stand in for the memory ones. Their contract (what every implementation must
+//! do, including when its calls suspend or are cancelled) is tested generically in
+//! `tests/store_contract.rs`.
+
+pub mod idempotency;
+pub mod jobs;
+pub mod log;
+pub mod resume;
+pub mod session;
+
+use std::sync::Arc;
+
+use self::{
+    idempotency::{memory::MemoryIdempotencyStore, IdempotencyStore},
+    jobs::{memory::MemoryJobDirectory, JobDirectory},
+    log::{memory::MemoryEventLog, EventLog},
+    resume::{memory::MemoryResumeRegistry, ResumeRegistry},
+    session::{memory::MemorySessionStore, SessionStore},
+};
+
+/// One of each store.
+#[derive(Clone)]
+pub struct Stores {
+    /// Session records.
+    pub sessions: Arc<dyn SessionStore>,
+    /// The resume-token registry.
+    pub resume: Arc<dyn ResumeRegistry>,
+    /// Sessions' event logs.
+    pub logs: Arc<dyn EventLog>,
+    /// The job directory.
+    pub jobs: Arc<dyn JobDirectory>,
+    /// Idempotency keys.
+    pub idempotency: Arc<dyn IdempotencyStore>,
+}
+
+impl Stores {
+    /// The embedded stores, with event logs bounded to `max_log_frames` frames each.
+    pub fn memory(max_log_frames: usize) -> Stores {
+        MemoryStores::new(max_log_frames).stores()
+    }
+}
+
+/// The embedded stores, by their own types, for callers that inspect them.
+#[derive(Clone)]
+pub struct MemoryStores {
+    /// Session records.
+    pub sessions: Arc<MemorySessionStore>,
+    /// The resume-token registry.
+    pub resume: Arc<MemoryResumeRegistry>,
+    /// Sessions' event logs.
+    pub logs: Arc<MemoryEventLog>,
+    /// The job directory.
+    pub jobs: Arc<MemoryJobDirectory>,
+    /// Idempotency keys.
+    pub idempotency: Arc<MemoryIdempotencyStore>,
+}
+
+impl MemoryStores {
+    /// Empty stores, with event logs bounded to `max_log_frames` frames each.
+    pub fn new(max_log_frames: usize) -> MemoryStores {
+        MemoryStores {
+            sessions: Arc::new(MemorySessionStore::new()),
+            resume: Arc::new(MemoryResumeRegistry::new()),
+            logs: Arc::new(MemoryEventLog::new(max_log_frames)),
+            jobs: Arc::new(MemoryJobDirectory::new()),
+            idempotency: Arc::new(MemoryIdempotencyStore::new()),
+        }
+    }
+
+    /// The same stores, as the traits the gateway takes.
+    pub fn stores(&self) -> Stores {
+        Stores {
+            sessions: self.sessions.clone(),
+            resume: self.resume.clone(),
+            logs: self.logs.clone(),
+            jobs: self.jobs.clone(),
+            idempotency: self.idempotency.clone(),
+        }
+    }
+}

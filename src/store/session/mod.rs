@@ -1,0 +1,142 @@
+//! Session records: what every replica must know of a session another one opened. Who opened
+//! it, the features it negotiated, and the state of its flow: which attachment (epoch) holds
+//! it, whether that attachment is live, and how far its client has received and acknowledged
+//! the session's log (§6.5).
+//!
+//! Every change a stream makes carries its attachment's [`Epoch`], and a record refuses changes
+//! from any attachment but its newest: a stream that was taken over, on this process or
+//! another, can neither move the flow state of its successor nor detach it. A stream attaching
+//! holds the record's attachment lock from checking the client's token to committing the new
+//! attachment, so two resumes of one session never interleave.
+//!
+//! The flow state is read on every frame a job emits (to pace the job to its reader), so a
+//! record hands it out without suspending: a shared store keeps a local copy current. Changes
+//! go through the store and may suspend. [`memory::MemorySessionStore`] is the embedded store.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::{
+    error::ArcpError,
+    ids::{Epoch, EventSeq, Principal, SessionId},
+    protocol::Features,
+};
+
+/// A session to record: it starts attached to the stream that opened it, at `epoch`.
+#[derive(Clone, Debug)]
+pub struct NewSession {
+    /// The session.
+    pub id: SessionId,
+    /// The principal that opened it; every resume must present the same one.
+    pub principal: Principal,
+    /// The effective features (§6.2).
+    pub features: Features,
+    /// The opening stream's attachment.
+    pub epoch: Epoch,
+}
+
+/// The flow state of a session (§6.5), as of one moment.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Flow {
+    /// The newest attachment; only it may change the flow.
+    pub epoch: Epoch,
+    /// Whether that attachment's stream is live. Jobs pace themselves to it only then.
+    pub attached: bool,
+    /// The newest sequence number that stream took from the log for its client.
+    pub delivered: EventSeq,
+    /// The highest sequence number the client acknowledged; acks never move it backwards.
+    pub acked: EventSeq,
+}
+
+/// What became of a `session.ack`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AckOutcome {
+    /// Recorded; the session's acknowledged position is now `acked`.
+    Recorded {
+        /// The acknowledged position after this ack.
+        acked: EventSeq,
+    },
+    /// Refused: the ack names a frame the stream never delivered.
+    BeyondDelivered {
+        /// What the stream delivered.
+        delivered: EventSeq,
+    },
+    /// Refused: the acking stream's attachment was taken over.
+    Superseded,
+}
+
+/// A held attachment lock; released when dropped. A shared store's lock may also expire, so
+/// a holder that died cannot keep the session locked forever.
+pub struct AttachmentLock(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl AttachmentLock {
+    /// Wraps whatever releases the lock when dropped.
+    pub fn new(release_on_drop: impl Send + Sync + 'static) -> Self {
+        AttachmentLock(Box::new(release_on_drop))
+    }
+}
+
+/// The store of every session's record.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Records a new session, attached at `session.epoch` with nothing delivered.
+    async fn create(&self, session: NewSession) -> Result<Arc<dyn SessionRecord>, ArcpError>;
+
+    /// The record of an existing session; `RESUME_WINDOW_EXPIRED` once it was removed.
+    async fn open(&self, id: &SessionId) -> Result<Arc<dyn SessionRecord>, ArcpError>;
+
+    /// Forgets a session whose window closed.
+    async fn remove(&self, id: &SessionId) -> Result<(), ArcpError>;
+}
+
+/// One session's record, as a handle.
+///
+/// Every async call may suspend and may be cancelled by dropping its future; a dropped call has
+/// either taken full effect or none.
+#[async_trait]
+pub trait SessionRecord: Send + Sync + 'static {
+    /// The session.
+    fn id(&self) -> &SessionId;
+
+    /// The principal that opened it.
+    fn principal(&self) -> &Principal;
+
+    /// The features of the newest attachment.
+    fn features(&self) -> Features;
+
+    /// The flow state. Each field is its latest value; read together, they are not one
+    /// snapshot.
+    fn flow(&self) -> Flow;
+
+    /// Returns once `ready` holds of the flow state, re-checking it whenever the state changes,
+    /// whoever changed it. Cancel-safe.
+    async fn wait_flow(&self, ready: &(dyn for<'f> Fn(&'f Flow) -> bool + Sync));
+
+    /// Takes the attachment lock, waiting for the holder to release it.
+    async fn lock_attachment(&self) -> Result<AttachmentLock, ArcpError>;
+
+    /// Makes attachment `epoch` the session's: live, delivering the frames after `from`, with
+    /// `features` if given. From then on older attachments' changes are refused. Returns
+    /// `false`, changing nothing, unless `epoch` is newer than the record's.
+    async fn attach(
+        &self,
+        epoch: Epoch,
+        features: Option<Features>,
+        from: EventSeq,
+    ) -> Result<bool, ArcpError>;
+
+    /// Marks attachment `epoch`'s stream gone. Returns `false`, changing nothing, unless
+    /// `epoch` is the record's and was live.
+    async fn detach(&self, epoch: Epoch) -> Result<bool, ArcpError>;
+
+    /// Records that attachment `epoch`'s stream took the frames through `through` from the log
+    /// for its client, and wakes the jobs paced to it. Returns `false`, changing nothing, once
+    /// a newer attachment took over.
+    async fn record_delivered(&self, epoch: Epoch, through: EventSeq) -> Result<bool, ArcpError>;
+
+    /// Records a `session.ack` from attachment `epoch`'s client.
+    async fn record_ack(&self, epoch: Epoch, through: EventSeq) -> Result<AckOutcome, ArcpError>;
+}

@@ -1,0 +1,207 @@
+//! The event log's contract (`SessionLog`, `EventLog`).
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use arcp_gateway::{
+    error::ErrorCode,
+    ids::{Epoch, EventSeq, SessionId},
+    store::log::{LogEntry, SessionLog, Wait},
+};
+
+use super::{cancel_after, frame, text, within, Factory};
+
+async fn log_with(make: Factory, max_frames: usize, count: u64) -> Arc<dyn SessionLog> {
+    let stores = make(max_frames);
+    let log = stores
+        .logs
+        .create(&SessionId::generate())
+        .await
+        .expect("a log is created");
+    for n in 1..=count {
+        log.append(frame(&n.to_string())).await.expect("appends");
+    }
+    log
+}
+
+fn seqs(entries: &[LogEntry]) -> Vec<u64> {
+    entries.iter().map(|e| e.seq.get()).collect()
+}
+
+/// Sequence numbers start at 1 and have no gaps; a read from any position returns the frames
+/// after it in order, at most `max` of them, with the bytes that were appended.
+pub async fn numbers_frames_without_gaps_and_reads_from_any_position(make: Factory) {
+    let log = log_with(make, 100, 0).await;
+    let mut appended = Vec::new();
+    for n in 1..=10u64 {
+        let f = frame(&n.to_string());
+        assert_eq!(log.append(f.clone()).await.unwrap(), EventSeq(n));
+        appended.push(f);
+    }
+    let got = log.read(EventSeq(4), 3, Wait::No).await.unwrap();
+    assert_eq!(seqs(&got), vec![5, 6, 7]);
+    for entry in &got {
+        assert_eq!(entry.frame, appended[entry.seq.get() as usize - 1]);
+        assert_eq!(
+            entry.frame.as_bytes(),
+            appended[entry.seq.get() as usize - 1].as_bytes()
+        );
+    }
+    assert!(log
+        .read(EventSeq(10), 3, Wait::No)
+        .await
+        .unwrap()
+        .is_empty());
+    let bounds = log.bounds().await.unwrap();
+    assert_eq!(
+        (bounds.evicted_through, bounds.newest),
+        (EventSeq::ZERO, EventSeq(10))
+    );
+}
+
+/// Beyond its bound a log evicts its oldest frames, and a read that would skip one fails
+/// with `RESUME_WINDOW_EXPIRED` rather than returning what follows.
+pub async fn evicts_beyond_its_bound_and_never_skips(make: Factory) {
+    let log = log_with(make, 3, 5).await;
+    let bounds = log.bounds().await.unwrap();
+    assert_eq!(
+        (bounds.evicted_through, bounds.newest),
+        (EventSeq(2), EventSeq(5))
+    );
+    let err = log.read(EventSeq(1), 10, Wait::No).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ResumeWindowExpired);
+    let err = log.read(EventSeq(1), 10, Wait::ForMore).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ResumeWindowExpired);
+    assert_eq!(
+        seqs(&log.read(EventSeq(2), 10, Wait::No).await.unwrap()),
+        vec![3, 4, 5]
+    );
+    assert!(bounds.check_resume_from(EventSeq(1)).is_err());
+    assert!(bounds.check_resume_from(EventSeq(2)).is_ok());
+    assert!(bounds.check_resume_from(EventSeq(6)).is_err());
+}
+
+/// Released frames are gone like evicted ones; a release from an attachment older than the
+/// newest that fenced the log changes nothing.
+pub async fn releases_early_only_for_the_newest_fenced_attachment(make: Factory) {
+    let log = log_with(make, 100, 6).await;
+    log.release_through(EventSeq(2), Epoch(1)).await.unwrap();
+    assert_eq!(log.bounds().await.unwrap().evicted_through, EventSeq(2));
+    log.fence(Epoch(3)).await.unwrap();
+    log.release_through(EventSeq(5), Epoch(2)).await.unwrap();
+    assert_eq!(
+        log.bounds().await.unwrap().evicted_through,
+        EventSeq(2),
+        "a fenced-out attachment released frames"
+    );
+    assert_eq!(
+        seqs(&log.read(EventSeq(2), 10, Wait::No).await.unwrap()),
+        vec![3, 4, 5, 6]
+    );
+    // A fence never moves back.
+    log.fence(Epoch(1)).await.unwrap();
+    log.release_through(EventSeq(3), Epoch(2)).await.unwrap();
+    assert_eq!(log.bounds().await.unwrap().evicted_through, EventSeq(2));
+    log.release_through(EventSeq(4), Epoch(3)).await.unwrap();
+    assert_eq!(log.bounds().await.unwrap().evicted_through, EventSeq(4));
+    assert!(log.read(EventSeq(3), 10, Wait::No).await.is_err());
+}
+
+/// A read that waits returns the first frame appended after it began, and a waiting read
+/// fails when the log is removed; a removed log takes no frames and cannot be opened.
+pub async fn a_waiting_read_sees_the_next_append_or_the_removal(make: Factory) {
+    let stores = make(100);
+    let id = SessionId::generate();
+    let log = stores.logs.create(&id).await.unwrap();
+    let reader = {
+        let log = log.clone();
+        tokio::spawn(async move { log.read(EventSeq::ZERO, 10, Wait::ForMore).await })
+    };
+    log.append(frame("first")).await.unwrap();
+    let got = within("the waiting read", reader).await.unwrap().unwrap();
+    assert_eq!(seqs(&got), vec![1]);
+    assert_eq!(text(&got[0].frame), "first");
+
+    let waiting = {
+        let log = log.clone();
+        tokio::spawn(async move { log.read(EventSeq(1), 10, Wait::ForMore).await })
+    };
+    stores.logs.remove(&id).await;
+    let outcome = within("the removal waking the reader", waiting)
+        .await
+        .unwrap();
+    assert_eq!(outcome.unwrap_err().code(), ErrorCode::ResumeWindowExpired);
+    assert!(
+        log.append(frame("late")).await.is_err(),
+        "a removed log takes no frames"
+    );
+    assert!(stores.logs.open(&id).await.is_err());
+}
+
+/// Appends racing from many tasks get every sequence number exactly once, each task's frames
+/// in the order it appended them.
+pub async fn concurrent_appends_get_distinct_gap_free_numbers(make: Factory) {
+    const TASKS: u64 = 8;
+    const EACH: u64 = 50;
+    let log = log_with(make, 10_000, 0).await;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for n in 0..EACH {
+                    got.push(log.append(frame(&format!("{t}/{n}"))).await.unwrap().get());
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all = BTreeSet::new();
+    for task in tasks {
+        let got = within("the appenders", task).await.unwrap();
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "one task's frames out of order"
+        );
+        all.extend(got);
+    }
+    assert_eq!(all, (1..=TASKS * EACH).collect::<BTreeSet<_>>());
+    let entries = log.read(EventSeq::ZERO, 10_000, Wait::No).await.unwrap();
+    assert_eq!(seqs(&entries), (1..=TASKS * EACH).collect::<Vec<_>>());
+    for t in 0..TASKS {
+        let mine: Vec<u64> = entries
+            .iter()
+            .filter(|e| text(&e.frame).starts_with(&format!("{t}/")))
+            .map(|e| text(&e.frame).split('/').nth(1).unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(mine, (0..EACH).collect::<Vec<_>>());
+    }
+}
+
+/// Calls dropped at any of their suspension points leave the log consistent: an append either
+/// took its number or did not, nothing is numbered twice or skipped, and a dropped read loses
+/// nothing for the next one.
+pub async fn calls_cancelled_anywhere_leave_no_gap(make: Factory) {
+    let log = log_with(make, 1000, 0).await;
+    let mut appended = 0u64;
+    for polls in 0..6 {
+        for _ in 0..5 {
+            if let Some(result) = cancel_after(polls, log.append(frame("c"))).await {
+                assert_eq!(result.unwrap(), EventSeq(appended + 1));
+            }
+            // Whether or not the dropped call completed, the log says what it holds.
+            appended = log.bounds().await.unwrap().newest.get();
+            let _ = cancel_after(polls, log.read(EventSeq(appended), 10, Wait::ForMore)).await;
+            let _ = cancel_after(polls, log.bounds()).await;
+        }
+    }
+    let entries = log.read(EventSeq::ZERO, 1000, Wait::No).await.unwrap();
+    assert_eq!(seqs(&entries), (1..=appended).collect::<Vec<_>>());
+    // A read dropped while waiting does not stop the next from seeing the next frame.
+    let _ = cancel_after(3, log.read(EventSeq(appended), 10, Wait::ForMore)).await;
+    log.append(frame("after")).await.unwrap();
+    let got = log
+        .read(EventSeq(appended), 10, Wait::ForMore)
+        .await
+        .unwrap();
+    assert_eq!(seqs(&got), vec![appended + 1]);
+}

@@ -1,0 +1,83 @@
+//! The contract every store must keep, as tests generic over the implementation: each takes a
+//! factory of fresh [`Stores`] (event logs bounded to the given number of frames) and checks
+//! one promise of the traits in `arcp_gateway::store`. `tests/store_contract.rs` runs them all
+//! against each implementation, and against each wrapped in [`wrapped::yielding`].
+#![allow(dead_code)]
+
+pub mod idempotency;
+pub mod jobs;
+pub mod log;
+pub mod resume;
+pub mod session;
+pub mod wrapped;
+
+use std::{future::Future, pin::pin, task::Poll, time::Duration};
+
+use arcp_gateway::{
+    clock::Timestamp,
+    encoding::StoredFrame,
+    ids::JobId,
+    protocol::{
+        event::EventBody,
+        job_frame::{JobFrame, JobPayload},
+    },
+    store::Stores,
+};
+
+/// Fresh stores whose event logs keep at most the given number of frames.
+pub type Factory = fn(usize) -> Stores;
+
+/// A guard against hangs, not a timing assertion: every wait here is due at once.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A `thought` event of job `job_t` carrying `text`, encoded.
+pub fn frame(text: &str) -> StoredFrame {
+    StoredFrame::encode(&JobFrame {
+        job_id: JobId::new("job_t"),
+        trace_id: None,
+        payload: JobPayload::Event {
+            ts: Timestamp::now(),
+            body: EventBody::Thought { text: text.into() },
+        },
+    })
+}
+
+/// The text of a frame made by [`frame`].
+pub fn text(frame: &StoredFrame) -> String {
+    match frame.decode().expect("a stored frame decodes").1.payload {
+        JobPayload::Event {
+            body: EventBody::Thought { text },
+            ..
+        } => text,
+        other => panic!("not a thought: {other:?}"),
+    }
+}
+
+/// `future` awaited with [`DEADLINE`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within {DEADLINE:?}"))
+}
+
+/// Polls `future` `polls` times (or until it completes), then drops it: a call cancelled at
+/// one of its suspension points. Returns its output if it completed.
+pub async fn cancel_after<T>(polls: usize, future: impl Future<Output = T>) -> Option<T> {
+    let mut future = pin!(future);
+    let mut polled = 0;
+    std::future::poll_fn(|cx| {
+        if polled == polls {
+            return Poll::Ready(None);
+        }
+        polled += 1;
+        match future.as_mut().poll(cx) {
+            Poll::Ready(out) => Poll::Ready(Some(out)),
+            // Woken again at once, so the next poll comes after the store made progress.
+            Poll::Pending => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}

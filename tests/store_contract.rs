@@ -1,0 +1,70 @@
+//! Every store contract test (`tests/contract/`) against every store: the embedded memory
+//! stores, and the same wrapped so that every call suspends. A store shared between replicas
+//! joins this list and must pass the same suite.
+
+mod contract;
+
+use arcp_gateway::store::{MemoryStores, Stores};
+
+fn memory(max_log_frames: usize) -> Stores {
+    MemoryStores::new(max_log_frames).stores()
+}
+
+fn yielding_memory(max_log_frames: usize) -> Stores {
+    contract::wrapped::yielding(memory(max_log_frames))
+}
+
+/// One test per contract function for `$store`, on a two-worker runtime so that racing tasks
+/// really run in parallel.
+macro_rules! store_tests {
+    ($store:ident; $($module:ident :: $test:ident),* $(,)?) => {
+        mod $store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    crate::contract::$module::$test(crate::$store).await
+                }
+            )*
+        }
+    };
+}
+
+/// The whole suite for each store.
+macro_rules! suite {
+    ($($test:tt)*) => {
+        store_tests!(memory; $($test)*);
+        store_tests!(yielding_memory; $($test)*);
+    };
+}
+
+suite!(
+    log::numbers_frames_without_gaps_and_reads_from_any_position,
+    log::evicts_beyond_its_bound_and_never_skips,
+    log::releases_early_only_for_the_newest_fenced_attachment,
+    log::a_waiting_read_sees_the_next_append_or_the_removal,
+    log::concurrent_appends_get_distinct_gap_free_numbers,
+    log::calls_cancelled_anywhere_leave_no_gap,
+    resume::rotation_invalidates_the_previous_token_at_once,
+    resume::tokens_are_bound_to_their_principal,
+    resume::epochs_fence_rotation_and_the_window,
+    resume::a_rotation_clears_the_window,
+    resume::concurrent_rotations_with_one_token_have_one_winner,
+    resume::each_expired_session_is_taken_once,
+    resume::a_cancelled_rotation_rotated_or_did_not,
+    session::a_new_session_is_attached_with_nothing_delivered,
+    session::a_newer_attachment_fences_out_the_older,
+    session::acks_are_bounded_by_deliveries_and_never_move_back,
+    session::a_flow_waiter_wakes_on_the_change_it_waits_for,
+    session::the_attachment_lock_admits_one_holder,
+    session::racing_attachments_end_at_the_newest,
+    session::attaches_and_deliveries_cancelled_anywhere_took_effect_or_none,
+    jobs::lists_jobs_in_id_order_within_scope_and_filter,
+    jobs::requests_by_id_reach_the_running_job,
+    jobs::purging_forgets_only_jobs_that_ended_before_the_cutoff,
+    jobs::inserts_and_finishes_cancelled_anywhere_took_effect_or_none,
+    idempotency::a_key_names_its_first_job_and_acceptance,
+    idempotency::waiters_learn_of_the_acceptance_or_the_release,
+    idempotency::concurrent_claims_of_a_new_key_have_one_winner,
+    idempotency::a_key_lives_for_its_window,
+    idempotency::a_cancelled_claim_claimed_or_did_not,
+);
