@@ -247,8 +247,15 @@ async fn a_superseded_stream_delivers_nothing_and_records_no_delivery() {
     expect_error(&refused, ErrorCode::InvalidRequest, None);
 }
 
-#[tokio::test]
-async fn frames_evicted_while_a_resume_waits_refuse_it_before_any_welcome() {
+/// A gateway whose logs keep 8 frames, with a detached session whose log is full: the
+/// acceptance and 7 lines of a `pacer` job that is still running.
+async fn full_detached_log() -> (
+    TestServer,
+    Arc<Script>,
+    mpsc::UnboundedSender<u64>,
+    String,
+    String,
+) {
     let (pacer, steps) = Pacer::new();
     let script = Script::new();
     let config = GatewayConfig {
@@ -259,6 +266,12 @@ async fn frames_evicted_while_a_resume_waits_refuse_it_before_any_welcome() {
     let (conn, session, token) = session_with_lines(&server, &steps, FEATURES, 7).await;
     drop(conn);
     wait_detached(&server.stores, &session).await;
+    (server, script, steps, session, token)
+}
+
+#[tokio::test]
+async fn frames_evicted_while_a_resume_waits_refuse_it_before_any_welcome() {
+    let (server, script, steps, session, token) = full_detached_log().await;
 
     // The resume from 0 passes the first look at the log (frames 1..=8 are all there), then
     // the detached job evicts frames 1..=3 while the resume waits for the lock.
@@ -287,16 +300,7 @@ async fn frames_evicted_while_a_resume_waits_refuse_it_before_any_welcome() {
 
 #[tokio::test]
 async fn a_resume_checked_against_the_log_delivers_what_it_checked() {
-    let (pacer, steps) = Pacer::new();
-    let script = Script::new();
-    let config = GatewayConfig {
-        max_log_frames: 8,
-        ..GatewayConfig::default()
-    };
-    let server = scripted(config, &pacer, &script).await;
-    let (conn, session, token) = session_with_lines(&server, &steps, FEATURES, 7).await;
-    drop(conn);
-    wait_detached(&server.stores, &session).await;
+    let (server, script, steps, session, token) = full_detached_log().await;
 
     // Between the check and the welcome the job goes on emitting: it is paced to the resuming
     // reader from the check on, so what the check found is what the client gets.
