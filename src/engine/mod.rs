@@ -26,7 +26,7 @@ use crate::{
     error::ArcpError,
     ids::{EventSeq, JobId, Principal, SessionId, TraceId},
     job::{
-        delivery::{Outgoing, Recipient},
+        delivery::{announcement, Outgoing, Recipient},
         listing,
         record::{Authority, JobRecord, JobSpec},
         JobServices,
@@ -35,7 +35,7 @@ use crate::{
     protocol::{
         client::{JobSubmit, ListJobs, Subscribe},
         control::JobSummary,
-        job_frame::{Accepted, JobFrame, JobPayload, Subscribed},
+        job_frame::{Accepted, JobPayload},
         Features, Json,
     },
     store::{
@@ -433,27 +433,12 @@ impl JobManager {
             )));
         }
         let delivery = &self.services.delivery;
-        let log = self.services.logs.open(&subscriber.session).await?;
-        let to = Recipient::observer(
-            subscriber.session.clone(),
-            log,
-            subscriber.features.clone(),
-            observer == &job.principal,
-        );
-        let announce = |entry: &JobEntry, newest: EventSeq, replayed: bool| JobFrame {
-            job_id: entry.id.clone(),
-            trace_id: entry.trace_id.clone(),
-            payload: JobPayload::Subscribed(Box::new(Subscribed {
-                summary: entry.summary(observer),
-                subscribed_from: newest,
-                replayed,
-                request_id: subscriber.request_id.clone(),
-            })),
-        };
+        let logs = &*self.services.logs;
         if job.session == subscriber.session {
             // The session already receives every frame of its own job; announcing is all
             // there is to do, and replaying would repeat frames it has.
-            let frame = announce(&job, job.last_event_seq, false);
+            let to = Recipient::subscriber(logs, &subscriber, &job.principal).await?;
+            let frame = announcement(&job, &subscriber, job.last_event_seq, false);
             return delivery
                 .deliver(&to, &Outgoing::new(&frame))
                 .await
@@ -466,7 +451,8 @@ impl JobManager {
         {
             Subscription::Live => Ok(()),
             Subscription::Ended(entry) => {
-                let owner = self.services.logs.open(&entry.session).await?;
+                let to = Recipient::subscriber(logs, &subscriber, &entry.principal).await?;
+                let owner = logs.open(&entry.session).await?;
                 delivery
                     .announce_and_replay(
                         &to,
@@ -474,7 +460,7 @@ impl JobManager {
                         &entry.id,
                         history,
                         entry.last_event_seq,
-                        |newest, replayed| announce(&entry, newest, replayed),
+                        |newest, replayed| announcement(&entry, &subscriber, newest, replayed),
                     )
                     .await
             }

@@ -19,14 +19,15 @@ use crate::{
     clock::Timestamp,
     encoding::StoredFrame,
     error::ArcpError,
-    ids::{EventSeq, JobId, SessionId},
+    ids::{EventSeq, JobId, Principal, SessionId},
     protocol::{
         event::EventBody,
-        job_frame::{JobFrame, JobPayload},
+        job_frame::{JobFrame, JobPayload, Subscribed},
         Features,
     },
     store::{
-        log::{SessionLog, Wait},
+        jobs::{JobEntry, Subscriber},
+        log::{EventLog, SessionLog, Wait},
         session::{Flow, SessionRecord},
     },
 };
@@ -85,6 +86,22 @@ impl Recipient {
             sees_secrets,
             pressured: AtomicBool::new(false),
         }
+    }
+
+    /// `subscriber`'s session, as a job of `job_principal` delivers to it: only the job's own
+    /// principal sees its credentials (§14).
+    pub async fn subscriber(
+        logs: &dyn EventLog,
+        subscriber: &Subscriber,
+        job_principal: &Principal,
+    ) -> Result<Recipient, ArcpError> {
+        let log = logs.open(&subscriber.session).await?;
+        Ok(Recipient::observer(
+            subscriber.session.clone(),
+            log,
+            subscriber.features.clone(),
+            &subscriber.principal == job_principal,
+        ))
     }
 
     /// The same session, receiving another job's frames (a delegated child's), with a
@@ -266,6 +283,26 @@ impl DeliveryPolicy {
             self.deliver(to, &Outgoing::new(&frame)).await?;
         }
         Ok(())
+    }
+}
+
+/// The `job.subscribed` that announces the job of `entry` to `subscriber`, with live frames
+/// from the job's sequence number `newest` on, and whether history follows.
+pub(crate) fn announcement(
+    entry: &JobEntry,
+    subscriber: &Subscriber,
+    newest: EventSeq,
+    replayed: bool,
+) -> JobFrame {
+    JobFrame {
+        job_id: entry.id.clone(),
+        trace_id: entry.trace_id.clone(),
+        payload: JobPayload::Subscribed(Box::new(Subscribed {
+            summary: entry.summary(&subscriber.principal),
+            subscribed_from: newest,
+            replayed,
+            request_id: subscriber.request_id.clone(),
+        })),
     }
 }
 

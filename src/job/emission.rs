@@ -14,7 +14,6 @@ use crate::{
     error::ArcpError,
     ids::{EventSeq, JobId, SessionId, TraceId},
     protocol::job_frame::{JobFrame, JobPayload},
-    store::jobs::Subscriber,
     sync::read_mostly_lock::ReadMostlyLock,
 };
 
@@ -178,31 +177,20 @@ impl Emitter {
         }
     }
 
-    /// Attaches `subscriber` (§7.6): logs the `job.subscribed` that `announce` builds from the
-    /// job's newest sequence number, then, with history, the job's frames after `from` as they
-    /// are in its own session's log `owner`, then lets live frames follow, all under the write
-    /// lock so nothing is missed or repeated in between.
+    /// Attaches the subscriber `to` (§7.6): logs the `job.subscribed` that `announce` builds
+    /// from the job's newest sequence number, then, with `history`, the job's frames after it
+    /// as they are in its own session's log `owner`, then lets live frames follow, all under
+    /// the write lock so nothing is missed or repeated in between.
     pub(crate) async fn attach(
         &self,
         services: &JobServices,
         owner: &Recipient,
-        subscriber: &Subscriber,
-        sees_secrets: bool,
+        to: Recipient,
+        history: Option<EventSeq>,
         announce: impl FnOnce(EventSeq, bool) -> JobFrame,
     ) -> Result<(), ArcpError> {
-        let log = services.logs.open(&subscriber.session).await?;
-        let to = Recipient::observer(
-            subscriber.session.clone(),
-            log,
-            subscriber.features.clone(),
-            sees_secrets,
-        );
         let mut emission = self.lock.write().await;
-        if emission
-            .subscribers
-            .iter()
-            .any(|s| s.session == subscriber.session)
-        {
+        if emission.subscribers.iter().any(|s| s.session == to.session) {
             return Err(ArcpError::InvalidRequest(format!(
                 "this session is already subscribed to job {}",
                 self.job_id
@@ -214,7 +202,7 @@ impl Emitter {
                 &to,
                 &*owner.log,
                 &self.job_id,
-                subscriber.history,
+                history,
                 self.last_seq(),
                 announce,
             )

@@ -26,12 +26,16 @@ use crate::{
     lease::{Budget, EffectiveLease},
     protocol::{
         credential::Credential,
-        job_frame::{FinalStatus, JobFrame, JobPayload, JobStatus, ResultBody, Subscribed},
+        job_frame::{FinalStatus, JobFrame, JobPayload, JobStatus, ResultBody},
     },
     store::jobs::{already_ended, JobControl, JobEntry, Subscriber},
 };
 
-use super::{delivery::Recipient, emission::Emitter, JobServices};
+use super::{
+    delivery::{announcement, Recipient},
+    emission::Emitter,
+    JobServices,
+};
 
 /// What a job was started with; fixed for its lifetime (§7.5: the version never changes).
 pub struct JobSpec {
@@ -295,20 +299,15 @@ impl JobControl for JobRecord {
     }
 
     async fn subscribe(&self, subscriber: Subscriber) -> Result<(), ArcpError> {
-        let announce = |newest, replayed| {
-            self.job_frame(JobPayload::Subscribed(Box::new(Subscribed {
-                summary: self.entry().summary(&subscriber.principal),
-                subscribed_from: newest,
-                replayed,
-                request_id: subscriber.request_id.clone(),
-            })))
-        };
-        let sees_secrets = subscriber.principal == self.spec.principal;
+        let to =
+            Recipient::subscriber(&*self.services.logs, &subscriber, &self.spec.principal).await?;
+        let announce =
+            |newest, replayed| announcement(&self.entry(), &subscriber, newest, replayed);
         let attach = self.emitter.attach(
             &self.services,
             &self.owner,
-            &subscriber,
-            sees_secrets,
+            to,
+            subscriber.history,
             announce,
         );
         Box::pin(attach).await

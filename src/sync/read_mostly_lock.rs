@@ -116,6 +116,40 @@ impl<T> ReadMostlyLock<T> {
     }
 }
 
+/// The value, for the guards. Under loom every access is recorded, so one not ordered after a
+/// conflicting access is reported.
+impl<T> ReadMostlyLock<T> {
+    /// # Safety
+    /// No writer may be inside, other than the caller's own guard.
+    #[cfg(not(arcp_loom))]
+    unsafe fn shared(&self) -> &T {
+        unsafe { &*self.value.get() }
+    }
+
+    /// # Safety
+    /// As the other `shared`.
+    #[cfg(arcp_loom)]
+    unsafe fn shared(&self) -> &T {
+        self.value.with(|value| unsafe { &*value })
+    }
+
+    /// # Safety
+    /// The caller's guard must be the only one inside.
+    #[cfg(not(arcp_loom))]
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn exclusive(&self) -> &mut T {
+        unsafe { &mut *self.value.get() }
+    }
+
+    /// # Safety
+    /// As the other `exclusive`.
+    #[cfg(arcp_loom)]
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn exclusive(&self) -> &mut T {
+        self.value.with_mut(|value| unsafe { &mut *value })
+    }
+}
+
 impl<T: Default> Default for ReadMostlyLock<T> {
     fn default() -> Self {
         ReadMostlyLock::new(T::default())
@@ -130,17 +164,9 @@ pub struct ReadGuard<'a, T> {
 impl<T> Deref for ReadGuard<'_, T> {
     type Target = T;
 
-    #[cfg(not(arcp_loom))]
     fn deref(&self) -> &T {
         // SAFETY: a reader is counted in `state`, so no writer is inside.
-        unsafe { &*self.lock.value.get() }
-    }
-
-    /// Under loom the read is recorded, and one not ordered after the last write is reported.
-    #[cfg(arcp_loom)]
-    fn deref(&self) -> &T {
-        // SAFETY: as above.
-        self.lock.value.with(|value| unsafe { &*value })
+        unsafe { self.lock.shared() }
     }
 }
 
@@ -160,32 +186,16 @@ pub struct WriteGuard<'a, T> {
 impl<T> Deref for WriteGuard<'_, T> {
     type Target = T;
 
-    #[cfg(not(arcp_loom))]
     fn deref(&self) -> &T {
         // SAFETY: the writer bit is held and no reader is inside (`ReadMostlyLock::write` waited).
-        unsafe { &*self.lock.value.get() }
-    }
-
-    #[cfg(arcp_loom)]
-    fn deref(&self) -> &T {
-        // SAFETY: as above.
-        self.lock.value.with(|value| unsafe { &*value })
+        unsafe { self.lock.shared() }
     }
 }
 
 impl<T> DerefMut for WriteGuard<'_, T> {
-    #[cfg(not(arcp_loom))]
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as for `deref`, and this guard is the only one.
-        unsafe { &mut *self.lock.value.get() }
-    }
-
-    /// Under loom the write is recorded, and one not ordered after every other access is
-    /// reported.
-    #[cfg(arcp_loom)]
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: as above.
-        self.lock.value.with_mut(|value| unsafe { &mut *value })
+        unsafe { self.lock.exclusive() }
     }
 }
 

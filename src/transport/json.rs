@@ -25,7 +25,6 @@ use crate::{
         Json, Lease, PROTOCOL_VERSION,
     },
     session::output::{Outbound, OutboundItem, StreamEnd},
-    store::log::LogEntry,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -331,7 +330,7 @@ pub fn encode(item: OutboundItem) -> Result<String, StreamEnd> {
             Ok(control_frame(session, *control).to_string())
         }
         OutboundItem::Frame(session, Outbound::Job(entry)) => Ok(match entry.frame.decode() {
-            Ok((id, frame)) => job_frame(session, &entry, id, &frame).to_string(),
+            Ok((id, frame)) => job_frame(session, entry.seq, id, &frame).to_string(),
             // The store handed back a frame this runtime did not write: the client is told,
             // rather than sent a frame that is not what was logged.
             Err(error) => control_frame(
@@ -425,7 +424,7 @@ fn control_frame(session: Option<SessionId>, control: Control) -> Value {
     ))
 }
 
-fn job_frame(session: Option<SessionId>, entry: &LogEntry, id: String, frame: &JobFrame) -> Value {
+fn job_frame(session: Option<SessionId>, seq: EventSeq, id: String, frame: &JobFrame) -> Value {
     let job_id = frame.job_id.as_str();
     let trace_id = frame.trace_id.as_ref().map(|t| t.as_str());
     let (kind, payload) = match &frame.payload {
@@ -502,7 +501,7 @@ fn job_frame(session: Option<SessionId>, entry: &LogEntry, id: String, frame: &J
     let session = session.as_ref();
     let mut frame = envelope(kind, id, session, payload);
     frame.insert("job_id".into(), job_id.into());
-    frame.insert("event_seq".into(), entry.seq.get().into());
+    frame.insert("event_seq".into(), seq.get().into());
     if let Some(trace_id) = trace_id {
         frame.insert("trace_id".into(), trace_id.into());
     }
