@@ -148,35 +148,33 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// Opens a stream, sends a hello (a resume with `resume`) and expects the welcome.
     pub(crate) async fn open(
         channel: Channel,
         resume: Option<proto::ResumeInfo>,
-    ) -> Result<(Session, ServerFrame), Box<dyn std::error::Error + Send + Sync>> {
+    ) -> BenchResult<(Session, ServerFrame)> {
+        let (session, first) = Session::start(channel, resume).await?;
+        match first.payload {
+            Some(Out::SessionWelcome(_)) => Ok((session, first)),
+            other => Err(format!("expected a welcome, got {other:?}").into()),
+        }
+    }
+
+    /// Opens a stream, sends a hello (a resume with `resume`) and returns the first frame the
+    /// gateway answers with, whatever it is.
+    pub(crate) async fn start(
+        channel: Channel,
+        resume: Option<proto::ResumeInfo>,
+    ) -> BenchResult<(Session, ServerFrame)> {
         let (tx, rx) = mpsc::channel(64);
         let rx = ArcpClient::new(channel)
             .session(ReceiverStream::new(rx))
             .await?
             .into_inner();
         let mut session = Session { tx, rx };
-        session
-            .send(In::SessionHello(proto::SessionHello {
-                auth: Some(proto::Auth {
-                    scheme: "bearer".into(),
-                    token: TOKEN.into(),
-                }),
-                capabilities: Some(proto::Capabilities {
-                    features: vec!["progress".into(), "ack".into()],
-                    ..Default::default()
-                }),
-                resume,
-                ..Default::default()
-            }))
-            .await?;
-        let welcome = session.recv().await?;
-        match welcome.payload {
-            Some(Out::SessionWelcome(_)) => Ok((session, welcome)),
-            other => Err(format!("expected a welcome, got {other:?}").into()),
-        }
+        session.send(hello(resume)).await?;
+        let first = session.recv().await?;
+        Ok((session, first))
     }
 
     pub(crate) async fn send(
@@ -211,6 +209,22 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The bench's `session.hello`: its token, `progress` and `ack`, and `resume` if given.
+pub(crate) fn hello(resume: Option<proto::ResumeInfo>) -> In {
+    In::SessionHello(proto::SessionHello {
+        auth: Some(proto::Auth {
+            scheme: "bearer".into(),
+            token: TOKEN.into(),
+        }),
+        capabilities: Some(proto::Capabilities {
+            features: vec!["progress".into(), "ack".into()],
+            ..Default::default()
+        }),
+        resume,
+        ..Default::default()
+    })
 }
 
 pub(crate) fn submit(agent: &str, input: serde_json::Value) -> In {

@@ -8,27 +8,32 @@
 //!    agent's emit to the client's receipt;
 //! 5. resident memory per idle session (gateway in a child process);
 //! 6. a resume storm: many sessions dropped and resumed at once;
-//! 7. the reference Python runtime and client doing row 1's workload.
+//! 7. the reference Python runtime and client doing row 1's workload;
+//! 8. a soak under hostile clients (gateway in a child process, production defaults): peak
+//!    memory, and frames lost or duplicated across random drops and resumes.
 //!
 //! Each row is a module of [`rows`]; [`client`] is the tonic client and in-process gateway
 //! they share, [`stats`] reduces runs to medians and [`table`] prints the result.
 
+mod child;
 mod client;
 mod rows;
 mod stats;
 mod table;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
 use futures::FutureExt;
 
 use crate::{
+    child::{serve_child, ChildConfig},
     client::Bench,
     rows::{
         bare::BareServer,
-        idle::{child_gateway, idle_sessions},
+        idle::idle_sessions,
         python_peer::{python, python_peer},
+        soak::{soak, SoakLoad},
     },
     stats::{median, per_round, repeat},
     table::Table,
@@ -41,7 +46,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Rows to run, e.g. `1,2,3`.
-    #[arg(long, default_value = "1,2,3,4,5,6,7", value_delimiter = ',')]
+    #[arg(long, default_value = "1,2,3,4,5,6,7,8", value_delimiter = ',')]
     rows: Vec<u8>,
     /// Events per run in rows 1, 2 and 7.
     #[arg(long, default_value_t = 200_000)]
@@ -72,10 +77,22 @@ struct Args {
     /// virtualenv is built in target/bench-venv from tests/interop/requirements.txt.
     #[arg(long)]
     python: Option<PathBuf>,
-    /// Serve a gateway and print its address (row 5 runs the gateway in a child process so
-    /// its memory is measured alone).
-    #[arg(long, hide = true)]
-    child_gateway: bool,
+    /// Seconds row 8 keeps starting work (it then lets running jobs finish).
+    #[arg(long, default_value_t = 20)]
+    soak_secs: u64,
+    /// Sessions in row 8 that drop and resume at random, besides 4 slow readers.
+    #[arg(long, default_value_t = 40)]
+    soak_sessions: usize,
+    /// Idle connections the attacker of row 8 holds open.
+    #[arg(long, default_value_t = 100)]
+    soak_idle: usize,
+    /// Row 8 fails if the gateway's peak resident memory exceeds this, MiB.
+    #[arg(long, default_value_t = 512.0)]
+    soak_rss_bound_mib: f64,
+    /// Serve a gateway and print its addresses (rows 5 and 8 run the gateway in a child
+    /// process so its memory is measured alone).
+    #[arg(long, hide = true, value_enum)]
+    child_gateway: Option<ChildConfig>,
 }
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -89,8 +106,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> BenchResult<()> {
     let args = Args::parse();
-    if args.child_gateway {
-        return child_gateway().await;
+    if let Some(config) = args.child_gateway {
+        return serve_child(config).await;
     }
     // The clients run as tasks on the runtime's workers, as a tonic client in a service does,
     // rather than on the main thread, which would be a third thread competing for the cores.
@@ -257,6 +274,40 @@ async fn bench(args: Args) -> BenchResult<()> {
         ),
         None => {}
     }
+    let soaked = if args.rows.contains(&8) {
+        let report = soak(SoakLoad {
+            duration: Duration::from_secs(args.soak_secs),
+            resuming: args.soak_sessions,
+            slow: 4,
+            idle: args.soak_idle,
+        })
+        .await?;
+        let within = report.peak_mib <= args.soak_rss_bound_mib;
+        table.row(
+            "8",
+            &format!(
+                "soak, {} s: {} resuming and 4 slow sessions, one that never reads, garbage streams, {} idle connections",
+                args.soak_secs, args.soak_sessions, args.soak_idle
+            ),
+            format!(
+                "peak {:.0} MiB resident (from {:.0} MiB; bound {:.0} MiB); {}",
+                report.peak_mib,
+                report.baseline_mib,
+                args.soak_rss_bound_mib,
+                report.summary()
+            ),
+            String::new(),
+        );
+        Some((report.inexact(), within))
+    } else {
+        None
+    };
     table.print(&args);
-    Ok(())
+    match soaked {
+        Some((inexact, _)) if inexact > 0 => {
+            Err(format!("row 8: {inexact} frames lost or duplicated").into())
+        }
+        Some((_, false)) => Err("row 8: peak resident memory over its bound".into()),
+        _ => Ok(()),
+    }
 }
