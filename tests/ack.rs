@@ -26,12 +26,6 @@ async fn start(back_pressure_lag: u64) -> (TestServer, mpsc::UnboundedSender<u64
     (TestServer::start_with_agents(config, agents).await, tx)
 }
 
-fn ack(seq: u64) -> In {
-    In::SessionAck(proto::SessionAck {
-        last_processed_seq: seq,
-    })
-}
-
 /// The phase of a `status` event, if `frame` is one.
 fn status_body(frame: &proto::ServerFrame) -> Option<&proto::StatusBody> {
     match &frame.payload {
@@ -261,14 +255,7 @@ async fn a_terminal_frame_never_draws_a_back_pressure_status() {
 async fn a_repeated_acceptance_of_a_finished_job_draws_no_back_pressure_status_for_it() {
     let (server, _steps) = start(2).await;
     let (mut conn, w) = server.hello_with("alice-token", &["ack"]).await;
-    let keyed = || {
-        In::JobSubmit(proto::JobSubmit {
-            agent: "echo".into(),
-            input: Some(json_value(&json!("once"))),
-            idempotency_key: "k".into(),
-            ..Default::default()
-        })
-    };
+    let keyed = || In::JobSubmit(keyed("echo", json!("once"), "k"));
     let (job, _) = submit_and_accept(&mut conn, keyed()).await;
     let (_, terminal) = conn.recv_until_terminal(&job).await;
     assert_eq!(terminal.event_seq, 2);

@@ -146,14 +146,6 @@ fn rotated(frame: &proto::ServerFrame) -> Option<&proto::StatusBody> {
     }
 }
 
-fn subscribe(job_id: &str) -> In {
-    In::JobSubscribe(proto::JobSubscribe {
-        job_id: job_id.into(),
-        from_event_seq: Some(0),
-        history: true,
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
 // Offer and issue
 // ---------------------------------------------------------------------------------------------
@@ -436,7 +428,7 @@ async fn another_principal_subscribing_never_sees_credentials() {
     let original = the_credential(&frame);
 
     let (mut bob, _) = s.server.hello_with("bob-token", FEATURES).await;
-    let id = bob.send(subscribe(&job)).await;
+    let id = bob.send(subscribe(&job, true, Some(0))).await;
     let subscribed = bob.recv().await;
     let Some(Out::JobSubscribed(sub)) = &subscribed.payload else {
         panic!("expected job_subscribed, got {subscribed:?}")
@@ -472,7 +464,7 @@ async fn another_principal_subscribing_never_sees_credentials() {
 
     // Replayed history is redacted the same way.
     let (mut late, _) = s.server.hello_with("bob-token", FEATURES).await;
-    late.send(subscribe(&job)).await;
+    late.send(subscribe(&job, true, Some(0))).await;
     let (frames, _) = late.recv_until_terminal(&job).await;
     for f in &frames {
         match &f.payload {
@@ -496,7 +488,7 @@ async fn the_submitting_principal_subscribing_from_another_session_sees_credenti
     let original = the_credential(&frame);
 
     let (mut again, _) = s.server.hello_with("alice-token", FEATURES).await;
-    again.send(subscribe(&job)).await;
+    again.send(subscribe(&job, true, Some(0))).await;
     let subscribed = again.recv().await;
     let Some(Out::JobSubscribed(sub)) = &subscribed.payload else {
         panic!("expected job_subscribed, got {subscribed:?}")

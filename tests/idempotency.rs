@@ -29,15 +29,6 @@ use tokio::sync::Notify;
 
 const FEATURES_USED: &[&str] = &["progress", "list_jobs", "provisioned_credentials"];
 
-fn keyed(agent: &str, input: serde_json::Value, key: &str) -> proto::JobSubmit {
-    proto::JobSubmit {
-        agent: agent.into(),
-        input: Some(json_value(&input)),
-        idempotency_key: key.into(),
-        ..Default::default()
-    }
-}
-
 /// Sends `submit` in a frame with the given `id` (ids are compared across sessions here, so
 /// they must differ from every other session's).
 async fn send_submit(conn: &mut Conn, id: &str, submit: proto::JobSubmit) {

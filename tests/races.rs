@@ -17,7 +17,7 @@ use arcp_gateway::{
     config::GatewayConfig,
     gateway::GatewayBuilder,
     ids::{Principal, SessionId},
-    proto::{self, client_frame::Payload as In, server_frame::Payload as Out},
+    proto::{self, server_frame::Payload as Out},
     store::{resume::ResumeRegistry, session::SessionStore, MemoryStores},
     ErrorCode, Gateway,
 };
@@ -115,12 +115,6 @@ async fn wait_detached(stores: &MemoryStores, session: &str) {
         }
     })
     .await;
-}
-
-fn ack(through: u64) -> In {
-    In::SessionAck(proto::SessionAck {
-        last_processed_seq: through,
-    })
 }
 
 /// Receives frames until `through` and asserts they are exactly `from..=through`, in order.

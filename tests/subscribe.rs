@@ -48,14 +48,6 @@ async fn subscriber(server: &TestServer, token: &str) -> (Conn, proto::ServerFra
     server.hello_with(token, &["subscribe"]).await
 }
 
-fn subscribe(job: &str, history: bool, from: Option<u64>) -> In {
-    In::JobSubscribe(proto::JobSubscribe {
-        job_id: job.into(),
-        from_event_seq: from,
-        history,
-    })
-}
-
 fn unsubscribe(job: &str) -> In {
     In::JobUnsubscribe(proto::JobUnsubscribe { job_id: job.into() })
 }

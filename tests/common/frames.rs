@@ -55,6 +55,37 @@ pub fn submit(agent: &str, input: serde_json::Value) -> In {
     })
 }
 
+/// A `job.submit` of `agent` with `input` under `idempotency_key` `key`.
+pub fn keyed(agent: &str, input: serde_json::Value, key: &str) -> proto::JobSubmit {
+    proto::JobSubmit {
+        agent: agent.into(),
+        input: Some(json_value(&input)),
+        idempotency_key: key.into(),
+        ..Default::default()
+    }
+}
+
+/// A `session.ack` of everything through `seq`.
+pub fn ack(seq: u64) -> In {
+    In::SessionAck(proto::SessionAck {
+        last_processed_seq: seq,
+    })
+}
+
+/// A `job.subscribe` to `job`, with its history from `from` if `history`.
+pub fn subscribe(job: &str, history: bool, from: Option<u64>) -> In {
+    In::JobSubscribe(proto::JobSubscribe {
+        job_id: job.into(),
+        from_event_seq: from,
+        history,
+    })
+}
+
+/// A `session.list_jobs` with no filter.
+pub fn list_jobs() -> In {
+    In::SessionListJobs(proto::SessionListJobs::default())
+}
+
 pub fn ticker(count: u64, interval_ms: u64) -> In {
     submit(
         "ticker",

@@ -109,6 +109,18 @@ impl Conn {
             .expect("stream accepts frames");
     }
 
+    /// Sends a payload unless the server has stopped reading; whether it was sent.
+    pub async fn try_send(&mut self, payload: In) -> bool {
+        let frame = ClientFrame {
+            payload: Some(payload),
+            ..Default::default()
+        };
+        match &self.tx {
+            Some(tx) => tx.send(frame).await.is_ok(),
+            None => false,
+        }
+    }
+
     /// Closes the client's sending half, keeping the receiving half.
     pub fn close_send(&mut self) {
         self.tx = None;

@@ -1,0 +1,287 @@
+//! The table of hostile behaviours in `docs/security.md`, driven through a real server: each
+//! row's scenario runs, and what it observes must be what the row says, so the document cannot
+//! drift from the code.
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use arcp_gateway::{
+    config::GatewayConfig,
+    proto::{client_frame::Payload as In, server_frame::Payload as Out},
+};
+use common::*;
+use futures::{FutureExt, SinkExt};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+const DOC: &str = include_str!("../docs/security.md");
+
+/// The rows of the table: id, and the observation its answer starts with.
+fn documented() -> BTreeMap<String, String> {
+    let mut rows = BTreeMap::new();
+    let table = DOC
+        .split("## Hostile behaviour and bad input")
+        .nth(1)
+        .expect("docs/security.md has the table section");
+    for line in table.lines().filter(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let [id, _, answer] = cells[..] else {
+            panic!("a row of three cells: {line}")
+        };
+        if id == "id" || id.starts_with("---") {
+            continue;
+        }
+        let observed = answer
+            .split('`')
+            .nth(1)
+            .unwrap_or_else(|| panic!("row {id}: the answer starts with `what is observed`"));
+        assert!(
+            rows.insert(id.to_owned(), observed.to_owned()).is_none(),
+            "row {id} appears twice"
+        );
+    }
+    rows
+}
+
+/// Every row's scenario, by id.
+const SCENARIOS: &[&str] = &[
+    "hello-timeout",
+    "bad-bearer",
+    "ws-bad-bearer",
+    "ws-binary",
+    "ws-not-json",
+    "other-session",
+    "second-hello",
+    "stale-resume-token",
+    "resume-from-future",
+    "cancel-foreign-job",
+    "subscribe-foreign-job",
+    "ack-undelivered",
+    "feature-not-negotiated",
+    "duplicate-key",
+    "unknown-agent",
+];
+
+/// Runs the scenario of row `id`; what it observed, in the table's words.
+async fn observe(id: &str) -> String {
+    match id {
+        "hello-timeout" => {
+            let config = GatewayConfig {
+                hello_timeout: Duration::from_millis(200),
+                ..GatewayConfig::default()
+            };
+            let server = TestServer::start(config, &[("alice-token", "alice")]).await;
+            let mut conn = server.open().await;
+            let frame = conn.recv().await;
+            grpc_answer(&mut conn, &frame).await
+        }
+        "bad-bearer" => {
+            let server = TestServer::start_default().await;
+            let mut conn = server.open().await;
+            conn.send(hello("mallory", FEATURES, None)).await;
+            let frame = conn.recv().await;
+            grpc_answer(&mut conn, &frame).await
+        }
+        "ws-bad-bearer" => {
+            let server = TestServer::start_default().await;
+            let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+                "ws://{}/arcp",
+                server.ws_addr
+            ))
+            .unwrap();
+            request
+                .headers_mut()
+                .insert("authorization", "Bearer mallory".parse().unwrap());
+            match tokio_tungstenite::connect_async(request).await {
+                Err(tungstenite::Error::Http(response)) => {
+                    format!("HTTP {}", response.status().as_u16())
+                }
+                other => format!("upgrade answered {other:?}"),
+            }
+        }
+        "ws-binary" => {
+            let server = TestServer::start_default().await;
+            let (mut conn, _) = server.ws_hello("alice-token", FEATURES).await;
+            conn.ws
+                .send(Message::binary(vec![1u8, 2, 3]))
+                .await
+                .unwrap();
+            ws_answer(&mut conn).await
+        }
+        "ws-not-json" => {
+            let server = TestServer::start_default().await;
+            let (mut conn, _) = server.ws_hello("alice-token", FEATURES).await;
+            conn.send_text("{not json").await;
+            ws_answer(&mut conn).await
+        }
+        "other-session" => {
+            let server = TestServer::start_default().await;
+            let (mut conn, _) = server.hello("alice-token").await;
+            conn.send_frame(arcp_gateway::proto::ClientFrame {
+                session_id: "sess_someone_else".into(),
+                payload: Some(ping("n")),
+                ..Default::default()
+            })
+            .await;
+            let frame = conn.recv().await;
+            grpc_answer(&mut conn, &frame).await
+        }
+        "second-hello" => {
+            let server = TestServer::start_default().await;
+            let (mut conn, _) = server.hello("alice-token").await;
+            conn.send(hello("alice-token", FEATURES, None)).await;
+            let frame = conn.recv().await;
+            grpc_answer(&mut conn, &frame).await
+        }
+        "stale-resume-token" => {
+            let server = TestServer::start_default().await;
+            let (conn, welcome) = server.hello("alice-token").await;
+            drop(conn);
+            let resume = resume_info(&welcome.session_id, "not-the-token", 0);
+            let (mut conn, frame) = server
+                .resume_with_hello("alice-token", FEATURES, resume)
+                .await;
+            grpc_answer(&mut conn, &frame).await
+        }
+        "resume-from-future" => {
+            let server = TestServer::start_default().await;
+            let (conn, first) = server.hello("alice-token").await;
+            drop(conn);
+            let token = &welcome(&first).resume_token;
+            let resume = resume_info(&first.session_id, token, 1_000);
+            let (mut conn, frame) = server
+                .resume_with_hello("alice-token", FEATURES, resume)
+                .await;
+            grpc_answer(&mut conn, &frame).await
+        }
+        "cancel-foreign-job" => {
+            let server = TestServer::start_default().await;
+            let (mut alice, _) = server.hello("alice-token").await;
+            let (job, _) = submit_and_accept(&mut alice, ticker(1_000, 1_000)).await;
+            let (mut bob, _) = server.hello("bob-token").await;
+            bob.send(cancel(&job)).await;
+            let frame = bob.recv().await;
+            grpc_answer(&mut bob, &frame).await
+        }
+        "subscribe-foreign-job" => {
+            let server = TestServer::start_default().await;
+            let (mut alice, _) = server.hello("alice-token").await;
+            let (job, _) = submit_and_accept(&mut alice, ticker(1_000, 1_000)).await;
+            let (mut bob, _) = server.hello_with("bob-token", &["subscribe"]).await;
+            bob.send(subscribe(&job, false, None)).await;
+            let frame = bob.recv().await;
+            grpc_answer(&mut bob, &frame).await
+        }
+        "ack-undelivered" => {
+            let server = TestServer::start_default().await;
+            let (mut conn, _) = server.hello_with("alice-token", &["ack"]).await;
+            conn.send(ack(1_000)).await;
+            let frame = conn.recv().await;
+            grpc_answer(&mut conn, &frame).await
+        }
+        "feature-not-negotiated" => {
+            let server = TestServer::start_default().await;
+            let (mut conn, _) = server.hello_with("alice-token", &[]).await;
+            conn.send(list_jobs()).await;
+            let frame = conn.recv().await;
+            grpc_answer(&mut conn, &frame).await
+        }
+        "duplicate-key" => {
+            let server = TestServer::start_default().await;
+            let (mut conn, _) = server.hello("alice-token").await;
+            let keyed = |n: u64| In::JobSubmit(keyed("echo", serde_json::json!({ "n": n }), "k1"));
+            submit_and_accept(&mut conn, keyed(1)).await;
+            conn.send(keyed(2)).await;
+            let (_, frame) = conn
+                .recv_until(|f| matches!(f.payload, Some(Out::SessionError(_))))
+                .await;
+            grpc_answer(&mut conn, &frame).await
+        }
+        "unknown-agent" => {
+            let server = TestServer::start_default().await;
+            let (mut conn, _) = server.hello("alice-token").await;
+            conn.send(submit("no-such-agent", serde_json::json!({})))
+                .await;
+            let frame = conn.recv().await;
+            grpc_answer(&mut conn, &frame).await
+        }
+        other => panic!("no scenario for row {other}"),
+    }
+}
+
+/// `session_error CODE, session continues` if a ping after the error still gets its pong,
+/// `..., stream ends` if the stream ends instead; anything else as it is.
+async fn grpc_answer(conn: &mut Conn, frame: &arcp_gateway::proto::ServerFrame) -> String {
+    let Some(Out::SessionError(error)) = &frame.payload else {
+        return format!("{:?}", frame.payload);
+    };
+    assert!(!error.message.is_empty(), "errors explain themselves");
+    let code = &error.code;
+    if !conn.try_send(ping("after")).await {
+        return format!("session_error {code}, stream ends");
+    }
+    loop {
+        match conn.try_recv().await {
+            Ok(Some(f)) if matches!(f.payload, Some(Out::SessionPong(_))) => {
+                return format!("session_error {code}, session continues")
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return format!("session_error {code}, stream ends"),
+        }
+    }
+}
+
+/// The WebSocket counterpart of [`grpc_answer`], for the next envelope.
+async fn ws_answer(conn: &mut WsConn) -> String {
+    let frame = conn.recv().await;
+    if frame["type"] != "session.error" {
+        return frame.to_string();
+    }
+    let code = frame["payload"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    conn.send("session.ping", serde_json::json!({"nonce": "after"}))
+        .await;
+    loop {
+        match conn.next_message().await {
+            Some(Message::Text(text)) if text.contains("session.pong") => {
+                return format!("session_error {code}, session continues")
+            }
+            Some(Message::Text(_)) => continue,
+            _ => return format!("session_error {code}, stream ends"),
+        }
+    }
+}
+
+#[test]
+fn the_table_and_the_scenarios_name_the_same_rows() {
+    let rows: Vec<String> = documented().into_keys().collect();
+    let mut scenarios: Vec<String> = SCENARIOS.iter().map(|s| s.to_string()).collect();
+    scenarios.sort();
+    assert_eq!(
+        rows, scenarios,
+        "docs/security.md rows vs tests/security.rs scenarios"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_row_of_the_table_is_what_the_server_does() {
+    let mut wrong = Vec::new();
+    for (id, expected) in documented() {
+        let observed = std::panic::AssertUnwindSafe(observe(&id))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| "the scenario panicked".into());
+        if observed != expected {
+            wrong.push(format!(
+                "{id}: documented `{expected}`, observed `{observed}`"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "docs/security.md is wrong:\n{}",
+        wrong.join("\n")
+    );
+}
