@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+use crate::store::log::LogLimits;
+
+const MIB: u64 = 1024 * 1024;
+
 /// How a gateway's sessions behave.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
@@ -9,6 +13,29 @@ pub struct GatewayConfig {
     pub resume_window: Duration,
     /// The most job frames a session's log keeps; older frames are evicted first.
     pub max_log_frames: usize,
+    /// The most bytes of job frames (as stored) a session's log keeps; older frames are
+    /// evicted first. Jobs are also paced to stay within half of it of an attached reader, so
+    /// eviction never overtakes that reader.
+    pub max_log_bytes: u64,
+    /// The most bytes of job frames all sessions' logs keep together. Beyond it the frames of
+    /// detached sessions are evicted, the session detached longest ago first; attached
+    /// sessions never lose a frame to it, so only they can hold it exceeded, each by at most
+    /// `max_log_bytes`.
+    pub retained_bytes_budget: u64,
+    /// The largest job frame, as stored, an agent may emit: a larger event is refused on its
+    /// emit with `INVALID_REQUEST`, and a larger inline result ends the job with
+    /// `INTERNAL_ERROR`. Must leave room for a `result_chunk` of `max_result_chunk_bytes`
+    /// in base64 (a third more), and should be well under half of `max_log_bytes`.
+    pub max_event_bytes: u64,
+    /// The largest `job.submit` input, as JSON text; a larger one is refused with
+    /// `INVALID_REQUEST`.
+    pub max_input_bytes: u64,
+    /// The longest `idempotency_key`, in bytes; a longer one is refused with
+    /// `INVALID_REQUEST`.
+    pub max_idempotency_key_bytes: usize,
+    /// The most idempotency keys one principal holds at once; a new key beyond it forgets the
+    /// principal's oldest accepted key (see `store::idempotency`).
+    pub max_idempotency_keys_per_principal: usize,
     /// How many frames a job may run ahead of its session's attached reader before its emits
     /// wait; capped at half of `max_log_frames` so eviction never overtakes a live reader.
     pub flow_window: u64,
@@ -44,6 +71,12 @@ impl Default for GatewayConfig {
         GatewayConfig {
             resume_window: Duration::from_secs(600),
             max_log_frames: 100_000,
+            max_log_bytes: 64 * MIB,
+            retained_bytes_budget: 1024 * MIB,
+            max_event_bytes: 2 * MIB,
+            max_input_bytes: 4 * MIB,
+            max_idempotency_key_bytes: 256,
+            max_idempotency_keys_per_principal: 10_000,
             flow_window: 8192,
             heartbeat_interval_sec: 30,
             sweep_interval: Duration::from_secs(1),
@@ -53,8 +86,19 @@ impl Default for GatewayConfig {
             default_model_use: None,
             budget_exhaustion_fatal: false,
             lease_grace: Duration::from_secs(1),
-            max_result_chunk_bytes: 1024 * 1024,
-            max_result_bytes: 64 * 1024 * 1024,
+            max_result_chunk_bytes: MIB,
+            max_result_bytes: 64 * MIB,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The bounds of the sessions' event logs.
+    pub fn log_limits(&self) -> LogLimits {
+        LogLimits {
+            max_frames: self.max_log_frames,
+            max_bytes: self.max_log_bytes,
+            budget_bytes: self.retained_bytes_budget,
         }
     }
 }

@@ -85,7 +85,7 @@ impl GatewayBuilder {
         let config = self.config;
         let stores = self
             .stores
-            .unwrap_or_else(|| Stores::memory(config.max_log_frames));
+            .unwrap_or_else(|| Stores::memory_with_limits(config.log_limits()));
         let features = if self.provisioner.is_some() {
             Features::supported()
         } else {

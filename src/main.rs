@@ -51,6 +51,31 @@ struct ServeArgs {
     /// The most job events one session buffers for resume; older ones are evicted first.
     #[arg(long, default_value_t = 100_000, env = "ARCP_MAX_LOG_FRAMES")]
     max_log_frames: usize,
+    /// The most bytes of job events one session buffers for resume; older ones are evicted
+    /// first, and jobs are paced to stay within half of it of an attached reader.
+    #[arg(long, default_value_t = 64 * 1024 * 1024, env = "ARCP_MAX_LOG_BYTES")]
+    max_log_bytes: u64,
+    /// The most bytes of job events all sessions buffer together; beyond it detached
+    /// sessions' oldest events are evicted, the session detached longest ago first.
+    #[arg(long, default_value_t = 1024 * 1024 * 1024, env = "ARCP_RETAINED_BYTES_BUDGET")]
+    retained_bytes_budget: u64,
+    /// The largest job event, as stored, an agent may emit; larger ones are refused.
+    #[arg(long, default_value_t = 2 * 1024 * 1024, env = "ARCP_MAX_EVENT_BYTES")]
+    max_event_bytes: u64,
+    /// The largest job.submit input, as JSON text; larger ones are refused.
+    #[arg(long, default_value_t = 4 * 1024 * 1024, env = "ARCP_MAX_INPUT_BYTES")]
+    max_input_bytes: u64,
+    /// The longest idempotency_key, in bytes; longer ones are refused.
+    #[arg(long, default_value_t = 256, env = "ARCP_MAX_IDEMPOTENCY_KEY_BYTES")]
+    max_idempotency_key_bytes: usize,
+    /// The most idempotency keys one principal holds; a new one beyond it forgets the
+    /// principal's oldest.
+    #[arg(
+        long,
+        default_value_t = 10_000,
+        env = "ARCP_MAX_IDEMPOTENCY_KEYS_PER_PRINCIPAL"
+    )]
+    max_idempotency_keys_per_principal: usize,
     /// Heartbeat interval advertised in the welcome.
     #[arg(long, default_value_t = 30, env = "ARCP_HEARTBEAT_INTERVAL_SEC")]
     heartbeat_interval_sec: u32,
@@ -117,6 +142,12 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = GatewayConfig {
         resume_window: Duration::from_secs(args.resume_window_sec),
         max_log_frames: args.max_log_frames,
+        max_log_bytes: args.max_log_bytes,
+        retained_bytes_budget: args.retained_bytes_budget,
+        max_event_bytes: args.max_event_bytes,
+        max_input_bytes: args.max_input_bytes,
+        max_idempotency_key_bytes: args.max_idempotency_key_bytes,
+        max_idempotency_keys_per_principal: args.max_idempotency_keys_per_principal,
         heartbeat_interval_sec: args.heartbeat_interval_sec,
         back_pressure_lag: args.back_pressure_lag,
         idempotency_window: Duration::from_secs(args.idempotency_window_sec),

@@ -4,7 +4,7 @@
 
 mod contract;
 
-use arcp_gateway::store::{MemoryStores, Stores};
+use arcp_gateway::store::{log::LogLimits, MemoryStores, Stores};
 
 fn memory(max_log_frames: usize) -> Stores {
     MemoryStores::new(max_log_frames).stores()
@@ -12,6 +12,14 @@ fn memory(max_log_frames: usize) -> Stores {
 
 fn yielding_memory(max_log_frames: usize) -> Stores {
     contract::wrapped::yielding(memory(max_log_frames))
+}
+
+fn limited_memory(limits: LogLimits) -> Stores {
+    MemoryStores::with_limits(limits).stores()
+}
+
+fn yielding_limited_memory(limits: LogLimits) -> Stores {
+    contract::wrapped::yielding(limited_memory(limits))
 }
 
 /// One test per contract function for `$store`, on a two-worker runtime so that racing tasks
@@ -67,4 +75,21 @@ suite!(
     idempotency::concurrent_claims_of_a_new_key_have_one_winner,
     idempotency::a_key_lives_for_its_window,
     idempotency::a_cancelled_claim_claimed_or_did_not,
+    idempotency::a_principal_holds_a_bounded_number_of_keys,
+);
+
+/// The tests of the logs' byte bounds and budget, for each store by its limited factory.
+macro_rules! limited_suite {
+    ($($test:tt)*) => {
+        store_tests!(limited_memory; $($test)*);
+        store_tests!(yielding_limited_memory; $($test)*);
+    };
+}
+
+limited_suite!(
+    log::evicts_beyond_its_byte_bound_and_never_skips,
+    log::append_measures_how_far_a_reader_may_fall_behind,
+    log::the_budget_evicts_detached_sessions_first_and_never_attached_ones,
+    log::a_newer_fence_reattaches_and_an_older_detach_changes_nothing,
+    log::a_removed_log_gives_back_its_bytes,
 );

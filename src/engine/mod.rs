@@ -39,7 +39,7 @@ use crate::{
         Features, Json,
     },
     store::{
-        idempotency::{Claim, Fingerprint, IdempotencyKey, IdempotencyStore},
+        idempotency::{Claim, Fingerprint, IdempotencyKey, IdempotencyStore, KeyTerms},
         jobs::{not_found, JobDirectory, JobEntry, ListScope, Subscriber, Subscription},
         log::SessionLog,
         session::SessionRecord,
@@ -166,6 +166,7 @@ impl JobManager {
     }
 
     async fn submit_now(&self, by: Submitter, submit: JobSubmit) -> Result<JobId, ArcpError> {
+        self.check_sizes(&submit)?;
         let needs = |feature: &str, what: &str| {
             if by.features.has(feature) {
                 Ok(())
@@ -246,6 +247,28 @@ impl JobManager {
         started.map(|job| job.id().clone())
     }
 
+    /// Refuses a submission whose input or idempotency key is over its limit, before anything
+    /// holds on to either.
+    fn check_sizes(&self, submit: &JobSubmit) -> Result<(), ArcpError> {
+        let settings = &self.services.settings;
+        let limit = settings.max_input_bytes;
+        if json_len_over(&submit.input, limit) {
+            return Err(ArcpError::InvalidRequest(format!(
+                "the job input is over the largest input of {limit} bytes of JSON \
+                 (max_input_bytes)"
+            )));
+        }
+        let limit = settings.max_idempotency_key_bytes;
+        if let Some(key) = submit.idempotency_key.as_ref().filter(|k| k.len() > limit) {
+            return Err(ArcpError::InvalidRequest(format!(
+                "the idempotency_key is {} bytes, over the longest key of {limit} bytes \
+                 (max_idempotency_key_bytes)",
+                key.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// Claims `key` for job `id`: `None` if the job now holds it, or the `job.accepted` frame
     /// of the job that held it first. A repeat racing the first acceptance waits for it; if
     /// that submission is refused after all, the key is free again and claimed anew.
@@ -255,14 +278,18 @@ impl JobManager {
         fingerprint: Fingerprint,
         id: &JobId,
     ) -> Result<Option<StoredFrame>, ArcpError> {
-        let window = self.services.settings.idempotency_window;
+        let settings = &self.services.settings;
+        let terms = KeyTerms {
+            window: settings.idempotency_window,
+            max_per_principal: settings.max_idempotency_keys_per_principal,
+        };
         loop {
-            match self.keys.claim(key, fingerprint, id, window).await? {
+            match self.keys.claim(key, fingerprint, id, terms).await? {
                 Claim::New => return Ok(None),
                 Claim::Conflict { job } => {
                     return Err(ArcpError::DuplicateKey(format!(
-                        "idempotency_key {:?} was used for job {job} with different parameters",
-                        key.key
+                        "idempotency_key {} was used for job {job} with different parameters",
+                        key_prefix(&key.key)
                     )))
                 }
                 Claim::Existing {
@@ -509,6 +536,44 @@ fn stopped() -> ArcpError {
     ArcpError::Internal("the job engine is shutting down".into())
 }
 
+/// How much of an idempotency key an error shows: enough to recognise it, never all of a long
+/// one.
+const KEY_PREFIX_CHARS: usize = 12;
+
+/// The key as an error names it: quoted, and cut after [`KEY_PREFIX_CHARS`] characters.
+fn key_prefix(key: &str) -> String {
+    let mut chars = key.chars();
+    let prefix: String = chars.by_ref().take(KEY_PREFIX_CHARS).collect();
+    if chars.next().is_some() {
+        format!("{prefix:?}… ({} bytes)", key.len())
+    } else {
+        format!("{prefix:?}")
+    }
+}
+
+/// Whether `value` written as JSON takes more than `limit` bytes. Counts as it writes and stops
+/// at the limit, so an oversized input costs no copy of itself.
+fn json_len_over(value: &Json, limit: u64) -> bool {
+    struct Counter {
+        written: u64,
+        limit: u64,
+    }
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.written += buf.len() as u64;
+            if self.written > self.limit {
+                return Err(std::io::Error::other("over the limit"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter { written: 0, limit };
+    serde_json::to_writer(&mut counter, value).is_err()
+}
+
 /// The parameters that make two submissions "identical" (§7.2), as a digest of their canonical
 /// JSON (object keys sorted).
 fn fingerprint(submit: &JobSubmit) -> Fingerprint {
@@ -568,6 +633,26 @@ mod tests {
             idempotency_key: Some("k".into()),
             max_runtime_sec: None,
         }
+    }
+
+    #[test]
+    fn errors_name_only_a_prefix_of_a_long_key() {
+        assert_eq!(key_prefix("short"), "\"short\"");
+        let long = "k".repeat(200);
+        let shown = key_prefix(&long);
+        assert!(shown.starts_with(&format!("{:?}", "k".repeat(KEY_PREFIX_CHARS))));
+        assert!(shown.ends_with("(200 bytes)"), "{shown}");
+        assert!(shown.len() < 40, "{shown}");
+        // Cut on characters, not bytes.
+        assert!(key_prefix(&"é".repeat(20)).contains('…'));
+    }
+
+    #[test]
+    fn input_size_counts_the_json_text() {
+        let input = serde_json::json!({"text": "x".repeat(100)});
+        let len = input.to_string().len() as u64;
+        assert!(!json_len_over(&input, len));
+        assert!(json_len_over(&input, len - 1));
     }
 
     #[test]

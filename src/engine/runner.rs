@@ -13,6 +13,7 @@ use tracing::Instrument;
 use crate::{
     agent::{Agent, Delegation, JobContext},
     clock::Timestamp,
+    encoding::StoredFrame,
     error::ArcpError,
     job::{record::JobRecord, JobServices},
     protocol::{
@@ -132,16 +133,34 @@ fn conclude(
         return failed(fatal);
     }
     match returned.and_then(|value| result_body(job, value)) {
-        Ok(result) => (
-            FinalStatus::Success,
-            vec![JobPayload::Result(JobResult {
+        Ok(result) => {
+            let payload = JobPayload::Result(JobResult {
                 result: result.clone(),
                 completed_at: Timestamp::now(),
-            })],
-            Ok(result),
-        ),
+            });
+            match within_event_limit(job, payload) {
+                Ok(payload) => (FinalStatus::Success, vec![payload], Ok(result)),
+                Err(err) => failed(err),
+            }
+        }
         Err(err) => failed(err),
     }
+}
+
+/// The result frame, unless its encoding is larger than the largest event the logs take: an
+/// inline result is bounded like any event, and like an oversized streamed result (§14) ends
+/// the job with `INTERNAL_ERROR`.
+fn within_event_limit(job: &JobRecord, payload: JobPayload) -> Result<JobPayload, ArcpError> {
+    let limit = job.services.settings.max_event_bytes;
+    let frame = job.job_frame(payload);
+    let size = StoredFrame::encode(&frame).len() as u64;
+    if size > limit {
+        return Err(ArcpError::Internal(format!(
+            "the job's inline result takes {size} bytes, over the largest event of {limit} \
+             bytes (max_event_bytes); stream a large result as result_chunk events"
+        )));
+    }
+    Ok(frame.payload)
 }
 
 /// The inline result, or the reference to the streamed one (§8.4). An agent that streamed

@@ -27,7 +27,7 @@ use crate::{
     },
     store::{
         jobs::{JobEntry, Subscriber},
-        log::{EventLog, SessionLog, Wait},
+        log::{Appended, EventLog, SessionLog, Wait},
         session::{Flow, SessionRecord},
     },
 };
@@ -158,6 +158,11 @@ impl Outgoing {
         }
     }
 
+    /// How many bytes its encoding takes: what a log stores and the largest event bounds.
+    pub(crate) fn encoded_len(&self) -> usize {
+        self.frame.len()
+    }
+
     /// The encoding for `to`, or `None` if `to` may not receive the frame.
     fn for_recipient(&self, to: &Recipient) -> Result<Option<StoredFrame>, ArcpError> {
         if self.feature.is_some_and(|f| !to.features.has(f)) {
@@ -190,14 +195,14 @@ impl DeliveryPolicy {
     }
 
     /// Appends `frame` to the recipient's log, unless the recipient did not negotiate the
-    /// feature the frame needs. Returns the sequence number it got, if it was appended.
+    /// feature the frame needs. Returns what the append did, if it was appended.
     pub async fn deliver(
         &self,
         to: &Recipient,
         frame: &Outgoing,
-    ) -> Result<Option<EventSeq>, ArcpError> {
+    ) -> Result<Option<Appended>, ArcpError> {
         match frame.for_recipient(to)? {
-            Some(stored) => to.log.append(stored).await.map(Some),
+            Some(stored) => to.log.append_measured(stored).await.map(Some),
             None => Ok(None),
         }
     }
@@ -211,14 +216,14 @@ impl DeliveryPolicy {
         to: &Recipient,
         frame: &Outgoing,
         job_frame: impl FnOnce(JobPayload) -> JobFrame,
-    ) -> Result<Option<EventSeq>, ArcpError> {
-        let Some(seq) = self.deliver(to, frame).await? else {
+    ) -> Result<Option<Appended>, ArcpError> {
+        let Some(appended) = self.deliver(to, frame).await? else {
             return Ok(None);
         };
         if frame.terminal || !to.acks {
-            return Ok(Some(seq));
+            return Ok(Some(appended));
         }
-        if let Some((lag, acked)) = to.crossed_lag_limit(seq, self.lag_limit) {
+        if let Some((lag, acked)) = to.crossed_lag_limit(appended.seq, self.lag_limit) {
             tracing::info!(session = %to.session, lag, "client lags; signalling back_pressure");
             let signal = job_frame(JobPayload::Event {
                 ts: Timestamp::now(),
@@ -231,25 +236,31 @@ impl DeliveryPolicy {
                     credential: None,
                 },
             });
-            return Ok(Some(to.log.append(StoredFrame::encode(&signal)).await?));
+            let signalled = to.log.append_measured(StoredFrame::encode(&signal)).await?;
+            return Ok(Some(signalled));
         }
-        Ok(Some(seq))
+        Ok(Some(appended))
     }
 
-    /// Flow control for a job's submitting session: while a stream is attached and more than
-    /// the window of frames up to `seq` are undelivered, waits for the stream to catch up. So
-    /// a chatty agent runs at the pace of its reader instead of piling up frames until the log
-    /// bound evicts them under the reader (§13.2 names throttling the agent). Detached
-    /// sessions never wait: their jobs run on (§6.4) and the log bound holds memory.
+    /// Flow control for a job's submitting session: while a stream is attached and the frames
+    /// up to the one just `appended` that it has not taken are more than the window of frames,
+    /// or more bytes than the log's byte window ([`Appended::window_start`]), waits for the
+    /// stream to catch up. So a chatty agent runs at the pace of its reader instead of piling
+    /// up frames until the log's bounds evict them under the reader (§13.2 names throttling
+    /// the agent). Detached sessions never wait: their jobs run on (§6.4) and the log's bounds
+    /// hold memory.
     ///
     /// Called with no lock held, so neither a slow observer nor a stuck reader can hold up
     /// anyone else. The check is a few loads; only a job that must wait suspends.
-    pub async fn pace(&self, to: &Recipient, seq: EventSeq) {
+    pub async fn pace(&self, to: &Recipient, appended: Appended) {
         let Some(record) = &to.record else { return };
-        let window = self.window;
-        let caught_up = move |flow: &Flow| {
-            !flow.attached || seq.get().saturating_sub(flow.delivered.get()) <= window
-        };
+        // Both windows are a position the reader must have reached.
+        let reach = appended
+            .seq
+            .get()
+            .saturating_sub(self.window)
+            .max(appended.window_start.get());
+        let caught_up = move |flow: &Flow| !flow.attached || flow.delivered.get() >= reach;
         if !caught_up(&record.flow()) {
             record.wait_flow(&caught_up).await;
         }

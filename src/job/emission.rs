@@ -14,6 +14,7 @@ use crate::{
     error::ArcpError,
     ids::{EventSeq, JobId, SessionId, TraceId},
     protocol::job_frame::{JobFrame, JobPayload},
+    store::log::Appended,
     sync::read_mostly_lock::ReadMostlyLock,
 };
 
@@ -83,8 +84,9 @@ impl Emitter {
     }
 
     /// Emits a non-terminal frame to the job's session `owner` and its subscribers; refused
-    /// once the job has ended. Then keeps the job within the flow window of its session's
-    /// reader, after releasing the emission lock.
+    /// once the job has ended, and refused with nothing appended when its encoding is larger
+    /// than `max_event_bytes`, which the agent can recover from. Then keeps the job within the
+    /// flow window of its session's reader, after releasing the emission lock.
     ///
     /// The frame is encoded before the future exists, which then holds its encoding rather
     /// than the payload: emitting is a chain of nested futures, each moved into its caller's,
@@ -97,6 +99,15 @@ impl Emitter {
     ) -> impl Future<Output = Result<(), ArcpError>> + Send + 'a {
         let frame = Outgoing::new(&self.job_frame(payload));
         async move {
+            let limit = services.settings.max_event_bytes;
+            if frame.encoded_len() as u64 > limit {
+                return Err(ArcpError::InvalidRequest(format!(
+                    "job {}: an event of {} bytes is over the largest event of {limit} bytes \
+                     (max_event_bytes); it was not emitted",
+                    self.job_id,
+                    frame.encoded_len()
+                )));
+            }
             let logged = {
                 let emission = self.lock.read().await;
                 if !emission.open {
@@ -107,8 +118,8 @@ impl Emitter {
                 }
                 self.fan_out(services, owner, &emission, &frame).await?
             };
-            if let Some(seq) = logged {
-                services.delivery.pace(owner, seq).await;
+            if let Some(appended) = logged {
+                services.delivery.pace(owner, appended).await;
             }
             // A load and a store rather than a locked add: the count only paces yields, so
             // an increment lost to a concurrent emit of the same job costs nothing.
@@ -142,15 +153,15 @@ impl Emitter {
         emission.subscribers.clear();
     }
 
-    /// Delivers a frame to every subscriber and the submitting session; returns the sequence
-    /// number it got in the latter.
+    /// Delivers a frame to every subscriber and the submitting session; returns what the
+    /// append to the latter did.
     async fn fan_out(
         &self,
         services: &JobServices,
         owner: &Recipient,
         emission: &Emission,
         frame: &Outgoing,
-    ) -> Result<Option<EventSeq>, ArcpError> {
+    ) -> Result<Option<Appended>, ArcpError> {
         let delivery = &services.delivery;
         for subscriber in &emission.subscribers {
             // A subscriber whose session expired has no log; the others must not suffer.
@@ -163,9 +174,10 @@ impl Emitter {
             .deliver_live(owner, frame, |p| self.job_frame(p))
             .await
         {
-            Ok(Some(seq)) => {
-                self.last_seq.fetch_max(seq.get(), Ordering::AcqRel);
-                Ok(Some(seq))
+            Ok(Some(appended)) => {
+                self.last_seq
+                    .fetch_max(appended.seq.get(), Ordering::AcqRel);
+                Ok(Some(appended))
             }
             Ok(None) => Ok(None),
             // The submitting session's window closed: the job runs on (§6.4), unobserved.

@@ -273,8 +273,11 @@ async fn detach(
         None => services.sessions.open(session).await.ok(),
     };
     if let Some(record) = record {
-        if let Err(e) = record.detach(epoch).await {
-            tracing::warn!(session = %session, "could not record the detach: {e}");
+        match record.detach(epoch).await {
+            // The log's budget evicts detached sessions' frames first.
+            Ok(true) => services.logs.detached(session, epoch).await,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(session = %session, "could not record the detach: {e}"),
         }
     }
     let window = services.settings.resume_window;

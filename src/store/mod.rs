@@ -23,7 +23,7 @@ use std::sync::Arc;
 use self::{
     idempotency::{memory::MemoryIdempotencyStore, IdempotencyStore},
     jobs::{memory::MemoryJobDirectory, JobDirectory},
-    log::{memory::MemoryEventLog, EventLog},
+    log::{memory::MemoryEventLog, EventLog, LogLimits},
     resume::{memory::MemoryResumeRegistry, ResumeRegistry},
     session::{memory::MemorySessionStore, SessionStore},
 };
@@ -48,6 +48,11 @@ impl Stores {
     pub fn memory(max_log_frames: usize) -> Stores {
         MemoryStores::new(max_log_frames).stores()
     }
+
+    /// The embedded stores, with event logs within `limits`.
+    pub fn memory_with_limits(limits: LogLimits) -> Stores {
+        MemoryStores::with_limits(limits).stores()
+    }
 }
 
 /// The embedded stores, by their own types, for callers that inspect them.
@@ -66,12 +71,18 @@ pub struct MemoryStores {
 }
 
 impl MemoryStores {
-    /// Empty stores, with event logs bounded to `max_log_frames` frames each.
+    /// Empty stores, with event logs bounded to `max_log_frames` frames each and in nothing
+    /// else.
     pub fn new(max_log_frames: usize) -> MemoryStores {
+        MemoryStores::with_limits(LogLimits::frames(max_log_frames))
+    }
+
+    /// Empty stores, with event logs within `limits`.
+    pub fn with_limits(limits: LogLimits) -> MemoryStores {
         MemoryStores {
             sessions: Arc::new(MemorySessionStore::new()),
             resume: Arc::new(MemoryResumeRegistry::new()),
-            logs: Arc::new(MemoryEventLog::new(max_log_frames)),
+            logs: Arc::new(MemoryEventLog::with_limits(limits)),
             jobs: Arc::new(MemoryJobDirectory::new()),
             idempotency: Arc::new(MemoryIdempotencyStore::new()),
         }

@@ -67,7 +67,7 @@ impl TestServer {
 
     /// Serves the gateway `builder` builds, on memory stores the test can look at.
     pub async fn start_gateway(builder: GatewayBuilder) -> TestServer {
-        let stores = MemoryStores::new(builder.config().max_log_frames);
+        let stores = MemoryStores::with_limits(builder.config().log_limits());
         Self::start_on(builder, stores, |stores| stores).await
     }
 

@@ -3,13 +3,22 @@
 use std::time::{Duration, SystemTime};
 
 use arcp_gateway::{
+    error::ErrorCode,
     ids::{JobId, Principal},
-    store::idempotency::{Claim, IdempotencyKey},
+    store::idempotency::{Claim, IdempotencyKey, KeyTerms},
 };
 
 use super::{cancel_after, frame, text, within, Factory};
 
-const WINDOW: Duration = Duration::from_secs(60);
+const WINDOW: KeyTerms = terms(Duration::from_secs(60));
+
+/// Keys held for `window`, with room for every key a test claims.
+const fn terms(window: Duration) -> KeyTerms {
+    KeyTerms {
+        window,
+        max_per_principal: 1000,
+    }
+}
 
 fn key(principal: &str, key: &str) -> IdempotencyKey {
     IdempotencyKey {
@@ -113,9 +122,14 @@ pub async fn concurrent_claims_of_a_new_key_have_one_winner(make: Factory) {
 pub async fn a_key_lives_for_its_window(make: Factory) {
     let keys = make(10).idempotency;
     let k = key("alice", "brief");
-    keys.claim(&k, [1; 32], &JobId::generate(), Duration::from_millis(1))
-        .await
-        .unwrap();
+    keys.claim(
+        &k,
+        [1; 32],
+        &JobId::generate(),
+        terms(Duration::from_millis(1)),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert!(matches!(
         keys.claim(&k, [2; 32], &JobId::generate(), WINDOW)
@@ -123,7 +137,9 @@ pub async fn a_key_lives_for_its_window(make: Factory) {
             .unwrap(),
         Claim::New
     ));
-    keys.sweep(SystemTime::now() + WINDOW * 2).await.unwrap();
+    keys.sweep(SystemTime::now() + WINDOW.window * 2)
+        .await
+        .unwrap();
     assert!(matches!(
         keys.claim(&k, [3; 32], &JobId::generate(), WINDOW)
             .await
@@ -147,4 +163,55 @@ pub async fn a_cancelled_claim_claimed_or_did_not(make: Factory) {
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// A principal holds at most `max_per_principal` keys: a new key beyond them forgets its
+/// oldest accepted key (a repeat of which then starts anew), never one still being accepted;
+/// when every key it holds is being accepted, the claim is refused. Other principals are
+/// unaffected.
+pub async fn a_principal_holds_a_bounded_number_of_keys(make: Factory) {
+    let keys = make(10).idempotency;
+    let two = KeyTerms {
+        max_per_principal: 2,
+        ..WINDOW
+    };
+    let claim = |name: &'static str, job: JobId| {
+        let keys = keys.clone();
+        async move { keys.claim(&key("alice", name), [1; 32], &job, two).await }
+    };
+    let (j1, j2, j3) = (JobId::generate(), JobId::generate(), JobId::generate());
+    assert!(matches!(claim("k1", j1.clone()).await.unwrap(), Claim::New));
+    keys.accepted(&key("alice", "k1"), &j1, frame("1"))
+        .await
+        .unwrap();
+    assert!(matches!(claim("k2", j2.clone()).await.unwrap(), Claim::New));
+    keys.accepted(&key("alice", "k2"), &j2, frame("2"))
+        .await
+        .unwrap();
+    // A third key forgets the oldest, k1.
+    assert!(matches!(claim("k3", j3.clone()).await.unwrap(), Claim::New));
+    match claim("k2", JobId::generate()).await.unwrap() {
+        Claim::Existing { job, .. } => assert_eq!(job, j2, "k2 is still held"),
+        other => panic!("{other:?}"),
+    }
+    // k1 was forgotten: it is new again, and claiming it forgets k2 (k3 is being accepted).
+    assert!(matches!(
+        claim("k1", JobId::generate()).await.unwrap(),
+        Claim::New
+    ));
+    match claim("k3", JobId::generate()).await.unwrap() {
+        Claim::Existing { job, accepted } => {
+            assert_eq!((job, accepted), (j3, None), "a key being accepted stays")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Both held keys are being accepted: nothing may be forgotten, so the claim is refused.
+    let refused = claim("k4", JobId::generate()).await.unwrap_err();
+    assert_eq!(refused.code(), ErrorCode::InvalidRequest);
+    assert!(matches!(
+        keys.claim(&key("bob", "k4"), [1; 32], &JobId::generate(), two)
+            .await
+            .unwrap(),
+        Claim::New
+    ));
 }

@@ -3,12 +3,16 @@
 use std::{collections::BTreeSet, sync::Arc};
 
 use arcp_gateway::{
+    encoding::StoredFrame,
     error::ErrorCode,
     ids::{Epoch, EventSeq, SessionId},
-    store::log::{LogEntry, SessionLog, Wait},
+    store::{
+        log::{LogEntry, LogLimits, SessionLog, Wait},
+        Stores,
+    },
 };
 
-use super::{cancel_after, frame, text, within, Factory};
+use super::{cancel_after, frame, text, within, Factory, LimitedFactory};
 
 async fn log_with(make: Factory, max_frames: usize, count: u64) -> Arc<dyn SessionLog> {
     let stores = make(max_frames);
@@ -204,4 +208,193 @@ pub async fn calls_cancelled_anywhere_leave_no_gap(make: Factory) {
         .await
         .unwrap();
     assert_eq!(seqs(&got), vec![appended + 1]);
+}
+
+/// A frame of [`numbered`]'s size, so that byte bounds can be counted in frames.
+fn numbered(n: u64) -> StoredFrame {
+    frame(&format!("{n:06}"))
+}
+
+/// The bytes a [`numbered`] frame takes.
+fn frame_bytes() -> u64 {
+    numbered(0).len() as u64
+}
+
+/// Limits in bytes, with frames bounded generously.
+fn bytes_limits(max_bytes: u64, budget_bytes: u64) -> LogLimits {
+    LogLimits {
+        max_frames: 10_000,
+        max_bytes,
+        budget_bytes,
+    }
+}
+
+/// A log of `stores` with `count` [`numbered`] frames.
+async fn filled(stores: &Stores, count: u64) -> (SessionId, Arc<dyn SessionLog>) {
+    let id = SessionId::generate();
+    let log = stores.logs.create(&id).await.expect("a log is created");
+    append_numbered(&log, count).await;
+    (id, log)
+}
+
+async fn append_numbered(log: &Arc<dyn SessionLog>, count: u64) {
+    for _ in 0..count {
+        let next = log.bounds().await.unwrap().newest.get() + 1;
+        log.append(numbered(next)).await.expect("appends");
+    }
+}
+
+async fn evicted_through(log: &Arc<dyn SessionLog>) -> u64 {
+    log.bounds().await.unwrap().evicted_through.get()
+}
+
+/// Beyond its byte bound a log evicts its oldest frames, and a read that would skip one fails
+/// with `RESUME_WINDOW_EXPIRED`; the newest frame stays whatever its size.
+pub async fn evicts_beyond_its_byte_bound_and_never_skips(make: LimitedFactory) {
+    let size = frame_bytes();
+    let stores = make(bytes_limits(3 * size + size / 2, u64::MAX));
+    let (_, log) = filled(&stores, 5).await;
+    let bounds = log.bounds().await.unwrap();
+    assert_eq!(
+        (bounds.evicted_through, bounds.newest),
+        (EventSeq(2), EventSeq(5))
+    );
+    let err = log.read(EventSeq(1), 10, Wait::No).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ResumeWindowExpired);
+    assert!(bounds.check_resume_from(EventSeq(1)).is_err());
+    let got = log.read(EventSeq(2), 10, Wait::No).await.unwrap();
+    assert_eq!(seqs(&got), vec![3, 4, 5]);
+    assert_eq!(text(&got[0].frame), "000003");
+
+    // A frame larger than the whole bound evicts everything before it, and stays.
+    let big = frame(&"b".repeat(4 * size as usize));
+    assert_eq!(log.append(big.clone()).await.unwrap(), EventSeq(6));
+    assert_eq!(evicted_through(&log).await, 5);
+    let got = log.read(EventSeq(5), 10, Wait::No).await.unwrap();
+    assert_eq!(seqs(&got), vec![6]);
+    assert_eq!(got[0].frame, big);
+}
+
+/// Each append says where a reader must be for the frames after it, through the new one, to
+/// fit in half the byte bound; with no byte bound, anywhere will do.
+pub async fn append_measures_how_far_a_reader_may_fall_behind(make: LimitedFactory) {
+    let size = frame_bytes();
+    let stores = make(bytes_limits(8 * size, u64::MAX));
+    assert_eq!(
+        LogLimits::frames(10).window_bytes(),
+        u64::MAX / 2,
+        "no byte bound, no byte window"
+    );
+    let log = stores.logs.create(&SessionId::generate()).await.unwrap();
+    for n in 1..=12u64 {
+        let appended = log.append_measured(numbered(n)).await.unwrap();
+        assert_eq!(appended.seq, EventSeq(n));
+        assert_eq!(
+            appended.window_start,
+            EventSeq(n.saturating_sub(4)),
+            "the frames after the window's start fit in 4 frames' bytes"
+        );
+    }
+    // Released frames move the window with them.
+    log.release_through(EventSeq(10), Epoch(1)).await.unwrap();
+    let appended = log.append_measured(numbered(13)).await.unwrap();
+    assert_eq!(appended.window_start, EventSeq(10));
+
+    let unbounded = make(LogLimits::frames(100));
+    let log = unbounded.logs.create(&SessionId::generate()).await.unwrap();
+    for n in 1..=20u64 {
+        let appended = log.append_measured(numbered(n)).await.unwrap();
+        assert_eq!(appended.window_start, EventSeq::ZERO);
+    }
+}
+
+/// Beyond the store's budget, detached sessions lose their oldest frames, the session that
+/// detached first first; an attached session loses none however far over the budget it
+/// takes the store, until it detaches, when it is brought within the budget at once.
+pub async fn the_budget_evicts_detached_sessions_first_and_never_attached_ones(
+    make: LimitedFactory,
+) {
+    let size = frame_bytes();
+    let stores = make(bytes_limits(u64::MAX, 10 * size));
+    let (first, first_log) = filled(&stores, 4).await;
+    let (second, second_log) = filled(&stores, 4).await;
+    let (attached, attached_log) = filled(&stores, 0).await;
+    stores.logs.detached(&first, Epoch(1)).await;
+    stores.logs.detached(&second, Epoch(1)).await;
+    assert_eq!(evicted_through(&first_log).await, 0, "within the budget");
+
+    // 12 frames' bytes: the session detached first gives up its two oldest.
+    append_numbered(&attached_log, 4).await;
+    assert_eq!(evicted_through(&first_log).await, 2);
+    assert_eq!(evicted_through(&second_log).await, 0);
+    let err = first_log.read(EventSeq(1), 10, Wait::No).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ResumeWindowExpired);
+    assert_eq!(
+        seqs(&first_log.read(EventSeq(2), 10, Wait::No).await.unwrap()),
+        vec![3, 4]
+    );
+
+    // 13: the first gives up the rest, then the second its oldest.
+    append_numbered(&attached_log, 3).await;
+    assert_eq!(evicted_through(&first_log).await, 4);
+    assert_eq!(evicted_through(&second_log).await, 1);
+
+    // Only the attached session is left to evict from: it keeps every frame.
+    append_numbered(&attached_log, 5).await;
+    assert_eq!(evicted_through(&second_log).await, 4);
+    assert_eq!(evicted_through(&attached_log).await, 0);
+    let all = attached_log
+        .read(EventSeq::ZERO, 100, Wait::No)
+        .await
+        .unwrap();
+    assert_eq!(seqs(&all), (1..=12).collect::<Vec<_>>());
+
+    // Detached, it is brought within the budget.
+    stores.logs.detached(&attached, Epoch(1)).await;
+    assert_eq!(evicted_through(&attached_log).await, 2);
+    assert_eq!(
+        seqs(&attached_log.read(EventSeq(2), 100, Wait::No).await.unwrap()),
+        (3..=12).collect::<Vec<_>>()
+    );
+}
+
+/// A fence by a newer attachment makes the session attached again, and the detach of an
+/// older attachment, arriving late, changes nothing; only the newest attachment's detach
+/// exposes the log to the budget again.
+pub async fn a_newer_fence_reattaches_and_an_older_detach_changes_nothing(make: LimitedFactory) {
+    let size = frame_bytes();
+    let stores = make(bytes_limits(u64::MAX, 4 * size));
+    let (id, log) = filled(&stores, 4).await;
+    stores.logs.detached(&id, Epoch(1)).await;
+    log.fence(Epoch(2)).await.unwrap();
+    stores.logs.detached(&id, Epoch(1)).await;
+    let (_, other) = filled(&stores, 2).await;
+    assert_eq!(
+        evicted_through(&log).await,
+        0,
+        "an attached log lost frames"
+    );
+    assert_eq!(evicted_through(&other).await, 0);
+
+    stores.logs.detached(&id, Epoch(2)).await;
+    assert_eq!(evicted_through(&log).await, 2);
+    assert_eq!(evicted_through(&other).await, 0);
+}
+
+/// A removed log's frames no longer count against the budget.
+pub async fn a_removed_log_gives_back_its_bytes(make: LimitedFactory) {
+    let size = frame_bytes();
+    let stores = make(bytes_limits(u64::MAX, 6 * size));
+    let (gone, _) = filled(&stores, 5).await;
+    stores.logs.remove(&gone).await;
+    let (id, log) = filled(&stores, 5).await;
+    stores.logs.detached(&id, Epoch(1)).await;
+    append_numbered(&log, 1).await;
+    assert_eq!(
+        evicted_through(&log).await,
+        0,
+        "the removed log's frames still counted"
+    );
+    append_numbered(&log, 1).await;
+    assert_eq!(evicted_through(&log).await, 1, "the budget still holds");
 }

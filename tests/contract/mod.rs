@@ -1,6 +1,6 @@
 //! The contract every store must keep, as tests generic over the implementation: each takes a
-//! factory of fresh [`Stores`] (event logs bounded to the given number of frames) and checks
-//! one promise of the traits in `arcp_gateway::store`. `tests/store_contract.rs` runs them all
+//! factory of fresh [`Stores`] (event logs bounded to the given number of frames, or within the
+//! given [`LogLimits`]) and checks one promise of the traits in `arcp_gateway::store`. `tests/store_contract.rs` runs them all
 //! against each implementation, and against each wrapped in [`wrapped::yielding`].
 #![allow(dead_code)]
 
@@ -21,11 +21,14 @@ use arcp_gateway::{
         event::EventBody,
         job_frame::{JobFrame, JobPayload},
     },
-    store::Stores,
+    store::{log::LogLimits, Stores},
 };
 
 /// Fresh stores whose event logs keep at most the given number of frames.
 pub type Factory = fn(usize) -> Stores;
+
+/// Fresh stores whose event logs are within the given limits.
+pub type LimitedFactory = fn(LogLimits) -> Stores;
 
 /// A guard against hangs, not a timing assertion: every wait here is due at once.
 pub const DEADLINE: Duration = Duration::from_secs(20);

@@ -15,9 +15,10 @@ use arcp_gateway::{
     ids::{Epoch, EventSeq, JobId, Principal, SessionId},
     protocol::Features,
     store::{
+        idempotency::KeyTerms,
         idempotency::{Claim, Fingerprint, IdempotencyKey, IdempotencyStore},
         jobs::{JobControl, JobDirectory, JobEntry, ListScope, Subscriber, Subscription},
-        log::{EventLog, LogBounds, LogEntry, SessionLog, Wait},
+        log::{Appended, EventLog, LogBounds, LogEntry, SessionLog, Wait},
         resume::{ResumeRegistry, ResumeToken},
         session::{AckOutcome, AttachmentLock, Flow, NewSession, SessionRecord, SessionStore},
         Stores,
@@ -104,12 +105,18 @@ impl EventLog for Wrapped<dyn EventLog> {
     async fn remove(&self, session: &SessionId) {
         self.around("logs.remove", self.inner.remove(session)).await
     }
+
+    async fn detached(&self, session: &SessionId, epoch: Epoch) {
+        self.around("logs.detached", self.inner.detached(session, epoch))
+            .await
+    }
 }
 
 #[async_trait]
 impl SessionLog for Wrapped<dyn SessionLog> {
-    async fn append(&self, frame: StoredFrame) -> Result<EventSeq, ArcpError> {
-        self.around("log.append", self.inner.append(frame)).await
+    async fn append_measured(&self, frame: StoredFrame) -> Result<Appended, ArcpError> {
+        self.around("log.append", self.inner.append_measured(frame))
+            .await
     }
 
     async fn read(
@@ -334,11 +341,11 @@ impl IdempotencyStore for Wrapped<dyn IdempotencyStore> {
         key: &IdempotencyKey,
         fingerprint: Fingerprint,
         job: &JobId,
-        window: Duration,
+        terms: KeyTerms,
     ) -> Result<Claim, ArcpError> {
         self.around(
             "idempotency.claim",
-            self.inner.claim(key, fingerprint, job, window),
+            self.inner.claim(key, fingerprint, job, terms),
         )
         .await
     }

@@ -47,6 +47,8 @@ pub(crate) struct Bench {
 pub(crate) fn bench_gateway() -> Arc<Gateway> {
     let config = GatewayConfig {
         max_log_frames: 2_000_000,
+        max_log_bytes: u64::MAX,
+        retained_bytes_budget: u64::MAX,
         ..GatewayConfig::default()
     };
     let mut agents = AgentRegistry::with_builtins();

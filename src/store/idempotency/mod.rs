@@ -5,6 +5,16 @@
 //!
 //! Claiming a key is one atomic step, so of two submissions racing with a new key exactly one
 //! starts a job. [`memory::MemoryIdempotencyStore`] is the embedded store.
+//!
+//! A principal holds a bounded number of keys ([`KeyTerms::max_per_principal`]). Claiming a
+//! new key beyond the bound forgets the principal's oldest accepted key, rather than refusing
+//! the submission: the bound then shortens the window for a principal that submits faster than
+//! the bound allows per window, and a retry of a forgotten key starts a new job. Retries come
+//! soon after the submission they repeat, so the oldest key is the one least likely to be
+//! repeated; refusing instead would stop every keyed submission of a busy principal until its
+//! keys expired. Keys whose job is still being accepted are never forgotten (a repeat racing
+//! the first acceptance must find it); if all of a principal's keys are, the claim is refused
+//! with `INVALID_REQUEST`.
 
 pub mod memory;
 
@@ -30,6 +40,15 @@ pub struct IdempotencyKey {
 /// The digest of a submission's parameters: two submissions are "identical" (§7.2) when their
 /// fingerprints are equal.
 pub type Fingerprint = [u8; 32];
+
+/// What a claim of a key is held to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct KeyTerms {
+    /// How long the key keeps naming its job.
+    pub window: Duration,
+    /// The most keys one principal holds; at least 1.
+    pub max_per_principal: usize,
+}
 
 /// What claiming a key found.
 #[derive(Clone, Debug)]
@@ -58,13 +77,15 @@ pub enum Claim {
 /// either taken full effect or none.
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + 'static {
-    /// Claims `key` for `job` for `window`, or reports who holds it.
+    /// Claims `key` for `job` for `terms.window`, or reports who holds it. A new key beyond
+    /// `terms.max_per_principal` of its principal's makes the store forget the principal's
+    /// oldest accepted key (see the module documentation).
     async fn claim(
         &self,
         key: &IdempotencyKey,
         fingerprint: Fingerprint,
         job: &JobId,
-        window: Duration,
+        terms: KeyTerms,
     ) -> Result<Claim, ArcpError>;
 
     /// Records the `job.accepted` frame of `job`, which holds `key`, for repeats.

@@ -10,6 +10,17 @@
 //! and returns the same bytes, and nothing on the frame path depends on where the log lives.
 //! [`EventLog`] creates, opens and removes sessions' logs; a [`SessionLog`] handle is what
 //! everything on the frame path uses. [`memory::MemoryEventLog`] is the embedded store.
+//!
+//! Memory is bounded by [`LogLimits`]: each log keeps at most so many frames and so many bytes
+//! of them, and a store keeps at most a budget of bytes across all its logs. Beyond a log's own
+//! bounds its oldest frames go. Beyond the budget the frames of detached sessions go first:
+//! the session detached longest ago loses its oldest frames first. A session whose stream is
+//! attached loses nothing to the budget, because its reader may still need every frame it has
+//! not taken; its own bounds hold it, and its jobs are paced to its reader in frames and in
+//! bytes (see [`Appended::window_start`]), so its reader is never overtaken by eviction. So the
+//! budget can be exceeded by attached sessions only, by at most their own bounds. Eviction of
+//! any kind moves `evicted_through`, so a reader that needs an evicted frame always gets
+//! `RESUME_WINDOW_EXPIRED`, never a gap.
 
 pub mod cursor;
 pub mod memory;
@@ -31,6 +42,49 @@ pub struct LogEntry {
     pub seq: EventSeq,
     /// The frame.
     pub frame: StoredFrame,
+}
+
+/// How much a store's logs may hold.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct LogLimits {
+    /// The most frames one session's log keeps.
+    pub max_frames: usize,
+    /// The most bytes of frames (their [`StoredFrame::len`]) one session's log keeps; the
+    /// newest frame is kept whatever its size.
+    pub max_bytes: u64,
+    /// The most bytes of frames all the store's logs keep together, as far as evicting
+    /// detached sessions' frames can keep them (see the module documentation).
+    pub budget_bytes: u64,
+}
+
+impl LogLimits {
+    /// Logs bounded to `max_frames` frames each, and in nothing else.
+    pub fn frames(max_frames: usize) -> LogLimits {
+        LogLimits {
+            max_frames,
+            max_bytes: u64::MAX,
+            budget_bytes: u64::MAX,
+        }
+    }
+
+    /// How many bytes a reader may fall behind the newest frame: half the byte bound, so that
+    /// the frames jobs append while they are being paced fit in the other half.
+    pub fn window_bytes(&self) -> u64 {
+        self.max_bytes / 2
+    }
+}
+
+/// What an append did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Appended {
+    /// The sequence number the frame got.
+    pub seq: EventSeq,
+    /// The oldest position a reader may be at with the frames after it, through this one,
+    /// within [`LogLimits::window_bytes`]: a job that waits until its session's reader has
+    /// taken the frames through `window_start` leaves that reader at most half the log's byte
+    /// bound behind, which eviction by bytes does not reach. `ZERO` while the whole log is
+    /// within the window.
+    pub window_start: EventSeq,
 }
 
 /// What a log holds for one session, by sequence number.
@@ -88,8 +142,13 @@ pub trait EventLog: Send + Sync + 'static {
     async fn open(&self, session: &SessionId) -> Result<Arc<dyn SessionLog>, ArcpError>;
 
     /// Drops the session's log: waiting readers fail, and so does every later call through a
-    /// handle to it.
+    /// handle to it. Its frames no longer count against the store's budget.
     async fn remove(&self, session: &SessionId);
+
+    /// Attachment `epoch`'s stream of `session` is gone. Unless a newer attachment has fenced
+    /// the log since (see [`SessionLog::fence`]), the session is detached from now on, and its
+    /// frames are among the first the store's budget evicts. A no-op for a removed log.
+    async fn detached(&self, session: &SessionId, epoch: Epoch);
 }
 
 /// One session's append-only, bounded log of job frames. The session's stream, its jobs and
@@ -100,8 +159,15 @@ pub trait EventLog: Send + Sync + 'static {
 #[async_trait]
 pub trait SessionLog: Send + Sync + 'static {
     /// Appends `frame`, assigning the session's next sequence number, and wakes readers.
-    /// Evicts the oldest frames beyond the log's bound.
-    async fn append(&self, frame: StoredFrame) -> Result<EventSeq, ArcpError>;
+    /// Evicts the oldest frames beyond the log's bounds, and, while the store is over its
+    /// budget, detached sessions' oldest frames. Returns where a reader must be to stay clear
+    /// of eviction ([`Appended::window_start`]).
+    async fn append_measured(&self, frame: StoredFrame) -> Result<Appended, ArcpError>;
+
+    /// [`SessionLog::append_measured`], for callers that need only the sequence number.
+    async fn append(&self, frame: StoredFrame) -> Result<EventSeq, ArcpError> {
+        Ok(self.append_measured(frame).await?.seq)
+    }
 
     /// Up to `max` frames with sequence numbers above `after`, in order; with
     /// [`Wait::ForMore`], waits until there is at least one. Fails with
@@ -117,7 +183,9 @@ pub trait SessionLog: Send + Sync + 'static {
     /// Refuses early releases from attachments older than `epoch` from now on (see
     /// [`SessionLog::release_through`]). A resuming stream fences the log before it checks
     /// that the frames it needs are there, so a superseded stream still handling an ack
-    /// cannot free them after the check.
+    /// cannot free them after the check. A fence by a newer epoch than any before also marks
+    /// the session attached: its frames are no longer evicted for the store's budget, and a
+    /// later [`EventLog::detached`] of an older attachment changes nothing.
     async fn fence(&self, epoch: Epoch) -> Result<(), ArcpError>;
 
     /// Frees the frames up to `through` early, because the client of attachment `epoch`
