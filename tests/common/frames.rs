@@ -122,6 +122,20 @@ pub fn leased_submit(
     }
 }
 
+/// A `job.subscribe` to `job`, replaying its frames after `from` first with `history`.
+pub fn subscribe(job: &str, history: bool, from: Option<u64>) -> In {
+    In::JobSubscribe(proto::JobSubscribe {
+        job_id: job.into(),
+        from_event_seq: from,
+        history,
+    })
+}
+
+/// A `job.unsubscribe` from `job`.
+pub fn unsubscribe(job: &str) -> In {
+    In::JobUnsubscribe(proto::JobUnsubscribe { job_id: job.into() })
+}
+
 /// Now plus `ms` milliseconds, as RFC 3339 UTC with a `Z` suffix.
 pub fn in_ms(ms: i64) -> String {
     (chrono::Utc::now() + chrono::Duration::milliseconds(ms))
@@ -184,6 +198,13 @@ pub fn accepted(frame: &ServerFrame) -> &proto::JobAccepted {
     match &frame.payload {
         Some(Out::JobAccepted(a)) => a,
         other => panic!("expected job_accepted, got {other:?}"),
+    }
+}
+
+pub fn subscribed(frame: &ServerFrame) -> &proto::JobSubscribed {
+    match &frame.payload {
+        Some(Out::JobSubscribed(s)) => s,
+        other => panic!("expected job_subscribed, got {other:?}"),
     }
 }
 
