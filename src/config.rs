@@ -64,6 +64,22 @@ pub struct GatewayConfig {
     pub max_result_chunk_bytes: u64,
     /// The largest streamed result, all chunks together (§14).
     pub max_result_bytes: u64,
+    /// How long a job that names no `max_runtime_sec` may run before it ends with `TIMEOUT`,
+    /// delegated children included; at most `max_runtime_ceiling`.
+    pub default_max_runtime: Duration,
+    /// The largest `max_runtime_sec` a submission may ask for; one asking for more is refused
+    /// with `INVALID_REQUEST`.
+    pub max_runtime_ceiling: Duration,
+    /// Sessions one principal may hold at once, counting detached ones still in their resume
+    /// window (§14); a hello over it gets `PERMISSION_DENIED`.
+    pub max_sessions_per_principal: usize,
+    /// Jobs one session may have running at once, delegated children included; a submission
+    /// over it gets `PERMISSION_DENIED`.
+    pub max_jobs_per_session: usize,
+    /// Jobs one principal may have running at once over all its sessions.
+    pub max_jobs_per_principal: usize,
+    /// Jobs of other sessions one session may subscribe to at once (§7.6).
+    pub max_subscriptions_per_session: usize,
 }
 
 impl Default for GatewayConfig {
@@ -88,6 +104,12 @@ impl Default for GatewayConfig {
             lease_grace: Duration::from_secs(1),
             max_result_chunk_bytes: MIB,
             max_result_bytes: 64 * MIB,
+            default_max_runtime: Duration::from_secs(3600),
+            max_runtime_ceiling: Duration::from_secs(24 * 3600),
+            max_sessions_per_principal: 100,
+            max_jobs_per_session: 100,
+            max_jobs_per_principal: 1000,
+            max_subscriptions_per_session: 100,
         }
     }
 }

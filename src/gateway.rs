@@ -122,6 +122,7 @@ impl GatewayBuilder {
                 resume_window: config.resume_window,
                 hello_timeout: config.hello_timeout,
                 heartbeat_interval_sec: config.heartbeat_interval_sec,
+                max_sessions_per_principal: config.max_sessions_per_principal,
             },
             attachments: Attachments::default(),
             shutdown: CancellationToken::new(),
@@ -186,8 +187,9 @@ impl Gateway {
         self.sessions.attachments.stop_all(StreamEnd::ShuttingDown);
     }
 
-    /// Removes sessions whose resume window has closed, with their logs, and forgets jobs that
-    /// ended longer than a window ago.
+    /// Removes sessions whose resume window has closed, with their logs, after cancelling
+    /// their running jobs and dropping their subscriptions (nobody can receive those frames
+    /// any more); forgets jobs that ended longer than a window ago.
     pub async fn sweep(&self) {
         let now = SystemTime::now();
         let expired = match self.stores.resume.take_expired(now).await {
@@ -198,6 +200,9 @@ impl Gateway {
             }
         };
         for id in expired {
+            if let Err(e) = self.sessions.jobs.session_expired(&id).await {
+                tracing::warn!(session = %id, "expired session's jobs not ended: {e}");
+            }
             if let Err(e) = self.stores.sessions.remove(&id).await {
                 tracing::warn!(session = %id, "session record not removed: {e}");
             }

@@ -106,6 +106,28 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     observers: Vec<String>,
+    /// How long a job that names no max_runtime_sec may run before it ends with TIMEOUT.
+    #[arg(long, default_value_t = 3600, env = "ARCP_DEFAULT_MAX_RUNTIME_SEC")]
+    default_max_runtime_sec: u64,
+    /// The largest max_runtime_sec a submission may ask for.
+    #[arg(long, default_value_t = 86_400, env = "ARCP_MAX_RUNTIME_CEILING_SEC")]
+    max_runtime_ceiling_sec: u64,
+    /// Sessions one principal may hold at once, detached ones in their resume window included.
+    #[arg(long, default_value_t = 100, env = "ARCP_MAX_SESSIONS_PER_PRINCIPAL")]
+    max_sessions_per_principal: usize,
+    /// Jobs one session may have running at once, delegated children included.
+    #[arg(long, default_value_t = 100, env = "ARCP_MAX_JOBS_PER_SESSION")]
+    max_jobs_per_session: usize,
+    /// Jobs one principal may have running at once over all its sessions.
+    #[arg(long, default_value_t = 1000, env = "ARCP_MAX_JOBS_PER_PRINCIPAL")]
+    max_jobs_per_principal: usize,
+    /// Jobs of other sessions one session may subscribe to at once.
+    #[arg(
+        long,
+        default_value_t = 100,
+        env = "ARCP_MAX_SUBSCRIPTIONS_PER_SESSION"
+    )]
+    max_subscriptions_per_session: usize,
     /// Issue provisioned credentials (§9.8) valid at this endpoint, from the in-process
     /// provisioner; enables the `provisioned_credentials` feature.
     #[arg(long, value_name = "URL", env = "ARCP_CREDENTIALS_ENDPOINT")]
@@ -153,6 +175,12 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         idempotency_window: Duration::from_secs(args.idempotency_window_sec),
         default_model_use: (!args.default_model_use.is_empty()).then_some(args.default_model_use),
         budget_exhaustion_fatal: args.budget_exhaustion_fatal,
+        default_max_runtime: Duration::from_secs(args.default_max_runtime_sec),
+        max_runtime_ceiling: Duration::from_secs(args.max_runtime_ceiling_sec),
+        max_sessions_per_principal: args.max_sessions_per_principal,
+        max_jobs_per_session: args.max_jobs_per_session,
+        max_jobs_per_principal: args.max_jobs_per_principal,
+        max_subscriptions_per_session: args.max_subscriptions_per_session,
         ..GatewayConfig::default()
     };
     let auth = Authenticator::from_pairs(args.auth_tokens);

@@ -48,17 +48,6 @@ async fn subscriber(server: &TestServer, token: &str) -> (Conn, proto::ServerFra
     server.hello_with(token, &["subscribe"]).await
 }
 
-fn unsubscribe(job: &str) -> In {
-    In::JobUnsubscribe(proto::JobUnsubscribe { job_id: job.into() })
-}
-
-fn subscribed(frame: &proto::ServerFrame) -> &proto::JobSubscribed {
-    match &frame.payload {
-        Some(Out::JobSubscribed(s)) => s,
-        other => panic!("expected job_subscribed, got {other:?}"),
-    }
-}
-
 /// Alice's pacer job, submitted with a trace id and a lease; returns the job id and the
 /// acceptance.
 async fn submit_pacer(owner: &mut Conn) -> (String, proto::ServerFrame) {

@@ -27,20 +27,28 @@ impl Delegation for JobManager {
         expires_at: Option<&str>,
     ) -> Result<Arc<JobRecord>, ArcpError> {
         let child = self.prepare_child(parent, agent, input.clone(), lease_request, expires_at)?;
+        // Registered before it is announced, so that a child over the caps is refused
+        // without a `delegate` event naming a job that never ran.
+        let child = self.register(child).await?;
+        let spec = &child.job.spec;
         // The announcement precedes every frame of the child.
-        parent
+        let announced = parent
             .emit(JobPayload::Event {
                 ts: Timestamp::now(),
                 body: EventBody::Delegate {
-                    child_job_id: child.spec.id.as_str().to_owned(),
-                    agent: child.spec.agent.clone(),
+                    child_job_id: spec.id.as_str().to_owned(),
+                    agent: spec.agent.clone(),
                     input,
-                    lease_request: child.spec.lease.to_wire(),
-                    expires_at: child.spec.lease.expires_at().map(Timestamp),
+                    lease_request: spec.lease.to_wire(),
+                    expires_at: spec.lease.expires_at().map(Timestamp),
                 },
             })
-            .await?;
-        let child = self.start(child).await?;
+            .await;
+        if let Err(e) = announced {
+            self.abandon(&child.job).await;
+            return Err(e);
+        }
+        let child = self.launch(child).await?;
         parent.children.lock().push(child.id().clone());
         Ok(child)
     }

@@ -40,7 +40,7 @@ use crate::{
     },
     store::{
         idempotency::{Claim, Fingerprint, IdempotencyKey, IdempotencyStore, KeyTerms},
-        jobs::{not_found, JobDirectory, JobEntry, ListScope, Subscriber, Subscription},
+        jobs::{not_found, JobCaps, JobDirectory, JobEntry, ListScope, Subscriber, Subscription},
         log::SessionLog,
         session::SessionRecord,
     },
@@ -131,6 +131,15 @@ pub(crate) struct Start {
     request_id: Option<String>,
 }
 
+/// A job in the directory, counted against the caps, not yet accepted.
+pub(crate) struct Registered {
+    job: Arc<JobRecord>,
+    agent: Arc<dyn Agent>,
+    input: Json,
+    max_runtime: Option<Duration>,
+    request_id: Option<String>,
+}
+
 impl JobManager {
     /// An engine running `agents` with `services`, reaching jobs through `directory` and
     /// idempotency keys through `keys`; `policy` decides who observes whose jobs.
@@ -199,6 +208,7 @@ impl JobManager {
             self.services.settings.default_model_use.as_deref(),
         )?;
         let agent = self.agents.resolve(&submit.agent)?;
+        let max_runtime = self.max_runtime(submit.max_runtime_sec)?;
         let id = JobId::generate();
         let key = submit.idempotency_key.as_ref().map(|key| IdempotencyKey {
             principal: by.principal().clone(),
@@ -225,9 +235,7 @@ impl JobManager {
                 spec,
                 agent: agent.agent,
                 input: submit.input,
-                max_runtime: submit
-                    .max_runtime_sec
-                    .map(|s| Duration::from_secs(s.into())),
+                max_runtime,
                 request_id: by.request_id,
             })
             .await;
@@ -310,6 +318,14 @@ impl JobManager {
 
     /// Issues credentials, records the job, logs `job.accepted` and runs the agent.
     async fn start(&self, start: Start) -> Result<Arc<JobRecord>, ArcpError> {
+        let registered = self.register(start).await?;
+        self.launch(registered).await
+    }
+
+    /// Issues the job's credentials and records it in the directory, which refuses it if its
+    /// session or principal already runs as many jobs as the caps allow. Nothing of the job
+    /// is visible to any client yet.
+    async fn register(&self, start: Start) -> Result<Registered, ArcpError> {
         // §6.2: no credentials for a submitter that did not negotiate them.
         let wants_credentials = start.owner.features.has("provisioned_credentials");
         let credentials = match &self.services.provisioner {
@@ -324,7 +340,6 @@ impl JobManager {
             budget: start.spec.lease.budget().cloned(),
             credentials,
         };
-        let id = start.spec.id.clone();
         let job = Arc::new(JobRecord::new(
             start.spec,
             start.owner,
@@ -333,34 +348,78 @@ impl JobManager {
         ));
         // Registered before the acceptance is visible, so a cancel racing right behind
         // `job.accepted` finds the job.
-        let accepted = match self.directory.insert(job.clone()).await {
-            Ok(()) => {
-                job.emit(JobPayload::Accepted(Box::new(acceptance(
-                    &job,
-                    start.request_id,
-                ))))
-                .await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = accepted {
-            if let Err(e) = self.directory.remove(&id).await {
-                tracing::warn!(job = %id, "job not removed from the directory: {e}");
-            }
-            runner::revoke_credentials(&self.services, &job).await;
+        if let Err(e) = self.directory.insert(job.clone(), self.job_caps()).await {
+            self.abandon(&job).await;
             return Err(e);
         }
-        tracing::info!(job = %id, session = %job.session(), agent = %job.spec.agent, "job accepted");
+        Ok(Registered {
+            job,
+            agent: start.agent,
+            input: start.input,
+            max_runtime: start.max_runtime,
+            request_id: start.request_id,
+        })
+    }
+
+    /// Logs `job.accepted` for a registered job and runs its agent.
+    async fn launch(&self, registered: Registered) -> Result<Arc<JobRecord>, ArcpError> {
+        let Registered {
+            job,
+            agent,
+            input,
+            max_runtime,
+            request_id,
+        } = registered;
+        let accepted = JobPayload::Accepted(Box::new(acceptance(&job, request_id)));
+        if let Err(e) = job.emit(accepted).await {
+            self.abandon(&job).await;
+            return Err(e);
+        }
+        tracing::info!(job = %job.id(), session = %job.session(), agent = %job.spec.agent, "job accepted");
         let engine = self.me.upgrade().ok_or_else(stopped)?;
         tokio::spawn(runner::run(
             job.clone(),
             engine,
             self.directory.clone(),
-            start.agent,
-            start.input,
-            start.max_runtime,
+            agent,
+            input,
+            max_runtime,
         ));
         Ok(job)
+    }
+
+    /// Undoes [`JobManager::register`] for a job no client ever saw accepted.
+    async fn abandon(&self, job: &JobRecord) {
+        if let Err(e) = self.directory.remove(job.id()).await {
+            tracing::warn!(job = %job.id(), "job not removed from the directory: {e}");
+        }
+        runner::revoke_credentials(&self.services, job).await;
+    }
+
+    /// The caps the directory checks every new job against.
+    fn job_caps(&self) -> JobCaps {
+        let settings = &self.services.settings;
+        JobCaps {
+            per_session: settings.max_jobs_per_session,
+            per_principal: settings.max_jobs_per_principal,
+        }
+    }
+
+    /// The runtime a submission asked for, if within the ceiling; `None` leaves the job to
+    /// the default its runner applies.
+    fn max_runtime(&self, requested: Option<u32>) -> Result<Option<Duration>, ArcpError> {
+        let Some(secs) = requested else {
+            return Ok(None);
+        };
+        let asked = Duration::from_secs(secs.into());
+        let ceiling = self.services.settings.max_runtime_ceiling;
+        if asked > ceiling {
+            return Err(ArcpError::InvalidRequest(format!(
+                "max_runtime_sec {secs} is over this runtime's ceiling of {}s (max_runtime_ceiling)",
+                ceiling.as_secs()
+            )));
+        }
+        Ok(Some(asked))
     }
 
     /// §7.2: the same `job.accepted` payload, answering this submit's `id`, in the submitting
@@ -473,7 +532,11 @@ impl JobManager {
         }
         match self
             .directory
-            .subscribe(&request.job_id, subscriber.clone())
+            .subscribe(
+                &request.job_id,
+                subscriber.clone(),
+                self.services.settings.max_subscriptions_per_session,
+            )
             .await?
         {
             Subscription::Live => Ok(()),
@@ -509,6 +572,34 @@ impl JobManager {
                 "this session is not subscribed to job {job_id}"
             )))
         }
+    }
+
+    /// Ends what an expired session held, wherever it runs: its running jobs are cancelled
+    /// (nobody can ever receive their frames again) and its subscriptions dropped. For the
+    /// sweeper that took the session's expiry.
+    pub async fn session_expired(&self, session: &SessionId) -> Result<(), ArcpError> {
+        let held = self.directory.held_by(session).await?;
+        let reason = format!("session {session} expired: its resume window closed");
+        for job in &held.running {
+            // A job that ended meanwhile refuses the cancel, which is what it should do.
+            if let Err(e) = self.directory.cancel(job, Some(reason.clone())).await {
+                tracing::debug!(job = %job, "job of an expired session not cancelled: {e}");
+            }
+        }
+        for job in &held.subscriptions {
+            if let Err(e) = self.directory.unsubscribe(job, session).await {
+                tracing::debug!(job = %job, "subscription of an expired session not dropped: {e}");
+            }
+        }
+        if !held.running.is_empty() || !held.subscriptions.is_empty() {
+            tracing::info!(
+                session = %session,
+                jobs = held.running.len(),
+                subscriptions = held.subscriptions.len(),
+                "expired session's jobs cancelled and subscriptions dropped"
+            );
+        }
+        Ok(())
     }
 
     /// Forgets jobs that ended before `before`, and idempotency keys past their window.

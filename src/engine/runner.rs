@@ -27,7 +27,11 @@ use crate::{
 enum Outcome {
     Returned(Result<Json, ArcpError>),
     Cancelled,
-    TimedOut(Duration),
+    /// It ran past its runtime limit: the one it asked for, or the runtime's default.
+    TimedOut {
+        limit: Duration,
+        named: bool,
+    },
     LeaseExpired,
 }
 
@@ -45,7 +49,14 @@ pub(super) async fn run(
     max_runtime: Option<Duration>,
 ) {
     let ctx = JobContext::new(job.clone(), delegation);
-    let deadline = sleep_for(max_runtime);
+    let settings = &job.services.settings;
+    // A job that named no limit still gets one: nobody may be there to cancel it.
+    let limit = max_runtime.unwrap_or(
+        settings
+            .default_max_runtime
+            .min(settings.max_runtime_ceiling),
+    );
+    let deadline = tokio::time::sleep(limit);
     // §13.4: past `expires_at` the agent gets LEASE_EXPIRED from its next operation and may
     // unwind for a short grace; then the runtime ends the job.
     let lease_end = sleep_for(job.spec.lease.expires_at().map(|at| {
@@ -57,7 +68,7 @@ pub(super) async fn run(
     let outcome = tokio::select! {
         biased;
         _ = job.cancel_requested() => Outcome::Cancelled,
-        _ = deadline => Outcome::TimedOut(max_runtime.unwrap_or_default()),
+        _ = deadline => Outcome::TimedOut { limit, named: max_runtime.is_some() },
         _ = lease_end => Outcome::LeaseExpired,
         result = work => Outcome::Returned(result.unwrap_or_else(|_| {
             Err(ArcpError::Internal("agent panicked".into()))
@@ -65,6 +76,10 @@ pub(super) async fn run(
     };
     // Dropping the agent's future above stops it; its sub-tasks see the cancellation token.
     job.cancel.cancel();
+    // Before the terminal frame: a client that saw the job end may start another at once.
+    if let Err(e) = directory.release_slot(job.id()).await {
+        tracing::warn!(job = %job.id(), "the job's slot is not released before its end: {e}");
+    }
 
     let (status, frames, published) = conclude(&job, outcome);
     revoke_credentials(&job.services, &job).await;
@@ -114,11 +129,15 @@ fn conclude(
                 Err(err),
             );
         }
-        Outcome::TimedOut(limit) => {
+        Outcome::TimedOut { limit, named } => {
+            let whose = if named {
+                "its max_runtime_sec"
+            } else {
+                "the runtime's default for jobs that name no max_runtime_sec"
+            };
             return failed(ArcpError::Timeout(format!(
-                "job exceeded max_runtime_sec ({}s)",
-                limit.as_secs()
-            )))
+                "job ran past {whose} ({limit:?})"
+            )));
         }
         Outcome::LeaseExpired => {
             tracing::warn!(target: "arcp::audit", job = %job.id(), "lease expired; ending the job");

@@ -123,15 +123,28 @@ async fn create(
     // and the sweep that closes the window removes whatever else was created.
     let token = services.resume.issue(&id, &principal, epoch).await?;
     let log = services.logs.create(&id).await?;
-    let record = services
+    let created = services
         .sessions
         .create(NewSession {
             id: id.clone(),
             principal,
             features,
             epoch,
+            max_per_principal: services.settings.max_sessions_per_principal,
         })
-        .await?;
+        .await;
+    let record = match created {
+        Ok(record) => record,
+        Err(e) => {
+            // Refused (over the principal's cap): what was made for it goes now rather than
+            // when its window closes, so refused hellos hold nothing.
+            if let Err(e) = services.resume.remove(&id).await {
+                tracing::warn!(session = %id, "refused session's token not removed: {e}");
+            }
+            services.logs.remove(&id).await;
+            return Err(e);
+        }
+    };
     guard.record = Some(record.clone());
     let control = attach_here(services, &id, epoch);
     tracing::info!(session = %id, principal = %record.principal(), "session opened");

@@ -97,6 +97,8 @@ pub(crate) struct SessionSettings {
     pub hello_timeout: Duration,
     /// Advertised in the welcome (§6.4), and the interval of the runtime's own pings.
     pub heartbeat_interval_sec: u32,
+    /// Sessions one principal may hold at once (§14), checked when a hello creates one.
+    pub max_sessions_per_principal: usize,
 }
 
 /// The streams attached to sessions on this process, so that a newer attachment here stops the

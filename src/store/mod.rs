@@ -6,12 +6,14 @@
 //! - [`log`]: each session's event log, the single source of what a stream delivers.
 //! - [`jobs`]: the job directory: lookups, listing, and cancel and subscribe by id.
 //! - [`idempotency`]: idempotency keys with an atomic claim (§7.2).
+//! - [`caps`]: the error every store answers a request over one of its caps with.
 //!
 //! The session and job code reach state only through these traits, so a store shared between
 //! replicas can stand in for the memory ones. Their contract (what every implementation must
 //! do, including when its calls suspend or are cancelled) is tested generically in
 //! `tests/store_contract.rs`.
 
+pub mod caps;
 pub mod idempotency;
 pub mod jobs;
 pub mod log;

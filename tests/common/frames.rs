@@ -72,15 +72,6 @@ pub fn ack(seq: u64) -> In {
     })
 }
 
-/// A `job.subscribe` to `job`, with its history from `from` if `history`.
-pub fn subscribe(job: &str, history: bool, from: Option<u64>) -> In {
-    In::JobSubscribe(proto::JobSubscribe {
-        job_id: job.into(),
-        from_event_seq: from,
-        history,
-    })
-}
-
 /// A `session.list_jobs` with no filter.
 pub fn list_jobs() -> In {
     In::SessionListJobs(proto::SessionListJobs::default())
@@ -153,6 +144,20 @@ pub fn leased_submit(
     }
 }
 
+/// A `job.subscribe` to `job`, replaying its frames after `from` first with `history`.
+pub fn subscribe(job: &str, history: bool, from: Option<u64>) -> In {
+    In::JobSubscribe(proto::JobSubscribe {
+        job_id: job.into(),
+        from_event_seq: from,
+        history,
+    })
+}
+
+/// A `job.unsubscribe` from `job`.
+pub fn unsubscribe(job: &str) -> In {
+    In::JobUnsubscribe(proto::JobUnsubscribe { job_id: job.into() })
+}
+
 /// Now plus `ms` milliseconds, as RFC 3339 UTC with a `Z` suffix.
 pub fn in_ms(ms: i64) -> String {
     (chrono::Utc::now() + chrono::Duration::milliseconds(ms))
@@ -215,6 +220,13 @@ pub fn accepted(frame: &ServerFrame) -> &proto::JobAccepted {
     match &frame.payload {
         Some(Out::JobAccepted(a)) => a,
         other => panic!("expected job_accepted, got {other:?}"),
+    }
+}
+
+pub fn subscribed(frame: &ServerFrame) -> &proto::JobSubscribed {
+    match &frame.payload {
+        Some(Out::JobSubscribed(s)) => s,
+        other => panic!("expected job_subscribed, got {other:?}"),
     }
 }
 

@@ -2,7 +2,10 @@
 //! routes to.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, SystemTime},
 };
 
@@ -14,11 +17,11 @@ use arcp_gateway::{
         job_frame::{FinalStatus, JobStatus},
         Features,
     },
-    store::jobs::{JobControl, JobEntry, ListScope, Subscriber, Subscription},
+    store::jobs::{Holdings, JobCaps, JobControl, JobEntry, ListScope, Subscriber, Subscription},
 };
 use async_trait::async_trait;
 
-use super::{cancel_after, Factory};
+use super::{cancel_after, within, Factory};
 
 /// A running job as the directory sees it: an entry, and a record of the requests routed to
 /// it.
@@ -26,7 +29,15 @@ struct Running {
     entry: Mutex<JobEntry>,
     cancels: Mutex<Vec<Option<String>>>,
     subscribers: Mutex<Vec<SessionId>>,
+    /// Whether it refuses every subscriber, as a job does that cannot reach its log.
+    refuses: AtomicBool,
 }
+
+/// Caps no test reaches.
+const UNCAPPED: JobCaps = JobCaps {
+    per_session: usize::MAX,
+    per_principal: usize::MAX,
+};
 
 #[async_trait]
 impl JobControl for Running {
@@ -40,6 +51,11 @@ impl JobControl for Running {
     }
 
     async fn subscribe(&self, subscriber: Subscriber) -> Result<(), ArcpError> {
+        if self.refuses.load(Ordering::Relaxed) {
+            return Err(ArcpError::Internal(
+                "the job cannot take subscribers".into(),
+            ));
+        }
         self.subscribers.lock().unwrap().push(subscriber.session);
         Ok(())
     }
@@ -72,11 +88,36 @@ fn entry(principal: &str) -> JobEntry {
 }
 
 fn running(principal: &str) -> Arc<Running> {
+    running_in(&SessionId::generate(), principal)
+}
+
+/// A running job of `session`, submitted by `principal`.
+fn running_in(session: &SessionId, principal: &str) -> Arc<Running> {
+    let mut entry = entry(principal);
+    entry.session = session.clone();
     Arc::new(Running {
-        entry: Mutex::new(entry(principal)),
+        entry: Mutex::new(entry),
         cancels: Mutex::new(Vec::new()),
         subscribers: Mutex::new(Vec::new()),
+        refuses: AtomicBool::new(false),
     })
+}
+
+/// `job`'s entry as it ended.
+fn ended(job: &Running) -> JobEntry {
+    let mut entry = job.entry();
+    entry.status = JobStatus::Finished(FinalStatus::Success);
+    entry.finished_at = Some(SystemTime::now());
+    entry
+}
+
+/// Asserts `err` is the refusal of a request over `setting`, naming its value `cap`.
+fn expect_over_cap(err: ArcpError, setting: &str, cap: usize) {
+    assert_eq!(err.code(), ErrorCode::PermissionDenied, "{err}");
+    assert!(
+        err.message().contains(&format!("{setting} = {cap}")),
+        "the refusal names the cap and its value: {err}"
+    );
 }
 
 fn subscriber(session: &SessionId) -> Subscriber {
@@ -100,7 +141,7 @@ pub async fn lists_jobs_in_id_order_within_scope_and_filter(make: Factory) {
     let mut all = Vec::new();
     for i in 0..6 {
         let job = running(if i % 2 == 0 { "alice" } else { "bob" });
-        jobs.insert(job.clone()).await.unwrap();
+        jobs.insert(job.clone(), UNCAPPED).await.unwrap();
         all.push(job);
     }
     let alice = Principal::new("alice");
@@ -142,12 +183,14 @@ pub async fn requests_by_id_reach_the_running_job(make: Factory) {
     let jobs = make(10).jobs;
     let job = running("alice");
     let id = job.entry().id;
-    jobs.insert(job.clone()).await.unwrap();
+    jobs.insert(job.clone(), UNCAPPED).await.unwrap();
     jobs.cancel(&id, Some("why".into())).await.unwrap();
     assert_eq!(*job.cancels.lock().unwrap(), vec![Some("why".to_owned())]);
     let s = SessionId::generate();
     assert!(matches!(
-        jobs.subscribe(&id, subscriber(&s)).await.unwrap(),
+        jobs.subscribe(&id, subscriber(&s), usize::MAX)
+            .await
+            .unwrap(),
         Subscription::Live
     ));
     assert_eq!(*job.subscribers.lock().unwrap(), vec![s.clone()]);
@@ -165,7 +208,11 @@ pub async fn requests_by_id_reach_the_running_job(make: Factory) {
         1,
         "an ended job's control was asked"
     );
-    match jobs.subscribe(&id, subscriber(&s)).await.unwrap() {
+    match jobs
+        .subscribe(&id, subscriber(&s), usize::MAX)
+        .await
+        .unwrap()
+    {
         Subscription::Ended(entry) => assert_eq!(entry.status, ended.status),
         Subscription::Live => panic!("an ended job took a subscriber"),
     }
@@ -175,7 +222,9 @@ pub async fn requests_by_id_reach_the_running_job(make: Factory) {
     let unknown = JobId::generate();
     for err in [
         jobs.cancel(&unknown, None).await.unwrap_err(),
-        jobs.subscribe(&unknown, subscriber(&s)).await.unwrap_err(),
+        jobs.subscribe(&unknown, subscriber(&s), usize::MAX)
+            .await
+            .unwrap_err(),
         jobs.unsubscribe(&unknown, &s).await.unwrap_err(),
     ] {
         assert_eq!(err.code(), ErrorCode::JobNotFound);
@@ -188,7 +237,7 @@ pub async fn purging_forgets_only_jobs_that_ended_before_the_cutoff(make: Factor
     let cutoff = SystemTime::now();
     let (old, recent, live, dropped) = (running("a"), running("a"), running("a"), running("a"));
     for job in [&old, &recent, &live, &dropped] {
-        jobs.insert(job.clone()).await.unwrap();
+        jobs.insert(job.clone(), UNCAPPED).await.unwrap();
     }
     for (job, at) in [
         (&old, cutoff - Duration::from_secs(5)),
@@ -213,7 +262,7 @@ pub async fn inserts_and_finishes_cancelled_anywhere_took_effect_or_none(make: F
     for polls in 0..6 {
         let job = running("alice");
         let id = job.entry().id;
-        let inserted = cancel_after(polls, jobs.insert(job.clone())).await;
+        let inserted = cancel_after(polls, jobs.insert(job.clone(), UNCAPPED)).await;
         let found = jobs.get(&id).await.unwrap();
         assert_eq!(found.is_some() || inserted.is_some(), found.is_some());
         if found.is_none() {
@@ -224,5 +273,221 @@ pub async fn inserts_and_finishes_cancelled_anywhere_took_effect_or_none(make: F
         let finished = cancel_after(polls, jobs.finish(ended)).await;
         let status = jobs.get(&id).await.unwrap().unwrap().status;
         assert!(finished.is_none() || status == JobStatus::Finished(FinalStatus::Cancelled));
+    }
+}
+
+/// Inserts beyond either cap are refused, naming it, and register nothing; a slot frees once
+/// the job's slot is released, it ends or it is removed, each exactly once.
+pub async fn inserts_over_the_caps_are_refused_until_a_slot_frees(make: Factory) {
+    let jobs = make(10).jobs;
+    let caps = JobCaps {
+        per_session: 2,
+        per_principal: 3,
+    };
+    let (s1, s2) = (SessionId::generate(), SessionId::generate());
+    let (a, b) = (running_in(&s1, "alice"), running_in(&s1, "alice"));
+    jobs.insert(a.clone(), caps).await.unwrap();
+    jobs.insert(b.clone(), caps).await.unwrap();
+    let over = running_in(&s1, "alice");
+    let err = jobs.insert(over.clone(), caps).await.unwrap_err();
+    expect_over_cap(err, "max_jobs_per_session", 2);
+    assert!(jobs.get(&over.entry().id).await.unwrap().is_none());
+
+    let c = running_in(&s2, "alice");
+    jobs.insert(c.clone(), caps).await.unwrap();
+    let err = jobs
+        .insert(running_in(&s2, "alice"), caps)
+        .await
+        .unwrap_err();
+    expect_over_cap(err, "max_jobs_per_principal", 3);
+    // Another principal's jobs are counted apart.
+    jobs.insert(running_in(&SessionId::generate(), "bob"), caps)
+        .await
+        .unwrap();
+
+    let mut both = vec![a.entry().id, b.entry().id];
+    both.sort();
+    assert_eq!(jobs.held_by(&s1).await.unwrap().running, both);
+
+    // A released slot frees once, however often it is released, and its job's end frees
+    // nothing more; the job itself is still there, running, until it ends.
+    for _ in 0..2 {
+        jobs.release_slot(&a.entry().id).await.unwrap();
+    }
+    assert_eq!(
+        jobs.get(&a.entry().id).await.unwrap().unwrap().status,
+        JobStatus::Running
+    );
+    assert_eq!(jobs.held_by(&s1).await.unwrap().running, vec![b.entry().id]);
+    let d = running_in(&s1, "alice");
+    jobs.insert(d.clone(), caps).await.unwrap();
+    jobs.finish(ended(&a)).await.unwrap();
+    let err = jobs
+        .insert(running_in(&s2, "alice"), caps)
+        .await
+        .unwrap_err();
+    expect_over_cap(err, "max_jobs_per_principal", 3);
+
+    // An end frees a slot, and so does a removal.
+    jobs.finish(ended(&c)).await.unwrap();
+    let e = running_in(&s2, "alice");
+    jobs.insert(e.clone(), caps).await.unwrap();
+    jobs.remove(&e.entry().id).await.unwrap();
+    jobs.insert(running_in(&s2, "alice"), caps).await.unwrap();
+}
+
+/// Of many inserts racing for a session's last slots, exactly as many as the cap allows
+/// succeed.
+pub async fn racing_inserts_take_each_slot_once(make: Factory) {
+    let jobs = make(10).jobs;
+    for cap in [1, 3] {
+        let session = SessionId::generate();
+        let caps = JobCaps {
+            per_session: cap,
+            per_principal: usize::MAX,
+        };
+        let racers: Vec<_> = (0..12)
+            .map(|_| {
+                let (jobs, job) = (jobs.clone(), running_in(&session, "alice"));
+                tokio::spawn(async move { jobs.insert(job, caps).await.is_ok() })
+            })
+            .collect();
+        let mut won = 0;
+        for racer in racers {
+            won += usize::from(within("the inserts", racer).await.unwrap());
+        }
+        assert_eq!(won, cap);
+        assert_eq!(jobs.held_by(&session).await.unwrap().running.len(), cap);
+    }
+}
+
+/// Subscriptions beyond a session's cap are refused, naming it, without reaching the job; a
+/// slot frees when the session unsubscribes, when the job ends, or when the job refuses the
+/// subscriber; `held_by` lists what the session holds.
+pub async fn subscriptions_over_the_cap_are_refused_until_one_ends(make: Factory) {
+    let jobs = make(10).jobs;
+    let s = SessionId::generate();
+    let targets: Vec<_> = (0..4).map(|_| running("alice")).collect();
+    for job in &targets {
+        jobs.insert(job.clone(), UNCAPPED).await.unwrap();
+    }
+    let id = |i: usize| targets[i].entry().id;
+    for i in 0..2 {
+        jobs.subscribe(&id(i), subscriber(&s), 2).await.unwrap();
+    }
+    let err = jobs.subscribe(&id(2), subscriber(&s), 2).await.unwrap_err();
+    expect_over_cap(err, "max_subscriptions_per_session", 2);
+    assert!(targets[2].subscribers.lock().unwrap().is_empty());
+    let mut two = vec![id(0), id(1)];
+    two.sort();
+    assert_eq!(
+        jobs.held_by(&s).await.unwrap(),
+        Holdings {
+            running: Vec::new(),
+            subscriptions: two,
+        }
+    );
+    // Another session's cap is its own.
+    jobs.subscribe(&id(2), subscriber(&SessionId::generate()), 2)
+        .await
+        .unwrap();
+
+    assert!(jobs.unsubscribe(&id(0), &s).await.unwrap());
+    jobs.subscribe(&id(2), subscriber(&s), 2).await.unwrap();
+    jobs.finish(ended(&targets[1])).await.unwrap();
+    let mut now = vec![id(2)];
+    assert_eq!(jobs.held_by(&s).await.unwrap().subscriptions, now);
+    // A job that refuses the subscriber gives its slot back.
+    targets[3].refuses.store(true, Ordering::Relaxed);
+    jobs.subscribe(&id(3), subscriber(&s), 2).await.unwrap_err();
+    assert_eq!(jobs.held_by(&s).await.unwrap().subscriptions, now);
+    targets[3].refuses.store(false, Ordering::Relaxed);
+    jobs.subscribe(&id(3), subscriber(&s), 2).await.unwrap();
+    now.push(id(3));
+    now.sort();
+    assert_eq!(jobs.held_by(&s).await.unwrap().subscriptions, now);
+    // A subscription to an ended job replays it and holds nothing.
+    assert!(matches!(
+        jobs.subscribe(&id(1), subscriber(&s), 2).await.unwrap(),
+        Subscription::Ended(_)
+    ));
+    assert_eq!(jobs.held_by(&s).await.unwrap().subscriptions, now);
+    // A job whose slot is released frees its subscribers' slots too, before it ends, and
+    // takes no counted subscriptions while it ends.
+    jobs.release_slot(&id(3)).await.unwrap();
+    assert_eq!(jobs.held_by(&s).await.unwrap().subscriptions, vec![id(2)]);
+    let t = SessionId::generate();
+    jobs.subscribe(&id(3), subscriber(&t), 0).await.unwrap();
+    assert_eq!(jobs.held_by(&t).await.unwrap(), Holdings::default());
+}
+
+/// Of many subscriptions of one session racing for its last slot, one succeeds.
+pub async fn racing_subscriptions_take_the_last_slot_once(make: Factory) {
+    let jobs = make(10).jobs;
+    let s = SessionId::generate();
+    let mut racers = Vec::new();
+    for _ in 0..12 {
+        let job = running("alice");
+        jobs.insert(job.clone(), UNCAPPED).await.unwrap();
+        let (jobs, s) = (jobs.clone(), s.clone());
+        racers.push(tokio::spawn(async move {
+            jobs.subscribe(&job.entry().id, subscriber(&s), 1)
+                .await
+                .is_ok()
+        }));
+    }
+    let mut won = 0;
+    for racer in racers {
+        won += usize::from(within("the subscriptions", racer).await.unwrap());
+    }
+    assert_eq!(won, 1);
+    assert_eq!(jobs.held_by(&s).await.unwrap().subscriptions.len(), 1);
+}
+
+/// An insert, a release or a subscription dropped at any suspension point leaves the counts
+/// as `held_by` reports them: a slot it did not take is free, and one it took frees with the
+/// usual step.
+pub async fn caps_hold_when_calls_are_cancelled_anywhere(make: Factory) {
+    let jobs = make(10).jobs;
+    let one = JobCaps {
+        per_session: 1,
+        per_principal: usize::MAX,
+    };
+    for polls in 0..6 {
+        let session = SessionId::generate();
+        let job = running_in(&session, "alice");
+        let id = job.entry().id;
+        cancel_after(polls, jobs.insert(job.clone(), one)).await;
+        let inserted = jobs.get(&id).await.unwrap().is_some();
+        let held = jobs.held_by(&session).await.unwrap().running;
+        assert_eq!(held, if inserted { vec![id.clone()] } else { vec![] });
+        if !inserted {
+            jobs.insert(job.clone(), one).await.unwrap();
+        }
+        cancel_after(polls, jobs.release_slot(&id)).await;
+        let released = jobs.held_by(&session).await.unwrap().running.is_empty();
+        let next = running_in(&session, "alice");
+        assert_eq!(jobs.insert(next.clone(), one).await.is_ok(), released);
+        // However the release went, the end frees the slot.
+        jobs.finish(ended(&job)).await.unwrap();
+        if !released {
+            jobs.insert(next.clone(), one).await.unwrap();
+        }
+
+        let s = SessionId::generate();
+        cancel_after(polls, jobs.subscribe(&next.entry().id, subscriber(&s), 1)).await;
+        let subscribed = jobs.held_by(&s).await.unwrap().subscriptions;
+        assert!(subscribed.is_empty() || subscribed == vec![next.entry().id]);
+        let other = running("alice");
+        jobs.insert(other.clone(), UNCAPPED).await.unwrap();
+        let admitted = jobs.subscribe(&other.entry().id, subscriber(&s), 1).await;
+        assert_eq!(admitted.is_ok(), subscribed.is_empty());
+        if !subscribed.is_empty() {
+            // A slot a dropped call kept frees when the session unsubscribes.
+            jobs.unsubscribe(&next.entry().id, &s).await.unwrap();
+            jobs.subscribe(&other.entry().id, subscriber(&s), 1)
+                .await
+                .unwrap();
+        }
     }
 }

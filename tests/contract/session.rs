@@ -19,6 +19,7 @@ async fn record(make: Factory, epoch: u64) -> Arc<dyn SessionRecord> {
             principal: Principal::new("alice"),
             features: Features::supported().negotiate(&["ack"]),
             epoch: Epoch(epoch),
+            max_per_principal: usize::MAX,
         })
         .await
         .expect("a session is created")
@@ -36,6 +37,7 @@ pub async fn a_new_session_is_attached_with_nothing_delivered(make: Factory) {
             principal: Principal::new("alice"),
             features: Features::supported().negotiate(&["ack", "heartbeat"]),
             epoch: Epoch(1),
+            max_per_principal: usize::MAX,
         })
         .await
         .unwrap();
@@ -171,6 +173,7 @@ pub async fn the_attachment_lock_admits_one_holder(make: Factory) {
             principal: Principal::new("alice"),
             features: Features::default(),
             epoch: Epoch(1),
+            max_per_principal: usize::MAX,
         })
         .await
         .unwrap();
@@ -242,5 +245,81 @@ pub async fn attaches_and_deliveries_cancelled_anywhere_took_effect_or_none(make
             Some(recorded) => assert!(recorded.unwrap() && after == EventSeq(100)),
             None => assert!(after == before || after == EventSeq(100)),
         }
+    }
+}
+
+/// A new session of `principal`, under a cap of `cap` sessions per principal.
+fn capped(principal: &str, cap: usize) -> NewSession {
+    NewSession {
+        id: SessionId::generate(),
+        principal: Principal::new(principal),
+        features: Features::default(),
+        epoch: Epoch(1),
+        max_per_principal: cap,
+    }
+}
+
+/// A create beyond its principal's cap is refused, naming the cap, and records nothing;
+/// other principals are counted apart; a removal frees the slot, once.
+pub async fn creates_over_the_principal_cap_are_refused_until_one_is_removed(make: Factory) {
+    let sessions = make(10).sessions;
+    let first = sessions.create(capped("alice", 2)).await.unwrap();
+    sessions.create(capped("alice", 2)).await.unwrap();
+    let over = capped("alice", 2);
+    let err = sessions.create(over.clone()).await.err().expect("refused");
+    assert_eq!(err.code(), ErrorCode::PermissionDenied, "{err}");
+    assert!(
+        err.message().contains("max_sessions_per_principal = 2"),
+        "the refusal names the cap and its value: {err}"
+    );
+    assert!(sessions.open(&over.id).await.is_err(), "nothing recorded");
+    sessions.create(capped("bob", 2)).await.unwrap();
+
+    let first = first.id().clone();
+    for _ in 0..2 {
+        sessions.remove(&first).await.unwrap();
+    }
+    sessions.remove(&SessionId::generate()).await.unwrap();
+    sessions.create(capped("alice", 2)).await.unwrap();
+    let err = sessions
+        .create(capped("alice", 2))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.code(), ErrorCode::PermissionDenied);
+}
+
+/// Of many creates racing for a principal's last slots, exactly as many as the cap allows
+/// succeed.
+pub async fn racing_creates_take_each_slot_once(make: Factory) {
+    let sessions = make(10).sessions;
+    let racers: Vec<_> = (0..12)
+        .map(|_| {
+            let sessions = sessions.clone();
+            tokio::spawn(async move { sessions.create(capped("alice", 3)).await.is_ok() })
+        })
+        .collect();
+    let mut won = 0;
+    for racer in racers {
+        won += usize::from(within("the creates", racer).await.unwrap());
+    }
+    assert_eq!(won, 3);
+}
+
+/// A create dropped at any suspension point recorded its session, which holds a slot, or
+/// recorded nothing and holds none.
+pub async fn creates_cancelled_anywhere_hold_a_slot_only_if_recorded(make: Factory) {
+    let sessions = make(10).sessions;
+    for polls in 0..6 {
+        let new = capped("carol", 1);
+        cancel_after(polls, sessions.create(new.clone())).await;
+        let recorded = sessions.open(&new.id).await.is_ok();
+        let next = sessions.create(capped("carol", 1)).await;
+        assert_eq!(next.is_ok(), !recorded, "after {polls} polls");
+        let holder = match next {
+            Ok(record) => record.id().clone(),
+            Err(_) => new.id,
+        };
+        sessions.remove(&holder).await.unwrap();
     }
 }

@@ -17,7 +17,10 @@ use arcp_gateway::{
     store::{
         idempotency::KeyTerms,
         idempotency::{Claim, Fingerprint, IdempotencyKey, IdempotencyStore},
-        jobs::{JobControl, JobDirectory, JobEntry, ListScope, Subscriber, Subscription},
+        jobs::{
+            Holdings, JobCaps, JobControl, JobDirectory, JobEntry, ListScope, Subscriber,
+            Subscription,
+        },
         log::{Appended, EventLog, LogBounds, LogEntry, SessionLog, Wait},
         resume::{ResumeRegistry, ResumeToken},
         session::{AckOutcome, AttachmentLock, Flow, NewSession, SessionRecord, SessionStore},
@@ -282,12 +285,18 @@ impl SessionRecord for Wrapped<dyn SessionRecord> {
 
 #[async_trait]
 impl JobDirectory for Wrapped<dyn JobDirectory> {
-    async fn insert(&self, control: Arc<dyn JobControl>) -> Result<(), ArcpError> {
-        self.around("jobs.insert", self.inner.insert(control)).await
+    async fn insert(&self, control: Arc<dyn JobControl>, caps: JobCaps) -> Result<(), ArcpError> {
+        self.around("jobs.insert", self.inner.insert(control, caps))
+            .await
     }
 
     async fn remove(&self, id: &JobId) -> Result<(), ArcpError> {
         self.around("jobs.remove", self.inner.remove(id)).await
+    }
+
+    async fn release_slot(&self, id: &JobId) -> Result<(), ArcpError> {
+        self.around("jobs.release_slot", self.inner.release_slot(id))
+            .await
     }
 
     async fn finish(&self, entry: JobEntry) -> Result<(), ArcpError> {
@@ -318,13 +327,22 @@ impl JobDirectory for Wrapped<dyn JobDirectory> {
         &self,
         id: &JobId,
         subscriber: Subscriber,
+        max_per_session: usize,
     ) -> Result<Subscription, ArcpError> {
-        self.around("jobs.subscribe", self.inner.subscribe(id, subscriber))
-            .await
+        self.around(
+            "jobs.subscribe",
+            self.inner.subscribe(id, subscriber, max_per_session),
+        )
+        .await
     }
 
     async fn unsubscribe(&self, id: &JobId, session: &SessionId) -> Result<bool, ArcpError> {
         self.around("jobs.unsubscribe", self.inner.unsubscribe(id, session))
+            .await
+    }
+
+    async fn held_by(&self, session: &SessionId) -> Result<Holdings, ArcpError> {
+        self.around("jobs.held_by", self.inner.held_by(session))
             .await
     }
 

@@ -49,6 +49,9 @@ pub(crate) fn bench_gateway() -> Arc<Gateway> {
         max_log_frames: 2_000_000,
         max_log_bytes: u64::MAX,
         retained_bytes_budget: u64::MAX,
+        // Rows 4 to 6 hold thousands of sessions and jobs of one principal.
+        max_sessions_per_principal: usize::MAX,
+        max_jobs_per_principal: usize::MAX,
         ..GatewayConfig::default()
     };
     let mut agents = AgentRegistry::with_builtins();

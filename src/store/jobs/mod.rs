@@ -6,6 +6,12 @@
 //! A running job's entry is what its control reports now; once the job ends, the directory
 //! keeps its final entry until it is purged. [`memory::MemoryJobDirectory`] is the embedded
 //! store.
+//!
+//! The directory also enforces the caps that must hold across replicas: running jobs per
+//! session and per principal ([`JobCaps`], checked in the same step as the insert) and
+//! subscriptions per session (checked in the same step as the subscription), and it answers
+//! what a session holds ([`Holdings`]), so that whoever sweeps an expired session can end its
+//! jobs and drop its subscriptions wherever they run.
 
 pub mod memory;
 
@@ -104,6 +110,26 @@ pub enum Subscription {
     Ended(Box<JobEntry>),
 }
 
+/// How many jobs may run at once, counted by the directory over every replica. A delegated
+/// child counts like any other job of its session.
+#[derive(Clone, Copy, Debug)]
+pub struct JobCaps {
+    /// Running jobs one session may have.
+    pub per_session: usize,
+    /// Running jobs one principal may have, over all its sessions.
+    pub per_principal: usize,
+}
+
+/// What one session holds in the directory: the jobs it submitted that still count as running,
+/// and the running jobs it subscribes to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Holdings {
+    /// Its running jobs, delegated children included.
+    pub running: Vec<JobId>,
+    /// The running jobs of other sessions it subscribes to.
+    pub subscriptions: Vec<JobId>,
+}
+
 /// Which jobs a listing covers.
 #[derive(Clone, Copy, Debug)]
 pub enum ListScope<'a> {
@@ -136,13 +162,24 @@ pub trait JobControl: Send + Sync + 'static {
 /// either taken full effect or none.
 #[async_trait]
 pub trait JobDirectory: Send + Sync + 'static {
-    /// Registers a job that started on this replica, reached through `control`.
-    async fn insert(&self, control: Arc<dyn JobControl>) -> Result<(), ArcpError>;
+    /// Registers a job that started on this replica, reached through `control`, unless its
+    /// session or its principal already runs as many jobs as `caps` allow: then nothing is
+    /// registered and the answer is `PERMISSION_DENIED` naming the cap. The count and the
+    /// insert are one step, so two racing inserts cannot both take the last slot.
+    async fn insert(&self, control: Arc<dyn JobControl>, caps: JobCaps) -> Result<(), ArcpError>;
 
     /// Forgets a job whose acceptance could not be logged, which no client ever saw.
     async fn remove(&self, id: &JobId) -> Result<(), ArcpError>;
 
-    /// Records that the job ended with `entry` as its final state.
+    /// Stops counting a running job against the caps, its own and its subscribers': it is
+    /// about to end. Called before its terminal frame is logged, so a client that saw the job
+    /// end may start another job, or subscribe to another, at once. Its entry stays what its
+    /// control reports until [`JobDirectory::finish`], and its subscribers still receive its
+    /// end; it takes no new counted subscriptions. A no-op for a job that no longer counts.
+    async fn release_slot(&self, id: &JobId) -> Result<(), ArcpError>;
+
+    /// Records that the job ended with `entry` as its final state; it stops counting against
+    /// the caps, and its subscriptions end.
     async fn finish(&self, entry: JobEntry) -> Result<(), ArcpError>;
 
     /// A job by id.
@@ -164,15 +201,23 @@ pub trait JobDirectory: Send + Sync + 'static {
 
     /// Subscribes to a running job through its control (see [`JobControl::subscribe`]); for a
     /// job that already ended, returns its final entry, for the caller to replay from its
-    /// session's log.
+    /// session's log. A subscription to a running job is refused with `PERMISSION_DENIED`
+    /// when the subscriber's session already holds `max_per_session` of them; the count and
+    /// the taking of the slot are one step. A call dropped while the job takes the subscriber
+    /// may keep its slot, which frees when the job ends or the session unsubscribes.
     async fn subscribe(
         &self,
         id: &JobId,
         subscriber: Subscriber,
+        max_per_session: usize,
     ) -> Result<Subscription, ArcpError>;
 
-    /// Unsubscribes `session` from a job; `false` if it was not subscribed.
+    /// Unsubscribes `session` from a job, freeing its slot; `false` if it was not subscribed.
     async fn unsubscribe(&self, id: &JobId, session: &SessionId) -> Result<bool, ArcpError>;
+
+    /// What `session` holds: its running jobs and its subscriptions to running jobs, each
+    /// in id order.
+    async fn held_by(&self, session: &SessionId) -> Result<Holdings, ArcpError>;
 
     /// Forgets jobs that ended before `before`.
     async fn purge_finished(&self, before: SystemTime) -> Result<(), ArcpError>;

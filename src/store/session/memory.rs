@@ -15,6 +15,7 @@ use crate::{
     error::ArcpError,
     ids::{Epoch, EventSeq, Principal, SessionId},
     protocol::Features,
+    store::caps::over_cap,
     sync::wakeup::Wakeup,
 };
 
@@ -23,7 +24,14 @@ use super::{AckOutcome, AttachmentLock, Flow, NewSession, SessionRecord, Session
 /// Session records held in this process's memory.
 #[derive(Default)]
 pub struct MemorySessionStore {
-    sessions: RwLock<HashMap<SessionId, Arc<MemorySessionRecord>>>,
+    sessions: RwLock<Sessions>,
+}
+
+#[derive(Default)]
+struct Sessions {
+    by_id: HashMap<SessionId, Arc<MemorySessionRecord>>,
+    /// Sessions per principal; a principal holding none has no entry.
+    per_principal: HashMap<Principal, usize>,
 }
 
 impl MemorySessionStore {
@@ -34,7 +42,7 @@ impl MemorySessionStore {
 
     /// How many sessions are recorded.
     pub fn len(&self) -> usize {
-        self.sessions.read().len()
+        self.sessions.read().by_id.len()
     }
 
     /// Whether none is.
@@ -46,6 +54,7 @@ impl MemorySessionStore {
 #[async_trait]
 impl SessionStore for MemorySessionStore {
     async fn create(&self, session: NewSession) -> Result<Arc<dyn SessionRecord>, ArcpError> {
+        let cap = session.max_per_principal;
         let record = Arc::new(MemorySessionRecord {
             features: RwLock::new(session.features),
             changes: Mutex::new(()),
@@ -58,14 +67,35 @@ impl SessionStore for MemorySessionStore {
             id: session.id,
             principal: session.principal,
         });
-        self.sessions
-            .write()
-            .insert(record.id.clone(), record.clone());
+        let mut sessions = self.sessions.write();
+        let held = sessions
+            .per_principal
+            .get(&record.principal)
+            .copied()
+            .unwrap_or(0);
+        if held >= cap {
+            return Err(over_cap(
+                "this principal already holds as many sessions",
+                "max_sessions_per_principal",
+                cap,
+                "detached sessions count until their resume window closes",
+            ));
+        }
+        if sessions
+            .by_id
+            .insert(record.id.clone(), record.clone())
+            .is_none()
+        {
+            *sessions
+                .per_principal
+                .entry(record.principal.clone())
+                .or_default() += 1;
+        }
         Ok(record)
     }
 
     async fn open(&self, id: &SessionId) -> Result<Arc<dyn SessionRecord>, ArcpError> {
-        match self.sessions.read().get(id) {
+        match self.sessions.read().by_id.get(id) {
             Some(record) => Ok(record.clone()),
             None => Err(ArcpError::ResumeWindowExpired(format!(
                 "session {id} has no record"
@@ -74,7 +104,15 @@ impl SessionStore for MemorySessionStore {
     }
 
     async fn remove(&self, id: &SessionId) -> Result<(), ArcpError> {
-        self.sessions.write().remove(id);
+        let mut sessions = self.sessions.write();
+        if let Some(record) = sessions.by_id.remove(id) {
+            if let Some(n) = sessions.per_principal.get_mut(&record.principal) {
+                *n -= 1;
+                if *n == 0 {
+                    sessions.per_principal.remove(&record.principal);
+                }
+            }
+        }
         Ok(())
     }
 }

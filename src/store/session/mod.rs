@@ -36,6 +36,9 @@ pub struct NewSession {
     pub features: Features,
     /// The opening stream's attachment.
     pub epoch: Epoch,
+    /// The most sessions its principal may hold at once, this one included, counting the
+    /// detached ones still in their resume window (§14).
+    pub max_per_principal: usize,
 }
 
 /// The flow state of a session (§6.5), as of one moment.
@@ -82,13 +85,16 @@ impl AttachmentLock {
 /// The store of every session's record.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
-    /// Records a new session, attached at `session.epoch` with nothing delivered.
+    /// Records a new session, attached at `session.epoch` with nothing delivered, unless its
+    /// principal already holds `session.max_per_principal` sessions: then nothing is recorded
+    /// and the answer is `PERMISSION_DENIED` naming the cap. The count and the insert are one
+    /// step, so two racing creates (on any replicas) cannot both take the last slot.
     async fn create(&self, session: NewSession) -> Result<Arc<dyn SessionRecord>, ArcpError>;
 
     /// The record of an existing session; `RESUME_WINDOW_EXPIRED` once it was removed.
     async fn open(&self, id: &SessionId) -> Result<Arc<dyn SessionRecord>, ArcpError>;
 
-    /// Forgets a session whose window closed.
+    /// Forgets a session whose window closed, freeing its principal's slot.
     async fn remove(&self, id: &SessionId) -> Result<(), ArcpError>;
 }
 
