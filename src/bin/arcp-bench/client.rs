@@ -42,8 +42,8 @@ pub(crate) struct Bench {
     served: tokio::task::JoinHandle<()>,
 }
 
-/// The bench's gateway: open authentication, logs large enough to hold a whole run, and the
-/// built-in agents plus `stamper`.
+/// The bench's gateway: open authentication, logs large enough to hold a whole run, no caps on
+/// a principal's sessions or jobs, and the built-in agents plus `stamper`.
 pub(crate) fn bench_gateway() -> Arc<Gateway> {
     let config = GatewayConfig {
         max_log_frames: 2_000_000,
