@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use arcp_gateway::{
     config::GatewayConfig,
-    proto::{client_frame::Payload as In, server_frame::Payload as Out},
+    proto::{self, client_frame::Payload as In, server_frame::Payload as Out},
 };
 use common::*;
 use futures::{FutureExt, SinkExt};
@@ -60,6 +60,16 @@ const SCENARIOS: &[&str] = &[
     "feature-not-negotiated",
     "duplicate-key",
     "unknown-agent",
+    "input-too-large",
+    "event-too-large",
+    "log-over-bytes",
+    "key-too-long",
+    "sessions-over-cap",
+    "jobs-over-session-cap",
+    "subscriptions-over-cap",
+    "runtime-over-ceiling",
+    "runtime-unbounded",
+    "orphaned-job",
 ];
 
 /// Runs the scenario of row `id`; what it observed, in the table's words.
@@ -205,7 +215,162 @@ async fn observe(id: &str) -> String {
             let frame = conn.recv().await;
             grpc_answer(&mut conn, &frame).await
         }
+        "input-too-large" => {
+            let server = start(GatewayConfig {
+                max_input_bytes: 1024,
+                ..GatewayConfig::default()
+            })
+            .await;
+            let (mut conn, _) = server.hello(ALICE).await;
+            conn.send(submit("echo", serde_json::json!("x".repeat(2048))))
+                .await;
+            let frame = conn.recv().await;
+            grpc_answer(&mut conn, &frame).await
+        }
+        "event-too-large" => {
+            let server = start(GatewayConfig {
+                max_event_bytes: 1024,
+                ..GatewayConfig::default()
+            })
+            .await;
+            let (mut conn, _) = server.hello(ALICE).await;
+            job_answer(&mut conn, chatter(1, 2048)).await
+        }
+        "log-over-bytes" => {
+            let server = start(GatewayConfig {
+                max_log_bytes: 64 * 1024,
+                ..GatewayConfig::default()
+            })
+            .await;
+            let (mut conn, first) = server.hello(ALICE).await;
+            submit_and_accept(&mut conn, chatter(500, 1024)).await;
+            drop(conn);
+            let token = &welcome(&first).resume_token;
+            let session = &first.session_id;
+            // Accepted, 500 lines and the result, all logged while nobody reads.
+            wait_for_log(&server, session, 502).await;
+            let resume = resume_info(session, token, 0);
+            let (mut conn, frame) = server.resume_with_hello(ALICE, FEATURES, resume).await;
+            grpc_answer(&mut conn, &frame).await
+        }
+        "key-too-long" => {
+            let server = TestServer::start_default().await;
+            let (mut conn, _) = server.hello(ALICE).await;
+            let key = "k".repeat(1024);
+            conn.send(In::JobSubmit(keyed("echo", serde_json::json!(1), &key)))
+                .await;
+            let frame = conn.recv().await;
+            grpc_answer(&mut conn, &frame).await
+        }
+        "sessions-over-cap" => {
+            let server = start(GatewayConfig {
+                max_sessions_per_principal: 1,
+                ..GatewayConfig::default()
+            })
+            .await;
+            let _held = server.hello(ALICE).await;
+            let mut conn = server.open().await;
+            conn.send(hello(ALICE, FEATURES, None)).await;
+            let frame = conn.recv().await;
+            grpc_answer(&mut conn, &frame).await
+        }
+        "jobs-over-session-cap" => {
+            let server = start(GatewayConfig {
+                max_jobs_per_session: 1,
+                ..GatewayConfig::default()
+            })
+            .await;
+            let (mut conn, _) = server.hello(ALICE).await;
+            submit_and_accept(&mut conn, ticker(1, 86_400_000)).await;
+            conn.send(ticker(1, 86_400_000)).await;
+            let frame = conn.recv().await;
+            grpc_answer(&mut conn, &frame).await
+        }
+        "subscriptions-over-cap" => {
+            let server = start(GatewayConfig {
+                max_subscriptions_per_session: 1,
+                ..GatewayConfig::default()
+            })
+            .await;
+            let (mut owner, _) = server.hello(ALICE).await;
+            let (first, _) = submit_and_accept(&mut owner, ticker(1, 86_400_000)).await;
+            let (second, _) = submit_and_accept(&mut owner, ticker(1, 86_400_000)).await;
+            let (mut watcher, _) = server.hello_with(ALICE, &["subscribe"]).await;
+            watcher.send(subscribe(&first, false, None)).await;
+            watcher
+                .recv_until(|f| matches!(f.payload, Some(Out::JobSubscribed(_))))
+                .await;
+            watcher.send(subscribe(&second, false, None)).await;
+            let frame = watcher.recv().await;
+            grpc_answer(&mut watcher, &frame).await
+        }
+        "runtime-over-ceiling" => {
+            let server = TestServer::start_default().await;
+            let (mut conn, _) = server.hello(ALICE).await;
+            conn.send(In::JobSubmit(proto::JobSubmit {
+                agent: "echo".into(),
+                max_runtime_sec: 30 * 24 * 3600,
+                ..Default::default()
+            }))
+            .await;
+            let frame = conn.recv().await;
+            grpc_answer(&mut conn, &frame).await
+        }
+        "runtime-unbounded" => {
+            let server = start(GatewayConfig {
+                default_max_runtime: Duration::from_millis(100),
+                ..GatewayConfig::default()
+            })
+            .await;
+            let (mut conn, _) = server.hello(ALICE).await;
+            job_answer(&mut conn, ticker(1, 86_400_000)).await
+        }
+        "orphaned-job" => {
+            let server = start(GatewayConfig {
+                resume_window: Duration::from_millis(100),
+                sweep_interval: Duration::from_millis(20),
+                ..GatewayConfig::default()
+            })
+            .await;
+            let (mut owner, _) = server.hello(ALICE).await;
+            let (job, _) = submit_and_accept(&mut owner, ticker(1, 86_400_000)).await;
+            let (mut watcher, _) = server.hello_with(ALICE, &["subscribe"]).await;
+            watcher.send(subscribe(&job, false, None)).await;
+            drop(owner);
+            let (_, terminal) = watcher.recv_until_terminal(&job).await;
+            terminal_answer(&terminal)
+        }
         other => panic!("no scenario for row {other}"),
+    }
+}
+
+const ALICE: &str = "alice-token";
+
+/// A gateway with `config` for alice.
+async fn start(config: GatewayConfig) -> TestServer {
+    TestServer::start(config, &[(ALICE, "alice")]).await
+}
+
+fn chatter(count: u64, bytes: u64) -> In {
+    submit(
+        "chatter",
+        serde_json::json!({"count": count, "bytes": bytes}),
+    )
+}
+
+/// Submits `payload` and reads to the job's terminal frame: [`terminal_answer`].
+async fn job_answer(conn: &mut Conn, payload: In) -> String {
+    let (job, _) = submit_and_accept(conn, payload).await;
+    let (_, terminal) = conn.recv_until_terminal(&job).await;
+    terminal_answer(&terminal)
+}
+
+/// `job_error CODE` or `job_result STATUS`.
+fn terminal_answer(terminal: &arcp_gateway::proto::ServerFrame) -> String {
+    match &terminal.payload {
+        Some(Out::JobError(e)) => format!("job_error {}", e.code),
+        Some(Out::JobResult(r)) => format!("job_result {}", r.final_status),
+        other => format!("{other:?}"),
     }
 }
 
