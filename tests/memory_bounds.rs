@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use arcp_gateway::{
     agent::{Agent, AgentRegistry, JobContext, LogLevel},
@@ -25,21 +25,11 @@ async fn start(config: GatewayConfig) -> TestServer {
     TestServer::start(config, &[("alice-token", "alice")]).await
 }
 
-/// Polls `check` until it holds. A guard against hangs bounded by a deadline, not a timing
-/// assertion: what it waits for is due in milliseconds.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "{what} never held");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Waits until the gateway's log counts the session as detached.
 async fn wait_detached(server: &TestServer, session: &str) {
     let id = SessionId::new(session);
     eventually("the session's detach", || {
-        server.stores.logs.is_detached(&id) == Some(true)
+        std::future::ready(server.stores.logs.is_detached(&id) == Some(true))
     })
     .await;
 }
@@ -374,13 +364,9 @@ async fn an_input_over_the_largest_input_is_refused_and_the_session_survives() {
     assert_eq!(result_json(&terminal), json!({"text": "small"}));
 }
 
-fn keyed(input: serde_json::Value, key: &str) -> In {
-    In::JobSubmit(proto::JobSubmit {
-        agent: "echo".into(),
-        input: Some(json_value(&input)),
-        idempotency_key: key.into(),
-        ..Default::default()
-    })
+/// An `echo` of `input` under `key`.
+fn keyed_echo(input: serde_json::Value, key: &str) -> In {
+    In::JobSubmit(keyed("echo", input, key))
 }
 
 /// Submits and returns the id of the job accepted.
@@ -399,7 +385,7 @@ async fn idempotency_keys_are_bounded_in_length_and_errors_show_only_a_prefix() 
     let (mut conn, _) = server.hello("alice-token").await;
 
     let too_long = "L".repeat(65);
-    let id = conn.send(keyed(json!(1), &too_long)).await;
+    let id = conn.send(keyed_echo(json!(1), &too_long)).await;
     let frame = conn.recv().await;
     let error = expect_error(&frame, ErrorCode::InvalidRequest, Some(&id));
     assert!(
@@ -411,9 +397,9 @@ async fn idempotency_keys_are_bounded_in_length_and_errors_show_only_a_prefix() 
 
     // The longest allowed key works, and a conflicting reuse names only its prefix.
     let longest = format!("prefix-{}", "k".repeat(57));
-    let job = accepted_job(&mut conn, keyed(json!(1), &longest)).await;
+    let job = accepted_job(&mut conn, keyed_echo(json!(1), &longest)).await;
     conn.recv_until_terminal(&job).await;
-    let id = conn.send(keyed(json!(2), &longest)).await;
+    let id = conn.send(keyed_echo(json!(2), &longest)).await;
     let frame = conn.recv().await;
     let error = expect_error(&frame, ErrorCode::DuplicateKey, Some(&id));
     assert!(
@@ -439,16 +425,16 @@ async fn a_principal_holds_a_bounded_number_of_keys_and_forgets_the_oldest() {
     let (mut conn, _) = server.hello("alice-token").await;
     let mut jobs = Vec::new();
     for key in ["k1", "k2", "k3"] {
-        let job = accepted_job(&mut conn, keyed(json!(key), key)).await;
+        let job = accepted_job(&mut conn, keyed_echo(json!(key), key)).await;
         conn.recv_until_terminal(&job).await;
         jobs.push(job);
     }
     assert_eq!(server.stores.idempotency.len(), 2, "at most two keys held");
 
     // The newest key still names its job; the oldest was forgotten and starts a new one.
-    let repeat = accepted_job(&mut conn, keyed(json!("k3"), "k3")).await;
+    let repeat = accepted_job(&mut conn, keyed_echo(json!("k3"), "k3")).await;
     assert_eq!(repeat, jobs[2], "a held key repeats its job");
-    let anew = accepted_job(&mut conn, keyed(json!("k1"), "k1")).await;
+    let anew = accepted_job(&mut conn, keyed_echo(json!("k1"), "k1")).await;
     assert_ne!(anew, jobs[0], "a forgotten key starts a new job");
     conn.recv_until_terminal(&anew).await;
     assert_eq!(server.stores.idempotency.len(), 2);
