@@ -1,6 +1,6 @@
 //! Gateway settings, with the defaults the binary uses.
 
-use std::time::Duration;
+use std::{num::NonZeroUsize, time::Duration};
 
 use crate::store::log::LogLimits;
 
@@ -80,7 +80,21 @@ pub struct GatewayConfig {
     pub max_jobs_per_principal: usize,
     /// Jobs of other sessions one session may subscribe to at once (§7.6).
     pub max_subscriptions_per_session: usize,
+    /// How long a new connection may take to become able to carry a session: the WebSocket
+    /// upgrade, or gRPC's HTTP/2 preface and first stream. A connection that is not there by
+    /// then is closed; `hello_timeout` takes over once a stream is open.
+    pub connection_setup_timeout: Duration,
+    /// The most connections one peer IP address may hold open, over both transports together;
+    /// one more is closed as soon as it is accepted.
+    pub max_connections_per_peer: NonZeroUsize,
+    /// How long a shutdown waits, after health turns NOT_SERVING and every stream has been told
+    /// to end, for connections to close by themselves; the ones still open then (a client that
+    /// stopped reading, say) are cut.
+    pub shutdown_grace: Duration,
 }
+
+/// Room for a NAT gateway's worth of clients, not for a flood from one host.
+const DEFAULT_MAX_CONNECTIONS_PER_PEER: NonZeroUsize = NonZeroUsize::new(256).unwrap();
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -110,6 +124,9 @@ impl Default for GatewayConfig {
             max_jobs_per_session: 100,
             max_jobs_per_principal: 1000,
             max_subscriptions_per_session: 100,
+            connection_setup_timeout: Duration::from_secs(10),
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }

@@ -44,8 +44,11 @@
 //! - **Transports**: [`transport::grpc`] is the gRPC service, its frame conversions, its
 //!   codecs and the tower layer that authenticates before a stream opens;
 //!   [`transport::json`] is the §5 JSON envelope and [`transport::ws`] serves it over
-//!   WebSocket. [`server`] assembles the tonic server with health, reflection and graceful
-//!   shutdown, and runs both transports over one gateway.
+//!   WebSocket; `transport::listener` is the accept loop both share (back-off on accept
+//!   errors, a cap on connections per peer address). [`server`] assembles the tonic server
+//!   with health, reflection and graceful shutdown, gives every connection a deadline to
+//!   become useful and every shutdown a deadline to end, and runs both transports over one
+//!   gateway.
 //! - **The gateway**: [`gateway::Gateway`] ties the pieces together; [`config`] its settings.
 //! - **Concurrency primitives**: `sync` holds the wake-up and the read-mostly lock the frame
 //!   path uses on every frame.

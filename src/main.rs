@@ -1,7 +1,7 @@
 //! `arcp-gateway serve`: the gateway as a standalone process with embedded in-memory stores
 //! and the built-in demo agents.
 
-use std::{net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
+use std::{net::SocketAddr, num::NonZeroUsize, process::ExitCode, sync::Arc, time::Duration};
 
 use arcp_gateway::{
     agent::AgentRegistry, auth::Authenticator, config::GatewayConfig,
@@ -132,6 +132,17 @@ struct ServeArgs {
     /// provisioner; enables the `provisioned_credentials` feature.
     #[arg(long, value_name = "URL", env = "ARCP_CREDENTIALS_ENDPOINT")]
     credentials_endpoint: Option<String>,
+    /// How long a new connection may take to complete its WebSocket upgrade, or to send the
+    /// HTTP/2 preface and open its first gRPC stream, before it is closed.
+    #[arg(long, default_value_t = 10, env = "ARCP_CONNECTION_SETUP_TIMEOUT_SEC")]
+    connection_setup_timeout_sec: u64,
+    /// The most connections one peer IP address may hold open, both transports together.
+    #[arg(long, default_value = "256", env = "ARCP_MAX_CONNECTIONS_PER_PEER")]
+    max_connections_per_peer: NonZeroUsize,
+    /// How long a shutdown waits for connections to close once every stream has been told to
+    /// end; the ones still open then are cut.
+    #[arg(long, default_value_t = 10, env = "ARCP_SHUTDOWN_GRACE_SEC")]
+    shutdown_grace_sec: u64,
 }
 
 fn parse_token_pair(pair: &str) -> Result<(String, Principal), String> {
@@ -181,6 +192,9 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         max_jobs_per_session: args.max_jobs_per_session,
         max_jobs_per_principal: args.max_jobs_per_principal,
         max_subscriptions_per_session: args.max_subscriptions_per_session,
+        connection_setup_timeout: Duration::from_secs(args.connection_setup_timeout_sec),
+        max_connections_per_peer: args.max_connections_per_peer,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_sec),
         ..GatewayConfig::default()
     };
     let auth = Authenticator::from_pairs(args.auth_tokens);

@@ -1,19 +1,36 @@
 //! The servers: the tonic server (the ARCP service behind its authentication layer, with gRPC
 //! health and server reflection, graceful shutdown and the session sweeper), and
 //! [`serve_all`], which runs it beside the WebSocket transport over one gateway.
+//!
+//! Both accept through one loop (`crate::transport::listener`: back-off on accept errors, a
+//! cap on connections per peer address shared by the two). A gRPC connection must open its
+//! first stream within [`GatewayConfig::connection_setup_timeout`] (`connection`), and a
+//! shutdown always ends within [`GatewayConfig::shutdown_grace`]: health turns NOT_SERVING
+//! (`health`), every stream is told to end, and whatever is still open when the grace ends is
+//! cut.
+//!
+//! [`GatewayConfig::connection_setup_timeout`]: crate::config::GatewayConfig::connection_setup_timeout
+//! [`GatewayConfig::shutdown_grace`]: crate::config::GatewayConfig::shutdown_grace
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+mod connection;
+mod health;
 
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use futures::StreamExt;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
+use self::{
+    connection::{GuardedIo, InUseLayer, LiveConnections},
+    health::ServerHealth,
+};
 use crate::{
     gateway::Gateway,
     proto,
     transport::{
         grpc::{auth_layer::AuthLayer, batched_writes::BatchedWrites, service::ArcpService},
+        listener::{Listener, PeerLimit},
         ws,
     },
 };
@@ -23,63 +40,122 @@ use crate::{
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long cut connections get to finish closing before `serve` returns regardless: a cut
+/// connection's next read or write fails, so this is a bound, not a wait.
+const CUT_SETTLE: Duration = Duration::from_secs(1);
+
 /// Binds `addr` (port 0 picks a free one).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
 /// Serves `gateway` on `listener` until `shutdown` resolves. On shutdown, health turns to
-/// NOT_SERVING, every ARCP stream ends with UNAVAILABLE (sessions stay resumable), and the
-/// server drains connections before returning.
+/// NOT_SERVING (`Watch` streams end after saying so), every ARCP stream ends with UNAVAILABLE
+/// (sessions stay resumable), and the server drains connections for at most
+/// [`shutdown_grace`](crate::config::GatewayConfig::shutdown_grace), then cuts the rest and
+/// returns.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<ArcpService>().await;
+    let peers = PeerLimit::new(gateway.config().max_connections_per_peer);
+    let listener = Listener::new(listener, "grpc", peers);
+    serve_grpc(gateway, listener, shutdown, CancellationToken::new()).await
+}
+
+/// [`serve`] on an accept loop of the caller's; cancels `drained` once health is NOT_SERVING
+/// and the gateway has told every stream to end.
+async fn serve_grpc(
+    gateway: Arc<Gateway>,
+    listener: Listener,
+    shutdown: impl Future<Output = ()> + Send,
+    drained: CancellationToken,
+) -> Result<(), ServeError> {
+    let (health, health_service) = ServerHealth::serving().await;
     // grpcurl and most tools speak reflection v1; older ones only v1alpha.
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let sweeper = gateway.spawn_sweeper();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let stopping = {
-        let gateway = gateway.clone();
+    let config = gateway.config();
+    let (setup_timeout, grace) = (config.connection_setup_timeout, config.shutdown_grace);
+    let live = Arc::new(LiveConnections::default());
+    let incoming = futures::stream::unfold(listener, |mut listener| async move {
+        let accepted = listener.accept().await;
+        Some((accepted, listener))
+    })
+    .map({
+        let live = live.clone();
+        move |accepted| {
+            // Frames that many sessions produce at the same tick share a write.
+            let io = BatchedWrites::new(accepted.stream);
+            Ok::<_, Infallible>(GuardedIo::new(io, accepted.slot, setup_timeout, &live))
+        }
+    });
+    let stopping = CancellationToken::new();
+    let signal = {
+        let (gateway, stopping, drained) = (gateway.clone(), stopping.clone(), drained.clone());
         async move {
             shutdown.await;
             tracing::info!("shutting down: draining streams");
-            health.set_not_serving::<ArcpService>().await;
+            stopping.cancel();
+            health.drain().await;
             gateway.shutdown();
+            drained.cancel();
         }
     };
-    let result = tonic::transport::Server::builder()
+    let serving = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        // Outermost: it marks the connection in use and restores the peer address for the
+        // layers inside it.
+        .layer(InUseLayer)
         .layer(AuthLayer::new(gateway.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(ArcpService::new(gateway.clone()))
-        .serve_with_incoming_shutdown(
-            // Frames that many sessions produce at the same tick share a write.
-            incoming.map(|io| io.map(BatchedWrites::new)),
-            stopping,
-        )
-        .await;
+        .serve_with_incoming_shutdown(incoming, signal);
+    let mut serving = std::pin::pin!(serving);
+    let result = tokio::select! {
+        result = &mut serving => result,
+        () = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => {
+            let cut = live.cut_all();
+            tracing::warn!(cut, "shutdown grace of {grace:?} over: gRPC connections still open are cut");
+            match tokio::time::timeout(CUT_SETTLE, &mut serving).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("gRPC connections still open after the cut; returning anyway");
+                    Ok(())
+                }
+            }
+        }
+    };
+    drained.cancel();
     sweeper.abort();
     Ok(result?)
 }
 
 /// Serves gRPC on `grpc` and WebSocket ([`crate::transport::ws`]) on `websocket` until
-/// `shutdown` resolves, or until either server fails, which stops the other too.
+/// `shutdown` resolves, or until either server fails, which stops the other too. Connections
+/// per peer address are capped over both together. On shutdown, health turns NOT_SERVING
+/// before any stream of either transport is told to end.
 pub async fn serve_all(
     gateway: Arc<Gateway>,
     grpc: TcpListener,
     websocket: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let peers = PeerLimit::new(gateway.config().max_connections_per_peer);
+    let grpc = Listener::new(grpc, "grpc", peers.clone());
+    let websocket = Listener::new(websocket, "websocket", peers);
     let stop = CancellationToken::new();
+    // Cancelled by the gRPC server once health is NOT_SERVING, or when it stops.
+    let drained = CancellationToken::new();
     let trigger = async {
         tokio::select! {
             _ = shutdown => stop.cancel(),
@@ -87,12 +163,23 @@ pub async fn serve_all(
         }
     };
     let grpc = async {
-        let served = serve(gateway.clone(), grpc, stop.clone().cancelled_owned()).await;
+        let served = serve_grpc(
+            gateway.clone(),
+            grpc,
+            stop.clone().cancelled_owned(),
+            drained.clone(),
+        )
+        .await;
         stop.cancel();
         served
     };
     let websocket = async {
-        let served = ws::serve(gateway.clone(), websocket, stop.clone().cancelled_owned()).await;
+        let served = ws::serve_on(
+            gateway.clone(),
+            websocket,
+            drained.clone().cancelled_owned(),
+        )
+        .await;
         stop.cancel();
         served
     };

@@ -36,8 +36,25 @@ const WRONG_TOKEN: &str = "mallory-guessed-token";
 /// colour codes in its log.
 fn command(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_arcp-gateway"));
-    cmd.args(args)
-        .env("RUST_LOG", "info")
+    cmd.args(args);
+    clean(&mut cmd);
+    cmd
+}
+
+/// [`command`] with at most `nofile` open descriptors (`RLIMIT_NOFILE`). The shell sets the
+/// limit and `exec`s the binary, so the child's pid is the gateway's.
+fn command_with_nofile(nofile: u32, args: &[&str]) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(r#"ulimit -n {nofile} && exec "$0" "$@""#))
+        .arg(env!("CARGO_BIN_EXE_arcp-gateway"))
+        .args(args);
+    clean(&mut cmd);
+    cmd
+}
+
+fn clean(cmd: &mut Command) {
+    cmd.env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -50,16 +67,19 @@ fn command(args: &[&str]) -> Command {
         "ARCP_RESUME_WINDOW_SEC",
         "ARCP_MAX_LOG_FRAMES",
         "ARCP_HEARTBEAT_INTERVAL_SEC",
+        "ARCP_CONNECTION_SETUP_TIMEOUT_SEC",
+        "ARCP_MAX_CONNECTIONS_PER_PEER",
+        "ARCP_SHUTDOWN_GRACE_SEC",
     ] {
         cmd.env_remove(var);
     }
-    cmd
 }
 
 /// A running gateway process and everything it has written so far.
 struct Process {
     child: Child,
     addr: SocketAddr,
+    ws_addr: SocketAddr,
     output: Arc<parking_lot::Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
 }
@@ -68,15 +88,27 @@ impl Process {
     /// Starts `serve --listen 127.0.0.1:0 --auth-token alice-token=alice` with `RUST_LOG` set to
     /// `rust_log`, and waits for it to log its address.
     async fn start(rust_log: &str) -> Process {
-        let mut cmd = command(&[
+        Self::start_with(rust_log, None, &[]).await
+    }
+
+    /// [`Process::start`] with `extra` flags, and at most `nofile` open descriptors if given;
+    /// waits for both listening addresses.
+    async fn start_with(rust_log: &str, nofile: Option<u32>, extra: &[&str]) -> Process {
+        let token = format!("{TOKEN}=alice");
+        let mut args = vec![
             "serve",
             "--listen",
             "127.0.0.1:0",
             "--ws-listen",
             "127.0.0.1:0",
             "--auth-token",
-            &format!("{TOKEN}=alice"),
-        ]);
+            &token,
+        ];
+        args.extend_from_slice(extra);
+        let mut cmd = match nofile {
+            Some(nofile) => command_with_nofile(nofile, &args),
+            None => command(&args),
+        };
         cmd.env("RUST_LOG", rust_log);
         let mut child = cmd.spawn().expect("spawn arcp-gateway");
         let output = Arc::new(parking_lot::Mutex::new(String::new()));
@@ -89,34 +121,94 @@ impl Process {
             ),
             capture(child.stderr.take().unwrap(), output.clone(), lines_tx),
         ];
-        let addr = tokio::time::timeout(TIMEOUT, async {
+        let addrs = tokio::time::timeout(TIMEOUT, async {
+            let (mut addr, mut ws_addr) = (None, None);
             while let Some(line) = lines.recv().await {
-                if let Some(addr) = listening_addr(&line) {
-                    return Some(addr);
+                addr = addr.or_else(|| listening_addr(&line, "addr="));
+                ws_addr = ws_addr.or_else(|| listening_addr(&line, "ws_addr="));
+                if let (Some(addr), Some(ws_addr)) = (addr, ws_addr) {
+                    return Some((addr, ws_addr));
                 }
             }
             None // Both pipes closed: the process exited.
         })
         .await;
-        let addr = match addr {
-            Ok(Some(addr)) => addr,
+        let (addr, ws_addr) = match addrs {
+            Ok(Some(addrs)) => addrs,
             Ok(None) => panic!(
-                "arcp-gateway exited ({:?}) before logging its address; output:\n{}",
+                "arcp-gateway exited ({:?}) before logging its addresses; output:\n{}",
                 child.try_wait(),
                 output.lock()
             ),
             Err(_) => panic!(
-                "arcp-gateway did not log `arcp-gateway listening ... addr=` within {TIMEOUT:?}; \
-                 output:\n{}",
+                "arcp-gateway did not log `arcp-gateway listening ... addr=` and `ws_addr=` \
+                 within {TIMEOUT:?}; output:\n{}",
                 output.lock()
             ),
         };
         Process {
             child,
             addr,
+            ws_addr,
             output,
             readers,
         }
+    }
+
+    /// How many lines of the output so far contain `text`.
+    fn lines_containing(&self, text: &str) -> usize {
+        self.output
+            .lock()
+            .lines()
+            .filter(|l| l.contains(text))
+            .count()
+    }
+
+    /// Polls the output until a line contains every one of `texts`. A guard against hangs
+    /// bounded by [`TIMEOUT`], not a timing assertion.
+    async fn wait_for_line(&self, texts: &[&str]) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while !self
+            .output
+            .lock()
+            .lines()
+            .any(|l| texts.iter().all(|t| l.contains(t)))
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no line with {texts:?} within {TIMEOUT:?}; output:\n{}",
+                self.output.lock()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The CPU time the process has used so far, user and system, all threads.
+    fn cpu_time(&self) -> Duration {
+        let pid = self.child.id().expect("the process is still running");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+        // Fields after the command name, which is in parentheses: state is the first, utime
+        // and stime the 12th and 13th (proc(5)).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .expect("a stat line")
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        let per_sec: u64 = String::from_utf8(
+            std::process::Command::new("getconf")
+                .arg("CLK_TCK")
+                .output()
+                .expect("getconf CLK_TCK")
+                .stdout,
+        )
+        .expect("ascii")
+        .trim()
+        .parse()
+        .expect("a tick rate");
+        Duration::from_secs_f64(ticks as f64 / per_sec as f64)
     }
 
     async fn channel(&self) -> Channel {
@@ -194,17 +286,16 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
-/// The address in the startup line `... arcp-gateway listening ... addr=127.0.0.1:PORT`.
-fn listening_addr(line: &str) -> Option<SocketAddr> {
+/// The address after `key` (`addr=` or `ws_addr=`) in a startup line
+/// `... arcp-gateway listening ... addr=127.0.0.1:PORT`.
+fn listening_addr(line: &str, key: &str) -> Option<SocketAddr> {
     if !line.contains("arcp-gateway listening") {
         return None;
     }
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))?;
+    let addr = line.split_whitespace().find_map(|w| w.strip_prefix(key))?;
     Some(
         addr.parse()
-            .unwrap_or_else(|e| panic!("bad addr in {line:?}: {e}")),
+            .unwrap_or_else(|e| panic!("bad {key} in {line:?}: {e}")),
     )
 }
 
@@ -546,4 +637,211 @@ async fn subscribe_decisions_are_logged_for_audit() {
     ] {
         assert!(audit.contains(field), "{field} in {audit}");
     }
+}
+
+/// Sends a ping on `session` and expects its pong.
+async fn ping_pong(session: &mut Session, nonce: &str) {
+    session.send(nonce, common::ping(nonce)).await;
+    let pong = session.recv().await;
+    assert!(
+        matches!(&pong.payload, Some(Out::SessionPong(p)) if p.ping_nonce == nonce),
+        "expected the pong for {nonce}, got {pong:?}"
+    );
+}
+
+/// A WebSocket session welcomed as alice.
+async fn ws_welcomed(addr: SocketAddr) -> common::WsConn {
+    let (ws, _) = tokio_timeout(tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/arcp"
+    )))
+    .await
+    .expect("the websocket opens");
+    let mut conn = common::WsConn::from_socket(ws);
+    conn.send("session.hello", common::ws_hello_payload(TOKEN, &[]))
+        .await;
+    let welcome = conn.recv().await;
+    assert_eq!(welcome["type"], "session.welcome", "{welcome}");
+    conn
+}
+
+async fn ws_ping_pong(conn: &mut common::WsConn, nonce: &str) {
+    conn.send(
+        "session.ping",
+        json!({"nonce": nonce, "sent_at": "2026-05-13T19:42:13.000Z"}),
+    )
+    .await;
+    let pong = conn.recv().await;
+    assert_eq!(pong["type"], "session.pong", "{pong}");
+    assert_eq!(pong["payload"]["ping_nonce"], nonce, "{pong}");
+}
+
+async fn tokio_timeout<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(TIMEOUT, f)
+        .await
+        .expect("done within the timeout")
+}
+
+/// Issue 16: out of descriptors, each accept loop backs off instead of spinning, warns at a
+/// bounded rate (saying how many failures it held back), keeps serving the sessions it has,
+/// and serves new clients once descriptors free up.
+#[tokio::test]
+async fn out_of_descriptors_the_accept_loops_back_off_and_keep_serving() {
+    const NOFILE: u32 = 64;
+    // Idle connections are held as long as the test needs them, and none is refused as one
+    // peer's too many: every one here comes from 127.0.0.1.
+    let process = Process::start_with(
+        "info",
+        Some(NOFILE),
+        &[
+            "--connection-setup-timeout-sec",
+            "600",
+            "--max-connections-per-peer",
+            "100000",
+        ],
+    )
+    .await;
+    let mut grpc = welcomed(process.channel().await, common::FEATURES).await;
+    let mut ws = ws_welcomed(process.ws_addr).await;
+
+    // More idle connections than the process has descriptors, first to one listener, then,
+    // once it is out of them, to the other.
+    let mut idle = Vec::new();
+    for (addr, transport) in [
+        (process.ws_addr, "transport=\"websocket\""),
+        (process.addr, "transport=\"grpc\""),
+    ] {
+        for _ in 0..NOFILE {
+            idle.push(
+                tokio_timeout(tokio::net::TcpStream::connect(addr))
+                    .await
+                    .expect("the kernel completes the handshake"),
+            );
+        }
+        process.wait_for_line(&["accept failed", transport]).await;
+    }
+
+    // Both listeners are out of descriptors now. Time has to pass for a rate to show: this
+    // sleep is the measurement window, not a synchronisation.
+    let (exhausted, cpu_before) = (tokio::time::Instant::now(), process.cpu_time());
+    ping_pong(&mut grpc, "exhausted-1").await;
+    ws_ping_pong(&mut ws, "exhausted-1").await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    ping_pong(&mut grpc, "exhausted-2").await;
+    ws_ping_pong(&mut ws, "exhausted-2").await;
+    let (window, cpu) = (exhausted.elapsed(), process.cpu_time() - cpu_before);
+    assert!(
+        cpu < window / 4,
+        "{cpu:?} of CPU in {window:?} out of descriptors: the accept loops spin"
+    );
+    let warnings = process.lines_containing("accept failed");
+    // One per listener per 5 s interval, over the window and the setup before it.
+    assert!(
+        (2..=6).contains(&warnings),
+        "{warnings} accept warnings; output:\n{}",
+        process.output.lock()
+    );
+    process
+        .wait_for_line(&["accept failed", "suppressed="])
+        .await;
+    assert!(
+        process
+            .output
+            .lock()
+            .lines()
+            .any(|l| l.contains("accept failed") && !l.contains("suppressed=0")),
+        "a later warning counts the failures held back; output:\n{}",
+        process.output.lock()
+    );
+
+    // Once the idle connections close, new clients are served on both transports.
+    drop(idle);
+    let mut fresh = welcomed(process.channel().await, common::FEATURES).await;
+    ping_pong(&mut fresh, "fresh").await;
+    let mut fresh_ws = ws_welcomed(process.ws_addr).await;
+    ws_ping_pong(&mut fresh_ws, "fresh").await;
+    ping_pong(&mut grpc, "after").await;
+
+    drop((grpc, ws, fresh, fresh_ws));
+    let (status, log) = process.terminate().await;
+    assert!(status.success(), "exit status {status}; output:\n{log}");
+}
+
+/// Issue 16: SIGTERM ends whatever the clients do: an open `Health/Watch` stream (which needs
+/// no credentials) sees NOT_SERVING and ends, a client that stopped reading while its job
+/// emits is cut when the grace ends, and the process exits within the grace.
+#[tokio::test]
+async fn sigterm_ends_health_watch_streams_and_stalled_clients_within_the_grace() {
+    let grace = Duration::from_secs(2);
+    let process = Process::start_with("info", None, &["--shutdown-grace-sec", "2"]).await;
+    let channel = process.channel().await;
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("Watch opens")
+        .into_inner();
+    let first = tokio_timeout(watch.message())
+        .await
+        .expect("Watch is OK")
+        .expect("Watch sends the current status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    // A client whose windows hold less than one line, which reads no further than the job's
+    // acceptance.
+    let narrow = Channel::from_shared(format!("http://{}", process.addr))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect");
+    let mut stalled = welcomed(narrow, common::FEATURES).await;
+    stalled
+        .send(
+            "chatter",
+            In::JobSubmit(proto::JobSubmit {
+                agent: "chatter".into(),
+                input: Some(to_value(&json!({"count": 1000, "bytes": 65536}))),
+                ..Default::default()
+            }),
+        )
+        .await;
+    assert!(matches!(
+        stalled.recv().await.payload,
+        Some(Out::JobAccepted(_))
+    ));
+    // One line read: the job is emitting, and the next line, already on its way, fills the
+    // window; from here on the client reads nothing.
+    assert!(matches!(
+        stalled.recv().await.payload,
+        Some(Out::JobEvent(_))
+    ));
+
+    let watching = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        while let Some(response) = tokio_timeout(watch.message())
+            .await
+            .expect("the Watch stream ends with OK")
+        {
+            statuses.push(response.status());
+        }
+        statuses
+    });
+    let started = tokio::time::Instant::now();
+    let (status, log) = process.terminate().await;
+    let took = started.elapsed();
+    assert!(status.success(), "exit status {status}; output:\n{log}");
+    assert!(
+        took >= grace && log.contains("gRPC connections still open are cut"),
+        "exited {took:?} after SIGTERM, grace {grace:?}: the stalled client was not cut; \
+         output:\n{log}"
+    );
+    assert!(
+        took < grace + Duration::from_secs(5),
+        "exited {took:?} after SIGTERM, grace {grace:?}; output:\n{log}"
+    );
+    let statuses = watching.await.expect("the watcher");
+    assert_eq!(statuses, [ServingStatus::NotServing]);
+    drop(stalled);
 }

@@ -4,7 +4,9 @@
 //! - [`grpc`]: the `arcp.v1` protobuf schema over one gRPC bidirectional stream.
 //! - [`json`]: the JSON envelope of §5, shared by text transports.
 //! - [`ws`]: WebSocket (§4) carrying [`json`] frames.
+//! - `listener`: the accept loop both serve: back-off on accept errors, a cap per peer address.
 
 pub mod grpc;
 pub mod json;
+pub(crate) mod listener;
 pub mod ws;

@@ -6,16 +6,19 @@
 //! request's `Authorization: Bearer` header; a bad header refuses the upgrade with HTTP 401,
 //! before any session exists.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
 use futures::{future, SinkExt, StreamExt};
 use http::StatusCode;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    task::JoinSet,
+};
 use tokio_tungstenite::tungstenite::{
     handshake::server::{ErrorResponse, Request, Response},
     protocol::{frame::coding::CloseCode, CloseFrame, Message, WebSocketConfig},
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::bearer_from_header,
@@ -26,7 +29,10 @@ use crate::{
     session::output::StreamEnd,
 };
 
-use super::json;
+use super::{
+    json,
+    listener::{Accepted, Listener, PeerLimit},
+};
 
 /// The path ARCP is served on.
 pub const PATH: &str = "/arcp";
@@ -34,39 +40,74 @@ pub const PATH: &str = "/arcp";
 /// The largest text frame accepted; a job submission's input has to fit.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
-/// How long a graceful stop waits for connections to say goodbye.
-const DRAIN: Duration = Duration::from_secs(5);
-
-/// Serves ARCP over WebSocket on `listener` until `shutdown` resolves. Streams end when the
-/// gateway shuts down ([`Gateway::shutdown`]), with close code 1012 so clients resume
-/// elsewhere; their sessions stay resumable.
+/// Serves ARCP over WebSocket on `listener` until `shutdown` resolves. Connections per peer
+/// address are capped ([`GatewayConfig::max_connections_per_peer`]), and one must complete its
+/// upgrade within [`GatewayConfig::connection_setup_timeout`]. On shutdown the gateway is shut
+/// down ([`Gateway::shutdown`]): streams end with close code 1012 so clients resume elsewhere,
+/// and their sessions stay resumable. Connections still open after
+/// [`GatewayConfig::shutdown_grace`] are cut; none outlives this function.
+///
+/// [`GatewayConfig::max_connections_per_peer`]: crate::config::GatewayConfig::max_connections_per_peer
+/// [`GatewayConfig::connection_setup_timeout`]: crate::config::GatewayConfig::connection_setup_timeout
+/// [`GatewayConfig::shutdown_grace`]: crate::config::GatewayConfig::shutdown_grace
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let connections = TaskTracker::new();
+    let peers = PeerLimit::new(gateway.config().max_connections_per_peer);
+    serve_on(
+        gateway,
+        Listener::new(listener, "websocket", peers),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] on an accept loop of the caller's.
+pub(crate) async fn serve_on(
+    gateway: Arc<Gateway>,
+    mut listener: Listener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    // A set rather than detached tasks, so that a shutdown can end the ones that outlast it.
+    let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    let gateway = gateway.clone();
-                    connections.spawn(async move {
-                        if let Err(e) = connection(gateway, tcp).await {
-                            tracing::debug!(%peer, "websocket connection failed: {e}");
-                        }
-                    });
+            accepted = listener.accept() => {
+                let gateway = gateway.clone();
+                connections.spawn(async move {
+                    let Accepted { stream, peer, slot } = accepted;
+                    if let Err(e) = connection(gateway, stream).await {
+                        tracing::debug!(%peer, "websocket connection failed: {e}");
+                    }
+                    drop(slot);
+                });
+            }
+            Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = ended {
+                    tracing::warn!("websocket connection task failed: {e}");
                 }
-                // Out of descriptors or a reset before accept: the listener itself is fine.
-                Err(e) => tracing::warn!("websocket accept failed: {e}"),
-            },
+            }
         }
     }
-    connections.close();
-    let _ = tokio::time::timeout(DRAIN, connections.wait()).await;
+    // New clients are refused from here on, rather than left waiting in the backlog.
+    drop(listener);
+    gateway.shutdown();
+    let grace = gateway.config().shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            cut = connections.len(),
+            "shutdown grace of {grace:?} over: websocket connections still open are cut"
+        );
+        connections.shutdown().await;
+    }
     Ok(())
 }
 
@@ -114,8 +155,18 @@ async fn connection(
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
-    let socket =
-        tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(config)).await?;
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(config));
+    // A peer that never completes its upgrade, or never sends a byte, would otherwise hold the
+    // connection (and a descriptor) for ever.
+    let setup_timeout = gateway.config().connection_setup_timeout;
+    let socket = tokio::time::timeout(setup_timeout, upgrade)
+        .await
+        .map_err(|_| {
+            tokio_tungstenite::tungstenite::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "upgrade not completed within the connection setup timeout",
+            ))
+        })??;
     let (mut sink, stream) = socket.split();
 
     // The client's frames until it closes or the connection fails; control frames (ping,

@@ -32,20 +32,7 @@ impl TestServer {
         &self,
         metadata: &[(&'static str, &str)],
     ) -> Result<Conn, tonic::Status> {
-        let (tx, rx) = mpsc::channel::<ClientFrame>(1024);
-        let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        for (key, value) in metadata {
-            request
-                .metadata_mut()
-                .insert(*key, MetadataValue::try_from(*value).unwrap());
-        }
-        let mut client = ArcpClient::new(self.channel().await);
-        let response = client.session(request).await?;
-        Ok(Conn {
-            tx: Some(tx),
-            rx: response.into_inner(),
-            next_id: 0,
-        })
+        open_on(self.channel().await, metadata).await
     }
 
     /// Opens a stream and completes a hello as `token` offering [`FEATURES`]; returns the
@@ -77,6 +64,27 @@ impl TestServer {
         let first = conn.recv().await;
         (conn, first)
     }
+}
+
+/// Opens a session stream on `channel` with the given metadata; `Err` is the status that
+/// refused it. For channels built with settings of the test's own.
+pub async fn open_on(
+    channel: Channel,
+    metadata: &[(&'static str, &str)],
+) -> Result<Conn, tonic::Status> {
+    let (tx, rx) = mpsc::channel::<ClientFrame>(1024);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    for (key, value) in metadata {
+        request
+            .metadata_mut()
+            .insert(*key, MetadataValue::try_from(*value).unwrap());
+    }
+    let response = ArcpClient::new(channel).session(request).await?;
+    Ok(Conn {
+        tx: Some(tx),
+        rx: response.into_inner(),
+        next_id: 0,
+    })
 }
 
 /// One client stream.

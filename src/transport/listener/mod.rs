@@ -1,0 +1,125 @@
+//! The accept loop both transports share.
+//!
+//! A failed accept backs off instead of being retried at once: out of descriptors, the
+//! listener stays readable, and an immediate retry spins a core and floods the log while
+//! nothing can be accepted anyway. Established connections are served by their own tasks
+//! throughout. Connections per peer IP address are capped, across both transports.
+//!
+//! - `backoff`: how long to wait after a failed accept.
+//! - `peers`: the per-peer count, and the slot an admitted connection holds.
+//! - `throttle`: one warning per interval, with the count of those held back.
+
+mod backoff;
+mod peers;
+mod throttle;
+
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    time::Instant,
+};
+
+use self::{backoff::Backoff, throttle::Throttle};
+
+pub(crate) use self::peers::{PeerLimit, PeerSlot};
+
+/// How often a repeating accept failure or refusal is logged.
+const WARNING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A TCP listener that backs off on errors and admits at most [`PeerLimit::max`] connections
+/// per peer address.
+pub(crate) struct Listener {
+    tcp: TcpListener,
+    transport: &'static str,
+    peers: Arc<PeerLimit>,
+    backoff: Backoff,
+    failures: Throttle,
+    refusals: Throttle,
+    /// When the next accept may be tried, after a failure. Kept here rather than in a local
+    /// sleep, so a caller that drops `accept` and calls it again still waits.
+    retry_at: Option<Instant>,
+}
+
+/// A connection the listener admitted.
+pub(crate) struct Accepted {
+    /// The connection, with `TCP_NODELAY` set: ARCP frames are small and latency matters.
+    pub(crate) stream: TcpStream,
+    /// Who connected.
+    pub(crate) peer: SocketAddr,
+    /// The connection's place in its peer's count; keep it as long as the connection.
+    pub(crate) slot: PeerSlot,
+}
+
+impl Listener {
+    /// Accepts on `tcp`, counting connections in `peers`; `transport` names it in the log.
+    pub(crate) fn new(tcp: TcpListener, transport: &'static str, peers: Arc<PeerLimit>) -> Self {
+        Listener {
+            tcp,
+            transport,
+            peers,
+            backoff: Backoff::default(),
+            failures: Throttle::new(WARNING_INTERVAL),
+            refusals: Throttle::new(WARNING_INTERVAL),
+            retry_at: None,
+        }
+    }
+
+    /// The next connection admitted. Failures and refusals are handled here, so this only
+    /// returns a connection. Cancel-safe: dropping the future loses no admitted connection.
+    pub(crate) async fn accept(&mut self) -> Accepted {
+        loop {
+            if let Some(at) = self.retry_at {
+                tokio::time::sleep_until(at).await;
+                self.retry_at = None;
+            }
+            let (stream, peer) = match self.tcp.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) if concerns_one_connection(&e) => {
+                    tracing::debug!(transport = self.transport, "accept: {e}");
+                    continue;
+                }
+                Err(e) => {
+                    let wait = self.backoff.failed();
+                    if let Some(suppressed) = self.failures.admit() {
+                        tracing::warn!(
+                            transport = self.transport,
+                            retry_in = ?wait,
+                            suppressed,
+                            "accept failed: {e}"
+                        );
+                    }
+                    self.retry_at = Some(Instant::now() + wait);
+                    continue;
+                }
+            };
+            self.backoff.succeeded();
+            let Some(slot) = self.peers.admit(peer.ip()) else {
+                if let Some(suppressed) = self.refusals.admit() {
+                    tracing::warn!(
+                        transport = self.transport,
+                        peer = %peer.ip(),
+                        suppressed,
+                        "connection refused: the peer has {} connections open",
+                        self.peers.max()
+                    );
+                }
+                // Dropping the stream closes it at once.
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            return Accepted { stream, peer, slot };
+        }
+    }
+}
+
+/// Errors that end one pending connection (it was reset before it was accepted) and say
+/// nothing about the listener, which is retried at once.
+fn concerns_one_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
