@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, num::NonZeroUsize, time::Duration};
 
 use arcp_gateway::{
     config::GatewayConfig,
@@ -12,12 +12,22 @@ use arcp_gateway::{
 };
 use common::*;
 use futures::{FutureExt, SinkExt};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::{self, Message};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 const DOC: &str = include_str!("../docs/security.md");
 
-/// The rows of the table: id, and the observation its answer starts with.
-fn documented() -> BTreeMap<String, String> {
+/// A row of the table.
+struct Row {
+    /// What its answer starts with: what the test that drives it observes.
+    observed: String,
+    /// The test that drives it: `tests/security.rs`, or `tests/FILE.rs::function`.
+    driver: String,
+}
+
+/// The rows of the table, by id.
+fn documented() -> BTreeMap<String, Row> {
     let mut rows = BTreeMap::new();
     let table = DOC
         .split("## Hostile behaviour and bad input")
@@ -25,23 +35,29 @@ fn documented() -> BTreeMap<String, String> {
         .expect("docs/security.md has the table section");
     for line in table.lines().filter(|l| l.starts_with('|')) {
         let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
-        let [id, _, answer] = cells[..] else {
-            panic!("a row of three cells: {line}")
+        let [id, _, answer, driver] = cells[..] else {
+            panic!("a row of four cells: {line}")
         };
         if id == "id" || id.starts_with("---") {
             continue;
         }
-        let observed = answer
-            .split('`')
-            .nth(1)
-            .unwrap_or_else(|| panic!("row {id}: the answer starts with `what is observed`"));
+        let first_code = |cell: &str| cell.split('`').nth(1).map(str::to_owned);
+        let row = Row {
+            observed: first_code(answer)
+                .unwrap_or_else(|| panic!("row {id}: the answer starts with `what is observed`")),
+            driver: first_code(driver)
+                .unwrap_or_else(|| panic!("row {id}: `the test that drives it`")),
+        };
         assert!(
-            rows.insert(id.to_owned(), observed.to_owned()).is_none(),
+            rows.insert(id.to_owned(), row).is_none(),
             "row {id} appears twice"
         );
     }
     rows
 }
+
+/// This file, as a row's driver.
+const HERE: &str = "tests/security.rs";
 
 /// Every row's scenario, by id.
 const SCENARIOS: &[&str] = &[
@@ -70,6 +86,12 @@ const SCENARIOS: &[&str] = &[
     "runtime-over-ceiling",
     "runtime-unbounded",
     "orphaned-job",
+    "silent-connection",
+    "partial-upgrade",
+    "preface-no-stream",
+    "connections-over-peer-cap",
+    "watch-at-shutdown",
+    "stalled-reader-at-shutdown",
 ];
 
 /// Runs the scenario of row `id`; what it observed, in the table's words.
@@ -340,11 +362,90 @@ async fn observe(id: &str) -> String {
             let (_, terminal) = watcher.recv_until_terminal(&job).await;
             terminal_answer(&terminal)
         }
+        "silent-connection" => {
+            let server = setup_deadline(Duration::from_millis(200), 256).await;
+            let mut tcp = connect_raw(server.addr).await;
+            wait_closed(&mut tcp).await;
+            "closed".into()
+        }
+        "partial-upgrade" => {
+            let server = setup_deadline(Duration::from_millis(200), 256).await;
+            let mut tcp = connect_raw(server.ws_addr).await;
+            tcp.write_all(PARTIAL_UPGRADE).await.unwrap();
+            wait_closed(&mut tcp).await;
+            "closed".into()
+        }
+        "preface-no-stream" => {
+            let server = setup_deadline(Duration::from_millis(200), 256).await;
+            let mut tcp = connect_raw(server.addr).await;
+            tcp.write_all(HTTP2_PREFACE).await.unwrap();
+            tcp.write_all(&EMPTY_SETTINGS).await.unwrap();
+            wait_closed(&mut tcp).await;
+            "closed".into()
+        }
+        "connections-over-peer-cap" => {
+            let server = setup_deadline(Duration::from_secs(600), 1).await;
+            let (mut held, _) = server.ws_hello(ALICE, FEATURES).await;
+            let mut tcp = connect_raw(server.addr).await;
+            wait_closed(&mut tcp).await;
+            // The connection the peer already had is untouched.
+            assert!(
+                ws_answer_to_ping(&mut held).await,
+                "the admitted session answers"
+            );
+            "closed".into()
+        }
+        "watch-at-shutdown" => {
+            let server = start(GatewayConfig::default()).await;
+            let watch = serving_watch(&server.channel().await, "").await;
+            let (statuses, ()) = tokio::join!(statuses_until_end(watch), server.stop());
+            match statuses[..] {
+                [ServingStatus::NotServing] => "NOT_SERVING, then the stream ends".into(),
+                _ => format!("{statuses:?}"),
+            }
+        }
+        "stalled-reader-at-shutdown" => {
+            let grace = Duration::from_millis(500);
+            let server = start(GatewayConfig {
+                shutdown_grace: grace,
+                max_log_frames: 64,
+                ..GatewayConfig::default()
+            })
+            .await;
+            let mut stalled = open_on(narrow_channel(server.addr).await, &[])
+                .await
+                .expect("the stream opens");
+            stalled.send(hello(ALICE, FEATURES, None)).await;
+            let session = stalled.recv().await.session_id;
+            stalled.send(chatter(1_000, 65_536)).await;
+            // A job runs at most half its log (32 frames) ahead of its reader: once the log
+            // holds 35, the client has stopped taking frames.
+            wait_for_log(&server, &session, 35).await;
+            let started = tokio::time::Instant::now();
+            server.stop().await;
+            let took = started.elapsed();
+            if took >= grace {
+                "cut at the grace".into()
+            } else {
+                format!("the stop took {took:?}, before the grace")
+            }
+        }
         other => panic!("no scenario for row {other}"),
     }
 }
 
 const ALICE: &str = "alice-token";
+
+/// A gateway for alice whose connections must be useful within `setup`, at most `per_peer`
+/// from one address.
+async fn setup_deadline(setup: Duration, per_peer: usize) -> TestServer {
+    start(GatewayConfig {
+        connection_setup_timeout: setup,
+        max_connections_per_peer: NonZeroUsize::new(per_peer).expect("a cap of at least 1"),
+        ..GatewayConfig::default()
+    })
+    .await
+}
 
 /// A gateway with `config` for alice.
 async fn start(config: GatewayConfig) -> TestServer {
@@ -396,6 +497,19 @@ async fn grpc_answer(conn: &mut Conn, frame: &arcp_gateway::proto::ServerFrame) 
     }
 }
 
+/// Whether a ping gets its pong.
+async fn ws_answer_to_ping(conn: &mut WsConn) -> bool {
+    conn.send("session.ping", serde_json::json!({"nonce": "alive"}))
+        .await;
+    loop {
+        match conn.next_message().await {
+            Some(Message::Text(text)) if text.contains("session.pong") => return true,
+            Some(Message::Text(_)) => continue,
+            _ => return false,
+        }
+    }
+}
+
 /// The WebSocket counterpart of [`grpc_answer`], for the next envelope.
 async fn ws_answer(conn: &mut WsConn) -> String {
     let frame = conn.recv().await;
@@ -421,26 +535,44 @@ async fn ws_answer(conn: &mut WsConn) -> String {
 
 #[test]
 fn the_table_and_the_scenarios_name_the_same_rows() {
-    let rows: Vec<String> = documented().into_keys().collect();
+    let rows: Vec<String> = documented()
+        .into_iter()
+        .filter(|(_, row)| row.driver == HERE)
+        .map(|(id, _)| id)
+        .collect();
     let mut scenarios: Vec<String> = SCENARIOS.iter().map(|s| s.to_string()).collect();
     scenarios.sort();
-    assert_eq!(
-        rows, scenarios,
-        "docs/security.md rows vs tests/security.rs scenarios"
-    );
+    assert_eq!(rows, scenarios, "docs/security.md rows vs {HERE} scenarios");
+}
+
+#[test]
+fn rows_driven_elsewhere_name_a_test_that_exists() {
+    for (id, row) in documented().into_iter().filter(|(_, r)| r.driver != HERE) {
+        let (file, test) = row
+            .driver
+            .split_once("::")
+            .unwrap_or_else(|| panic!("row {id}: driven by FILE::test, not {}", row.driver));
+        let source = std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap_or_else(|e| panic!("row {id}: {file}: {e}"));
+        assert!(
+            source.contains(&format!("#[tokio::test]\nasync fn {test}()")),
+            "row {id}: {file} has no test {test}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_row_of_the_table_is_what_the_server_does() {
     let mut wrong = Vec::new();
-    for (id, expected) in documented() {
+    for (id, row) in documented().into_iter().filter(|(_, r)| r.driver == HERE) {
         let observed = std::panic::AssertUnwindSafe(observe(&id))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| "the scenario panicked".into());
-        if observed != expected {
+        if observed != row.observed {
             wrong.push(format!(
-                "{id}: documented `{expected}`, observed `{observed}`"
+                "{id}: documented `{}`, observed `{observed}`",
+                row.observed
             ));
         }
     }

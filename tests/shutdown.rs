@@ -16,10 +16,7 @@ use common::*;
 use serde_json::json;
 use tokio::{net::TcpSocket, time::Instant};
 use tokio_tungstenite::{tungstenite::Message, MaybeTlsStream};
-use tonic::transport::Channel;
-use tonic_health::pb::{
-    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
-};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 /// How long past its deadline a shutdown may end on a loaded machine before the test calls it
 /// missed. A guard, not the thing measured.
@@ -58,24 +55,6 @@ async fn timed_stop(server: TestServer) -> Duration {
     started.elapsed()
 }
 
-/// The statuses a `Watch` stream sends until it ends; fails the test if it ends with an error
-/// status or stays open.
-async fn statuses_until_end(
-    mut watch: tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
-) -> Vec<ServingStatus> {
-    let mut statuses = Vec::new();
-    loop {
-        let next = tokio::time::timeout(FRAME_TIMEOUT, watch.message())
-            .await
-            .expect("the Watch stream ends");
-        match next {
-            Ok(Some(response)) => statuses.push(response.status()),
-            Ok(None) => return statuses,
-            Err(status) => panic!("the Watch stream ended with {status:?} after {statuses:?}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_shutdown_ends_health_watch_streams_after_they_see_not_serving() {
     // A grace long enough that a drain waiting for it would show.
@@ -84,20 +63,7 @@ async fn a_shutdown_ends_health_watch_streams_after_they_see_not_serving() {
     let channel = server.channel().await;
     let mut watches = Vec::new();
     for service in ["", "arcp.v1.Arcp"] {
-        let mut watch = HealthClient::new(channel.clone())
-            .watch(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .expect("Watch opens")
-            .into_inner();
-        let first = tokio::time::timeout(FRAME_TIMEOUT, watch.message())
-            .await
-            .expect("Watch answers at once")
-            .expect("Watch is OK")
-            .expect("Watch sends the current status");
-        assert_eq!(first.status(), ServingStatus::Serving, "{service:?}");
-        watches.push((service, watch));
+        watches.push((service, serving_watch(&channel, service).await));
     }
 
     let watching = futures::future::join_all(
@@ -119,25 +85,13 @@ async fn a_shutdown_ends_health_watch_streams_after_they_see_not_serving() {
     );
 }
 
-/// A channel whose HTTP/2 windows hold less than one `chatter` line of [`BIG_LINES`] bytes, so
-/// a client that does not read blocks the server's stream after the first.
-async fn narrow_channel(server: &TestServer) -> Channel {
-    Channel::from_shared(format!("http://{}", server.addr))
-        .expect("uri")
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .expect("connect")
-}
-
 #[tokio::test]
 async fn a_grpc_client_that_stopped_reading_is_cut_when_the_grace_ends_and_its_session_resumes() {
     let stores = MemoryStores::new(LOG_FRAMES);
     let server = TestServer::start_on(builder(SHORT_GRACE), stores.clone(), |s| s).await;
     let replica = TestServer::start_on(builder(SHORT_GRACE), stores, |s| s).await;
 
-    let mut stalled = open_on(narrow_channel(&server).await, &[])
+    let mut stalled = open_on(narrow_channel(server.addr).await, &[])
         .await
         .expect("the stream opens");
     stalled.send(hello("alice-token", FEATURES, None)).await;

@@ -87,6 +87,18 @@ pub async fn open_on(
     })
 }
 
+/// A channel to `addr` whose HTTP/2 windows hold less than 64 KiB, so a client that does not
+/// read blocks the server's stream after a frame or two of that size.
+pub async fn narrow_channel(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .expect("connect")
+}
+
 /// One client stream.
 pub struct Conn {
     tx: Option<mpsc::Sender<ClientFrame>>,

@@ -1,10 +1,10 @@
 //! A real gateway on an ephemeral port, and small clients that speak frames to it.
 //!
 //! Split by role: [`server`] starts and stops the gateway, [`grpc`] is the gRPC client and
-//! [`ws`] the WebSocket one, [`frames`] builds client payloads and reads server frames,
-//! [`agents`] holds test agents, [`log`] reads a session's log straight from the gateway,
-//! [`wait`] waits on state the test observes and [`raw`] opens plain TCP connections that never
-//! become useful.
+//! [`ws`] the WebSocket one, [`health`] watches gRPC health, [`frames`] builds client payloads
+//! and reads server frames, [`agents`] holds test agents, [`log`] reads a session's log straight
+//! from the gateway, [`wait`] waits on state the test observes and [`raw`] opens plain TCP
+//! connections that never become useful.
 //! Everything is re-exported here, so a test says `use common::*;`.
 // Each test crate uses a subset of these helpers.
 #![allow(dead_code)]
@@ -14,6 +14,7 @@ use std::time::Duration;
 mod agents;
 mod frames;
 mod grpc;
+mod health;
 mod log;
 mod raw;
 mod server;
@@ -22,7 +23,9 @@ mod ws;
 
 // A test crate that uses nothing of a module leaves its re-export unused.
 #[allow(unused_imports)]
-pub use self::{agents::*, frames::*, grpc::*, log::*, raw::*, server::*, wait::*, ws::*};
+pub use self::{
+    agents::*, frames::*, grpc::*, health::*, log::*, raw::*, server::*, wait::*, ws::*,
+};
 
 /// How long a test waits for a frame before failing. A guard against hangs, not a timing
 /// assertion: every frame the tests wait for is due in milliseconds.
