@@ -37,6 +37,17 @@ pub struct GatewayConfig {
     pub max_result_chunk_bytes: u64,
     /// The largest streamed result, all chunks together (§14).
     pub max_result_bytes: u64,
+    /// Failed authentication or resume attempts a peer address (an IPv6 /64) or a principal
+    /// may make within `auth_failure_window` before each further failure is answered only
+    /// after `auth_failure_delay`.
+    pub auth_failure_limit: u32,
+    /// How long failed attempts are counted against a peer or principal.
+    pub auth_failure_window: Duration,
+    /// How long the answer to each failure over the limit waits; the error is the same.
+    pub auth_failure_delay: Duration,
+    /// How many peers and principals the failure counts remember at most; past that the
+    /// oldest are forgotten, so the memory they take is bounded.
+    pub auth_failure_tracked: usize,
 }
 
 impl Default for GatewayConfig {
@@ -55,6 +66,10 @@ impl Default for GatewayConfig {
             lease_grace: Duration::from_secs(1),
             max_result_chunk_bytes: 1024 * 1024,
             max_result_bytes: 64 * 1024 * 1024,
+            auth_failure_limit: 10,
+            auth_failure_window: Duration::from_secs(60),
+            auth_failure_delay: Duration::from_secs(1),
+            auth_failure_tracked: 65_536,
         }
     }
 }

@@ -85,6 +85,19 @@ struct ServeArgs {
     /// provisioner; enables the `provisioned_credentials` feature.
     #[arg(long, value_name = "URL", env = "ARCP_CREDENTIALS_ENDPOINT")]
     credentials_endpoint: Option<String>,
+    /// Failed authentication or resume attempts a peer address or principal may make within
+    /// the failure window before each further failure is answered late.
+    #[arg(long, default_value_t = 10, env = "ARCP_AUTH_FAILURE_LIMIT")]
+    auth_failure_limit: u32,
+    /// How long failed authentication and resume attempts are counted.
+    #[arg(long, default_value_t = 60, env = "ARCP_AUTH_FAILURE_WINDOW_SEC")]
+    auth_failure_window_sec: u64,
+    /// How long the answer to each failed attempt over the limit waits.
+    #[arg(long, default_value_t = 1000, env = "ARCP_AUTH_FAILURE_DELAY_MS")]
+    auth_failure_delay_ms: u64,
+    /// How many peers and principals the failure counts remember at most.
+    #[arg(long, default_value_t = 65_536, env = "ARCP_AUTH_FAILURE_TRACKED")]
+    auth_failure_tracked: usize,
 }
 
 fn parse_token_pair(pair: &str) -> Result<(String, Principal), String> {
@@ -122,6 +135,10 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         idempotency_window: Duration::from_secs(args.idempotency_window_sec),
         default_model_use: (!args.default_model_use.is_empty()).then_some(args.default_model_use),
         budget_exhaustion_fatal: args.budget_exhaustion_fatal,
+        auth_failure_limit: args.auth_failure_limit,
+        auth_failure_window: Duration::from_secs(args.auth_failure_window_sec),
+        auth_failure_delay: Duration::from_millis(args.auth_failure_delay_ms),
+        auth_failure_tracked: args.auth_failure_tracked,
         ..GatewayConfig::default()
     };
     let auth = Authenticator::from_pairs(args.auth_tokens);

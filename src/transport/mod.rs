@@ -6,5 +6,6 @@
 //! - [`ws`]: WebSocket (§4) carrying [`json`] frames.
 
 pub mod grpc;
+pub(crate) mod held_writes;
 pub mod json;
 pub mod ws;

@@ -32,6 +32,26 @@ impl TestServer {
         &self,
         metadata: &[(&'static str, &str)],
     ) -> Result<Conn, tonic::Status> {
+        self.open_on(self.channel().await, metadata).await
+    }
+
+    /// A channel to the gRPC server from the local address `from` (any of 127.0.0.0/8 is this
+    /// host), so that a test can act as several peers.
+    pub async fn channel_from(&self, from: std::net::IpAddr) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .local_address(Some(from))
+            .connect()
+            .await
+            .expect("connect to test server")
+    }
+
+    /// [`TestServer::open_with`] on `channel`.
+    pub async fn open_on(
+        &self,
+        channel: Channel,
+        metadata: &[(&'static str, &str)],
+    ) -> Result<Conn, tonic::Status> {
         let (tx, rx) = mpsc::channel::<ClientFrame>(1024);
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         for (key, value) in metadata {
@@ -39,7 +59,7 @@ impl TestServer {
                 .metadata_mut()
                 .insert(*key, MetadataValue::try_from(*value).unwrap());
         }
-        let mut client = ArcpClient::new(self.channel().await);
+        let mut client = ArcpClient::new(channel);
         let response = client.session(request).await?;
         Ok(Conn {
             tx: Some(tx),
