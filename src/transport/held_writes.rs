@@ -72,7 +72,9 @@ impl<S> HeldWrites<S> {
 
     /// Ready once no penalty holds writes back.
     fn poll_held(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.hold.armed.swap(false, Ordering::Acquire) {
+        // A load, not a swap, on the path every write takes.
+        if self.hold.armed.load(Ordering::Acquire) {
+            self.hold.armed.store(false, Ordering::Relaxed);
             if let Some(penalty) = self.hold.penalty.lock().take() {
                 if let Some(until) = penalty.until() {
                     self.waiting = Some((Box::pin(tokio::time::sleep_until(until)), penalty));
