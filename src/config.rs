@@ -91,6 +91,17 @@ pub struct GatewayConfig {
     /// to end, for connections to close by themselves; the ones still open then (a client that
     /// stopped reading, say) are cut.
     pub shutdown_grace: Duration,
+    /// Failed authentication or resume attempts a peer address (an IPv6 /64) or a principal
+    /// may make within `auth_failure_window` before each further failure is answered only
+    /// after `auth_failure_delay`.
+    pub auth_failure_limit: u32,
+    /// How long failed attempts are counted against a peer or principal.
+    pub auth_failure_window: Duration,
+    /// How long the answer to each failure over the limit waits; the error is the same.
+    pub auth_failure_delay: Duration,
+    /// How many peers and principals the failure counts remember at most; past that the
+    /// oldest are forgotten, so the memory they take is bounded.
+    pub auth_failure_tracked: usize,
 }
 
 /// Room for a NAT gateway's worth of clients, not for a flood from one host.
@@ -127,6 +138,10 @@ impl Default for GatewayConfig {
             connection_setup_timeout: Duration::from_secs(10),
             max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
             shutdown_grace: Duration::from_secs(10),
+            auth_failure_limit: 10,
+            auth_failure_window: Duration::from_secs(60),
+            auth_failure_delay: Duration::from_secs(1),
+            auth_failure_tracked: 65_536,
         }
     }
 }

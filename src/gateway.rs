@@ -7,7 +7,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     agent::AgentRegistry,
-    auth::Authenticator,
+    auth::{
+        throttle::{AuthThrottle, FailureLimits},
+        Authenticator,
+    },
     config::GatewayConfig,
     credentials::CredentialProvisioner,
     engine::{JobManager, ObservePolicy, SamePrincipalOnly},
@@ -117,6 +120,12 @@ impl GatewayBuilder {
             logs: stores.logs.clone(),
             jobs,
             auth: self.auth,
+            throttle: AuthThrottle::new(FailureLimits {
+                limit: config.auth_failure_limit,
+                window: config.auth_failure_window,
+                delay: config.auth_failure_delay,
+                tracked: config.auth_failure_tracked,
+            }),
             offer,
             settings: SessionSettings {
                 resume_window: config.resume_window,
@@ -166,6 +175,12 @@ impl Gateway {
     /// The bearer authenticator, for transport layers that authenticate before a stream opens.
     pub fn authenticator(&self) -> &Authenticator {
         &self.sessions.auth
+    }
+
+    /// Slows the answers to repeated failed authentication and resume attempts; for transport
+    /// layers that check credentials before a stream opens.
+    pub fn auth_throttle(&self) -> &AuthThrottle {
+        &self.sessions.throttle
     }
 
     /// The stores, for transport layers that validate resume metadata.

@@ -38,9 +38,11 @@
 //! - **Sessions**: [`session`] is the session state machine: `session::handshake` turns a first
 //!   frame into a new or resumed attachment, epoch-fenced and safe to cancel at every await;
 //!   `session::connection` serves one attached stream, with `session::dispatch` acting on its
-//!   client frames and `session::stream_control` carrying its stop order and replies;
+//!   client frames, `session::liveness` judging whether a `heartbeat` client is still there,
+//!   and `session::stream_control` carrying its stop order and replies;
 //!   [`session::output`] is what a stream yields to its transport.
-//! - **Authentication**: [`auth`] maps bearer tokens to principals.
+//! - **Authentication**: [`auth`] maps bearer tokens to principals; [`auth::throttle`] slows
+//!   the answers to repeated failed bearer and resume tokens, per peer and per principal.
 //! - **Transports**: [`transport::grpc`] is the gRPC service, its frame conversions, its
 //!   codecs and the tower layer that authenticates before a stream opens;
 //!   [`transport::json`] is the §5 JSON envelope and [`transport::ws`] serves it over

@@ -143,6 +143,19 @@ struct ServeArgs {
     /// end; the ones still open then are cut.
     #[arg(long, default_value_t = 10, env = "ARCP_SHUTDOWN_GRACE_SEC")]
     shutdown_grace_sec: u64,
+    /// Failed authentication or resume attempts a peer address or principal may make within
+    /// the failure window before each further failure is answered late.
+    #[arg(long, default_value_t = 10, env = "ARCP_AUTH_FAILURE_LIMIT")]
+    auth_failure_limit: u32,
+    /// How long failed authentication and resume attempts are counted.
+    #[arg(long, default_value_t = 60, env = "ARCP_AUTH_FAILURE_WINDOW_SEC")]
+    auth_failure_window_sec: u64,
+    /// How long the answer to each failed attempt over the limit waits.
+    #[arg(long, default_value_t = 1000, env = "ARCP_AUTH_FAILURE_DELAY_MS")]
+    auth_failure_delay_ms: u64,
+    /// How many peers and principals the failure counts remember at most.
+    #[arg(long, default_value_t = 65_536, env = "ARCP_AUTH_FAILURE_TRACKED")]
+    auth_failure_tracked: usize,
 }
 
 fn parse_token_pair(pair: &str) -> Result<(String, Principal), String> {
@@ -195,6 +208,10 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         connection_setup_timeout: Duration::from_secs(args.connection_setup_timeout_sec),
         max_connections_per_peer: args.max_connections_per_peer,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_sec),
+        auth_failure_limit: args.auth_failure_limit,
+        auth_failure_window: Duration::from_secs(args.auth_failure_window_sec),
+        auth_failure_delay: Duration::from_millis(args.auth_failure_delay_ms),
+        auth_failure_tracked: args.auth_failure_tracked,
         ..GatewayConfig::default()
     };
     let auth = Authenticator::from_pairs(args.auth_tokens);

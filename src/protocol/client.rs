@@ -88,6 +88,8 @@ impl ClientMessage {
 /// The opening of a session: `session.hello`, or `session.resume` (which always has `resume`).
 #[derive(Clone, Debug, Default)]
 pub struct Hello {
+    /// `auth.scheme` (§6.1), when the hello names one; only `bearer` is defined.
+    pub scheme: Option<String>,
     /// `auth.token` (§6.1), when the client authenticates in-band.
     pub token: Option<String>,
     /// `capabilities.features`; `None` when the client sent no capabilities at all.
@@ -152,13 +154,64 @@ pub struct Subscribe {
 }
 
 /// A client frame the transport could not turn into a message; answered with a
-/// `session.error` while the session carries on.
+/// `session.error`, after which the session carries on unless the transport cannot read on
+/// (see [`ReadFault::ends_stream`]).
 #[derive(Clone, Debug)]
 pub struct RejectedFrame {
     /// The frame's `id`, if it could be read.
     pub request_id: Option<String>,
     /// What was wrong.
     pub error: ArcpError,
+    /// Set when the transport could not read the frame at all, rather than read one that
+    /// breaks the protocol's rules.
+    pub fault: Option<ReadFault>,
+}
+
+impl RejectedFrame {
+    /// A frame that was read but is not a valid message.
+    pub fn invalid(request_id: Option<String>, error: ArcpError) -> RejectedFrame {
+        RejectedFrame {
+            request_id,
+            error,
+            fault: None,
+        }
+    }
+
+    /// Bytes the transport could not read as a frame, for `fault`.
+    pub fn unreadable(fault: ReadFault, error: ArcpError) -> RejectedFrame {
+        RejectedFrame {
+            request_id: None,
+            error,
+            fault: Some(fault),
+        }
+    }
+
+    /// Whether the transport can read no further frames after this one.
+    pub fn ends_stream(&self) -> bool {
+        self.fault.is_some_and(ReadFault::ends_stream)
+    }
+}
+
+/// Why a transport could not read a client frame, in terms every transport shares; each maps
+/// them to its own way of ending a stream (a gRPC status, a WebSocket close code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFault {
+    /// Larger than the transport accepts. It cannot skip the rest, so it reads no further.
+    TooLarge,
+    /// Bytes that break the transport's framing: it cannot tell where the next frame starts.
+    Framing,
+    /// A text frame that is not valid UTF-8, which WebSocket treats as fatal (RFC 6455 §8.1).
+    Encoding,
+    /// A complete frame whose bytes do not decode as a message; the frames after it can still
+    /// be read.
+    Undecodable,
+}
+
+impl ReadFault {
+    /// Whether the transport can read no further frames after one with this fault.
+    pub fn ends_stream(self) -> bool {
+        !matches!(self, ReadFault::Undecodable)
+    }
 }
 
 /// The job a job-scoped request (`job.cancel`, `job.subscribe`, ...) names: in its payload or,

@@ -1,5 +1,6 @@
 //! What both halves of an attached stream share: the session's handles, this stream's
-//! attachment and control, and when the client was last heard from.
+//! attachment and control, when the client was last heard from, and the release of the
+//! attachment.
 
 use std::{
     sync::{
@@ -9,14 +10,16 @@ use std::{
     time::Duration,
 };
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     ids::Epoch,
     store::{log::SessionLog, session::SessionRecord},
 };
 
-use super::{stream_control::StreamControl, SessionServices};
+use super::{handshake::DetachGuard, stream_control::StreamControl, SessionServices};
 
 /// One stream attached to a session, as its reader and its outbound half both see it.
 pub(crate) struct AttachedStream {
@@ -26,6 +29,22 @@ pub(crate) struct AttachedStream {
     pub epoch: Epoch,
     pub control: Arc<StreamControl>,
     pub heard: LastHeard,
+    /// §6.4: only with `heartbeat` negotiated does the runtime ping and declare loss.
+    pub heartbeat: Option<Duration>,
+    /// Held until the outbound half ends or the client is declared lost, whichever is first:
+    /// the loss must not wait for a transport whose send is stuck.
+    pub detach: Mutex<Option<DetachGuard>>,
+    /// The transport's: cancelled once the client is declared lost (`ConnectInfo::lost`).
+    pub lost: CancellationToken,
+}
+
+impl AttachedStream {
+    /// Gives up this stream's hold on the session: its resume window starts, and the jobs stop
+    /// pacing themselves to it. Only the first call does anything.
+    pub(crate) fn release(&self) {
+        let guard = self.detach.lock().take();
+        drop(guard);
+    }
 }
 
 /// When the client was last heard from (§6.4): written by the reader for every frame, read by

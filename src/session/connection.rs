@@ -2,7 +2,9 @@
 //!
 //! Two halves. The reader task (`dispatch`) takes client frames and acts on them (submit,
 //! cancel, ping, close), answering with control frames through the stream's
-//! [`StreamControl`], which also carries the order to stop. The [`OutboundHalf`] sends the
+//! [`StreamControl`], which also carries the order to stop; with `heartbeat` it also judges
+//! whether the client is still there (`super::liveness`), since this half may wait on a stuck
+//! transport for as long as the client does not read. The [`OutboundHalf`] sends the
 //! welcome, then interleaves those control frames with the session's event log read through
 //! one [`LogCursor`] from the resume point: replayed frames and live frames come out of the
 //! same loop, so they cannot overlap or leave a gap.
@@ -15,6 +17,7 @@
 use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt};
+use parking_lot::Mutex;
 use tokio::time::{Instant, Sleep};
 
 use crate::{
@@ -30,7 +33,7 @@ use super::{
     dispatch::read_loop,
     handshake::{self, Attachment, DetachGuard, LOG_BATCH},
     output::{Outbound as Frame, OutboundItem, StreamEnd},
-    stream_control::{Reply, StreamEvent},
+    stream_control::{Reply, StreamEvent, Then},
     ConnectInfo, InboundStream, SessionServices,
 };
 
@@ -53,7 +56,13 @@ pub fn serve(
         let first = match waited {
             Ok(Some(Ok(first))) => first,
             Ok(Some(Err(rejected))) => {
+                // Bytes the transport could not read end the stream with the transport's own
+                // error (a gRPC status, a WebSocket close code), not as a clean end.
+                let end = rejected.fault.map(StreamEnd::Unreadable);
                 yield error_frame(None, rejected.request_id, rejected.error);
+                if let Some(end) = end {
+                    yield OutboundItem::End(end);
+                }
                 return;
             }
             Ok(None) => return,
@@ -78,7 +87,8 @@ pub fn serve(
                 return;
             }
         };
-        let mut outbound = OutboundHalf::start(services, attachment, request_id, inbound, guard);
+        let mut outbound =
+            OutboundHalf::start(services, &conn, attachment, request_id, inbound, guard);
         while let Some(item) = outbound.next().await {
             yield item;
         }
@@ -95,16 +105,25 @@ struct OutboundHalf {
     /// The welcome, until it is sent.
     welcome: Option<Control>,
     reader_open: bool,
-    /// §6.4: only with `heartbeat` negotiated does the runtime ping and declare loss.
+    /// §6.4: only with `heartbeat` negotiated does the runtime ping (and the reader's side
+    /// declare loss, `super::liveness`).
     heartbeat: Option<Duration>,
     last_sent: Instant,
     /// Armed once and re-armed only when it fires, not once per frame: frames only move
-    /// `last_sent` on, which makes the check due later, so a timer armed earlier just checks,
+    /// `last_sent` on, which makes the ping due later, so a timer armed earlier just checks,
     /// finds nothing due, and re-arms.
     check: Pin<Box<Sleep>>,
     done: bool,
+    /// How the stream ends once `done` and the rest of the batch is sent, if not cleanly.
+    end: Option<StreamEnd>,
     _reader: AbortOnDrop,
-    _detach: Option<DetachGuard>,
+}
+
+impl Drop for OutboundHalf {
+    fn drop(&mut self) {
+        // However the stream ends, unless the client was declared lost first.
+        self.stream.release();
+    }
 }
 
 enum Step {
@@ -118,6 +137,7 @@ enum Step {
 impl OutboundHalf {
     fn start(
         services: Arc<SessionServices>,
+        conn: &ConnectInfo,
         attachment: Attachment,
         request_id: Option<String>,
         inbound: InboundStream,
@@ -133,6 +153,9 @@ impl OutboundHalf {
             epoch: attachment.epoch,
             control: attachment.control,
             heard: LastHeard::new(),
+            heartbeat,
+            detach: Mutex::new(detach),
+            lost: conn.lost.clone(),
         });
         let reader = tokio::spawn(read_loop(stream.clone(), inbound));
         let cursor = LogCursor::with_first(
@@ -156,8 +179,8 @@ impl OutboundHalf {
             last_sent,
             check: Box::pin(tokio::time::sleep_until(last_sent)),
             done: false,
+            end: None,
             _reader: AbortOnDrop(reader),
-            _detach: detach,
         };
         let due = outbound.next_check();
         outbound.check.as_mut().reset(due);
@@ -174,7 +197,7 @@ impl OutboundHalf {
                 return Some(OutboundItem::Frame(self.session.clone(), Frame::Job(entry)));
             }
             if self.done {
-                return None;
+                return self.end.take().map(OutboundItem::End);
             }
             if let Some(item) = self.step().await {
                 return Some(item);
@@ -200,11 +223,15 @@ impl OutboundHalf {
                 self.done = true;
                 Some(OutboundItem::End(reason))
             }
-            Step::Control(Reply {
-                control,
-                then_close,
-            }) => {
-                self.done = then_close;
+            Step::Control(Reply { control, then }) => {
+                match then {
+                    Then::Continue => {}
+                    Then::Close => self.done = true,
+                    Then::End(end) => {
+                        self.done = true;
+                        self.end = Some(end);
+                    }
+                }
                 Some(self.control(control))
             }
             // The client half-closed its side; it may still be reading, so keep delivering.
@@ -254,16 +281,6 @@ impl OutboundHalf {
     fn heartbeat(&mut self) -> Option<OutboundItem> {
         let interval = self.heartbeat?;
         let now = Instant::now();
-        if now >= self.stream.heard.at() + 2 * interval {
-            // The jobs run on and the session stays resumable; only this transport is given up.
-            tracing::info!(session = %self.stream.record.id(), "heartbeat lost; closing the transport");
-            let error = ArcpError::HeartbeatLost(format!(
-                "nothing received from the client for two heartbeat intervals ({}s)",
-                2 * interval.as_secs()
-            ));
-            self.done = true;
-            return Some(error_frame(self.session.clone(), None, error));
-        }
         let ping = (now >= self.last_sent + interval).then(|| Control {
             request_id: None,
             message: ControlMessage::Ping {
@@ -277,12 +294,10 @@ impl OutboundHalf {
         item
     }
 
-    /// When the heartbeat is next due: an interval after the last frame sent (a ping), or two
-    /// after the client was last heard from (its loss).
+    /// When a ping is next due: an interval after the last frame sent.
     fn next_check(&self) -> Instant {
-        self.heartbeat.map_or(self.last_sent, |interval| {
-            (self.last_sent + interval).min(self.stream.heard.at() + 2 * interval)
-        })
+        self.heartbeat
+            .map_or(self.last_sent, |interval| self.last_sent + interval)
     }
 
     fn control(&mut self, control: Control) -> OutboundItem {

@@ -17,25 +17,64 @@ use crate::{
     store::{jobs::Subscriber, session::AckOutcome},
 };
 
-use super::{attached::AttachedStream, output::StreamEnd, stream_control::Reply, InboundStream};
+use super::{
+    attached::AttachedStream,
+    liveness,
+    output::StreamEnd,
+    stream_control::{Reply, Then},
+    InboundStream,
+};
 
-/// Acts on client frames until the client stops sending or closes the session.
+/// Acts on client frames until the client stops sending or closes the session; with
+/// `heartbeat`, also watches that the client keeps sending, and gives the stream up when it
+/// does not (`liveness`).
 pub(crate) async fn read_loop(stream: Arc<AttachedStream>, mut inbound: InboundStream) {
-    read_frames(&stream, &mut inbound).await;
+    let Some(interval) = stream.heartbeat else {
+        read_frames(&stream, &mut inbound).await;
+        stream.control.reader_done();
+        return;
+    };
+    // The watch outlives the reading: a client that half-closed can no longer be heard, and
+    // one that closed the session may never read the answer while its stream holds on.
+    let reading = async {
+        read_frames(&stream, &mut inbound).await;
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        biased;
+        () = reading => {}
+        () = liveness::until_lost(&stream.heard, interval) => {}
+    }
+    liveness::declare_lost(&stream, interval).await;
     stream.control.reader_done();
 }
 
 async fn read_frames(stream: &AttachedStream, inbound: &mut InboundStream) {
     while let Some(frame) = inbound.next().await {
         stream.heard.now();
-        let (request_id, outcome) = match frame {
-            Ok(frame) => (frame.id.clone(), dispatch(stream, frame).await),
-            Err(rejected) => (rejected.request_id, Err(rejected.error)),
+        let (request_id, outcome, after_error) = match frame {
+            Ok(frame) => (
+                frame.id.clone(),
+                dispatch(stream, frame).await,
+                Then::Continue,
+            ),
+            Err(rejected) => {
+                // The transport cannot read past this one: end the stream after the answer.
+                let then = match rejected.fault {
+                    Some(fault) if fault.ends_stream() => Then::End(StreamEnd::Unreadable(fault)),
+                    _ => Then::Continue,
+                };
+                (rejected.request_id, Err(rejected.error), then)
+            }
         };
         let reply = match outcome {
             Ok(None) => continue,
             Ok(Some(message)) => Reply {
-                then_close: matches!(message, ControlMessage::Closed { .. }),
+                then: if matches!(message, ControlMessage::Closed { .. }) {
+                    Then::Close
+                } else {
+                    Then::Continue
+                },
                 control: Control {
                     request_id,
                     message,
@@ -46,12 +85,12 @@ async fn read_frames(stream: &AttachedStream, inbound: &mut InboundStream) {
                     request_id,
                     message: ControlMessage::Error(error),
                 },
-                then_close: false,
+                then: after_error,
             },
         };
-        let closing = reply.then_close;
+        let ends = reply.then != Then::Continue;
         stream.control.send(reply).await;
-        if closing {
+        if ends {
             return;
         }
     }

@@ -16,6 +16,10 @@
 use std::{sync::Arc, time::SystemTime};
 
 use crate::{
+    auth::{
+        self,
+        throttle::{Check, Failure},
+    },
     error::ArcpError,
     ids::{Epoch, EventSeq, Principal, SessionId},
     protocol::{
@@ -77,28 +81,40 @@ pub async fn open(
             )))
         }
     };
-    let principal = authenticate(services, conn, &hello)?;
+    let principal = authenticate(services, conn, &hello).await?;
     let features = hello
         .features
         .as_deref()
         .map(|requested| services.offer.features.negotiate(requested));
     match hello.resume.or_else(|| conn.resume.clone()) {
         None => create(services, principal, features.unwrap_or_default(), guard).await,
-        Some(resume) => resume_session(services, principal, features, resume, guard).await,
+        Some(resume) => resume_session(services, conn, principal, features, resume, guard).await,
     }
 }
 
 /// The principal from the in-band token and/or the transport's credentials; they must agree.
-fn authenticate(
+/// A token that is refused is answered late once its peer has failed too often.
+async fn authenticate(
     services: &SessionServices,
     conn: &ConnectInfo,
     hello: &Hello,
 ) -> Result<Principal, ArcpError> {
-    let in_band = hello
+    auth::check_scheme(hello.scheme.as_deref())?;
+    let in_band = match hello
         .token
         .as_deref()
         .map(|t| services.auth.authenticate(t))
-        .transpose()?;
+    {
+        None => None,
+        Some(Ok(principal)) => Some(principal),
+        Some(Err(error)) => {
+            services
+                .throttle
+                .failed(failure(Check::Bearer, conn, None, &error))
+                .await;
+            return Err(error);
+        }
+    };
     match (in_band, conn.principal.clone()) {
         (Some(a), Some(b)) if a != b => Err(ArcpError::Unauthenticated(
             "session.hello auth and the authorization metadata name different principals".into(),
@@ -107,6 +123,22 @@ fn authenticate(
         (None, None) => Err(ArcpError::Unauthenticated(
             "no bearer token: set session.hello auth.token or the authorization metadata".into(),
         )),
+    }
+}
+
+/// A failed attempt on this stream, for the throttle's tallies and audit log.
+fn failure<'a>(
+    check: Check,
+    conn: &ConnectInfo,
+    principal: Option<&'a Principal>,
+    error: &ArcpError,
+) -> Failure<'a> {
+    Failure {
+        check,
+        via: "session.hello",
+        peer: conn.peer,
+        principal,
+        code: error.code(),
     }
 }
 
@@ -161,19 +193,13 @@ async fn create(
 
 async fn resume_session(
     services: &Arc<SessionServices>,
+    conn: &ConnectInfo,
     principal: Principal,
     features: Option<Features>,
     resume: ResumeRequest,
     guard: &mut Option<DetachGuard>,
 ) -> Result<Attachment, ArcpError> {
-    let id = services.resume.check(&resume.token, &principal).await?;
-    if resume
-        .session_id
-        .as_ref()
-        .is_some_and(|claimed| claimed != &id)
-    {
-        return Err(token_not_valid());
-    }
+    let id = check_token(services, conn, &principal, &resume).await?;
     let record = services
         .sessions
         .open(&id)
@@ -215,6 +241,32 @@ async fn resume_session(
         replay_after: after,
         first,
     })
+}
+
+/// The session `resume`'s token names, if it is valid for `principal` and is the session the
+/// client claims. A refusal is answered late once its peer or principal has failed too often.
+async fn check_token(
+    services: &SessionServices,
+    conn: &ConnectInfo,
+    principal: &Principal,
+    resume: &ResumeRequest,
+) -> Result<SessionId, ArcpError> {
+    let checked = match services.resume.check(&resume.token, principal).await {
+        Ok(id)
+            if resume
+                .session_id
+                .as_ref()
+                .is_some_and(|claimed| claimed != &id) =>
+        {
+            Err(token_not_valid())
+        }
+        checked => checked,
+    };
+    if let Err(error) = &checked {
+        let failed = failure(Check::Resume, conn, Some(principal), error);
+        services.throttle.failed(failed).await;
+    }
+    checked
 }
 
 /// Records this stream as the one attached here, stopping the one it replaces; stops it at

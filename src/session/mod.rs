@@ -5,6 +5,8 @@
 //! - `connection`: one attached stream: the welcome, then control frames and the session's
 //!   event log through one cursor, until the stream ends.
 //! - `dispatch`: the client frames of an attached stream, acted on.
+//! - `liveness`: with `heartbeat`, a client silent for two intervals is lost, whatever its
+//!   transport's sends are doing.
 //! - `stream_control`: what an attached stream waits on besides the log: the order to stop,
 //!   and the replies its reader queued.
 //! - [`output`]: what a stream yields to its transport.
@@ -21,17 +23,18 @@ mod attached;
 pub(crate) mod connection;
 mod dispatch;
 pub(crate) mod handshake;
+mod liveness;
 pub mod output;
 pub(crate) mod stream_control;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures::stream::BoxStream;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::Authenticator,
+    auth::{throttle::AuthThrottle, Authenticator},
     engine::JobManager,
     ids::{Epoch, Principal, SessionId},
     protocol::{
@@ -47,13 +50,21 @@ use self::{output::StreamEnd, stream_control::StreamControl};
 /// What the client sends on one stream, as the transport decoded it.
 pub type InboundStream = BoxStream<'static, Result<Inbound, RejectedFrame>>;
 
-/// What the transport established before the first frame: credentials from its metadata.
+/// What the transport established before the first frame: credentials from its metadata,
+/// and who is connecting.
 #[derive(Clone, Debug, Default)]
 pub struct ConnectInfo {
     /// The principal authenticated from transport metadata (`authorization: Bearer ...`).
     pub principal: Option<Principal>,
     /// Resume coordinates from transport metadata, used when the hello carries none.
     pub resume: Option<ResumeRequest>,
+    /// The client's address, when the transport knows it; failed authentication and resume
+    /// attempts are limited per peer ([`AuthThrottle`]).
+    pub peer: Option<SocketAddr>,
+    /// Cancelled when the session declares the client lost (§6.4) and gives this stream up.
+    /// The stream then ends at the next frame the transport takes; a transport whose send to
+    /// that client may be stuck watches this to drop the connection without waiting.
+    pub lost: CancellationToken,
 }
 
 /// Everything the session code needs: the stores it reaches, the job engine, authentication,
@@ -69,6 +80,8 @@ pub(crate) struct SessionServices {
     pub jobs: Arc<JobManager>,
     /// Bearer authentication.
     pub auth: Authenticator,
+    /// Slows the answers to repeated failed authentication and resume attempts.
+    pub throttle: AuthThrottle,
     /// What every welcome offers.
     pub offer: Offer,
     /// How sessions behave.

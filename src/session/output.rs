@@ -1,7 +1,11 @@
 //! What a connection's outbound half yields to its transport: control frames, job frames read
 //! from the session's log, and the reason the stream ends.
 
-use crate::{ids::SessionId, protocol::control::Control, store::log::LogEntry};
+use crate::{
+    ids::SessionId,
+    protocol::{client::ReadFault, control::Control},
+    store::log::LogEntry,
+};
 
 /// A frame on its way to one connection: a control frame, or a logged job frame.
 #[derive(Clone, Debug)]
@@ -21,6 +25,9 @@ pub enum StreamEnd {
     Superseded,
     /// The gateway is shutting down; resume elsewhere.
     ShuttingDown,
+    /// The transport could read no further client frames, for this reason; the `session.error`
+    /// before this end said what was wrong. An attached session stays resumable.
+    Unreadable(ReadFault),
 }
 
 /// Everything a connection's outbound stream yields, with the session it belongs to.

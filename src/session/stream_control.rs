@@ -15,7 +15,7 @@ use std::{
 };
 
 use crate::{
-    protocol::control::Control,
+    protocol::{client::ReadFault, control::Control},
     sync::primitives::{
         AtomicBool, AtomicU8, AtomicUsize, AtomicWaker, Mutex, Ordering, Semaphore,
     },
@@ -30,11 +30,24 @@ const REPLY_QUEUE: usize = if cfg!(arcp_loom) { 1 } else { 64 };
 const RUNNING: u8 = 0;
 const SUPERSEDED: u8 = 1;
 const SHUTTING_DOWN: u8 = 2;
+/// Followed by one code per [`ReadFault`].
+const UNREADABLE: u8 = 3;
 
-/// A control frame from the reader, and whether the stream ends after it.
+/// A control frame from the reader, and what the stream does after it.
 pub(crate) struct Reply {
     pub control: Control,
-    pub then_close: bool,
+    pub then: Then,
+}
+
+/// What a stream does after a reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Then {
+    /// Carries on.
+    Continue,
+    /// Ends, as after `session.closed`.
+    Close,
+    /// Ends with this reason.
+    End(StreamEnd),
 }
 
 /// What woke the stream.
@@ -46,6 +59,24 @@ pub(crate) enum StreamEvent {
     /// The reader is done (the client half-closed, or closed the session) and every reply
     /// was taken.
     ReaderDone,
+}
+
+fn fault_code(fault: ReadFault) -> u8 {
+    match fault {
+        ReadFault::TooLarge => 0,
+        ReadFault::Framing => 1,
+        ReadFault::Encoding => 2,
+        ReadFault::Undecodable => 3,
+    }
+}
+
+fn fault_of_code(code: u8) -> ReadFault {
+    match code {
+        0 => ReadFault::TooLarge,
+        1 => ReadFault::Framing,
+        2 => ReadFault::Encoding,
+        _ => ReadFault::Undecodable,
+    }
 }
 
 /// The stop signal and reply queue of one attached stream.
@@ -77,6 +108,7 @@ impl StreamControl {
         let code = match why {
             StreamEnd::Superseded => SUPERSEDED,
             StreamEnd::ShuttingDown => SHUTTING_DOWN,
+            StreamEnd::Unreadable(fault) => UNREADABLE + fault_code(fault),
         };
         let _ = self
             .stop
@@ -87,9 +119,10 @@ impl StreamControl {
     /// Why the stream must end, once it must.
     pub fn stopped(&self) -> Option<StreamEnd> {
         match self.stop.load(Ordering::Acquire) {
+            RUNNING => None,
             SUPERSEDED => Some(StreamEnd::Superseded),
             SHUTTING_DOWN => Some(StreamEnd::ShuttingDown),
-            _ => None,
+            code => Some(StreamEnd::Unreadable(fault_of_code(code - UNREADABLE))),
         }
     }
 
@@ -163,7 +196,7 @@ mod tests {
                 request_id: Some(n.to_string()),
                 message: ControlMessage::Closed { reason: None },
             },
-            then_close: false,
+            then: Then::Continue,
         }
     }
 
@@ -199,6 +232,21 @@ mod tests {
             control.next_event(true).await,
             StreamEvent::Stop(StreamEnd::ShuttingDown)
         ));
+    }
+
+    #[test]
+    fn a_stop_for_an_unreadable_stream_reports_its_fault() {
+        for fault in [
+            ReadFault::TooLarge,
+            ReadFault::Framing,
+            ReadFault::Encoding,
+            ReadFault::Undecodable,
+        ] {
+            let control = StreamControl::default();
+            control.stop(StreamEnd::Unreadable(fault));
+            control.stop(StreamEnd::Superseded);
+            assert_eq!(control.stopped(), Some(StreamEnd::Unreadable(fault)));
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,7 +315,7 @@ mod loom_tests {
                 request_id: Some(n.to_string()),
                 message: ControlMessage::Closed { reason: None },
             },
-            then_close: false,
+            then: Then::Continue,
         }
     }
 

@@ -33,9 +33,8 @@ use crate::{
 
 /// A text frame as a domain message, or the reason it is not one.
 pub fn decode(text: &str) -> Result<Inbound, RejectedFrame> {
-    let reject = |request_id: Option<String>, message: String| RejectedFrame {
-        request_id,
-        error: ArcpError::InvalidRequest(message),
+    let reject = |request_id: Option<String>, message: String| {
+        RejectedFrame::invalid(request_id, ArcpError::InvalidRequest(message))
     };
     let value: Value =
         serde_json::from_str(text).map_err(|e| reject(None, format!("malformed JSON: {e}")))?;
@@ -73,11 +72,8 @@ pub fn decode(text: &str) -> Result<Inbound, RejectedFrame> {
             ))
         }
     };
-    let message =
-        client_message(&kind, payload, job_id.as_ref()).map_err(|error| RejectedFrame {
-            request_id: request_id.clone(),
-            error,
-        })?;
+    let message = client_message(&kind, payload, job_id.as_ref())
+        .map_err(|error| RejectedFrame::invalid(request_id.clone(), error))?;
     Ok(Inbound {
         id: request_id,
         session_id,
@@ -107,6 +103,7 @@ fn client_message(
                 (None, None) => None,
             };
             ClientMessage::Hello(Hello {
+                scheme: p.auth.as_ref().and_then(AuthPayload::scheme),
                 token: p.auth.and_then(|a| a.token).filter(|t| !t.is_empty()),
                 features: p.capabilities.and_then(|c| c.features),
                 resume,
@@ -115,6 +112,7 @@ fn client_message(
         "session.resume" => {
             let p: ResumePayload = parse(kind, payload)?;
             ClientMessage::Resume(Hello {
+                scheme: p.auth.as_ref().and_then(AuthPayload::scheme),
                 token: p.auth.and_then(|a| a.token).filter(|t| !t.is_empty()),
                 features: p.capabilities.and_then(|c| c.features),
                 resume: Some(
@@ -210,7 +208,14 @@ fn parse<T: DeserializeOwned>(kind: &str, payload: Value) -> Result<T, ArcpError
 
 #[derive(Deserialize, Default)]
 struct AuthPayload {
+    scheme: Option<String>,
     token: Option<String>,
+}
+
+impl AuthPayload {
+    fn scheme(&self) -> Option<String> {
+        self.scheme.clone().filter(|s| !s.is_empty())
+    }
 }
 
 #[derive(Deserialize, Default)]

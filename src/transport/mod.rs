@@ -7,6 +7,7 @@
 //! - `listener`: the accept loop both serve: back-off on accept errors, a cap per peer address.
 
 pub mod grpc;
+pub(crate) mod held_writes;
 pub mod json;
 pub(crate) mod listener;
 pub mod ws;

@@ -6,30 +6,52 @@
 //! request's `Authorization: Bearer` header; a bad header refuses the upgrade with HTTP 401,
 //! before any session exists.
 
-use std::{future::Future, sync::Arc};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use futures::{future, SinkExt, StreamExt};
+use futures::{
+    future,
+    stream::{SplitSink, SplitStream},
+    SinkExt, Stream, StreamExt,
+};
 use http::StatusCode;
+use parking_lot::Mutex;
 use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     task::JoinSet,
 };
-use tokio_tungstenite::tungstenite::{
-    handshake::server::{ErrorResponse, Request, Response},
-    protocol::{frame::coding::CloseCode, CloseFrame, Message, WebSocketConfig},
+use tokio_tungstenite::{
+    tungstenite::{
+        error::{CapacityError, ProtocolError},
+        handshake::server::{ErrorResponse, Request, Response},
+        protocol::{frame::coding::CloseCode, CloseFrame, Message, WebSocketConfig},
+        Error as WsError,
+    },
+    WebSocketStream,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::bearer_from_header,
+    auth::{
+        bearer_from_header,
+        throttle::{Check, Failure},
+    },
     error::ArcpError,
     gateway::{ConnectInfo, Gateway},
     ids::Principal,
-    protocol::client::RejectedFrame,
+    protocol::client::{Inbound, ReadFault, RejectedFrame},
     session::output::StreamEnd,
 };
 
 use super::{
+    held_writes::{HeldWrites, Hold},
     json,
     listener::{Accepted, Listener, PeerLimit},
 };
@@ -39,6 +61,14 @@ pub const PATH: &str = "/arcp";
 
 /// The largest text frame accepted; a job submission's input has to fit.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long the close frame may take to send before the connection is dropped without it.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long, and how many bytes, a connection is drained after a message the server could not
+/// read, so that closing it does not reset it under the client (`linger`).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 2 * MAX_MESSAGE_BYTES;
 
 /// Serves ARCP over WebSocket on `listener` until `shutdown` resolves. Connections per peer
 /// address are capped ([`GatewayConfig::max_connections_per_peer`]), and one must complete its
@@ -111,10 +141,13 @@ pub(crate) async fn serve_on(
     Ok(())
 }
 
-/// Checks the upgrade request: the path, and the bearer token if it carries one.
+/// Checks the upgrade request: the path, and the bearer token if it carries one. A refused
+/// token counts against `peer`; the refusal waits out its penalty on `hold`.
 fn admit(
     gateway: &Gateway,
     request: &Request,
+    peer: Option<SocketAddr>,
+    hold: &Hold,
 ) -> Result<Option<Principal>, (StatusCode, ArcpError)> {
     if request.uri().path() != PATH {
         return Err((
@@ -125,13 +158,24 @@ fn admit(
     let Some(value) = request.headers().get(http::header::AUTHORIZATION) else {
         return Ok(None);
     };
-    value
+    let token = value
         .to_str()
         .map_err(|_| ArcpError::Unauthenticated("authorization is not valid ASCII".into()))
         .and_then(bearer_from_header)
-        .and_then(|token| gateway.authenticator().authenticate(token))
-        .map(Some)
-        .map_err(|e| (StatusCode::UNAUTHORIZED, e))
+        .map_err(|e| (StatusCode::UNAUTHORIZED, e))?;
+    match gateway.authenticator().authenticate(token) {
+        Ok(principal) => Ok(Some(principal)),
+        Err(error) => {
+            hold.set(gateway.auth_throttle().record(Failure {
+                check: Check::Bearer,
+                via: "websocket upgrade",
+                peer,
+                principal: None,
+                code: error.code(),
+            }));
+            Err((StatusCode::UNAUTHORIZED, error))
+        }
+    }
 }
 
 fn refusal(status: StatusCode, error: ArcpError) -> ErrorResponse {
@@ -141,15 +185,22 @@ fn refusal(status: StatusCode, error: ArcpError) -> ErrorResponse {
     response
 }
 
+type Socket = WebSocketStream<HeldWrites<TcpStream>>;
+type Sink = SplitSink<Socket, Message>;
+
 async fn connection(
     gateway: Arc<Gateway>,
     tcp: TcpStream,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let peer = tcp.peer_addr().ok();
+    let tcp = HeldWrites::new(tcp);
+    let hold = tcp.hold();
     let mut principal = None;
     // The callback's signature is tungstenite's; its error is the HTTP response itself.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
-        principal = admit(&gateway, request).map_err(|(status, e)| refusal(status, e))?;
+        principal =
+            admit(&gateway, request, peer, &hold).map_err(|(status, e)| refusal(status, e))?;
         Ok(response)
     };
     let config = WebSocketConfig::default()
@@ -162,75 +213,247 @@ async fn connection(
     let socket = tokio::time::timeout(setup_timeout, upgrade)
         .await
         .map_err(|_| {
-            tokio_tungstenite::tungstenite::Error::Io(std::io::Error::new(
+            WsError::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "upgrade not completed within the connection setup timeout",
             ))
         })??;
     let (mut sink, stream) = socket.split();
 
-    // The client's frames until it closes or the connection fails; control frames (ping,
-    // pong) are answered by the WebSocket layer itself. Unlike a gRPC half-close, a WebSocket
-    // close ends both directions, so it also ends delivery.
+    // The client's frames until it closes, the connection fails, or it sends what cannot be
+    // read (a message over the limit, a protocol violation). Control frames (ping, pong) are
+    // answered by the WebSocket layer itself. Unlike a gRPC half-close, a WebSocket close ends
+    // both directions, so it also ends delivery. The read half is kept where this function can
+    // take it back, to drain the connection after such a message (`linger`).
     let gone = CancellationToken::new();
-    let inbound = stream
-        .take_while({
+    let reading = Arc::new(ReadHalf(Mutex::new(Some(stream))));
+    let inbound = SharedRead(reading.clone())
+        .scan(false, {
             let gone = gone.clone();
-            move |message| {
-                let open = matches!(message, Ok(m) if !m.is_close());
-                if !open {
-                    gone.cancel();
+            move |failed, message| {
+                if *failed {
+                    return future::ready(None);
                 }
-                future::ready(open)
+                future::ready(match read(message) {
+                    Read::Frame(frame) => Some(Some(frame)),
+                    Read::Skip => Some(None),
+                    // The session answers it, then ends the stream with its close code.
+                    Read::Fault(rejected) => {
+                        *failed = true;
+                        Some(Some(Err(rejected)))
+                    }
+                    Read::Gone => {
+                        gone.cancel();
+                        None
+                    }
+                })
             }
         })
-        .filter_map(|message| {
-            future::ready(match message {
-                Ok(Message::Text(text)) => Some(json::decode(text.as_str())),
-                Ok(Message::Binary(_)) => Some(Err(RejectedFrame {
-                    request_id: None,
-                    error: ArcpError::InvalidRequest(
-                        "binary frames are not ARCP: send one JSON envelope per text frame".into(),
-                    ),
-                })),
-                _ => None,
-            })
-        })
+        .filter_map(future::ready)
         .boxed();
 
+    let lost = CancellationToken::new();
     let conn = ConnectInfo {
         principal,
         resume: None,
+        peer,
+        lost: lost.clone(),
     };
-    let mut outbound = std::pin::pin!(gateway.connect(conn, inbound));
-    let mut close = CloseFrame {
-        code: CloseCode::Normal,
-        reason: "".into(),
-    };
-    loop {
-        let item = tokio::select! {
-            item = outbound.next() => item,
-            _ = gone.cancelled() => None,
-        };
-        let Some(item) = item else { break };
-        match json::encode(item) {
-            Ok(text) => sink.send(Message::text(text)).await?,
-            Err(end) => {
-                close = match end {
-                    StreamEnd::Superseded => CloseFrame {
-                        code: CloseCode::Library(4001),
-                        reason: "the session was resumed on another stream".into(),
-                    },
-                    StreamEnd::ShuttingDown => CloseFrame {
-                        code: CloseCode::Restart,
-                        reason: "the gateway is shutting down; resume the session".into(),
-                    },
-                };
-                break;
+    let ended = {
+        let mut outbound = std::pin::pin!(gateway.connect(conn, inbound));
+        loop {
+            let item = tokio::select! {
+                item = outbound.next() => item,
+                _ = gone.cancelled() => None,
+            };
+            let Some(item) = item else { break None };
+            match json::encode(item) {
+                Ok(text) => match send_unless_stuck(&mut sink, Message::text(text), &lost).await {
+                    Some(sent) => sent?,
+                    // Declared lost and not reading: no close handshake can complete either.
+                    None => {
+                        tracing::debug!(?peer, "dropping a websocket whose client stopped reading");
+                        return Ok(());
+                    }
+                },
+                Err(end) => break Some(end),
             }
         }
+        // The session's reader, which holds the read half, ends here.
+    };
+    let close = ended.as_ref().map_or(
+        CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        },
+        close_frame,
+    );
+    let closing = async {
+        let _ = sink.send(Message::Close(Some(close))).await;
+        let _ = sink.close().await;
+    };
+    if tokio::time::timeout(CLOSE_GRACE, closing).await.is_err() {
+        return Ok(());
     }
-    let _ = sink.send(Message::Close(Some(close))).await;
-    let _ = sink.close().await;
+    if matches!(ended, Some(StreamEnd::Unreadable(_))) {
+        linger(reading, sink).await;
+    }
     Ok(())
+}
+
+/// How the stream ends for `end`, as a close frame (RFC 6455 §7.4.1).
+fn close_frame(end: &StreamEnd) -> CloseFrame {
+    let (code, reason) = match end {
+        StreamEnd::Superseded => (
+            CloseCode::Library(4001),
+            "the session was resumed on another stream",
+        ),
+        StreamEnd::ShuttingDown => (
+            CloseCode::Restart,
+            "the gateway is shutting down; resume the session",
+        ),
+        StreamEnd::Unreadable(ReadFault::TooLarge) => (CloseCode::Size, "message too big"),
+        StreamEnd::Unreadable(ReadFault::Framing) => (CloseCode::Protocol, "protocol error"),
+        StreamEnd::Unreadable(ReadFault::Encoding | ReadFault::Undecodable) => {
+            (CloseCode::Invalid, "invalid message data")
+        }
+    };
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// A client message, as the session should see it.
+enum Read {
+    Frame(Result<Inbound, RejectedFrame>),
+    /// Not for the session (ping, pong).
+    Skip,
+    /// Not readable; nothing after it is.
+    Fault(RejectedFrame),
+    /// The client closed, or the connection is gone.
+    Gone,
+}
+
+fn read(message: Result<Message, WsError>) -> Read {
+    let fault = |fault, message: String| {
+        Read::Fault(RejectedFrame::unreadable(
+            fault,
+            ArcpError::InvalidRequest(message),
+        ))
+    };
+    match message {
+        Ok(Message::Text(text)) => Read::Frame(json::decode(text.as_str())),
+        Ok(Message::Binary(_)) => Read::Frame(Err(RejectedFrame::invalid(
+            None,
+            ArcpError::InvalidRequest(
+                "binary frames are not ARCP: send one JSON envelope per text frame".into(),
+            ),
+        ))),
+        Ok(Message::Close(_)) => Read::Gone,
+        Ok(_) => Read::Skip,
+        Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => fault(
+            ReadFault::TooLarge,
+            format!("a message of {size} bytes is over the {max_size}-byte limit"),
+        ),
+        // The client dropped the connection without a close: it left, it did not misbehave.
+        Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => Read::Gone,
+        Err(WsError::Protocol(violation)) => fault(
+            ReadFault::Framing,
+            format!("the client broke the WebSocket protocol: {violation}"),
+        ),
+        Err(WsError::Utf8(_)) => fault(
+            ReadFault::Encoding,
+            "a text message is not valid UTF-8".into(),
+        ),
+        Err(_) => Read::Gone,
+    }
+}
+
+/// Sends `message`, unless the client is declared lost while the send waits for it to read:
+/// then `None`, and the caller drops the connection.
+async fn send_unless_stuck<S>(
+    sink: &mut S,
+    message: Message,
+    lost: &CancellationToken,
+) -> Option<Result<(), WsError>>
+where
+    S: futures::Sink<Message, Error = WsError> + Unpin,
+{
+    tokio::select! {
+        biased;
+        sent = sink.send(message) => Some(sent),
+        () = lost.cancelled() => None,
+    }
+}
+
+/// After a message the server could not read, the client may still be sending it: closing the
+/// socket with its bytes unread would reset the connection, and the client could lose the error
+/// and the close frame already sent. So the write side is shut, and what arrives is read and
+/// dropped until the client closes too, for at most [`LINGER`] and [`LINGER_BYTES`].
+async fn linger(reading: Arc<ReadHalf>, sink: Sink) {
+    let Some(stream) = reading.0.lock().take() else {
+        return;
+    };
+    let Ok(mut socket) = stream.reunite(sink) else {
+        return;
+    };
+    let tcp = socket.get_mut().get_mut();
+    let drain = async {
+        let _ = tcp.shutdown().await;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// The connection's read half, where both the session's reader and [`linger`] can reach it.
+struct ReadHalf(Mutex<Option<SplitStream<Socket>>>);
+
+/// Reads through a [`ReadHalf`]; ends once [`linger`] took it.
+struct SharedRead(Arc<ReadHalf>);
+
+impl Stream for SharedRead {
+    type Item = Result<Message, WsError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.0 .0.lock().as_mut() {
+            Some(stream) => stream.poll_next_unpin(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_send_stuck_on_a_client_declared_lost_is_given_up() {
+        let (ours, _theirs) = tokio::io::duplex(1024);
+        let mut socket = WebSocketStream::from_raw_socket(ours, Role::Server, None).await;
+        let lost = CancellationToken::new();
+        let big = || Message::text("x".repeat(64 * 1024));
+        let send = send_unless_stuck(&mut socket, big(), &lost);
+        tokio::pin!(send);
+        // Nobody reads the other end: the send cannot finish.
+        assert!(futures::poll!(&mut send).is_pending());
+        lost.cancel();
+        assert!(send.await.is_none(), "given up once lost");
+        // Sends to a client not lost, or that complete at once, are left alone.
+        let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let mut socket = WebSocketStream::from_raw_socket(ours, Role::Server, None).await;
+        let sent = send_unless_stuck(&mut socket, big(), &lost).await;
+        assert!(matches!(sent, Some(Ok(()))), "{sent:?}");
+        let mut buf = [0u8; 16];
+        assert!(theirs.read(&mut buf).await.expect("reads") > 0);
+    }
 }

@@ -216,6 +216,12 @@ pub fn expect_error<'a>(
     e
 }
 
+/// The §12 code a gRPC status carries in its `arcp-error-code` metadata.
+pub fn arcp_code(status: &tonic::Status) -> Option<&str> {
+    let value = status.metadata().get("arcp-error-code")?;
+    value.to_str().ok()
+}
+
 pub fn accepted(frame: &ServerFrame) -> &proto::JobAccepted {
     match &frame.payload {
         Some(Out::JobAccepted(a)) => a,

@@ -35,6 +35,17 @@ impl TestServer {
         open_on(self.channel().await, metadata).await
     }
 
+    /// A channel to the gRPC server from the local address `from` (any of 127.0.0.0/8 is this
+    /// host), so that a test can act as several peers.
+    pub async fn channel_from(&self, from: std::net::IpAddr) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .local_address(Some(from))
+            .connect()
+            .await
+            .expect("connect to test server")
+    }
+
     /// Opens a stream and completes a hello as `token` offering [`FEATURES`]; returns the
     /// welcome frame.
     pub async fn hello(&self, token: &str) -> (Conn, ServerFrame) {

@@ -1,10 +1,11 @@
 //! A real gateway on an ephemeral port, and small clients that speak frames to it.
 //!
-//! Split by role: [`server`] starts and stops the gateway, [`grpc`] is the gRPC client and
-//! [`ws`] the WebSocket one, [`health`] watches gRPC health, [`frames`] builds client payloads
-//! and reads server frames, [`agents`] holds test agents, [`log`] reads a session's log straight
-//! from the gateway, [`wait`] waits on state the test observes and [`raw`] opens plain TCP
-//! connections that never become useful.
+//! Split by role: [`server`] starts and stops the gateway, [`grpc`] is the gRPC client,
+//! [`raw_grpc`] a gRPC stream that sends whatever bytes a test writes, and [`ws`] the WebSocket
+//! client; [`health`] watches gRPC health, [`frames`] builds client payloads and reads server
+//! frames, [`agents`] holds test agents, [`log`] reads a session's log straight from the
+//! gateway, [`wait`] waits on state the test observes and [`raw`] opens plain TCP connections
+//! that never become useful.
 //! Everything is re-exported here, so a test says `use common::*;`.
 // Each test crate uses a subset of these helpers.
 #![allow(dead_code)]
@@ -17,6 +18,7 @@ mod grpc;
 mod health;
 mod log;
 mod raw;
+mod raw_grpc;
 mod server;
 mod wait;
 mod ws;
@@ -24,12 +26,26 @@ mod ws;
 // A test crate that uses nothing of a module leaves its re-export unused.
 #[allow(unused_imports)]
 pub use self::{
-    agents::*, frames::*, grpc::*, health::*, log::*, raw::*, server::*, wait::*, ws::*,
+    agents::*, frames::*, grpc::*, health::*, log::*, raw::*, raw_grpc::*, server::*, wait::*,
+    ws::*,
 };
 
 /// How long a test waits for a frame before failing. A guard against hangs, not a timing
 /// assertion: every frame the tests wait for is due in milliseconds.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Polls `ready` until it holds. A guard against hangs bounded by [`FRAME_TIMEOUT`], not a
+/// timing assertion: it waits on state the test can observe rather than sleeping.
+pub async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    while !ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 /// The features the runtime implements, offered by the tests' hellos.
 pub const FEATURES: &[&str] = &["progress", "agent_versions"];

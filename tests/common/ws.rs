@@ -17,6 +17,49 @@ impl TestServer {
         WsConn::from_socket(ws)
     }
 
+    /// Opens a WebSocket whose socket receives into a buffer of about `bytes` (the kernel's
+    /// autotuning off), so that a client that stops reading soon blocks the server's sends.
+    pub async fn ws_with_receive_buffer(&self, bytes: u32) -> WsConn {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        let tcp = socket.connect(self.ws_addr).await.expect("tcp connects");
+        let (ws, _) = tokio_tungstenite::client_async(
+            format!("ws://{}/arcp", self.ws_addr),
+            MaybeTlsStream::Plain(tcp),
+        )
+        .await
+        .expect("websocket opens");
+        WsConn::from_socket(ws)
+    }
+
+    /// Opens a WebSocket from the local address `from` (any of 127.0.0.0/8 is this host), with
+    /// `Authorization: Bearer <token>` on the upgrade request if `token` is given; `Err` is
+    /// the error the upgrade failed with.
+    pub async fn ws_from(
+        &self,
+        from: std::net::IpAddr,
+        token: Option<&str>,
+    ) -> Result<WsConn, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(std::net::SocketAddr::new(from, 0))
+            .expect("bind the local address");
+        let tcp = socket.connect(self.ws_addr).await.expect("tcp connects");
+        let mut request = format!("ws://{}/arcp", self.ws_addr)
+            .into_client_request()
+            .expect("a request");
+        if let Some(token) = token {
+            let value = format!("Bearer {token}").parse().expect("a header value");
+            request.headers_mut().insert("authorization", value);
+        }
+        let upgrade = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp));
+        let (ws, _) = tokio::time::timeout(FRAME_TIMEOUT, upgrade)
+            .await
+            .expect("the upgrade is answered within the timeout")?;
+        Ok(WsConn::from_socket(ws))
+    }
+
     /// Opens a WebSocket and completes a hello as `token` offering `features`.
     pub async fn ws_hello(&self, token: &str, features: &[&str]) -> (WsConn, serde_json::Value) {
         let mut conn = self.ws().await;

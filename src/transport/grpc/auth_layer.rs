@@ -8,19 +8,27 @@
 //! carrying the §12 code in `arcp-error-code`, and no stream is opened. What it establishes
 //! travels to the service as a [`ConnectInfo`] request extension.
 //!
+//! A refused token (bearer or resume) counts against the peer and, for a resume token, the
+//! principal; past the limit the refusal is sent late (`crate::auth::throttle`).
+//!
 //! Other services (health, reflection) pass through untouched, so probes need no credentials.
 
 use std::{
+    net::SocketAddr,
     sync::Arc,
     task::{Context, Poll},
 };
 
 use futures::future::BoxFuture;
 use http::{HeaderMap, Request, Response};
+use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
 
 use crate::{
-    auth::bearer_from_header,
+    auth::{
+        bearer_from_header,
+        throttle::{Check, Failure},
+    },
     error::ArcpError,
     gateway::{ConnectInfo, Gateway},
     ids::EventSeq,
@@ -86,7 +94,11 @@ where
             if !request.uri().path().starts_with(GUARDED_PREFIX) {
                 return inner.call(request).await;
             }
-            match admit(&gateway, request.headers()).await {
+            let peer = request
+                .extensions()
+                .get::<TcpConnectInfo>()
+                .and_then(TcpConnectInfo::remote_addr);
+            match admit(&gateway, request.headers(), peer).await {
                 Ok(conn) => {
                     request.extensions_mut().insert(conn);
                     inner.call(request).await
@@ -100,14 +112,31 @@ where
     }
 }
 
-/// Checks the call's metadata; returns what it establishes.
-pub async fn admit(gateway: &Gateway, headers: &HeaderMap) -> Result<ConnectInfo, ArcpError> {
+/// Checks the metadata of a call from `peer`; returns what it establishes.
+pub async fn admit(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Result<ConnectInfo, ArcpError> {
+    let failure = |check, principal, error: &ArcpError| Failure {
+        check,
+        via: "grpc metadata",
+        peer,
+        principal,
+        code: error.code(),
+    };
     let principal = match header(headers, AUTHORIZATION)? {
-        Some(value) => Some(
-            gateway
-                .authenticator()
-                .authenticate(bearer_from_header(value)?)?,
-        ),
+        Some(value) => match gateway
+            .authenticator()
+            .authenticate(bearer_from_header(value)?)
+        {
+            Ok(principal) => Some(principal),
+            Err(error) => {
+                let failed = failure(Check::Bearer, None, &error);
+                gateway.auth_throttle().failed(failed).await;
+                return Err(error);
+            }
+        },
         None => None,
     };
     let resume = match header(headers, RESUME_TOKEN)? {
@@ -127,7 +156,14 @@ pub async fn admit(gateway: &Gateway, headers: &HeaderMap) -> Result<ConnectInfo
                 })?),
             };
             let stores = gateway.stores();
-            let session = stores.resume.check(token, principal).await?;
+            let session = match stores.resume.check(token, principal).await {
+                Ok(session) => session,
+                Err(error) => {
+                    let failed = failure(Check::Resume, Some(principal), &error);
+                    gateway.auth_throttle().failed(failed).await;
+                    return Err(error);
+                }
+            };
             stores
                 .logs
                 .open(&session)
@@ -142,7 +178,12 @@ pub async fn admit(gateway: &Gateway, headers: &HeaderMap) -> Result<ConnectInfo
             })
         }
     };
-    Ok(ConnectInfo { principal, resume })
+    Ok(ConnectInfo {
+        principal,
+        resume,
+        peer,
+        ..ConnectInfo::default()
+    })
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ArcpError> {

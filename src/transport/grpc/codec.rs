@@ -1,6 +1,7 @@
 //! The protobuf codecs of the `arcp.v1` service: tonic's prost codec with smaller initial
 //! buffers and a decoder that reads each message as one slice, and the server's session
-//! codec, which encodes the `WireFrame`s of `super::wire`.
+//! codec, which encodes the `WireFrame`s of `super::wire` and hands on a client message that
+//! does not decode rather than failing the stream on it.
 //!
 //! tonic gives every stream an 8 KiB encode and an 8 KiB decode buffer up front. A gateway
 //! holds thousands of mostly idle sessions whose frames are a few hundred bytes, so most of
@@ -75,17 +76,8 @@ impl<U: Message + Default> Decoder for SliceDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        let len = buf.remaining();
-        let decoded = match buf.chunk() {
-            whole if whole.len() == len => {
-                let decoded = U::decode(whole);
-                buf.advance(len);
-                decoded
-            }
-            _ => U::decode(&mut *buf),
-        };
         // tonic maps prost's errors to INTERNAL too (gRPC's status-code guidance).
-        decoded
+        decode_whole(buf)
             .map(Some)
             .map_err(|e| Status::internal(e.to_string()))
     }
@@ -95,23 +87,79 @@ impl<U: Message + Default> Decoder for SliceDecoder<U> {
     }
 }
 
-/// The gateway's side of a session stream: decodes client frames with [`SliceDecoder`],
+/// Decodes the whole message in `buf`, as one slice when it is one, and consumes all of it
+/// whether or not it decodes.
+fn decode_whole<U: Message + Default>(buf: &mut DecodeBuf<'_>) -> Result<U, prost::DecodeError> {
+    let len = buf.remaining();
+    match buf.chunk() {
+        whole if whole.len() == len => {
+            let decoded = U::decode(whole);
+            buf.advance(len);
+            decoded
+        }
+        _ => {
+            let decoded = U::decode(&mut *buf);
+            let rest = buf.remaining();
+            buf.advance(rest);
+            decoded
+        }
+    }
+}
+
+/// A client message as the session codec read it.
+// Nearly every message is a frame: boxing it would cost an allocation for each to save bytes on
+// the rare one that is not.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    /// A client frame.
+    Frame(proto::ClientFrame),
+    /// A complete message whose bytes are not a `ClientFrame`.
+    Undecodable(prost::DecodeError),
+}
+
+/// Decodes client frames for the session stream, never failing on a message's bytes.
+///
+/// A decoder error leaves tonic's stream in the middle of the message: it would read the bytes
+/// after it as the next message's header, so the stream cannot go on. A message that does not
+/// decode is instead consumed whole and handed on as [`Incoming::Undecodable`]; the session
+/// answers it and reads on.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FrameDecoder;
+
+impl Decoder for FrameDecoder {
+    type Item = Incoming;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Incoming>, Status> {
+        Ok(Some(match decode_whole(buf) {
+            Ok(frame) => Incoming::Frame(frame),
+            Err(error) => Incoming::Undecodable(error),
+        }))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        buffer_settings()
+    }
+}
+
+/// The gateway's side of a session stream: decodes client frames with [`FrameDecoder`],
 /// encodes [`WireFrame`]s.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct SessionCodec;
 
 impl Codec for SessionCodec {
     type Encode = WireFrame;
-    type Decode = proto::ClientFrame;
+    type Decode = Incoming;
     type Encoder = WireEncoder;
-    type Decoder = SliceDecoder<proto::ClientFrame>;
+    type Decoder = FrameDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
         WireEncoder::default()
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        SliceDecoder(PhantomData)
+        FrameDecoder
     }
 }
 

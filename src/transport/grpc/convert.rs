@@ -1,6 +1,6 @@
 //! Protobuf frames to and from the domain messages. The only place that knows both.
 
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::{
     encoding::job_proto::{job_summary, lease_from_proto},
@@ -9,7 +9,7 @@ use crate::{
     proto::{self, client_frame::Payload as In, server_frame::Payload as Out},
     protocol::{
         client::{
-            job_ref, ClientMessage, Hello, Inbound, JobSubmit, ListJobs, RejectedFrame,
+            job_ref, ClientMessage, Hello, Inbound, JobSubmit, ListJobs, ReadFault, RejectedFrame,
             ResumeRequest, Subscribe,
         },
         control::{Control, ControlMessage},
@@ -29,10 +29,7 @@ use super::{status, wire::WireFrame};
 /// A client frame as a domain message, or the reason it is not one.
 pub(crate) fn inbound(frame: proto::ClientFrame) -> Result<Inbound, RejectedFrame> {
     let request_id = non_empty(frame.id);
-    let reject = |error: ArcpError| RejectedFrame {
-        request_id: request_id.clone(),
-        error,
-    };
+    let reject = |error: ArcpError| RejectedFrame::invalid(request_id.clone(), error);
     let envelope_job = non_empty(frame.job_id).map(JobId::new);
     let payload = frame.payload.ok_or_else(|| {
         reject(invalid(
@@ -49,14 +46,67 @@ pub(crate) fn inbound(frame: proto::ClientFrame) -> Result<Inbound, RejectedFram
     })
 }
 
+/// A complete message that is not a `ClientFrame`; the frames after it can still be read.
+pub(crate) fn undecodable(error: &prost::DecodeError) -> RejectedFrame {
+    RejectedFrame::unreadable(
+        ReadFault::Undecodable,
+        ArcpError::InvalidRequest(format!(
+            "the message is not an arcp.v1.ClientFrame: {}",
+            truncated(&error.to_string())
+        )),
+    )
+}
+
+/// The error tonic's stream of client messages failed with. Its stream cannot go on after one
+/// (it would read what follows as a message header), so the session's stream ends after
+/// answering it.
+pub(crate) fn unreadable(status: &Status) -> RejectedFrame {
+    let too_large = matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted);
+    let (fault, what) = if too_large {
+        (
+            ReadFault::TooLarge,
+            "a client message is over the size limit",
+        )
+    } else {
+        (
+            ReadFault::Framing,
+            "the client's bytes are not gRPC messages",
+        )
+    };
+    RejectedFrame::unreadable(
+        fault,
+        ArcpError::InvalidRequest(format!(
+            "{what} ({}); nothing more can be read from this stream: resume the session on a new one",
+            truncated(status.message())
+        )),
+    )
+}
+
+/// At most [`MAX_DETAIL`] characters of `text`, which comes from a parser rather than the
+/// client, but may still quote it.
+fn truncated(text: &str) -> &str {
+    match text.char_indices().nth(MAX_DETAIL) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+/// The most characters of a parser's message an error repeats.
+const MAX_DETAIL: usize = 200;
+
 fn client_message(payload: In, envelope_job: Option<&JobId>) -> Result<ClientMessage, ArcpError> {
     Ok(match payload {
         In::SessionHello(hello) => ClientMessage::Hello(Hello {
+            scheme: hello
+                .auth
+                .as_ref()
+                .and_then(|a| non_empty(a.scheme.clone())),
             token: hello.auth.and_then(|a| non_empty(a.token)),
             features: hello.capabilities.map(|c| c.features),
             resume: hello.resume.map(resume_info).transpose()?,
         }),
         In::SessionResume(r) => ClientMessage::Resume(Hello {
+            scheme: r.auth.as_ref().and_then(|a| non_empty(a.scheme.clone())),
             token: r.auth.and_then(|a| non_empty(a.token)),
             features: r.capabilities.map(|c| c.features),
             resume: Some(resume_info(proto::ResumeInfo {

@@ -19,7 +19,11 @@ use crate::{
     proto,
 };
 
-use super::{codec::SessionCodec, convert, wire::WireFrame};
+use super::{
+    codec::{Incoming, SessionCodec},
+    convert,
+    wire::WireFrame,
+};
 
 /// The one method's path.
 const SESSION_PATH: &str = "/arcp.v1.Arcp/Session";
@@ -75,22 +79,37 @@ where
 /// The `Session` method.
 struct SessionMethod(Arc<Gateway>);
 
-impl StreamingService<proto::ClientFrame> for SessionMethod {
+impl StreamingService<Incoming> for SessionMethod {
     type Response = WireFrame;
     type ResponseStream = BoxStream<'static, Result<WireFrame, Status>>;
     type Future = future::Ready<Result<Response<Self::ResponseStream>, Status>>;
 
-    fn call(&mut self, request: Request<Streaming<proto::ClientFrame>>) -> Self::Future {
-        let conn = request
+    fn call(&mut self, request: Request<Streaming<Incoming>>) -> Self::Future {
+        let mut conn = request
             .extensions()
             .get::<ConnectInfo>()
             .cloned()
             .unwrap_or_default();
-        // A transport error on the client's side ends its half of the session, like a close.
+        conn.peer = request.remote_addr();
+        // Every message gets an answer: a frame, or the reason it is not one. After an error
+        // tonic's stream would read the bytes that follow as a message header, so reading
+        // stops there, and the session ends the stream with a status once it has answered.
         let inbound = request
             .into_inner()
-            .scan((), |_, frame| future::ready(frame.ok()))
-            .map(convert::inbound)
+            .scan(false, |failed, incoming| {
+                if *failed {
+                    return future::ready(None);
+                }
+                let item = match incoming {
+                    Ok(Incoming::Frame(frame)) => convert::inbound(frame),
+                    Ok(Incoming::Undecodable(error)) => Err(convert::undecodable(&error)),
+                    Err(status) => {
+                        *failed = true;
+                        Err(convert::unreadable(&status))
+                    }
+                };
+                future::ready(Some(item))
+            })
             .boxed();
         let outbound = self.0.connect(conn, inbound).map(convert::outbound);
         future::ready(Ok(Response::new(outbound.boxed())))

@@ -5,6 +5,7 @@ use tonic::{metadata::MetadataValue, Code, Status};
 
 use crate::{
     error::{ArcpError, ErrorCode},
+    protocol::client::ReadFault,
     session::output::StreamEnd,
 };
 
@@ -30,7 +31,12 @@ pub fn grpc_code(code: ErrorCode) -> Code {
 
 /// The status for an ARCP error.
 pub fn from_error(error: &ArcpError) -> Status {
-    let mut status = Status::new(grpc_code(error.code()), error.message());
+    with_code(grpc_code(error.code()), error)
+}
+
+/// The status with gRPC code `code` for an ARCP error, which its metadata carries.
+fn with_code(code: Code, error: &ArcpError) -> Status {
+    let mut status = Status::new(code, error.message());
     let metadata = status.metadata_mut();
     metadata.insert(
         ERROR_CODE,
@@ -51,6 +57,45 @@ pub fn from_stream_end(end: &StreamEnd) -> Status {
         }
         StreamEnd::ShuttingDown => {
             Status::unavailable("the gateway is shutting down; resume the session to continue")
+        }
+        // gRPC's own answer to a message over the size limit is RESOURCE_EXHAUSTED.
+        StreamEnd::Unreadable(fault) => match fault {
+            ReadFault::TooLarge => with_code(
+                Code::ResourceExhausted,
+                &ArcpError::InvalidRequest(
+                    "a client message was over the size limit; resume the session on a new stream"
+                        .into(),
+                ),
+            ),
+            ReadFault::Framing | ReadFault::Encoding | ReadFault::Undecodable => {
+                from_error(&ArcpError::InvalidRequest(
+                    "the client sent bytes that are not gRPC messages of arcp.v1.ClientFrame; \
+                     resume the session on a new stream"
+                        .into(),
+                ))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_stream_ends_with_its_arcp_code_in_metadata() {
+        for (fault, code) in [
+            (ReadFault::TooLarge, Code::ResourceExhausted),
+            (ReadFault::Framing, Code::InvalidArgument),
+        ] {
+            let status = from_stream_end(&StreamEnd::Unreadable(fault));
+            assert_eq!(status.code(), code);
+            let arcp = status
+                .metadata()
+                .get(ERROR_CODE)
+                .and_then(|v| v.to_str().ok());
+            assert_eq!(arcp, Some("INVALID_REQUEST"));
+            assert!(!status.message().is_empty());
         }
     }
 }

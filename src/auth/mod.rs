@@ -1,4 +1,7 @@
-//! Bearer-token authentication (§6.1): token in, principal out.
+//! Bearer-token authentication (§6.1): token in, principal out; and [`throttle`], which slows
+//! the answers to repeated failures.
+
+pub mod throttle;
 
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
@@ -66,12 +69,27 @@ impl Authenticator {
     }
 }
 
+/// The scheme every credential must name (§6.1 defines no other).
+pub const BEARER: &str = "bearer";
+
+/// Checks the `auth.scheme` of a hello: `bearer` in any case (schemes are case-insensitive,
+/// RFC 7235 §2.1). A hello that names no scheme means bearer, the only one there is.
+pub fn check_scheme(scheme: Option<&str>) -> Result<(), ArcpError> {
+    match scheme {
+        None => Ok(()),
+        Some(scheme) if scheme.eq_ignore_ascii_case(BEARER) => Ok(()),
+        Some(_) => Err(ArcpError::Unauthenticated(
+            "auth.scheme must be \"bearer\", the only scheme this runtime accepts".into(),
+        )),
+    }
+}
+
 /// Extracts the token from an `authorization: Bearer <token>` header value.
 pub fn bearer_from_header(value: &str) -> Result<&str, ArcpError> {
     let (scheme, token) = value.split_once(' ').ok_or_else(|| {
         ArcpError::Unauthenticated("authorization must be `Bearer <token>`".into())
     })?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    if !scheme.eq_ignore_ascii_case(BEARER) {
         return Err(ArcpError::Unauthenticated(
             "only the bearer scheme is supported".into(),
         ));
@@ -105,6 +123,17 @@ mod tests {
         assert!(!p.as_str().contains("tok-123"));
         assert_eq!(p, auth.authenticate("tok-123").unwrap());
         assert_ne!(p, auth.authenticate("tok-456").unwrap());
+    }
+
+    #[test]
+    fn only_the_bearer_scheme_is_accepted_in_any_case() {
+        for ok in [None, Some("bearer"), Some("Bearer"), Some("BEARER")] {
+            assert!(check_scheme(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [Some("basic"), Some(""), Some("bearer "), Some("signed_url")] {
+            let error = check_scheme(bad).expect_err("refused");
+            assert_eq!(error.code(), crate::error::ErrorCode::Unauthenticated);
+        }
     }
 
     #[test]
