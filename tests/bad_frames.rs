@@ -13,7 +13,7 @@ use arcp_gateway::{
     ErrorCode,
 };
 use common::*;
-use futures::{SinkExt, StreamExt};
+
 use tokio_tungstenite::tungstenite::{
     protocol::{
         frame::{
@@ -165,48 +165,6 @@ async fn garbage_as_the_first_frame_ends_with_a_status_carrying_the_arcp_code() 
     assert_eq!(server.session_count(), 0);
 }
 
-/// Sends `message` from a task of its own, since the server may answer before the client has
-/// finished sending it; returns the receiving half, and the send's outcome once it is over.
-fn send_aside(
-    conn: WsConn,
-    message: Message,
-) -> (
-    futures::stream::SplitStream<
-        tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-        >,
-    >,
-    tokio::task::JoinHandle<()>,
-) {
-    let (mut sink, stream) = conn.ws.split();
-    let sending = tokio::spawn(async move {
-        // The server may close before the whole message is written; that is its answer.
-        let _ = sink.send(message).await;
-        let _ = sink.close().await;
-    });
-    (stream, sending)
-}
-
-/// The next message on `stream` other than ping/pong.
-async fn next_ws(
-    stream: &mut futures::stream::SplitStream<
-        tokio_tungstenite::WebSocketStream<
-            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-        >,
-    >,
-) -> Message {
-    loop {
-        let message = tokio::time::timeout(FRAME_TIMEOUT, stream.next())
-            .await
-            .expect("no websocket message within the timeout")
-            .expect("the socket is open")
-            .expect("the socket reads");
-        if !(message.is_ping() || message.is_pong()) {
-            return message;
-        }
-    }
-}
-
 /// Asserts `message` is an `INVALID_REQUEST` `session.error` mentioning `mentions`.
 fn expect_ws_error(message: &Message, mentions: &str) {
     let Message::Text(text) = message else {
@@ -236,7 +194,7 @@ async fn a_17_mb_websocket_message_gets_an_error_naming_the_limit_then_close_100
         .unwrap()
         .to_owned();
     let text = "x".repeat(17 * 1000 * 1000);
-    let (mut stream, sending) = send_aside(conn, Message::text(text));
+    let (mut stream, sending) = conn.send_aside(Message::text(text));
     expect_ws_error(&next_ws(&mut stream).await, &WS_LIMIT.to_string());
     expect_close(&next_ws(&mut stream).await, CloseCode::Size);
     sending.await.expect("the sender finished");
@@ -270,7 +228,7 @@ async fn websocket_protocol_violations_get_an_error_then_their_close_code() {
         ),
     ] {
         let (conn, _) = server.ws_hello("alice-token", &["progress"]).await;
-        let (mut stream, sending) = send_aside(conn, Message::Frame(frame));
+        let (mut stream, sending) = conn.send_aside(Message::Frame(frame));
         expect_ws_error(&next_ws(&mut stream).await, mentions);
         expect_close(&next_ws(&mut stream).await, code);
         sending.await.expect("the sender finished");
@@ -281,7 +239,7 @@ async fn websocket_protocol_violations_get_an_error_then_their_close_code() {
 async fn a_17_mb_first_websocket_message_is_refused_the_same_way() {
     let server = start().await;
     let conn = server.ws().await;
-    let (mut stream, sending) = send_aside(conn, Message::text("x".repeat(17 * 1000 * 1000)));
+    let (mut stream, sending) = conn.send_aside(Message::text("x".repeat(17 * 1000 * 1000)));
     expect_ws_error(&next_ws(&mut stream).await, &WS_LIMIT.to_string());
     expect_close(&next_ws(&mut stream).await, CloseCode::Size);
     sending.await.expect("the sender finished");

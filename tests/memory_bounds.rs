@@ -28,8 +28,8 @@ async fn start(config: GatewayConfig) -> TestServer {
 /// Waits until the gateway's log counts the session as detached.
 async fn wait_detached(server: &TestServer, session: &str) {
     let id = SessionId::new(session);
-    eventually("the session's detach", || {
-        std::future::ready(server.stores.logs.is_detached(&id) == Some(true))
+    wait_until("the session's detach", || {
+        server.stores.logs.is_detached(&id) == Some(true)
     })
     .await;
 }

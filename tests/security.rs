@@ -92,6 +92,15 @@ const SCENARIOS: &[&str] = &[
     "connections-over-peer-cap",
     "watch-at-shutdown",
     "stalled-reader-at-shutdown",
+    "grpc-oversized-frame",
+    "grpc-not-a-frame",
+    "grpc-broken-framing",
+    "grpc-garbage-first",
+    "ws-oversized",
+    "ws-not-utf8",
+    "wrong-auth-scheme",
+    "credential-guessing",
+    "stopped-reader",
 ];
 
 /// Runs the scenario of row `id`; what it observed, in the table's words.
@@ -430,6 +439,110 @@ async fn observe(id: &str) -> String {
                 format!("the stop took {took:?}, before the grace")
             }
         }
+        "grpc-oversized-frame" => {
+            let server = start(GatewayConfig::default()).await;
+            let (mut conn, _) = server.hello(ALICE).await;
+            conn.send(submit("echo", serde_json::json!("x".repeat(5 << 20))))
+                .await;
+            let frame = conn.recv().await;
+            then_status(&frame, conn.try_recv().await)
+        }
+        "grpc-not-a-frame" => {
+            let server = start(GatewayConfig::default()).await;
+            let mut conn = raw_session(&server).await;
+            // Well framed, but a field key whose varint never ends.
+            conn.send_bytes(grpc_message(&[0xff; 4])).await;
+            let frame = conn.recv().await;
+            let Some(Out::SessionError(e)) = &frame.payload else {
+                return format!("{:?}", frame.payload);
+            };
+            conn.send("p", ping("after")).await;
+            match conn.recv().await.payload {
+                Some(Out::SessionPong(_)) => format!("session_error {}, session continues", e.code),
+                other => format!("session_error {}, then {other:?}", e.code),
+            }
+        }
+        "grpc-broken-framing" => {
+            let server = start(GatewayConfig::default()).await;
+            let mut conn = raw_session(&server).await;
+            // A compression flag no gRPC client sends.
+            conn.send_bytes(b"\x7f\xde\xad\xbe\xef".to_vec()).await;
+            let frame = conn.recv().await;
+            then_status(&frame, conn.try_recv().await)
+        }
+        "grpc-garbage-first" => {
+            let server = start(GatewayConfig::default()).await;
+            let mut conn = server.open_raw().await;
+            conn.send_bytes(b"\x16\x03\x01 not grpc at all".to_vec())
+                .await;
+            let frame = conn.recv().await;
+            then_status(&frame, conn.try_recv().await)
+        }
+        "ws-oversized" => {
+            let server = start(GatewayConfig::default()).await;
+            let (conn, _) = server.ws_hello(ALICE, FEATURES).await;
+            ws_then_close(conn, Message::text("x".repeat(17_000_000))).await
+        }
+        "ws-not-utf8" => {
+            use tokio_tungstenite::tungstenite::protocol::frame::{
+                coding::{Data, OpCode},
+                Frame,
+            };
+            let server = start(GatewayConfig::default()).await;
+            let (conn, _) = server.ws_hello(ALICE, FEATURES).await;
+            let frame = Frame::message(vec![0xff, 0xfe, 0xfd], OpCode::Data(Data::Text), true);
+            ws_then_close(conn, Message::Frame(frame)).await
+        }
+        "wrong-auth-scheme" => {
+            let server = start(GatewayConfig::default()).await;
+            let mut conn = server.open().await;
+            let mut hello = hello(ALICE, FEATURES, None);
+            if let In::SessionHello(h) = &mut hello {
+                h.auth.as_mut().expect("the hello authenticates").scheme = "basic".into();
+            }
+            conn.send(hello).await;
+            let frame = conn.recv().await;
+            grpc_answer(&mut conn, &frame).await
+        }
+        "credential-guessing" => {
+            let server = start(GatewayConfig {
+                auth_failure_limit: 1,
+                auth_failure_delay: Duration::from_millis(300),
+                ..GatewayConfig::default()
+            })
+            .await;
+            let guess = |channel: tonic::transport::Channel| async move {
+                let mut conn = open_on(channel, &[]).await.expect("stream opens");
+                conn.send(hello("guess", FEATURES, None)).await;
+                session_error(&conn.recv().await).clone()
+            };
+            let first = guess(server.channel().await).await;
+            let throttle = server.gateway.auth_throttle();
+            let second = tokio::spawn(guess(server.channel().await));
+            wait_until("the second guess is held back", || throttle.waiting() == 1).await;
+            let second = second.await.expect("the guess");
+            if second.code == first.code && second.message == first.message {
+                "the same error, answered late".into()
+            } else {
+                format!("first {first:?}, then {second:?}")
+            }
+        }
+        "stopped-reader" => {
+            let server = start(GatewayConfig {
+                heartbeat_interval_sec: 1,
+                ..GatewayConfig::default()
+            })
+            .await;
+            let (mut conn, _) = server.hello_with(ALICE, &["heartbeat"]).await;
+            submit_and_accept(&mut conn, chatter(600, 65_536)).await;
+            // From here the client neither reads nor sends.
+            wait_until("the session is detached", || {
+                server.stores.resume.attached() == 0
+            })
+            .await;
+            drop(conn);
+            "detached".into()
+        }
         other => panic!("no scenario for row {other}"),
     }
 }
@@ -494,6 +607,66 @@ async fn grpc_answer(conn: &mut Conn, frame: &arcp_gateway::proto::ServerFrame) 
             Ok(Some(_)) => continue,
             Ok(None) | Err(_) => return format!("session_error {code}, stream ends"),
         }
+    }
+}
+
+/// A raw gRPC stream with a completed hello.
+async fn raw_session(server: &TestServer) -> RawConn {
+    let mut conn = server.open_raw().await;
+    conn.send("h", hello(ALICE, FEATURES, None)).await;
+    welcome(&conn.recv().await);
+    conn
+}
+
+/// `session_error CODE, then status STATUS with arcp-error-code CODE`, for a stream that ends
+/// after the error.
+fn then_status(
+    frame: &proto::ServerFrame,
+    ended: Result<Option<proto::ServerFrame>, tonic::Status>,
+) -> String {
+    let Some(Out::SessionError(e)) = &frame.payload else {
+        return format!("{:?}", frame.payload);
+    };
+    match ended {
+        Err(status) => format!(
+            "session_error {}, then status {} with arcp-error-code {}",
+            e.code,
+            grpc_code_name(status.code()),
+            arcp_code(&status).unwrap_or("(none)")
+        ),
+        other => format!("session_error {}, then {other:?}", e.code),
+    }
+}
+
+/// A gRPC code as the gRPC specification spells it.
+fn grpc_code_name(code: tonic::Code) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
+}
+
+/// Sends `message` and reads the answer: `session_error CODE, then close N`.
+async fn ws_then_close(conn: WsConn, message: Message) -> String {
+    let (mut stream, sending) = conn.send_aside(message);
+    let error = next_ws(&mut stream).await;
+    let close = next_ws(&mut stream).await;
+    sending.await.expect("the sender finished");
+    let code = match &error {
+        Message::Text(text) => serde_json::from_str::<serde_json::Value>(text.as_str())
+            .map(|v| v["payload"]["code"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default(),
+        other => return format!("{other:?}"),
+    };
+    match close {
+        Message::Close(Some(frame)) => {
+            format!("session_error {code}, then close {}", u16::from(frame.code))
+        }
+        other => format!("session_error {code}, then {other:?}"),
     }
 }
 

@@ -14,8 +14,8 @@ use arcp_gateway::{
 };
 use common::*;
 use serde_json::json;
-use tokio::{net::TcpSocket, time::Instant};
-use tokio_tungstenite::{tungstenite::Message, MaybeTlsStream};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 /// How long past its deadline a shutdown may end on a loaded machine before the test calls it
@@ -147,25 +147,10 @@ async fn a_grpc_client_that_stopped_reading_is_cut_when_the_grace_ends_and_its_s
     );
 }
 
-/// A WebSocket whose receive buffer is small, so the server's sends block soon after the
-/// client stops reading.
-async fn narrow_ws(server: &TestServer) -> WsConn {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let tcp = socket.connect(server.ws_addr).await.expect("connect");
-    let (ws, _) = tokio_tungstenite::client_async(
-        format!("ws://{}/arcp", server.ws_addr),
-        MaybeTlsStream::Plain(tcp),
-    )
-    .await
-    .expect("upgrade");
-    WsConn::from_socket(ws)
-}
-
 #[tokio::test]
 async fn a_websocket_client_that_stopped_reading_is_cut_when_the_grace_ends() {
     let server = TestServer::start_gateway(builder(SHORT_GRACE)).await;
-    let mut stalled = narrow_ws(&server).await;
+    let mut stalled = server.ws_with_receive_buffer(4096).await;
     stalled
         .send("session.hello", ws_hello_payload("alice-token", &[]))
         .await;

@@ -34,19 +34,6 @@ pub use self::{
 /// assertion: every frame the tests wait for is due in milliseconds.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Polls `ready` until it holds. A guard against hangs bounded by [`FRAME_TIMEOUT`], not a
-/// timing assertion: it waits on state the test can observe rather than sleeping.
-pub async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
-    while !ready() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// The features the runtime implements, offered by the tests' hellos.
 pub const FEATURES: &[&str] = &["progress", "agent_versions"];
 

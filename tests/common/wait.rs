@@ -16,3 +16,8 @@ pub async fn eventually<F: Future<Output = bool>>(what: &str, mut holds: impl Fn
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// [`eventually`] for a condition that needs no waiting to check.
+pub async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    eventually(what, || std::future::ready(ready())).await
+}

@@ -147,3 +147,35 @@ impl WsConn {
         }
     }
 }
+
+/// The receiving half of a WebSocket.
+pub type WsReceiver = futures::stream::SplitStream<Socket>;
+
+impl WsConn {
+    /// Sends `message` from a task of its own, since the server may answer before the client
+    /// has finished sending it; returns the receiving half, and the task, which ends once the
+    /// send is over.
+    pub fn send_aside(self, message: Message) -> (WsReceiver, tokio::task::JoinHandle<()>) {
+        let (mut sink, stream) = self.ws.split();
+        let sending = tokio::spawn(async move {
+            // The server may close before the whole message is written; that is its answer.
+            let _ = sink.send(message).await;
+            let _ = sink.close().await;
+        });
+        (stream, sending)
+    }
+}
+
+/// The next message on `stream` other than ping/pong; fails the test if there is none.
+pub async fn next_ws(stream: &mut WsReceiver) -> Message {
+    loop {
+        let message = tokio::time::timeout(FRAME_TIMEOUT, stream.next())
+            .await
+            .expect("no websocket message within the timeout")
+            .expect("the socket is open")
+            .expect("the socket reads");
+        if !(message.is_ping() || message.is_pong()) {
+            return message;
+        }
+    }
+}
