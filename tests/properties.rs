@@ -11,9 +11,9 @@
 //!   and stale attachments, windows started and swept.
 //! - [`a_client_gets_every_event_once_in_order_or_is_told_the_window_expired`]: the whole
 //!   session code in process, through `Gateway::connect` with no network, on one thread or
-//!   two: a job emitting
-//!   while its client reads some frames, acknowledges, drops the stream, resumes from where
-//!   it was or from further back, or takes the session over from a live stream.
+//!   two: a job emitting while its client reads some frames, acknowledges, drops the stream,
+//!   resumes from where it was or from further back, or takes the session over from a live
+//!   stream.
 
 mod common;
 mod contract;
