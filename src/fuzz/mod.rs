@@ -3,9 +3,9 @@
 //! Each target is a `#[test]`: under `cargo test` bolero replays the target's committed seeds
 //! and then generates random inputs for a bounded time (one second unless
 //! `BOLERO_RANDOM_TEST_TIME_MS` or `BOLERO_RANDOM_ITERATIONS` say otherwise; `.ci/run` runs
-//! each for longer in a step of its own). For long coverage-guided runs the same targets run
-//! under libfuzzer: `cargo bolero test --lib arcp_gateway::fuzz::amount::amount` (any
-//! target's test path; `cargo bolero list` names them all).
+//! each for longer in a step of its own). `BOLERO_RANDOM_SEED=<seed>` replays the input of a
+//! reported failure. For long coverage-guided runs cargo-bolero runs the same targets under
+//! libfuzzer, starting from the same seeds (`cargo bolero list` names the targets).
 //!
 //! Every target asserts more than "no panic": the invariant its parser promises, checked
 //! against an independent model where one is cheap (a decimal grammar for amounts, a
