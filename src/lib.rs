@@ -76,6 +76,9 @@ pub mod store;
 pub(crate) mod sync;
 pub mod transport;
 
+#[cfg(test)]
+mod fuzz;
+
 /// Code generated from `proto/arcp/v1/arcp.proto` (package `arcp.v1`).
 #[allow(missing_docs, clippy::all)]
 pub mod proto {

@@ -394,6 +394,8 @@ impl ModuleGraph {
         let mut modules = BTreeMap::new();
         let mut undeclared = Vec::new();
         let mut test_only = Vec::new();
+        // Modules compiled only for tests, whose own children are test-only too.
+        let mut test_paths: BTreeSet<ModPath> = BTreeSet::new();
         let mut by_depth: Vec<(ModPath, Module)> = found.into_iter().collect();
         by_depth.sort_by_key(|(path, _)| path.len());
         for (path, module) in by_depth {
@@ -404,14 +406,16 @@ impl ModuleGraph {
                     .is_some_and(|p: &Module| p.children.contains(name)),
             };
             let test = path.split_last().is_some_and(|(name, parent)| {
-                modules
-                    .get(parent)
-                    .is_some_and(|p: &Module| p.test_children.contains(name))
+                test_paths.contains(parent)
+                    || modules
+                        .get(parent)
+                        .is_some_and(|p: &Module| p.test_children.contains(name))
             });
             if declared {
                 modules.insert(path, module);
             } else if test {
                 test_only.push(module.file);
+                test_paths.insert(path);
             } else {
                 undeclared.push(module.file);
             }

@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     clock::Timestamp,
+    encoding::json_value::check_depth,
     error::ArcpError,
     ids::{EventSeq, JobId, SessionId, TraceId},
     protocol::{
@@ -160,6 +161,7 @@ fn client_message(
                     "job.submit requires agent".into(),
                 ));
             }
+            check_depth(&p.input, "job.submit input")?;
             ClientMessage::Submit(JobSubmit {
                 agent: p.agent,
                 input: p.input,

@@ -3,7 +3,10 @@
 use tonic::{Code, Status};
 
 use crate::{
-    encoding::job_proto::{job_summary, lease_from_proto},
+    encoding::{
+        job_proto::{job_summary, lease_from_proto},
+        json_value::check_depth,
+    },
     error::ArcpError,
     ids::{EventSeq, JobId, SessionId, TraceId},
     proto::{self, client_frame::Payload as In, server_frame::Payload as Out},
@@ -170,9 +173,11 @@ fn resume_info(r: proto::ResumeInfo) -> Result<ResumeRequest, ArcpError> {
 }
 
 fn job_submit(s: proto::JobSubmit) -> Result<JobSubmit, ArcpError> {
+    let input = s.input.map(to_json).unwrap_or(Json::Null);
+    check_depth(&input, "job_submit input")?;
     Ok(JobSubmit {
         agent: non_empty(s.agent).ok_or_else(|| invalid("job_submit requires agent"))?,
-        input: s.input.map(to_json).unwrap_or(Json::Null),
+        input,
         lease_request: lease_from_proto(s.lease_request)?,
         expires_at: s.lease_constraints.and_then(|c| non_empty(c.expires_at)),
         idempotency_key: non_empty(s.idempotency_key),
