@@ -207,9 +207,34 @@ impl ArcpError {
     }
 }
 
+/// How much of a client's text an error message quotes by default: enough to recognise it.
+pub const EXCERPT_CHARS: usize = 64;
+
+/// `text` as an error message quotes it: debug-quoted, and cut after `max_chars` characters
+/// with its length in bytes, so that a client's megabyte-long field never comes back whole.
+pub fn excerpt(text: &str, max_chars: usize) -> String {
+    let mut chars = text.chars();
+    let shown: String = chars.by_ref().take(max_chars).collect();
+    if chars.next().is_some() {
+        format!("{shown:?}… ({} bytes)", text.len())
+    } else {
+        format!("{shown:?}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn excerpts_quote_short_text_whole_and_cut_long_text_on_characters() {
+        assert_eq!(excerpt("short", 12), "\"short\"");
+        let shown = excerpt(&"k".repeat(200), 12);
+        assert!(shown.starts_with(&format!("{:?}", "k".repeat(12))));
+        assert!(shown.ends_with("(200 bytes)"), "{shown}");
+        assert!(shown.len() < 40, "{shown}");
+        assert!(excerpt(&"é".repeat(20), 12).contains('…'));
+    }
 
     #[test]
     fn codes_round_trip_and_carry_spec_retryability() {

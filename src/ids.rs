@@ -3,7 +3,7 @@
 
 use std::{fmt, sync::Arc};
 
-use crate::error::ArcpError;
+use crate::error::{excerpt, ArcpError, EXCERPT_CHARS};
 
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
@@ -172,7 +172,8 @@ impl<'a> AgentRef<'a> {
         };
         if !AgentRef::valid_name(name) || version.is_some_and(|v| !AgentRef::valid_version(v)) {
             return Err(ArcpError::InvalidRequest(format!(
-                "agent {reference:?} does not match `name` or `name@version` (§7.5)"
+                "agent {} does not match `name` or `name@version` (§7.5)",
+                excerpt(reference, EXCERPT_CHARS)
             )));
         }
         Ok(AgentRef { name, version })

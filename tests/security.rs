@@ -101,6 +101,8 @@ const SCENARIOS: &[&str] = &[
     "wrong-auth-scheme",
     "credential-guessing",
     "stopped-reader",
+    "input-too-deep",
+    "long-field-in-error",
 ];
 
 /// Runs the scenario of row `id`; what it observed, in the table's words.
@@ -542,6 +544,33 @@ async fn observe(id: &str) -> String {
             .await;
             drop(conn);
             "detached".into()
+        }
+        "input-too-deep" => {
+            let server = start(GatewayConfig::default()).await;
+            let (mut conn, _) = server.hello(ALICE).await;
+            let mut input = serde_json::json!(1);
+            for _ in 0..30 {
+                input = serde_json::json!([input]);
+            }
+            conn.send(submit("echo", input)).await;
+            let frame = conn.recv().await;
+            grpc_answer(&mut conn, &frame).await
+        }
+        "long-field-in-error" => {
+            let server = start(GatewayConfig::default()).await;
+            let (mut conn, _) = server.hello(ALICE).await;
+            conn.send(submit(&"a@".repeat(500_000), serde_json::json!(1)))
+                .await;
+            let e = session_error(&conn.recv().await).clone();
+            if e.message.len() < 256 {
+                format!("session_error {}, message under 256 bytes", e.code)
+            } else {
+                format!(
+                    "session_error {}, message of {} bytes",
+                    e.code,
+                    e.message.len()
+                )
+            }
         }
         other => panic!("no scenario for row {other}"),
     }

@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeMap, fmt};
 
-use crate::error::ArcpError;
+use crate::error::{excerpt, ArcpError, EXCERPT_CHARS};
 
 /// Fractional digits an amount may carry. Six covers every fiat minor unit and the
 /// sub-cent prices of per-token inference without overflowing `i64` for any sane budget.
@@ -38,7 +38,12 @@ impl Amount {
     /// optionally a point and one to six more digits. Signs, exponents and a bare point are
     /// refused so every accepted string has exactly one meaning.
     pub fn parse(s: &str) -> Result<Amount, ArcpError> {
-        let invalid = |why: &str| ArcpError::InvalidRequest(format!("invalid amount {s:?}: {why}"));
+        let invalid = |why: &str| {
+            ArcpError::InvalidRequest(format!(
+                "invalid amount {}: {why}",
+                excerpt(s, EXCERPT_CHARS)
+            ))
+        };
         let (whole, frac) = match s.split_once('.') {
             Some((w, f)) => (w, Some(f)),
             None => (s, None),
@@ -149,18 +154,23 @@ pub fn is_currency(s: &str) -> bool {
 pub fn parse_budget_entry(s: &str) -> Result<(String, Amount), ArcpError> {
     let Some((currency, amount)) = s.split_once(':') else {
         return Err(ArcpError::InvalidRequest(format!(
-            "invalid cost.budget entry {s:?}: expected CURRENCY:AMOUNT"
+            "invalid cost.budget entry {}: expected CURRENCY:AMOUNT",
+            excerpt(s, EXCERPT_CHARS)
         )));
     };
     if !is_currency(currency) {
         return Err(ArcpError::InvalidRequest(format!(
-            "invalid cost.budget entry {s:?}: {currency:?} is not a currency name"
+            "invalid cost.budget entry {}: {} is not a currency name",
+            excerpt(s, EXCERPT_CHARS),
+            excerpt(currency, EXCERPT_CHARS)
         )));
     }
     let amount = Amount::parse(amount).map_err(|_| {
         ArcpError::InvalidRequest(format!(
-            "invalid cost.budget entry {s:?}: {amount:?} is not a non-negative decimal with at \
-             most {AMOUNT_DECIMALS} fractional digits"
+            "invalid cost.budget entry {}: {} is not a non-negative decimal with at most \
+             {AMOUNT_DECIMALS} fractional digits",
+            excerpt(s, EXCERPT_CHARS),
+            excerpt(amount, EXCERPT_CHARS)
         ))
     })?;
     Ok((currency.to_owned(), amount))

@@ -4,7 +4,10 @@ use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
 
-use crate::{clock::Timestamp, error::ArcpError};
+use crate::{
+    clock::Timestamp,
+    error::{excerpt, ArcpError, EXCERPT_CHARS},
+};
 
 /// Parses an `expires_at` value: RFC 3339 in UTC written with a `Z` suffix, strictly later
 /// than `now`. Anything else is `INVALID_REQUEST` naming the value.
@@ -13,8 +16,12 @@ use crate::{clock::Timestamp, error::ArcpError};
 /// equivalent spellings would let two clients' identical-looking leases differ on the wire.
 /// A value at or before `now` is refused because such a lease could authorise nothing.
 pub fn parse_expires_at(s: &str, now: SystemTime) -> Result<SystemTime, ArcpError> {
-    let invalid =
-        |why: &str| ArcpError::InvalidRequest(format!("invalid lease expires_at {s:?}: {why}"));
+    let invalid = |why: &str| {
+        ArcpError::InvalidRequest(format!(
+            "invalid lease expires_at {}: {why}",
+            excerpt(s, EXCERPT_CHARS)
+        ))
+    };
     if !s.ends_with('Z') {
         return Err(invalid("must be UTC with a Z suffix"));
     }

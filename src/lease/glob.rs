@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use crate::error::ArcpError;
+use crate::error::{excerpt, ArcpError, EXCERPT_CHARS};
 
 /// Longest pattern accepted, in bytes. Matching and inclusion are quadratic, so an unbounded
 /// pattern from a request would let one client buy unbounded CPU on every operation.
@@ -49,7 +49,8 @@ impl Pattern {
                 tokens,
             }),
             Err(why) => Err(ArcpError::InvalidRequest(format!(
-                "invalid pattern {source:?}: {why}"
+                "invalid pattern {}: {why}",
+                excerpt(source, EXCERPT_CHARS)
             ))),
         }
     }

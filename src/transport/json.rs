@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use crate::{
     clock::Timestamp,
     encoding::json_value::check_depth,
-    error::ArcpError,
+    error::{excerpt, ArcpError, EXCERPT_CHARS},
     ids::{EventSeq, JobId, SessionId, TraceId},
     protocol::{
         client::{
@@ -194,7 +194,8 @@ fn client_message(
         }
         other => {
             return Err(ArcpError::InvalidRequest(format!(
-                "unknown message type {other:?}"
+                "unknown message type {}",
+                excerpt(other, EXCERPT_CHARS)
             )))
         }
     })
