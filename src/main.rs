@@ -132,6 +132,9 @@ struct ServeArgs {
     /// provisioner; enables the `provisioned_credentials` feature.
     #[arg(long, value_name = "URL", env = "ARCP_CREDENTIALS_ENDPOINT")]
     credentials_endpoint: Option<String>,
+    /// How long a new stream may stay silent before its `session.hello`.
+    #[arg(long, default_value_t = 30, env = "ARCP_HELLO_TIMEOUT_SEC")]
+    hello_timeout_sec: u64,
     /// How long a new connection may take to complete its WebSocket upgrade, or to send the
     /// HTTP/2 preface and open its first gRPC stream, before it is closed.
     #[arg(long, default_value_t = 10, env = "ARCP_CONNECTION_SETUP_TIMEOUT_SEC")]
@@ -205,6 +208,7 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         max_jobs_per_session: args.max_jobs_per_session,
         max_jobs_per_principal: args.max_jobs_per_principal,
         max_subscriptions_per_session: args.max_subscriptions_per_session,
+        hello_timeout: Duration::from_secs(args.hello_timeout_sec),
         connection_setup_timeout: Duration::from_secs(args.connection_setup_timeout_sec),
         max_connections_per_peer: args.max_connections_per_peer,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_sec),

@@ -60,17 +60,7 @@ fn clean(cmd: &mut Command) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    for var in [
-        "ARCP_LISTEN",
-        "ARCP_WS_LISTEN",
-        "ARCP_AUTH_TOKENS",
-        "ARCP_RESUME_WINDOW_SEC",
-        "ARCP_MAX_LOG_FRAMES",
-        "ARCP_HEARTBEAT_INTERVAL_SEC",
-        "ARCP_CONNECTION_SETUP_TIMEOUT_SEC",
-        "ARCP_MAX_CONNECTIONS_PER_PEER",
-        "ARCP_SHUTDOWN_GRACE_SEC",
-    ] {
+    for (var, _) in std::env::vars().filter(|(var, _)| var.starts_with("ARCP_")) {
         cmd.env_remove(var);
     }
 }

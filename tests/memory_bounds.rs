@@ -70,20 +70,26 @@ fn chatter(count: u64, bytes: u64) -> In {
     submit("chatter", json!({"count": count, "bytes": bytes}))
 }
 
+/// A gateway whose logs hold `max_log_bytes`, and a session on it: the stream, the session's
+/// id and its resume token.
+async fn bounded_session(max_log_bytes: u64) -> (TestServer, Conn, String, String) {
+    let server = start(GatewayConfig {
+        max_log_bytes,
+        ..GatewayConfig::default()
+    })
+    .await;
+    let (conn, w) = server.hello("alice-token").await;
+    let token = welcome(&w).resume_token.clone();
+    (server, conn, w.session_id, token)
+}
+
 /// A job of `count` lines of about a KiB: accepted, the lines, the result.
 const LINE: u64 = KIB;
 
 #[tokio::test]
 async fn a_chatty_job_on_a_dropped_session_stays_within_the_log_byte_bound() {
     let max_log_bytes = 256 * KIB;
-    let server = start(GatewayConfig {
-        max_log_bytes,
-        ..GatewayConfig::default()
-    })
-    .await;
-    let (mut conn, w) = server.hello("alice-token").await;
-    let session = w.session_id.clone();
-    let token = welcome(&w).resume_token.clone();
+    let (server, mut conn, session, token) = bounded_session(max_log_bytes).await;
     // About 2 MB of lines, eight times the bound.
     let count = 2000;
     let (job, _) = submit_and_accept(&mut conn, chatter(count, LINE)).await;
@@ -192,13 +198,7 @@ async fn pacing_in_bytes_keeps_eviction_behind_a_live_reader() {
     // The job emits forty times the log's byte bound; the frame window alone (8192 frames of
     // a KiB) would let it run far past what the log keeps.
     let max_log_bytes = 64 * KIB;
-    let server = start(GatewayConfig {
-        max_log_bytes,
-        ..GatewayConfig::default()
-    })
-    .await;
-    let (mut conn, w) = server.hello("alice-token").await;
-    let session = w.session_id.clone();
+    let (server, mut conn, session, _) = bounded_session(max_log_bytes).await;
     let count = 2500;
     let (job, _) = submit_and_accept(&mut conn, chatter(count, LINE)).await;
     let frames = exactly_from(&mut conn, &job, 2).await;

@@ -28,7 +28,7 @@ use std::{
 };
 
 use arcp_gateway::{
-    agent::{Agent, AgentRegistry, JobContext, LogLevel},
+    agent::AgentRegistry,
     auth::Authenticator,
     config::GatewayConfig,
     error::ErrorCode,
@@ -49,6 +49,7 @@ use arcp_gateway::{
     },
     ArcpError, Gateway,
 };
+use common::Pacer;
 use futures::{stream::BoxStream, StreamExt};
 use proptest::{
     prelude::*,
@@ -558,38 +559,6 @@ fn session_case() -> impl Strategy<Value = SessionCase> {
 
 const TOKEN: &str = "alice-token";
 
-/// A test agent that logs `line 1`, `line 2`, ... as many lines as each step it is sent asks
-/// for, and counts the emits that returned: an emit returns once the job is within its flow
-/// window of its reader, so the count tells the test where the job waits. A step of 0 ends
-/// the job.
-struct Stepper {
-    steps: tokio::sync::Mutex<mpsc::UnboundedReceiver<u64>>,
-    returned: Arc<AtomicU64>,
-}
-
-#[async_trait::async_trait]
-impl Agent for Stepper {
-    async fn run(
-        &self,
-        ctx: JobContext,
-        _input: serde_json::Value,
-    ) -> Result<serde_json::Value, ArcpError> {
-        let mut steps = self.steps.lock().await;
-        let mut lines = 0u64;
-        while let Some(n) = steps.recv().await {
-            if n == 0 {
-                break;
-            }
-            for _ in 0..n {
-                lines += 1;
-                ctx.log(LogLevel::Info, format!("line {lines}")).await?;
-                self.returned.store(lines, Ordering::Release);
-            }
-        }
-        Ok(serde_json::json!({ "lines": lines }))
-    }
-}
-
 /// How often each outcome occurred over all cases, so a run that never reached one fails
 /// rather than passing vacuously.
 struct Seen {
@@ -682,12 +651,8 @@ struct Client {
 
 impl Client {
     async fn start(bound: u64, acks: bool) -> Client {
-        let (steps, rx) = mpsc::unbounded_channel();
-        let returned = Arc::new(AtomicU64::new(0));
-        let stepper = Arc::new(Stepper {
-            steps: tokio::sync::Mutex::new(rx),
-            returned: returned.clone(),
-        });
+        let (stepper, steps) = Pacer::new();
+        let returned = stepper.returned();
         let mut agents = AgentRegistry::with_builtins();
         agents
             .register("stepper", "1.0.0", stepper)

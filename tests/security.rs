@@ -127,19 +127,13 @@ async fn observe(id: &str) -> String {
         }
         "ws-bad-bearer" => {
             let server = TestServer::start_default().await;
-            let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
-                "ws://{}/arcp",
-                server.ws_addr
-            ))
-            .unwrap();
-            request
-                .headers_mut()
-                .insert("authorization", "Bearer mallory".parse().unwrap());
-            match tokio_tungstenite::connect_async(request).await {
+            let localhost = std::net::Ipv4Addr::LOCALHOST.into();
+            match server.ws_from(localhost, Some("mallory")).await {
                 Err(tungstenite::Error::Http(response)) => {
                     format!("HTTP {}", response.status().as_u16())
                 }
-                other => format!("upgrade answered {other:?}"),
+                Err(other) => format!("upgrade failed: {other}"),
+                Ok(_) => "upgraded".into(),
             }
         }
         "ws-binary" => {

@@ -1,6 +1,9 @@
 //! Agents the tests register next to the built-ins.
 
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
 
 use arcp_gateway::{
     agent::{Agent, JobContext, LogLevel},
@@ -8,10 +11,13 @@ use arcp_gateway::{
 };
 use tokio::sync::{mpsc, Mutex};
 
-/// A test agent that emits `n` log lines for every `n` the test sends and returns
-/// `{"lines": total}` on a 0, so the test decides exactly when each frame is logged.
+/// A test agent that emits `n` log lines (`line 1`, `line 2`, ...) for every `n` the test
+/// sends and returns `{"lines": total}` on a 0, so the test decides exactly when each frame is
+/// logged. It counts the emits that returned: an emit returns once the job is within its flow
+/// window of its reader, so the count tells a test where the job waits.
 pub struct Pacer {
     steps: Mutex<mpsc::UnboundedReceiver<u64>>,
+    returned: Arc<AtomicU64>,
 }
 
 impl Pacer {
@@ -20,8 +26,14 @@ impl Pacer {
         let (tx, rx) = mpsc::unbounded_channel();
         let pacer = Pacer {
             steps: Mutex::new(rx),
+            returned: Arc::default(),
         };
         (Arc::new(pacer), tx)
+    }
+
+    /// How many of its emits have returned, as a counter the test can keep.
+    pub fn returned(&self) -> Arc<AtomicU64> {
+        self.returned.clone()
     }
 }
 
@@ -41,6 +53,7 @@ impl Agent for Pacer {
             for _ in 0..n {
                 lines += 1;
                 ctx.log(LogLevel::Info, format!("line {lines}")).await?;
+                self.returned.store(lines, Ordering::Release);
             }
         }
         Ok(serde_json::json!({ "lines": lines }))
