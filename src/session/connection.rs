@@ -78,7 +78,11 @@ pub fn serve(
         let request_id = first.id.clone();
         // Dropped with this stream, however it ends, even in the middle of the handshake.
         let mut guard = None;
-        let attachment = match handshake::open(&services, &conn, first, &mut guard).await {
+        // Boxed: the handshake's future is large and over once the stream is attached; inline,
+        // it would be part of every session's stream for its whole life (row 5 of
+        // BENCHMARKS.md).
+        let opened = Box::pin(handshake::open(&services, &conn, first, &mut guard)).await;
+        let attachment = match opened {
             Ok(attachment) => attachment,
             Err(error) => {
                 tracing::info!(code = %error.code(), "handshake refused: {}", error.message());

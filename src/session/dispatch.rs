@@ -1,7 +1,7 @@
 //! The client frames of an attached stream: each one acted on, and answered with a control
 //! frame through the stream's [`StreamControl`] when it needs an answer.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 
@@ -29,15 +29,21 @@ use super::{
 /// `heartbeat`, also watches that the client keeps sending, and gives the stream up when it
 /// does not (`liveness`).
 pub(crate) async fn read_loop(stream: Arc<AttachedStream>, mut inbound: InboundStream) {
-    let Some(interval) = stream.heartbeat else {
-        read_frames(&stream, &mut inbound).await;
-        stream.control.reader_done();
-        return;
-    };
+    match stream.heartbeat {
+        None => read_frames(&stream, &mut inbound).await,
+        // Boxed: inline, the watch's timer and the second copy of the reading would be part of
+        // every session's task, heartbeat or not (row 5 of BENCHMARKS.md).
+        Some(interval) => Box::pin(read_watched(&stream, &mut inbound, interval)).await,
+    }
+    stream.control.reader_done();
+}
+
+/// [`read_frames`] beside the watch that gives the stream up once the client falls silent.
+async fn read_watched(stream: &AttachedStream, inbound: &mut InboundStream, interval: Duration) {
     // The watch outlives the reading: a client that half-closed can no longer be heard, and
     // one that closed the session may never read the answer while its stream holds on.
     let reading = async {
-        read_frames(&stream, &mut inbound).await;
+        read_frames(stream, inbound).await;
         std::future::pending::<()>().await
     };
     tokio::select! {
@@ -45,8 +51,7 @@ pub(crate) async fn read_loop(stream: Arc<AttachedStream>, mut inbound: InboundS
         () = reading => {}
         () = liveness::until_lost(&stream.heard, interval) => {}
     }
-    liveness::declare_lost(&stream, interval).await;
-    stream.control.reader_done();
+    liveness::declare_lost(stream, interval).await;
 }
 
 async fn read_frames(stream: &AttachedStream, inbound: &mut InboundStream) {
