@@ -7,11 +7,11 @@
 //!
 //! - `backoff`: how long to wait after a failed accept.
 //! - `peers`: the per-peer count, and the slot an admitted connection holds.
-//! - `throttle`: one warning per interval, with the count of those held back.
+//! - `warning_rate`: one warning per interval, with the count of those held back.
 
 mod backoff;
 mod peers;
-mod throttle;
+mod warning_rate;
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -20,7 +20,7 @@ use tokio::{
     time::Instant,
 };
 
-use self::{backoff::Backoff, throttle::Throttle};
+use self::{backoff::Backoff, warning_rate::WarningRate};
 
 pub(crate) use self::peers::{PeerLimit, PeerSlot};
 
@@ -34,8 +34,8 @@ pub(crate) struct Listener {
     transport: &'static str,
     peers: Arc<PeerLimit>,
     backoff: Backoff,
-    failures: Throttle,
-    refusals: Throttle,
+    failures: WarningRate,
+    refusals: WarningRate,
     /// When the next accept may be tried, after a failure. Kept here rather than in a local
     /// sleep, so a caller that drops `accept` and calls it again still waits.
     retry_at: Option<Instant>,
@@ -59,8 +59,8 @@ impl Listener {
             transport,
             peers,
             backoff: Backoff::default(),
-            failures: Throttle::new(WARNING_INTERVAL),
-            refusals: Throttle::new(WARNING_INTERVAL),
+            failures: WarningRate::new(WARNING_INTERVAL),
+            refusals: WarningRate::new(WARNING_INTERVAL),
             retry_at: None,
         }
     }

@@ -8,16 +8,16 @@ use tokio::time::Instant;
 /// Lets one occurrence per interval through to the log and counts the ones it holds back, so
 /// the next warning can say how many there were.
 #[derive(Debug)]
-pub(crate) struct Throttle {
+pub(crate) struct WarningRate {
     interval: Duration,
     last: Option<Instant>,
     suppressed: u64,
 }
 
-impl Throttle {
-    /// A throttle that lets one warning through per `interval`.
+impl WarningRate {
+    /// Lets one warning through per `interval`.
     pub(crate) fn new(interval: Duration) -> Self {
-        Throttle {
+        WarningRate {
             interval,
             last: None,
             suppressed: 0,
@@ -47,15 +47,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn one_occurrence_per_interval_is_logged_with_the_count_held_back() {
-        let mut throttle = Throttle::new(Duration::from_secs(5));
-        assert_eq!(throttle.admit(), Some(0));
+        let mut warnings = WarningRate::new(Duration::from_secs(5));
+        assert_eq!(warnings.admit(), Some(0));
         for _ in 0..1000 {
-            assert_eq!(throttle.admit(), None);
+            assert_eq!(warnings.admit(), None);
         }
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(throttle.admit(), Some(1000));
-        assert_eq!(throttle.admit(), None);
+        assert_eq!(warnings.admit(), Some(1000));
+        assert_eq!(warnings.admit(), None);
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!(throttle.admit(), Some(1));
+        assert_eq!(warnings.admit(), Some(1));
     }
 }
