@@ -1,10 +1,17 @@
 //! Every store contract test (`tests/contract/`) against every store: the embedded memory
-//! stores, and the same wrapped so that every call suspends. A store shared between replicas
-//! joins this list and must pass the same suite.
+//! stores, the same wrapped so that every call suspends, and the Redis stores, on a real
+//! `redis-server`. A store shared between replicas joins this list and must pass the same
+//! suite.
 
+mod common;
 mod contract;
 
-use arcp_gateway::store::{log::LogLimits, MemoryStores, Stores};
+use std::sync::Arc;
+
+use arcp_gateway::{
+    ids::SessionId,
+    store::{log::LogLimits, resume::redis::RedisResumeRegistry, MemoryStores, Stores},
+};
 
 fn memory(max_log_frames: usize) -> Stores {
     MemoryStores::new(max_log_frames).stores()
@@ -12,6 +19,16 @@ fn memory(max_log_frames: usize) -> Stores {
 
 fn yielding_memory(max_log_frames: usize) -> Stores {
     contract::wrapped::yielding(memory(max_log_frames))
+}
+
+/// The memory stores with the resume registry in Redis, under keys of its own.
+fn redis_resume(max_log_frames: usize) -> Stores {
+    let prefix = format!("arcp-test-{}", SessionId::generate());
+    let registry = RedisResumeRegistry::new(common::redis_url(), &prefix).expect("a redis address");
+    Stores {
+        resume: Arc::new(registry),
+        ..memory(max_log_frames)
+    }
 }
 
 fn limited_memory(limits: LogLimits) -> Stores {
@@ -100,4 +117,15 @@ limited_suite!(
     log::the_budget_evicts_detached_sessions_first_and_never_attached_ones,
     log::a_newer_fence_reattaches_and_an_older_detach_changes_nothing,
     log::a_removed_log_gives_back_its_bytes,
+);
+
+// The resume registry's contract on Redis; its other stores are the memory ones.
+store_tests!(redis_resume;
+    resume::rotation_invalidates_the_previous_token_at_once,
+    resume::tokens_are_bound_to_their_principal,
+    resume::epochs_fence_rotation_and_the_window,
+    resume::a_rotation_clears_the_window,
+    resume::concurrent_rotations_with_one_token_have_one_winner,
+    resume::each_expired_session_is_taken_once,
+    resume::a_cancelled_rotation_rotated_or_did_not,
 );

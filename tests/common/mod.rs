@@ -5,7 +5,7 @@
 //! client; [`health`] watches gRPC health, [`frames`] builds client payloads and reads server
 //! frames, [`agents`] holds test agents, [`log`] reads a session's log straight from the
 //! gateway, [`wait`] waits on state the test observes and [`raw`] opens plain TCP connections
-//! that never become useful.
+//! that never become useful, and [`redis`] runs the `redis-server` shared stores are tested on.
 //! Everything is re-exported here, so a test says `use common::*;`.
 // Each test crate uses a subset of these helpers.
 #![allow(dead_code)]
@@ -19,6 +19,7 @@ mod health;
 mod log;
 mod raw;
 mod raw_grpc;
+mod redis;
 mod server;
 mod wait;
 mod ws;
@@ -26,8 +27,8 @@ mod ws;
 // A test crate that uses nothing of a module leaves its re-export unused.
 #[allow(unused_imports)]
 pub use self::{
-    agents::*, frames::*, grpc::*, health::*, log::*, raw::*, raw_grpc::*, server::*, wait::*,
-    ws::*,
+    agents::*, frames::*, grpc::*, health::*, log::*, raw::*, raw_grpc::*, redis::*, server::*,
+    wait::*, ws::*,
 };
 
 /// How long a test waits for a frame before failing. A guard against hangs, not a timing

@@ -11,9 +11,11 @@
 //! newer attachment than the entry's, and only the entry's own attachment can start its window,
 //! so a stream that was taken over cannot expire the session under its successor.
 //!
-//! [`memory::MemoryResumeRegistry`] is the embedded store.
+//! [`memory::MemoryResumeRegistry`] is the embedded store; [`redis::RedisResumeRegistry`] one
+//! that replicas share.
 
 pub mod memory;
+pub mod redis;
 mod token;
 
 use std::time::SystemTime;

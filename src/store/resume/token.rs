@@ -71,6 +71,11 @@ impl TokenDigest {
         self.0.ct_eq(&other.0).into()
     }
 
+    /// A digest a store persisted, from its bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> TokenDigest {
+        TokenDigest(bytes)
+    }
+
     /// The raw digest bytes, for stores that persist them.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
