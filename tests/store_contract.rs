@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 use arcp_gateway::{
     ids::SessionId,
-    store::{log::LogLimits, resume::redis::RedisResumeRegistry, MemoryStores, Stores},
+    store::{
+        idempotency::redis::RedisIdempotencyStore, log::LogLimits,
+        resume::redis::RedisResumeRegistry, MemoryStores, Stores,
+    },
 };
 
 fn memory(max_log_frames: usize) -> Stores {
@@ -21,12 +24,14 @@ fn yielding_memory(max_log_frames: usize) -> Stores {
     contract::wrapped::yielding(memory(max_log_frames))
 }
 
-/// The memory stores with the resume registry in Redis, under keys of its own.
-fn redis_resume(max_log_frames: usize) -> Stores {
+/// The memory stores with the resume registry and the idempotency keys in Redis, under keys
+/// of their own.
+fn redis(max_log_frames: usize) -> Stores {
     let prefix = format!("arcp-test-{}", SessionId::generate());
-    let registry = RedisResumeRegistry::new(common::redis_url(), &prefix).expect("a redis address");
+    let url = common::redis_url();
     Stores {
-        resume: Arc::new(registry),
+        resume: Arc::new(RedisResumeRegistry::new(url, &prefix).expect("a redis address")),
+        idempotency: Arc::new(RedisIdempotencyStore::new(url, &prefix).expect("a redis address")),
         ..memory(max_log_frames)
     }
 }
@@ -119,8 +124,9 @@ limited_suite!(
     log::a_removed_log_gives_back_its_bytes,
 );
 
-// The resume registry's contract on Redis; its other stores are the memory ones.
-store_tests!(redis_resume;
+// The contracts of the stores that have a Redis implementation, on Redis; the other stores are
+// the memory ones.
+store_tests!(redis;
     resume::rotation_invalidates_the_previous_token_at_once,
     resume::tokens_are_bound_to_their_principal,
     resume::epochs_fence_rotation_and_the_window,
@@ -128,4 +134,10 @@ store_tests!(redis_resume;
     resume::concurrent_rotations_with_one_token_have_one_winner,
     resume::each_expired_session_is_taken_once,
     resume::a_cancelled_rotation_rotated_or_did_not,
+    idempotency::a_key_names_its_first_job_and_acceptance,
+    idempotency::waiters_learn_of_the_acceptance_or_the_release,
+    idempotency::concurrent_claims_of_a_new_key_have_one_winner,
+    idempotency::a_key_lives_for_its_window,
+    idempotency::a_cancelled_claim_claimed_or_did_not,
+    idempotency::a_principal_holds_a_bounded_number_of_keys,
 );

@@ -4,7 +4,8 @@
 //! forgotten, and a repeat racing the first acceptance waits for it.
 //!
 //! Claiming a key is one atomic step, so of two submissions racing with a new key exactly one
-//! starts a job. [`memory::MemoryIdempotencyStore`] is the embedded store.
+//! starts a job. [`memory::MemoryIdempotencyStore`] is the embedded store;
+//! [`redis::RedisIdempotencyStore`] one that replicas share.
 //!
 //! A principal holds a bounded number of keys ([`KeyTerms::max_per_principal`]). Claiming a
 //! new key beyond the bound forgets the principal's oldest accepted key, rather than refusing
@@ -17,6 +18,7 @@
 //! with `INVALID_REQUEST`.
 
 pub mod memory;
+pub mod redis;
 
 use std::time::{Duration, SystemTime};
 

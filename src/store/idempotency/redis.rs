@@ -1,0 +1,343 @@
+//! Idempotency keys in Redis, shared by every replica that connects to the same server.
+//!
+//! A principal's keys share one hash tag, `PREFIX:{idem:PRINCIPAL}`, so every script touches
+//! one Cluster slot. Each key is a hash (`…:key:KEY`: the job, the fingerprint and, once
+//! accepted, the `job.accepted` frame) that Redis expires at the end of its window, and the
+//! principal's sorted set (`…:order`) ranks its keys by claim order for the bound on how many
+//! it holds. Claiming is one script, so of two replicas racing with a new key exactly one
+//! wins. A repeat racing the first acceptance on another replica polls the key until it is
+//! accepted or released.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ::redis::{aio::ConnectionManager, Client, Script, Value};
+use async_trait::async_trait;
+use tokio::sync::OnceCell;
+
+use crate::{
+    encoding::StoredFrame,
+    error::ArcpError,
+    ids::{JobId, Principal},
+};
+
+use super::{Claim, Fingerprint, IdempotencyKey, IdempotencyStore, KeyTerms};
+
+/// Claims KEYS[1] for job ARGV[2] with fingerprint ARGV[1] for ARGV[3] ms (until ARGV[7] ms
+/// since the Unix epoch), within ARGV[4] keys of the principal (KEYS[2], ranked by the counter
+/// KEYS[3]); ARGV[5] is the prefix of the principal's key names and ARGV[6] the key itself.
+const CLAIM: &str = r"
+local held = redis.call('HMGET', KEYS[1], 'j', 'f', 'a')
+if held[1] then
+  if held[2] ~= ARGV[1] then return {'conflict', held[1]} end
+  if held[3] then return {'accepted', held[1], held[3]} end
+  return {'pending', held[1]}
+end
+local max = tonumber(ARGV[4])
+if redis.call('ZCARD', KEYS[2]) >= max then
+  for _, name in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    local other = ARGV[5] .. name
+    if redis.call('EXISTS', other) == 0 then
+      redis.call('ZREM', KEYS[2], name)
+    end
+  end
+  while redis.call('ZCARD', KEYS[2]) >= max do
+    local forgot = false
+    for _, name in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+      local other = ARGV[5] .. name
+      if redis.call('HEXISTS', other, 'a') == 1 then
+        redis.call('DEL', other)
+        redis.call('ZREM', KEYS[2], name)
+        forgot = true
+        break
+      end
+    end
+    if not forgot then return {'full'} end
+  end
+end
+redis.call('HSET', KEYS[1], 'j', ARGV[2], 'f', ARGV[1], 'x', ARGV[7])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return {'new'}
+";
+
+/// Records the acceptance ARGV[2] of KEYS[1] if job ARGV[1] still holds it.
+const ACCEPTED: &str = r"
+if redis.call('HGET', KEYS[1], 'j') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'a', ARGV[2])
+return 1
+";
+
+/// Frees KEYS[1] (ARGV[2] in the principal's ranking KEYS[2]) if job ARGV[1] holds it and it
+/// was never accepted.
+const RELEASE: &str = r"
+if redis.call('HGET', KEYS[1], 'j') ~= ARGV[1] then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'a') == 1 then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+return 1
+";
+
+/// Deletes the keys listed in KEYS[1] whose window ended by ARGV[1] ms since the Unix epoch.
+const SWEEP: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for _, name in ipairs(due) do
+  local until_ms = redis.call('HGET', name, 'x')
+  if not until_ms or tonumber(until_ms) <= tonumber(ARGV[1]) then
+    redis.call('DEL', name)
+  end
+  redis.call('ZREM', KEYS[1], name)
+end
+return #due
+";
+
+/// How often a repeat waiting on another submission's acceptance looks again, at first and at
+/// most.
+const POLL_FIRST: Duration = Duration::from_millis(2);
+const POLL_MOST: Duration = Duration::from_millis(100);
+
+/// Idempotency keys held in Redis.
+pub struct RedisIdempotencyStore {
+    client: Client,
+    /// Connected on first use; the manager reconnects by itself after that.
+    connection: OnceCell<ConnectionManager>,
+    prefix: String,
+    /// Every key by the end of its window, for sweeps ahead of Redis's own expiry. A sorted set
+    /// across principals, so the sweep is for a single Redis, not a Cluster, for now.
+    expiring: String,
+    claim: Script,
+    accepted: Script,
+    release: Script,
+    sweep: Script,
+}
+
+/// A key's names in Redis.
+struct Names {
+    entry: String,
+    order: String,
+    counter: String,
+    /// What a member of `order` is prefixed with to name its entry.
+    entries: String,
+}
+
+impl RedisIdempotencyStore {
+    /// A store in the Redis at `url` (`redis://HOST:PORT/DB`), under keys starting with
+    /// `prefix`.
+    pub fn new(url: &str, prefix: &str) -> Result<Self, ArcpError> {
+        let client = Client::open(url)
+            .map_err(|e| ArcpError::InvalidRequest(format!("redis store address: {e}")))?;
+        Ok(RedisIdempotencyStore {
+            client,
+            connection: OnceCell::new(),
+            prefix: prefix.to_owned(),
+            expiring: format!("{prefix}:idem-expiring"),
+            claim: Script::new(CLAIM),
+            accepted: Script::new(ACCEPTED),
+            release: Script::new(RELEASE),
+            sweep: Script::new(SWEEP),
+        })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, ArcpError> {
+        self.connection
+            .get_or_try_init(|| ConnectionManager::new(self.client.clone()))
+            .await
+            .cloned()
+            .map_err(unavailable)
+    }
+
+    fn names(&self, key: &IdempotencyKey) -> Names {
+        let principal = tag(&key.principal);
+        let base = format!("{}:{{idem:{principal}}}", self.prefix);
+        Names {
+            entry: format!("{base}:key:{}", key.key),
+            order: format!("{base}:order"),
+            counter: format!("{base}:counter"),
+            entries: format!("{base}:key:"),
+        }
+    }
+}
+
+/// The principal as it appears inside a hash tag, which ends at the first `}`.
+fn tag(principal: &Principal) -> String {
+    principal.as_str().replace('}', "%7D")
+}
+
+/// A Redis failure, as the retryable error a client may try again after.
+fn unavailable(e: ::redis::RedisError) -> ArcpError {
+    ArcpError::Internal(format!("the idempotency store is unavailable: {e}"))
+}
+
+/// Whole milliseconds, as Redis takes them.
+fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+fn corrupt(what: &str) -> ArcpError {
+    ArcpError::Internal(format!("the idempotency store returned {what}"))
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for RedisIdempotencyStore {
+    async fn claim(
+        &self,
+        key: &IdempotencyKey,
+        fingerprint: Fingerprint,
+        job: &JobId,
+        terms: KeyTerms,
+    ) -> Result<Claim, ArcpError> {
+        let names = self.names(key);
+        let window = millis(terms.window).max(1);
+        let until = millis(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        )
+        .saturating_add(window);
+        let mut conn = self.connection().await?;
+        let answer: Vec<Value> = self
+            .claim
+            .key(&names.entry)
+            .key(&names.order)
+            .key(&names.counter)
+            .arg(fingerprint.as_slice())
+            .arg(job.as_str())
+            .arg(window)
+            .arg(terms.max_per_principal.max(1))
+            .arg(&names.entries)
+            .arg(&key.key)
+            .arg(until)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let kind = answer.first().and_then(text);
+        let holder = || {
+            answer
+                .get(1)
+                .and_then(text)
+                .map(JobId::new)
+                .ok_or_else(|| corrupt("a claim without its job"))
+        };
+        match kind.as_deref() {
+            Some("new") => {
+                // Listed for the sweep apart from the claim, which stays within the
+                // principal's slot; a key this misses still expires in Redis on time.
+                let _: i64 = ::redis::cmd("ZADD")
+                    .arg(&self.expiring)
+                    .arg(until)
+                    .arg(&names.entry)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(Claim::New)
+            }
+            Some("conflict") => Ok(Claim::Conflict { job: holder()? }),
+            Some("pending") => Ok(Claim::Existing {
+                job: holder()?,
+                accepted: None,
+            }),
+            Some("accepted") => {
+                let Some(Value::BulkString(frame)) = answer.get(2) else {
+                    return Err(corrupt("an acceptance without its frame"));
+                };
+                Ok(Claim::Existing {
+                    job: holder()?,
+                    accepted: Some(StoredFrame::from_bytes(frame.clone())?),
+                })
+            }
+            Some("full") => Err(ArcpError::InvalidRequest(format!(
+                "this principal already has {} submissions with an idempotency_key being \
+                 accepted; retry once they are",
+                terms.max_per_principal
+            ))),
+            _ => Err(corrupt("an unknown claim outcome")),
+        }
+    }
+
+    async fn accepted(
+        &self,
+        key: &IdempotencyKey,
+        job: &JobId,
+        frame: StoredFrame,
+    ) -> Result<(), ArcpError> {
+        let names = self.names(key);
+        let mut conn = self.connection().await?;
+        let _: i64 = self
+            .accepted
+            .key(&names.entry)
+            .arg(job.as_str())
+            .arg(frame.as_bytes())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn release(&self, key: &IdempotencyKey, job: &JobId) -> Result<(), ArcpError> {
+        let names = self.names(key);
+        let mut conn = self.connection().await?;
+        let _: i64 = self
+            .release
+            .key(&names.entry)
+            .key(&names.order)
+            .arg(job.as_str())
+            .arg(&key.key)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn wait_accepted(
+        &self,
+        key: &IdempotencyKey,
+        job: &JobId,
+    ) -> Result<Option<StoredFrame>, ArcpError> {
+        let names = self.names(key);
+        let mut conn = self.connection().await?;
+        let mut pause = POLL_FIRST;
+        loop {
+            let (holder, frame): (Option<String>, Option<Vec<u8>>) = ::redis::cmd("HMGET")
+                .arg(&names.entry)
+                .arg(&["j", "a"])
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            match (holder, frame) {
+                (Some(holder), Some(frame)) if holder == job.as_str() => {
+                    return StoredFrame::from_bytes(frame).map(Some)
+                }
+                (Some(holder), None) if holder == job.as_str() => {}
+                // Released (or expired, or claimed anew by another job).
+                _ => return Ok(None),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(POLL_MOST);
+        }
+    }
+
+    async fn sweep(&self, now: SystemTime) -> Result<(), ArcpError> {
+        // Redis expires each key at the end of its window by itself; this forgets them as of
+        // `now`, and drops them from the sweep's list. A claim drops expired keys from its
+        // principal's ranking.
+        let now = millis(now.duration_since(UNIX_EPOCH).unwrap_or_default());
+        let mut conn = self.connection().await?;
+        let _: i64 = self
+            .sweep
+            .key(&self.expiring)
+            .arg(now)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
