@@ -8,16 +8,16 @@
 //! wins. A repeat racing the first acceptance on another replica polls the key until it is
 //! accepted or released.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use ::redis::{aio::ConnectionManager, Client, Script, Value};
+use ::redis::{Script, Value};
 use async_trait::async_trait;
-use tokio::sync::OnceCell;
 
 use crate::{
     encoding::StoredFrame,
     error::ArcpError,
     ids::{JobId, Principal},
+    store::redis::{millis, unix_millis, RedisConnection},
 };
 
 use super::{Claim, Fingerprint, IdempotencyKey, IdempotencyStore, KeyTerms};
@@ -99,9 +99,7 @@ const POLL_MOST: Duration = Duration::from_millis(100);
 
 /// Idempotency keys held in Redis.
 pub struct RedisIdempotencyStore {
-    client: Client,
-    /// Connected on first use; the manager reconnects by itself after that.
-    connection: OnceCell<ConnectionManager>,
+    redis: RedisConnection,
     prefix: String,
     /// Every key by the end of its window, for sweeps ahead of Redis's own expiry. A sorted set
     /// across principals, so the sweep is for a single Redis, not a Cluster, for now.
@@ -125,11 +123,8 @@ impl RedisIdempotencyStore {
     /// A store in the Redis at `url` (`redis://HOST:PORT/DB`), under keys starting with
     /// `prefix`.
     pub fn new(url: &str, prefix: &str) -> Result<Self, ArcpError> {
-        let client = Client::open(url)
-            .map_err(|e| ArcpError::InvalidRequest(format!("redis store address: {e}")))?;
         Ok(RedisIdempotencyStore {
-            client,
-            connection: OnceCell::new(),
+            redis: RedisConnection::open(url, "idempotency store")?,
             prefix: prefix.to_owned(),
             expiring: format!("{prefix}:idem-expiring"),
             claim: Script::new(CLAIM),
@@ -137,14 +132,6 @@ impl RedisIdempotencyStore {
             release: Script::new(RELEASE),
             sweep: Script::new(SWEEP),
         })
-    }
-
-    async fn connection(&self) -> Result<ConnectionManager, ArcpError> {
-        self.connection
-            .get_or_try_init(|| ConnectionManager::new(self.client.clone()))
-            .await
-            .cloned()
-            .map_err(unavailable)
     }
 
     fn names(&self, key: &IdempotencyKey) -> Names {
@@ -162,16 +149,6 @@ impl RedisIdempotencyStore {
 /// The principal as it appears inside a hash tag, which ends at the first `}`.
 fn tag(principal: &Principal) -> String {
     principal.as_str().replace('}', "%7D")
-}
-
-/// A Redis failure, as the retryable error a client may try again after.
-fn unavailable(e: ::redis::RedisError) -> ArcpError {
-    ArcpError::Internal(format!("the idempotency store is unavailable: {e}"))
-}
-
-/// Whole milliseconds, as Redis takes them.
-fn millis(d: Duration) -> u64 {
-    d.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
 fn corrupt(what: &str) -> ArcpError {
@@ -197,13 +174,8 @@ impl IdempotencyStore for RedisIdempotencyStore {
     ) -> Result<Claim, ArcpError> {
         let names = self.names(key);
         let window = millis(terms.window).max(1);
-        let until = millis(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default(),
-        )
-        .saturating_add(window);
-        let mut conn = self.connection().await?;
+        let until = unix_millis(SystemTime::now()).saturating_add(window);
+        let mut conn = self.redis.get().await?;
         let answer: Vec<Value> = self
             .claim
             .key(&names.entry)
@@ -218,7 +190,7 @@ impl IdempotencyStore for RedisIdempotencyStore {
             .arg(until)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.redis.unavailable(e))?;
         let kind = answer.first().and_then(text);
         let holder = || {
             answer
@@ -237,7 +209,7 @@ impl IdempotencyStore for RedisIdempotencyStore {
                     .arg(&names.entry)
                     .query_async(&mut conn)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(|e| self.redis.unavailable(e))?;
                 Ok(Claim::New)
             }
             Some("conflict") => Ok(Claim::Conflict { job: holder()? }),
@@ -270,7 +242,7 @@ impl IdempotencyStore for RedisIdempotencyStore {
         frame: StoredFrame,
     ) -> Result<(), ArcpError> {
         let names = self.names(key);
-        let mut conn = self.connection().await?;
+        let mut conn = self.redis.get().await?;
         let _: i64 = self
             .accepted
             .key(&names.entry)
@@ -278,13 +250,13 @@ impl IdempotencyStore for RedisIdempotencyStore {
             .arg(frame.as_bytes())
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.redis.unavailable(e))?;
         Ok(())
     }
 
     async fn release(&self, key: &IdempotencyKey, job: &JobId) -> Result<(), ArcpError> {
         let names = self.names(key);
-        let mut conn = self.connection().await?;
+        let mut conn = self.redis.get().await?;
         let _: i64 = self
             .release
             .key(&names.entry)
@@ -293,7 +265,7 @@ impl IdempotencyStore for RedisIdempotencyStore {
             .arg(&key.key)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.redis.unavailable(e))?;
         Ok(())
     }
 
@@ -303,7 +275,7 @@ impl IdempotencyStore for RedisIdempotencyStore {
         job: &JobId,
     ) -> Result<Option<StoredFrame>, ArcpError> {
         let names = self.names(key);
-        let mut conn = self.connection().await?;
+        let mut conn = self.redis.get().await?;
         let mut pause = POLL_FIRST;
         loop {
             let (holder, frame): (Option<String>, Option<Vec<u8>>) = ::redis::cmd("HMGET")
@@ -311,7 +283,7 @@ impl IdempotencyStore for RedisIdempotencyStore {
                 .arg(&["j", "a"])
                 .query_async(&mut conn)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.redis.unavailable(e))?;
             match (holder, frame) {
                 (Some(holder), Some(frame)) if holder == job.as_str() => {
                     return StoredFrame::from_bytes(frame).map(Some)
@@ -329,15 +301,15 @@ impl IdempotencyStore for RedisIdempotencyStore {
         // Redis expires each key at the end of its window by itself; this forgets them as of
         // `now`, and drops them from the sweep's list. A claim drops expired keys from its
         // principal's ranking.
-        let now = millis(now.duration_since(UNIX_EPOCH).unwrap_or_default());
-        let mut conn = self.connection().await?;
+        let now = unix_millis(now);
+        let mut conn = self.redis.get().await?;
         let _: i64 = self
             .sweep
             .key(&self.expiring)
             .arg(now)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.redis.unavailable(e))?;
         Ok(())
     }
 }

@@ -15,15 +15,15 @@
 //! Cluster is in another slot than the sessions; this store is for a single Redis (or a primary
 //! with replicas) until the sweep is made slot-aware.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use ::redis::{aio::ConnectionManager, Client, Script};
+use ::redis::Script;
 use async_trait::async_trait;
-use tokio::sync::OnceCell;
 
 use crate::{
     error::ArcpError,
     ids::{Epoch, Principal, SessionId},
+    store::redis::{unix_millis as millis, RedisConnection},
 };
 
 use super::{token_not_valid, ResumeRegistry, ResumeToken, TokenDigest};
@@ -82,10 +82,7 @@ return 1
 
 /// Resume tokens held in Redis.
 pub struct RedisResumeRegistry {
-    client: Client,
-    /// Connected on first use, so that building a gateway needs no Redis yet; the manager
-    /// reconnects by itself after that.
-    connection: OnceCell<ConnectionManager>,
+    redis: RedisConnection,
     prefix: String,
     expiring: String,
     scripts: Scripts,
@@ -106,11 +103,8 @@ impl RedisResumeRegistry {
     /// A registry in the Redis at `url` (`redis://HOST:PORT/DB`), under keys starting with
     /// `prefix`, so that several deployments (or test runs) can share one server.
     pub fn new(url: &str, prefix: &str) -> Result<Self, ArcpError> {
-        let client = Client::open(url)
-            .map_err(|e| ArcpError::InvalidRequest(format!("redis store address: {e}")))?;
         Ok(RedisResumeRegistry {
-            client,
-            connection: OnceCell::new(),
+            redis: RedisConnection::open(url, "resume store")?,
             prefix: prefix.to_owned(),
             expiring: format!("{prefix}:resume-expiring"),
             scripts: Scripts {
@@ -121,14 +115,6 @@ impl RedisResumeRegistry {
                 remove: Script::new(REMOVE),
             },
         })
-    }
-
-    async fn connection(&self) -> Result<ConnectionManager, ArcpError> {
-        self.connection
-            .get_or_try_init(|| ConnectionManager::new(self.client.clone()))
-            .await
-            .cloned()
-            .map_err(unavailable)
     }
 
     fn entry_key(&self, session: &SessionId) -> String {
@@ -145,13 +131,13 @@ impl RedisResumeRegistry {
         let session = ResumeToken::session_of(presented)
             .filter(|s| s.as_str().len() <= MAX_SESSION_ID)
             .ok_or_else(token_not_valid)?;
-        let mut conn = self.connection().await?;
+        let mut conn = self.redis.get().await?;
         let (digest, owner, _epoch, deadline): Fields = ::redis::cmd("HMGET")
             .arg(self.entry_key(&session))
             .arg(&["d", "p", "e", "x"])
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.redis.unavailable(e))?;
         let stored = digest
             .and_then(|d| <[u8; 32]>::try_from(d.as_slice()).ok())
             .map(TokenDigest::from_bytes)
@@ -172,20 +158,6 @@ impl RedisResumeRegistry {
     }
 }
 
-/// Milliseconds since the Unix epoch, as the entries store deadlines.
-fn millis(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis()
-        .try_into()
-        .unwrap_or(u64::MAX)
-}
-
-/// A Redis failure, as the retryable error a client may try again after.
-fn unavailable(e: ::redis::RedisError) -> ArcpError {
-    ArcpError::Internal(format!("the resume store is unavailable: {e}"))
-}
-
 #[async_trait]
 impl ResumeRegistry for RedisResumeRegistry {
     async fn issue(
@@ -195,7 +167,7 @@ impl ResumeRegistry for RedisResumeRegistry {
         epoch: Epoch,
     ) -> Result<ResumeToken, ArcpError> {
         let token = ResumeToken::generate(session);
-        let mut conn = self.connection().await?;
+        let mut conn = self.redis.get().await?;
         let _: i64 = self
             .scripts
             .issue
@@ -207,7 +179,7 @@ impl ResumeRegistry for RedisResumeRegistry {
             .arg(session.as_str())
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.redis.unavailable(e))?;
         Ok(token)
     }
 
@@ -225,7 +197,7 @@ impl ResumeRegistry for RedisResumeRegistry {
     ) -> Result<ResumeToken, ArcpError> {
         let (session, held) = self.verify(presented, principal).await?;
         let token = ResumeToken::generate(&session);
-        let mut conn = self.connection().await?;
+        let mut conn = self.redis.get().await?;
         let swapped: i64 = self
             .scripts
             .rotate
@@ -238,7 +210,7 @@ impl ResumeRegistry for RedisResumeRegistry {
             .arg(millis(SystemTime::now()))
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.redis.unavailable(e))?;
         if swapped == 1 {
             Ok(token)
         } else {
@@ -252,7 +224,7 @@ impl ResumeRegistry for RedisResumeRegistry {
         epoch: Epoch,
         deadline: SystemTime,
     ) -> Result<bool, ArcpError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.redis.get().await?;
         let started: i64 = self
             .scripts
             .start_window
@@ -263,12 +235,12 @@ impl ResumeRegistry for RedisResumeRegistry {
             .arg(session.as_str())
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.redis.unavailable(e))?;
         Ok(started == 1)
     }
 
     async fn take_expired(&self, now: SystemTime) -> Result<Vec<SessionId>, ArcpError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.redis.get().await?;
         let expired: Vec<String> = self
             .scripts
             .take_expired
@@ -277,12 +249,12 @@ impl ResumeRegistry for RedisResumeRegistry {
             .arg(&self.prefix)
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.redis.unavailable(e))?;
         Ok(expired.into_iter().map(SessionId::new).collect())
     }
 
     async fn remove(&self, session: &SessionId) -> Result<(), ArcpError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.redis.get().await?;
         let _: i64 = self
             .scripts
             .remove
@@ -291,7 +263,7 @@ impl ResumeRegistry for RedisResumeRegistry {
             .arg(session.as_str())
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.redis.unavailable(e))?;
         Ok(())
     }
 }
