@@ -10,7 +10,7 @@ use crate::{
     ids::{Epoch, Principal, SessionId},
 };
 
-use super::{token_not_valid, ResumeRegistry, ResumeToken, TokenDigest};
+use super::{token_not_valid, verify_entry, ResumeRegistry, ResumeToken, TokenDigest};
 
 /// Resume tokens held in this process's memory.
 #[derive(Default)]
@@ -60,17 +60,13 @@ fn verify<'a>(
 ) -> Result<(SessionId, &'a mut Entry), ArcpError> {
     let session = ResumeToken::session_of(presented).ok_or_else(token_not_valid)?;
     let entry = entries.get_mut(&session).ok_or_else(token_not_valid)?;
-    if !entry.digest.matches(&TokenDigest::of(presented)) {
-        return Err(token_not_valid());
-    }
-    if entry.expires_at.is_some_and(|at| at <= SystemTime::now()) {
-        return Err(token_not_valid());
-    }
-    if &entry.principal != principal {
-        return Err(ArcpError::PermissionDenied(
-            "resume token belongs to a different principal".into(),
-        ));
-    }
+    verify_entry(
+        &entry.digest,
+        presented,
+        entry.expires_at,
+        &entry.principal,
+        principal,
+    )?;
     Ok((session, entry))
 }
 

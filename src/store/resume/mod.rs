@@ -76,6 +76,30 @@ pub trait ResumeRegistry: Send + Sync + 'static {
     async fn remove(&self, session: &SessionId) -> Result<(), ArcpError>;
 }
 
+/// Checks the entry of the session a presented token names, in the same order in every store
+/// so that they refuse alike: its digest (in constant time), its window (`expires_at`, if it
+/// started), then its principal (`owner`).
+pub(crate) fn verify_entry(
+    stored: &TokenDigest,
+    presented: &str,
+    expires_at: Option<SystemTime>,
+    owner: &Principal,
+    principal: &Principal,
+) -> Result<(), ArcpError> {
+    if !stored.matches(&TokenDigest::of(presented)) {
+        return Err(token_not_valid());
+    }
+    if expires_at.is_some_and(|at| at <= SystemTime::now()) {
+        return Err(token_not_valid());
+    }
+    if owner != principal {
+        return Err(ArcpError::PermissionDenied(
+            "resume token belongs to a different principal".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The error for a token that is unknown, malformed, rotated out or expired. One message for
 /// all of them: telling them apart would help someone guessing tokens.
 pub fn token_not_valid() -> ArcpError {

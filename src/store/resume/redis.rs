@@ -15,7 +15,7 @@
 //! Cluster is in another slot than the sessions; this store is for a single Redis (or a primary
 //! with replicas) until the sweep is made slot-aware.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ::redis::Script;
 use async_trait::async_trait;
@@ -26,7 +26,7 @@ use crate::{
     store::redis::{unix_millis as millis, RedisConnection},
 };
 
-use super::{token_not_valid, ResumeRegistry, ResumeToken, TokenDigest};
+use super::{token_not_valid, verify_entry, ResumeRegistry, ResumeToken, TokenDigest};
 
 /// The longest session id a presented token may name; longer ones are refused before they
 /// become a key.
@@ -142,18 +142,9 @@ impl RedisResumeRegistry {
             .and_then(|d| <[u8; 32]>::try_from(d.as_slice()).ok())
             .map(TokenDigest::from_bytes)
             .ok_or_else(token_not_valid)?;
-        let presented_digest = TokenDigest::of(presented);
-        if !stored.matches(&presented_digest) {
-            return Err(token_not_valid());
-        }
-        if deadline.is_some_and(|at| at <= millis(SystemTime::now())) {
-            return Err(token_not_valid());
-        }
-        if owner.as_deref() != Some(principal.as_str()) {
-            return Err(ArcpError::PermissionDenied(
-                "resume token belongs to a different principal".into(),
-            ));
-        }
+        let owner = owner.map(Principal::new).ok_or_else(token_not_valid)?;
+        let expires_at = deadline.map(|at| UNIX_EPOCH + Duration::from_millis(at));
+        verify_entry(&stored, presented, expires_at, &owner, principal)?;
         Ok((session, stored))
     }
 }
