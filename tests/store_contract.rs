@@ -59,11 +59,13 @@ macro_rules! store_tests {
     };
 }
 
-/// The whole suite for each store.
+/// The whole suite for each store. `redis` runs it all too: the stores it has in Redis are
+/// tested there, and the memory ones beside them, as a deployment would combine them.
 macro_rules! suite {
     ($($test:tt)*) => {
         store_tests!(memory; $($test)*);
         store_tests!(yielding_memory; $($test)*);
+        store_tests!(redis; $($test)*);
     };
 }
 
@@ -122,22 +124,4 @@ limited_suite!(
     log::the_budget_evicts_detached_sessions_first_and_never_attached_ones,
     log::a_newer_fence_reattaches_and_an_older_detach_changes_nothing,
     log::a_removed_log_gives_back_its_bytes,
-);
-
-// The contracts of the stores that have a Redis implementation, on Redis; the other stores are
-// the memory ones.
-store_tests!(redis;
-    resume::rotation_invalidates_the_previous_token_at_once,
-    resume::tokens_are_bound_to_their_principal,
-    resume::epochs_fence_rotation_and_the_window,
-    resume::a_rotation_clears_the_window,
-    resume::concurrent_rotations_with_one_token_have_one_winner,
-    resume::each_expired_session_is_taken_once,
-    resume::a_cancelled_rotation_rotated_or_did_not,
-    idempotency::a_key_names_its_first_job_and_acceptance,
-    idempotency::waiters_learn_of_the_acceptance_or_the_release,
-    idempotency::concurrent_claims_of_a_new_key_have_one_winner,
-    idempotency::a_key_lives_for_its_window,
-    idempotency::a_cancelled_claim_claimed_or_did_not,
-    idempotency::a_principal_holds_a_bounded_number_of_keys,
 );
