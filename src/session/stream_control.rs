@@ -183,22 +183,23 @@ impl StreamControl {
     }
 }
 
+/// A reply the tests tell apart by `n`.
+#[cfg(test)]
+fn reply(n: u64) -> Reply {
+    Reply {
+        control: Control {
+            request_id: Some(n.to_string()),
+            message: crate::protocol::control::ControlMessage::Closed { reason: None },
+        },
+        then: Then::Continue,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{sync::Arc, time::Duration};
 
     use super::*;
-    use crate::protocol::control::ControlMessage;
-
-    fn reply(n: u64) -> Reply {
-        Reply {
-            control: Control {
-                request_id: Some(n.to_string()),
-                message: ControlMessage::Closed { reason: None },
-            },
-            then: Then::Continue,
-        }
-    }
 
     fn request_id(event: StreamEvent) -> Option<String> {
         match event {
@@ -306,18 +307,7 @@ mod loom_tests {
     use loom::{future::block_on, sync::Arc, thread};
 
     use super::*;
-    use crate::protocol::control::ControlMessage;
     use crate::sync::primitives::loom_check;
-
-    fn reply(n: u64) -> Reply {
-        Reply {
-            control: Control {
-                request_id: Some(n.to_string()),
-                message: ControlMessage::Closed { reason: None },
-            },
-            then: Then::Continue,
-        }
-    }
 
     /// The stream's side, as `connection.rs` drives it: until a stop, taking replies until
     /// the reader is done and only a stop after that. Returns the replies taken, in order, and

@@ -161,19 +161,22 @@ mod loom_tests {
     use super::*;
     use crate::sync::primitives::loom_check;
 
+    /// A thread that sets `flag` and notifies `signal`.
+    fn set_and_notify(signal: &Arc<Wakeup>, flag: &Arc<AtomicBool>) -> thread::JoinHandle<()> {
+        let (signal, flag) = (signal.clone(), flag.clone());
+        thread::spawn(move || {
+            // Relaxed on purpose: the wake-up must not rely on the caller's ordering.
+            flag.store(true, Ordering::Relaxed);
+            signal.notify();
+        })
+    }
+
     #[test]
     fn loom_no_wake_up_is_lost_between_check_and_wait() {
         loom_check(None, || {
             let signal = Arc::new(Wakeup::default());
             let flag = Arc::new(AtomicBool::new(false));
-            let setter = thread::spawn({
-                let (signal, flag) = (signal.clone(), flag.clone());
-                move || {
-                    // Relaxed on purpose: the wake-up must not rely on the caller's ordering.
-                    flag.store(true, Ordering::Relaxed);
-                    signal.notify();
-                }
-            });
+            let setter = set_and_notify(&signal, &flag);
             block_on(signal.wait_until(|| flag.load(Ordering::Relaxed)));
             setter.join().unwrap();
             assert_eq!(signal.waiters.load(Ordering::Relaxed), 0);
@@ -210,13 +213,7 @@ mod loom_tests {
                 let (signal, flag) = (signal.clone(), flag.clone());
                 move || block_on(signal.wait_until(|| flag.load(Ordering::Relaxed)))
             });
-            let setter = thread::spawn({
-                let (signal, flag) = (signal.clone(), flag.clone());
-                move || {
-                    flag.store(true, Ordering::Relaxed);
-                    signal.notify();
-                }
-            });
+            let setter = set_and_notify(&signal, &flag);
             block_on(signal.wait_until(|| flag.load(Ordering::Relaxed)));
             setter.join().unwrap();
             other.join().unwrap();
@@ -231,13 +228,7 @@ mod loom_tests {
         loom_check(None, || {
             let signal = Arc::new(Wakeup::default());
             let flag = Arc::new(AtomicBool::new(false));
-            let setter = thread::spawn({
-                let (signal, flag) = (signal.clone(), flag.clone());
-                move || {
-                    flag.store(true, Ordering::Relaxed);
-                    signal.notify();
-                }
-            });
+            let setter = set_and_notify(&signal, &flag);
             {
                 let waker = noop_waker();
                 let mut wait = pin!(signal.wait_until(|| flag.load(Ordering::Relaxed)));
