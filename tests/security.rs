@@ -403,7 +403,10 @@ async fn observe(id: &str) -> String {
         "watch-at-shutdown" => {
             let server = start(GatewayConfig::default()).await;
             let watch = serving_watch(&server.channel().await, "").await;
-            let (statuses, ()) = tokio::join!(statuses_until_end(watch), server.stop());
+            let (statuses, stopped) = tokio::join!(statuses_until_end(watch), stop(server));
+            if !stopped {
+                return "the stop did not end".into();
+            }
             match statuses[..] {
                 [ServingStatus::NotServing] => "NOT_SERVING, then the stream ends".into(),
                 _ => format!("{statuses:?}"),
@@ -427,9 +430,11 @@ async fn observe(id: &str) -> String {
             // holds 35, the client has stopped taking frames.
             wait_for_log(&server, &session, 35).await;
             let started = tokio::time::Instant::now();
-            server.stop().await;
+            let stopped = stop(server).await;
             let took = started.elapsed();
-            if took >= grace {
+            if !stopped {
+                "the stop did not end".into()
+            } else if took >= grace {
                 "cut at the grace".into()
             } else {
                 format!("the stop took {took:?}, before the grace")
@@ -581,6 +586,13 @@ async fn setup_deadline(setup: Duration, per_peer: usize) -> TestServer {
         ..GatewayConfig::default()
     })
     .await
+}
+
+/// Stops `server`; whether the stop ended within [`FRAME_TIMEOUT`].
+async fn stop(server: TestServer) -> bool {
+    tokio::time::timeout(FRAME_TIMEOUT, server.stop())
+        .await
+        .is_ok()
 }
 
 /// A gateway with `config` for alice.

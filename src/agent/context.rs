@@ -33,8 +33,9 @@ pub struct JobContext {
 pub(crate) trait Delegation: Send + Sync + 'static {
     /// Starts a child of `parent` running `agent` on `input` under `lease_request` (and
     /// `expires_at`): checks that the child's lease is a subset of the parent's, reserves its
-    /// budget out of the parent's, announces it with a `delegate` event of the parent, then
-    /// starts it in the parent's session with the parent's trace context.
+    /// budget out of the parent's, registers it (within the caps on running jobs), announces
+    /// it with a `delegate` event of the parent, then starts it in the parent's session with
+    /// the parent's trace context.
     async fn delegate(
         &self,
         parent: &Arc<JobRecord>,
