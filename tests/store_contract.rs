@@ -11,7 +11,7 @@ use std::sync::Arc;
 use arcp_gateway::{
     ids::SessionId,
     store::{
-        idempotency::redis::RedisIdempotencyStore, log::LogLimits,
+        idempotency::redis::RedisIdempotencyStore, log::LogLimits, redis::Redis,
         resume::redis::RedisResumeRegistry, MemoryStores, Stores,
     },
 };
@@ -24,16 +24,37 @@ fn yielding_memory(max_log_frames: usize) -> Stores {
     contract::wrapped::yielding(memory(max_log_frames))
 }
 
-/// The memory stores with the resume registry and the idempotency keys in Redis, under keys
-/// of their own.
+/// The stores in Redis, under keys of their own.
 fn redis(max_log_frames: usize) -> Stores {
+    redis_stores(&fresh_redis(), memory(max_log_frames))
+}
+
+fn fresh_redis() -> Redis {
     let prefix = format!("arcp-test-{}", SessionId::generate());
-    let url = common::redis_url();
+    Redis::open(common::redis_url(), &prefix).expect("a redis address")
+}
+
+/// `base` with every kind of store that has a Redis implementation in `redis`.
+fn redis_stores(redis: &Redis, base: Stores) -> Stores {
     Stores {
-        resume: Arc::new(RedisResumeRegistry::new(url, &prefix).expect("a redis address")),
-        idempotency: Arc::new(RedisIdempotencyStore::new(url, &prefix).expect("a redis address")),
-        ..memory(max_log_frames)
+        resume: Arc::new(RedisResumeRegistry::new(redis)),
+        idempotency: Arc::new(RedisIdempotencyStore::new(redis)),
+        ..base
     }
+}
+
+fn memory_replicas(max_log_frames: usize) -> (Stores, Stores) {
+    let stores = memory(max_log_frames);
+    (stores.clone(), stores)
+}
+
+/// Two replicas on one Redis: the same keys, each with its own connections. The kinds not yet
+/// in Redis are shared in memory, as if one process ran both.
+fn redis_replicas(max_log_frames: usize) -> (Stores, Stores) {
+    let a = fresh_redis();
+    let b = Redis::open(common::redis_url(), a.prefix()).expect("a redis address");
+    let shared = memory(max_log_frames);
+    (redis_stores(&a, shared.clone()), redis_stores(&b, shared))
 }
 
 fn limited_memory(limits: LogLimits) -> Stores {
@@ -109,6 +130,17 @@ suite!(
     idempotency::a_cancelled_claim_claimed_or_did_not,
     idempotency::a_principal_holds_a_bounded_number_of_keys,
 );
+
+/// The tests of what one replica sees of another's changes, for each store by its replicas
+/// factory.
+macro_rules! replicas_suite {
+    ($($test:tt)*) => {
+        store_tests!(memory_replicas; $($test)*);
+        store_tests!(redis_replicas; $($test)*);
+    };
+}
+
+replicas_suite!(resume::a_rotation_on_one_replica_is_seen_on_the_other_at_once,);
 
 /// The tests of the logs' byte bounds and budget, for each store by its limited factory.
 macro_rules! limited_suite {

@@ -17,7 +17,7 @@ pub mod caps;
 pub mod idempotency;
 pub mod jobs;
 pub mod log;
-mod redis;
+pub mod redis;
 pub mod resume;
 pub mod session;
 

@@ -1,7 +1,8 @@
 //! The contract every store must keep, as tests generic over the implementation: each takes a
 //! factory of fresh [`Stores`] (event logs bounded to the given number of frames, or within the
-//! given [`LogLimits`]) and checks one promise of the traits in `arcp_gateway::store`. `tests/store_contract.rs` runs them all
-//! against each implementation, and against each wrapped in [`wrapped::yielding`].
+//! given [`LogLimits`], or two replicas' handles on them, [`Replicas`]) and checks one promise
+//! of the traits in `arcp_gateway::store`. `tests/store_contract.rs` runs them all against
+//! each implementation, and against each wrapped in [`wrapped::yielding`].
 #![allow(dead_code)]
 
 pub mod idempotency;
@@ -29,6 +30,11 @@ pub type Factory = fn(usize) -> Stores;
 
 /// Fresh stores whose event logs are within the given limits.
 pub type LimitedFactory = fn(LogLimits) -> Stores;
+
+/// Two replicas' handles on one fresh set of stores (event logs bounded to the given number
+/// of frames): what one replica changes, the other must see. For the memory stores both are
+/// the same; for a shared store each has its own connections.
+pub type Replicas = fn(usize) -> (Stores, Stores);
 
 /// A guard against hangs, not a timing assertion: every wait here is due at once.
 pub const DEADLINE: Duration = Duration::from_secs(20);

@@ -7,7 +7,7 @@ use arcp_gateway::{
     ids::{Epoch, Principal, SessionId},
 };
 
-use super::{cancel_after, within, Factory};
+use super::{cancel_after, within, Factory, Replicas};
 
 fn alice() -> Principal {
     Principal::new("alice")
@@ -173,5 +173,37 @@ pub async fn a_cancelled_rotation_rotated_or_did_not(make: Factory) {
             Err(_) => assert!(reg.start_window(&s, Epoch(2), past()).await.unwrap()),
         }
         assert_eq!(reg.take_expired(SystemTime::now()).await.unwrap(), vec![s]);
+    }
+}
+
+/// Two replicas racing to rotate one token: exactly one wins, and on both replicas the old
+/// token is dead and the winner's is the current one from that moment on.
+pub async fn a_rotation_on_one_replica_is_seen_on_the_other_at_once(make: Replicas) {
+    let (a, b) = make(10);
+    let s = SessionId::generate();
+    let t1 = a.resume.issue(&s, &alice(), Epoch(1)).await.unwrap();
+    assert_eq!(b.resume.check(t1.expose(), &alice()).await.unwrap(), s);
+    let racers: Vec<_> = [(a.resume.clone(), 2), (b.resume.clone(), 3)]
+        .into_iter()
+        .map(|(reg, epoch)| {
+            let presented = t1.expose().to_owned();
+            tokio::spawn(async move { reg.rotate(&presented, &alice(), Epoch(epoch)).await })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for racer in racers {
+        if let Ok(token) = within("the rotations", racer).await.unwrap() {
+            winners.push(token);
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "one token, one rotation over both replicas"
+    );
+    for reg in [&a.resume, &b.resume] {
+        let err = reg.check(t1.expose(), &alice()).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::ResumeWindowExpired);
+        assert_eq!(reg.check(winners[0].expose(), &alice()).await.unwrap(), s);
     }
 }

@@ -17,7 +17,7 @@ use crate::{
     encoding::StoredFrame,
     error::ArcpError,
     ids::{JobId, Principal},
-    store::redis::{millis, unix_millis, RedisConnection},
+    store::redis::{millis, unix_millis, Redis, RedisConnection},
 };
 
 use super::{Claim, Fingerprint, IdempotencyKey, IdempotencyStore, KeyTerms};
@@ -120,18 +120,18 @@ struct Names {
 }
 
 impl RedisIdempotencyStore {
-    /// A store in the Redis at `url` (`redis://HOST:PORT/DB`), under keys starting with
-    /// `prefix`.
-    pub fn new(url: &str, prefix: &str) -> Result<Self, ArcpError> {
-        Ok(RedisIdempotencyStore {
-            redis: RedisConnection::open(url, "idempotency store")?,
+    /// A store in `redis`, under its prefix.
+    pub fn new(redis: &Redis) -> Self {
+        let prefix = redis.prefix();
+        RedisIdempotencyStore {
+            redis: redis.for_store("idempotency store"),
             prefix: prefix.to_owned(),
             expiring: format!("{prefix}:idem-expiring"),
             claim: Script::new(CLAIM),
             accepted: Script::new(ACCEPTED),
             release: Script::new(RELEASE),
             sweep: Script::new(SWEEP),
-        })
+        }
     }
 
     fn names(&self, key: &IdempotencyKey) -> Names {

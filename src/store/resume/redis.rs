@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use crate::{
     error::ArcpError,
     ids::{Epoch, Principal, SessionId},
-    store::redis::{unix_millis as millis, RedisConnection},
+    store::redis::{unix_millis as millis, Redis, RedisConnection},
 };
 
 use super::{token_not_valid, verify_entry, ResumeRegistry, ResumeToken, TokenDigest};
@@ -100,11 +100,11 @@ struct Scripts {
 type Fields = (Option<Vec<u8>>, Option<String>, Option<u64>, Option<u64>);
 
 impl RedisResumeRegistry {
-    /// A registry in the Redis at `url` (`redis://HOST:PORT/DB`), under keys starting with
-    /// `prefix`, so that several deployments (or test runs) can share one server.
-    pub fn new(url: &str, prefix: &str) -> Result<Self, ArcpError> {
-        Ok(RedisResumeRegistry {
-            redis: RedisConnection::open(url, "resume store")?,
+    /// A registry in `redis`, under its prefix.
+    pub fn new(redis: &Redis) -> Self {
+        let prefix = redis.prefix();
+        RedisResumeRegistry {
+            redis: redis.for_store("resume store"),
             prefix: prefix.to_owned(),
             expiring: format!("{prefix}:resume-expiring"),
             scripts: Scripts {
@@ -114,7 +114,7 @@ impl RedisResumeRegistry {
                 take_expired: Script::new(TAKE_EXPIRED),
                 remove: Script::new(REMOVE),
             },
-        })
+        }
     }
 
     fn entry_key(&self, session: &SessionId) -> String {
