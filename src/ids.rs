@@ -102,6 +102,46 @@ impl fmt::Debug for Principal {
     }
 }
 
+/// Names one gateway process among the replicas sharing a store: what owns a job or a
+/// session there, and what a surviving replica names when it ends the jobs of a lost one.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct ReplicaId(Arc<str>);
+
+impl ReplicaId {
+    /// Names a replica, e.g. from `--replica-id`.
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
+        Self(name.into())
+    }
+
+    /// This machine's host name and a random suffix, so that two processes on one host, or a
+    /// restarted one, never share an id.
+    pub fn generate() -> Self {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+            })
+            .unwrap_or_else(|| "gateway".to_owned());
+        let suffix: u32 = rand::random();
+        Self(format!("{host}-{suffix:08x}").into())
+    }
+
+    /// The replica's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ReplicaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A session-scoped event sequence number (§8.3). Sequences start at 1; `EventSeq::ZERO` means
 /// "nothing yet", which is what a client that has seen no event presents on resume.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
