@@ -1,11 +1,18 @@
-//! `arcp-gateway serve`: the gateway as a standalone process with embedded in-memory stores
-//! and the built-in demo agents.
+//! `arcp-gateway serve`: the gateway as a standalone process with the built-in demo agents,
+//! its state in embedded in-memory stores or in a Redis it shares with other replicas.
 
 use std::{net::SocketAddr, num::NonZeroUsize, process::ExitCode, sync::Arc, time::Duration};
 
 use arcp_gateway::{
-    agent::AgentRegistry, auth::Authenticator, config::GatewayConfig,
-    credentials::MemoryProvisioner, engine::Observers, ids::Principal, server, transport::ws,
+    agent::AgentRegistry,
+    auth::Authenticator,
+    config::GatewayConfig,
+    credentials::MemoryProvisioner,
+    engine::Observers,
+    ids::{Principal, ReplicaId},
+    server,
+    store::{StoreChoice, Stores},
+    transport::ws,
     Gateway,
 };
 use clap::{Parser, Subcommand};
@@ -159,6 +166,17 @@ struct ServeArgs {
     /// How many peers and principals the failure counts remember at most.
     #[arg(long, default_value_t = 65_536, env = "ARCP_AUTH_FAILURE_TRACKED")]
     auth_failure_tracked: usize,
+    /// Where sessions, resume tokens, event logs and jobs live: `memory` (this process only)
+    /// or `redis://HOST:PORT/DB` (`rediss://` for TLS), shared by every replica using it.
+    #[arg(long, default_value = "memory", env = "ARCP_STORE")]
+    store: StoreChoice,
+    /// The prefix of every Redis key, so that several deployments can share one Redis.
+    #[arg(long, default_value = "arcp", env = "ARCP_REDIS_PREFIX")]
+    redis_prefix: String,
+    /// This replica's name among those sharing a store; by default the host name and a
+    /// random suffix.
+    #[arg(long, env = "ARCP_REPLICA_ID")]
+    replica_id: Option<String>,
 }
 
 fn parse_token_pair(pair: &str) -> Result<(String, Principal), String> {
@@ -222,7 +240,18 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if auth.is_open() {
         tracing::warn!("running open: no --auth-token given, so every bearer token is accepted");
     }
+    let replica = args
+        .replica_id
+        .map_or_else(ReplicaId::generate, ReplicaId::new);
+    let stores = Stores::open(
+        &args.store,
+        &args.redis_prefix,
+        &replica,
+        config.log_limits(),
+    )?;
+    tracing::info!(store = ?args.store, replica = %replica, "stores");
     let mut builder = Gateway::builder(config)
+        .stores(stores)
         .auth(auth)
         .agents(AgentRegistry::with_builtins());
     if !args.observers.is_empty() {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::{net::SocketAddr, process::Stdio, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use arcp_gateway::{
     proto::{
@@ -12,13 +12,9 @@ use arcp_gateway::{
     },
     transport::grpc::convert::{to_json, to_value},
 };
+use common::{command, GatewayProcess};
 use serde_json::json;
-use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, BufReader},
-    process::{Child, Command},
-    sync::mpsc,
-    task::JoinHandle,
-};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{transport::Channel, Code, Streaming};
 use tonic_health::pb::{
@@ -29,265 +25,8 @@ use tonic_health::pb::{
 /// well under a second, but CI machines can be slow.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-const TOKEN: &str = "alice-token";
+const TOKEN: &str = common::GATEWAY_TOKEN;
 const WRONG_TOKEN: &str = "mallory-guessed-token";
-
-/// The binary with a clean environment: no `ARCP_*` settings inherited from the caller, and no
-/// colour codes in its log.
-fn command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arcp-gateway"));
-    cmd.args(args);
-    clean(&mut cmd);
-    cmd
-}
-
-/// [`command`] with at most `nofile` open descriptors (`RLIMIT_NOFILE`). The shell sets the
-/// limit and `exec`s the binary, so the child's pid is the gateway's.
-fn command_with_nofile(nofile: u32, args: &[&str]) -> Command {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(format!(r#"ulimit -n {nofile} && exec "$0" "$@""#))
-        .arg(env!("CARGO_BIN_EXE_arcp-gateway"))
-        .args(args);
-    clean(&mut cmd);
-    cmd
-}
-
-fn clean(cmd: &mut Command) {
-    cmd.env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (var, _) in std::env::vars().filter(|(var, _)| var.starts_with("ARCP_")) {
-        cmd.env_remove(var);
-    }
-}
-
-/// A running gateway process and everything it has written so far.
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-    ws_addr: SocketAddr,
-    output: Arc<parking_lot::Mutex<String>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Process {
-    /// Starts `serve --listen 127.0.0.1:0 --auth-token alice-token=alice` with `RUST_LOG` set to
-    /// `rust_log`, and waits for it to log its address.
-    async fn start(rust_log: &str) -> Process {
-        Self::start_with(rust_log, None, &[]).await
-    }
-
-    /// [`Process::start`] with `extra` flags, and at most `nofile` open descriptors if given;
-    /// waits for both listening addresses.
-    async fn start_with(rust_log: &str, nofile: Option<u32>, extra: &[&str]) -> Process {
-        let token = format!("{TOKEN}=alice");
-        let mut args = vec![
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--ws-listen",
-            "127.0.0.1:0",
-            "--auth-token",
-            &token,
-        ];
-        args.extend_from_slice(extra);
-        let mut cmd = match nofile {
-            Some(nofile) => command_with_nofile(nofile, &args),
-            None => command(&args),
-        };
-        cmd.env("RUST_LOG", rust_log);
-        let mut child = cmd.spawn().expect("spawn arcp-gateway");
-        let output = Arc::new(parking_lot::Mutex::new(String::new()));
-        let (lines_tx, mut lines) = mpsc::unbounded_channel();
-        let readers = vec![
-            capture(
-                child.stdout.take().unwrap(),
-                output.clone(),
-                lines_tx.clone(),
-            ),
-            capture(child.stderr.take().unwrap(), output.clone(), lines_tx),
-        ];
-        let addrs = tokio::time::timeout(TIMEOUT, async {
-            let (mut addr, mut ws_addr) = (None, None);
-            while let Some(line) = lines.recv().await {
-                addr = addr.or_else(|| listening_addr(&line, "addr="));
-                ws_addr = ws_addr.or_else(|| listening_addr(&line, "ws_addr="));
-                if let (Some(addr), Some(ws_addr)) = (addr, ws_addr) {
-                    return Some((addr, ws_addr));
-                }
-            }
-            None // Both pipes closed: the process exited.
-        })
-        .await;
-        let (addr, ws_addr) = match addrs {
-            Ok(Some(addrs)) => addrs,
-            Ok(None) => panic!(
-                "arcp-gateway exited ({:?}) before logging its addresses; output:\n{}",
-                child.try_wait(),
-                output.lock()
-            ),
-            Err(_) => panic!(
-                "arcp-gateway did not log `arcp-gateway listening ... addr=` and `ws_addr=` \
-                 within {TIMEOUT:?}; output:\n{}",
-                output.lock()
-            ),
-        };
-        Process {
-            child,
-            addr,
-            ws_addr,
-            output,
-            readers,
-        }
-    }
-
-    /// How many lines of the output so far contain `text`.
-    fn lines_containing(&self, text: &str) -> usize {
-        self.output
-            .lock()
-            .lines()
-            .filter(|l| l.contains(text))
-            .count()
-    }
-
-    /// Polls the output until a line contains every one of `texts`. A guard against hangs
-    /// bounded by [`TIMEOUT`], not a timing assertion.
-    async fn wait_for_line(&self, texts: &[&str]) {
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
-        while !self
-            .output
-            .lock()
-            .lines()
-            .any(|l| texts.iter().all(|t| l.contains(t)))
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no line with {texts:?} within {TIMEOUT:?}; output:\n{}",
-                self.output.lock()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// The CPU time the process has used so far, user and system, all threads.
-    fn cpu_time(&self) -> Duration {
-        let pid = self.child.id().expect("the process is still running");
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
-        // Fields after the command name, which is in parentheses: state is the first, utime
-        // and stime the 12th and 13th (proc(5)).
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .expect("a stat line")
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: u64 =
-            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-        let per_sec: u64 = String::from_utf8(
-            std::process::Command::new("getconf")
-                .arg("CLK_TCK")
-                .output()
-                .expect("getconf CLK_TCK")
-                .stdout,
-        )
-        .expect("ascii")
-        .trim()
-        .parse()
-        .expect("a tick rate");
-        Duration::from_secs_f64(ticks as f64 / per_sec as f64)
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to arcp-gateway")
-    }
-
-    /// Sends SIGTERM and waits for the process to exit; returns its exit status and its complete
-    /// output.
-    async fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        let pid = self.child.id().expect("the process is still running");
-        let kill = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(kill.success(), "kill -TERM {pid} failed: {kill}");
-        let status = match tokio::time::timeout(TIMEOUT, self.child.wait()).await {
-            Ok(status) => status.expect("wait for arcp-gateway"),
-            Err(_) => panic!(
-                "arcp-gateway did not exit within {TIMEOUT:?} of SIGTERM; output:\n{}",
-                self.output.lock()
-            ),
-        };
-        for reader in self.readers.drain(..) {
-            tokio::time::timeout(TIMEOUT, reader)
-                .await
-                .expect("output pipes close after exit")
-                .expect("output reader");
-        }
-        let output = self.output.lock().clone();
-        (status, output)
-    }
-}
-
-/// Copies `pipe` line by line, colour codes removed, into `output` and `lines`.
-fn capture(
-    pipe: impl AsyncRead + Unpin + Send + 'static,
-    output: Arc<parking_lot::Mutex<String>>,
-    lines: mpsc::UnboundedSender<String>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut reader = BufReader::new(pipe).lines();
-        while let Ok(Some(line)) = reader.next_line().await {
-            let line = strip_ansi(&line);
-            {
-                let mut output = output.lock();
-                output.push_str(&line);
-                output.push('\n');
-            }
-            let _ = lines.send(line);
-        }
-    })
-}
-
-/// `line` without ANSI escape sequences (`ESC [ ... final-byte`), should colour slip through.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.next() == Some('[') {
-                for c in chars.by_ref() {
-                    if ('@'..='~').contains(&c) {
-                        break;
-                    }
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The address after `key` (`addr=` or `ws_addr=`) in a startup line
-/// `... arcp-gateway listening ... addr=127.0.0.1:PORT`.
-fn listening_addr(line: &str, key: &str) -> Option<SocketAddr> {
-    if !line.contains("arcp-gateway listening") {
-        return None;
-    }
-    let addr = line.split_whitespace().find_map(|w| w.strip_prefix(key))?;
-    Some(
-        addr.parse()
-            .unwrap_or_else(|e| panic!("bad {key} in {line:?}: {e}")),
-    )
-}
 
 /// One open `Session` stream.
 struct Session {
@@ -358,7 +97,7 @@ async fn welcomed(channel: Channel, features: &[&str]) -> Session {
 
 #[tokio::test]
 async fn serves_a_job_and_shuts_down_gracefully_on_sigterm() {
-    let process = Process::start("info").await;
+    let process = GatewayProcess::start("info").await;
     let channel = process.channel().await;
 
     let health = HealthClient::new(channel.clone())
@@ -472,7 +211,7 @@ async fn a_malformed_auth_token_is_refused_at_startup() {
 #[tokio::test]
 async fn tokens_never_reach_the_log() {
     // The gateway's own debug logs too, to cover everything it might say about a hello.
-    let process = Process::start("info,arcp_gateway=debug").await;
+    let process = GatewayProcess::start("info,arcp_gateway=debug").await;
     let channel = process.channel().await;
 
     // A hello with the configured token is welcomed.
@@ -530,7 +269,7 @@ async fn tokens_never_reach_the_log() {
 /// `arcp.lease.expires_at` attribute, so the log line that ends the job names them.
 #[tokio::test]
 async fn job_spans_carry_the_trace_context_and_lease_attributes() {
-    let process = Process::start("info").await;
+    let process = GatewayProcess::start("info").await;
     let channel = process.channel().await;
     let mut session = welcomed(channel, &["lease_expires_at", "progress"]).await;
 
@@ -582,7 +321,7 @@ async fn job_spans_carry_the_trace_context_and_lease_attributes() {
 /// principal and the decision.
 #[tokio::test]
 async fn subscribe_decisions_are_logged_for_audit() {
-    let process = Process::start("info").await;
+    let process = GatewayProcess::start("info").await;
     let channel = process.channel().await;
     let mut owner = welcomed(channel.clone(), &["subscribe"]).await;
     owner
@@ -679,7 +418,7 @@ async fn out_of_descriptors_the_accept_loops_back_off_and_keep_serving() {
     const NOFILE: u32 = 64;
     // Idle connections are held as long as the test needs them, and none is refused as one
     // peer's too many: every one here comes from 127.0.0.1.
-    let process = Process::start_with(
+    let process = GatewayProcess::start_with(
         "info",
         Some(NOFILE),
         &[
@@ -762,7 +501,7 @@ async fn out_of_descriptors_the_accept_loops_back_off_and_keep_serving() {
 #[tokio::test]
 async fn sigterm_ends_health_watch_streams_and_stalled_clients_within_the_grace() {
     let grace = Duration::from_secs(2);
-    let process = Process::start_with("info", None, &["--shutdown-grace-sec", "2"]).await;
+    let process = GatewayProcess::start_with("info", None, &["--shutdown-grace-sec", "2"]).await;
     let channel = process.channel().await;
     let mut watch = HealthClient::new(channel)
         .watch(HealthCheckRequest {

@@ -14,6 +14,7 @@
 //! `tests/store_contract.rs`.
 
 pub mod caps;
+mod choice;
 pub mod idempotency;
 pub mod jobs;
 pub mod log;
@@ -22,6 +23,8 @@ pub mod resume;
 pub mod session;
 
 use std::sync::Arc;
+
+pub use self::choice::StoreChoice;
 
 use self::{
     idempotency::{memory::MemoryIdempotencyStore, IdempotencyStore},

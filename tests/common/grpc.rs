@@ -1,4 +1,4 @@
-//! The gRPC client: one session stream ([`Conn`]), how a [`TestServer`] opens one, and the
+//! The gRPC client: one session stream ([`Conn`]), how one opens on an [`Endpoint`], and the
 //! receive helpers built on it.
 
 use arcp_gateway::proto::{
@@ -10,10 +10,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{metadata::MetadataValue, transport::Channel, Streaming};
 
 use super::{
-    accepted, hello, is_terminal, job_error, ping, welcome, TestServer, FEATURES, FRAME_TIMEOUT,
+    accepted, hello, is_terminal, job_error, ping, welcome, Endpoint, FEATURES, FRAME_TIMEOUT,
 };
 
-impl TestServer {
+impl Endpoint {
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))
             .unwrap()

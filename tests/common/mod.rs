@@ -1,11 +1,13 @@
 //! A real gateway on an ephemeral port, and small clients that speak frames to it.
 //!
-//! Split by role: [`server`] starts and stops the gateway, [`grpc`] is the gRPC client,
-//! [`raw_grpc`] a gRPC stream that sends whatever bytes a test writes, and [`ws`] the WebSocket
-//! client; [`health`] watches gRPC health, [`frames`] builds client payloads and reads server
-//! frames, [`agents`] holds test agents, [`log`] reads a session's log straight from the
-//! gateway, [`wait`] waits on state the test observes and [`raw`] opens plain TCP connections
-//! that never become useful, and [`redis`] runs the `redis-server` shared stores are tested on.
+//! Split by role: [`server`] starts and stops the gateway in this process and [`process`] as
+//! a child process, each serving an `Endpoint`; [`grpc`] is the gRPC client, [`raw_grpc`] a
+//! gRPC stream that sends whatever bytes a test writes, and [`ws`] the WebSocket client;
+//! [`health`] watches gRPC health, [`frames`] builds client payloads and reads server frames,
+//! [`agents`] holds test agents, [`log`] reads a session's log straight from the gateway,
+//! [`wait`] waits on state the test observes and [`raw`] opens plain TCP connections that
+//! never become useful; [`redis`] runs the `redis-server`s shared stores are tested on, and
+//! [`haproxy`] puts a real proxy in front of replicas.
 //! Everything is re-exported here, so a test says `use common::*;`.
 // Each test crate uses a subset of these helpers.
 #![allow(dead_code)]
@@ -15,8 +17,10 @@ use std::time::Duration;
 mod agents;
 mod frames;
 mod grpc;
+mod haproxy;
 mod health;
 mod log;
+mod process;
 mod raw;
 mod raw_grpc;
 mod redis;
@@ -27,8 +31,8 @@ mod ws;
 // A test crate that uses nothing of a module leaves its re-export unused.
 #[allow(unused_imports)]
 pub use self::{
-    agents::*, frames::*, grpc::*, health::*, log::*, raw::*, raw_grpc::*, redis::*, server::*,
-    wait::*, ws::*,
+    agents::*, frames::*, grpc::*, haproxy::*, health::*, log::*, process::*, raw::*, raw_grpc::*,
+    redis::*, server::*, wait::*, ws::*,
 };
 
 /// How long a test waits for a frame before failing. A guard against hangs, not a timing

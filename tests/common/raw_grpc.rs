@@ -18,9 +18,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{codec::Codec, transport::Channel, Status, Streaming};
 use tower::ServiceExt;
 
-use super::{TestServer, FRAME_TIMEOUT};
+use super::{Endpoint, FRAME_TIMEOUT};
 
-impl TestServer {
+impl Endpoint {
     /// Opens a session stream whose body the test writes byte for byte.
     pub async fn open_raw(&self) -> RawConn {
         let channel = self.channel().await;

@@ -14,11 +14,19 @@ use arcp_gateway::{
 };
 use tokio::task::JoinHandle;
 
-/// A gateway serving gRPC and WebSocket on 127.0.0.1, each on an ephemeral port. Sessions are
-/// opened with the methods in [`super::grpc`] and [`super::ws`].
-pub struct TestServer {
+/// Where a gateway serves: its gRPC and its WebSocket address. Sessions are opened on it with
+/// the methods in [`super::grpc`] and [`super::ws`], whether the gateway runs in this process
+/// ([`TestServer`]), as a child process, or behind a proxy.
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoint {
     pub addr: SocketAddr,
     pub ws_addr: SocketAddr,
+}
+
+/// A gateway serving gRPC and WebSocket on 127.0.0.1, each on an ephemeral port; it is the
+/// [`Endpoint`] it serves on.
+pub struct TestServer {
+    endpoint: Endpoint,
     pub gateway: Arc<Gateway>,
     /// The gateway's stores, for tests that look at what they hold.
     pub stores: MemoryStores,
@@ -93,8 +101,7 @@ impl TestServer {
             .expect("server failed");
         });
         TestServer {
-            addr,
-            ws_addr,
+            endpoint: Endpoint { addr, ws_addr },
             gateway,
             stores,
             stop: Some(stop),
@@ -115,6 +122,14 @@ impl TestServer {
         if let Some(task) = self.task.take() {
             task.await.expect("server task");
         }
+    }
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
     }
 }
 

@@ -1,14 +1,14 @@
-//! The WebSocket client: one session speaking §5 JSON envelopes ([`WsConn`]), and how a
-//! [`TestServer`] opens one.
+//! The WebSocket client: one session speaking §5 JSON envelopes ([`WsConn`]), and how one
+//! opens on an [`Endpoint`].
 
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::{tungstenite::Message, MaybeTlsStream, WebSocketStream};
 
-use super::{TestServer, FRAME_TIMEOUT};
+use super::{Endpoint, FRAME_TIMEOUT};
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
-impl TestServer {
+impl Endpoint {
     /// Opens a WebSocket to `/arcp`.
     pub async fn ws(&self) -> WsConn {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/arcp", self.ws_addr))
