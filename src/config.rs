@@ -91,6 +91,11 @@ pub struct GatewayConfig {
     /// to end, for connections to close by themselves; the ones still open then (a client that
     /// stopped reading, say) are cut.
     pub shutdown_grace: Duration,
+    /// How long a replica that is shutting down lets its running jobs finish (their clients
+    /// resuming on other replicas of a shared store) before it ends the rest with a retryable
+    /// `INTERNAL_ERROR`; counted from the shutdown signal, beside `shutdown_grace`. With
+    /// stores of this process only, nobody could see them finish, so they end at once.
+    pub drain_grace: Duration,
     /// Failed authentication or resume attempts a peer address (an IPv6 /64) or a principal
     /// may make within `auth_failure_window` before each further failure is answered only
     /// after `auth_failure_delay`.
@@ -138,6 +143,7 @@ impl Default for GatewayConfig {
             connection_setup_timeout: Duration::from_secs(10),
             max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
             shutdown_grace: Duration::from_secs(10),
+            drain_grace: Duration::from_secs(30),
             auth_failure_limit: 10,
             auth_failure_window: Duration::from_secs(60),
             auth_failure_delay: Duration::from_secs(1),

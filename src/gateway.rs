@@ -1,6 +1,9 @@
 //! The gateway: everything a transport needs to serve ARCP sessions, in one shareable value.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +17,12 @@ use crate::{
     config::GatewayConfig,
     credentials::CredentialProvisioner,
     engine::{JobManager, ObservePolicy, SamePrincipalOnly},
-    job::{delivery::DeliveryPolicy, JobServices},
+    ids::ReplicaId,
+    job::{
+        delivery::DeliveryPolicy,
+        running::{Drained, Running},
+        JobServices,
+    },
     protocol::Features,
     session::{
         connection,
@@ -44,6 +52,7 @@ pub struct GatewayBuilder {
     stores: Option<Stores>,
     observe: Arc<dyn ObservePolicy>,
     provisioner: Option<Arc<dyn CredentialProvisioner>>,
+    replica: Option<ReplicaId>,
 }
 
 impl GatewayBuilder {
@@ -83,6 +92,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// This replica's name among those sharing the stores; by default
+    /// [`ReplicaId::generate`].
+    pub fn replica(mut self, replica: ReplicaId) -> Self {
+        self.replica = Some(replica);
+        self
+    }
+
     /// The gateway.
     pub fn build(self) -> Arc<Gateway> {
         let config = self.config;
@@ -102,6 +118,7 @@ impl GatewayBuilder {
             logs: stores.logs.clone(),
             provisioner: self.provisioner,
             settings: config.clone(),
+            running: Running::new(self.replica.unwrap_or_else(ReplicaId::generate)),
         });
         let offer = Offer {
             features,
@@ -155,6 +172,7 @@ impl Gateway {
             stores: None,
             observe: Arc::new(SamePrincipalOnly),
             provisioner: None,
+            replica: None,
         }
     }
 
@@ -200,6 +218,14 @@ impl Gateway {
         // attached are stopped here.
         self.sessions.shutdown.cancel();
         self.sessions.attachments.stop_all(StreamEnd::ShuttingDown);
+    }
+
+    /// After [`Gateway::shutdown`], lets the jobs running on this replica finish for up to
+    /// `grace`, then ends the rest with a retryable `INTERNAL_ERROR` naming the replica (see
+    /// [`crate::job::running`]), and returns once their terminal frames are logged or `settle`
+    /// more has passed.
+    pub async fn drain_jobs(&self, grace: Duration, settle: Duration) -> Drained {
+        self.sessions.jobs.running().drain(grace, settle).await
     }
 
     /// Removes sessions whose resume window has closed, with their logs, after cancelling

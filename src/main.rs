@@ -16,6 +16,7 @@ use arcp_gateway::{
     Gateway,
 };
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc rather than the system allocator: the frame path allocates and frees small buffers
@@ -153,6 +154,10 @@ struct ServeArgs {
     /// end; the ones still open then are cut.
     #[arg(long, default_value_t = 10, env = "ARCP_SHUTDOWN_GRACE_SEC")]
     shutdown_grace_sec: u64,
+    /// With a shared store, how long a replica that is shutting down lets its running jobs
+    /// finish before it ends the rest with a retryable INTERNAL_ERROR and exits.
+    #[arg(long, default_value_t = 30, env = "ARCP_DRAIN_GRACE_SEC")]
+    drain_grace_sec: u64,
     /// Failed authentication or resume attempts a peer address or principal may make within
     /// the failure window before each further failure is answered late.
     #[arg(long, default_value_t = 10, env = "ARCP_AUTH_FAILURE_LIMIT")]
@@ -230,6 +235,10 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         connection_setup_timeout: Duration::from_secs(args.connection_setup_timeout_sec),
         max_connections_per_peer: args.max_connections_per_peer,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_sec),
+        drain_grace: match args.store {
+            StoreChoice::Redis(_) => Duration::from_secs(args.drain_grace_sec),
+            StoreChoice::Memory => Duration::ZERO,
+        },
         auth_failure_limit: args.auth_failure_limit,
         auth_failure_window: Duration::from_secs(args.auth_failure_window_sec),
         auth_failure_delay: Duration::from_millis(args.auth_failure_delay_ms),
@@ -251,6 +260,7 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tracing::info!(store = ?args.store, replica = %replica, "stores");
     let mut builder = Gateway::builder(config)
+        .replica(replica)
         .stores(stores)
         .auth(auth)
         .agents(AgentRegistry::with_builtins());
@@ -266,10 +276,47 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let ws_listener = server::bind(args.ws_listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "arcp-gateway listening (gRPC, package arcp.v1)");
     tracing::info!(ws_addr = %ws_listener.local_addr()?, path = ws::PATH, "arcp-gateway listening (ARCP JSON over WebSocket)");
-    server::serve_all(gateway, listener, ws_listener, shutdown_signal()).await?;
+    let stop = CancellationToken::new();
+    let signalled = {
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                () = shutdown_signal() => stop.cancel(),
+                () = stop.cancelled() => {}
+            }
+        }
+    };
+    let serving = async {
+        let served = server::serve_all(
+            gateway.clone(),
+            listener,
+            ws_listener,
+            stop.clone().cancelled_owned(),
+        )
+        .await;
+        stop.cancel();
+        served
+    };
+    // The jobs' grace runs from the signal, beside the connections' drain.
+    let draining = async {
+        stop.cancelled().await;
+        let grace = gateway.config().drain_grace;
+        let drained = gateway.drain_jobs(grace, JOB_END_SETTLE).await;
+        tracing::info!(
+            finished = drained.finished,
+            ended = drained.ended,
+            "jobs drained"
+        );
+    };
+    let ((), served, ()) = tokio::join!(signalled, serving, draining);
+    served?;
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long jobs ended by the drain get to log their terminal frames before the process exits
+/// regardless.
+const JOB_END_SETTLE: Duration = Duration::from_secs(5);
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {

@@ -29,6 +29,7 @@ use crate::{
         delivery::{announcement, Outgoing, Recipient},
         listing,
         record::{Authority, JobRecord, JobSpec},
+        running::Running,
         JobServices,
     },
     lease::{parse_expires_at, EffectiveLease, Namespace},
@@ -158,6 +159,11 @@ impl JobManager {
             policy,
             me: me.clone(),
         })
+    }
+
+    /// The jobs running on this replica.
+    pub fn running(&self) -> &Running {
+        &self.services.running
     }
 
     /// Accepts a submission: checks its lease, resolves the agent, appends `job.accepted`,
@@ -377,7 +383,7 @@ impl JobManager {
         }
         tracing::info!(job = %job.id(), session = %job.session(), agent = %job.spec.agent, "job accepted");
         let engine = self.me.upgrade().ok_or_else(stopped)?;
-        tokio::spawn(runner::run(
+        self.services.running.spawn(runner::run(
             job.clone(),
             engine,
             self.directory.clone(),

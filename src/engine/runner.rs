@@ -33,6 +33,8 @@ enum Outcome {
         named: bool,
     },
     LeaseExpired,
+    /// Its replica shut down, and the drain's grace was over before it finished.
+    Drained,
 }
 
 /// How many times revocation is tried before it is reported as permanently failed.
@@ -70,6 +72,7 @@ pub(super) async fn run(
         _ = job.cancel_requested() => Outcome::Cancelled,
         _ = deadline => Outcome::TimedOut { limit, named: max_runtime.is_some() },
         _ = lease_end => Outcome::LeaseExpired,
+        _ = job.services.running.ending() => Outcome::Drained,
         result = work => Outcome::Returned(result.unwrap_or_else(|_| {
             Err(ArcpError::Internal("agent panicked".into()))
         })),
@@ -144,6 +147,12 @@ fn conclude(
             return failed(ArcpError::LeaseExpired(
                 "the lease's expires_at passed before the job ended".into(),
             ));
+        }
+        Outcome::Drained => {
+            return failed(ArcpError::Internal(format!(
+                "replica {} shut down before the job finished; submit it again",
+                job.services.running.replica()
+            )));
         }
         Outcome::Returned(returned) => returned,
     };

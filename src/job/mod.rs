@@ -6,6 +6,7 @@
 //! - [`delivery`]: how a frame enters one session's log (features, redaction,
 //!   back-pressure) and how a job is paced to its reader.
 //! - [`listing`]: `session.list_jobs` filters and cursors (§6.6).
+//! - [`running`]: the jobs this replica runs, as a drain waits for them and ends the rest.
 //!
 //! Jobs do not depend on a connection: they keep running and appending while the client is
 //! away (§6.4). The engine that starts them is [`crate::engine`].
@@ -14,12 +15,13 @@ pub mod delivery;
 mod emission;
 pub mod listing;
 pub mod record;
+pub mod running;
 
 use std::sync::Arc;
 
 use crate::{config::GatewayConfig, credentials::CredentialProvisioner, store::log::EventLog};
 
-use self::delivery::DeliveryPolicy;
+use self::{delivery::DeliveryPolicy, running::Running};
 
 /// What every job of an engine shares: how its frames are delivered, the logs it reaches, the
 /// credential upstream, and the settings it runs under.
@@ -32,4 +34,6 @@ pub struct JobServices {
     pub provisioner: Option<Arc<dyn CredentialProvisioner>>,
     /// The settings.
     pub settings: GatewayConfig,
+    /// The jobs running on this replica.
+    pub running: Running,
 }

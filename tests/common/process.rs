@@ -214,19 +214,30 @@ impl GatewayProcess {
             .expect("connect to arcp-gateway")
     }
 
-    /// Sends SIGTERM and waits for the process to exit; returns its exit status and its complete
-    /// output.
-    pub async fn terminate(mut self) -> (std::process::ExitStatus, String) {
+    /// Sends `signal` (`"TERM"`, `"KILL"`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("the process is still running");
         let kill = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{signal}"), &pid.to_string()])
             .status()
             .expect("run kill");
-        assert!(kill.success(), "kill -TERM {pid} failed: {kill}");
+        assert!(kill.success(), "kill -{signal} {pid} failed: {kill}");
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit status and its complete
+    /// output.
+    pub async fn terminate(self) -> (std::process::ExitStatus, String) {
+        self.signal("TERM");
+        self.exited().await
+    }
+
+    /// Waits for the process to exit (after a signal the test sent, say); returns its exit
+    /// status and its complete output.
+    pub async fn exited(mut self) -> (std::process::ExitStatus, String) {
         let status = match tokio::time::timeout(PROCESS_TIMEOUT, self.child.wait()).await {
             Ok(status) => status.expect("wait for arcp-gateway"),
             Err(_) => panic!(
-                "arcp-gateway did not exit within {PROCESS_TIMEOUT:?} of SIGTERM; output:\n{}",
+                "arcp-gateway did not exit within {PROCESS_TIMEOUT:?}; output:\n{}",
                 self.output.lock()
             ),
         };
