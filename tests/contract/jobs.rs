@@ -548,8 +548,8 @@ pub async fn a_job_on_one_replica_is_listed_and_found_on_the_other(make: Replica
     assert_eq!(got.status, JobStatus::Finished(FinalStatus::Success));
 }
 
-/// A cancel received on one replica reaches the job's control on the other, with its reason;
-/// once the job ended, a cancel from either is `INVALID_REQUEST` and reaches nothing.
+/// Each cancel received on one replica reaches the job's control on the other, with its
+/// reason; once the job ended, a cancel from either is `INVALID_REQUEST` and reaches nothing.
 pub async fn a_cancel_on_one_replica_reaches_the_job_on_the_other(make: Replicas) {
     let (a, b) = make(10);
     let job = running("alice");
@@ -564,6 +564,13 @@ pub async fn a_cancel_on_one_replica_reaches_the_job_on_the_other(make: Replicas
         *job.cancels.lock().unwrap(),
         vec![Some("from b".to_owned())]
     );
+    // Each request reaches it, as the job is the one to say whether it still stops.
+    b.jobs.cancel(&id, Some("again".into())).await.unwrap();
+    wait_until("the second cancel to reach the job", || {
+        job.cancels.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(job.cancels.lock().unwrap()[1], Some("again".to_owned()));
 
     a.jobs.finish(ended(&job)).await.unwrap();
     for jobs in [&b.jobs, &a.jobs] {
@@ -574,7 +581,7 @@ pub async fn a_cancel_on_one_replica_reaches_the_job_on_the_other(make: Replicas
     assert_eq!(err.code(), ErrorCode::JobNotFound);
     assert_eq!(
         job.cancels.lock().unwrap().len(),
-        1,
+        2,
         "an ended job was asked"
     );
 }

@@ -21,11 +21,9 @@ use crate::{
     store::jobs::JobEntry,
 };
 
-/// The hash's field names that are not the entry's own: who runs the job, whether it counts
-/// against the caps, and the cancel requests other replicas wrote.
+/// The hash's field naming the replica that runs the job (the others not of the entry, which
+/// only the scripts read, are `counted`, `cancels` and `cancel_reason`).
 pub(super) const OWNER: &str = "owner";
-pub(super) const CANCELS: &str = "cancels";
-pub(super) const CANCEL_REASON: &str = "cancel_reason";
 
 /// The fields that change while a job runs, which the owner refreshes.
 pub(super) const LAST_EVENT_SEQ: &str = "last_event_seq";

@@ -58,6 +58,11 @@ impl Keys {
         format!("{}:jobs:finished", self.prefix)
     }
 
+    /// The jobs of the replica with cancel requests it has not yet read.
+    pub(super) fn replica_cancels(&self, replica: &str) -> String {
+        format!("{}:{{replica:{replica}}}:cancels", self.prefix)
+    }
+
     /// The channel the replica hears requests and replies on.
     pub(super) fn replica_channel(&self, replica: &str) -> String {
         format!("{}:replica:{replica}", self.prefix)

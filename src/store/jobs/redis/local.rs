@@ -299,16 +299,6 @@ impl LocalJobs {
         }
     }
 
-    /// The jobs cancel requests may be written for: those running here, settled or not.
-    pub(super) fn cancellable(&self) -> Vec<JobId> {
-        self.jobs
-            .lock()
-            .iter()
-            .filter(|(_, l)| matches!(l.phase, Phase::Live | Phase::Inserting { .. }))
-            .map(|(id, _)| id.clone())
-            .collect()
-    }
-
     /// The control to give the `cancels`-th cancel request to, if it has not had it.
     pub(super) fn cancel_due(&self, id: &JobId, cancels: u64) -> Option<Arc<dyn JobControl>> {
         let mut jobs = self.jobs.lock();

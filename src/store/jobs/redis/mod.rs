@@ -16,6 +16,8 @@
 //!   all its jobs, a sorted set whose scores are all 0, so it reads in id order.
 //! - `P:jobs:index`: every job in id order; `P:jobs:finished`: the ended jobs by the
 //!   millisecond they ended, for purging.
+//! - `P:{replica:REPLICA}:cancels`: the replica's jobs with cancel requests it has not yet
+//!   read.
 //! - The channel `P:replica:REPLICA`: what other replicas ask of this one, and their replies.
 //!
 //! Every change is one Lua script (`scripts`), so a call dropped after sending it took full
@@ -38,11 +40,13 @@
 //!
 //! # Requests between replicas
 //!
-//! A cancel for a job another replica runs writes the request into the job's hash and nudges
-//! the owner on its channel, in one script. The owner gives the request to the job's control.
-//! Pub/sub drops what is published while a listener is disconnected, so the owner also reads
-//! the requests of all its running jobs when it (re)subscribes and every [`CANCEL_SCAN`]: a
-//! lost nudge delays a cancel, never loses it.
+//! A cancel for a job another replica runs, in one script, counts the request in the job's hash
+//! with its reason, lists the job among the owner's pending cancels and nudges the owner on its
+//! channel. The owner then reads its pending cancels, gives each control the requests it has
+//! not had, and takes them off the list unless more came meanwhile. Pub/sub drops what is
+//! published while a listener is disconnected, and a read can fail, so the owner also reads
+//! its pending cancels when it (re)subscribes and every [`CANCEL_SCAN`]: a lost nudge delays a
+//! cancel, never loses it, and an idle replica's check is one command.
 //!
 //! A subscription to a job another replica runs takes the session's slot and sends the
 //! request (the subscriber, and a request id) to the owner in one script; the owner subscribes
@@ -58,7 +62,7 @@
 //!
 //! An insert is one (and, the first time, the subscription to this replica's channel), as are
 //! a release, a finish and `held_by`; `get` and `cancel` need none for a job running here and
-//! one otherwise; a listing one per 512 jobs it looks at; a subscription one, and for a job
+//! one otherwise (and two on the owner, to read and acknowledge the request); a listing one per 512 jobs it looks at; a subscription one, and for a job
 //! elsewhere the owner's reply (and one more to give the slot back if the job refused); an
 //! unsubscription one for a job here and two and the reply otherwise; a purge one per 256
 //! jobs.
@@ -115,7 +119,7 @@ use super::{
 /// How often the owner writes what changed in its running jobs' entries.
 pub const REFRESH: Duration = Duration::from_millis(250);
 
-/// How often the owner reads its running jobs' cancel requests, in case a nudge was lost.
+/// How often the owner reads its pending cancel requests, in case a nudge was lost.
 pub const CANCEL_SCAN: Duration = Duration::from_secs(2);
 
 /// How long a request to the replica running a job is waited for.
@@ -499,6 +503,7 @@ impl JobDirectory for RedisJobDirectory {
             .arg(inner.keys.prefix())
             .arg(reason)
             .arg(nudge)
+            .arg(id.as_str())
             .invoke_async(&mut conn)
             .await
             .map_err(|e| inner.redis.unavailable(e))?;

@@ -2,7 +2,7 @@
 //! Redis: one task per directory hears the replica's channel (cancel nudges, subscription
 //! requests, replies to this replica's requests) and, every [`REFRESH`], writes what changed in
 //! its running jobs, settles the changes dropped calls left unsettled, and every
-//! [`CANCEL_SCAN`] reads its running jobs' cancel requests in case a nudge was lost.
+//! [`CANCEL_SCAN`] reads its pending cancel requests in case a nudge was lost.
 
 use std::sync::{Arc, Weak};
 
@@ -21,7 +21,7 @@ use crate::{
 };
 
 use super::{
-    fields::{self, encode, CANCELS, CANCEL_REASON},
+    fields::{self, encode},
     local::{Here, Settled},
     messages::{Message, Outcome},
     Inner, CANCEL_SCAN, REFRESH,
@@ -71,7 +71,7 @@ impl Inner {
             }
         };
         match message {
-            Message::Cancel { job } => self.give_cancels(vec![JobId::new(job)]).await,
+            Message::Cancel { .. } => self.give_cancels().await,
             Message::Subscribe {
                 request,
                 from,
@@ -157,45 +157,49 @@ impl Inner {
         }
     }
 
-    /// Reads the cancel requests of `jobs` and gives each control the ones it has not had.
-    async fn give_cancels(&self, jobs: Vec<JobId>) {
-        if jobs.is_empty() {
-            return;
-        }
-        let read = async {
-            let mut pipe = ::redis::pipe();
-            for id in &jobs {
-                pipe.cmd("HMGET")
-                    .arg(self.keys.job(id))
-                    .arg(&[CANCELS, CANCEL_REASON]);
-            }
-            let mut conn = self.connection().await?;
-            let requests: Vec<(Option<u64>, Option<String>)> = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.redis.unavailable(e))?;
-            Ok::<_, ArcpError>(requests)
-        };
-        let requests = match read.await {
-            Ok(requests) => requests,
-            Err(e) => {
-                tracing::warn!("cancel requests not read: {e}");
-                return;
-            }
-        };
-        for (id, (cancels, reason)) in jobs.iter().zip(requests) {
-            let Some(control) = cancels.and_then(|n| self.local.cancel_due(id, n)) else {
-                continue;
-            };
-            let reason: Option<String> =
-                reason.and_then(|r| serde_json::from_str(&r).ok()).flatten();
-            if let Err(e) = control.cancel(reason) {
-                tracing::debug!(job = %id, "a cancel from another replica was refused: {e}");
-            }
+    /// Reads this replica's pending cancel requests, gives each control the ones it has not
+    /// had, and takes them off the pending ones unless more came meanwhile.
+    async fn give_cancels(&self) {
+        if let Err(e) = self.try_give_cancels().await {
+            tracing::warn!("cancel requests not read: {e}");
         }
     }
 
-    /// One round of upkeep; `scan` also reads every running job's cancel requests.
+    async fn try_give_cancels(&self) -> Result<(), ArcpError> {
+        let pending_key = self.keys.replica_cancels(self.replica.as_str());
+        let mut conn = self.connection().await?;
+        let pending: Vec<(String, u64, String)> = self
+            .scripts
+            .pending_cancels
+            .key(&pending_key)
+            .arg(self.keys.prefix())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.redis.unavailable(e))?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut ack = self.scripts.ack_cancels.prepare_invoke();
+        ack.key(&pending_key).arg(self.keys.prefix());
+        for (id, cancels, reason) in pending {
+            let id = JobId::new(id);
+            // Not one of this replica's running jobs (any more): nothing to give it.
+            if let Some(control) = self.local.cancel_due(&id, cancels) {
+                let reason: Option<String> = serde_json::from_str(&reason).unwrap_or(None);
+                if let Err(e) = control.cancel(reason) {
+                    tracing::debug!(job = %id, "a cancel from another replica was refused: {e}");
+                }
+            }
+            ack.arg(id.as_str()).arg(cancels);
+        }
+        let _: i64 = ack
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.redis.unavailable(e))?;
+        Ok(())
+    }
+
+    /// One round of upkeep; `scan` also reads the pending cancel requests.
     async fn upkeep(&self, scan: bool) {
         let due = self.local.due();
         let entries: Vec<(u64, JobEntry)> = due
@@ -239,7 +243,7 @@ impl Inner {
             }
         }
         if scan {
-            self.give_cancels(self.local.cancellable()).await;
+            self.give_cancels().await;
         }
     }
 
@@ -299,7 +303,7 @@ async fn upkeep(inner: Weak<Inner>, mut heard: UnboundedReceiver<Heard>) {
         };
         match next {
             Some(Heard::Message(payload)) => inner.heard(&payload).await,
-            Some(Heard::Subscribed) => inner.give_cancels(inner.local.cancellable()).await,
+            Some(Heard::Subscribed) => inner.give_cancels().await,
             None => {
                 round = round.wrapping_add(1);
                 inner.upkeep(round % SCAN_EVERY == 0).await;

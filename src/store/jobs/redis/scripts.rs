@@ -18,6 +18,7 @@ local function principal_key(principal, kind)
   return prefix .. ':{jobs:' .. tag .. '}:' .. kind
 end
 local function replica_channel(replica) return prefix .. ':replica:' .. replica end
+local function replica_cancels(replica) return prefix .. ':{replica:' .. replica .. '}:cancels' end
 local all_key = prefix .. ':jobs:index'
 local finished_key = prefix .. ':jobs:finished'
 
@@ -108,8 +109,9 @@ end
 return 1
 ";
 
-/// Requests that running job (hash KEYS[1]) stop with reason ARGV[2] (JSON), and tells the
-/// replica running it with message ARGV[3]: `{'requested', listeners}`, `{'ended', status}` or
+/// Requests that running job ARGV[4] (hash KEYS[1]) stop with reason ARGV[2] (JSON): counts the
+/// request in the hash, lists the job among its replica's pending cancels, and tells the
+/// replica with message ARGV[3]. Answers `{'requested', listeners}`, `{'ended', status}` or
 /// `{'missing'}`.
 const CANCEL: &str = r"
 local job = redis.call('HMGET', KEYS[1], 'status', 'owner')
@@ -117,7 +119,29 @@ if not job[1] then return {'missing'} end
 if job[1] ~= 'running' then return {'ended', job[1]} end
 redis.call('HINCRBY', KEYS[1], 'cancels', 1)
 redis.call('HSET', KEYS[1], 'cancel_reason', ARGV[2])
+redis.call('SADD', replica_cancels(job[2]), ARGV[4])
 return {'requested', redis.call('PUBLISH', replica_channel(job[2]), ARGV[3])}
+";
+
+/// The pending cancels of a replica (KEYS[1]): each job with how many requests it had and
+/// the last one's reason (JSON), `{id, cancels, reason}`.
+const PENDING_CANCELS: &str = r"
+local pending = {}
+for i, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local request = redis.call('HMGET', job_key(id), 'cancels', 'cancel_reason')
+  pending[i] = {id, request[1] or '0', request[2] or 'null'}
+end
+return pending
+";
+
+/// Takes the jobs ARGV[2], ARGV[4]... off the pending cancels KEYS[1], each unless it had more
+/// requests than ARGV[3], ARGV[5]... (how many its replica read) by now.
+const ACK_CANCELS: &str = r"
+for i = 2, #ARGV, 2 do
+  local cancels = tonumber(redis.call('HGET', job_key(ARGV[i]), 'cancels') or '0')
+  if cancels <= tonumber(ARGV[i + 1]) then redis.call('SREM', KEYS[1], ARGV[i]) end
+end
+return 1
 ";
 
 /// Subscribes session ARGV[3] to job ARGV[2] (hash KEYS[1], its counted subscribers KEYS[2]),
@@ -192,6 +216,8 @@ pub(super) struct Scripts {
     pub remove: Script,
     pub refresh: Script,
     pub cancel: Script,
+    pub pending_cancels: Script,
+    pub ack_cancels: Script,
     pub subscribe: Script,
     pub drop_subscription: Script,
     pub ask: Script,
@@ -209,6 +235,8 @@ impl Scripts {
             remove: script(REMOVE),
             refresh: script(REFRESH),
             cancel: script(CANCEL),
+            pending_cancels: script(PENDING_CANCELS),
+            ack_cancels: script(ACK_CANCELS),
             subscribe: script(SUBSCRIBE),
             drop_subscription: script(DROP_SUBSCRIPTION),
             ask: script(ASK),
