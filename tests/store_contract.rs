@@ -9,12 +9,14 @@ mod contract;
 use std::sync::Arc;
 
 use arcp_gateway::{
-    ids::SessionId,
+    ids::{ReplicaId, SessionId},
     store::{
-        idempotency::redis::RedisIdempotencyStore, log::LogLimits, redis::Redis,
-        resume::redis::RedisResumeRegistry, MemoryStores, Stores,
+        idempotency::redis::RedisIdempotencyStore, jobs::redis::RedisJobDirectory, log::LogLimits,
+        redis::Redis, resume::redis::RedisResumeRegistry, MemoryStores, Stores,
     },
 };
+use async_trait::async_trait;
+use contract::{NoOutage, Outage};
 
 fn memory(max_log_frames: usize) -> Stores {
     MemoryStores::new(max_log_frames).stores()
@@ -26,7 +28,7 @@ fn yielding_memory(max_log_frames: usize) -> Stores {
 
 /// The stores in Redis, under keys of their own.
 fn redis(max_log_frames: usize) -> Stores {
-    redis_stores(&fresh_redis(), memory(max_log_frames))
+    redis_stores(&fresh_redis(), "replica-a", memory(max_log_frames))
 }
 
 fn fresh_redis() -> Redis {
@@ -34,11 +36,13 @@ fn fresh_redis() -> Redis {
     Redis::open(common::redis_url(), &prefix).expect("a redis address")
 }
 
-/// `base` with every kind of store that has a Redis implementation in `redis`.
-fn redis_stores(redis: &Redis, base: Stores) -> Stores {
+/// `base` with every kind of store that has a Redis implementation in `redis`, as replica
+/// `replica` has them.
+fn redis_stores(redis: &Redis, replica: &str, base: Stores) -> Stores {
     Stores {
         resume: Arc::new(RedisResumeRegistry::new(redis)),
         idempotency: Arc::new(RedisIdempotencyStore::new(redis)),
+        jobs: Arc::new(RedisJobDirectory::new(redis, ReplicaId::new(replica))),
         ..base
     }
 }
@@ -48,13 +52,114 @@ fn memory_replicas(max_log_frames: usize) -> (Stores, Stores) {
     (stores.clone(), stores)
 }
 
+fn memory_replicas_with_outage(max_log_frames: usize) -> (Stores, Stores, Box<dyn Outage>) {
+    let (a, b) = memory_replicas(max_log_frames);
+    (a, b, Box::new(NoOutage))
+}
+
 /// Two replicas on one Redis: the same keys, each with its own connections. The kinds not yet
 /// in Redis are shared in memory, as if one process ran both.
 fn redis_replicas(max_log_frames: usize) -> (Stores, Stores) {
     let a = fresh_redis();
+    redis_pair(&a, max_log_frames)
+}
+
+/// Replica A on `a`, and replica B on a Redis of its own with the same prefix.
+fn redis_pair(a: &Redis, max_log_frames: usize) -> (Stores, Stores) {
     let b = Redis::open(common::redis_url(), a.prefix()).expect("a redis address");
     let shared = memory(max_log_frames);
-    (redis_stores(&a, shared.clone()), redis_stores(&b, shared))
+    (
+        redis_stores(a, "replica-a", shared.clone()),
+        redis_stores(&b, "replica-b", shared),
+    )
+}
+
+/// [`redis_replicas`], with replica A connecting as a Redis user of its own, whose channels an
+/// [`AclOutage`] takes away.
+fn redis_replicas_with_outage(max_log_frames: usize) -> (Stores, Stores, Box<dyn Outage>) {
+    let outage = AclOutage::new();
+    let url = common::redis_url().replacen(
+        "redis://",
+        &format!("redis://{}:{}@", outage.user, outage.user),
+        1,
+    );
+    let prefix = format!("arcp-test-{}", SessionId::generate());
+    let a = Redis::open(&url, &prefix).expect("a redis address");
+    let (a, b) = redis_pair(&a, max_log_frames);
+    (a, b, Box::new(outage))
+}
+
+/// An outage of one Redis user's pub/sub: taking the user's channel permissions away makes
+/// Redis disconnect its subscribed connections and refuse their resubscription, so nothing
+/// published meanwhile reaches them; giving them back and disconnecting the user's RESP3
+/// connections (the notifier's) makes it resubscribe. Only this user's connections are touched:
+/// other tests share the server.
+struct AclOutage {
+    admin: ::redis::Client,
+    /// The user, whose password is its name.
+    user: String,
+}
+
+impl AclOutage {
+    fn new() -> AclOutage {
+        let admin = ::redis::Client::open(common::redis_url()).expect("a redis address");
+        let user = format!("arcp-test-{}", SessionId::generate());
+        let mut conn = admin.get_connection().expect("a redis connection");
+        let () = ::redis::cmd("ACL")
+            .arg(&[
+                "SETUSER",
+                &user,
+                "on",
+                &format!(">{user}"),
+                "~*",
+                "&*",
+                "+@all",
+            ])
+            .query(&mut conn)
+            .expect("ACL SETUSER");
+        AclOutage { admin, user }
+    }
+
+    async fn acl(&self, args: &[&str]) {
+        let mut conn = self.admin.get_multiplexed_async_connection().await.unwrap();
+        let () = ::redis::cmd("ACL")
+            .arg(args)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+#[async_trait]
+impl Outage for AclOutage {
+    async fn begin(&self) {
+        self.acl(&["SETUSER", &self.user, "resetchannels"]).await;
+    }
+
+    async fn end(&self) {
+        self.acl(&["SETUSER", &self.user, "allchannels"]).await;
+        let mut conn = self.admin.get_multiplexed_async_connection().await.unwrap();
+        let clients: String = ::redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let user = format!("user={}", self.user);
+        for client in clients.lines() {
+            let fields: Vec<&str> = client.split(' ').collect();
+            if !fields.contains(&user.as_str()) || !fields.contains(&"resp=3") {
+                continue;
+            }
+            let Some(id) = fields.iter().find_map(|f| f.strip_prefix("id=")) else {
+                continue;
+            };
+            let _: ::redis::Value = ::redis::cmd("CLIENT")
+                .arg(&["KILL", "ID", id])
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
 }
 
 fn limited_memory(limits: LogLimits) -> Stores {
@@ -140,7 +245,16 @@ macro_rules! replicas_suite {
     };
 }
 
-replicas_suite!(resume::a_rotation_on_one_replica_is_seen_on_the_other_at_once,);
+replicas_suite!(
+    resume::a_rotation_on_one_replica_is_seen_on_the_other_at_once,
+    jobs::a_job_on_one_replica_is_listed_and_found_on_the_other,
+    jobs::a_cancel_on_one_replica_reaches_the_job_on_the_other,
+    jobs::subscriptions_on_one_replica_reach_the_job_on_the_other,
+    jobs::caps_hold_across_replicas,
+);
+
+store_tests!(memory_replicas_with_outage; jobs::a_cancel_whose_message_was_lost_still_reaches_the_job);
+store_tests!(redis_replicas_with_outage; jobs::a_cancel_whose_message_was_lost_still_reaches_the_job);
 
 /// The tests of the logs' byte bounds and budget, for each store by its limited factory.
 macro_rules! limited_suite {

@@ -17,11 +17,14 @@ use arcp_gateway::{
         job_frame::{FinalStatus, JobStatus},
         Features,
     },
-    store::jobs::{Holdings, JobCaps, JobControl, JobEntry, ListScope, Subscriber, Subscription},
+    store::jobs::{
+        Holdings, JobCaps, JobControl, JobDirectory, JobEntry, ListScope, Subscriber, Subscription,
+    },
 };
 use async_trait::async_trait;
 
-use super::{cancel_after, within, Factory};
+use super::{cancel_after, within, Factory, Replicas, ReplicasWithOutage};
+use crate::common::{eventually, wait_until};
 
 /// A running job as the directory sees it: an entry, and a record of the requests routed to
 /// it.
@@ -490,4 +493,228 @@ pub async fn caps_hold_when_calls_are_cancelled_anywhere(make: Factory) {
                 .unwrap();
         }
     }
+}
+
+/// Every job of `scope` on `jobs`, by id.
+async fn listed(jobs: &Arc<dyn JobDirectory>, scope: ListScope<'_>) -> Vec<JobId> {
+    let (page, more) = jobs.list(scope, None, 100, &|_| true).await.unwrap();
+    assert!(!more);
+    ids(&page)
+}
+
+/// A job running on one replica is found by id and listed on the other, in either scope, and
+/// its entry there catches up with what its control reports; once it ended, the other replica
+/// has its final entry.
+pub async fn a_job_on_one_replica_is_listed_and_found_on_the_other(make: Replicas) {
+    let (a, b) = make(10);
+    let (mine, theirs) = (running("alice"), running("bob"));
+    for job in [&mine, &theirs] {
+        a.jobs.insert(job.clone(), UNCAPPED).await.unwrap();
+    }
+    let id = mine.entry().id;
+    let found = b.jobs.get(&id).await.unwrap().expect("B finds A's job");
+    assert_eq!(
+        (found.session, found.principal, found.status),
+        (
+            mine.entry().session,
+            Principal::new("alice"),
+            JobStatus::Running
+        )
+    );
+    let alice = Principal::new("alice");
+    assert_eq!(
+        listed(&b.jobs, ListScope::Principal(&alice)).await,
+        vec![id.clone()]
+    );
+    let mut both = vec![id.clone(), theirs.entry().id];
+    both.sort();
+    assert_eq!(listed(&b.jobs, ListScope::All).await, both);
+
+    mine.entry.lock().unwrap().last_event_seq = EventSeq(9);
+    eventually(
+        "B's view of the job to catch up with its control",
+        || async { b.jobs.get(&id).await.unwrap().unwrap().last_event_seq == EventSeq(9) },
+    )
+    .await;
+    let (page, _) = b
+        .jobs
+        .list(ListScope::Principal(&alice), None, 10, &|_| true)
+        .await
+        .unwrap();
+    assert_eq!(page[0].last_event_seq, EventSeq(9));
+
+    a.jobs.finish(ended(&mine)).await.unwrap();
+    let got = b.jobs.get(&id).await.unwrap().unwrap();
+    assert_eq!(got.status, JobStatus::Finished(FinalStatus::Success));
+}
+
+/// Each cancel received on one replica reaches the job's control on the other, with its
+/// reason; once the job ended, a cancel from either is `INVALID_REQUEST` and reaches nothing.
+pub async fn a_cancel_on_one_replica_reaches_the_job_on_the_other(make: Replicas) {
+    let (a, b) = make(10);
+    let job = running("alice");
+    let id = job.entry().id;
+    a.jobs.insert(job.clone(), UNCAPPED).await.unwrap();
+    b.jobs.cancel(&id, Some("from b".into())).await.unwrap();
+    wait_until("the cancel to reach the job", || {
+        !job.cancels.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        *job.cancels.lock().unwrap(),
+        vec![Some("from b".to_owned())]
+    );
+    // Each request reaches it, as the job is the one to say whether it still stops.
+    b.jobs.cancel(&id, Some("again".into())).await.unwrap();
+    wait_until("the second cancel to reach the job", || {
+        job.cancels.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(job.cancels.lock().unwrap()[1], Some("again".to_owned()));
+
+    a.jobs.finish(ended(&job)).await.unwrap();
+    for jobs in [&b.jobs, &a.jobs] {
+        let err = jobs.cancel(&id, None).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidRequest, "{err}");
+    }
+    let err = b.jobs.cancel(&JobId::generate(), None).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::JobNotFound);
+    assert_eq!(
+        job.cancels.lock().unwrap().len(),
+        2,
+        "an ended job was asked"
+    );
+}
+
+/// Subscriptions and unsubscriptions received on one replica reach the job's control on the
+/// other; its refusal comes back with its code and message, and gives the slot back; the cap
+/// counts slots on both replicas; an ended job answers with its final entry.
+pub async fn subscriptions_on_one_replica_reach_the_job_on_the_other(make: Replicas) {
+    let (a, b) = make(10);
+    let (job, other) = (running("alice"), running("alice"));
+    for j in [&job, &other] {
+        a.jobs.insert(j.clone(), UNCAPPED).await.unwrap();
+    }
+    let (id, other_id) = (job.entry().id, other.entry().id);
+    let s = SessionId::generate();
+    assert!(matches!(
+        b.jobs.subscribe(&id, subscriber(&s), 1).await.unwrap(),
+        Subscription::Live
+    ));
+    assert_eq!(*job.subscribers.lock().unwrap(), vec![s.clone()]);
+    for jobs in [&a.jobs, &b.jobs] {
+        assert_eq!(
+            jobs.held_by(&s).await.unwrap().subscriptions,
+            vec![id.clone()]
+        );
+    }
+    // The slot B took counts on A too.
+    let err = a
+        .jobs
+        .subscribe(&other_id, subscriber(&s), 1)
+        .await
+        .unwrap_err();
+    expect_over_cap(err, "max_subscriptions_per_session", 1);
+    assert!(other.subscribers.lock().unwrap().is_empty());
+
+    let t = SessionId::generate();
+    other.refuses.store(true, Ordering::Relaxed);
+    let err = b
+        .jobs
+        .subscribe(&other_id, subscriber(&t), 1)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ArcpError::Internal("the job cannot take subscribers".into())
+    );
+    assert_eq!(b.jobs.held_by(&t).await.unwrap(), Holdings::default());
+
+    assert!(b.jobs.unsubscribe(&id, &s).await.unwrap());
+    assert!(job.subscribers.lock().unwrap().is_empty());
+    assert!(!b.jobs.unsubscribe(&id, &s).await.unwrap());
+    assert_eq!(a.jobs.held_by(&s).await.unwrap(), Holdings::default());
+
+    a.jobs.finish(ended(&job)).await.unwrap();
+    match b.jobs.subscribe(&id, subscriber(&s), 1).await.unwrap() {
+        Subscription::Ended(entry) => {
+            assert_eq!(entry.status, JobStatus::Finished(FinalStatus::Success))
+        }
+        Subscription::Live => panic!("an ended job took a subscriber"),
+    }
+    assert!(!b.jobs.unsubscribe(&id, &s).await.unwrap());
+    let unknown = JobId::generate();
+    let err = b.jobs.unsubscribe(&unknown, &s).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::JobNotFound);
+}
+
+/// Inserts racing on both replicas for a session's last slots take each slot once, and so do
+/// subscriptions racing for a session's last slot.
+pub async fn caps_hold_across_replicas(make: Replicas) {
+    let (a, b) = make(10);
+    for cap in [1, 3] {
+        let session = SessionId::generate();
+        let caps = JobCaps {
+            per_session: cap,
+            per_principal: usize::MAX,
+        };
+        let racers: Vec<_> = (0..12)
+            .map(|i| {
+                let jobs = if i % 2 == 0 { &a.jobs } else { &b.jobs }.clone();
+                let job = running_in(&session, "alice");
+                tokio::spawn(async move { jobs.insert(job, caps).await.is_ok() })
+            })
+            .collect();
+        let mut won = 0;
+        for racer in racers {
+            won += usize::from(within("the inserts", racer).await.unwrap());
+        }
+        assert_eq!(won, cap);
+        for jobs in [&a.jobs, &b.jobs] {
+            assert_eq!(jobs.held_by(&session).await.unwrap().running.len(), cap);
+        }
+    }
+
+    let s = SessionId::generate();
+    let mut racers = Vec::new();
+    for i in 0..12 {
+        let job = running("alice");
+        a.jobs.insert(job.clone(), UNCAPPED).await.unwrap();
+        let jobs = if i % 2 == 0 { &a.jobs } else { &b.jobs }.clone();
+        let s = s.clone();
+        racers.push(tokio::spawn(async move {
+            jobs.subscribe(&job.entry().id, subscriber(&s), 1)
+                .await
+                .is_ok()
+        }));
+    }
+    let mut won = 0;
+    for racer in racers {
+        won += usize::from(within("the subscriptions", racer).await.unwrap());
+    }
+    assert_eq!(won, 1);
+    assert_eq!(b.jobs.held_by(&s).await.unwrap().subscriptions.len(), 1);
+}
+
+/// A cancel whose message to the job's replica was lost still reaches the job: the request is
+/// kept where the replica looks for it once it listens again.
+pub async fn a_cancel_whose_message_was_lost_still_reaches_the_job(make: ReplicasWithOutage) {
+    let (a, b, outage) = make(10);
+    let job = running("alice");
+    let id = job.entry().id;
+    a.jobs.insert(job.clone(), UNCAPPED).await.unwrap();
+    outage.begin().await;
+    b.jobs
+        .cancel(&id, Some("while A was away".into()))
+        .await
+        .unwrap();
+    outage.end().await;
+    wait_until("the lost cancel to reach the job", || {
+        !job.cancels.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        *job.cancels.lock().unwrap(),
+        vec![Some("while A was away".to_owned())]
+    );
 }

@@ -24,6 +24,7 @@ use arcp_gateway::{
     },
     store::{log::LogLimits, Stores},
 };
+use async_trait::async_trait;
 
 /// Fresh stores whose event logs keep at most the given number of frames.
 pub type Factory = fn(usize) -> Stores;
@@ -35,6 +36,32 @@ pub type LimitedFactory = fn(LogLimits) -> Stores;
 /// of frames): what one replica changes, the other must see. For the memory stores both are
 /// the same; for a shared store each has its own connections.
 pub type Replicas = fn(usize) -> (Stores, Stores);
+
+/// Two replicas as a [`Replicas`] factory makes them, and an [`Outage`] of replica A's
+/// notifications, for the tests of what a replica does when a message to it was lost.
+pub type ReplicasWithOutage = fn(usize) -> (Stores, Stores, Box<dyn Outage>);
+
+/// Cuts replica A off what other replicas publish to it. While the outage lasts, every message
+/// to A is lost, as it is while its pub/sub connection is down; once it ends, A listens again
+/// and hears that it resubscribed. Stores that send no messages have nothing to cut.
+#[async_trait]
+pub trait Outage: Send + Sync {
+    /// From when this returns, messages to A are lost.
+    async fn begin(&self);
+
+    /// From when this returns, A is resubscribing (or has).
+    async fn end(&self);
+}
+
+/// The outage of stores that send no messages.
+pub struct NoOutage;
+
+#[async_trait]
+impl Outage for NoOutage {
+    async fn begin(&self) {}
+
+    async fn end(&self) {}
+}
 
 /// A guard against hangs, not a timing assertion: every wait here is due at once.
 pub const DEADLINE: Duration = Duration::from_secs(20);

@@ -14,6 +14,7 @@
 //! jobs and drop its subscriptions wherever they run.
 
 pub mod memory;
+pub mod redis;
 
 use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 

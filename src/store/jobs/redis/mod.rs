@@ -1,0 +1,727 @@
+//! The job directory in Redis, shared by every replica that connects to the same server: any
+//! replica lists every job of a principal, finds any job by id, and a cancel, a subscription
+//! or an unsubscription received on one replica reaches the job on the replica that runs it.
+//!
+//! # Keys
+//!
+//! Under the prefix `P` (braces mark the Cluster hash tags):
+//!
+//! - `P:{job:ID}`, a hash: the job's entry (see `fields`), the replica that runs it (`owner`),
+//!   whether it still counts against the caps (`counted`), and the cancel requests other
+//!   replicas wrote (`cancels`, how many, and `cancel_reason`, the last one's).
+//! - `P:{job:ID}:subscribers`: the sessions whose subscriptions to the job are counted.
+//! - `P:{SESSION}:jobs-running` and `P:{SESSION}:jobs-subscribed`: what a session holds, as
+//!   its caps count it (under the session's tag, which its resume entry shares).
+//! - `P:{jobs:PRINCIPAL}:running`: the principal's counted jobs; `P:{jobs:PRINCIPAL}:index`:
+//!   all its jobs, a sorted set whose scores are all 0, so it reads in id order.
+//! - `P:jobs:index`: every job in id order; `P:jobs:finished`: the ended jobs by the
+//!   millisecond they ended, for purging.
+//! - `P:{replica:REPLICA}:cancels`: the replica's jobs with cancel requests it has not yet
+//!   read.
+//! - The channel `P:replica:REPLICA`: what other replicas ask of this one, and their replies.
+//!
+//! Every change is one Lua script (`scripts`), so a call dropped after sending it took full
+//! effect or none: the insert counts both caps and registers in one step, the subscription
+//! counts the session's cap and takes the slot in one step, a cancel checks that the job runs
+//! and records the request in one step.
+//!
+//! # A running job
+//!
+//! The replica running a job answers for it from the job's control, as the memory directory
+//! does; the others read its hash. The owner writes the hash when the job is inserted and when
+//! it ends, and in between rewrites what changes (its newest frame, budget and credentials)
+//! every [`REFRESH`] if it changed: on another replica, a running job's entry may lag by that
+//! much. Credentials are in the hash, secrets and all, so that their submitter sees them from
+//! any replica.
+//!
+//! The owner records each change to its own jobs before sending the script and settles it when
+//! the script answered, retrying what a dropped or failed call left unsettled (`local`), so its
+//! own answers and Redis's agree once the retry ran.
+//!
+//! # Requests between replicas
+//!
+//! A cancel for a job another replica runs, in one script, counts the request in the job's hash
+//! with its reason, lists the job among the owner's pending cancels and nudges the owner on its
+//! channel. The owner then reads its pending cancels, gives each control the requests it has
+//! not had, and takes them off the list unless more came meanwhile. Pub/sub drops what is
+//! published while a listener is disconnected, and a read can fail, so the owner also reads
+//! its pending cancels when it (re)subscribes and every [`CANCEL_SCAN`]: a lost nudge delays a
+//! cancel, never loses it, and an idle replica's check is one command.
+//!
+//! A subscription to a job another replica runs takes the session's slot and sends the
+//! request (the subscriber, and a request id) to the owner in one script; the owner subscribes
+//! the session through the job's control and replies on the asker's channel with the outcome,
+//! an error by its code and message. The asker waits [`REPLY_DEADLINE`], then answers a
+//! retryable error and keeps the slot, as a dropped call may: it frees when the job ends or the
+//! session unsubscribes. An unsubscription goes the same way.
+//!
+//! Each entry names the replica that runs its job, so that a replica's death can later be
+//! noticed and its jobs ended (not done yet: a dead owner's jobs stay running here).
+//!
+//! # Round trips
+//!
+//! An insert is one (and, the first time, the subscription to this replica's channel), as are
+//! a release, a finish and `held_by`; `get` and `cancel` need none for a job running here and
+//! one otherwise (and two on the owner, to read and acknowledge the request); a listing one per 512 jobs it looks at; a subscription one, and for a job
+//! elsewhere the owner's reply (and one more to give the slot back if the job refused); an
+//! unsubscription one for a job here and two and the reply otherwise; a purge one per 256
+//! jobs.
+//!
+//! # On a Redis Cluster
+//!
+//! The keys are named for it, but the scripts are for a single Redis (or a primary with
+//! replicas): each touches the job's, its session's and its principal's slots at once, and
+//! some derive keys they were not passed. For a Cluster, a session's job sets would move under
+//! its principal's tag (a session has one principal, so the insert's two caps share a slot, and
+//! `held_by` would be given the principal), the job's hash would be written in a second step
+//! after the counted insert, with a sweep for inserts whose second step never ran, the
+//! subscription slot would be taken in the session's slot before the job's subscriber set is
+//! written, and the listing of every job and the purge would go slot by slot. Channels are not
+//! keys and need no change (sharded pub/sub could come later).
+
+mod fields;
+mod keys;
+mod local;
+mod messages;
+mod remote;
+mod replies;
+mod scripts;
+
+use std::{collections::HashMap, sync::Arc, time::Duration, time::SystemTime};
+
+use ::redis::{aio::ConnectionManager, FromRedisValue, Value};
+use async_trait::async_trait;
+use tokio::sync::OnceCell;
+
+use crate::{
+    error::ArcpError,
+    ids::{JobId, ReplicaId, SessionId},
+    store::{
+        caps::over_cap,
+        redis::{notify, unix_millis, Redis, RedisConnection},
+    },
+};
+
+use self::{
+    fields::{corrupt, encode, finished_millis},
+    keys::Keys,
+    local::{Here, LocalJobs, Settled},
+    messages::{Message, Outcome, WireSubscriber},
+    replies::Replies,
+    scripts::Scripts,
+};
+
+use super::{
+    already_ended, not_found, Holdings, JobCaps, JobControl, JobDirectory, JobEntry, ListScope,
+    Subscriber, Subscription,
+};
+
+/// How often the owner writes what changed in its running jobs' entries.
+pub const REFRESH: Duration = Duration::from_millis(250);
+
+/// How often the owner reads its pending cancel requests, in case a nudge was lost.
+pub const CANCEL_SCAN: Duration = Duration::from_secs(2);
+
+/// How long a request to the replica running a job is waited for.
+pub const REPLY_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How many jobs a listing reads from Redis at a time, at most.
+const LIST_BATCH: usize = 512;
+
+/// How many ended jobs one purge script forgets, at most.
+const PURGE_BATCH: usize = 256;
+
+/// The job directory in Redis, as one replica reaches it.
+pub struct RedisJobDirectory {
+    inner: Arc<Inner>,
+}
+
+/// The directory's state, which its background task also holds (weakly).
+struct Inner {
+    redis: RedisConnection,
+    keys: Keys,
+    replica: ReplicaId,
+    scripts: Scripts,
+    local: LocalJobs,
+    /// This replica's channel, once listened to, with the task that handles what it hears.
+    listening: OnceCell<notify::Subscription>,
+    replies: Replies,
+}
+
+impl RedisJobDirectory {
+    /// The directory in `redis`, under its prefix, as replica `replica` (unique among those
+    /// sharing the server) reaches it.
+    pub fn new(redis: &Redis, replica: ReplicaId) -> Self {
+        let redis = redis.for_store("job directory");
+        RedisJobDirectory {
+            inner: Arc::new(Inner {
+                keys: Keys::new(redis.prefix()),
+                redis,
+                replica,
+                scripts: Scripts::new(),
+                local: LocalJobs::default(),
+                listening: OnceCell::new(),
+                replies: Replies::default(),
+            }),
+        }
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        other => text(other).and_then(|t| t.parse().ok()),
+    }
+}
+
+/// A hash's fields as a script returned them.
+fn hash(value: Value) -> Result<HashMap<String, String>, ArcpError> {
+    HashMap::from_redis_value(value).map_err(|e| corrupt(format_args!("a bad job hash: {e}")))
+}
+
+fn session_cap(cap: usize) -> ArcpError {
+    over_cap(
+        "this session already runs as many jobs",
+        "max_jobs_per_session",
+        cap,
+        "one must end first",
+    )
+}
+
+fn principal_cap(cap: usize) -> ArcpError {
+    over_cap(
+        "this principal already runs as many jobs over all its sessions",
+        "max_jobs_per_principal",
+        cap,
+        "one must end first",
+    )
+}
+
+fn subscription_cap(cap: usize) -> ArcpError {
+    over_cap(
+        "this session already holds as many subscriptions",
+        "max_subscriptions_per_session",
+        cap,
+        "unsubscribe from one first",
+    )
+}
+
+/// The answer for a job whose replica heard nothing of the request.
+fn unreachable(id: &JobId, owner: &str) -> ArcpError {
+    ArcpError::Internal(format!(
+        "replica {owner}, which runs job {id}, is not listening; try again"
+    ))
+}
+
+/// The answer for a job whose replica did not reply in time.
+fn no_reply(id: &JobId, owner: &str) -> ArcpError {
+    ArcpError::Internal(format!(
+        "replica {owner}, which runs job {id}, did not answer within {}s; try again",
+        REPLY_DEADLINE.as_secs()
+    ))
+}
+
+/// A job that Redis has running here but that this replica does not know.
+fn lost_here(id: &JobId, replica: &ReplicaId) -> ArcpError {
+    ArcpError::Internal(format!("job {id} does not run on replica {replica}"))
+}
+
+impl Inner {
+    async fn connection(&self) -> Result<ConnectionManager, ArcpError> {
+        self.redis.get().await
+    }
+
+    async fn finish_script(&self, entry: &JobEntry) -> Result<(), ArcpError> {
+        let fields = encode(entry)?;
+        let keys = &self.keys;
+        let mut conn = self.connection().await?;
+        let mut call = self.scripts.finish.prepare_invoke();
+        call.key(keys.job(&entry.id))
+            .key(keys.principal_index(&entry.principal))
+            .key(keys.all())
+            .key(keys.finished())
+            .arg(keys.prefix())
+            .arg(entry.id.as_str())
+            .arg(finished_millis(entry).map_or_else(String::new, |ms| ms.to_string()))
+            .arg(self.replica.as_str());
+        for (name, value) in &fields {
+            call.arg(*name).arg(value);
+        }
+        let _: i64 = call
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.redis.unavailable(e))?;
+        Ok(())
+    }
+
+    async fn remove_script(&self, id: &JobId) -> Result<(), ArcpError> {
+        let mut conn = self.connection().await?;
+        let _: i64 = self
+            .scripts
+            .remove
+            .key(self.keys.job(id))
+            .arg(self.keys.prefix())
+            .arg(id.as_str())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.redis.unavailable(e))?;
+        Ok(())
+    }
+
+    /// The entry Redis holds for `id`.
+    async fn read(&self, id: &JobId) -> Result<Option<JobEntry>, ArcpError> {
+        let mut conn = self.connection().await?;
+        let fields: HashMap<String, String> = ::redis::cmd("HGETALL")
+            .arg(self.keys.job(id))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis.unavailable(e))?;
+        fields::decode(&fields)
+    }
+
+    async fn drop_subscription(&self, id: &JobId, session: &SessionId) -> Result<(), ArcpError> {
+        let mut conn = self.connection().await?;
+        let _: i64 = self
+            .scripts
+            .drop_subscription
+            .key(self.keys.subscribers(id))
+            .key(self.keys.session_subscribed(session))
+            .arg(self.keys.prefix())
+            .arg(id.as_str())
+            .arg(session.as_str())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.redis.unavailable(e))?;
+        Ok(())
+    }
+
+    /// Subscribes through a control on this replica, giving the slot back if it refuses.
+    async fn subscribe_here(
+        &self,
+        control: Arc<dyn JobControl>,
+        subscriber: Subscriber,
+        taken: bool,
+        id: &JobId,
+    ) -> Result<Subscription, ArcpError> {
+        let session = subscriber.session.clone();
+        match control.subscribe(subscriber).await {
+            Ok(()) => Ok(Subscription::Live),
+            Err(e) => {
+                if taken {
+                    self.drop_subscription(id, &session).await?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// One page of a listing: up to `limit` entries of `index` after `after` that pass
+    /// `filter`, and whether more follow.
+    async fn list(
+        &self,
+        index: String,
+        after: Option<&JobId>,
+        limit: usize,
+        filter: &(dyn for<'e> Fn(&'e JobEntry) -> bool + Sync),
+    ) -> Result<(Vec<JobEntry>, bool), ArcpError> {
+        let batch = limit.saturating_add(1).clamp(16, LIST_BATCH);
+        let mut from = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let mut page = Vec::new();
+        loop {
+            let mut conn = self.connection().await?;
+            let found: Vec<(String, Value)> = self
+                .scripts
+                .list
+                .key(&index)
+                .arg(self.keys.prefix())
+                .arg(&from)
+                .arg(batch)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.redis.unavailable(e))?;
+            let read = found.len();
+            for (id, fields) in found {
+                let id = JobId::new(id);
+                let entry = match self.local.here(&id) {
+                    Here::Running(control) => Some(control.entry()),
+                    Here::Ended(entry) => Some(*entry),
+                    Here::Removed => None,
+                    Here::Unknown => fields::decode(&hash(fields)?)?,
+                };
+                from = format!("({id}");
+                let Some(entry) = entry.filter(|e| filter(e)) else {
+                    continue;
+                };
+                if page.len() == limit {
+                    return Ok((page, true));
+                }
+                page.push(entry);
+            }
+            if read < batch {
+                return Ok((page, false));
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl JobDirectory for RedisJobDirectory {
+    async fn insert(&self, control: Arc<dyn JobControl>, caps: JobCaps) -> Result<(), ArcpError> {
+        let inner = &*self.inner;
+        let entry = control.entry();
+        let fields = encode(&entry)?;
+        // Listening first, so that no cancel or subscription sent to this job is missed.
+        self.inner.listening().await?;
+        let mut conn = inner.connection().await?;
+        let keys = &inner.keys;
+        let mut call = inner.scripts.insert.prepare_invoke();
+        call.key(keys.job(&entry.id))
+            .key(keys.session_running(&entry.session))
+            .key(keys.principal_running(&entry.principal))
+            .key(keys.principal_index(&entry.principal))
+            .key(keys.all())
+            .arg(keys.prefix())
+            .arg(entry.id.as_str())
+            .arg(caps.per_session)
+            .arg(caps.per_principal)
+            .arg(inner.replica.as_str());
+        for (name, value) in &fields {
+            call.arg(*name).arg(value);
+        }
+        let change = inner.local.inserting(control, &entry);
+        let answer: String = call
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| inner.redis.unavailable(e))?;
+        match answer.as_str() {
+            "ok" => {
+                change.settle(Settled::Live);
+                Ok(())
+            }
+            "session" => {
+                change.settle(Settled::Forgotten);
+                Err(session_cap(caps.per_session))
+            }
+            "principal" => {
+                change.settle(Settled::Forgotten);
+                Err(principal_cap(caps.per_principal))
+            }
+            other => Err(corrupt(format_args!("an insert answered {other:?}"))),
+        }
+    }
+
+    async fn remove(&self, id: &JobId) -> Result<(), ArcpError> {
+        let inner = &*self.inner;
+        let change = inner.local.removing(id);
+        inner.remove_script(id).await?;
+        if let Some(change) = change {
+            change.settle(Settled::Forgotten);
+        }
+        Ok(())
+    }
+
+    async fn release_slot(&self, id: &JobId) -> Result<(), ArcpError> {
+        let inner = &*self.inner;
+        let mut conn = inner.connection().await?;
+        let _: i64 = inner
+            .scripts
+            .release
+            .key(inner.keys.job(id))
+            .arg(inner.keys.prefix())
+            .arg(id.as_str())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| inner.redis.unavailable(e))?;
+        Ok(())
+    }
+
+    async fn finish(&self, entry: JobEntry) -> Result<(), ArcpError> {
+        let inner = &*self.inner;
+        let change = inner.local.finishing(&entry);
+        inner.finish_script(&entry).await?;
+        if let Some(change) = change {
+            change.settle(Settled::Forgotten);
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<JobEntry>, ArcpError> {
+        match self.inner.local.here(id) {
+            Here::Running(control) => Ok(Some(control.entry())),
+            Here::Ended(entry) => Ok(Some(*entry)),
+            Here::Removed => Ok(None),
+            Here::Unknown => self.inner.read(id).await,
+        }
+    }
+
+    async fn list(
+        &self,
+        scope: ListScope<'_>,
+        after: Option<&JobId>,
+        limit: usize,
+        filter: &(dyn for<'e> Fn(&'e JobEntry) -> bool + Sync),
+    ) -> Result<(Vec<JobEntry>, bool), ArcpError> {
+        let keys = &self.inner.keys;
+        match scope {
+            ListScope::Principal(principal) => {
+                let in_scope = |e: &JobEntry| &e.principal == principal && filter(e);
+                let index = keys.principal_index(principal);
+                self.inner.list(index, after, limit, &in_scope).await
+            }
+            ListScope::All => self.inner.list(keys.all(), after, limit, filter).await,
+        }
+    }
+
+    async fn cancel(&self, id: &JobId, reason: Option<String>) -> Result<(), ArcpError> {
+        let inner = &*self.inner;
+        match inner.local.here(id) {
+            Here::Running(control) => return control.cancel(reason),
+            Here::Ended(entry) => return Err(already_ended(id, entry.status)),
+            Here::Removed => return Err(not_found(id)),
+            Here::Unknown => {}
+        }
+        let reason = serde_json::to_string(&reason).map_err(|e| {
+            ArcpError::Internal(format!("a cancel reason could not be encoded: {e}"))
+        })?;
+        let nudge = Message::Cancel {
+            job: id.as_str().to_owned(),
+        }
+        .to_json()?;
+        let mut conn = inner.connection().await?;
+        let answer: Vec<Value> = inner
+            .scripts
+            .cancel
+            .key(inner.keys.job(id))
+            .arg(inner.keys.prefix())
+            .arg(reason)
+            .arg(nudge)
+            .arg(id.as_str())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| inner.redis.unavailable(e))?;
+        match (answer.first().and_then(text).as_deref(), answer.get(1)) {
+            (Some("requested"), Some(heard)) => {
+                if int(heard) == Some(0) {
+                    // Recorded all the same: the owner reads it when it listens again.
+                    tracing::warn!(job = %id, "the replica running the job heard no cancel");
+                }
+                Ok(())
+            }
+            (Some("ended"), Some(status)) => {
+                let status = text(status)
+                    .and_then(|s| fields::status(&s))
+                    .ok_or_else(|| corrupt("an ended job without a status"))?;
+                Err(already_ended(id, status))
+            }
+            (Some("missing"), _) => Err(not_found(id)),
+            _ => Err(corrupt("an unknown cancel outcome")),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        id: &JobId,
+        subscriber: Subscriber,
+        max_per_session: usize,
+    ) -> Result<Subscription, ArcpError> {
+        let inner = &*self.inner;
+        match inner.local.here(id) {
+            Here::Ended(entry) => return Ok(Subscription::Ended(entry)),
+            Here::Removed => return Err(not_found(id)),
+            Here::Running(_) | Here::Unknown => {}
+        }
+        // Listening first, so that the owner's reply cannot come before it is awaited.
+        self.inner.listening().await?;
+        let awaiting = inner.replies.expect();
+        let request = Message::Subscribe {
+            request: awaiting.request(),
+            from: inner.replica.as_str().to_owned(),
+            job: id.as_str().to_owned(),
+            subscriber: WireSubscriber::from(&subscriber),
+        }
+        .to_json()?;
+        let session = subscriber.session.clone();
+        let mut conn = inner.connection().await?;
+        let mut answer: Vec<Value> = inner
+            .scripts
+            .subscribe
+            .key(inner.keys.job(id))
+            .key(inner.keys.subscribers(id))
+            .key(inner.keys.session_subscribed(&session))
+            .arg(inner.keys.prefix())
+            .arg(id.as_str())
+            .arg(session.as_str())
+            .arg(max_per_session)
+            .arg(inner.replica.as_str())
+            .arg(request)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| inner.redis.unavailable(e))?;
+        let (owner, taken, heard) = match answer.first().and_then(text).as_deref() {
+            Some("running") => {
+                let owner = answer.get(1).and_then(text);
+                let taken = answer.get(2).and_then(int);
+                let heard = answer.get(3).and_then(int);
+                match (owner, taken, heard) {
+                    (Some(owner), Some(taken), Some(heard)) => (owner, taken == 1, heard),
+                    _ => return Err(corrupt("a subscription without its owner")),
+                }
+            }
+            Some("ended") if answer.len() == 2 => {
+                let entry = fields::decode(&hash(answer.swap_remove(1))?)?
+                    .ok_or_else(|| corrupt("an ended job without its entry"))?;
+                return Ok(Subscription::Ended(Box::new(entry)));
+            }
+            Some("full") => return Err(subscription_cap(max_per_session)),
+            Some("missing") => return Err(not_found(id)),
+            _ => return Err(corrupt("an unknown subscription outcome")),
+        };
+        let outcome = if owner == inner.replica.as_str() {
+            match inner.local.control(id) {
+                Some(control) => return inner.subscribe_here(control, subscriber, taken, id).await,
+                // It ended here after the lookup above; Redis does not have it yet.
+                None => match inner.local.here(id) {
+                    Here::Ended(entry) => Ok(Subscription::Ended(entry)),
+                    _ => Err(lost_here(id, &inner.replica)),
+                },
+            }
+        } else if heard == 0 {
+            Err(unreachable(id, &owner))
+        } else {
+            match awaiting.within(REPLY_DEADLINE).await {
+                // The owner may yet take the subscriber: the slot stays, as a dropped call's.
+                None => return Err(no_reply(id, &owner)),
+                Some(Outcome::Subscribed) => return Ok(Subscription::Live),
+                Some(Outcome::Ended { fields }) => fields::decode(&fields)?
+                    .map(|entry| Subscription::Ended(Box::new(entry)))
+                    .ok_or_else(|| corrupt("an ended job without its entry")),
+                Some(Outcome::Failed { code, message }) => Err(Outcome::error(&code, message)),
+                Some(Outcome::Unsubscribed { .. }) => {
+                    Err(corrupt("an unsubscription answering a subscription"))
+                }
+            }
+        };
+        // The job did not take the subscriber.
+        if taken {
+            inner.drop_subscription(id, &session).await?;
+        }
+        outcome
+    }
+
+    async fn unsubscribe(&self, id: &JobId, session: &SessionId) -> Result<bool, ArcpError> {
+        let inner = &*self.inner;
+        match inner.local.here(id) {
+            Here::Running(control) => {
+                let was = control.unsubscribe(session).await?;
+                inner.drop_subscription(id, session).await?;
+                return Ok(was);
+            }
+            Here::Ended(_) => return Ok(false),
+            Here::Removed => return Err(not_found(id)),
+            Here::Unknown => {}
+        }
+        self.inner.listening().await?;
+        let awaiting = inner.replies.expect();
+        let request = Message::Unsubscribe {
+            request: awaiting.request(),
+            from: inner.replica.as_str().to_owned(),
+            job: id.as_str().to_owned(),
+            session: session.as_str().to_owned(),
+        }
+        .to_json()?;
+        let mut conn = inner.connection().await?;
+        let answer: Vec<Value> = inner
+            .scripts
+            .ask
+            .key(inner.keys.job(id))
+            .arg(inner.keys.prefix())
+            .arg(inner.replica.as_str())
+            .arg(request)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| inner.redis.unavailable(e))?;
+        let (owner, heard) = match answer.first().and_then(text).as_deref() {
+            Some("running") => match (answer.get(1).and_then(text), answer.get(2).and_then(int)) {
+                (Some(owner), Some(heard)) => (owner, heard),
+                _ => return Err(corrupt("an unsubscription without its owner")),
+            },
+            Some("ended") => return Ok(false),
+            Some("missing") => return Err(not_found(id)),
+            _ => return Err(corrupt("an unknown unsubscription outcome")),
+        };
+        let was = if owner == inner.replica.as_str() {
+            match (inner.local.control(id), inner.local.here(id)) {
+                (Some(control), _) => control.unsubscribe(session).await?,
+                // It ended here after the lookup above; Redis does not have it yet.
+                (None, Here::Ended(_)) => false,
+                (None, _) => return Err(lost_here(id, &inner.replica)),
+            }
+        } else if heard == 0 {
+            return Err(unreachable(id, &owner));
+        } else {
+            match awaiting.within(REPLY_DEADLINE).await {
+                None => return Err(no_reply(id, &owner)),
+                Some(Outcome::Unsubscribed { was }) => was,
+                Some(Outcome::Ended { .. }) => false,
+                Some(Outcome::Failed { code, message }) => {
+                    return Err(Outcome::error(&code, message))
+                }
+                Some(Outcome::Subscribed) => {
+                    return Err(corrupt("a subscription answering an unsubscription"))
+                }
+            }
+        };
+        inner.drop_subscription(id, session).await?;
+        Ok(was)
+    }
+
+    async fn held_by(&self, session: &SessionId) -> Result<Holdings, ArcpError> {
+        let inner = &*self.inner;
+        let mut conn = inner.connection().await?;
+        let (running, subscriptions): (Vec<String>, Vec<String>) = ::redis::pipe()
+            .cmd("SMEMBERS")
+            .arg(inner.keys.session_running(session))
+            .cmd("SMEMBERS")
+            .arg(inner.keys.session_subscribed(session))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| inner.redis.unavailable(e))?;
+        let sorted = |ids: Vec<String>| {
+            let mut ids: Vec<JobId> = ids.into_iter().map(JobId::new).collect();
+            ids.sort();
+            ids
+        };
+        Ok(Holdings {
+            running: sorted(running),
+            subscriptions: sorted(subscriptions),
+        })
+    }
+
+    async fn purge_finished(&self, before: SystemTime) -> Result<(), ArcpError> {
+        let inner = &*self.inner;
+        let mut conn = inner.connection().await?;
+        loop {
+            let looked: usize = inner
+                .scripts
+                .purge
+                .key(inner.keys.finished())
+                .arg(inner.keys.prefix())
+                .arg(unix_millis(before))
+                .arg(PURGE_BATCH)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| inner.redis.unavailable(e))?;
+            if looked < PURGE_BATCH {
+                return Ok(());
+            }
+        }
+    }
+}
