@@ -6,14 +6,9 @@
 mod common;
 mod contract;
 
-use std::sync::Arc;
-
 use arcp_gateway::{
     ids::{ReplicaId, SessionId},
-    store::{
-        idempotency::redis::RedisIdempotencyStore, jobs::redis::RedisJobDirectory, log::LogLimits,
-        redis::Redis, resume::redis::RedisResumeRegistry, MemoryStores, Stores,
-    },
+    store::{log::LogLimits, redis::Redis, MemoryStores, Stores},
 };
 use async_trait::async_trait;
 use contract::{NoOutage, Outage};
@@ -39,12 +34,7 @@ fn fresh_redis() -> Redis {
 /// `base` with every kind of store that has a Redis implementation in `redis`, as replica
 /// `replica` has them.
 fn redis_stores(redis: &Redis, replica: &str, base: Stores) -> Stores {
-    Stores {
-        resume: Arc::new(RedisResumeRegistry::new(redis)),
-        idempotency: Arc::new(RedisIdempotencyStore::new(redis)),
-        jobs: Arc::new(RedisJobDirectory::new(redis, ReplicaId::new(replica))),
-        ..base
-    }
+    base.in_redis(redis, &ReplicaId::new(replica))
 }
 
 fn memory_replicas(max_log_frames: usize) -> (Stores, Stores) {

@@ -51,16 +51,6 @@ impl Running {
         self.ending.cancelled().await
     }
 
-    /// How many jobs run now.
-    pub fn len(&self) -> usize {
-        self.tasks.len()
-    }
-
-    /// Whether none does.
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-    }
-
     /// Waits up to `grace` for the running jobs to finish, then ends the rest and waits for
     /// their terminal frames to be logged (for at most `settle` more).
     pub async fn drain(&self, grace: Duration, settle: Duration) -> Drained {

@@ -5,8 +5,8 @@ use std::{fmt, str::FromStr, sync::Arc};
 use crate::{error::ArcpError, ids::ReplicaId};
 
 use super::{
-    idempotency::redis::RedisIdempotencyStore, log::LogLimits, redis::Redis,
-    resume::redis::RedisResumeRegistry, Stores,
+    idempotency::redis::RedisIdempotencyStore, jobs::redis::RedisJobDirectory, log::LogLimits,
+    redis::Redis, resume::redis::RedisResumeRegistry, Stores,
 };
 
 /// Where the state lives.
@@ -64,10 +64,10 @@ impl Stores {
     /// These stores with every kind that has a Redis implementation replaced by it, in
     /// `redis`, as replica `replica` uses them.
     pub fn in_redis(self, redis: &Redis, replica: &ReplicaId) -> Stores {
-        let _ = replica;
         Stores {
             resume: Arc::new(RedisResumeRegistry::new(redis)),
             idempotency: Arc::new(RedisIdempotencyStore::new(redis)),
+            jobs: Arc::new(RedisJobDirectory::new(redis, replica.clone())),
             ..self
         }
     }
