@@ -12,7 +12,8 @@ use arcp_gateway::{
     ids::SessionId,
     store::{
         idempotency::redis::RedisIdempotencyStore, log::LogLimits, redis::Redis,
-        resume::redis::RedisResumeRegistry, MemoryStores, Stores,
+        resume::redis::RedisResumeRegistry, session::redis::RedisSessionStore, MemoryStores,
+        Stores,
     },
 };
 
@@ -37,6 +38,7 @@ fn fresh_redis() -> Redis {
 /// `base` with every kind of store that has a Redis implementation in `redis`.
 fn redis_stores(redis: &Redis, base: Stores) -> Stores {
     Stores {
+        sessions: Arc::new(RedisSessionStore::new(redis)),
         resume: Arc::new(RedisResumeRegistry::new(redis)),
         idempotency: Arc::new(RedisIdempotencyStore::new(redis)),
         ..base
@@ -114,6 +116,7 @@ suite!(
     session::creates_over_the_principal_cap_are_refused_until_one_is_removed,
     session::racing_creates_take_each_slot_once,
     session::creates_cancelled_anywhere_hold_a_slot_only_if_recorded,
+    session::lock_attempts_cancelled_anywhere_leave_the_lock_free,
     jobs::lists_jobs_in_id_order_within_scope_and_filter,
     jobs::requests_by_id_reach_the_running_job,
     jobs::purging_forgets_only_jobs_that_ended_before_the_cutoff,
@@ -140,7 +143,13 @@ macro_rules! replicas_suite {
     };
 }
 
-replicas_suite!(resume::a_rotation_on_one_replica_is_seen_on_the_other_at_once,);
+replicas_suite!(
+    resume::a_rotation_on_one_replica_is_seen_on_the_other_at_once,
+    session::a_change_on_one_replica_wakes_a_waiter_on_the_other,
+    session::racing_attaches_on_two_replicas_end_at_the_newest,
+    session::the_attachment_lock_admits_one_holder_across_replicas,
+    session::the_session_cap_holds_across_replicas,
+);
 
 /// The tests of the logs' byte bounds and budget, for each store by its limited factory.
 macro_rules! limited_suite {
