@@ -209,6 +209,7 @@ suite!(
     session::creates_over_the_principal_cap_are_refused_until_one_is_removed,
     session::racing_creates_take_each_slot_once,
     session::creates_cancelled_anywhere_hold_a_slot_only_if_recorded,
+    session::lock_attempts_cancelled_anywhere_leave_the_lock_free,
     jobs::lists_jobs_in_id_order_within_scope_and_filter,
     jobs::requests_by_id_reach_the_running_job,
     jobs::purging_forgets_only_jobs_that_ended_before_the_cutoff,
@@ -241,6 +242,10 @@ replicas_suite!(
     jobs::a_cancel_on_one_replica_reaches_the_job_on_the_other,
     jobs::subscriptions_on_one_replica_reach_the_job_on_the_other,
     jobs::caps_hold_across_replicas,
+    session::a_change_on_one_replica_wakes_a_waiter_on_the_other,
+    session::racing_attaches_on_two_replicas_end_at_the_newest,
+    session::the_attachment_lock_admits_one_holder_across_replicas,
+    session::the_session_cap_holds_across_replicas,
 );
 
 store_tests!(memory_replicas_with_outage; jobs::a_cancel_whose_message_was_lost_still_reaches_the_job);

@@ -6,7 +6,7 @@ use crate::{error::ArcpError, ids::ReplicaId};
 
 use super::{
     idempotency::redis::RedisIdempotencyStore, jobs::redis::RedisJobDirectory, log::LogLimits,
-    redis::Redis, resume::redis::RedisResumeRegistry, Stores,
+    redis::Redis, resume::redis::RedisResumeRegistry, session::redis::RedisSessionStore, Stores,
 };
 
 /// Where the state lives.
@@ -65,6 +65,7 @@ impl Stores {
     /// `redis`, as replica `replica` uses them.
     pub fn in_redis(self, redis: &Redis, replica: &ReplicaId) -> Stores {
         Stores {
+            sessions: Arc::new(RedisSessionStore::new(redis)),
             resume: Arc::new(RedisResumeRegistry::new(redis)),
             idempotency: Arc::new(RedisIdempotencyStore::new(redis)),
             jobs: Arc::new(RedisJobDirectory::new(redis, replica.clone())),

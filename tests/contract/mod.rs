@@ -89,6 +89,12 @@ pub fn text(frame: &StoredFrame) -> String {
     }
 }
 
+/// The most polls a cancellation test tries before it decides the call never completes: each
+/// test cancels its call after 0, 1, 2, ... polls until one completes, so that a store whose
+/// calls take a network round trip is cancelled at each of its suspension points too, before
+/// and after its request left.
+pub const MAX_POLLS: usize = 100_000;
+
 /// `future` awaited with [`DEADLINE`].
 pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(DEADLINE, future)

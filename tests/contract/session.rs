@@ -6,10 +6,11 @@ use arcp_gateway::{
     error::ErrorCode,
     ids::{Epoch, EventSeq, Principal, SessionId},
     protocol::Features,
-    store::session::{AckOutcome, Flow, NewSession, SessionRecord},
+    store::session::{AckOutcome, Flow, NewSession, SessionRecord, SessionStore},
 };
+use tokio::{sync::oneshot, task::JoinHandle};
 
-use super::{cancel_after, within, Factory};
+use super::{cancel_after, within, Factory, Replicas, MAX_POLLS};
 
 async fn record(make: Factory, epoch: u64) -> Arc<dyn SessionRecord> {
     make(10)
@@ -222,28 +223,67 @@ pub async fn racing_attachments_end_at_the_newest(make: Factory) {
     assert_eq!((flow.epoch, flow.delivered), (Epoch(17), EventSeq(17)));
 }
 
-/// Calls dropped at any suspension point took full effect or none.
+/// The flow state as the store holds it: as a handle opened now sees it.
+async fn held(sessions: &dyn SessionStore, id: &SessionId) -> Flow {
+    sessions
+        .open(id)
+        .await
+        .expect("the session is recorded")
+        .flow()
+}
+
+/// Calls dropped at any suspension point took full effect or none, as the store holds it. (A
+/// shared store's handle learns of a dropped call's effect when it next hears from the store,
+/// so the test looks through a handle opened afterwards.)
 pub async fn attaches_and_deliveries_cancelled_anywhere_took_effect_or_none(make: Factory) {
-    let record = record(make, 1).await;
-    for polls in 0..6 {
-        let epoch = record.flow().epoch.next();
+    let sessions = make(10).sessions;
+    let record = sessions.create(capped("alice", usize::MAX)).await.unwrap();
+    let id = record.id().clone();
+    for polls in 0.. {
+        assert!(polls < MAX_POLLS, "the calls never completed");
+        let epoch = held(&*sessions, &id).await.epoch.next();
         let attached = cancel_after(polls, record.attach(epoch, None, EventSeq(polls as u64)))
             .await
             .map(|r| r.unwrap());
-        let flow = record.flow();
+        let flow = held(&*sessions, &id).await;
         if flow.epoch == epoch {
             assert_ne!(attached, Some(false));
             assert_eq!(flow.delivered, EventSeq(polls as u64));
         } else {
             assert_eq!(attached, None, "a completed attach did not take effect");
         }
-        let before = record.flow().delivered;
-        let recorded =
-            cancel_after(polls, record.record_delivered(flow.epoch, EventSeq(100))).await;
-        let after = record.flow().delivered;
+        // Beyond whatever was delivered, so a delivery that took effect shows.
+        let (before, through) = (flow.delivered, EventSeq(polls as u64 + 1));
+        let recorded = cancel_after(polls, record.record_delivered(flow.epoch, through))
+            .await
+            .map(|r| r.unwrap());
+        let after = held(&*sessions, &id).await.delivered;
         match recorded {
-            Some(recorded) => assert!(recorded.unwrap() && after == EventSeq(100)),
-            None => assert!(after == before || after == EventSeq(100)),
+            Some(recorded) => assert!(recorded && after == through),
+            None => assert!(after == before || after == through),
+        }
+        if attached.is_some() && recorded.is_some() {
+            // What the calls answered, their own handle shows.
+            assert_eq!(record.flow(), held(&*sessions, &id).await);
+            break;
+        }
+    }
+}
+
+/// An attempt at the attachment lock dropped at any suspension point leaves it free once the
+/// attempt is gone, whether or not it took the lock.
+pub async fn lock_attempts_cancelled_anywhere_leave_the_lock_free(make: Factory) {
+    let record = record(make, 1).await;
+    for polls in 0.. {
+        assert!(polls < MAX_POLLS, "the lock was never taken");
+        let taken = cancel_after(polls, record.lock_attachment()).await;
+        let completed = taken.is_some();
+        drop(taken);
+        within("the lock to be free", record.lock_attachment())
+            .await
+            .unwrap();
+        if completed {
+            break;
         }
     }
 }
@@ -310,9 +350,12 @@ pub async fn racing_creates_take_each_slot_once(make: Factory) {
 /// recorded nothing and holds none.
 pub async fn creates_cancelled_anywhere_hold_a_slot_only_if_recorded(make: Factory) {
     let sessions = make(10).sessions;
-    for polls in 0..6 {
+    for polls in 0.. {
+        assert!(polls < MAX_POLLS, "the create never completed");
         let new = capped("carol", 1);
-        cancel_after(polls, sessions.create(new.clone())).await;
+        let completed = cancel_after(polls, sessions.create(new.clone()))
+            .await
+            .is_some();
         let recorded = sessions.open(&new.id).await.is_ok();
         let next = sessions.create(capped("carol", 1)).await;
         assert_eq!(next.is_ok(), !recorded, "after {polls} polls");
@@ -321,5 +364,190 @@ pub async fn creates_cancelled_anywhere_hold_a_slot_only_if_recorded(make: Facto
             Err(_) => new.id,
         };
         sessions.remove(&holder).await.unwrap();
+        if completed {
+            break;
+        }
     }
+}
+
+/// A new session of alice's on replica `a`, and its record on replica `b` too.
+async fn on_two_replicas(make: Replicas) -> (Arc<dyn SessionRecord>, Arc<dyn SessionRecord>) {
+    let (a, b) = make(10);
+    let on_a = a
+        .sessions
+        .create(NewSession {
+            features: Features::supported().negotiate(&["ack"]),
+            ..capped("alice", usize::MAX)
+        })
+        .await
+        .unwrap();
+    let on_b = b.sessions.open(on_a.id()).await.unwrap();
+    (on_a, on_b)
+}
+
+/// A task waiting on `record` until `ready` holds of its flow.
+fn waiter(
+    record: &Arc<dyn SessionRecord>,
+    ready: impl Fn(&Flow) -> bool + Send + Sync + 'static,
+) -> JoinHandle<()> {
+    let record = record.clone();
+    tokio::spawn(async move { record.wait_flow(&ready).await })
+}
+
+/// Every change made on one replica wakes a task waiting on the flow on the other, whose
+/// handle then shows it: deliveries, acks, a detach, and an attach with its features.
+pub async fn a_change_on_one_replica_wakes_a_waiter_on_the_other(make: Replicas) {
+    let (on_a, on_b) = on_two_replicas(make).await;
+    let expect = |epoch, attached, delivered, acked| Flow {
+        epoch: Epoch(epoch),
+        attached,
+        delivered: EventSeq(delivered),
+        acked: EventSeq(acked),
+    };
+
+    let delivered = waiter(&on_b, |flow| flow.delivered >= EventSeq(5));
+    assert!(on_a.record_delivered(Epoch(1), EventSeq(5)).await.unwrap());
+    within("the delivery on the other replica", delivered)
+        .await
+        .unwrap();
+    assert_eq!(on_b.flow(), expect(1, true, 5, 0));
+
+    let acked = waiter(&on_b, |flow| flow.acked >= EventSeq(3));
+    assert_eq!(
+        on_a.record_ack(Epoch(1), EventSeq(3)).await.unwrap(),
+        AckOutcome::Recorded { acked: EventSeq(3) }
+    );
+    within("the ack on the other replica", acked).await.unwrap();
+    assert_eq!(on_b.flow(), expect(1, true, 5, 3));
+
+    let detached = waiter(&on_b, |flow| !flow.attached);
+    assert!(on_a.detach(Epoch(1)).await.unwrap());
+    within("the detach on the other replica", detached)
+        .await
+        .unwrap();
+    assert_eq!(on_b.flow(), expect(1, false, 5, 3));
+
+    // And the other way round: B's attach reaches A, features and all.
+    let attached = waiter(&on_a, |flow| flow.epoch == Epoch(2));
+    assert!(on_b
+        .attach(Epoch(2), Some(Features::default()), EventSeq(4))
+        .await
+        .unwrap());
+    within("the attach on the other replica", attached)
+        .await
+        .unwrap();
+    assert_eq!(on_a.flow(), expect(2, true, 4, 3));
+    assert!(!on_a.features().has("ack"), "the new attachment's features");
+}
+
+/// Attaches racing on two replicas end at the newest on both, and the older attachments' later
+/// changes are refused on both, changing nothing.
+pub async fn racing_attaches_on_two_replicas_end_at_the_newest(make: Replicas) {
+    let (on_a, on_b) = on_two_replicas(make).await;
+    let racers: Vec<_> = (2..=17u64)
+        .map(|e| {
+            let record = if e % 2 == 0 { &on_a } else { &on_b }.clone();
+            tokio::spawn(async move { record.attach(Epoch(e), None, EventSeq(e)).await.unwrap() })
+        })
+        .collect();
+    let mut won = 0;
+    for racer in racers {
+        won += u32::from(within("the attachments", racer).await.unwrap());
+    }
+    assert!(won >= 1);
+    let newest = Flow {
+        epoch: Epoch(17),
+        attached: true,
+        delivered: EventSeq(17),
+        acked: EventSeq::ZERO,
+    };
+    for record in [&on_a, &on_b] {
+        within(
+            "the newest attachment on both replicas",
+            record.wait_flow(&|flow: &Flow| flow.epoch == Epoch(17)),
+        )
+        .await;
+        assert_eq!(record.flow(), newest);
+    }
+    for record in [&on_a, &on_b] {
+        for older in [Epoch(16), Epoch(15), Epoch(1)] {
+            assert!(!record.record_delivered(older, EventSeq(30)).await.unwrap());
+            assert_eq!(
+                record.record_ack(older, EventSeq(1)).await.unwrap(),
+                AckOutcome::Superseded
+            );
+            assert!(!record.detach(older).await.unwrap());
+            assert!(!record.attach(older, None, EventSeq(1)).await.unwrap());
+        }
+    }
+    for record in [&on_a, &on_b] {
+        assert_eq!(record.flow(), newest, "a refused change changed nothing");
+    }
+}
+
+/// The attachment lock admits one holder over both replicas, and a holder's release lets the
+/// other replica's waiter in.
+pub async fn the_attachment_lock_admits_one_holder_across_replicas(make: Replicas) {
+    let (on_a, on_b) = on_two_replicas(make).await;
+    let held = on_a.lock_attachment().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), on_b.lock_attachment())
+            .await
+            .is_err(),
+        "the other replica got the held lock"
+    );
+    let (locked, is_locked) = oneshot::channel();
+    let (release, released) = oneshot::channel::<()>();
+    let holder = {
+        let on_b = on_b.clone();
+        tokio::spawn(async move {
+            let lock = on_b.lock_attachment().await.unwrap();
+            locked.send(()).unwrap();
+            let _ = released.await;
+            drop(lock);
+        })
+    };
+    drop(held);
+    within("the lock to pass to the other replica", is_locked)
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), on_a.lock_attachment())
+            .await
+            .is_err(),
+        "the first replica got the lock back while the other held it"
+    );
+    release.send(()).unwrap();
+    within("the lock to come back", on_a.lock_attachment())
+        .await
+        .unwrap();
+    holder.await.unwrap();
+}
+
+/// Creates racing on two replicas for a principal's last slots take each slot once, and a
+/// removal on one replica frees a slot for a create on the other.
+pub async fn the_session_cap_holds_across_replicas(make: Replicas) {
+    let (a, b) = make(10);
+    let racers: Vec<_> = (0..12)
+        .map(|n| {
+            let sessions = if n % 2 == 0 { &a } else { &b }.sessions.clone();
+            tokio::spawn(async move {
+                let new = capped("dave", 3);
+                sessions.create(new.clone()).await.ok().map(|_| new.id)
+            })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for racer in racers {
+        won.extend(within("the creates", racer).await.unwrap());
+    }
+    assert_eq!(won.len(), 3);
+    for stores in [&a, &b] {
+        let err = stores.sessions.create(capped("dave", 3)).await.err();
+        assert_eq!(err.expect("refused").code(), ErrorCode::PermissionDenied);
+    }
+    b.sessions.remove(&won[0]).await.unwrap();
+    a.sessions.create(capped("dave", 3)).await.unwrap();
+    let err = b.sessions.create(capped("dave", 3)).await.err();
+    assert_eq!(err.expect("refused").code(), ErrorCode::PermissionDenied);
 }

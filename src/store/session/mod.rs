@@ -11,9 +11,11 @@
 //!
 //! The flow state is read on every frame a job emits (to pace the job to its reader), so a
 //! record hands it out without suspending: a shared store keeps a local copy current. Changes
-//! go through the store and may suspend. [`memory::MemorySessionStore`] is the embedded store.
+//! go through the store and may suspend. [`memory::MemorySessionStore`] is the embedded store;
+//! [`redis::RedisSessionStore`] one that replicas share.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -101,7 +103,9 @@ pub trait SessionStore: Send + Sync + 'static {
 /// One session's record, as a handle.
 ///
 /// Every async call may suspend and may be cancelled by dropping its future; a dropped call has
-/// either taken full effect or none.
+/// either taken full effect or none. A shared store's handles learn of a dropped call's effect,
+/// as of another replica's changes, when they next hear from the store: the flow state is a
+/// copy, current within a message's latency.
 #[async_trait]
 pub trait SessionRecord: Send + Sync + 'static {
     /// The session.

@@ -1,0 +1,176 @@
+//! Session records in Redis, shared by every replica that connects to the same server.
+//!
+//! # Layout
+//!
+//! - `PREFIX:{SESSION}:session`, a hash: the principal, the features, the flow state (epoch,
+//!   attached, delivered, acked) and a version that every change increments
+//!   (`scripts.rs` lists the fields).
+//! - `PREFIX:{SESSION}:attach-lock`, a string: the token of the attachment lock's holder,
+//!   expiring unless its holder renews it.
+//! - `PREFIX:{SESSION}:changes`, a pub/sub channel: every change script publishes the state it
+//!   left, and a release of the lock says so.
+//! - `PREFIX:{sessions:PRINCIPAL}:held`, a set: the principal's sessions, for its cap.
+//!
+//! Every change is one Lua script that checks the epoch and changes the state in one step, so
+//! changes from any replicas linearise and a cancelled call took full effect or none.
+//!
+//! # The local copy
+//!
+//! Jobs read the flow state on every frame, so it cannot be a round trip. Each replica keeps
+//! one copy per session it holds handles of, shared by all of them (`copy.rs`), and
+//! subscribes once to the session's channel. The copy takes the state each of the replica's
+//! own scripts answers and each message on the channel, whichever is newer by version, since
+//! the two arrive in either order. Messages published while the notifier's connection is down
+//! are lost, so on every (re)subscription the copy re-reads the record; a waiter on the flow
+//! also re-reads it every second, so that nothing waits forever on a lost message. So another
+//! replica's change reaches `flow()` after a message's latency, not at once; and a call
+//! cancelled before its answer arrived reaches it with its message or at the next read of the
+//! record (`open`, taking the lock, a re-read).
+//!
+//! # Cluster
+//!
+//! A session's keys share the hash tag `{SESSION}`, and every script but two touches only
+//! them. Creating a session counts and joins its principal's set in the script that writes
+//! the record, and removing it leaves the set in the script that deletes the record (whose
+//! field `h` names the set): two slots, so this store is for a single Redis (or a primary
+//! with replicas). On a Cluster each would become two scripts, one per slot: the set's first
+//! (take the slot, then write the record) and last (delete the record, then free the slot).
+//! A replica dying between the two would leave a slot held by no record, so the set would
+//! keep each member with the time it joined, and a create finding the set full would look
+//! up (from the process) which members older than a grace period have no record, and free
+//! their slots. Channels would become sharded (`SPUBLISH`, `SSUBSCRIBE`), so that a message
+//! stays on the session's shard.
+
+mod copy;
+mod lock;
+mod record;
+mod remote;
+mod scripts;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::{
+    error::ArcpError,
+    ids::{EventSeq, SessionId},
+    store::{caps::over_cap, redis::Redis},
+};
+
+use self::{
+    copy::{encode_features, Versioned},
+    record::Records,
+    remote::{corrupt, Remote, Snapshot},
+    scripts::Scripts,
+};
+
+use super::{Flow, NewSession, SessionRecord, SessionStore};
+
+/// Session records held in Redis.
+pub struct RedisSessionStore(Arc<Records>);
+
+impl RedisSessionStore {
+    /// A store in `redis`, under its prefix.
+    pub fn new(redis: &Redis) -> Self {
+        RedisSessionStore(Arc::new(Records::new(Remote {
+            redis: redis.for_store("session store"),
+            scripts: Scripts::new(),
+        })))
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisSessionStore {
+    async fn create(&self, session: NewSession) -> Result<Arc<dyn SessionRecord>, ArcpError> {
+        let store = &self.0.remote;
+        let names = store.names(&session.id);
+        let holders = store.holders(&session.principal);
+        let features = encode_features(&session.features);
+        let mut conn = store.redis.get().await?;
+        let answer: Vec<u64> = store
+            .scripts
+            .create
+            .key(&names.record)
+            .key(&holders)
+            .arg(&names.channel)
+            .arg(session.id.as_str())
+            .arg(session.principal.as_str())
+            .arg(&features)
+            .arg(session.epoch.get())
+            .arg(session.max_per_principal)
+            .arg(&holders)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| store.redis.unavailable(e))?;
+        let version = match answer.as_slice() {
+            [0] => {
+                let cap = session.max_per_principal;
+                return Err(over_cap(
+                    "this principal already holds as many sessions",
+                    "max_sessions_per_principal",
+                    cap,
+                    "detached sessions count until their resume window closes",
+                ));
+            }
+            [1, version] => *version,
+            _ => return Err(corrupt("an unknown answer to a create")),
+        };
+        let record = self.0.record(
+            &session.id,
+            Snapshot {
+                principal: session.principal,
+                state: Versioned {
+                    version,
+                    flow: Flow {
+                        epoch: session.epoch,
+                        attached: true,
+                        delivered: EventSeq::ZERO,
+                        acked: EventSeq::ZERO,
+                    },
+                },
+                features_version: version,
+                features,
+            },
+        );
+        // Nobody else knows the session yet; whatever changes before the subscription is
+        // confirmed, the re-read on its confirmation catches.
+        if let Err(e) = record.listen().await {
+            // The caller takes an error for nothing recorded: undo the record, if Redis lets.
+            if let Err(e) = self.remove(&session.id).await {
+                tracing::warn!(session = %session.id, "unlistened session not removed: {e}");
+            }
+            return Err(e);
+        }
+        Ok(record)
+    }
+
+    async fn open(&self, id: &SessionId) -> Result<Arc<dyn SessionRecord>, ArcpError> {
+        let store = &self.0.remote;
+        let snapshot = store
+            .read(&store.names(id))
+            .await?
+            .ok_or_else(|| ArcpError::ResumeWindowExpired(format!("session {id} has no record")))?;
+        let record = self.0.record(id, snapshot);
+        if record.listen().await? {
+            // Changes between the read and the subscription reached no listener here.
+            record.refresh().await?;
+        }
+        Ok(record)
+    }
+
+    async fn remove(&self, id: &SessionId) -> Result<(), ArcpError> {
+        let store = &self.0.remote;
+        let names = store.names(id);
+        let mut conn = store.redis.get().await?;
+        let _: i64 = store
+            .scripts
+            .remove
+            .key(&names.record)
+            .key(&names.lock)
+            .arg(id.as_str())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| store.redis.unavailable(e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,109 @@
+//! [`Remote`]: the store's side in Redis, as every record of one store reaches it: the
+//! connection, the scripts, how a session's keys are named, and reading a record whole.
+
+use crate::{
+    error::ArcpError,
+    ids::{Epoch, EventSeq, Principal, SessionId},
+    store::{redis::RedisConnection, session::Flow},
+};
+
+use super::{copy::Versioned, scripts::Scripts};
+
+/// The connection and the scripts.
+pub(super) struct Remote {
+    pub(super) redis: RedisConnection,
+    pub(super) scripts: Scripts,
+}
+
+/// A session's keys and channel.
+#[derive(Clone)]
+pub(super) struct Names {
+    /// The record, a hash.
+    pub(super) record: String,
+    /// The attachment lock: its holder's token.
+    pub(super) lock: String,
+    /// Where the scripts publish every change, and the lock its releases.
+    pub(super) channel: String,
+}
+
+/// A record as read whole.
+pub(super) struct Snapshot {
+    pub(super) principal: Principal,
+    pub(super) state: Versioned,
+    /// The version that set the features.
+    pub(super) features_version: u64,
+    /// The features' names, as the record keeps them.
+    pub(super) features: String,
+}
+
+/// A record's fields as `HMGET` returns them: principal, version, epoch, attached, delivered,
+/// acked, features version, features.
+type Fields = (
+    Option<String>,
+    Option<u64>,
+    Option<u64>,
+    Option<u64>,
+    Option<u64>,
+    Option<u64>,
+    Option<u64>,
+    Option<String>,
+);
+
+impl Remote {
+    /// `session`'s keys and channel, under the hash tag `{SESSION}`.
+    pub(super) fn names(&self, session: &SessionId) -> Names {
+        let base = format!("{}:{{{session}}}", self.redis.prefix());
+        Names {
+            record: format!("{base}:session"),
+            lock: format!("{base}:attach-lock"),
+            channel: format!("{base}:changes"),
+        }
+    }
+
+    /// The key of `principal`'s set of sessions, under the hash tag `{sessions:PRINCIPAL}`
+    /// (which would end at the principal's first `}`, so that is escaped).
+    pub(super) fn holders(&self, principal: &Principal) -> String {
+        let tag = principal.as_str().replace('}', "%7D");
+        format!("{}:{{sessions:{tag}}}:held", self.redis.prefix())
+    }
+
+    /// The record, or `None` if there is none.
+    pub(super) async fn read(&self, names: &Names) -> Result<Option<Snapshot>, ArcpError> {
+        let mut conn = self.redis.get().await?;
+        let fields: Fields = ::redis::cmd("HMGET")
+            .arg(&names.record)
+            .arg(&["p", "v", "e", "a", "d", "k", "fv", "f"])
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.redis.unavailable(e))?;
+        let (principal, version, epoch, attached, delivered, acked, features_version, features) =
+            fields;
+        let Some(principal) = principal else {
+            return Ok(None);
+        };
+        let (Some(version), Some(epoch), Some(attached), Some(delivered), Some(acked)) =
+            (version, epoch, attached, delivered, acked)
+        else {
+            return Err(corrupt("a record without its flow state"));
+        };
+        Ok(Some(Snapshot {
+            principal: Principal::new(principal),
+            state: Versioned {
+                version,
+                flow: Flow {
+                    epoch: Epoch(epoch),
+                    attached: attached == 1,
+                    delivered: EventSeq(delivered),
+                    acked: EventSeq(acked),
+                },
+            },
+            features_version: features_version.unwrap_or(0),
+            features: features.unwrap_or_default(),
+        }))
+    }
+}
+
+/// Redis answered what no script of this store answers.
+pub(super) fn corrupt(what: &str) -> ArcpError {
+    ArcpError::Internal(format!("the session store returned {what}"))
+}
