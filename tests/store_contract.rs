@@ -11,8 +11,11 @@ use std::sync::Arc;
 use arcp_gateway::{
     ids::SessionId,
     store::{
-        idempotency::redis::RedisIdempotencyStore, log::LogLimits, redis::Redis,
-        resume::redis::RedisResumeRegistry, MemoryStores, Stores,
+        idempotency::redis::RedisIdempotencyStore,
+        log::{redis::RedisEventLog, LogLimits},
+        redis::Redis,
+        resume::redis::RedisResumeRegistry,
+        MemoryStores, Stores,
     },
 };
 
@@ -26,7 +29,11 @@ fn yielding_memory(max_log_frames: usize) -> Stores {
 
 /// The stores in Redis, under keys of their own.
 fn redis(max_log_frames: usize) -> Stores {
-    redis_stores(&fresh_redis(), memory(max_log_frames))
+    redis_stores(
+        &fresh_redis(),
+        LogLimits::frames(max_log_frames),
+        memory(max_log_frames),
+    )
 }
 
 fn fresh_redis() -> Redis {
@@ -34,10 +41,12 @@ fn fresh_redis() -> Redis {
     Redis::open(common::redis_url(), &prefix).expect("a redis address")
 }
 
-/// `base` with every kind of store that has a Redis implementation in `redis`.
-fn redis_stores(redis: &Redis, base: Stores) -> Stores {
+/// `base` with every kind of store that has a Redis implementation in `redis`, the event logs
+/// within `limits`.
+fn redis_stores(redis: &Redis, limits: LogLimits, base: Stores) -> Stores {
     Stores {
         resume: Arc::new(RedisResumeRegistry::new(redis)),
+        logs: Arc::new(RedisEventLog::new(redis, limits)),
         idempotency: Arc::new(RedisIdempotencyStore::new(redis)),
         ..base
     }
@@ -54,7 +63,11 @@ fn redis_replicas(max_log_frames: usize) -> (Stores, Stores) {
     let a = fresh_redis();
     let b = Redis::open(common::redis_url(), a.prefix()).expect("a redis address");
     let shared = memory(max_log_frames);
-    (redis_stores(&a, shared.clone()), redis_stores(&b, shared))
+    let limits = LogLimits::frames(max_log_frames);
+    (
+        redis_stores(&a, limits, shared.clone()),
+        redis_stores(&b, limits, shared),
+    )
 }
 
 fn limited_memory(limits: LogLimits) -> Stores {
@@ -63,6 +76,14 @@ fn limited_memory(limits: LogLimits) -> Stores {
 
 fn yielding_limited_memory(limits: LogLimits) -> Stores {
     contract::wrapped::yielding(limited_memory(limits))
+}
+
+fn limited_redis(limits: LogLimits) -> Stores {
+    redis_stores(&fresh_redis(), limits, limited_memory(limits))
+}
+
+fn yielding_limited_redis(limits: LogLimits) -> Stores {
+    contract::wrapped::yielding(limited_redis(limits))
 }
 
 /// One test per contract function for `$store`, on a two-worker runtime so that racing tasks
@@ -97,6 +118,7 @@ suite!(
     log::a_waiting_read_sees_the_next_append_or_the_removal,
     log::concurrent_appends_get_distinct_gap_free_numbers,
     log::calls_cancelled_anywhere_leave_no_gap,
+    log::a_log_created_again_replaces_the_old_one,
     resume::rotation_invalidates_the_previous_token_at_once,
     resume::tokens_are_bound_to_their_principal,
     resume::epochs_fence_rotation_and_the_window,
@@ -140,13 +162,20 @@ macro_rules! replicas_suite {
     };
 }
 
-replicas_suite!(resume::a_rotation_on_one_replica_is_seen_on_the_other_at_once,);
+replicas_suite!(
+    resume::a_rotation_on_one_replica_is_seen_on_the_other_at_once,
+    log::a_reader_on_one_replica_gets_every_append_of_both_live_in_order,
+    log::a_log_removed_on_one_replica_fails_the_others_waiting_reader,
+    log::appends_racing_on_two_replicas_get_distinct_gap_free_numbers,
+);
 
 /// The tests of the logs' byte bounds and budget, for each store by its limited factory.
 macro_rules! limited_suite {
     ($($test:tt)*) => {
         store_tests!(limited_memory; $($test)*);
         store_tests!(yielding_limited_memory; $($test)*);
+        store_tests!(limited_redis; $($test)*);
+        store_tests!(yielding_limited_redis; $($test)*);
     };
 }
 

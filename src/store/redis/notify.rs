@@ -49,9 +49,12 @@ pub(crate) struct Notifier {
     changes: tokio::sync::Mutex<()>,
 }
 
+/// A channel's listeners, each with the id of its subscription.
+type ChannelListeners = Vec<(u64, Arc<Listener>)>;
+
 #[derive(Default)]
 struct Listeners {
-    by_channel: Mutex<HashMap<Vec<u8>, Vec<(u64, Arc<Listener>)>>>,
+    by_channel: Mutex<HashMap<Vec<u8>, ChannelListeners>>,
     next: AtomicU64,
 }
 
