@@ -46,13 +46,17 @@
 //!
 //! # A single Redis, for now
 //!
-//! The budget's scripts reach other sessions' keys and the two store-wide keys, which on a
-//! Redis Cluster live in other slots. To make it Cluster-safe: keep the byte count and the
-//! detached set per slot group (`PREFIX:{log-budget-K}:…` for K of a fixed number of shards,
-//! a session's shard by its hash tag), give each shard its share of the budget, and have the
-//! append script return "over budget" instead of evicting others' frames, so that the replica
-//! evicts the oldest detached session of that shard with one script on that session's slot
-//! (and one on the shard's keys). The append stays one round trip while within the budget.
+//! The budget makes the append, detach and remove scripts reach the store-wide keys and other
+//! sessions' logs, which on a Redis Cluster live in other slots. To make the store
+//! Cluster-safe, the budget would become a second step: the append script changes only its
+//! session's slot and returns the bytes it added; the replica adds them to the byte counter
+//! (its own slot, sent alongside the append, so still one round trip) and, only when the
+//! counter is over the budget, takes the oldest detached session from the sorted set and
+//! evicts from it with a script on that session's slot, subtracting what it freed. Detaching,
+//! fencing and removing likewise change the session's metadata in one script and the sorted
+//! set in a second command. The two steps are not atomic, so a call cancelled between them
+//! leaves the store-wide keys off by what it did; each session's metadata (`b`, `d`) stays the
+//! truth, and a periodic recount from it would repair them.
 //!
 //! Redis must not evict keys itself (`maxmemory-policy noeviction`): a log whose keys Redis
 //! dropped is reported lost, but the byte count would still hold its bytes.

@@ -319,6 +319,7 @@ pub(super) struct Scripts {
 }
 
 impl Scripts {
+    /// Every script, hashed; Redis loads each on its first use.
     pub(super) fn new() -> Self {
         Scripts {
             create: LuaScript::new(CREATE),

@@ -61,6 +61,7 @@ pub(super) struct RedisSessionLog {
 }
 
 impl RedisSessionLog {
+    /// A handle on incarnation `incarnation` of `session`'s log, not yet subscribed.
     pub(super) fn new(
         store: Arc<Store>,
         session: SessionId,
@@ -82,10 +83,12 @@ impl RedisSessionLog {
         })
     }
 
+    /// The incarnation of the log this handle reaches.
     pub(super) fn incarnation(&self) -> &Incarnation {
         &self.incarnation
     }
 
+    /// The log's keys.
     pub(super) fn keys(&self) -> &LogKeys {
         &self.keys
     }
