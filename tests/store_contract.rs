@@ -23,7 +23,12 @@ fn yielding_memory(max_log_frames: usize) -> Stores {
 
 /// The stores in Redis, under keys of their own.
 fn redis(max_log_frames: usize) -> Stores {
-    redis_stores(&fresh_redis(), "replica-a", memory(max_log_frames))
+    redis_stores(
+        &fresh_redis(),
+        "replica-a",
+        LogLimits::frames(max_log_frames),
+        memory(max_log_frames),
+    )
 }
 
 fn fresh_redis() -> Redis {
@@ -32,9 +37,9 @@ fn fresh_redis() -> Redis {
 }
 
 /// `base` with every kind of store that has a Redis implementation in `redis`, as replica
-/// `replica` has them.
-fn redis_stores(redis: &Redis, replica: &str, base: Stores) -> Stores {
-    base.in_redis(redis, &ReplicaId::new(replica))
+/// `replica` has them, the event logs within `limits`.
+fn redis_stores(redis: &Redis, replica: &str, limits: LogLimits, base: Stores) -> Stores {
+    base.in_redis(redis, &ReplicaId::new(replica), limits)
 }
 
 fn memory_replicas(max_log_frames: usize) -> (Stores, Stores) {
@@ -58,9 +63,10 @@ fn redis_replicas(max_log_frames: usize) -> (Stores, Stores) {
 fn redis_pair(a: &Redis, max_log_frames: usize) -> (Stores, Stores) {
     let b = Redis::open(common::redis_url(), a.prefix()).expect("a redis address");
     let shared = memory(max_log_frames);
+    let limits = LogLimits::frames(max_log_frames);
     (
-        redis_stores(a, "replica-a", shared.clone()),
-        redis_stores(&b, "replica-b", shared),
+        redis_stores(a, "replica-a", limits, shared.clone()),
+        redis_stores(&b, "replica-b", limits, shared),
     )
 }
 
@@ -160,6 +166,14 @@ fn yielding_limited_memory(limits: LogLimits) -> Stores {
     contract::wrapped::yielding(limited_memory(limits))
 }
 
+fn limited_redis(limits: LogLimits) -> Stores {
+    redis_stores(&fresh_redis(), "replica-a", limits, limited_memory(limits))
+}
+
+fn yielding_limited_redis(limits: LogLimits) -> Stores {
+    contract::wrapped::yielding(limited_redis(limits))
+}
+
 /// One test per contract function for `$store`, on a two-worker runtime so that racing tasks
 /// really run in parallel.
 macro_rules! store_tests {
@@ -192,6 +206,7 @@ suite!(
     log::a_waiting_read_sees_the_next_append_or_the_removal,
     log::concurrent_appends_get_distinct_gap_free_numbers,
     log::calls_cancelled_anywhere_leave_no_gap,
+    log::a_log_created_again_replaces_the_old_one,
     resume::rotation_invalidates_the_previous_token_at_once,
     resume::tokens_are_bound_to_their_principal,
     resume::epochs_fence_rotation_and_the_window,
@@ -246,6 +261,9 @@ replicas_suite!(
     session::racing_attaches_on_two_replicas_end_at_the_newest,
     session::the_attachment_lock_admits_one_holder_across_replicas,
     session::the_session_cap_holds_across_replicas,
+    log::a_reader_on_one_replica_gets_every_append_of_both_live_in_order,
+    log::a_log_removed_on_one_replica_fails_the_others_waiting_reader,
+    log::appends_racing_on_two_replicas_get_distinct_gap_free_numbers,
 );
 
 store_tests!(memory_replicas_with_outage; jobs::a_cancel_whose_message_was_lost_still_reaches_the_job);
@@ -256,6 +274,8 @@ macro_rules! limited_suite {
     ($($test:tt)*) => {
         store_tests!(limited_memory; $($test)*);
         store_tests!(yielding_limited_memory; $($test)*);
+        store_tests!(limited_redis; $($test)*);
+        store_tests!(yielding_limited_redis; $($test)*);
     };
 }
 

@@ -5,8 +5,13 @@ use std::{fmt, str::FromStr, sync::Arc};
 use crate::{error::ArcpError, ids::ReplicaId};
 
 use super::{
-    idempotency::redis::RedisIdempotencyStore, jobs::redis::RedisJobDirectory, log::LogLimits,
-    redis::Redis, resume::redis::RedisResumeRegistry, session::redis::RedisSessionStore, Stores,
+    idempotency::redis::RedisIdempotencyStore,
+    jobs::redis::RedisJobDirectory,
+    log::{redis::RedisEventLog, LogLimits},
+    redis::Redis,
+    resume::redis::RedisResumeRegistry,
+    session::redis::RedisSessionStore,
+    Stores,
 };
 
 /// Where the state lives.
@@ -57,16 +62,19 @@ impl Stores {
         let memory = Stores::memory_with_limits(limits);
         match choice {
             StoreChoice::Memory => Ok(memory),
-            StoreChoice::Redis(url) => Ok(memory.in_redis(&Redis::open(url, prefix)?, replica)),
+            StoreChoice::Redis(url) => {
+                Ok(memory.in_redis(&Redis::open(url, prefix)?, replica, limits))
+            }
         }
     }
 
     /// These stores with every kind that has a Redis implementation replaced by it, in
-    /// `redis`, as replica `replica` uses them.
-    pub fn in_redis(self, redis: &Redis, replica: &ReplicaId) -> Stores {
+    /// `redis`, as replica `replica` uses them, with event logs within `limits`.
+    pub fn in_redis(self, redis: &Redis, replica: &ReplicaId, limits: LogLimits) -> Stores {
         Stores {
             sessions: Arc::new(RedisSessionStore::new(redis)),
             resume: Arc::new(RedisResumeRegistry::new(redis)),
+            logs: Arc::new(RedisEventLog::new(redis, limits)),
             idempotency: Arc::new(RedisIdempotencyStore::new(redis)),
             jobs: Arc::new(RedisJobDirectory::new(redis, replica.clone())),
             ..self

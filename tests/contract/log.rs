@@ -7,12 +7,12 @@ use arcp_gateway::{
     error::ErrorCode,
     ids::{Epoch, EventSeq, SessionId},
     store::{
-        log::{LogEntry, LogLimits, SessionLog, Wait},
+        log::{cursor::LogCursor, LogEntry, LogLimits, SessionLog, Wait},
         Stores,
     },
 };
 
-use super::{cancel_after, frame, text, within, Factory, LimitedFactory};
+use super::{cancel_after, frame, text, within, Factory, LimitedFactory, Replicas};
 
 async fn log_with(make: Factory, max_frames: usize, count: u64) -> Arc<dyn SessionLog> {
     let stores = make(max_frames);
@@ -208,6 +208,183 @@ pub async fn calls_cancelled_anywhere_leave_no_gap(make: Factory) {
         .await
         .unwrap();
     assert_eq!(seqs(&got), vec![appended + 1]);
+}
+
+/// A second `create` for a session replaces its log: the old one's handles fail, its waiting
+/// readers too, and the new one starts empty.
+pub async fn a_log_created_again_replaces_the_old_one(make: Factory) {
+    let stores = make(100);
+    let id = SessionId::generate();
+    let old = stores.logs.create(&id).await.unwrap();
+    old.append(frame("old")).await.unwrap();
+    let waiting = {
+        let old = old.clone();
+        tokio::spawn(async move { old.read(EventSeq(1), 10, Wait::ForMore).await })
+    };
+    let new = stores.logs.create(&id).await.unwrap();
+    assert_eq!(new.bounds().await.unwrap().newest, EventSeq::ZERO);
+    let outcome = within("the new log failing the old one's reader", waiting)
+        .await
+        .unwrap();
+    assert_eq!(outcome.unwrap_err().code(), ErrorCode::ResumeWindowExpired);
+    let err = old.read(EventSeq::ZERO, 10, Wait::No).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ResumeWindowExpired);
+    assert!(old.append(frame("late")).await.is_err());
+    assert_eq!(new.append(frame("new")).await.unwrap(), EventSeq(1));
+    let opened = stores.logs.open(&id).await.unwrap();
+    let got = opened.read(EventSeq::ZERO, 10, Wait::No).await.unwrap();
+    assert_eq!(
+        got.iter().map(|e| text(&e.frame)).collect::<Vec<_>>(),
+        ["new"]
+    );
+}
+
+/// What `cursor` yields until it has yielded the frame numbered `through`.
+async fn read_through(mut cursor: LogCursor, through: u64) -> Vec<LogEntry> {
+    let mut got = Vec::new();
+    while cursor.position().get() < through {
+        got.extend(cursor.next_batch().await.expect("the cursor reads"));
+    }
+    got
+}
+
+/// Asserts that `entries`, a task's appends `0..each` among others, hold that task's frames
+/// (texts `"TASK/N"`) once each and in order.
+fn assert_each_task_in_order(entries: &[LogEntry], tasks: u64, each: u64) {
+    for t in 0..tasks {
+        let mine: Vec<u64> = entries
+            .iter()
+            .filter_map(|e| {
+                let text = text(&e.frame);
+                let (task, n) = text.split_once('/')?;
+                (task == t.to_string()).then(|| n.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(mine, (0..each).collect::<Vec<_>>(), "task {t}'s frames");
+    }
+}
+
+/// Readers on either replica, one from the start and others from the middle of what is there
+/// (a replay, then live delivery, through one cursor), get every frame appended on both
+/// replicas while they wait, in order, with no gap and no duplicate, as the log holds them.
+pub async fn a_reader_on_one_replica_gets_every_append_of_both_live_in_order(make: Replicas) {
+    const WRITERS: u64 = 3;
+    const EACH: u64 = 40;
+    const BEFORE: u64 = 10;
+    const TOTAL: u64 = BEFORE + WRITERS * EACH;
+    let (a, b) = make(10_000);
+    let id = SessionId::generate();
+    let on_a = a.logs.create(&id).await.unwrap();
+    let on_b = b.logs.open(&id).await.unwrap();
+    for n in 0..BEFORE {
+        on_a.append(frame(&format!("before/{n}"))).await.unwrap();
+    }
+    let readers: Vec<_> = [
+        (on_b.clone(), 0, 7),
+        (on_b.clone(), BEFORE / 2, 3),
+        (on_a.clone(), BEFORE / 2, 16),
+    ]
+    .into_iter()
+    .map(|(log, from, batch)| {
+        let cursor = LogCursor::new(log, EventSeq(from), batch);
+        (from, tokio::spawn(read_through(cursor, TOTAL)))
+    })
+    .collect();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let log = if w % 2 == 0 { &on_a } else { &on_b }.clone();
+            tokio::spawn(async move {
+                for n in 0..EACH {
+                    log.append(frame(&format!("{w}/{n}"))).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        within("the writers", writer).await.unwrap();
+    }
+    let all = on_a.read(EventSeq::ZERO, 10_000, Wait::No).await.unwrap();
+    assert_eq!(seqs(&all), (1..=TOTAL).collect::<Vec<_>>());
+    assert_each_task_in_order(&all, WRITERS, EACH);
+    for (from, reader) in readers {
+        let got = within("the readers", reader).await.unwrap();
+        assert_eq!(
+            got,
+            all[from as usize..],
+            "the reader from {from} missed, repeated or reordered frames"
+        );
+    }
+}
+
+/// A log removed through one replica fails the other's waiting reader, and the other's calls.
+pub async fn a_log_removed_on_one_replica_fails_the_others_waiting_reader(make: Replicas) {
+    let (a, b) = make(100);
+    let id = SessionId::generate();
+    let on_a = a.logs.create(&id).await.unwrap();
+    on_a.append(frame("1")).await.unwrap();
+    let on_b = b.logs.open(&id).await.unwrap();
+    let waiting = {
+        let on_b = on_b.clone();
+        tokio::spawn(async move { on_b.read(EventSeq(1), 10, Wait::ForMore).await })
+    };
+    a.logs.remove(&id).await;
+    let outcome = within("the removal failing the other replica's reader", waiting)
+        .await
+        .unwrap();
+    assert_eq!(outcome.unwrap_err().code(), ErrorCode::ResumeWindowExpired);
+    let err = on_b.append(frame("late")).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ResumeWindowExpired);
+    assert_eq!(
+        on_b.bounds().await.unwrap_err().code(),
+        ErrorCode::ResumeWindowExpired
+    );
+    let err = b
+        .logs
+        .open(&id)
+        .await
+        .err()
+        .expect("a removed log does not open");
+    assert_eq!(err.code(), ErrorCode::ResumeWindowExpired);
+}
+
+/// Appends racing from tasks on both replicas get every sequence number exactly once, each
+/// task's frames in the order it appended them, and both replicas read the same log.
+pub async fn appends_racing_on_two_replicas_get_distinct_gap_free_numbers(make: Replicas) {
+    const TASKS: u64 = 6;
+    const EACH: u64 = 40;
+    let (a, b) = make(10_000);
+    let id = SessionId::generate();
+    let on_a = a.logs.create(&id).await.unwrap();
+    let on_b = b.logs.open(&id).await.unwrap();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let log = if t % 2 == 0 { &on_a } else { &on_b }.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for n in 0..EACH {
+                    got.push(log.append(frame(&format!("{t}/{n}"))).await.unwrap().get());
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all = BTreeSet::new();
+    for task in tasks {
+        let got = within("the appenders", task).await.unwrap();
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "one task's frames out of order"
+        );
+        all.extend(got);
+    }
+    assert_eq!(all, (1..=TASKS * EACH).collect::<BTreeSet<_>>());
+    let entries = on_a.read(EventSeq::ZERO, 10_000, Wait::No).await.unwrap();
+    assert_eq!(seqs(&entries), (1..=TASKS * EACH).collect::<Vec<_>>());
+    assert_each_task_in_order(&entries, TASKS, EACH);
+    assert_eq!(
+        on_b.read(EventSeq::ZERO, 10_000, Wait::No).await.unwrap(),
+        entries
+    );
 }
 
 /// A frame of [`numbered`]'s size, so that byte bounds can be counted in frames.

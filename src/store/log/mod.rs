@@ -9,7 +9,8 @@
 //! Frames cross the trait in their storage encoding ([`StoredFrame`]), so every store keeps
 //! and returns the same bytes, and nothing on the frame path depends on where the log lives.
 //! [`EventLog`] creates, opens and removes sessions' logs; a [`SessionLog`] handle is what
-//! everything on the frame path uses. [`memory::MemoryEventLog`] is the embedded store.
+//! everything on the frame path uses. [`memory::MemoryEventLog`] is the embedded store;
+//! [`redis::RedisEventLog`] one that replicas share.
 //!
 //! Memory is bounded by [`LogLimits`]: each log keeps at most so many frames and so many bytes
 //! of them, and a store keeps at most a budget of bytes across all its logs. Beyond a log's own
@@ -24,6 +25,7 @@
 
 pub mod cursor;
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 

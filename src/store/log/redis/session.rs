@@ -1,0 +1,492 @@
+//! One session's log in Redis as one replica holds it: the [`SessionLog`] every handle on this
+//! replica shares, with the newest sequence number it has heard of and the subscription it
+//! hears of appends on.
+//!
+//! A waiting read waits on that number, which grows with this replica's appends and with every
+//! message on the log's channel. Pub/sub may drop messages while its connection is down, so a
+//! resubscription wakes the readers to look again, and so does a timer, each second, for a
+//! message lost any other way.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, OnceLock, Weak,
+    },
+    time::Duration,
+};
+
+use ::redis::Value;
+use async_trait::async_trait;
+use tokio::sync::OnceCell;
+
+use crate::{
+    encoding::StoredFrame,
+    error::ArcpError,
+    ids::{Epoch, EventSeq, SessionId},
+    store::{
+        log::{evicted, Appended, LogBounds, LogEntry, SessionLog, Wait},
+        redis::notify::{Notice, Subscription},
+    },
+    sync::wakeup::Wakeup,
+};
+
+use super::{
+    commit::{Batcher, Commits},
+    incarnation::{Gone, Incarnation},
+    scripts::Standing,
+    LogKeys, Store,
+};
+
+/// How often a waiting reader looks at Redis even though it heard nothing.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// One incarnation of a session's log, as this replica reaches it.
+pub(super) struct RedisSessionLog {
+    store: Arc<Store>,
+    session: SessionId,
+    incarnation: Incarnation,
+    keys: LogKeys,
+    /// Itself, for the committer task and the listener.
+    me: Weak<RedisSessionLog>,
+    /// The newest sequence number this replica knows the log reached.
+    newest: AtomicU64,
+    /// How many times the channel was (re)subscribed: messages may have been lost before each.
+    subscriptions: AtomicU64,
+    /// Set once the log is known to be gone; every call fails from then on.
+    gone: OnceLock<Gone>,
+    /// Wakes waiting readers when `newest`, `subscriptions` or `gone` change.
+    grew: Wakeup,
+    subscription: OnceCell<Subscription>,
+    commits: Commits,
+}
+
+impl RedisSessionLog {
+    /// A handle on incarnation `incarnation` of `session`'s log, not yet subscribed.
+    pub(super) fn new(
+        store: Arc<Store>,
+        session: SessionId,
+        incarnation: Incarnation,
+    ) -> Arc<RedisSessionLog> {
+        let keys = store.keys(&session);
+        Arc::new_cyclic(|me| RedisSessionLog {
+            store,
+            session,
+            incarnation,
+            keys,
+            me: me.clone(),
+            newest: AtomicU64::new(0),
+            subscriptions: AtomicU64::new(0),
+            gone: OnceLock::new(),
+            grew: Wakeup::default(),
+            subscription: OnceCell::new(),
+            commits: Commits::default(),
+        })
+    }
+
+    /// The incarnation of the log this handle reaches.
+    pub(super) fn incarnation(&self) -> &Incarnation {
+        &self.incarnation
+    }
+
+    /// The log's keys.
+    pub(super) fn keys(&self) -> &LogKeys {
+        &self.keys
+    }
+
+    /// Records that the log reached `newest`, and wakes readers.
+    pub(super) fn saw(&self, newest: u64) {
+        if self.newest.fetch_max(newest, Ordering::AcqRel) < newest {
+            self.grew.notify();
+        }
+    }
+
+    /// Subscribes to the log's channel, once; returns when Redis confirmed it.
+    pub(super) async fn subscribed(&self) -> Result<(), ArcpError> {
+        let notifier = self.store.redis.notifier();
+        self.subscription
+            .get_or_try_init(|| {
+                let me = self.me.clone();
+                notifier.subscribe(
+                    self.keys.channel.as_bytes(),
+                    Arc::new(move |notice: Notice<'_>| {
+                        if let Some(log) = me.upgrade() {
+                            log.heard(notice);
+                        }
+                    }),
+                )
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| self.store.redis.unavailable(e))
+    }
+
+    /// A notice on the log's channel. Messages of other incarnations are another log's.
+    fn heard(&self, notice: Notice<'_>) {
+        let message = match notice {
+            Notice::Subscribed => {
+                self.subscriptions.fetch_add(1, Ordering::AcqRel);
+                self.grew.notify();
+                return;
+            }
+            Notice::Message(message) => message,
+        };
+        let Some(space) = message.iter().position(|&b| b == b' ') else {
+            return;
+        };
+        let (incarnation, news) = (&message[..space], &message[space + 1..]);
+        if !self.incarnation.is(incarnation) {
+            return;
+        }
+        match news {
+            b"-" => {
+                self.lose(Gone::Removed);
+            }
+            b"+" => {
+                self.lose(Gone::Replaced);
+            }
+            b"!" => {
+                self.lose(Gone::LostEvents);
+            }
+            digits => {
+                if let Some(newest) = parse_u64(digits) {
+                    self.saw(newest);
+                }
+            }
+        }
+    }
+
+    /// Records that the log is gone (the first reason found stands), wakes its readers, and
+    /// returns the error calls fail with.
+    pub(super) fn lose(&self, gone: Gone) -> ArcpError {
+        let gone = *self.gone.get_or_init(|| gone);
+        self.grew.notify();
+        gone.error(&self.session)
+    }
+
+    fn check_present(&self) -> Result<(), ArcpError> {
+        match self.gone.get() {
+            Some(gone) => Err(gone.error(&self.session)),
+            None => Ok(()),
+        }
+    }
+
+    /// The log's bounds from its metadata fields `id`, `x`, `n`, `e`, checked against this
+    /// handle: the incarnation, and `known`, the newest number heard of before they were read.
+    async fn check_meta(&self, fields: &[Value], known: u64) -> Result<LogBounds, ArcpError> {
+        let [id, tomb, newest, evicted_through] = fields else {
+            return Err(unexpected());
+        };
+        let standing = match (id, tomb) {
+            (Value::BulkString(id), _) if !self.incarnation.is(id) => Standing::Replaced,
+            (Value::BulkString(_), Value::Nil) => Standing::Present,
+            (Value::BulkString(_), Value::BulkString(tomb)) if tomb == b"lost" => {
+                Standing::LostEvents
+            }
+            (Value::BulkString(_), _) => Standing::Removed,
+            _ => Standing::Missing,
+        };
+        if let Some(gone) = standing.gone() {
+            return Err(self.lose(gone));
+        }
+        let (Some(newest), Some(evicted_through)) = (number(newest), number(evicted_through))
+        else {
+            return Err(unexpected());
+        };
+        if newest < known {
+            return Err(self.lost_events(known).await);
+        }
+        self.saw(newest);
+        Ok(LogBounds {
+            evicted_through: EventSeq(evicted_through),
+            newest: EventSeq(newest),
+        })
+    }
+
+    /// Marks the log in Redis as having lost events, unless it holds `at_least` frames (so
+    /// that every handle fails, not only this one), and fails this handle.
+    async fn lost_events(&self, at_least: u64) -> ArcpError {
+        let store = &self.store;
+        let script = &store.scripts.poison;
+        let mut cmd = script.call(1, 3, 128);
+        cmd.arg(&self.keys.meta)
+            .arg(self.incarnation.as_str())
+            .arg(at_least)
+            .arg(&self.keys.channel);
+        if let Ok(mut conn) = store.redis.get().await {
+            // Best effort: this handle fails either way, and the others on their next check.
+            let _ = script.run(&mut conn, &cmd).await;
+        }
+        self.lose(Gone::LostEvents)
+    }
+
+    /// Up to `max` frames after `after`, as Redis holds them now.
+    async fn read_now(&self, after: EventSeq, max: usize) -> Result<Vec<LogEntry>, ArcpError> {
+        self.check_present()?;
+        let known = self.newest.load(Ordering::Acquire);
+        let mut conn = self.store.redis.get().await?;
+        let reply: Vec<Value> = ::redis::pipe()
+            .atomic()
+            .cmd("HMGET")
+            .arg(&self.keys.meta)
+            .arg(&["id", "x", "n", "e"])
+            .cmd("XRANGE")
+            .arg(&self.keys.stream)
+            .arg(after.get().saturating_add(1))
+            .arg("+")
+            .arg("COUNT")
+            .arg(max.min(i64::MAX as usize))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.store.redis.unavailable(e))?;
+        let [Value::Array(meta), Value::Array(entries)] =
+            <[Value; 2]>::try_from(reply).map_err(|_| unexpected())?
+        else {
+            return Err(unexpected());
+        };
+        let bounds = self.check_meta(&meta, known).await?;
+        if after < bounds.evicted_through {
+            return Err(evicted(after, bounds.evicted_through));
+        }
+        let expected = (bounds.newest.get().saturating_sub(after.get())).min(max as u64);
+        let mut read = Vec::with_capacity(entries.len());
+        let mut next = after.next();
+        for entry in entries {
+            let Some((seq, frame)) = entry_parts(entry) else {
+                return Err(unexpected());
+            };
+            if seq != next {
+                return Err(self.lost_events(u64::MAX).await);
+            }
+            read.push(LogEntry {
+                seq,
+                frame: StoredFrame::from_bytes(frame)?,
+            });
+            next = next.next();
+        }
+        if (read.len() as u64) < expected {
+            // The metadata says the frames are there and the stream does not have them.
+            return Err(self.lost_events(u64::MAX).await);
+        }
+        Ok(read)
+    }
+
+    /// Runs one of the scripts answering with a standing alone.
+    async fn run_standing(
+        &self,
+        script: &super::scripts::LuaScript,
+        cmd: &::redis::Cmd,
+    ) -> Result<(), ArcpError> {
+        let mut conn = self.store.redis.get().await?;
+        let reply = script
+            .run(&mut conn, cmd)
+            .await
+            .map_err(|e| self.store.redis.unavailable(e))?;
+        let Value::Int(code) = reply else {
+            return Err(unexpected());
+        };
+        match Standing::from_code(code).ok_or_else(unexpected)?.gone() {
+            Some(gone) => Err(self.lose(gone)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RedisSessionLog {
+    fn drop(&mut self) {
+        let mut open = self.store.open.lock();
+        if open
+            .get(&self.session)
+            .is_some_and(|entry| Weak::ptr_eq(entry, &self.me))
+        {
+            open.remove(&self.session);
+        }
+    }
+}
+
+#[async_trait]
+impl Batcher for RedisSessionLog {
+    fn commits(&self) -> &Commits {
+        &self.commits
+    }
+
+    async fn commit(
+        &self,
+        frames: &[StoredFrame],
+        out: &mut Vec<Appended>,
+    ) -> Result<(), ArcpError> {
+        self.check_present()?;
+        let store = &self.store;
+        let known = self.newest.load(Ordering::Acquire);
+        let script = &store.scripts.append;
+        let bytes = frames.iter().map(StoredFrame::len).sum::<usize>() + 512;
+        let mut cmd = script.call(5, 9 + frames.len(), bytes);
+        cmd.arg(&self.keys.stream)
+            .arg(&self.keys.meta)
+            .arg(&store.retained)
+            .arg(&store.detached)
+            .arg(&store.detach_order)
+            .arg(self.incarnation.as_str())
+            .arg(known)
+            .arg(&store.limits.max_frames)
+            .arg(&store.limits.max_bytes)
+            .arg(&store.limits.window_bytes)
+            .arg(&store.limits.budget_bytes)
+            .arg(store.redis.prefix())
+            .arg(self.session.as_str())
+            .arg(&self.keys.channel);
+        for frame in frames {
+            cmd.arg(frame.as_bytes());
+        }
+        let mut conn = store.redis.get().await?;
+        let reply = script
+            .run(&mut conn, &cmd)
+            .await
+            .map_err(|e| store.redis.unavailable(e))?;
+        let Value::Array(reply) = reply else {
+            return Err(unexpected());
+        };
+        let mut reply = reply.iter().map(|v| match v {
+            Value::Int(n) => Some(*n),
+            _ => None,
+        });
+        let standing = reply
+            .next()
+            .flatten()
+            .and_then(Standing::from_code)
+            .ok_or_else(unexpected)?;
+        if let Some(gone) = standing.gone() {
+            return Err(self.lose(gone));
+        }
+        let first = reply
+            .next()
+            .flatten()
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(unexpected)?;
+        for (n, window_start) in reply.enumerate() {
+            let window_start = window_start
+                .and_then(|w| u64::try_from(w).ok())
+                .ok_or_else(unexpected)?;
+            out.push(Appended {
+                seq: EventSeq(first + n as u64),
+                window_start: EventSeq(window_start),
+            });
+        }
+        if out.len() != frames.len() {
+            return Err(unexpected());
+        }
+        self.saw(first + frames.len() as u64 - 1);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SessionLog for RedisSessionLog {
+    async fn append_measured(&self, frame: StoredFrame) -> Result<Appended, ArcpError> {
+        self.check_present()?;
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| Gone::Removed.error(&self.session))?;
+        Commits::append(me, frame).await
+    }
+
+    async fn read(
+        &self,
+        after: EventSeq,
+        max: usize,
+        wait: Wait,
+    ) -> Result<Vec<LogEntry>, ArcpError> {
+        let max = max.max(1);
+        self.commits.settle().await;
+        loop {
+            let subscriptions = self.subscriptions.load(Ordering::Acquire);
+            let read = self.read_now(after, max).await?;
+            if !read.is_empty() || wait == Wait::No {
+                return Ok(read);
+            }
+            let news = self.grew.wait_until(|| {
+                self.newest.load(Ordering::Acquire) > after.get()
+                    || self.gone.get().is_some()
+                    || self.subscriptions.load(Ordering::Acquire) != subscriptions
+            });
+            // Timing out is the periodic look at Redis, not a failure.
+            let _ = tokio::time::timeout(RECHECK, news).await;
+        }
+    }
+
+    async fn fence(&self, epoch: Epoch) -> Result<(), ArcpError> {
+        self.commits.settle().await;
+        self.check_present()?;
+        let store = &self.store;
+        let script = &store.scripts.fence;
+        let mut cmd = script.call(2, 3, 128);
+        cmd.arg(&self.keys.meta)
+            .arg(&store.detached)
+            .arg(self.incarnation.as_str())
+            .arg(epoch.0)
+            .arg(self.session.as_str());
+        self.run_standing(script, &cmd).await
+    }
+
+    async fn release_through(&self, through: EventSeq, epoch: Epoch) -> Result<(), ArcpError> {
+        self.commits.settle().await;
+        self.check_present()?;
+        let store = &self.store;
+        let script = &store.scripts.release;
+        let mut cmd = script.call(3, 3, 128);
+        cmd.arg(&self.keys.stream)
+            .arg(&self.keys.meta)
+            .arg(&store.retained)
+            .arg(self.incarnation.as_str())
+            .arg(through.get())
+            .arg(epoch.0);
+        self.run_standing(script, &cmd).await
+    }
+
+    async fn bounds(&self) -> Result<LogBounds, ArcpError> {
+        self.commits.settle().await;
+        self.check_present()?;
+        let known = self.newest.load(Ordering::Acquire);
+        let mut conn = self.store.redis.get().await?;
+        let meta: Vec<Value> = ::redis::cmd("HMGET")
+            .arg(&self.keys.meta)
+            .arg(&["id", "x", "n", "e"])
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.store.redis.unavailable(e))?;
+        self.check_meta(&meta, known).await
+    }
+}
+
+/// A stream entry's sequence number and frame bytes: `[N-0, [f, bytes]]`.
+fn entry_parts(entry: Value) -> Option<(EventSeq, Vec<u8>)> {
+    let Value::Array(entry) = entry else {
+        return None;
+    };
+    let [Value::BulkString(id), Value::Array(fields)] = <[Value; 2]>::try_from(entry).ok()? else {
+        return None;
+    };
+    let seq = id.split(|&b| b == b'-').next().and_then(parse_u64)?;
+    let [_, Value::BulkString(frame)] = <[Value; 2]>::try_from(fields).ok()? else {
+        return None;
+    };
+    Some((EventSeq(seq), frame))
+}
+
+/// A number as Redis returns a hash field: a decimal string, or absent.
+pub(super) fn number(value: &Value) -> Option<u64> {
+    match value {
+        Value::BulkString(digits) => parse_u64(digits),
+        Value::Int(n) => u64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Redis answered in a shape no script or command of this store produces.
+pub(super) fn unexpected() -> ArcpError {
+    ArcpError::Internal("the event log store gave an unexpected answer".into())
+}
