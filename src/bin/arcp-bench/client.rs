@@ -11,11 +11,14 @@ use std::{
 use arcp_gateway::{
     agent::AgentRegistry,
     config::GatewayConfig,
+    gateway::GatewayBuilder,
+    ids::ReplicaId,
     proto::{
         self, arcp_client::ArcpClient, client_frame::Payload as In, server_frame::Payload as Out,
         ClientFrame, ServerFrame,
     },
     server,
+    store::{log::LogLimits, StoreChoice, Stores},
     transport::grpc::convert::to_value,
     Gateway,
 };
@@ -25,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{transport::Channel, Streaming};
 
-use crate::{rows::fan_in::Stamper, BenchResult};
+use crate::{redis::RedisFixture, rows::fan_in::Stamper, BenchResult};
 
 const TOKEN: &str = "bench-token";
 /// Row 1's client acknowledges every this many frames.
@@ -42,9 +45,62 @@ pub(crate) struct Bench {
     served: tokio::task::JoinHandle<()>,
 }
 
+/// Where a bench gateway keeps its state.
+#[derive(Clone, Copy)]
+pub(crate) enum BenchStore<'r> {
+    /// The embedded stores.
+    Memory,
+    /// The bench's redis-server; every [`Bench::once`] starts from an empty one.
+    Redis(&'r RedisFixture),
+}
+
+impl BenchStore<'_> {
+    /// What the table's row labels end with.
+    pub(crate) fn suffix(&self) -> &'static str {
+        match self {
+            BenchStore::Memory => "",
+            BenchStore::Redis(_) => " redis",
+        }
+    }
+
+    /// Redis's count of reads from its clients so far: each is one request (or one pipeline)
+    /// arriving, so the difference over a run is its round trips.
+    pub(crate) fn reads(&self) -> BenchResult<Option<f64>> {
+        match self {
+            BenchStore::Memory => Ok(None),
+            BenchStore::Redis(redis) => redis.stat("stats", "total_reads_processed").map(Some),
+        }
+    }
+
+    /// Redis's memory in use, bytes.
+    pub(crate) fn used_memory(&self) -> BenchResult<Option<f64>> {
+        match self {
+            BenchStore::Memory => Ok(None),
+            BenchStore::Redis(redis) => redis.stat("memory", "used_memory").map(Some),
+        }
+    }
+
+    /// The stores replica `replica` of a bench gateway uses.
+    fn stores(&self, replica: &str, limits: LogLimits) -> BenchResult<Stores> {
+        Ok(match self {
+            BenchStore::Memory => Stores::memory_with_limits(limits),
+            BenchStore::Redis(redis) => Stores::open(
+                &StoreChoice::Redis(redis.url.clone()),
+                "bench",
+                &ReplicaId::new(replica),
+                limits,
+            )?,
+        })
+    }
+}
+
 /// The bench's gateway: open authentication, logs large enough to hold a whole run, no caps on
 /// a principal's sessions or jobs, and the built-in agents plus `stamper`.
 pub(crate) fn bench_gateway() -> Arc<Gateway> {
+    bench_gateway_builder().build()
+}
+
+fn bench_gateway_builder() -> GatewayBuilder {
     let config = GatewayConfig {
         max_log_frames: 2_000_000,
         max_log_bytes: u64::MAX,
@@ -56,12 +112,18 @@ pub(crate) fn bench_gateway() -> Arc<Gateway> {
     };
     let mut agents = AgentRegistry::with_builtins();
     let _ = agents.register("stamper", "1.0.0", Arc::new(Stamper));
-    Gateway::builder(config).agents(agents).build()
+    Gateway::builder(config).agents(agents)
 }
 
 impl Bench {
-    async fn start() -> BenchResult<Bench> {
-        let gateway = bench_gateway();
+    /// A bench gateway as replica `replica` on `store`.
+    pub(crate) async fn start(store: BenchStore<'_>, replica: &str) -> BenchResult<Bench> {
+        let builder = bench_gateway_builder();
+        let stores = store.stores(replica, builder.config().log_limits())?;
+        let gateway = builder
+            .stores(stores)
+            .replica(ReplicaId::new(replica))
+            .build();
         let listener = server::bind("127.0.0.1:0".parse()?).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -82,20 +144,35 @@ impl Bench {
         })
     }
 
-    /// One run of a row against a fresh gateway, stopped afterwards, so that no run inherits
-    /// another's sessions, logs or jobs.
+    /// One run of a row against a fresh gateway on `store`, stopped afterwards, so that no run
+    /// inherits another's sessions, logs or jobs.
     pub(crate) async fn once<T>(
+        store: BenchStore<'_>,
         run: impl for<'a> FnOnce(&'a Bench) -> BoxFuture<'a, BenchResult<T>>,
     ) -> BenchResult<T> {
-        let bench = Bench::start().await?;
+        let bench = Bench::fresh(store).await?;
         let result = run(&bench).await;
+        bench.stop().await?;
+        result
+    }
+
+    /// A gateway on `store`, emptied first.
+    pub(crate) async fn fresh(store: BenchStore<'_>) -> BenchResult<Bench> {
+        if let BenchStore::Redis(redis) = store {
+            redis.flush()?;
+        }
+        Bench::start(store, "bench-a").await
+    }
+
+    /// Stops the gateway and waits for it.
+    pub(crate) async fn stop(self) -> BenchResult<()> {
         let Bench {
             gateway,
             channel,
             stop,
             served,
             ..
-        } = bench;
+        } = self;
         drop(channel);
         let _ = stop.send(());
         if tokio::time::timeout(Duration::from_secs(10), served)
@@ -105,7 +182,7 @@ impl Bench {
             return Err("the bench gateway did not stop within 10 s".into());
         }
         drop(gateway);
-        result
+        Ok(())
     }
 }
 

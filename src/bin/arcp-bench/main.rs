@@ -12,11 +12,16 @@
 //! 8. a soak under hostile clients (gateway in a child process, production defaults): peak
 //!    memory, and frames lost or duplicated across random drops and resumes.
 //!
+//! Rows 1, 3, 4 and 6 run on each store of `--stores`: the embedded memory stores, and Redis
+//! (a `redis-server` the bench starts, [`redis`]), where row 6 resumes the sessions on a
+//! second replica.
+//!
 //! Each row is a module of [`rows`]; [`client`] is the tonic client and in-process gateway
 //! they share, [`stats`] reduces runs to medians and [`table`] prints the result.
 
 mod child;
 mod client;
+mod redis;
 mod rows;
 mod stats;
 mod table;
@@ -28,7 +33,8 @@ use futures::FutureExt;
 
 use crate::{
     child::{serve_child, ChildConfig},
-    client::Bench,
+    client::{Bench, BenchStore},
+    redis::RedisFixture,
     rows::{
         bare::BareServer,
         idle::idle_sessions,
@@ -48,6 +54,9 @@ struct Args {
     /// Rows to run, e.g. `1,2,3`.
     #[arg(long, default_value = "1,2,3,4,5,6,7,8", value_delimiter = ',')]
     rows: Vec<u8>,
+    /// Stores rows 1, 3, 4 and 6 run on: `memory`, `redis` (a redis-server the bench starts).
+    #[arg(long, default_value = "memory,redis", value_delimiter = ',', value_parser = ["memory", "redis"])]
+    stores: Vec<String>,
     /// Events per run in rows 1, 2 and 7.
     #[arg(long, default_value_t = 200_000)]
     live_frames: u64,
@@ -95,6 +104,33 @@ struct Args {
     child_gateway: Option<ChildConfig>,
 }
 
+/// The runs of rows 1 and 3 on one store.
+#[derive(Default)]
+struct StoreRuns {
+    live: Vec<rows::live::Live>,
+    replay: Vec<(f64, f64)>,
+    /// Redis round trips per 1,000 events of each row 1 run.
+    trips: Vec<f64>,
+    /// Redis memory per retained frame of each row 3 run, bytes.
+    frame_bytes: Vec<f64>,
+}
+
+/// One run of row 6 on `store`: on Redis the sessions resume on a second replica.
+async fn storm(store: BenchStore<'_>, sessions: usize) -> BenchResult<f64> {
+    match store {
+        BenchStore::Memory => Bench::once(store, |b| b.storm(sessions).boxed()).await,
+        BenchStore::Redis(redis) => {
+            redis.flush()?;
+            let a = Bench::start(store, "bench-a").await?;
+            let b = Bench::start(store, "bench-b").await?;
+            let ms = a.storm_to(&b, sessions).await;
+            a.stop().await?;
+            b.stop().await?;
+            ms
+        }
+    }
+}
+
 type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// mimalloc rather than the system allocator: the frame path allocates and frees small buffers
@@ -116,118 +152,185 @@ async fn main() -> BenchResult<()> {
 
 async fn bench(args: Args) -> BenchResult<()> {
     let mut table = Table::default();
-    // Runs of rows 1, 2, 3 and 7 alternate, so drift on a shared machine hits them alike, and
-    // rows 2, 3 and 7 are compared with row 1 run by run.
+    // Runs of rows 1, 2, 3 and 7, on every store, alternate, so drift on a shared machine hits
+    // them alike, and rows 2, 3 and 7 are compared with row 1 run by run.
     let python = if args.rows.contains(&7) {
         Some(python(args.python.clone()))
     } else {
         None
     };
-    let (mut live, mut bare, mut replay, mut peer) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let redis = args
+        .stores
+        .iter()
+        .any(|s| s == "redis")
+        .then(RedisFixture::start);
+    let mut stores = Vec::new();
+    if args.stores.iter().any(|s| s == "memory") {
+        stores.push(BenchStore::Memory);
+    }
+    match &redis {
+        Some(Ok(fixture)) => stores.push(BenchStore::Redis(fixture)),
+        Some(Err(why)) => table.row(
+            "redis",
+            "rows 1, 3, 4 and 6 on Redis",
+            format!("not run: {why}"),
+            String::new(),
+        ),
+        None => {}
+    }
+    let mut runs: Vec<StoreRuns> = stores.iter().map(|_| StoreRuns::default()).collect();
+    let (mut bare, mut peer) = (Vec::new(), Vec::new());
     let mut bare_server: Option<BareServer> = None;
     for _ in 0..args.runs.max(1) {
-        if args.rows.contains(&1) || args.rows.contains(&2) {
-            let run = Bench::once(|b| b.live(args.live_frames, args.event_bytes).boxed()).await?;
-            if args.rows.contains(&2) {
+        for (store, runs) in stores.iter().zip(runs.iter_mut()) {
+            if args.rows.contains(&1) || args.rows.contains(&2) {
+                let bench = Bench::fresh(*store).await?;
+                let before = store.reads()?;
+                let run = bench.live(args.live_frames, args.event_bytes).await;
+                let after = store.reads()?;
+                bench.stop().await?;
+                if let (Some(before), Some(after)) = (before, after) {
+                    let frames = (args.live_frames + 2) as f64;
+                    runs.trips.push((after - before) / frames * 1e3);
+                }
+                runs.live.push(run?);
+            }
+            if args.rows.contains(&3) {
+                let bench = Bench::fresh(*store).await?;
+                let before = store.used_memory()?;
+                let replay = bench.replay(args.replay_frames, args.event_bytes).await;
+                // The replayed frames are still retained: nothing acknowledged them.
+                let after = store.used_memory()?;
+                bench.stop().await?;
+                if let (Some(before), Some(after)) = (before, after) {
+                    let frames = (args.replay_frames + 2) as f64;
+                    runs.frame_bytes.push((after - before) / frames);
+                }
+                runs.replay.push(replay?);
+            }
+        }
+        if args.rows.contains(&2) {
+            if let Some(sample) = runs.first().and_then(|r| r.live.last()) {
                 let server = match bare_server.take() {
                     Some(server) => server,
-                    None => BareServer::start(run.sample.clone()).await?,
+                    None => BareServer::start(sample.sample.clone()).await?,
                 };
                 bare.push(server.run(args.live_frames).await?);
                 bare_server = Some(server);
             }
-            live.push(run);
-        }
-        if args.rows.contains(&3) {
-            replay.push(
-                Bench::once(|b| b.replay(args.replay_frames, args.event_bytes).boxed()).await?,
-            );
         }
         if let Some(Ok(python)) = &python {
             peer.push(python_peer(python, args.live_frames, args.event_bytes).await?);
         }
     }
-    if !live.is_empty() {
-        let rate = median(live.iter().map(|r| r.frames_per_sec));
-        let mbps = median(live.iter().map(|r| r.bytes_per_sec / 1e6));
-        let size = live[0].bytes_per_frame;
-        table.row(
-            "1",
-            "live throughput, one session",
-            format!("{rate:.0} frames/s, {mbps:.1} MB/s ({size:.0} B/frame)"),
-            String::new(),
-        );
-    }
     // Rows 2, 3 and 7 are compared with the row 1 run of the same round, and the median taken
     // over rounds: a machine whose speed drifts between runs skews that less than a ratio of
-    // medians would.
-    if !bare.is_empty() {
-        let limit = median(bare.iter().copied());
-        let vs = per_round(&live, &bare, |l, b| l.frames_per_sec / b)
-            .map(|ratio| {
-                format!(
-                    "row 1 = {:.0}% of this (median of the runs' ratios)",
-                    100.0 * ratio
-                )
-            })
-            .unwrap_or_default();
-        table.row(
-            "2",
-            "bare tonic bidi stream, same frame size",
-            format!("{limit:.0} frames/s"),
-            vs,
-        );
-    }
-    if !replay.is_empty() {
-        let rate = median(replay.iter().map(|r| r.0));
-        let first = median(replay.iter().map(|r| r.1));
-        let vs = per_round(&live, &replay, |l, r| r.0 / l.frames_per_sec)
-            .map(|ratio| format!("{ratio:.2}x row 1 (median of the runs' ratios)"))
-            .unwrap_or_default();
-        table.row(
-            "3",
-            &format!("replay of {} frames from seq 0", args.replay_frames),
-            format!("{rate:.0} frames/s, first frame after {first:.1} ms"),
-            vs,
-        );
+    // medians would. Row 1 on Redis is compared with row 1 on memory the same way.
+    let baseline = runs.first().map(|r| r.live.as_slice()).unwrap_or_default();
+    for (i, (store, runs)) in stores.iter().zip(&runs).enumerate() {
+        let suffix = store.suffix();
+        if !runs.live.is_empty() {
+            let rate = median(runs.live.iter().map(|r| r.frames_per_sec));
+            let mbps = median(runs.live.iter().map(|r| r.bytes_per_sec / 1e6));
+            let size = runs.live[0].bytes_per_frame;
+            let mut notes = Vec::new();
+            if i > 0 {
+                if let Some(ratio) = per_round(baseline, &runs.live, |m, r| {
+                    r.frames_per_sec / m.frames_per_sec
+                }) {
+                    notes.push(format!("{:.0}% of row 1 on memory", 100.0 * ratio));
+                }
+            }
+            if !runs.trips.is_empty() {
+                let trips = median(runs.trips.iter().copied());
+                notes.push(format!("{trips:.0} Redis round trips per 1,000 events"));
+            }
+            table.row(
+                &format!("1{suffix}"),
+                "live throughput, one session",
+                format!("{rate:.0} frames/s, {mbps:.1} MB/s ({size:.0} B/frame)"),
+                notes.join("; "),
+            );
+        }
+        if i == 0 && !bare.is_empty() {
+            let limit = median(bare.iter().copied());
+            let vs = per_round(baseline, &bare, |l, b| l.frames_per_sec / b)
+                .map(|ratio| {
+                    format!(
+                        "row 1 = {:.0}% of this (median of the runs' ratios)",
+                        100.0 * ratio
+                    )
+                })
+                .unwrap_or_default();
+            table.row(
+                "2",
+                "bare tonic bidi stream, same frame size",
+                format!("{limit:.0} frames/s"),
+                vs,
+            );
+        }
+        if !runs.replay.is_empty() {
+            let rate = median(runs.replay.iter().map(|r| r.0));
+            let first = median(runs.replay.iter().map(|r| r.1));
+            let mut notes = Vec::new();
+            if let Some(ratio) = per_round(&runs.live, &runs.replay, |l, r| r.0 / l.frames_per_sec)
+            {
+                notes.push(format!(
+                    "{ratio:.2}x row 1{suffix} (median of the runs' ratios)"
+                ));
+            }
+            if !runs.frame_bytes.is_empty() {
+                let bytes = median(runs.frame_bytes.iter().copied());
+                notes.push(format!("Redis memory {bytes:.0} B per retained frame"));
+            }
+            table.row(
+                &format!("3{suffix}"),
+                &format!("replay of {} frames from seq 0", args.replay_frames),
+                format!("{rate:.0} frames/s, first frame after {first:.1} ms"),
+                notes.join("; "),
+            );
+        }
     }
     if args.rows.contains(&4) {
-        for (label, aligned, what) in [
-            ("4", false, "first ticks spread over the interval"),
-            (
-                "4 (worst case)",
-                true,
-                "all ticking in the same millisecond",
-            ),
-        ] {
-            let runs = repeat(args.runs, || {
-                Bench::once(|b| {
-                    b.fan_in(
-                        args.fan_in_sessions,
-                        args.fan_in_ticks,
-                        args.fan_in_warmup,
-                        aligned,
-                    )
-                    .boxed()
+        for store in &stores {
+            let suffix = store.suffix();
+            for (label, aligned, what) in [
+                ("4", false, "first ticks spread over the interval"),
+                (
+                    "4 (worst case)",
+                    true,
+                    "all ticking in the same millisecond",
+                ),
+            ] {
+                let runs = repeat(args.runs, || {
+                    Bench::once(*store, |b| {
+                        b.fan_in(
+                            args.fan_in_sessions,
+                            args.fan_in_ticks,
+                            args.fan_in_warmup,
+                            aligned,
+                        )
+                        .boxed()
+                    })
                 })
-            })
-            .await?;
-            let rate = median(runs.iter().map(|r| r.frames_per_sec));
-            let [p50, p99, p999] = [0, 1, 2].map(|i| median(runs.iter().map(|r| r.steady_ms[i])));
-            let all_p99 = median(runs.iter().map(|r| r.all_p99_ms));
-            table.row(
-                label,
-                &format!(
-                    "fan-in, {} sessions ticking every 10 ms, {what}",
-                    args.fan_in_sessions
-                ),
-                format!(
-                    "{rate:.0} frames/s; after the first {} ticks: latency p50 {p50:.2} / p99 {p99:.2} / p999 {p999:.2} ms",
-                    args.fan_in_warmup
-                ),
-                format!("p99 {all_p99:.2} ms with the first ticks"),
-            );
+                .await?;
+                let rate = median(runs.iter().map(|r| r.frames_per_sec));
+                let [p50, p99, p999] =
+                    [0, 1, 2].map(|i| median(runs.iter().map(|r| r.steady_ms[i])));
+                let all_p99 = median(runs.iter().map(|r| r.all_p99_ms));
+                table.row(
+                    &format!("{label}{suffix}"),
+                    &format!(
+                        "fan-in, {} sessions ticking every 10 ms, {what}",
+                        args.fan_in_sessions
+                    ),
+                    format!(
+                        "{rate:.0} frames/s; after the first {} ticks: latency p50 {p50:.2} / p99 {p99:.2} / p999 {p999:.2} ms",
+                        args.fan_in_warmup
+                    ),
+                    format!("p99 {all_p99:.2} ms with the first ticks"),
+                );
+            }
         }
     }
     if args.rows.contains(&5) {
@@ -241,22 +344,25 @@ async fn bench(args: Args) -> BenchResult<()> {
         );
     }
     if args.rows.contains(&6) {
-        let runs = repeat(args.runs, || {
-            Bench::once(|b| b.storm(args.storm_sessions).boxed())
-        })
-        .await?;
-        let ms = median(runs.iter().copied());
-        table.row(
-            "6",
-            &format!("resume storm, {} sessions", args.storm_sessions),
-            format!("all live again after {ms:.0} ms"),
-            String::new(),
-        );
+        for store in &stores {
+            let runs = repeat(args.runs, || storm(*store, args.storm_sessions)).await?;
+            let ms = median(runs.iter().copied());
+            let what = match store {
+                BenchStore::Memory => "",
+                BenchStore::Redis(_) => ", dropped on replica A, resumed on replica B",
+            };
+            table.row(
+                &format!("6{}", store.suffix()),
+                &format!("resume storm, {} sessions{what}", args.storm_sessions),
+                format!("all live again after {ms:.0} ms"),
+                String::new(),
+            );
+        }
     }
     match python {
         Some(Ok(_)) => {
             let rate = median(peer.iter().copied());
-            let vs = per_round(&live, &peer, |l, p| l.frames_per_sec / p)
+            let vs = per_round(baseline, &peer, |l, p| l.frames_per_sec / p)
                 .map(|ratio| format!("row 1 = {ratio:.1}x this (median of the runs' ratios)"))
                 .unwrap_or_default();
             table.row(
