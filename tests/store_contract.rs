@@ -27,7 +27,6 @@ fn redis(max_log_frames: usize) -> Stores {
         &fresh_redis(),
         "replica-a",
         LogLimits::frames(max_log_frames),
-        memory(max_log_frames),
     )
 }
 
@@ -36,10 +35,9 @@ fn fresh_redis() -> Redis {
     Redis::open(common::redis_url(), &prefix).expect("a redis address")
 }
 
-/// `base` with every kind of store that has a Redis implementation in `redis`, as replica
-/// `replica` has them, the event logs within `limits`.
-fn redis_stores(redis: &Redis, replica: &str, limits: LogLimits, base: Stores) -> Stores {
-    base.in_redis(redis, &ReplicaId::new(replica), limits)
+/// Every store in `redis`, as replica `replica` has them, the event logs within `limits`.
+fn redis_stores(redis: &Redis, replica: &str, limits: LogLimits) -> Stores {
+    Stores::redis(redis, &ReplicaId::new(replica), limits)
 }
 
 fn memory_replicas(max_log_frames: usize) -> (Stores, Stores) {
@@ -52,8 +50,7 @@ fn memory_replicas_with_outage(max_log_frames: usize) -> (Stores, Stores, Box<dy
     (a, b, Box::new(NoOutage))
 }
 
-/// Two replicas on one Redis: the same keys, each with its own connections. The kinds not yet
-/// in Redis are shared in memory, as if one process ran both.
+/// Two replicas on one Redis: the same keys, each with its own connections.
 fn redis_replicas(max_log_frames: usize) -> (Stores, Stores) {
     let a = fresh_redis();
     redis_pair(&a, max_log_frames)
@@ -62,11 +59,10 @@ fn redis_replicas(max_log_frames: usize) -> (Stores, Stores) {
 /// Replica A on `a`, and replica B on a Redis of its own with the same prefix.
 fn redis_pair(a: &Redis, max_log_frames: usize) -> (Stores, Stores) {
     let b = Redis::open(common::redis_url(), a.prefix()).expect("a redis address");
-    let shared = memory(max_log_frames);
     let limits = LogLimits::frames(max_log_frames);
     (
-        redis_stores(a, "replica-a", limits, shared.clone()),
-        redis_stores(&b, "replica-b", limits, shared),
+        redis_stores(a, "replica-a", limits),
+        redis_stores(&b, "replica-b", limits),
     )
 }
 
@@ -167,7 +163,7 @@ fn yielding_limited_memory(limits: LogLimits) -> Stores {
 }
 
 fn limited_redis(limits: LogLimits) -> Stores {
-    redis_stores(&fresh_redis(), "replica-a", limits, limited_memory(limits))
+    redis_stores(&fresh_redis(), "replica-a", limits)
 }
 
 fn yielding_limited_redis(limits: LogLimits) -> Stores {

@@ -59,25 +59,22 @@ impl Stores {
         replica: &ReplicaId,
         limits: LogLimits,
     ) -> Result<Stores, ArcpError> {
-        let memory = Stores::memory_with_limits(limits);
         match choice {
-            StoreChoice::Memory => Ok(memory),
+            StoreChoice::Memory => Ok(Stores::memory_with_limits(limits)),
             StoreChoice::Redis(url) => {
-                Ok(memory.in_redis(&Redis::open(url, prefix)?, replica, limits))
+                Ok(Stores::redis(&Redis::open(url, prefix)?, replica, limits))
             }
         }
     }
 
-    /// These stores with every kind that has a Redis implementation replaced by it, in
-    /// `redis`, as replica `replica` uses them, with event logs within `limits`.
-    pub fn in_redis(self, redis: &Redis, replica: &ReplicaId, limits: LogLimits) -> Stores {
+    /// Every store in `redis`, as replica `replica` uses them, with event logs within `limits`.
+    pub fn redis(redis: &Redis, replica: &ReplicaId, limits: LogLimits) -> Stores {
         Stores {
             sessions: Arc::new(RedisSessionStore::new(redis)),
             resume: Arc::new(RedisResumeRegistry::new(redis)),
             logs: Arc::new(RedisEventLog::new(redis, limits)),
             idempotency: Arc::new(RedisIdempotencyStore::new(redis)),
             jobs: Arc::new(RedisJobDirectory::new(redis, replica.clone())),
-            ..self
         }
     }
 }
