@@ -72,6 +72,16 @@ impl GatewayProcess {
     /// [`GatewayProcess::start`] with `extra` flags, and at most `nofile` open descriptors if given;
     /// waits for both listening addresses.
     pub async fn start_with(rust_log: &str, nofile: Option<u32>, extra: &[&str]) -> GatewayProcess {
+        Self::start_with_env(rust_log, nofile, extra, &[]).await
+    }
+
+    /// [`GatewayProcess::start_with`] with `env` set for the process.
+    pub async fn start_with_env(
+        rust_log: &str,
+        nofile: Option<u32>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> GatewayProcess {
         let token = format!("{GATEWAY_TOKEN}=alice");
         let mut args = vec![
             "serve",
@@ -88,6 +98,7 @@ impl GatewayProcess {
             None => command(&args),
         };
         cmd.env("RUST_LOG", rust_log);
+        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().expect("spawn arcp-gateway");
         let output = Arc::new(parking_lot::Mutex::new(String::new()));
         let (lines_tx, mut lines) = mpsc::unbounded_channel();

@@ -25,6 +25,8 @@ pub fn redis_url() -> &'static str {
 pub struct RedisServer {
     port: u16,
     url: String,
+    /// Arguments beside the port and persistence.
+    extra: Vec<String>,
     /// The server's pid while it runs.
     pid: Option<u32>,
 }
@@ -33,6 +35,35 @@ impl RedisServer {
     /// Starts a server on a free loopback port, with persistence off, stopped when dropped or
     /// when this process ends.
     pub fn start() -> RedisServer {
+        Self::start_with(Vec::new())
+    }
+
+    /// Starts a server that also serves TLS on a port of its own with the certificate and key
+    /// in `tls`'s files, and returns it with its `rediss://` address. Clients need not present
+    /// certificates.
+    pub fn start_tls(tls: &TlsFiles) -> (RedisServer, String) {
+        let port = free_port();
+        let extra = [
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &tls.cert,
+            "--tls-key-file",
+            &tls.key,
+            "--tls-ca-cert-file",
+            &tls.ca,
+            "--tls-auth-clients",
+            "no",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        (
+            Self::start_with(extra),
+            format!("rediss://127.0.0.1:{port}/0"),
+        )
+    }
+
+    fn start_with(extra: Vec<String>) -> RedisServer {
         if Command::new("redis-server")
             .arg("--version")
             .output()
@@ -43,13 +74,11 @@ impl RedisServer {
                  (apt-get install -y redis-server)"
             );
         }
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let mut server = RedisServer {
             port,
             url: format!("redis://127.0.0.1:{port}/0"),
+            extra,
             pid: None,
         };
         server.run();
@@ -86,11 +115,12 @@ impl RedisServer {
         // The shell prints the server's pid, then stops the server once this process is gone,
         // however it ends.
         let watch = format!(
-            "redis-server --bind 127.0.0.1 --port {port} --save '' --appendonly no & server=$!; \
+            "redis-server --bind 127.0.0.1 --port {port} --save '' --appendonly no {extra} & server=$!; \
              echo $server; \
              while kill -0 {parent} 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 0.2; done; \
              kill $server 2>/dev/null; wait $server",
-            parent = std::process::id()
+            parent = std::process::id(),
+            extra = self.extra.join(" "),
         );
         let mut watcher = Command::new("sh")
             .arg("-c")
@@ -127,6 +157,105 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A certificate authority and a server certificate it signed for 127.0.0.1 and `localhost`,
+/// made with the `openssl` command in a directory of their own.
+pub struct TlsFiles {
+    pub dir: std::path::PathBuf,
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl TlsFiles {
+    pub fn generate() -> TlsFiles {
+        let dir =
+            std::env::temp_dir().join(format!("arcp-tls-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).expect("a directory for the certificates");
+        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        let san = path("san.ext");
+        std::fs::write(&san, "subjectAltName=IP:127.0.0.1,DNS:localhost\n").expect("write");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let steps: [Vec<String>; 3] = [
+            [
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", &path("ca.key"), "-out", &path("ca.pem")],
+                &["-days", "1", "-subj", "/CN=arcp test CA"],
+            ]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            [
+                &["req"][..],
+                &ec,
+                &["-keyout", &path("server.key"), "-out", &path("server.csr")],
+                &["-subj", "/CN=localhost"],
+            ]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            [
+                "x509",
+                "-req",
+                "-in",
+                &path("server.csr"),
+                "-CA",
+                &path("ca.pem"),
+                "-CAkey",
+                &path("ca.key"),
+                "-CAcreateserial",
+                "-out",
+                &path("server.pem"),
+                "-days",
+                "1",
+                "-extfile",
+                &san,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(&args)
+                .output()
+                .unwrap_or_else(|e| panic!("openssl is needed to make test certificates: {e}"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        TlsFiles {
+            ca: path("ca.pem"),
+            cert: path("server.pem"),
+            key: path("server.key"),
+            dir,
+        }
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
