@@ -2,13 +2,17 @@
 
 use std::{fmt, str::FromStr, sync::Arc};
 
-use crate::{error::ArcpError, ids::ReplicaId};
+use crate::{
+    error::ArcpError,
+    ids::{ReplicaId, ReplicaInstance},
+};
 
 use super::{
     idempotency::redis::RedisIdempotencyStore,
     jobs::redis::RedisJobDirectory,
     log::{redis::RedisEventLog, LogLimits},
     redis::Redis,
+    replicas::redis::RedisReplicaRegistry,
     resume::redis::RedisResumeRegistry,
     session::redis::RedisSessionStore,
     Stores,
@@ -69,15 +73,18 @@ impl Stores {
     }
 
     /// These stores with every kind that has a Redis implementation replaced by it, in
-    /// `redis`, as replica `replica` uses them, with event logs within `limits`.
+    /// `redis`, as replica `replica` uses them, with event logs within `limits`. They are one
+    /// new instance of the replica ([`ReplicaInstance::start`]): what they write names it, and
+    /// the registry ([`Stores::replicas`]) keeps its lease.
     pub fn in_redis(self, redis: &Redis, replica: &ReplicaId, limits: LogLimits) -> Stores {
+        let instance = ReplicaInstance::start(replica.clone());
         Stores {
-            sessions: Arc::new(RedisSessionStore::new(redis)),
+            sessions: Arc::new(RedisSessionStore::new(redis, instance.clone())),
             resume: Arc::new(RedisResumeRegistry::new(redis)),
-            logs: Arc::new(RedisEventLog::new(redis, limits)),
+            logs: Arc::new(RedisEventLog::new(redis, limits, &instance)),
             idempotency: Arc::new(RedisIdempotencyStore::new(redis)),
-            jobs: Arc::new(RedisJobDirectory::new(redis, replica.clone())),
-            ..self
+            jobs: Arc::new(RedisJobDirectory::new(redis, instance.clone())),
+            replicas: Arc::new(RedisReplicaRegistry::new(redis, instance)),
         }
     }
 }

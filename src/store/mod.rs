@@ -6,6 +6,7 @@
 //! - [`log`]: each session's event log, the single source of what a stream delivers.
 //! - [`jobs`]: the job directory: lookups, listing, and cancel and subscribe by id.
 //! - [`idempotency`]: idempotency keys with an atomic claim (§7.2).
+//! - [`replicas`]: which replicas sharing the stores are alive, and who takes over a lost one.
 //! - [`caps`]: the error every store answers a request over one of its caps with.
 //!
 //! The session and job code reach state only through these traits, so a store shared between
@@ -19,6 +20,7 @@ pub mod idempotency;
 pub mod jobs;
 pub mod log;
 pub mod redis;
+pub mod replicas;
 pub mod resume;
 pub mod session;
 
@@ -30,6 +32,7 @@ use self::{
     idempotency::{memory::MemoryIdempotencyStore, IdempotencyStore},
     jobs::{memory::MemoryJobDirectory, JobDirectory},
     log::{memory::MemoryEventLog, EventLog, LogLimits},
+    replicas::{memory::MemoryReplicas, ReplicaRegistry},
     resume::{memory::MemoryResumeRegistry, ResumeRegistry},
     session::{memory::MemorySessionStore, SessionStore},
 };
@@ -47,6 +50,8 @@ pub struct Stores {
     pub jobs: Arc<dyn JobDirectory>,
     /// Idempotency keys.
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// The replicas sharing these stores, and this one among them.
+    pub replicas: Arc<dyn ReplicaRegistry>,
 }
 
 impl Stores {
@@ -74,6 +79,8 @@ pub struct MemoryStores {
     pub jobs: Arc<MemoryJobDirectory>,
     /// Idempotency keys.
     pub idempotency: Arc<MemoryIdempotencyStore>,
+    /// The one replica.
+    pub replicas: Arc<MemoryReplicas>,
 }
 
 impl MemoryStores {
@@ -91,6 +98,7 @@ impl MemoryStores {
             logs: Arc::new(MemoryEventLog::with_limits(limits)),
             jobs: Arc::new(MemoryJobDirectory::new()),
             idempotency: Arc::new(MemoryIdempotencyStore::new()),
+            replicas: Arc::new(MemoryReplicas::default()),
         }
     }
 
@@ -102,6 +110,7 @@ impl MemoryStores {
             logs: self.logs.clone(),
             jobs: self.jobs.clone(),
             idempotency: self.idempotency.clone(),
+            replicas: self.replicas.clone(),
         }
     }
 }

@@ -24,7 +24,8 @@
 //!   a time as the memory log moves it), `f` the newest fence, `d` absent while attached, `l`
 //!   while detached and on the detached list, `u` while detached and holding nothing. A removed
 //!   log leaves `id` and `x = removed` for an hour, so that its handles can tell a removal from
-//!   a loss; a log found to have lost events is marked `x = lost`.
+//!   a loss; a log found to have lost events is marked `x = lost`. `lost:INSTANCE` marks each
+//!   replica instance fenced out of the log (`SessionLog::fence_replica`).
 //! - `…:log-newest`, a pub/sub channel: each append publishes `INCARNATION NEWEST`, a removal
 //!   `INCARNATION -`, a create over an existing log `INCARNATION +`, and a log found to have
 //!   lost events `INCARNATION !`.
@@ -41,7 +42,12 @@
 //! is one too), and evicts, moves the window, enforces the budget and publishes in that same
 //! script; a read is one (`MULTI`, the metadata, `XRANGE`, `EXEC`), as are `bounds`, `fence`,
 //! `release_through`, `detached` and `remove`; `create` is one plus the subscription, `open`
-//! two. A reader waiting for more listens on the channel and looks at Redis again each second,
+//! two. Every append names the replica instance that sends it, and the append script refuses
+//! it if that instance was fenced out of the log, in the same step that numbers the frames:
+//! the fence and its check are in the session's slot, and cost the append no round trip. A
+//! fence of a lost instance is the append script too, with the frames that end its jobs, so
+//! the fence and those frames are one step, and a second fence of the same instance appends
+//! nothing. A reader waiting for more listens on the channel and looks at Redis again each second,
 //! so no lost message keeps it waiting.
 //!
 //! # A single Redis, for now
@@ -78,7 +84,7 @@ use parking_lot::Mutex;
 
 use crate::{
     error::ArcpError,
-    ids::{Epoch, SessionId},
+    ids::{Epoch, ReplicaInstance, SessionId},
     store::redis::{millis, Redis, RedisConnection},
 };
 
@@ -107,6 +113,8 @@ struct Store {
     retained: String,
     detached: String,
     detach_order: String,
+    /// The replica instance this replica is, as its appends name it.
+    writer: String,
     scripts: Scripts,
     /// The logs this replica has handles on, so that the handles of one session share one
     /// subscription and one idea of the newest frame.
@@ -129,8 +137,9 @@ struct LogKeys {
 }
 
 impl RedisEventLog {
-    /// A store in `redis`, under its prefix, within `limits`.
-    pub fn new(redis: &Redis, limits: LogLimits) -> Self {
+    /// A store in `redis`, under its prefix, within `limits`, as replica instance `writer`
+    /// appends to it.
+    pub fn new(redis: &Redis, limits: LogLimits, writer: &ReplicaInstance) -> Self {
         let limits = LogLimits {
             max_frames: limits.max_frames.max(1),
             ..limits
@@ -148,6 +157,7 @@ impl RedisEventLog {
                 retained: format!("{prefix}:log-retained"),
                 detached: format!("{prefix}:log-detached"),
                 detach_order: format!("{prefix}:log-detach-order"),
+                writer: writer.as_str().to_owned(),
                 scripts: Scripts::new(),
                 open: Mutex::new(HashMap::new()),
             }),
