@@ -96,6 +96,15 @@ pub struct GatewayConfig {
     /// `INTERNAL_ERROR`; counted from the shutdown signal, beside `shutdown_grace`. With
     /// stores of this process only, nobody could see them finish, so they end at once.
     pub drain_grace: Duration,
+    /// How often a replica on a shared store renews its lease (`store::replicas`); each
+    /// sweep renews it too, before it looks for lost replicas.
+    pub replica_heartbeat: Duration,
+    /// How long a replica's lease runs after its last renewal: a replica silent for that long
+    /// is lost, and on the next sweep a surviving replica ends its jobs (retryable
+    /// `INTERNAL_ERROR`) and starts its sessions' resume windows. So a lost replica's jobs end
+    /// within about `replica_lease + sweep_interval` of its death. Must be longer than
+    /// `replica_heartbeat`, by enough for a heartbeat or two to be late.
+    pub replica_lease: Duration,
     /// Failed authentication or resume attempts a peer address (an IPv6 /64) or a principal
     /// may make within `auth_failure_window` before each further failure is answered only
     /// after `auth_failure_delay`.
@@ -144,6 +153,8 @@ impl Default for GatewayConfig {
             max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
             shutdown_grace: Duration::from_secs(10),
             drain_grace: Duration::from_secs(30),
+            replica_heartbeat: Duration::from_secs(3),
+            replica_lease: Duration::from_secs(10),
             auth_failure_limit: 10,
             auth_failure_window: Duration::from_secs(60),
             auth_failure_delay: Duration::from_secs(1),

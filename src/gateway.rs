@@ -1,4 +1,8 @@
 //! The gateway: everything a transport needs to serve ARCP sessions, in one shareable value.
+//!
+//! On stores shared with other replicas it also keeps this replica's lease
+//! ([`Gateway::register`], [`Gateway::keep_lease`], [`Gateway::leave`]) and, in every sweep,
+//! takes over the replicas whose leases ran out (`crate::takeover`).
 
 use std::{
     sync::Arc,
@@ -17,6 +21,7 @@ use crate::{
     config::GatewayConfig,
     credentials::CredentialProvisioner,
     engine::{JobManager, ObservePolicy, SamePrincipalOnly},
+    error::ArcpError,
     ids::ReplicaId,
     job::{
         delivery::DeliveryPolicy,
@@ -29,7 +34,11 @@ use crate::{
         output::{OutboundItem, StreamEnd},
         Attachments, InboundStream, Offer, SessionServices, SessionSettings,
     },
-    store::Stores,
+    store::{
+        replicas::{Heartbeat, Registration},
+        Stores,
+    },
+    takeover,
 };
 
 pub use crate::session::{
@@ -228,10 +237,138 @@ impl Gateway {
         self.sessions.jobs.running().drain(grace, settle).await
     }
 
-    /// Removes sessions whose resume window has closed, with their logs, after cancelling
-    /// their running jobs and dropping their subscriptions (nobody can receive those frames
-    /// any more); forgets jobs that ended longer than a window ago.
+    /// Takes this replica's id among those sharing the stores, with a lease that
+    /// [`Gateway::keep_lease`] must then renew; before it serves, so that nothing it starts
+    /// is mistaken for a predecessor's. If a previous process of the same id still holds it,
+    /// waits for its lease to run out (taking it over then, if nobody else has); fails if it
+    /// is still held after a few leases: another live process has the same id. While the
+    /// stores cannot be reached, tries again every heartbeat.
+    pub async fn register(&self) -> Result<(), ArcpError> {
+        let replicas = &self.stores.replicas;
+        let (lease, heartbeat) = (self.config.replica_lease, self.config.replica_heartbeat);
+        let mut deadline = None;
+        loop {
+            let registered = replicas.register(lease).await;
+            let deadline = *deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + 3 * lease + heartbeat);
+            let wait = match registered {
+                Ok(Registration::Registered) => return Ok(()),
+                Ok(Registration::Lost) => {
+                    return Err(ArcpError::Internal(format!(
+                        "replica instance {} was declared lost; it cannot register again",
+                        replicas.instance()
+                    )))
+                }
+                Err(e) => {
+                    tracing::warn!("could not register the replica, trying again: {e}");
+                    tokio::time::sleep(heartbeat).await;
+                    continue;
+                }
+                Ok(Registration::Held { remaining }) => {
+                    tracing::warn!(
+                        replica = %replicas.instance().replica(),
+                        remaining_ms = remaining.as_millis() as u64,
+                        "another process holds this replica id; waiting for its lease to run out"
+                    );
+                    remaining.min(heartbeat)
+                }
+                Ok(Registration::Predecessor) => {
+                    // Ours to take over unless another replica is at it already.
+                    self.claim_and_take_over().await;
+                    heartbeat.min(Duration::from_millis(200))
+                }
+            };
+            if tokio::time::Instant::now() + wait > deadline {
+                return Err(ArcpError::Internal(format!(
+                    "replica id {} is held by another live process; give this one another \
+                     --replica-id",
+                    replicas.instance().replica()
+                )));
+            }
+            tokio::time::sleep(wait + Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Renews this replica's lease every `replica_heartbeat`, for as long as it holds it;
+    /// returns who took it over once it learns it was declared lost (it was silent for longer
+    /// than its lease: paused, or cut off from the stores). A replica that was lost must stop:
+    /// others are ending its jobs and detaching its sessions, and the stores refuse what it
+    /// writes to them.
+    pub async fn keep_lease(&self) -> String {
+        let replicas = &self.stores.replicas;
+        let mut tick = tokio::time::interval(self.config.replica_heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match replicas.heartbeat(self.config.replica_lease).await {
+                Ok(Heartbeat::Alive) => {}
+                Ok(Heartbeat::Lost { by }) => return by,
+                Err(e) => tracing::warn!("the replica's lease was not renewed: {e}"),
+            }
+        }
+    }
+
+    /// Gives up this replica's lease after a clean shutdown (its jobs drained), so that
+    /// nobody takes it over.
+    pub async fn leave(&self) {
+        if let Err(e) = self.stores.replicas.leave().await {
+            tracing::warn!("the replica's lease was not given up: {e}");
+        }
+    }
+
+    /// Claims the replicas whose leases ran out, and takes each over (`crate::takeover`),
+    /// unless this replica was itself declared lost.
+    async fn take_over_lost(&self) {
+        // A replica back from a pause must not take anyone over: it learns here that it was
+        // lost before it claims anything.
+        match self
+            .stores
+            .replicas
+            .heartbeat(self.config.replica_lease)
+            .await
+        {
+            Ok(Heartbeat::Alive) => {}
+            Ok(Heartbeat::Lost { .. }) => return,
+            Err(e) => {
+                tracing::warn!("could not renew the lease before looking for lost replicas: {e}");
+                return;
+            }
+        }
+        self.claim_and_take_over().await;
+    }
+
+    /// Claims the replicas whose leases ran out, and takes each over.
+    async fn claim_and_take_over(&self) {
+        let replicas = &self.stores.replicas;
+        let (lease, window) = (self.config.replica_lease, self.config.resume_window);
+        let claimed = match replicas.claim_lost(lease).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::warn!("could not look for lost replicas: {e}");
+                return;
+            }
+        };
+        for lost in claimed {
+            tracing::warn!(lost = %lost, "replica lost: its lease ran out; taking it over");
+            match takeover::take_over(&self.stores, &lost, window, lease).await {
+                Ok(done) => tracing::warn!(
+                    lost = %lost,
+                    jobs = done.jobs,
+                    sessions = done.sessions,
+                    "took over the lost replica"
+                ),
+                // The claim runs out and the takeover is done again, here or elsewhere.
+                Err(e) => tracing::warn!(lost = %lost, "could not take over the lost replica: {e}"),
+            }
+        }
+    }
+
+    /// Takes over the replicas whose leases ran out (see [`Gateway::keep_lease`]); then removes
+    /// sessions whose resume window has closed, with their logs, after cancelling their
+    /// running jobs and dropping their subscriptions (nobody can receive those frames any
+    /// more); forgets jobs that ended longer than a window ago.
     pub async fn sweep(&self) {
+        self.take_over_lost().await;
         let now = SystemTime::now();
         let expired = match self.stores.resume.take_expired(now).await {
             Ok(expired) => expired,

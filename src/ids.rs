@@ -142,6 +142,52 @@ impl fmt::Display for ReplicaId {
     }
 }
 
+/// One process's run as a replica: its [`ReplicaId`] and a random token drawn when it starts,
+/// so that a process restarted under the same `--replica-id` is told apart from the one before
+/// it. What a replica writes to a shared store names its instance, and what a surviving
+/// replica fences out when it declares one lost is that instance, not the id.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct ReplicaInstance {
+    replica: ReplicaId,
+    /// `REPLICA/TOKEN`, as stores keep it.
+    name: Arc<str>,
+}
+
+impl ReplicaInstance {
+    /// A new run of `replica`, with a fresh token.
+    pub fn start(replica: ReplicaId) -> Self {
+        let token: u64 = rand::random();
+        Self::with_token(replica, &format!("{token:016x}"))
+    }
+
+    /// The run of `replica` named by `token`, as a store recorded it.
+    pub fn with_token(replica: ReplicaId, token: &str) -> Self {
+        let name = format!("{replica}/{token}").into();
+        ReplicaInstance { replica, name }
+    }
+
+    /// The replica this is a run of.
+    pub fn replica(&self) -> &ReplicaId {
+        &self.replica
+    }
+
+    /// The token that tells this run from the replica's others.
+    pub fn token(&self) -> &str {
+        &self.name[self.replica.as_str().len() + 1..]
+    }
+
+    /// `REPLICA/TOKEN`: the instance as stores name it.
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Display for ReplicaInstance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
 /// A session-scoped event sequence number (§8.3). Sequences start at 1; `EventSeq::ZERO` means
 /// "nothing yet", which is what a client that has seen no event presents on resume.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]

@@ -51,6 +51,8 @@
 //!   with health, reflection and graceful shutdown, gives every connection a deadline to
 //!   become useful and every shutdown a deadline to end, and runs both transports over one
 //!   gateway.
+//! - **Replica death**: [`store::replicas`] keeps each replica's lease on a shared store, and
+//!   [`takeover`] is what a surviving replica does with a lost one's jobs and sessions.
 //! - **The gateway**: [`gateway::Gateway`] ties the pieces together; [`config`] its settings.
 //! - **Concurrency primitives**: `sync` holds the wake-up and the read-mostly lock the frame
 //!   path uses on every frame.
@@ -74,6 +76,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub(crate) mod sync;
+pub mod takeover;
 pub mod transport;
 
 #[cfg(test)]

@@ -1,5 +1,12 @@
 //! `arcp-gateway serve`: the gateway as a standalone process with the built-in demo agents,
 //! its state in embedded in-memory stores or in a Redis it shares with other replicas.
+//!
+//! On a shared store the process registers its replica id before it listens, renews its lease
+//! while it runs, and gives it up once it drained after SIGTERM. If it learns that the others
+//! declared it lost (it was paused, or cut off from Redis, for longer than its lease), its jobs
+//! and sessions are someone else's by then: it stops serving, ends its jobs at once (the
+//! stores refuse their frames, the survivor's error being their end) and exits with status 1,
+//! for its orchestrator to start it again, as a new instance of its id.
 
 use std::{net::SocketAddr, num::NonZeroUsize, process::ExitCode, sync::Arc, time::Duration};
 
@@ -182,6 +189,14 @@ struct ServeArgs {
     /// random suffix.
     #[arg(long, env = "ARCP_REPLICA_ID")]
     replica_id: Option<String>,
+    /// With a shared store, how often this replica renews its lease, in seconds.
+    #[arg(long, default_value_t = 3.0, env = "ARCP_REPLICA_HEARTBEAT_SEC")]
+    replica_heartbeat_sec: f64,
+    /// With a shared store, how long a replica's lease runs after its last renewal, in
+    /// seconds: a replica silent for that long is lost, and a surviving one ends its jobs with
+    /// a retryable INTERNAL_ERROR and starts its sessions' resume windows on its next sweep.
+    #[arg(long, default_value_t = 10.0, env = "ARCP_REPLICA_LEASE_SEC")]
+    replica_lease_sec: f64,
 }
 
 fn parse_token_pair(pair: &str) -> Result<(String, Principal), String> {
@@ -210,7 +225,20 @@ async fn main() -> ExitCode {
     }
 }
 
+/// A duration of `secs` seconds given for `flag`, which must be positive.
+fn seconds(flag: &str, secs: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("--{flag} must be a positive number of seconds"))
+}
+
 async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let replica_heartbeat = seconds("replica-heartbeat-sec", args.replica_heartbeat_sec)?;
+    let replica_lease = seconds("replica-lease-sec", args.replica_lease_sec)?;
+    if replica_lease <= replica_heartbeat {
+        return Err("--replica-lease-sec must be longer than --replica-heartbeat-sec".into());
+    }
     let config = GatewayConfig {
         resume_window: Duration::from_secs(args.resume_window_sec),
         max_log_frames: args.max_log_frames,
@@ -243,6 +271,8 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         auth_failure_window: Duration::from_secs(args.auth_failure_window_sec),
         auth_failure_delay: Duration::from_millis(args.auth_failure_delay_ms),
         auth_failure_tracked: args.auth_failure_tracked,
+        replica_heartbeat,
+        replica_lease,
         ..GatewayConfig::default()
     };
     let auth = Authenticator::from_pairs(args.auth_tokens);
@@ -272,6 +302,7 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.credential_provisioner(Arc::new(MemoryProvisioner::new(endpoint, None)));
     }
     let gateway = builder.build();
+    gateway.register().await?;
     let listener = server::bind(args.listen).await?;
     let ws_listener = server::bind(args.ws_listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "arcp-gateway listening (gRPC, package arcp.v1)");
@@ -297,19 +328,43 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         stop.cancel();
         served
     };
+    // Renewed until the jobs drained, so that nobody takes over jobs still finishing.
+    let drained = CancellationToken::new();
+    let lost = CancellationToken::new();
+    let leasing = async {
+        tokio::select! {
+            by = gateway.keep_lease() => {
+                tracing::error!(
+                    by = %by,
+                    "this replica was declared lost; its jobs and sessions were taken over. \
+                     Stopping"
+                );
+                lost.cancel();
+                stop.cancel();
+                Some(by)
+            }
+            () = drained.cancelled() => None,
+        }
+    };
     // The jobs' grace runs from the signal, beside the connections' drain.
     let draining = async {
         stop.cancelled().await;
-        let grace = gateway.config().drain_grace;
-        let drained = gateway.drain_jobs(grace, JOB_END_SETTLE).await;
-        tracing::info!(
-            finished = drained.finished,
-            ended = drained.ended,
-            "jobs drained"
-        );
+        // A lost replica's jobs can no longer write: they end at once.
+        let grace = if lost.is_cancelled() {
+            Duration::ZERO
+        } else {
+            gateway.config().drain_grace
+        };
+        let jobs = gateway.drain_jobs(grace, JOB_END_SETTLE).await;
+        tracing::info!(finished = jobs.finished, ended = jobs.ended, "jobs drained");
+        drained.cancel();
     };
-    let ((), served, ()) = tokio::join!(signalled, serving, draining);
+    let ((), served, (), lost_to) = tokio::join!(signalled, serving, draining, leasing);
+    if let Some(by) = lost_to {
+        return Err(format!("declared lost (taken over by {by}); exiting for a restart").into());
+    }
     served?;
+    gateway.leave().await;
     tracing::info!("stopped");
     Ok(())
 }

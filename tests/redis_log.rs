@@ -12,7 +12,7 @@ use std::sync::Arc;
 use ::redis::aio::MultiplexedConnection;
 use arcp_gateway::{
     error::{ArcpError, ErrorCode},
-    ids::{Epoch, EventSeq, SessionId},
+    ids::{Epoch, EventSeq, ReplicaId, ReplicaInstance, SessionId},
     store::{
         log::{redis::RedisEventLog, EventLog, LogLimits, SessionLog, Wait},
         redis::Redis,
@@ -24,7 +24,8 @@ use contract::{frame, within};
 /// A replica's event log store under `prefix`.
 fn replica(prefix: &str) -> RedisEventLog {
     let redis = Redis::open(common::redis_url(), prefix).expect("a redis address");
-    RedisEventLog::new(&redis, LogLimits::frames(100))
+    let writer = ReplicaInstance::start(ReplicaId::new("replica-a"));
+    RedisEventLog::new(&redis, LogLimits::frames(100), &writer)
 }
 
 fn fresh_prefix() -> String {

@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use arcp_gateway::{
-    ids::{Epoch, EventSeq, Principal, SessionId},
+    ids::{Epoch, EventSeq, Principal, ReplicaId, ReplicaInstance, SessionId},
     protocol::Features,
     store::{
         redis::Redis,
@@ -67,8 +67,8 @@ async fn a_record_catches_up_after_its_notifier_connection_was_killed() {
     let replica_a = Redis::open(url, &prefix).unwrap();
     let replica_b = Redis::open(url, &prefix).unwrap();
     let (store_a, store_b) = (
-        RedisSessionStore::new(&replica_a),
-        RedisSessionStore::new(&replica_b),
+        RedisSessionStore::new(&replica_a, ReplicaInstance::start(ReplicaId::new("a"))),
+        RedisSessionStore::new(&replica_b, ReplicaInstance::start(ReplicaId::new("b"))),
     );
     let mut admin = redis::Client::open(url)
         .unwrap()

@@ -6,9 +6,16 @@
 mod common;
 mod contract;
 
+use std::time::Duration;
+
 use arcp_gateway::{
     ids::{ReplicaId, SessionId},
-    store::{log::LogLimits, redis::Redis, MemoryStores, Stores},
+    store::{
+        log::LogLimits,
+        redis::Redis,
+        replicas::{Heartbeat, Registration},
+        MemoryStores, Stores,
+    },
 };
 use async_trait::async_trait;
 use contract::{NoOutage, Outage};
@@ -203,6 +210,8 @@ suite!(
     log::concurrent_appends_get_distinct_gap_free_numbers,
     log::calls_cancelled_anywhere_leave_no_gap,
     log::a_log_created_again_replaces_the_old_one,
+    log::a_replica_fence_appends_its_frames_once,
+    replicas::a_live_replica_is_never_claimed,
     resume::rotation_invalidates_the_previous_token_at_once,
     resume::tokens_are_bound_to_their_principal,
     resume::epochs_fence_rotation_and_the_window,
@@ -262,6 +271,27 @@ replicas_suite!(
     log::appends_racing_on_two_replicas_get_distinct_gap_free_numbers,
 );
 
+/// [`redis_replicas`], for the tests of what a store shared between processes does when one
+/// of them is lost. Two replicas of the memory stores are one process, which never outlives
+/// itself: it has nothing of the kind to test.
+fn redis_processes(max_log_frames: usize) -> (Stores, Stores) {
+    redis_replicas(max_log_frames)
+}
+
+/// The tests of replica loss, for each store whose replicas are processes of their own.
+macro_rules! shared_replicas_suite {
+    ($($test:tt)*) => {
+        store_tests!(redis_processes; $($test)*);
+    };
+}
+
+shared_replicas_suite!(
+    replicas::a_silent_replica_is_claimed_once_and_learns_it_was_lost,
+    log::a_fenced_replica_appends_nothing_more,
+    jobs::a_lost_replicas_jobs_are_found_and_ended_once,
+    session::the_sessions_a_replica_attached_are_found_by_replica,
+);
+
 store_tests!(memory_replicas_with_outage; jobs::a_cancel_whose_message_was_lost_still_reaches_the_job);
 store_tests!(redis_replicas_with_outage; jobs::a_cancel_whose_message_was_lost_still_reaches_the_job);
 
@@ -282,3 +312,48 @@ limited_suite!(
     log::a_newer_fence_reattaches_and_an_older_detach_changes_nothing,
     log::a_removed_log_gives_back_its_bytes,
 );
+
+/// A process restarted under the id of one that died waits while the dead one's lease runs
+/// (`Held`), then must see it taken over (`Predecessor`: it may claim it itself, being another
+/// instance), and only then registers; the dead one, were it only paused, learns it was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_redis_replica_registers_once_its_predecessor_was_taken_over() {
+    let redis = fresh_redis();
+    let limits = LogLimits::frames(10);
+    let first = redis_stores(&redis, "replica-a", limits);
+    let second = redis_stores(&redis, "replica-a", limits);
+    let (short, long) = (Duration::from_millis(300), Duration::from_secs(60));
+    assert_eq!(
+        first.replicas.register(short).await.unwrap(),
+        Registration::Registered
+    );
+    match second.replicas.register(long).await.unwrap() {
+        Registration::Held { remaining } => assert!(remaining <= short, "{remaining:?}"),
+        other => panic!("a live predecessor holds the id, not {other:?}"),
+    }
+    common::eventually("the predecessor's lease to run out", || async {
+        second.replicas.register(long).await.unwrap() == Registration::Predecessor
+    })
+    .await;
+    let claimed = second.replicas.claim_lost(long).await.unwrap();
+    assert_eq!(claimed, vec![first.replicas.instance().clone()]);
+    assert_eq!(
+        second.replicas.register(long).await.unwrap(),
+        Registration::Predecessor,
+        "not before the takeover is done"
+    );
+    second.replicas.taken_over(&claimed[0]).await.unwrap();
+    assert_eq!(
+        second.replicas.register(long).await.unwrap(),
+        Registration::Registered
+    );
+    assert_eq!(
+        second.replicas.heartbeat(long).await.unwrap(),
+        Heartbeat::Alive
+    );
+    assert!(matches!(
+        first.replicas.heartbeat(long).await.unwrap(),
+        Heartbeat::Lost { .. }
+    ));
+    assert!(second.replicas.claim_lost(long).await.unwrap().is_empty());
+}

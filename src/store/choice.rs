@@ -1,18 +1,6 @@
 //! Which stores a gateway keeps its state in, as chosen at start-up (`--store`).
 
-use std::{fmt, str::FromStr, sync::Arc};
-
-use crate::{error::ArcpError, ids::ReplicaId};
-
-use super::{
-    idempotency::redis::RedisIdempotencyStore,
-    jobs::redis::RedisJobDirectory,
-    log::{redis::RedisEventLog, LogLimits},
-    redis::Redis,
-    resume::redis::RedisResumeRegistry,
-    session::redis::RedisSessionStore,
-    Stores,
-};
+use std::{fmt, str::FromStr};
 
 /// Where the state lives.
 #[derive(Clone, PartialEq, Eq)]
@@ -46,35 +34,6 @@ impl fmt::Debug for StoreChoice {
                 Some((_, host)) => write!(f, "redis (…@{host})"),
                 None => write!(f, "redis ({url})"),
             },
-        }
-    }
-}
-
-impl Stores {
-    /// The stores `choice` names, for replica `replica`, with logs within `limits`; Redis keys
-    /// start with `prefix`. Connects on first use, so this fails only on a malformed address.
-    pub fn open(
-        choice: &StoreChoice,
-        prefix: &str,
-        replica: &ReplicaId,
-        limits: LogLimits,
-    ) -> Result<Stores, ArcpError> {
-        match choice {
-            StoreChoice::Memory => Ok(Stores::memory_with_limits(limits)),
-            StoreChoice::Redis(url) => {
-                Ok(Stores::redis(&Redis::open(url, prefix)?, replica, limits))
-            }
-        }
-    }
-
-    /// Every store in `redis`, as replica `replica` uses them, with event logs within `limits`.
-    pub fn redis(redis: &Redis, replica: &ReplicaId, limits: LogLimits) -> Stores {
-        Stores {
-            sessions: Arc::new(RedisSessionStore::new(redis)),
-            resume: Arc::new(RedisResumeRegistry::new(redis)),
-            logs: Arc::new(RedisEventLog::new(redis, limits)),
-            idempotency: Arc::new(RedisIdempotencyStore::new(redis)),
-            jobs: Arc::new(RedisJobDirectory::new(redis, replica.clone())),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`log`]: each session's event log, the single source of what a stream delivers.
 //! - [`jobs`]: the job directory: lookups, listing, and cancel and subscribe by id.
 //! - [`idempotency`]: idempotency keys with an atomic claim (§7.2).
+//! - [`replicas`]: which replicas sharing the stores are alive, and who takes over a lost one.
 //! - [`caps`]: the error every store answers a request over one of its caps with.
 //!
 //! The session and job code reach state only through these traits, so a store shared between
@@ -19,6 +20,7 @@ pub mod idempotency;
 pub mod jobs;
 pub mod log;
 pub mod redis;
+pub mod replicas;
 pub mod resume;
 pub mod session;
 
@@ -27,11 +29,17 @@ use std::sync::Arc;
 pub use self::choice::StoreChoice;
 
 use self::{
-    idempotency::{memory::MemoryIdempotencyStore, IdempotencyStore},
-    jobs::{memory::MemoryJobDirectory, JobDirectory},
-    log::{memory::MemoryEventLog, EventLog, LogLimits},
-    resume::{memory::MemoryResumeRegistry, ResumeRegistry},
-    session::{memory::MemorySessionStore, SessionStore},
+    idempotency::{memory::MemoryIdempotencyStore, redis::RedisIdempotencyStore, IdempotencyStore},
+    jobs::{memory::MemoryJobDirectory, redis::RedisJobDirectory, JobDirectory},
+    log::{memory::MemoryEventLog, redis::RedisEventLog, EventLog, LogLimits},
+    redis::Redis,
+    replicas::{memory::MemoryReplicas, redis::RedisReplicaRegistry, ReplicaRegistry},
+    resume::{memory::MemoryResumeRegistry, redis::RedisResumeRegistry, ResumeRegistry},
+    session::{memory::MemorySessionStore, redis::RedisSessionStore, SessionStore},
+};
+use crate::{
+    error::ArcpError,
+    ids::{ReplicaId, ReplicaInstance},
 };
 
 /// One of each store.
@@ -47,6 +55,8 @@ pub struct Stores {
     pub jobs: Arc<dyn JobDirectory>,
     /// Idempotency keys.
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// The replicas sharing these stores, and this one among them.
+    pub replicas: Arc<dyn ReplicaRegistry>,
 }
 
 impl Stores {
@@ -74,6 +84,8 @@ pub struct MemoryStores {
     pub jobs: Arc<MemoryJobDirectory>,
     /// Idempotency keys.
     pub idempotency: Arc<MemoryIdempotencyStore>,
+    /// The one replica.
+    pub replicas: Arc<MemoryReplicas>,
 }
 
 impl MemoryStores {
@@ -91,6 +103,7 @@ impl MemoryStores {
             logs: Arc::new(MemoryEventLog::with_limits(limits)),
             jobs: Arc::new(MemoryJobDirectory::new()),
             idempotency: Arc::new(MemoryIdempotencyStore::new()),
+            replicas: Arc::new(MemoryReplicas::default()),
         }
     }
 
@@ -102,6 +115,40 @@ impl MemoryStores {
             logs: self.logs.clone(),
             jobs: self.jobs.clone(),
             idempotency: self.idempotency.clone(),
+            replicas: self.replicas.clone(),
+        }
+    }
+}
+
+impl Stores {
+    /// The stores `choice` names, for replica `replica`, with logs within `limits`; Redis keys
+    /// start with `prefix`. Connects on first use, so this fails only on a malformed address.
+    pub fn open(
+        choice: &StoreChoice,
+        prefix: &str,
+        replica: &ReplicaId,
+        limits: LogLimits,
+    ) -> Result<Stores, ArcpError> {
+        match choice {
+            StoreChoice::Memory => Ok(Stores::memory_with_limits(limits)),
+            StoreChoice::Redis(url) => {
+                Ok(Stores::redis(&Redis::open(url, prefix)?, replica, limits))
+            }
+        }
+    }
+
+    /// Every store in `redis`, as replica `replica` uses them, with event logs within
+    /// `limits`. They are one new instance of the replica ([`ReplicaInstance::start`]): what
+    /// they write names it, and the registry ([`Stores::replicas`]) keeps its lease.
+    pub fn redis(redis: &Redis, replica: &ReplicaId, limits: LogLimits) -> Stores {
+        let instance = ReplicaInstance::start(replica.clone());
+        Stores {
+            sessions: Arc::new(RedisSessionStore::new(redis, instance.clone())),
+            resume: Arc::new(RedisResumeRegistry::new(redis)),
+            logs: Arc::new(RedisEventLog::new(redis, limits, &instance)),
+            idempotency: Arc::new(RedisIdempotencyStore::new(redis)),
+            jobs: Arc::new(RedisJobDirectory::new(redis, instance.clone())),
+            replicas: Arc::new(RedisReplicaRegistry::new(redis, instance)),
         }
     }
 }

@@ -25,6 +25,7 @@ use async_trait::async_trait;
 
 use super::{cancel_after, within, Factory, Replicas, ReplicasWithOutage};
 use crate::common::{eventually, wait_until};
+use arcp_gateway::store::replicas::Registration;
 
 /// A running job as the directory sees it: an entry, and a record of the requests routed to
 /// it.
@@ -717,4 +718,67 @@ pub async fn a_cancel_whose_message_was_lost_still_reaches_the_job(make: Replica
         *job.cancels.lock().unwrap(),
         vec![Some("while A was away".to_owned())]
     );
+}
+
+/// When replica A is lost, replica B finds A's running jobs (not its ended ones), each with its
+/// subscribers, and ends each once: its slots free, B lists it as ended as B left it, and A's
+/// own end of it afterwards changes nothing. Once claimed, A inserts no more jobs.
+pub async fn a_lost_replicas_jobs_are_found_and_ended_once(make: Replicas) {
+    let (a, b) = make(10);
+    let (job, other) = (running("alice"), running("alice"));
+    a.jobs.insert(job.clone(), UNCAPPED).await.unwrap();
+    a.jobs.insert(other.clone(), UNCAPPED).await.unwrap();
+    a.jobs.finish(ended(&other)).await.unwrap();
+    let id = job.entry().id;
+    let watcher = SessionId::generate();
+    let subscribed = b.jobs.subscribe(&id, subscriber(&watcher), 10).await;
+    assert!(
+        matches!(subscribed, Ok(Subscription::Live)),
+        "{subscribed:?}"
+    );
+    let (replica_a, replica_b) = (
+        a.replicas.instance().replica(),
+        b.replicas.instance().replica(),
+    );
+
+    let lost = b.jobs.running_on(replica_a).await.unwrap();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].entry.id, id);
+    assert_eq!(lost[0].subscribers, vec![watcher.clone()]);
+    assert!(b.jobs.running_on(replica_b).await.unwrap().is_empty());
+
+    let mut end = lost[0].entry.clone();
+    end.status = JobStatus::Finished(FinalStatus::Error);
+    end.finished_at = Some(SystemTime::now());
+    end.last_event_seq = EventSeq(7);
+    assert!(b.jobs.finish_lost(end.clone(), replica_a).await.unwrap());
+    assert!(
+        !b.jobs.finish_lost(end, replica_a).await.unwrap(),
+        "a lost job is ended once"
+    );
+    let check = |entry: JobEntry| {
+        assert_eq!(
+            (entry.status, entry.last_event_seq),
+            (JobStatus::Finished(FinalStatus::Error), EventSeq(7))
+        )
+    };
+    check(b.jobs.get(&id).await.unwrap().unwrap());
+    let session = job.entry().session;
+    assert_eq!(b.jobs.held_by(&session).await.unwrap(), Holdings::default());
+    assert_eq!(b.jobs.held_by(&watcher).await.unwrap(), Holdings::default());
+    a.jobs.finish(ended(&job)).await.unwrap();
+    check(b.jobs.get(&id).await.unwrap().unwrap());
+    assert!(b.jobs.running_on(replica_a).await.unwrap().is_empty());
+
+    let short = Duration::from_millis(300);
+    assert_eq!(
+        a.replicas.register(short).await.unwrap(),
+        Registration::Registered
+    );
+    eventually("A's lease to run out and be claimed", || async {
+        !b.replicas.claim_lost(short).await.unwrap().is_empty()
+    })
+    .await;
+    let err = a.jobs.insert(running("alice"), UNCAPPED).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InternalError, "{err}");
 }

@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, sync::Arc};
 use arcp_gateway::{
     encoding::StoredFrame,
     error::ErrorCode,
-    ids::{Epoch, EventSeq, SessionId},
+    ids::{Epoch, EventSeq, ReplicaId, ReplicaInstance, SessionId},
     store::{
         log::{cursor::LogCursor, LogEntry, LogLimits, SessionLog, Wait},
         Stores,
@@ -345,6 +345,77 @@ pub async fn a_log_removed_on_one_replica_fails_the_others_waiting_reader(make: 
         .err()
         .expect("a removed log does not open");
     assert_eq!(err.code(), ErrorCode::ResumeWindowExpired);
+}
+
+fn texts(entries: &[LogEntry]) -> Vec<String> {
+    entries.iter().map(|e| text(&e.frame)).collect()
+}
+
+/// Fencing a replica instance out of a log appends the fence's frames, in order, once: a
+/// second fence of the same instance appends nothing. The log goes on taking appends.
+pub async fn a_replica_fence_appends_its_frames_once(make: Factory) {
+    let log = log_with(make, 100, 2).await;
+    let lost = ReplicaInstance::start(ReplicaId::new("lost"));
+    let ends = log
+        .fence_replica(&lost, vec![frame("end/1"), frame("end/2")])
+        .await
+        .unwrap();
+    assert_eq!(ends, Some(vec![EventSeq(3), EventSeq(4)]));
+    let again = log
+        .fence_replica(&lost, vec![frame("again")])
+        .await
+        .unwrap();
+    assert_eq!(again, None, "a repeated fence appends nothing");
+    assert_eq!(log.append(frame("5")).await.unwrap(), EventSeq(5));
+    let all = log.read(EventSeq::ZERO, 100, Wait::No).await.unwrap();
+    assert_eq!(seqs(&all), vec![1, 2, 3, 4, 5]);
+    assert_eq!(texts(&all), vec!["1", "2", "end/1", "end/2", "5"]);
+}
+
+/// Once replica B fenced replica A out of a log, the log refuses every append of A's, through
+/// the handle A held and through one it opens afterwards, alone or batched, with
+/// `INTERNAL_ERROR`; B's appends go on, and both read the same log, A's frames, the fence's,
+/// then B's.
+pub async fn a_fenced_replica_appends_nothing_more(make: Replicas) {
+    let (a, b) = make(100);
+    let id = SessionId::generate();
+    let on_a = a.logs.create(&id).await.unwrap();
+    on_a.append(frame("a/1")).await.unwrap();
+    let on_b = b.logs.open(&id).await.unwrap();
+    let ends = on_b
+        .fence_replica(a.replicas.instance(), vec![frame("end")])
+        .await
+        .unwrap();
+    assert_eq!(ends, Some(vec![EventSeq(2)]));
+
+    let err = on_a.append(frame("a/late")).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InternalError, "{err}");
+    let batch: Vec<_> = (0..8)
+        .map(|n| {
+            let on_a = on_a.clone();
+            tokio::spawn(async move { on_a.append(frame(&format!("a/batch/{n}"))).await })
+        })
+        .collect();
+    for append in batch {
+        let refused = within("a refused append", append).await.unwrap();
+        assert_eq!(refused.unwrap_err().code(), ErrorCode::InternalError);
+    }
+    drop(on_a);
+    let reopened = a.logs.open(&id).await.unwrap();
+    let err = reopened.append(frame("a/reopened")).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InternalError, "{err}");
+
+    assert_eq!(on_b.append(frame("b/1")).await.unwrap(), EventSeq(3));
+    let again = on_b
+        .fence_replica(a.replicas.instance(), vec![frame("again")])
+        .await
+        .unwrap();
+    assert_eq!(again, None);
+    for log in [&reopened, &on_b] {
+        let all = log.read(EventSeq::ZERO, 100, Wait::No).await.unwrap();
+        assert_eq!(seqs(&all), vec![1, 2, 3]);
+        assert_eq!(texts(&all), vec!["a/1", "end", "b/1"]);
+    }
 }
 
 /// Appends racing from tasks on both replicas get every sequence number exactly once, each

@@ -8,6 +8,7 @@
 pub mod idempotency;
 pub mod jobs;
 pub mod log;
+pub mod replicas;
 pub mod resume;
 pub mod session;
 pub mod wrapped;

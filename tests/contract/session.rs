@@ -551,3 +551,42 @@ pub async fn the_session_cap_holds_across_replicas(make: Replicas) {
     let err = b.sessions.create(capped("dave", 3)).await.err();
     assert_eq!(err.expect("refused").code(), ErrorCode::PermissionDenied);
 }
+
+/// A shared store knows which replica made each attachment: B finds the sessions A attached,
+/// each with its epoch there, but not one A detached; one B took over since is still among
+/// A's, at A's older epoch, and among B's at its own; once forgotten, A has none.
+pub async fn the_sessions_a_replica_attached_are_found_by_replica(make: Replicas) {
+    let (a, b) = make(10);
+    let create = |stores: &arcp_gateway::store::Stores| {
+        let sessions = stores.sessions.clone();
+        async move {
+            sessions
+                .create(capped("alice", usize::MAX))
+                .await
+                .expect("a session is created")
+        }
+    };
+    let held = create(&a).await;
+    let detached = create(&a).await;
+    assert!(detached.detach(Epoch(1)).await.unwrap());
+    let moved = create(&a).await;
+    let on_b = b.sessions.open(moved.id()).await.unwrap();
+    assert!(on_b.attach(Epoch(2), None, EventSeq::ZERO).await.unwrap());
+
+    let (replica_a, replica_b) = (
+        a.replicas.instance().replica(),
+        b.replicas.instance().replica(),
+    );
+    let mut expected = vec![
+        (held.id().clone(), Epoch(1)),
+        (moved.id().clone(), Epoch(1)),
+    ];
+    expected.sort();
+    assert_eq!(b.sessions.attached_on(replica_a).await.unwrap(), expected);
+    assert_eq!(
+        b.sessions.attached_on(replica_b).await.unwrap(),
+        vec![(moved.id().clone(), Epoch(2))]
+    );
+    b.sessions.forget_attached_on(replica_a).await.unwrap();
+    assert!(b.sessions.attached_on(replica_a).await.unwrap().is_empty());
+}

@@ -12,16 +12,17 @@ use std::{
 use arcp_gateway::{
     encoding::StoredFrame,
     error::ArcpError,
-    ids::{Epoch, EventSeq, JobId, Principal, SessionId},
+    ids::{Epoch, EventSeq, JobId, Principal, ReplicaId, ReplicaInstance, SessionId},
     protocol::Features,
     store::{
         idempotency::KeyTerms,
         idempotency::{Claim, Fingerprint, IdempotencyKey, IdempotencyStore},
         jobs::{
-            Holdings, JobCaps, JobControl, JobDirectory, JobEntry, ListScope, Subscriber,
+            Holdings, JobCaps, JobControl, JobDirectory, JobEntry, ListScope, LostJob, Subscriber,
             Subscription,
         },
         log::{Appended, EventLog, LogBounds, LogEntry, SessionLog, Wait},
+        replicas::{Heartbeat, Registration, ReplicaRegistry},
         resume::{ResumeRegistry, ResumeToken},
         session::{AckOutcome, AttachmentLock, Flow, NewSession, SessionRecord, SessionStore},
         Stores,
@@ -49,6 +50,7 @@ pub fn wrap(stores: Stores, hook: Arc<dyn Hook>) -> Stores {
         logs: Arc::new(Wrapped::new(stores.logs, &hook)),
         jobs: Arc::new(Wrapped::new(stores.jobs, &hook)),
         idempotency: Arc::new(Wrapped::new(stores.idempotency, &hook)),
+        replicas: Arc::new(Wrapped::new(stores.replicas, &hook)),
     }
 }
 
@@ -140,6 +142,15 @@ impl SessionLog for Wrapped<dyn SessionLog> {
         self.around("log.fence", self.inner.fence(epoch)).await
     }
 
+    async fn fence_replica(
+        &self,
+        lost: &ReplicaInstance,
+        frames: Vec<StoredFrame>,
+    ) -> Result<Option<Vec<EventSeq>>, ArcpError> {
+        self.around("log.fence_replica", self.inner.fence_replica(lost, frames))
+            .await
+    }
+
     async fn release_through(&self, through: EventSeq, epoch: Epoch) -> Result<(), ArcpError> {
         self.around(
             "log.release_through",
@@ -223,6 +234,19 @@ impl SessionStore for Wrapped<dyn SessionStore> {
 
     async fn remove(&self, id: &SessionId) -> Result<(), ArcpError> {
         self.around("sessions.remove", self.inner.remove(id)).await
+    }
+
+    async fn attached_on(&self, replica: &ReplicaId) -> Result<Vec<(SessionId, Epoch)>, ArcpError> {
+        self.around("sessions.attached_on", self.inner.attached_on(replica))
+            .await
+    }
+
+    async fn forget_attached_on(&self, replica: &ReplicaId) -> Result<(), ArcpError> {
+        self.around(
+            "sessions.forget_attached_on",
+            self.inner.forget_attached_on(replica),
+        )
+        .await
     }
 }
 
@@ -349,6 +373,47 @@ impl JobDirectory for Wrapped<dyn JobDirectory> {
     async fn purge_finished(&self, before: SystemTime) -> Result<(), ArcpError> {
         self.around("jobs.purge_finished", self.inner.purge_finished(before))
             .await
+    }
+
+    async fn running_on(&self, replica: &ReplicaId) -> Result<Vec<LostJob>, ArcpError> {
+        self.around("jobs.running_on", self.inner.running_on(replica))
+            .await
+    }
+
+    async fn finish_lost(&self, entry: JobEntry, lost: &ReplicaId) -> Result<bool, ArcpError> {
+        self.around("jobs.finish_lost", self.inner.finish_lost(entry, lost))
+            .await
+    }
+}
+
+#[async_trait]
+impl ReplicaRegistry for Wrapped<dyn ReplicaRegistry> {
+    fn instance(&self) -> &ReplicaInstance {
+        self.inner.instance()
+    }
+
+    async fn register(&self, lease: Duration) -> Result<Registration, ArcpError> {
+        self.around("replicas.register", self.inner.register(lease))
+            .await
+    }
+
+    async fn heartbeat(&self, lease: Duration) -> Result<Heartbeat, ArcpError> {
+        self.around("replicas.heartbeat", self.inner.heartbeat(lease))
+            .await
+    }
+
+    async fn claim_lost(&self, claim: Duration) -> Result<Vec<ReplicaInstance>, ArcpError> {
+        self.around("replicas.claim_lost", self.inner.claim_lost(claim))
+            .await
+    }
+
+    async fn taken_over(&self, lost: &ReplicaInstance) -> Result<(), ArcpError> {
+        self.around("replicas.taken_over", self.inner.taken_over(lost))
+            .await
+    }
+
+    async fn leave(&self) -> Result<(), ArcpError> {
+        self.around("replicas.leave", self.inner.leave()).await
     }
 }
 

@@ -12,14 +12,14 @@ use parking_lot::Mutex;
 
 use crate::{
     error::ArcpError,
-    ids::{JobId, Principal, SessionId},
+    ids::{JobId, Principal, ReplicaId, SessionId},
     protocol::job_frame::JobStatus,
     store::caps::over_cap,
 };
 
 use super::{
     already_ended, not_found, Holdings, JobCaps, JobControl, JobDirectory, JobEntry, ListScope,
-    Subscriber, Subscription,
+    LostJob, Subscriber, Subscription,
 };
 
 /// Jobs held in this process's memory: running ones by their control, ended ones by their
@@ -392,5 +392,15 @@ impl JobDirectory for MemoryJobDirectory {
             Slot::Running(_) => true,
         });
         Ok(())
+    }
+
+    /// This process is the only replica, and it never outlives itself: it has no lost
+    /// replica's jobs.
+    async fn running_on(&self, _replica: &ReplicaId) -> Result<Vec<LostJob>, ArcpError> {
+        Ok(Vec::new())
+    }
+
+    async fn finish_lost(&self, _entry: JobEntry, _lost: &ReplicaId) -> Result<bool, ArcpError> {
+        Ok(false)
     }
 }

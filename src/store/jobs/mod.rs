@@ -12,6 +12,11 @@
 //! subscriptions per session (checked in the same step as the subscription), and it answers
 //! what a session holds ([`Holdings`]), so that whoever sweeps an expired session can end its
 //! jobs and drop its subscriptions wherever they run.
+//!
+//! A directory shared by replicas knows which replica runs each job, so that when one is
+//! declared lost another can find its running jobs ([`JobDirectory::running_on`]) and end
+//! each once ([`JobDirectory::finish_lost`]); from then on the lost replica's own end of the
+//! job changes nothing. A directory of one process has no other replica to lose.
 
 pub mod memory;
 pub mod redis;
@@ -23,7 +28,7 @@ use async_trait::async_trait;
 use crate::{
     clock::Timestamp,
     error::ArcpError,
-    ids::{EventSeq, JobId, Principal, SessionId, TraceId},
+    ids::{EventSeq, JobId, Principal, ReplicaId, SessionId, TraceId},
     protocol::{
         control::JobSummary, credential::Credential, job_frame::JobStatus, Features, Lease,
     },
@@ -84,6 +89,15 @@ impl JobEntry {
             },
         }
     }
+}
+
+/// A running job of a replica that was declared lost, as the replica taking it over finds it.
+#[derive(Clone, Debug)]
+pub struct LostJob {
+    /// Its entry, as its replica last wrote it.
+    pub entry: JobEntry,
+    /// The sessions subscribed to it (§7.6), which receive its end too.
+    pub subscribers: Vec<SessionId>,
 }
 
 /// A session asking to receive a job's frames (§7.6).
@@ -222,6 +236,16 @@ pub trait JobDirectory: Send + Sync + 'static {
 
     /// Forgets jobs that ended before `before`.
     async fn purge_finished(&self, before: SystemTime) -> Result<(), ArcpError>;
+
+    /// The jobs replica `replica` runs, with their subscribers: for a replica that was
+    /// declared lost, what its takeover must end.
+    async fn running_on(&self, replica: &ReplicaId) -> Result<Vec<LostJob>, ArcpError>;
+
+    /// Records that job `entry.id`, which lost replica `lost` ran, ended with `entry`: it
+    /// stops counting against the caps, its subscriptions end, and what `lost` itself later
+    /// records of the job (a refresh, its end) is ignored. Returns `false`, changing nothing,
+    /// unless the job was still running on `lost`, so that of two takeovers one ends it.
+    async fn finish_lost(&self, entry: JobEntry, lost: &ReplicaId) -> Result<bool, ArcpError>;
 }
 
 /// The error for a job that does not exist, or that the asker may not see (§6.6).

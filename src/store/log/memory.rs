@@ -6,7 +6,7 @@
 //! them, oldest detached first. Lock order: the detached list, then a session's frames.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Weak,
@@ -19,7 +19,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::{
     encoding::StoredFrame,
     error::ArcpError,
-    ids::{Epoch, EventSeq, SessionId},
+    ids::{Epoch, EventSeq, ReplicaInstance, SessionId},
     sync::wakeup::Wakeup,
 };
 
@@ -78,6 +78,9 @@ struct Frames {
     window_start_end: u64,
     /// Whether the store's budget may evict from this log.
     listing: Listing,
+    /// The replica instances fenced out, by name: only their first fence appends its frames.
+    /// This store has no writer but its own process, so nothing else depends on it.
+    lost: HashSet<Arc<str>>,
 }
 
 /// A retained frame, and where it ends in the bytes ever appended.
@@ -197,6 +200,7 @@ impl EventLog for MemoryEventLog {
                 window_start: EventSeq::ZERO,
                 window_start_end: 0,
                 listing: Listing::Attached,
+                lost: HashSet::new(),
             }),
             removed: AtomicBool::new(false),
             grew: Wakeup::default(),
@@ -487,6 +491,22 @@ impl SessionLog for MemorySessionLog {
             frames.listing = Listing::Attached;
         }
         Ok(())
+    }
+
+    async fn fence_replica(
+        &self,
+        lost: &ReplicaInstance,
+        frames: Vec<StoredFrame>,
+    ) -> Result<Option<Vec<EventSeq>>, ArcpError> {
+        self.check_present()?;
+        if !self.frames.lock().lost.insert(lost.as_str().into()) {
+            return Ok(None);
+        }
+        let mut seqs = Vec::with_capacity(frames.len());
+        for frame in frames {
+            seqs.push(self.append(frame).await?);
+        }
+        Ok(Some(seqs))
     }
 
     async fn release_through(&self, through: EventSeq, epoch: Epoch) -> Result<(), ArcpError> {

@@ -12,6 +12,10 @@
 //! everything on the frame path uses. [`memory::MemoryEventLog`] is the embedded store;
 //! [`redis::RedisEventLog`] one that replicas share.
 //!
+//! A shared store's appends name the replica instance that writes them, so that a replica
+//! declared lost can be fenced out of a log ([`SessionLog::fence_replica`]) while another ends
+//! its jobs there.
+//!
 //! Memory is bounded by [`LogLimits`]: each log keeps at most so many frames and so many bytes
 //! of them, and a store keeps at most a budget of bytes across all its logs. Beyond a log's own
 //! bounds its oldest frames go. Beyond the budget the frames of detached sessions go first:
@@ -34,7 +38,7 @@ use async_trait::async_trait;
 use crate::{
     encoding::StoredFrame,
     error::ArcpError,
-    ids::{Epoch, EventSeq, SessionId},
+    ids::{Epoch, EventSeq, ReplicaInstance, SessionId},
 };
 
 /// A frame as a log holds it: its place in the session's sequence, and the frame.
@@ -189,6 +193,19 @@ pub trait SessionLog: Send + Sync + 'static {
     /// the session attached: its frames are no longer evicted for the store's budget, and a
     /// later [`EventLog::detached`] of an older attachment changes nothing.
     async fn fence(&self, epoch: Epoch) -> Result<(), ArcpError>;
+
+    /// Fences replica instance `lost` out of this log, for good: every append it sends from
+    /// now on is refused, through any of its handles, so a replica that was declared lost
+    /// while it was only paused cannot write after the frames that ended its jobs. The first
+    /// fence of `lost` also appends `frames`, in order, in the same step, and returns their
+    /// sequence numbers; a repeated one appends nothing and returns `None`, so a takeover done
+    /// twice (its first claimant died) writes its frames once. A store of one process has no
+    /// other writer to refuse: for it only the frames matter.
+    async fn fence_replica(
+        &self,
+        lost: &ReplicaInstance,
+        frames: Vec<StoredFrame>,
+    ) -> Result<Option<Vec<EventSeq>>, ArcpError>;
 
     /// Frees the frames up to `through` early, because the client of attachment `epoch`
     /// acknowledged them (§6.5). A no-op if the log was fenced by a newer epoch. A resume from

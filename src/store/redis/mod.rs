@@ -10,10 +10,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use ::redis::{aio::ConnectionManager, Client, RedisError};
+use ::redis::{aio::ConnectionManager, Client, FromRedisValue, Pipeline, RedisError, Script};
 use tokio::sync::OnceCell;
 
-use crate::error::ArcpError;
+use crate::{error::ArcpError, ids::ReplicaId};
 
 use self::notify::Notifier;
 
@@ -106,4 +106,35 @@ pub(crate) fn unix_millis(at: SystemTime) -> u64 {
 /// Whole milliseconds, as Redis takes durations.
 pub(crate) fn millis(d: Duration) -> u64 {
     d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+/// The key of kind `kind` that one replica's state keeps under the hash tag
+/// `{replica:REPLICA}`: its lease (`store::replicas::redis`), its running jobs and pending
+/// cancels (`store::jobs::redis`), the sessions it attached (`store::session::redis`). On a
+/// Redis Cluster they share a slot, so a script on one may check another.
+pub(crate) fn replica_key(prefix: &str, replica: &ReplicaId, kind: &str) -> String {
+    format!("{prefix}:{{replica:{replica}}}:{kind}")
+}
+
+/// Runs `pipe`, whose scripts called by hash are among `scripts`, loading them and trying
+/// again if Redis did not have one (after a restart, a failover, a `SCRIPT FLUSH`): unlike a
+/// script called alone, a pipelined one is not loaded on demand. A refused script has no
+/// effect, but the rest of the pipeline ran, and the retry sends it all again: so the scripts
+/// a pipeline calls by hash must all be one script (which Redis has or has not) unless they
+/// are idempotent, and every other command must be idempotent (a plain one, or an `EVAL` of
+/// an idempotent script).
+pub(crate) async fn query_loading<T: FromRedisValue>(
+    conn: &mut ConnectionManager,
+    pipe: &Pipeline,
+    scripts: &[&Script],
+) -> ::redis::RedisResult<T> {
+    match pipe.query_async(conn).await {
+        Err(e) if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) => {
+            for script in scripts {
+                script.load_async(conn).await?;
+            }
+            pipe.query_async(conn).await
+        }
+        other => other,
+    }
 }

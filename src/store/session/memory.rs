@@ -13,7 +13,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::{
     error::ArcpError,
-    ids::{Epoch, EventSeq, Principal, SessionId},
+    ids::{Epoch, EventSeq, Principal, ReplicaId, SessionId},
     protocol::Features,
     store::caps::over_cap,
     sync::wakeup::Wakeup,
@@ -113,6 +113,18 @@ impl SessionStore for MemorySessionStore {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// This process is the only replica, and it never outlives itself.
+    async fn attached_on(
+        &self,
+        _replica: &ReplicaId,
+    ) -> Result<Vec<(SessionId, Epoch)>, ArcpError> {
+        Ok(Vec::new())
+    }
+
+    async fn forget_attached_on(&self, _replica: &ReplicaId) -> Result<(), ArcpError> {
         Ok(())
     }
 }

@@ -11,7 +11,11 @@
 //!
 //! The flow state is read on every frame a job emits (to pace the job to its reader), so a
 //! record hands it out without suspending: a shared store keeps a local copy current. Changes
-//! go through the store and may suspend. [`memory::MemorySessionStore`] is the embedded store;
+//! go through the store and may suspend.
+//!
+//! A shared store also knows which replica made each attachment, so that when a replica is
+//! declared lost, another finds the sessions it held ([`SessionStore::attached_on`]) and
+//! starts their resume windows, as the lost replica's streams would have on their way out. [`memory::MemorySessionStore`] is the embedded store;
 //! [`redis::RedisSessionStore`] one that replicas share.
 
 pub mod memory;
@@ -23,7 +27,7 @@ use async_trait::async_trait;
 
 use crate::{
     error::ArcpError,
-    ids::{Epoch, EventSeq, Principal, SessionId},
+    ids::{Epoch, EventSeq, Principal, ReplicaId, SessionId},
     protocol::Features,
 };
 
@@ -98,6 +102,17 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Forgets a session whose window closed, freeing its principal's slot.
     async fn remove(&self, id: &SessionId) -> Result<(), ArcpError>;
+
+    /// The sessions replica `replica` attached streams to, each with the epoch of its
+    /// attachment there, as far as the store knows they may still be attached: for a replica
+    /// that was declared lost, the sessions to detach and start the resume windows of. Some
+    /// may have been taken over since, which their epochs tell. A store of one process has no
+    /// other replica, and knows none.
+    async fn attached_on(&self, replica: &ReplicaId) -> Result<Vec<(SessionId, Epoch)>, ArcpError>;
+
+    /// Forgets what [`SessionStore::attached_on`] knows of replica `replica`, once its sessions
+    /// were detached.
+    async fn forget_attached_on(&self, replica: &ReplicaId) -> Result<(), ArcpError>;
 }
 
 /// One session's record, as a handle.

@@ -1,6 +1,9 @@
 //! The directory's key and channel names, as [`super::scripts`] also derives them.
 
-use crate::ids::{JobId, Principal, SessionId};
+use crate::{
+    ids::{JobId, Principal, ReplicaId, SessionId},
+    store::redis::replica_key,
+};
 
 /// Names under one prefix.
 pub(super) struct Keys {
@@ -61,6 +64,16 @@ impl Keys {
     /// The jobs of the replica with cancel requests it has not yet read.
     pub(super) fn replica_cancels(&self, replica: &str) -> String {
         format!("{}:{{replica:{replica}}}:cancels", self.prefix)
+    }
+
+    /// The jobs the replica runs (and some it ran, until a takeover reads them).
+    pub(super) fn replica_jobs(&self, replica: &ReplicaId) -> String {
+        replica_key(&self.prefix, replica, "jobs")
+    }
+
+    /// The replica's lease (`store::replicas::redis`), which an insert checks.
+    pub(super) fn replica_lease(&self, replica: &ReplicaId) -> String {
+        replica_key(&self.prefix, replica, "lease")
     }
 
     /// The channel the replica hears requests and replies on.

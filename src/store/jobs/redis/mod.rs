@@ -17,7 +17,7 @@
 //! - `P:jobs:index`: every job in id order; `P:jobs:finished`: the ended jobs by the
 //!   millisecond they ended, for purging.
 //! - `P:{replica:REPLICA}:cancels`: the replica's jobs with cancel requests it has not yet
-//!   read.
+//!   read; `P:{replica:REPLICA}:jobs`: the jobs it runs.
 //! - The channel `P:replica:REPLICA`: what other replicas ask of this one, and their replies.
 //!
 //! Every change is one Lua script (`scripts`), so a call dropped after sending it took full
@@ -55,8 +55,17 @@
 //! retryable error and keeps the slot, as a dropped call may: it frees when the job ends or the
 //! session unsubscribes. An unsubscription goes the same way.
 //!
-//! Each entry names the replica that runs its job, so that a replica's death can later be
-//! noticed and its jobs ended (not done yet: a dead owner's jobs stay running here).
+//! # A lost replica
+//!
+//! Each entry names the replica that runs its job (`owner`), and `P:{replica:REPLICA}:jobs`
+//! lists the jobs each replica runs (it joins in the insert and leaves with the end), so that
+//! when a replica is declared lost (`store::replicas`) the one taking it over finds its jobs
+//! and their subscribers in one script, and ends each with a script that checks that it still
+//! runs there: of two takeovers one ends it. The hash then keeps who ended it (`lost`), and the
+//! lost replica's own end and removal of it change nothing. An insert checks, in the same
+//! script, that the inserting instance still holds its replica's lease
+//! (`P:{replica:REPLICA}:lease`, under the same hash tag as its set of jobs), so that a lost
+//! replica coming back from a pause starts nothing nobody would take over.
 //!
 //! # Round trips
 //!
@@ -65,7 +74,7 @@
 //! one otherwise (and two on the owner, to read and acknowledge the request); a listing one per 512 jobs it looks at; a subscription one, and for a job
 //! elsewhere the owner's reply (and one more to give the slot back if the job refused); an
 //! unsubscription one for a job here and two and the reply otherwise; a purge one per 256
-//! jobs.
+//! jobs; finding a lost replica's jobs one, and ending each one.
 //!
 //! # On a Redis Cluster
 //!
@@ -76,8 +85,11 @@
 //! `held_by` would be given the principal), the job's hash would be written in a second step
 //! after the counted insert, with a sweep for inserts whose second step never ran, the
 //! subscription slot would be taken in the session's slot before the job's subscriber set is
-//! written, and the listing of every job and the purge would go slot by slot. Channels are not
-//! keys and need no change (sharded pub/sub could come later).
+//! written, and the listing of every job and the purge would go slot by slot. A replica's set
+//! of running jobs and its lease share its slot, so the insert's first step there would check
+//! the lease and join the set; a takeover would read the set, then each job's hash and
+//! subscribers, slot by slot, and end each job with the finish's steps. Channels are not keys
+//! and need no change (sharded pub/sub could come later).
 
 mod fields;
 mod keys;
@@ -95,7 +107,7 @@ use tokio::sync::OnceCell;
 
 use crate::{
     error::ArcpError,
-    ids::{JobId, ReplicaId, SessionId},
+    ids::{JobId, ReplicaId, ReplicaInstance, SessionId},
     store::{
         caps::over_cap,
         redis::{notify, unix_millis, Redis, RedisConnection},
@@ -113,7 +125,7 @@ use self::{
 
 use super::{
     already_ended, not_found, Holdings, JobCaps, JobControl, JobDirectory, JobEntry, ListScope,
-    Subscriber, Subscription,
+    LostJob, Subscriber, Subscription,
 };
 
 /// How often the owner writes what changed in its running jobs' entries.
@@ -141,6 +153,8 @@ struct Inner {
     redis: RedisConnection,
     keys: Keys,
     replica: ReplicaId,
+    /// This process's run as `replica`, which an insert must still be.
+    instance: ReplicaInstance,
     scripts: Scripts,
     local: LocalJobs,
     /// This replica's channel, once listened to, with the task that handles what it hears.
@@ -149,15 +163,16 @@ struct Inner {
 }
 
 impl RedisJobDirectory {
-    /// The directory in `redis`, under its prefix, as replica `replica` (unique among those
-    /// sharing the server) reaches it.
-    pub fn new(redis: &Redis, replica: ReplicaId) -> Self {
+    /// The directory in `redis`, under its prefix, as replica instance `instance` (whose
+    /// replica id is unique among those sharing the server) reaches it.
+    pub fn new(redis: &Redis, instance: ReplicaInstance) -> Self {
         let redis = redis.for_store("job directory");
         RedisJobDirectory {
             inner: Arc::new(Inner {
                 keys: Keys::new(redis.prefix()),
                 redis,
-                replica,
+                replica: instance.replica().clone(),
+                instance,
                 scripts: Scripts::new(),
                 local: LocalJobs::default(),
                 listening: OnceCell::new(),
@@ -229,6 +244,13 @@ fn no_reply(id: &JobId, owner: &str) -> ArcpError {
     ))
 }
 
+/// The answer for an insert by an instance of this replica that was declared lost.
+fn lost_replica(instance: &ReplicaInstance) -> ArcpError {
+    ArcpError::Internal(format!(
+        "replica {instance} was declared lost and takes no new jobs; submit the job again"
+    ))
+}
+
 /// A job that Redis has running here but that this replica does not know.
 fn lost_here(id: &JobId, replica: &ReplicaId) -> ArcpError {
     ArcpError::Internal(format!("job {id} does not run on replica {replica}"))
@@ -248,6 +270,7 @@ impl Inner {
             .key(keys.principal_index(&entry.principal))
             .key(keys.all())
             .key(keys.finished())
+            .key(keys.replica_jobs(&self.replica))
             .arg(keys.prefix())
             .arg(entry.id.as_str())
             .arg(finished_millis(entry).map_or_else(String::new, |ms| ms.to_string()))
@@ -388,11 +411,14 @@ impl JobDirectory for RedisJobDirectory {
             .key(keys.principal_running(&entry.principal))
             .key(keys.principal_index(&entry.principal))
             .key(keys.all())
+            .key(keys.replica_jobs(&inner.replica))
+            .key(keys.replica_lease(&inner.replica))
             .arg(keys.prefix())
             .arg(entry.id.as_str())
             .arg(caps.per_session)
             .arg(caps.per_principal)
-            .arg(inner.replica.as_str());
+            .arg(inner.replica.as_str())
+            .arg(inner.instance.token());
         for (name, value) in &fields {
             call.arg(*name).arg(value);
         }
@@ -413,6 +439,10 @@ impl JobDirectory for RedisJobDirectory {
             "principal" => {
                 change.settle(Settled::Forgotten);
                 Err(principal_cap(caps.per_principal))
+            }
+            "lost" => {
+                change.settle(Settled::Forgotten);
+                Err(lost_replica(&inner.instance))
             }
             other => Err(corrupt(format_args!("an insert answered {other:?}"))),
         }
@@ -723,5 +753,65 @@ impl JobDirectory for RedisJobDirectory {
                 return Ok(());
             }
         }
+    }
+
+    async fn running_on(&self, replica: &ReplicaId) -> Result<Vec<LostJob>, ArcpError> {
+        let inner = &*self.inner;
+        let mut conn = inner.connection().await?;
+        let running: Vec<Value> = inner
+            .scripts
+            .running_on
+            .key(inner.keys.replica_jobs(replica))
+            .arg(inner.keys.prefix())
+            .arg(replica.as_str())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| inner.redis.unavailable(e))?;
+        let mut jobs = Vec::with_capacity(running.len());
+        for job in running {
+            let Value::Array(parts) = job else {
+                return Err(corrupt("a running job in an unknown shape"));
+            };
+            let Ok([_, fields, subscribers]) = <[Value; 3]>::try_from(parts) else {
+                return Err(corrupt("a running job in an unknown shape"));
+            };
+            let Some(entry) = fields::decode(&hash(fields)?)? else {
+                continue;
+            };
+            let subscribers = Vec::<String>::from_redis_value(subscribers)
+                .map_err(|e| corrupt(format_args!("a job's bad subscribers: {e}")))?;
+            jobs.push(LostJob {
+                entry,
+                subscribers: subscribers.into_iter().map(SessionId::new).collect(),
+            });
+        }
+        jobs.sort_by(|a, b| a.entry.id.cmp(&b.entry.id));
+        Ok(jobs)
+    }
+
+    async fn finish_lost(&self, entry: JobEntry, lost: &ReplicaId) -> Result<bool, ArcpError> {
+        let inner = &*self.inner;
+        let fields = encode(&entry)?;
+        let keys = &inner.keys;
+        let mut call = inner.scripts.finish_lost.prepare_invoke();
+        call.key(keys.job(&entry.id))
+            .key(keys.principal_index(&entry.principal))
+            .key(keys.all())
+            .key(keys.finished())
+            .key(keys.replica_jobs(lost))
+            .arg(keys.prefix())
+            .arg(entry.id.as_str())
+            .arg(finished_millis(&entry).unwrap_or_else(|| unix_millis(SystemTime::now())))
+            .arg(lost.as_str())
+            .arg(inner.instance.as_str());
+        for (name, value) in &fields {
+            call.arg(*name).arg(value);
+        }
+        let mut conn = inner.connection().await?;
+        let ended: i64 = call
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| inner.redis.unavailable(e))?;
+        Ok(ended == 1)
     }
 }

@@ -19,6 +19,7 @@ local function principal_key(principal, kind)
 end
 local function replica_channel(replica) return prefix .. ':replica:' .. replica end
 local function replica_cancels(replica) return prefix .. ':{replica:' .. replica .. '}:cancels' end
+local function replica_jobs(replica) return prefix .. ':{replica:' .. replica .. '}:jobs' end
 local all_key = prefix .. ':jobs:index'
 local finished_key = prefix .. ':jobs:finished'
 
@@ -40,24 +41,30 @@ end
 
 -- Forgets job `id` and everything that names it.
 local function forget(id)
-  local principal = redis.call('HGET', job_key(id), 'principal')
+  local held = redis.call('HMGET', job_key(id), 'principal', 'owner')
   uncount(id)
-  if principal then redis.call('ZREM', principal_key(principal, 'index'), id) end
+  if held[1] then redis.call('ZREM', principal_key(held[1], 'index'), id) end
+  if held[2] then redis.call('SREM', replica_jobs(held[2]), id) end
   redis.call('DEL', job_key(id))
   redis.call('ZREM', all_key, id)
   redis.call('ZREM', finished_key, id)
 end
 ";
 
-/// Registers job ARGV[2], run by replica ARGV[5], with the fields ARGV[6..], unless its session
-/// (KEYS[2]) already runs ARGV[3] jobs or its principal (KEYS[3]) ARGV[4]: answers `ok`,
-/// `session` or `principal`. KEYS[1] is its hash, KEYS[4] and KEYS[5] the principal's and
-/// everyone's listings. A registration of the same id before is forgotten, counts and all.
+/// Registers job ARGV[2], run by replica ARGV[5] as its instance ARGV[6], with the fields
+/// ARGV[7..], unless its session (KEYS[2]) already runs ARGV[3] jobs or its principal
+/// (KEYS[3]) ARGV[4], or that instance no longer holds the replica's lease (KEYS[7]; one that
+/// never registered may insert): answers `ok`, `session`, `principal` or `lost`. KEYS[1] is
+/// its hash, KEYS[4] and KEYS[5] the principal's and everyone's listings, KEYS[6] the
+/// replica's running jobs. A registration of the same id before is forgotten, counts and all.
 const INSERT: &str = r"
+local lease = redis.call('HMGET', KEYS[7], 'i', 'l')
+if lease[1] and (lease[1] ~= ARGV[6] or lease[2] == ARGV[6]) then return 'lost' end
 if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[3]) then return 'session' end
 if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[4]) then return 'principal' end
 if redis.call('EXISTS', KEYS[1]) == 1 then forget(ARGV[2]) end
-redis.call('HSET', KEYS[1], 'owner', ARGV[5], 'counted', '1', unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], 'owner', ARGV[5], 'counted', '1', unpack(ARGV, 7))
+redis.call('SADD', KEYS[6], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[4], 0, ARGV[2])
@@ -73,9 +80,12 @@ return 1
 ";
 
 /// Records job ARGV[2]'s final fields ARGV[5..] (hash KEYS[1], listed in KEYS[2] and KEYS[3]),
-/// as run by replica ARGV[4], ranked for purging by its end ARGV[3] (ms since the Unix epoch,
-/// empty if it has none) in KEYS[4]. It stops counting against the caps.
+/// as run by replica ARGV[4] (whose running jobs are KEYS[5]), ranked for purging by its end
+/// ARGV[3] (ms since the Unix epoch, empty if it has none) in KEYS[4]. It stops counting
+/// against the caps. A job another replica ended for its lost owner stays as that one left it.
 const FINISH: &str = r"
+redis.call('SREM', KEYS[5], ARGV[2])
+if redis.call('HEXISTS', KEYS[1], 'lost') == 1 then return 0 end
 if redis.call('EXISTS', KEYS[1]) == 1 then uncount(ARGV[2]) end
 redis.call('HSET', KEYS[1], 'owner', ARGV[4], 'counted', '0', unpack(ARGV, 5))
 redis.call('ZADD', KEYS[2], 0, ARGV[2])
@@ -88,11 +98,46 @@ end
 return 1
 ";
 
-/// Forgets job ARGV[2] (hash KEYS[1]).
+/// Forgets job ARGV[2] (hash KEYS[1]), unless another replica ended it for its lost owner.
 const REMOVE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'lost') == 1 then return 0 end
 forget(ARGV[2])
 return 1
+";
+
+/// Ends job ARGV[2] (hash KEYS[1], listed in KEYS[2] and KEYS[3]) with the final fields
+/// ARGV[6..], for lost replica ARGV[4] (whose running jobs are KEYS[5]), as replica instance
+/// ARGV[5] took it over, ranked for purging by its end ARGV[3] in KEYS[4], if it still runs on
+/// that replica: answers 1, or 0 having changed nothing. The hash keeps who ended it
+/// (`lost`), so that the lost replica's own end changes nothing.
+const FINISH_LOST: &str = r"
+redis.call('SREM', KEYS[5], ARGV[2])
+local job = redis.call('HMGET', KEYS[1], 'status', 'owner')
+if job[1] ~= 'running' or job[2] ~= ARGV[4] then return 0 end
+uncount(ARGV[2])
+redis.call('HSET', KEYS[1], 'counted', '0', 'lost', ARGV[5], unpack(ARGV, 6))
+redis.call('ZADD', KEYS[2], 0, ARGV[2])
+redis.call('ZADD', KEYS[3], 0, ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+return 1
+";
+
+/// The jobs still running on replica ARGV[2] of those its set KEYS[1] lists, each as `{id,
+/// fields, subscribed sessions}`; the others leave the set.
+const RUNNING_ON: &str = r"
+local running = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = job_key(id)
+  local job = redis.call('HMGET', key, 'status', 'owner')
+  if job[1] == 'running' and job[2] == ARGV[2] then
+    running[#running + 1] = {id, redis.call('HGETALL', key),
+      redis.call('SMEMBERS', subscribers_key(id))}
+  else
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+return running
 ";
 
 /// Writes the changing fields of the running jobs KEYS that replica ARGV[2] runs: for the i-th,
@@ -213,6 +258,8 @@ pub(super) struct Scripts {
     pub insert: Script,
     pub release: Script,
     pub finish: Script,
+    pub finish_lost: Script,
+    pub running_on: Script,
     pub remove: Script,
     pub refresh: Script,
     pub cancel: Script,
@@ -232,6 +279,8 @@ impl Scripts {
             insert: script(INSERT),
             release: script(RELEASE),
             finish: script(FINISH),
+            finish_lost: script(FINISH_LOST),
+            running_on: script(RUNNING_ON),
             remove: script(REMOVE),
             refresh: script(REFRESH),
             cancel: script(CANCEL),

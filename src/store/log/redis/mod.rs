@@ -24,7 +24,8 @@
 //!   a time as the memory log moves it), `f` the newest fence, `d` absent while attached, `l`
 //!   while detached and on the detached list, `u` while detached and holding nothing. A removed
 //!   log leaves `id` and `x = removed` for an hour, so that its handles can tell a removal from
-//!   a loss; a log found to have lost events is marked `x = lost`.
+//!   a loss; a log found to have lost events is marked `x = lost`. `lost:INSTANCE` marks each
+//!   replica instance fenced out of the log (`SessionLog::fence_replica`).
 //! - `…:log-newest`, a pub/sub channel: each append publishes `INCARNATION NEWEST`, a removal
 //!   `INCARNATION -`, a create over an existing log `INCARNATION +`, and a log found to have
 //!   lost events `INCARNATION !`.
@@ -41,7 +42,12 @@
 //! is one too), and evicts, moves the window, enforces the budget and publishes in that same
 //! script; a read is one (`MULTI`, the metadata, `XRANGE`, `EXEC`), as are `bounds`, `fence`,
 //! `release_through`, `detached` and `remove`; `create` is one plus the subscription, `open`
-//! two. A reader waiting for more listens on the channel and looks at Redis again each second,
+//! two. Every append names the replica instance that sends it, and the append script refuses
+//! it if that instance was fenced out of the log, in the same step that numbers the frames:
+//! the fence and its check are in the session's slot, and cost the append no round trip. A
+//! fence of a lost instance is the append script too, with the frames that end its jobs, so
+//! the fence and those frames are one step, and a second fence of the same instance appends
+//! nothing. A reader waiting for more listens on the channel and looks at Redis again each second,
 //! so no lost message keeps it waiting.
 //!
 //! # A single Redis, for now
@@ -66,11 +72,7 @@ mod incarnation;
 mod scripts;
 mod session;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Weak},
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use ::redis::Value;
 use async_trait::async_trait;
@@ -78,14 +80,14 @@ use parking_lot::Mutex;
 
 use crate::{
     error::ArcpError,
-    ids::{Epoch, SessionId},
-    store::redis::{millis, Redis, RedisConnection},
+    ids::{Epoch, ReplicaInstance, SessionId},
+    store::redis::{millis, Redis},
 };
 
 use self::{
     incarnation::{no_log, Gone, Incarnation},
     scripts::Scripts,
-    session::RedisSessionLog,
+    session::{Limits, RedisSessionLog, Store},
 };
 
 use super::{EventLog, LogLimits, SessionLog};
@@ -98,39 +100,10 @@ pub struct RedisEventLog {
     store: Arc<Store>,
 }
 
-/// What every log of a store shares.
-struct Store {
-    redis: RedisConnection,
-    /// The limits, as the scripts take them.
-    limits: Limits,
-    /// The store-wide keys of the budget.
-    retained: String,
-    detached: String,
-    detach_order: String,
-    scripts: Scripts,
-    /// The logs this replica has handles on, so that the handles of one session share one
-    /// subscription and one idea of the newest frame.
-    open: Mutex<HashMap<SessionId, Weak<RedisSessionLog>>>,
-}
-
-/// [`LogLimits`] as script arguments, written once.
-struct Limits {
-    max_frames: String,
-    max_bytes: String,
-    window_bytes: String,
-    budget_bytes: String,
-}
-
-/// One session's keys.
-struct LogKeys {
-    stream: String,
-    meta: String,
-    channel: String,
-}
-
 impl RedisEventLog {
-    /// A store in `redis`, under its prefix, within `limits`.
-    pub fn new(redis: &Redis, limits: LogLimits) -> Self {
+    /// A store in `redis`, under its prefix, within `limits`, as replica instance `writer`
+    /// appends to it.
+    pub fn new(redis: &Redis, limits: LogLimits, writer: &ReplicaInstance) -> Self {
         let limits = LogLimits {
             max_frames: limits.max_frames.max(1),
             ..limits
@@ -148,53 +121,11 @@ impl RedisEventLog {
                 retained: format!("{prefix}:log-retained"),
                 detached: format!("{prefix}:log-detached"),
                 detach_order: format!("{prefix}:log-detach-order"),
+                writer: writer.as_str().to_owned(),
                 scripts: Scripts::new(),
                 open: Mutex::new(HashMap::new()),
             }),
         }
-    }
-}
-
-impl Store {
-    fn keys(&self, session: &SessionId) -> LogKeys {
-        let base = format!("{}:{{{session}}}:", self.redis.prefix());
-        LogKeys {
-            stream: format!("{base}log"),
-            meta: format!("{base}log-meta"),
-            channel: format!("{base}log-newest"),
-        }
-    }
-
-    /// This replica's handle on incarnation `incarnation` of `session`'s log, which holds
-    /// frames through `newest`: the one it has, or a new one, subscribed.
-    async fn handle(
-        self: &Arc<Self>,
-        session: &SessionId,
-        incarnation: Incarnation,
-        newest: u64,
-    ) -> Result<Arc<RedisSessionLog>, ArcpError> {
-        // Another incarnation's handle is left alone: it may be older (it learns so on its next
-        // call) or newer (a racing create here), and only its own calls can tell.
-        let (log, _other) = {
-            let mut open = self.open.lock();
-            match open.get(session).and_then(Weak::upgrade) {
-                Some(log) if log.incarnation() == &incarnation => (log, None),
-                other => {
-                    let log = RedisSessionLog::new(self.clone(), session.clone(), incarnation);
-                    open.insert(session.clone(), Arc::downgrade(&log));
-                    (log, other)
-                }
-            }
-        };
-        log.saw(newest);
-        log.subscribed().await?;
-        Ok(log)
-    }
-
-    /// This replica's live handle on `session`'s log, if it has one.
-    fn held(&self, session: &SessionId) -> Option<Arc<RedisSessionLog>> {
-        let held = self.open.lock().get(session).cloned();
-        held.and_then(|log| log.upgrade())
     }
 }
 

@@ -78,16 +78,20 @@ redis.call('HSET', KEYS[2], 'id', ARGV[1], 'n', 0, 'e', 0, 'b', 0, 'a', 0, 'ws',
 return 1
 ";
 
-/// Appends the frames ARGV[10..] in order, numbering each, evicting beyond the log's bounds
-/// and the store's budget, and publishing the newest number. Returns `{1, first number,
-/// window start of each frame...}`, or `{standing}`.
+/// Appends the frames ARGV[12..] for replica instance ARGV[10] in order, numbering each,
+/// evicting beyond the log's bounds and the store's budget, and publishing the newest number.
+/// Refused (`{-4}`) if ARGV[10] was fenced out of the log. With ARGV[11] not empty, first
+/// fences instance ARGV[11] out, and appends only if that is a new fence (else answers `{2}`).
+/// Returns `{1, first number, window start of each frame...}`, or `{standing}`.
 /// KEYS: stream, metadata, retained bytes, detached sessions, detach order.
 /// ARGV: incarnation, the newest number the handle knows of, max frames, max bytes, window
-/// bytes, budget, key prefix, session, channel, frames.
+/// bytes, budget, key prefix, session, channel, writer, instance to fence, frames.
 const APPEND: &str = r"
-local m = redis.call('HMGET', KEYS[2], 'id', 'x', 'n', 'e', 'b', 'a', 'ws', 'we', 'd')
+local m = redis.call('HMGET', KEYS[2], 'id', 'x', 'n', 'e', 'b', 'a', 'ws', 'we', 'd',
+  'lost:' .. ARGV[10])
 local stands = standing(m[1], m[2], ARGV[1])
 if stands ~= 1 then return {stands} end
+if m[10] then return {-4} end
 local n, e, b, a = tonumber(m[3]), tonumber(m[4]), tonumber(m[5]), tonumber(m[6])
 local ws, we, listing = tonumber(m[7]), tonumber(m[8]), m[9]
 if n < tonumber(ARGV[2]) then
@@ -95,12 +99,17 @@ if n < tonumber(ARGV[2]) then
   redis.call('PUBLISH', ARGV[9], ARGV[1] .. ' !')
   return {-3}
 end
+if ARGV[11] ~= '' then
+  local fence = 'lost:' .. ARGV[11]
+  if redis.call('HEXISTS', KEYS[2], fence) == 1 then return {2} end
+  redis.call('HSET', KEYS[2], fence, '1')
+end
 local max_frames, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
 local window, budget = tonumber(ARGV[5]), tonumber(ARGV[6])
 local total = tonumber(redis.call('GET', KEYS[3]) or 0)
 local trimmed = e
 local out = {1, n + 1}
-for i = 10, #ARGV do
+for i = 12, #ARGV do
   local size = #ARGV[i]
   n = n + 1
   a = a + size

@@ -6,8 +6,12 @@
 //! message on the log's channel. Pub/sub may drop messages while its connection is down, so a
 //! resubscription wakes the readers to look again, and so does a timer, each second, for a
 //! message lost any other way.
+//!
+//! The [`Store`] every handle of a replica shares lives here too, with the table of the
+//! handles it has, by session, so that the handles of one session share one subscription.
 
 use std::{
+    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, OnceLock, Weak,
@@ -17,15 +21,19 @@ use std::{
 
 use ::redis::Value;
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 
 use crate::{
     encoding::StoredFrame,
     error::ArcpError,
-    ids::{Epoch, EventSeq, SessionId},
+    ids::{Epoch, EventSeq, ReplicaInstance, SessionId},
     store::{
         log::{evicted, Appended, LogBounds, LogEntry, SessionLog, Wait},
-        redis::notify::{Notice, Subscription},
+        redis::{
+            notify::{Notice, Subscription},
+            RedisConnection,
+        },
     },
     sync::wakeup::Wakeup,
 };
@@ -33,9 +41,83 @@ use crate::{
 use super::{
     commit::{Batcher, Commits},
     incarnation::{Gone, Incarnation},
-    scripts::Standing,
-    LogKeys, Store,
+    scripts::{Scripts, Standing},
 };
+
+/// What every log of a store shares.
+pub(super) struct Store {
+    pub(super) redis: RedisConnection,
+    /// The limits, as the scripts take them.
+    pub(super) limits: Limits,
+    /// The store-wide keys of the budget.
+    pub(super) retained: String,
+    pub(super) detached: String,
+    pub(super) detach_order: String,
+    /// The replica instance this replica is, as its appends name it.
+    pub(super) writer: String,
+    pub(super) scripts: Scripts,
+    /// The logs this replica has handles on, so that the handles of one session share one
+    /// subscription and one idea of the newest frame.
+    pub(super) open: Mutex<HashMap<SessionId, Weak<RedisSessionLog>>>,
+}
+
+/// [`LogLimits`] as script arguments, written once.
+pub(super) struct Limits {
+    pub(super) max_frames: String,
+    pub(super) max_bytes: String,
+    pub(super) window_bytes: String,
+    pub(super) budget_bytes: String,
+}
+
+/// One session's keys.
+pub(super) struct LogKeys {
+    pub(super) stream: String,
+    pub(super) meta: String,
+    pub(super) channel: String,
+}
+
+impl Store {
+    pub(super) fn keys(&self, session: &SessionId) -> LogKeys {
+        let base = format!("{}:{{{session}}}:", self.redis.prefix());
+        LogKeys {
+            stream: format!("{base}log"),
+            meta: format!("{base}log-meta"),
+            channel: format!("{base}log-newest"),
+        }
+    }
+
+    /// This replica's handle on incarnation `incarnation` of `session`'s log, which holds
+    /// frames through `newest`: the one it has, or a new one, subscribed.
+    pub(super) async fn handle(
+        self: &Arc<Self>,
+        session: &SessionId,
+        incarnation: Incarnation,
+        newest: u64,
+    ) -> Result<Arc<RedisSessionLog>, ArcpError> {
+        // Another incarnation's handle is left alone: it may be older (it learns so on its next
+        // call) or newer (a racing create here), and only its own calls can tell.
+        let (log, _other) = {
+            let mut open = self.open.lock();
+            match open.get(session).and_then(Weak::upgrade) {
+                Some(log) if log.incarnation() == &incarnation => (log, None),
+                other => {
+                    let log = RedisSessionLog::new(self.clone(), session.clone(), incarnation);
+                    open.insert(session.clone(), Arc::downgrade(&log));
+                    (log, other)
+                }
+            }
+        };
+        log.saw(newest);
+        log.subscribed().await?;
+        Ok(log)
+    }
+
+    /// This replica's live handle on `session`'s log, if it has one.
+    pub(super) fn held(&self, session: &SessionId) -> Option<Arc<RedisSessionLog>> {
+        let held = self.open.lock().get(session).cloned();
+        held.and_then(|log| log.upgrade())
+    }
+}
 
 /// How often a waiting reader looks at Redis even though it heard nothing.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -303,23 +385,28 @@ impl Drop for RedisSessionLog {
     }
 }
 
-#[async_trait]
-impl Batcher for RedisSessionLog {
-    fn commits(&self) -> &Commits {
-        &self.commits
-    }
+/// What the append script did with a batch.
+enum Append {
+    /// Appended, the first as this number, with each frame's window start.
+    Appended { first: u64, windows: Vec<u64> },
+    /// Nothing: the instance to fence was fenced out already.
+    AlreadyFenced,
+}
 
-    async fn commit(
+impl RedisSessionLog {
+    /// Runs the append script on `frames`, first fencing instance `fence` out if given; one
+    /// round trip.
+    async fn run_append(
         &self,
         frames: &[StoredFrame],
-        out: &mut Vec<Appended>,
-    ) -> Result<(), ArcpError> {
+        fence: Option<&str>,
+    ) -> Result<Append, ArcpError> {
         self.check_present()?;
         let store = &self.store;
         let known = self.newest.load(Ordering::Acquire);
         let script = &store.scripts.append;
         let bytes = frames.iter().map(StoredFrame::len).sum::<usize>() + 512;
-        let mut cmd = script.call(5, 9 + frames.len(), bytes);
+        let mut cmd = script.call(5, 11 + frames.len(), bytes);
         cmd.arg(&self.keys.stream)
             .arg(&self.keys.meta)
             .arg(&store.retained)
@@ -333,7 +420,9 @@ impl Batcher for RedisSessionLog {
             .arg(&store.limits.budget_bytes)
             .arg(store.redis.prefix())
             .arg(self.session.as_str())
-            .arg(&self.keys.channel);
+            .arg(&self.keys.channel)
+            .arg(&store.writer)
+            .arg(fence.unwrap_or(""));
         for frame in frames {
             cmd.arg(frame.as_bytes());
         }
@@ -349,11 +438,13 @@ impl Batcher for RedisSessionLog {
             Value::Int(n) => Some(*n),
             _ => None,
         });
-        let standing = reply
-            .next()
-            .flatten()
-            .and_then(Standing::from_code)
-            .ok_or_else(unexpected)?;
+        let code = reply.next().flatten().ok_or_else(unexpected)?;
+        match code {
+            FENCED => return Err(self.fenced()),
+            ALREADY_FENCED => return Ok(Append::AlreadyFenced),
+            _ => {}
+        }
+        let standing = Standing::from_code(code).ok_or_else(unexpected)?;
         if let Some(gone) = standing.gone() {
             return Err(self.lose(gone));
         }
@@ -362,20 +453,56 @@ impl Batcher for RedisSessionLog {
             .flatten()
             .and_then(|n| u64::try_from(n).ok())
             .ok_or_else(unexpected)?;
-        for (n, window_start) in reply.enumerate() {
-            let window_start = window_start
-                .and_then(|w| u64::try_from(w).ok())
-                .ok_or_else(unexpected)?;
-            out.push(Appended {
-                seq: EventSeq(first + n as u64),
-                window_start: EventSeq(window_start),
-            });
-        }
-        if out.len() != frames.len() {
+        let windows = reply
+            .map(|w| w.and_then(|w| u64::try_from(w).ok()))
+            .collect::<Option<Vec<u64>>>()
+            .ok_or_else(unexpected)?;
+        if windows.len() != frames.len() {
             return Err(unexpected());
         }
-        self.saw(first + frames.len() as u64 - 1);
-        Ok(())
+        if !frames.is_empty() {
+            self.saw(first + frames.len() as u64 - 1);
+        }
+        Ok(Append::Appended { first, windows })
+    }
+
+    /// The error for an append by this replica once it was fenced out of the log.
+    fn fenced(&self) -> ArcpError {
+        ArcpError::Internal(format!(
+            "replica {} was declared lost; session {}'s log takes nothing more from it",
+            self.store.writer, self.session
+        ))
+    }
+}
+
+/// The append script's answer when the writer is fenced out of the log.
+const FENCED: i64 = -4;
+/// Its answer when the instance to fence was fenced out already.
+const ALREADY_FENCED: i64 = 2;
+
+#[async_trait]
+impl Batcher for RedisSessionLog {
+    fn commits(&self) -> &Commits {
+        &self.commits
+    }
+
+    async fn commit(
+        &self,
+        frames: &[StoredFrame],
+        out: &mut Vec<Appended>,
+    ) -> Result<(), ArcpError> {
+        match self.run_append(frames, None).await? {
+            Append::Appended { first, windows } => {
+                for (n, window_start) in windows.into_iter().enumerate() {
+                    out.push(Appended {
+                        seq: EventSeq(first + n as u64),
+                        window_start: EventSeq(window_start),
+                    });
+                }
+                Ok(())
+            }
+            Append::AlreadyFenced => Err(unexpected()),
+        }
     }
 }
 
@@ -426,6 +553,22 @@ impl SessionLog for RedisSessionLog {
             .arg(epoch.0)
             .arg(self.session.as_str());
         self.run_standing(script, &cmd).await
+    }
+
+    async fn fence_replica(
+        &self,
+        lost: &ReplicaInstance,
+        frames: Vec<StoredFrame>,
+    ) -> Result<Option<Vec<EventSeq>>, ArcpError> {
+        self.commits.settle().await;
+        Ok(match self.run_append(&frames, Some(lost.as_str())).await? {
+            Append::Appended { first, .. } => Some(
+                (0..frames.len() as u64)
+                    .map(|n| EventSeq(first + n))
+                    .collect(),
+            ),
+            Append::AlreadyFenced => None,
+        })
     }
 
     async fn release_through(&self, through: EventSeq, epoch: Epoch) -> Result<(), ArcpError> {

@@ -10,9 +10,19 @@
 //! - `PREFIX:{SESSION}:changes`, a pub/sub channel: every change script publishes the state it
 //!   left, and a release of the lock says so.
 //! - `PREFIX:{sessions:PRINCIPAL}:held`, a set: the principal's sessions, for its cap.
+//! - `PREFIX:{replica:REPLICA}:sessions`, a hash per replica: the sessions it attached a stream
+//!   to, each to that attachment's epoch, for the replica that takes it over if it is lost
+//!   (`store::replicas`). An attachment joins it in the round trip of the create or attach
+//!   script (a plain `HSET` pipelined before the script, in the replica's slot) and leaves it
+//!   in the detach's (a script pipelined after it that removes the entry only if it is still
+//!   that epoch's), or at once if the attach was refused. A call dropped between the two
+//!   leaves an entry for an attachment that ended, which a takeover finds detached already;
+//!   so the hash holds every live attachment the replica made, and few others.
 //!
 //! Every change is one Lua script that checks the epoch and changes the state in one step, so
-//! changes from any replicas linearise and a cancelled call took full effect or none.
+//! changes from any replicas linearise and a cancelled call took full effect or none. The
+//! record also names the replica instance that made its newest attachment (`o`), for whoever
+//! looks at it.
 //!
 //! # The local copy
 //!
@@ -47,14 +57,17 @@ mod record;
 mod remote;
 mod scripts;
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use async_trait::async_trait;
 
 use crate::{
     error::ArcpError,
-    ids::{EventSeq, SessionId},
-    store::{caps::over_cap, redis::Redis},
+    ids::{Epoch, EventSeq, ReplicaId, ReplicaInstance, SessionId},
+    store::{
+        caps::over_cap,
+        redis::{query_loading, replica_key, Redis},
+    },
 };
 
 use self::{
@@ -70,11 +83,16 @@ use super::{Flow, NewSession, SessionRecord, SessionStore};
 pub struct RedisSessionStore(Arc<Records>);
 
 impl RedisSessionStore {
-    /// A store in `redis`, under its prefix.
-    pub fn new(redis: &Redis) -> Self {
+    /// A store in `redis`, under its prefix, whose attachments replica instance `instance`
+    /// makes.
+    pub fn new(redis: &Redis, instance: ReplicaInstance) -> Self {
+        let redis = redis.for_store("session store");
+        let attached_here = replica_key(redis.prefix(), instance.replica(), "sessions");
         RedisSessionStore(Arc::new(Records::new(Remote {
-            redis: redis.for_store("session store"),
+            redis,
             scripts: Scripts::new(),
+            instance,
+            attached_here,
         })))
     }
 }
@@ -86,24 +104,34 @@ impl SessionStore for RedisSessionStore {
         let names = store.names(&session.id);
         let holders = store.holders(&session.principal);
         let features = encode_features(&session.features);
-        let mut conn = store.redis.get().await?;
-        let answer: Vec<u64> = store
-            .scripts
-            .create
-            .key(&names.record)
-            .key(&holders)
-            .arg(&names.channel)
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("HSET")
+            .arg(&store.attached_here)
             .arg(session.id.as_str())
-            .arg(session.principal.as_str())
-            .arg(&features)
             .arg(session.epoch.get())
-            .arg(session.max_per_principal)
-            .arg(&holders)
-            .invoke_async(&mut conn)
+            .ignore()
+            .invoke_script(
+                store
+                    .scripts
+                    .create
+                    .key(&names.record)
+                    .key(&holders)
+                    .arg(&names.channel)
+                    .arg(session.id.as_str())
+                    .arg(session.principal.as_str())
+                    .arg(&features)
+                    .arg(session.epoch.get())
+                    .arg(session.max_per_principal)
+                    .arg(&holders)
+                    .arg(store.instance.as_str()),
+            );
+        let mut conn = store.redis.get().await?;
+        let (answer,): (Vec<u64>,) = query_loading(&mut conn, &pipe, &[&store.scripts.create])
             .await
             .map_err(|e| store.redis.unavailable(e))?;
         let version = match answer.as_slice() {
             [0] => {
+                store.unindex(&session.id, session.epoch).await;
                 let cap = session.max_per_principal;
                 return Err(over_cap(
                     "this principal already holds as many sessions",
@@ -169,6 +197,33 @@ impl SessionStore for RedisSessionStore {
             .key(&names.lock)
             .arg(id.as_str())
             .invoke_async(&mut conn)
+            .await
+            .map_err(|e| store.redis.unavailable(e))?;
+        Ok(())
+    }
+
+    async fn attached_on(&self, replica: &ReplicaId) -> Result<Vec<(SessionId, Epoch)>, ArcpError> {
+        let store = &self.0.remote;
+        let mut conn = store.redis.get().await?;
+        let attached: HashMap<String, u64> = ::redis::cmd("HGETALL")
+            .arg(store.attached_on(replica))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| store.redis.unavailable(e))?;
+        let mut attached: Vec<(SessionId, Epoch)> = attached
+            .into_iter()
+            .map(|(session, epoch)| (SessionId::new(session), Epoch(epoch)))
+            .collect();
+        attached.sort();
+        Ok(attached)
+    }
+
+    async fn forget_attached_on(&self, replica: &ReplicaId) -> Result<(), ArcpError> {
+        let store = &self.0.remote;
+        let mut conn = store.redis.get().await?;
+        let _: i64 = ::redis::cmd("DEL")
+            .arg(store.attached_on(replica))
+            .query_async(&mut conn)
             .await
             .map_err(|e| store.redis.unavailable(e))?;
         Ok(())

@@ -18,7 +18,10 @@ use crate::{
     ids::{Epoch, EventSeq, Principal, SessionId},
     protocol::Features,
     store::{
-        redis::notify::{Listener, Notice, Subscription},
+        redis::{
+            notify::{Listener, Notice, Subscription},
+            query_loading,
+        },
         session::{AckOutcome, AttachmentLock, Flow, SessionRecord},
     },
 };
@@ -27,7 +30,7 @@ use super::{
     copy::{decode_features, encode_features, LocalCopy, Message, Versioned},
     lock::{self, Lockable},
     remote::{corrupt, Names, Remote, Snapshot},
-    scripts::Outcome,
+    scripts::{Outcome, UNINDEX},
 };
 
 /// How often a task waiting on a flow state re-reads the record, lest a lost message keep it
@@ -78,6 +81,18 @@ pub(super) struct RedisSessionRecord {
     /// Itself, for the listener, which must not keep it alive.
     me: Weak<RedisSessionRecord>,
     subscription: OnceCell<Subscription>,
+}
+
+/// What a change does to this replica's attached sessions, in the change's round trip.
+#[derive(Clone, Copy)]
+enum Index {
+    /// Nothing.
+    Keep,
+    /// Lists the attachment of this epoch, before the change makes it (and takes it off again
+    /// if the change is refused).
+    Add(Epoch),
+    /// Takes the attachment of this epoch off, after the change ends it.
+    Drop(Epoch),
 }
 
 /// What a change script answered: its outcome and the record's state after it, if there is a
@@ -175,14 +190,55 @@ impl RedisSessionRecord {
         args: impl ToRedisArgs + Send,
         features: Option<Features>,
     ) -> Result<Answer, ArcpError> {
-        let mut conn = self.records.remote.redis.get().await?;
-        let answer: Vec<u64> = script
-            .key(&self.names.record)
-            .arg(&self.names.channel)
-            .arg(args)
-            .invoke_async(&mut conn)
+        self.change_indexed(script, args, features, Index::Keep)
             .await
-            .map_err(|e| self.records.remote.redis.unavailable(e))?;
+    }
+
+    /// [`RedisSessionRecord::change`], with what it does to this replica's attached sessions
+    /// pipelined beside it.
+    async fn change_indexed(
+        &self,
+        script: &Script,
+        args: impl ToRedisArgs + Send,
+        features: Option<Features>,
+        index: Index,
+    ) -> Result<Answer, ArcpError> {
+        let remote = &self.records.remote;
+        let mut conn = remote.redis.get().await?;
+        let mut invocation = script.key(&self.names.record);
+        invocation.arg(&self.names.channel).arg(args);
+        let answer: Vec<u64> = match index {
+            Index::Keep => invocation.invoke_async(&mut conn).await,
+            Index::Add(epoch) => {
+                let mut pipe = ::redis::pipe();
+                pipe.cmd("HSET")
+                    .arg(&remote.attached_here)
+                    .arg(self.id.as_str())
+                    .arg(epoch.get())
+                    .ignore()
+                    .invoke_script(&invocation);
+                query_loading(&mut conn, &pipe, &[script])
+                    .await
+                    .map(|(answer,): (Vec<u64>,)| answer)
+            }
+            Index::Drop(epoch) => {
+                // The unindexing goes as EVAL, never refused for a missing script, so that a
+                // retry of the pipeline runs the detach, which is not idempotent, only once.
+                let mut pipe = ::redis::pipe();
+                pipe.invoke_script(&invocation)
+                    .cmd("EVAL")
+                    .arg(UNINDEX)
+                    .arg(1)
+                    .arg(&remote.attached_here)
+                    .arg(self.id.as_str())
+                    .arg(epoch.get())
+                    .ignore();
+                query_loading(&mut conn, &pipe, &[script])
+                    .await
+                    .map(|(answer,): (Vec<u64>,)| answer)
+            }
+        }
+        .map_err(|e| remote.redis.unavailable(e))?;
         let (outcome, fields) = answer
             .split_first()
             .and_then(|(&code, fields)| Some((Outcome::from_code(code)?, fields)))
@@ -271,19 +327,35 @@ impl SessionRecord for RedisSessionRecord {
             Some(features) => ("1", encode_features(features)),
             None => ("0", String::new()),
         };
+        let remote = &self.records.remote;
         let answer = self
-            .change(
-                &self.records.remote.scripts.attach,
-                (epoch.get(), from.get(), given, encoded),
+            .change_indexed(
+                &remote.scripts.attach,
+                (
+                    epoch.get(),
+                    from.get(),
+                    given,
+                    encoded,
+                    remote.instance.as_str(),
+                ),
                 features,
+                Index::Add(epoch),
             )
             .await?;
+        if answer.outcome != Outcome::Done {
+            remote.unindex(&self.id, epoch).await;
+        }
         Ok(answer.outcome == Outcome::Done)
     }
 
     async fn detach(&self, epoch: Epoch) -> Result<bool, ArcpError> {
         let answer = self
-            .change(&self.records.remote.scripts.detach, epoch.get(), None)
+            .change_indexed(
+                &self.records.remote.scripts.detach,
+                epoch.get(),
+                None,
+                Index::Drop(epoch),
+            )
             .await?;
         Ok(answer.outcome == Outcome::Done)
     }

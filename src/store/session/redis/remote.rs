@@ -3,16 +3,22 @@
 
 use crate::{
     error::ArcpError,
-    ids::{Epoch, EventSeq, Principal, SessionId},
-    store::{redis::RedisConnection, session::Flow},
+    ids::{Epoch, EventSeq, Principal, ReplicaId, ReplicaInstance, SessionId},
+    store::{
+        redis::{replica_key, RedisConnection},
+        session::Flow,
+    },
 };
 
 use super::{copy::Versioned, scripts::Scripts};
 
-/// The connection and the scripts.
+/// The connection, the scripts, and the replica instance whose attachments the store makes.
 pub(super) struct Remote {
     pub(super) redis: RedisConnection,
     pub(super) scripts: Scripts,
+    pub(super) instance: ReplicaInstance,
+    /// The sessions this replica attached: `attached_on(replica)` for this one.
+    pub(super) attached_here: String,
 }
 
 /// A session's keys and channel.
@@ -60,11 +66,36 @@ impl Remote {
         }
     }
 
+    /// The hash of the sessions `replica` attached, each to the epoch of its attachment
+    /// there, under the replica's hash tag `{replica:REPLICA}`.
+    pub(super) fn attached_on(&self, replica: &ReplicaId) -> String {
+        replica_key(self.redis.prefix(), replica, "sessions")
+    }
+
     /// The key of `principal`'s set of sessions, under the hash tag `{sessions:PRINCIPAL}`
     /// (which would end at the principal's first `}`, so that is escaped).
     pub(super) fn holders(&self, principal: &Principal) -> String {
         let tag = principal.as_str().replace('}', "%7D");
         format!("{}:{{sessions:{tag}}}:held", self.redis.prefix())
+    }
+
+    /// Takes attachment `epoch` of `session` off this replica's attached sessions: it ended,
+    /// or never began. Best effort: an entry left behind costs a takeover a refused detach.
+    pub(super) async fn unindex(&self, session: &SessionId, epoch: Epoch) {
+        let unindexed = async {
+            let mut conn = self.redis.get().await?;
+            self.scripts
+                .unindex
+                .key(&self.attached_here)
+                .arg(session.as_str())
+                .arg(epoch.get())
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map_err(|e| self.redis.unavailable(e))
+        };
+        if let Err(e) = unindexed.await {
+            tracing::debug!(session = %session, "attachment not taken off the replica's: {e}");
+        }
     }
 
     /// The record, or `None` if there is none.

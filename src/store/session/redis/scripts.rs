@@ -1,9 +1,9 @@
 //! The Lua scripts of the Redis session store, and their replies.
 //!
 //! A record is a hash: `p` the principal, `h` the key of its principal's set of sessions,
-//! `f` the features (names joined by commas) and `fv` the version that last set them, and the
-//! flow: `e` epoch, `a` attached (`1` or `0`), `d` delivered, `k` acked, `v` the version every
-//! change increments. Numbers are kept as the decimal strings the process sent, so they stay
+//! `f` the features (names joined by commas) and `fv` the version that last set them, `o` the
+//! replica instance that made the newest attachment, and the flow: `e` epoch, `a` attached
+//! (`1` or `0`), `d` delivered, `k` acked, `v` the version every change increments. Numbers are kept as the decimal strings the process sent, so they stay
 //! exact whatever Lua's numbers are.
 //!
 //! Every change script checks the epoch and changes the flow in one step, publishes the state
@@ -58,11 +58,12 @@ local function commit(features)
 end
 ";
 
-/// Attaches epoch ARGV[2], delivering after ARGV[3], with the features ARGV[5] if ARGV[4] is
-/// `1`, if it is newer than the record's.
+/// Attaches epoch ARGV[2] made by replica instance ARGV[6], delivering after ARGV[3], with the
+/// features ARGV[5] if ARGV[4] is `1`, if it is newer than the record's.
 const ATTACH: &str = r"
 if tonumber(ARGV[2]) <= tonumber(e) then return reply(2) end
 e, a, d = ARGV[2], '1', ARGV[3]
+redis.call('HSET', KEYS[1], 'o', ARGV[6])
 if ARGV[4] == '1' then return commit(ARGV[5]) end
 return commit(nil)
 ";
@@ -94,15 +95,15 @@ return commit(nil)
 ";
 
 /// Records session ARGV[2] of principal ARGV[3] (whose sessions are the set KEYS[2], named
-/// ARGV[7]) as KEYS[1], attached at epoch ARGV[5] with features ARGV[4], unless the principal
-/// holds ARGV[6] sessions already. Publishes on ARGV[1]; answers `{1, v}` or `{0}` if refused.
+/// ARGV[7]) as KEYS[1], attached at epoch ARGV[5] by replica instance ARGV[8] with features
+/// ARGV[4], unless the principal holds ARGV[6] sessions already. Publishes on ARGV[1]; answers `{1, v}` or `{0}` if refused.
 /// A record the id named before is replaced, at a higher version than it reached.
 const CREATE: &str = r"
 if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[6]) then return {0} end
 local v = (tonumber(redis.call('HGET', KEYS[1], 'v')) or 0) + 1
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'p', ARGV[3], 'h', ARGV[7], 'f', ARGV[4], 'fv', v,
-  'e', ARGV[5], 'a', '1', 'd', '0', 'k', '0', 'v', v)
+  'e', ARGV[5], 'a', '1', 'd', '0', 'k', '0', 'v', v, 'o', ARGV[8])
 redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('PUBLISH', ARGV[1], table.concat({'s', v, ARGV[5], '1', '0', '0', v, ARGV[4]}, ' '))
 return {1, v}
@@ -142,6 +143,13 @@ redis.call('PUBLISH', ARGV[2], 'u')
 return 1
 ";
 
+/// Takes session ARGV[1] off the replica's attached sessions KEYS[1] if its entry there is
+/// still epoch ARGV[2]: that attachment ended, or never began.
+pub(super) const UNINDEX: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 1
+";
+
 /// The store's scripts, each hashed once.
 pub(super) struct Scripts {
     pub(super) create: Script,
@@ -153,6 +161,7 @@ pub(super) struct Scripts {
     pub(super) lock: Script,
     pub(super) renew: Script,
     pub(super) unlock: Script,
+    pub(super) unindex: Script,
 }
 
 impl Scripts {
@@ -168,6 +177,7 @@ impl Scripts {
             lock: Script::new(LOCK),
             renew: Script::new(RENEW),
             unlock: Script::new(UNLOCK),
+            unindex: Script::new(UNINDEX),
         }
     }
 }
