@@ -8,22 +8,32 @@
 mod common;
 mod contract;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering::SeqCst},
+        Arc,
+    },
+    time::Duration,
+};
 
 use arcp_gateway::{
     auth::Authenticator,
     config::GatewayConfig,
-    ids::{JobId, Principal, SessionId},
+    error::ArcpError,
+    ids::{Epoch, JobId, Principal, ReplicaId, SessionId},
     proto::{self, client_frame::Payload as In, job_event::Body, server_frame::Payload as Out},
     protocol::job_frame::{FinalStatus, JobStatus},
     store::{
         jobs::{Holdings, JobDirectory},
-        MemoryStores,
+        session::{NewSession, SessionRecord, SessionStore},
+        MemoryStores, Stores,
     },
     ErrorCode, Gateway,
 };
+use async_trait::async_trait;
 use common::*;
 use contract::wrapped::{wrap, Script};
+use parking_lot::Mutex;
 use serde_json::json;
 
 const ALICE: &str = "alice-token";
@@ -212,6 +222,130 @@ async fn hellos_racing_on_two_replicas_for_the_last_slot_get_one_session() {
         expect_over_cap(&refusal, Some("c1"), "max_sessions_per_principal", 1);
     }
     assert_eq!(stores.sessions.len(), 8);
+}
+
+/// A session store whose first create records the session and then fails, as a shared store
+/// does when its answer is lost after it ran the change (`recorded` is that session), and
+/// whose first `removes_failing` removals fail without removing.
+struct FailsAfterCreating {
+    inner: Arc<dyn SessionStore>,
+    recorded: Arc<Mutex<Option<SessionId>>>,
+    removes_failing: AtomicUsize,
+}
+
+impl FailsAfterCreating {
+    /// `stores` with their session store so wrapped.
+    fn wrap(
+        stores: Stores,
+        recorded: Arc<Mutex<Option<SessionId>>>,
+        removes_failing: usize,
+    ) -> Stores {
+        let sessions = Arc::new(FailsAfterCreating {
+            inner: stores.sessions.clone(),
+            recorded,
+            removes_failing: AtomicUsize::new(removes_failing),
+        });
+        Stores { sessions, ..stores }
+    }
+}
+
+#[async_trait]
+impl SessionStore for FailsAfterCreating {
+    async fn create(&self, session: NewSession) -> Result<Arc<dyn SessionRecord>, ArcpError> {
+        let record = self.inner.create(session).await?;
+        let mut recorded = self.recorded.lock();
+        if recorded.is_some() {
+            return Ok(record);
+        }
+        *recorded = Some(record.id().clone());
+        Err(ArcpError::Internal(
+            "the session store's answer was lost".into(),
+        ))
+    }
+
+    async fn open(&self, id: &SessionId) -> Result<Arc<dyn SessionRecord>, ArcpError> {
+        self.inner.open(id).await
+    }
+
+    async fn remove(&self, id: &SessionId) -> Result<(), ArcpError> {
+        let failing = self
+            .removes_failing
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(ArcpError::Internal("the session store is away".into()));
+        }
+        self.inner.remove(id).await
+    }
+
+    async fn attached_on(&self, replica: &ReplicaId) -> Result<Vec<(SessionId, Epoch)>, ArcpError> {
+        self.inner.attached_on(replica).await
+    }
+
+    async fn forget_attached_on(&self, replica: &ReplicaId) -> Result<(), ArcpError> {
+        self.inner.forget_attached_on(replica).await
+    }
+}
+
+/// Starts a gateway for alice alone, with one session allowed her, on stores whose session
+/// store is [`FailsAfterCreating`]; refuses her first hello and returns the session the store
+/// recorded for it.
+async fn refused_after_creating(
+    config: GatewayConfig,
+    removes_failing: usize,
+) -> (TestServer, SessionId) {
+    let config = GatewayConfig {
+        max_sessions_per_principal: 1,
+        ..config
+    };
+    let auth = Authenticator::from_pairs([(ALICE.to_string(), Principal::new("alice"))]);
+    let recorded = Arc::new(Mutex::new(None));
+    let into = recorded.clone();
+    let server = TestServer::start_wrapped(Gateway::builder(config).auth(auth), move |s| {
+        FailsAfterCreating::wrap(s, into, removes_failing)
+    })
+    .await;
+    let mut refused = server.open().await;
+    refused.send(hello(ALICE, FEATURES, None)).await;
+    expect_error(&refused.recv().await, ErrorCode::InternalError, Some("c1"));
+    let id = recorded
+        .lock()
+        .clone()
+        .expect("the store recorded a session");
+    (server, id)
+}
+
+/// A hello whose session the store recorded but failed to confirm is refused, and leaves
+/// nothing behind: no record holding its principal's only slot (there is no resume entry by
+/// which the sweep could find it), no log.
+async fn a_session_recorded_by_a_create_that_failed_holds_no_slot() {
+    let (server, id) = refused_after_creating(GatewayConfig::default(), 0).await;
+    let stores = server.gateway.stores();
+    assert!(
+        stores.sessions.open(&id).await.is_err(),
+        "its record is gone"
+    );
+    assert!(stores.logs.open(&id).await.is_err(), "its log is gone");
+    let (mut conn, _) = server.hello(ALICE).await;
+    expect_usable(&mut conn, "p1").await;
+}
+
+/// If that record cannot be removed at once either, its resume entry stays for the sweep,
+/// which removes the record when the window closes and frees the slot.
+async fn a_recorded_session_that_could_not_be_removed_is_swept() {
+    let config = GatewayConfig {
+        resume_window: Duration::from_millis(300),
+        sweep_interval: Duration::from_millis(20),
+        ..GatewayConfig::default()
+    };
+    let (server, id) = refused_after_creating(config, 1).await;
+    let stores = server.gateway.stores();
+    eventually("the sweep to remove the record", || async {
+        stores.sessions.open(&id).await.is_err()
+    })
+    .await;
+    assert!(stores.logs.open(&id).await.is_err(), "its log is gone");
+    let (mut conn, _) = server.hello(ALICE).await;
+    expect_usable(&mut conn, "p1").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -472,3 +606,9 @@ async fn a_max_runtime_over_the_ceiling_is_refused_and_one_at_it_accepted() {
     let (_, terminal) = conn.recv_until_terminal(&job).await;
     assert_eq!(result_json(&terminal), json!(1));
 }
+
+// On memory and on Redis stores.
+on_each_store!(
+    a_session_recorded_by_a_create_that_failed_holds_no_slot,
+    a_recorded_session_that_could_not_be_removed_is_swept,
+);

@@ -61,7 +61,6 @@ async fn run_echo(
 // Results and events
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
 async fn echo_is_accepted_then_returns_its_input() {
     let server = TestServer::start_default().await;
     let (mut conn, w) = server.hello("alice-token").await;
@@ -104,7 +103,6 @@ async fn echo_is_accepted_then_returns_its_input() {
     assert_ne!(result.id, frame.id, "frames have distinct ids");
 }
 
-#[tokio::test]
 async fn a_job_without_a_trace_id_has_none() {
     let server = TestServer::start_default().await;
     let (mut conn, _) = server.hello("alice-token").await;
@@ -114,7 +112,6 @@ async fn a_job_without_a_trace_id_has_none() {
     assert!(result.trace_id.is_empty());
 }
 
-#[tokio::test]
 async fn ticker_reports_progress_then_its_result_with_gap_free_event_seq() {
     let server = TestServer::start_default().await;
     let (mut conn, _) = server.hello("alice-token").await;
@@ -144,7 +141,6 @@ async fn ticker_reports_progress_then_its_result_with_gap_free_event_seq() {
     assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
 }
 
-#[tokio::test]
 async fn concurrent_jobs_share_one_gap_free_sequence_and_end_once_each() {
     let server = TestServer::start_default().await;
     let (mut conn, _) = server.hello("alice-token").await;
@@ -214,7 +210,6 @@ async fn concurrent_jobs_share_one_gap_free_sequence_and_end_once_each() {
     );
 }
 
-#[tokio::test]
 async fn without_the_progress_feature_no_progress_is_sent_and_no_seq_is_skipped() {
     let server = TestServer::start_default().await;
     let (mut conn, w) = server.hello_with("alice-token", &[]).await;
@@ -237,7 +232,6 @@ async fn without_the_progress_feature_no_progress_is_sent_and_no_seq_is_skipped(
     assert_eq!(newest(&server, &w.session_id).await, 2);
 }
 
-#[tokio::test]
 async fn a_half_closed_client_still_receives_its_jobs_frames() {
     let server = TestServer::start_default().await;
     let (mut conn, _) = server.hello("alice-token").await;
@@ -252,7 +246,6 @@ async fn a_half_closed_client_still_receives_its_jobs_frames() {
 // Cancellation (§7.4)
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
 async fn cancel_acknowledges_then_ends_the_job_once() {
     let server = TestServer::start_default().await;
     let (mut conn, w) = server.hello("alice-token").await;
@@ -299,7 +292,6 @@ async fn cancel_acknowledges_then_ends_the_job_once() {
     assert_eq!(newest(&server, &w.session_id).await, result.event_seq);
 }
 
-#[tokio::test]
 async fn cancel_may_name_the_job_in_the_envelope() {
     let server = TestServer::start_default().await;
     let (mut conn, _) = server.hello("alice-token").await;
@@ -316,7 +308,6 @@ async fn cancel_may_name_the_job_in_the_envelope() {
     assert_eq!(job_error(&terminal).final_status, "cancelled");
 }
 
-#[tokio::test]
 async fn cancelling_a_finished_job_is_an_invalid_request() {
     let server = TestServer::start_default().await;
     let (mut conn, _) = server.hello("alice-token").await;
@@ -325,7 +316,6 @@ async fn cancelling_a_finished_job_is_an_invalid_request() {
     expect_error(&conn.recv().await, ErrorCode::InvalidRequest, Some(&id));
 }
 
-#[tokio::test]
 async fn cancelling_an_unknown_job_is_job_not_found() {
     let server = TestServer::start_default().await;
     let (mut conn, _) = server.hello("alice-token").await;
@@ -333,7 +323,6 @@ async fn cancelling_an_unknown_job_is_job_not_found() {
     expect_error(&conn.recv().await, ErrorCode::JobNotFound, Some(&id));
 }
 
-#[tokio::test]
 async fn only_the_submitting_session_may_cancel_and_other_principals_cannot_see_the_job() {
     let server = TestServer::start_default().await;
     let (mut owner, _) = server.hello("alice-token").await;
@@ -366,7 +355,6 @@ async fn only_the_submitting_session_may_cancel_and_other_principals_cannot_see_
 // Runtime limit
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
 async fn a_job_past_max_runtime_sec_times_out() {
     let server = TestServer::start_default().await;
     let (mut conn, _) = server.hello("alice-token").await;
@@ -387,7 +375,6 @@ async fn a_job_past_max_runtime_sec_times_out() {
     assert_eq!(seqs, (2..=terminal.event_seq).collect::<Vec<_>>());
 }
 
-#[tokio::test]
 async fn a_job_within_max_runtime_sec_succeeds() {
     let server = TestServer::start_default().await;
     let (mut conn, _) = server.hello("alice-token").await;
@@ -404,7 +391,6 @@ async fn a_job_within_max_runtime_sec_succeeds() {
 // Agent resolution (§7.5) and submission errors
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
 async fn submissions_naming_unavailable_agents_are_refused_without_a_job() {
     let server = TestServer::start_default().await;
     let (mut conn, w) = server.hello("alice-token").await;
@@ -430,7 +416,6 @@ async fn submissions_naming_unavailable_agents_are_refused_without_a_job() {
     assert_eq!(accepted_frame.event_seq, 1);
 }
 
-#[tokio::test]
 async fn a_pinned_version_needs_the_agent_versions_feature() {
     let server = TestServer::start_default().await;
     let (mut conn, w) = server.hello_with("alice-token", &["progress"]).await;
@@ -447,7 +432,6 @@ async fn a_pinned_version_needs_the_agent_versions_feature() {
     assert_eq!(a.event_seq, 1);
 }
 
-#[tokio::test]
 async fn a_pinned_version_resolves_exactly_when_negotiated() {
     let server = TestServer::start_default().await;
     let (mut conn, _) = server.hello("alice-token").await;
@@ -461,7 +445,6 @@ async fn a_pinned_version_resolves_exactly_when_negotiated() {
     assert_eq!(result_json(&terminal), json!({"ticks": 1}));
 }
 
-#[tokio::test]
 async fn bad_agent_input_is_accepted_then_fails_the_job() {
     let server = TestServer::start_default().await;
     let (mut conn, _) = server.hello("alice-token").await;
@@ -476,7 +459,6 @@ async fn bad_agent_input_is_accepted_then_fails_the_job() {
     assert_eq!(terminal.event_seq, 2);
 }
 
-#[tokio::test]
 async fn lease_features_the_client_did_not_negotiate_are_refused_on_submit() {
     let server = TestServer::start_default().await;
     let (mut conn, w) = server.hello("alice-token").await;
@@ -514,7 +496,6 @@ async fn last_logged(server: &TestServer, session: &str, seq: u64) -> JobPayload
         .payload
 }
 
-#[tokio::test]
 async fn jobs_keep_running_after_the_client_disconnects() {
     let server = TestServer::start_default().await;
     let (mut conn, w) = server.hello("alice-token").await;
@@ -529,7 +510,6 @@ async fn jobs_keep_running_after_the_client_disconnects() {
     }
 }
 
-#[tokio::test]
 async fn jobs_keep_running_after_session_close() {
     let server = TestServer::start_default().await;
     let (mut conn, w) = server.hello("alice-token").await;
@@ -632,7 +612,6 @@ async fn server_with_test_agents() -> (TestServer, Arc<Notify>, Arc<Notify>) {
     )
 }
 
-#[tokio::test]
 async fn a_panicking_agent_ends_its_job_with_a_retryable_internal_error() {
     let (server, _, _) = server_with_test_agents().await;
     let (mut conn, _) = server.hello("alice-token").await;
@@ -648,7 +627,6 @@ async fn a_panicking_agent_ends_its_job_with_a_retryable_internal_error() {
     run_echo(&mut conn, json!("still here")).await;
 }
 
-#[tokio::test]
 async fn agent_errors_become_job_errors_with_the_spec_status_and_retryability() {
     let (server, _, _) = server_with_test_agents().await;
     let (mut conn, _) = server.hello("alice-token").await;
@@ -671,7 +649,6 @@ async fn agent_errors_become_job_errors_with_the_spec_status_and_retryability() 
 
 /// §7.3: a job's terminal frame is its last. An event a sub-task emits through its context
 /// after the job ended must not be logged behind the terminal frame.
-#[tokio::test]
 async fn nothing_is_logged_for_a_job_after_its_terminal_frame() {
     let (server, go, done) = server_with_test_agents().await;
     let (mut conn, w) = server.hello("alice-token").await;
@@ -695,7 +672,6 @@ async fn nothing_is_logged_for_a_job_after_its_terminal_frame() {
 /// An agent emits by the thousand, and each emit's future is moved into the agent's own:
 /// the frame travels boxed, so that future stays a few hundred bytes rather than the nearly
 /// 2 KiB it was when every layer held the frame by value.
-#[tokio::test]
 async fn an_emit_is_a_small_future() {
     let (server, _, _) = server_with_test_agents().await;
     let (mut conn, _) = server.hello("alice-token").await;
@@ -778,3 +754,33 @@ async fn an_agent_that_never_waits_still_lets_other_tasks_run() {
         assert!(emits < window, "{emits} emits before another task ran");
     }
 }
+
+// Each test above on memory and on Redis stores, but for
+// `an_agent_that_never_waits_still_lets_other_tasks_run`, which is about the memory stores'
+// emits that never suspend (and removes a log from them).
+on_each_store!(
+    echo_is_accepted_then_returns_its_input,
+    a_job_without_a_trace_id_has_none,
+    ticker_reports_progress_then_its_result_with_gap_free_event_seq,
+    concurrent_jobs_share_one_gap_free_sequence_and_end_once_each,
+    without_the_progress_feature_no_progress_is_sent_and_no_seq_is_skipped,
+    a_half_closed_client_still_receives_its_jobs_frames,
+    cancel_acknowledges_then_ends_the_job_once,
+    cancel_may_name_the_job_in_the_envelope,
+    cancelling_a_finished_job_is_an_invalid_request,
+    cancelling_an_unknown_job_is_job_not_found,
+    only_the_submitting_session_may_cancel_and_other_principals_cannot_see_the_job,
+    a_job_past_max_runtime_sec_times_out,
+    a_job_within_max_runtime_sec_succeeds,
+    submissions_naming_unavailable_agents_are_refused_without_a_job,
+    a_pinned_version_needs_the_agent_versions_feature,
+    a_pinned_version_resolves_exactly_when_negotiated,
+    bad_agent_input_is_accepted_then_fails_the_job,
+    lease_features_the_client_did_not_negotiate_are_refused_on_submit,
+    jobs_keep_running_after_the_client_disconnects,
+    jobs_keep_running_after_session_close,
+    a_panicking_agent_ends_its_job_with_a_retryable_internal_error,
+    agent_errors_become_job_errors_with_the_spec_status_and_retryability,
+    nothing_is_logged_for_a_job_after_its_terminal_frame,
+    an_emit_is_a_small_future,
+);

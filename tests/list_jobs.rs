@@ -102,7 +102,6 @@ fn fs_lease() -> std::collections::HashMap<String, prost_types::ListValue> {
     .collect()
 }
 
-#[tokio::test]
 async fn listing_without_the_list_jobs_feature_is_refused_and_the_session_survives() {
     let server = TestServer::start_default().await;
     let (mut conn, _) = server.hello_with("alice-token", &["progress"]).await;
@@ -112,7 +111,6 @@ async fn listing_without_the_list_jobs_feature_is_refused_and_the_session_surviv
     assert_eq!(terminal.event_seq, 2);
 }
 
-#[tokio::test]
 async fn a_listing_holds_the_principals_jobs_in_submission_order_with_their_summaries() {
     let server = TestServer::start_default().await;
     let (mut a, _) = server.hello_with("alice-token", LISTING).await;
@@ -184,7 +182,6 @@ async fn a_listing_holds_the_principals_jobs_in_submission_order_with_their_summ
     assert_eq!(ids(&page), vec![bobs.as_str()]);
 }
 
-#[tokio::test]
 async fn the_status_filter_selects_by_lifecycle_state_and_rejects_unknown_states() {
     let server = TestServer::start_default().await;
     let (mut conn, _) = server.hello_with("alice-token", LISTING).await;
@@ -259,7 +256,6 @@ async fn the_status_filter_selects_by_lifecycle_state_and_rejects_unknown_states
     assert_eq!(job_error(&end).code, "CANCELLED");
 }
 
-#[tokio::test]
 async fn the_agent_filter_matches_a_name_or_an_exact_version() {
     let server = TestServer::start_default().await;
     let (mut conn, _) = server.hello_with("alice-token", LISTING).await;
@@ -294,7 +290,6 @@ async fn the_agent_filter_matches_a_name_or_an_exact_version() {
     }
 }
 
-#[tokio::test]
 async fn created_after_keeps_only_jobs_created_strictly_later() {
     let server = TestServer::start_default().await;
     let (mut conn, _) = server.hello_with("alice-token", LISTING).await;
@@ -351,7 +346,6 @@ async fn created_after_keeps_only_jobs_created_strictly_later() {
     }
 }
 
-#[tokio::test]
 async fn limit_and_cursor_page_through_the_jobs_until_next_cursor_is_empty() {
     let server = TestServer::start_default().await;
     let (mut conn, _) = server.hello_with("alice-token", LISTING).await;
@@ -396,7 +390,6 @@ async fn limit_and_cursor_page_through_the_jobs_until_next_cursor_is_empty() {
     }
 }
 
-#[tokio::test]
 async fn other_principals_jobs_are_listed_only_for_permitted_observers() {
     let gateway = Gateway::builder(GatewayConfig::default())
         .auth(Authenticator::from_pairs(
@@ -447,3 +440,14 @@ async fn other_principals_jobs_are_listed_only_for_permitted_observers() {
     assert_eq!(ids(&page), vec![b1.as_str()]);
     assert!(page.next_cursor.is_empty());
 }
+
+// Each test above on memory and on Redis stores.
+on_each_store!(
+    listing_without_the_list_jobs_feature_is_refused_and_the_session_survives,
+    a_listing_holds_the_principals_jobs_in_submission_order_with_their_summaries,
+    the_status_filter_selects_by_lifecycle_state_and_rejects_unknown_states,
+    the_agent_filter_matches_a_name_or_an_exact_version,
+    created_after_keeps_only_jobs_created_strictly_later,
+    limit_and_cursor_page_through_the_jobs_until_next_cursor_is_empty,
+    other_principals_jobs_are_listed_only_for_permitted_observers,
+);

@@ -5,51 +5,9 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-
 use common::*;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-
-/// `n` gateway processes sharing one Redis.
-struct Deployment {
-    replicas: Vec<GatewayProcess>,
-    _redis: RedisServer,
-}
-
-impl Deployment {
-    async fn start(n: usize) -> Deployment {
-        Self::start_with(n, &[]).await
-    }
-
-    /// [`Deployment::start`] with `extra` flags for every replica.
-    async fn start_with(n: usize, extra: &[&str]) -> Deployment {
-        let redis = RedisServer::start();
-        let mut replicas = Vec::new();
-        for i in 0..n {
-            let id = format!("replica-{i}");
-            let mut flags = vec!["--store", redis.url(), "--replica-id", &id];
-            flags.extend_from_slice(extra);
-            replicas.push(GatewayProcess::start_with("info", None, &flags).await);
-        }
-        Deployment {
-            replicas,
-            _redis: redis,
-        }
-    }
-
-    fn endpoint(&self, replica: usize) -> Endpoint {
-        self.replicas[replica].endpoint()
-    }
-
-    /// Which replicas logged `what` (`"session opened"`, `"session resumed"`) for `session`.
-    fn replicas_that_logged(&self, what: &str, session: &str) -> BTreeSet<usize> {
-        let field = format!("session={session}");
-        (0..self.replicas.len())
-            .filter(|&i| self.replicas[i].lines_containing_all(&[what, &field]) > 0)
-            .collect()
-    }
-}
 
 /// Sequence numbers 1 through the last one seen, each once and in order.
 fn assert_gap_free(seen: &[u64], resumes: usize) {

@@ -5,18 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use arcp_gateway::{
-    config::GatewayConfig,
-    ids::SessionId,
-    proto,
-    store::{log::EventLog, session::SessionStore},
-    ErrorCode,
-};
+use arcp_gateway::{config::GatewayConfig, ids::SessionId, proto, ErrorCode};
 use common::*;
 use proto::{client_frame::Payload as In, server_frame::Payload as Out};
 use rand::{Rng, SeedableRng};
 
-#[tokio::test]
 async fn missed_frames_replay_once_in_order_then_live_frames_follow() {
     let server = TestServer::start_default().await;
     let (mut conn, w) = server.hello("alice-token").await;
@@ -54,7 +47,6 @@ async fn missed_frames_replay_once_in_order_then_live_frames_follow() {
     assert_eq!(result_json(&terminal), serde_json::json!({"ticks": 40}));
 }
 
-#[tokio::test]
 async fn a_rotated_out_token_is_rejected_and_the_new_one_works() {
     let server = TestServer::start_default().await;
     let (conn, w) = server.hello("alice-token").await;
@@ -80,7 +72,6 @@ async fn a_rotated_out_token_is_rejected_and_the_new_one_works() {
     welcome(&first);
 }
 
-#[tokio::test]
 async fn tokens_expire_with_the_resume_window_and_the_session_is_swept() {
     let config = GatewayConfig {
         resume_window: Duration::from_secs(1),
@@ -101,17 +92,19 @@ async fn tokens_expire_with_the_resume_window_and_the_session_is_swept() {
 
     let id = SessionId::new(session.as_str());
     let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
-    while server.stores.sessions.open(&id).await.is_ok() {
+    while server.gateway.stores().sessions.open(&id).await.is_ok() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "expired session never swept"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(server.stores.logs.open(&id).await.is_err(), "log removed");
+    assert!(
+        server.gateway.stores().logs.open(&id).await.is_err(),
+        "log removed"
+    );
 }
 
-#[tokio::test]
 async fn the_window_only_starts_when_the_transport_drops() {
     let config = GatewayConfig {
         resume_window: Duration::from_secs(1),
@@ -137,7 +130,6 @@ async fn the_window_only_starts_when_the_transport_drops() {
     assert_eq!(ended.code(), tonic::Code::Aborted);
 }
 
-#[tokio::test]
 async fn unknown_malformed_and_mismatched_tokens_are_refused() {
     let server = TestServer::start_default().await;
     let (_a, wa) = server.hello("alice-token").await;
@@ -159,7 +151,6 @@ async fn unknown_malformed_and_mismatched_tokens_are_refused() {
     }
 }
 
-#[tokio::test]
 async fn a_token_presented_by_another_principal_is_denied_and_not_burnt() {
     let server = TestServer::start_default().await;
     let (conn, w) = server.hello("alice-token").await;
@@ -179,7 +170,6 @@ async fn a_token_presented_by_another_principal_is_denied_and_not_burnt() {
     welcome(&first);
 }
 
-#[tokio::test]
 async fn last_event_seq_must_lie_within_the_buffer() {
     let server = TestServer::start_with_log_bound(5).await;
     let (mut conn, w) = server.hello("alice-token").await;
@@ -217,7 +207,6 @@ async fn last_event_seq_must_lie_within_the_buffer() {
     assert_eq!(seqs, vec![8, 9, 10, 11, 12]);
 }
 
-#[tokio::test]
 async fn resuming_takes_over_a_live_stream() {
     let server = TestServer::start_default().await;
     let (mut old, w) = server.hello("alice-token").await;
@@ -250,7 +239,6 @@ async fn resuming_takes_over_a_live_stream() {
     assert_eq!(job_error(&terminal).code, "CANCELLED");
 }
 
-#[tokio::test]
 async fn standalone_session_resume_continues_the_session() {
     let server = TestServer::start_default().await;
     let (mut conn, w) = server.hello("alice-token").await;
@@ -279,7 +267,6 @@ async fn standalone_session_resume_continues_the_session() {
     assert_eq!(result_json(&terminal), serde_json::json!({"x": 1}));
 }
 
-#[tokio::test]
 async fn resume_metadata_is_validated_before_the_stream_opens() {
     let server = TestServer::start_default().await;
     let (mut conn, w) = server.hello("alice-token").await;
@@ -383,7 +370,6 @@ async fn resume_metadata_is_validated_before_the_stream_opens() {
 
 /// Drops and resumes the stream at random points while a job emits; the client must see every
 /// sequence number from 1 to the terminal frame exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_drops_and_resumes_lose_and_repeat_nothing() {
     let seed: u64 = std::env::var("ARCP_STRESS_SEED")
         .ok()
@@ -503,7 +489,6 @@ async fn a_live_reader_that_falls_behind_throttles_its_job_and_loses_nothing() {
 
 /// Flow control applies only while a stream is attached: a job of a session with no reader
 /// runs on (§6.4), and the log bound holds its memory.
-#[tokio::test]
 async fn a_detached_session_does_not_throttle_its_job() {
     let server = TestServer::start_with_log_bound(50).await;
     let (mut conn, w) = server.hello("alice-token").await;
@@ -522,3 +507,25 @@ async fn a_detached_session_does_not_throttle_its_job() {
         "the log kept its bound"
     );
 }
+
+// Each test above on memory and on Redis stores, but for
+// `a_live_reader_that_falls_behind_throttles_its_job_and_loses_nothing`: its 60,000 frames
+// through a 25-frame flow window take a minute on Redis in a debug build, and the flow window
+// it tests is the same whatever the store.
+on_each_store!(
+    missed_frames_replay_once_in_order_then_live_frames_follow,
+    a_rotated_out_token_is_rejected_and_the_new_one_works,
+    tokens_expire_with_the_resume_window_and_the_session_is_swept,
+    the_window_only_starts_when_the_transport_drops,
+    unknown_malformed_and_mismatched_tokens_are_refused,
+    a_token_presented_by_another_principal_is_denied_and_not_burnt,
+    last_event_seq_must_lie_within_the_buffer,
+    resuming_takes_over_a_live_stream,
+    standalone_session_resume_continues_the_session,
+    resume_metadata_is_validated_before_the_stream_opens,
+    a_detached_session_does_not_throttle_its_job,
+);
+on_each_store!(
+    multi_thread:
+    random_drops_and_resumes_lose_and_repeat_nothing,
+);

@@ -260,6 +260,7 @@ replicas_suite!(
     resume::a_rotation_on_one_replica_is_seen_on_the_other_at_once,
     jobs::a_job_on_one_replica_is_listed_and_found_on_the_other,
     jobs::a_cancel_on_one_replica_reaches_the_job_on_the_other,
+    jobs::a_job_that_released_its_slot_refuses_cancels_on_every_replica,
     jobs::subscriptions_on_one_replica_reach_the_job_on_the_other,
     jobs::caps_hold_across_replicas,
     session::a_change_on_one_replica_wakes_a_waiter_on_the_other,

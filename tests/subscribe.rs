@@ -76,7 +76,6 @@ async fn submit_pacer(owner: &mut Conn) -> (String, proto::ServerFrame) {
     (frame.job_id.clone(), frame)
 }
 
-#[tokio::test]
 async fn subscribing_without_the_subscribe_feature_is_refused_and_the_session_survives() {
     let (server, _steps) = start().await;
     let (mut owner, _) = server.hello_with("alice-token", &[]).await;
@@ -95,7 +94,6 @@ async fn subscribing_without_the_subscribe_feature_is_refused_and_the_session_su
     assert_eq!(terminal.event_seq, 2);
 }
 
-#[tokio::test]
 async fn a_live_subscription_announces_the_job_then_delivers_only_later_frames() {
     let (server, steps) = start().await;
     let (mut owner, _) = server.hello_with("alice-token", &[]).await;
@@ -150,7 +148,6 @@ async fn a_live_subscription_announces_the_job_then_delivers_only_later_frames()
     assert_eq!(newest(&server, &w.session_id).await, 4);
 }
 
-#[tokio::test]
 async fn history_replays_the_jobs_frames_after_from_event_seq_then_live_frames_without_gap_or_duplicate(
 ) {
     let (server, steps) = start().await;
@@ -232,7 +229,6 @@ async fn history_replays_the_jobs_frames_after_from_event_seq_then_live_frames_w
     );
 }
 
-#[tokio::test]
 async fn subscribing_to_a_finished_job_with_history_replays_it_to_its_end() {
     let (server, _steps) = start().await;
     let (mut owner, _) = server.hello_with("alice-token", &[]).await;
@@ -256,7 +252,6 @@ async fn subscribing_to_a_finished_job_with_history_replays_it_to_its_end() {
     assert!(sync_with_ping(&mut sub, "end").await.is_empty());
 }
 
-#[tokio::test]
 async fn only_the_submitter_and_permitted_observers_may_subscribe() {
     let (server, steps) = start().await;
     let (mut owner, _) = server.hello_with("alice-token", &[]).await;
@@ -296,7 +291,6 @@ async fn only_the_submitter_and_permitted_observers_may_subscribe() {
     assert_eq!(newest(&server, &wb.session_id).await, 0);
 }
 
-#[tokio::test]
 async fn by_default_another_principal_may_not_subscribe() {
     let server = TestServer::start_default().await;
     let (mut owner, _) = server.hello_with("alice-token", &["progress"]).await;
@@ -314,7 +308,6 @@ async fn by_default_another_principal_may_not_subscribe() {
     owner.recv_until_terminal(&job).await;
 }
 
-#[tokio::test]
 async fn subscribing_twice_is_an_invalid_request_and_delivers_nothing_twice() {
     let (server, steps) = start().await;
     let (mut owner, _) = server.hello_with("alice-token", &[]).await;
@@ -338,7 +331,6 @@ async fn subscribing_twice_is_an_invalid_request_and_delivers_nothing_twice() {
     );
 }
 
-#[tokio::test]
 async fn a_subscriber_may_not_cancel_the_job() {
     let (server, steps) = start().await;
     let (mut owner, _) = server.hello_with("alice-token", &[]).await;
@@ -363,7 +355,6 @@ async fn a_subscriber_may_not_cancel_the_job() {
     }
 }
 
-#[tokio::test]
 async fn unsubscribing_stops_delivery_and_only_a_subscription_can_be_ended() {
     let (server, steps) = start().await;
     let (mut owner, _) = server.hello_with("alice-token", &[]).await;
@@ -446,3 +437,19 @@ async fn a_job_paced_by_a_stuck_reader_does_not_stall_its_subscribers_session() 
     assert_eq!(p.ping_nonce, "still-here", "answering {ping}");
     drop(owner);
 }
+
+// Each test above on memory and on Redis stores, but for
+// `a_job_paced_by_a_stuck_reader_does_not_stall_its_subscribers_session`: it waits for some
+// ten thousand frames to fill the transport's buffers, which takes seconds on Redis, and what
+// it tests (pacing to one session's reader) is the same whatever the store.
+on_each_store!(
+    subscribing_without_the_subscribe_feature_is_refused_and_the_session_survives,
+    a_live_subscription_announces_the_job_then_delivers_only_later_frames,
+    history_replays_the_jobs_frames_after_from_event_seq_then_live_frames_without_gap_or_duplicate,
+    subscribing_to_a_finished_job_with_history_replays_it_to_its_end,
+    only_the_submitter_and_permitted_observers_may_subscribe,
+    by_default_another_principal_may_not_subscribe,
+    subscribing_twice_is_an_invalid_request_and_delivers_nothing_twice,
+    a_subscriber_may_not_cancel_the_job,
+    unsubscribing_stops_delivery_and_only_a_subscription_can_be_ended,
+);

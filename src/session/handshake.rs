@@ -168,12 +168,7 @@ async fn create(
     let record = match created {
         Ok(record) => record,
         Err(e) => {
-            // Refused (over the principal's cap): what was made for it goes now rather than
-            // when its window closes, so refused hellos hold nothing.
-            if let Err(e) = services.resume.remove(&id).await {
-                tracing::warn!(session = %id, "refused session's token not removed: {e}");
-            }
-            services.logs.remove(&id).await;
+            forget_unopened(services, &id).await;
             return Err(e);
         }
     };
@@ -189,6 +184,23 @@ async fn create(
         replay_after: EventSeq::ZERO,
         first: Vec::new(),
     })
+}
+
+/// Removes what was made for a session whose create was refused (over the principal's cap)
+/// or failed, now rather than when its window closes, so that refused hellos hold nothing. A
+/// shared store may have recorded the session before failing (Redis ran the script, the
+/// answer was lost), and that record holds one of its principal's slots, so it goes too. The
+/// registry entry goes last: while it exists, the detach starts its window and the sweep
+/// removes whatever is left, should this be cut short or the record's removal fail.
+async fn forget_unopened(services: &SessionServices, id: &SessionId) {
+    if let Err(e) = services.sessions.remove(id).await {
+        tracing::warn!(session = %id, "unopened session's record left to the sweep: {e}");
+        return;
+    }
+    services.logs.remove(id).await;
+    if let Err(e) = services.resume.remove(id).await {
+        tracing::warn!(session = %id, "unopened session's token not removed: {e}");
+    }
 }
 
 async fn resume_session(

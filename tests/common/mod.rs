@@ -1,13 +1,15 @@
 //! A real gateway on an ephemeral port, and small clients that speak frames to it.
 //!
-//! Split by role: [`server`] starts and stops the gateway in this process and [`process`] as
-//! a child process, each serving an `Endpoint`; [`grpc`] is the gRPC client, [`raw_grpc`] a
-//! gRPC stream that sends whatever bytes a test writes, and [`ws`] the WebSocket client;
+//! Split by role: [`server`] starts and stops the gateway in this process, on the stores
+//! [`each_store`] chooses, and [`process`] as a child process, each serving an `Endpoint`;
+//! [`grpc`] is the gRPC client, [`raw_grpc`] a gRPC stream that sends whatever bytes a test
+//! writes, and [`ws`] the WebSocket client;
 //! [`health`] watches gRPC health, [`frames`] builds client payloads and reads server frames,
 //! [`agents`] holds test agents, [`log`] reads a session's log straight from the gateway,
 //! [`wait`] waits on state the test observes and [`raw`] opens plain TCP connections that
-//! never become useful; [`redis`] runs the `redis-server`s shared stores are tested on, and
-//! [`haproxy`] puts a real proxy in front of replicas.
+//! never become useful; [`redis`] runs the `redis-server`s shared stores are tested on,
+//! [`deployment`] runs replicas as processes on one of them, and [`haproxy`] puts a real proxy
+//! in front of replicas.
 //! Everything is re-exported here, so a test says `use common::*;`.
 // Each test crate uses a subset of these helpers.
 #![allow(dead_code)]
@@ -15,6 +17,8 @@
 use std::time::Duration;
 
 mod agents;
+mod deployment;
+mod each_store;
 mod frames;
 mod grpc;
 mod haproxy;
@@ -31,8 +35,8 @@ mod ws;
 // A test crate that uses nothing of a module leaves its re-export unused.
 #[allow(unused_imports)]
 pub use self::{
-    agents::*, frames::*, grpc::*, haproxy::*, health::*, log::*, process::*, raw::*, raw_grpc::*,
-    redis::*, server::*, wait::*, ws::*,
+    agents::*, deployment::*, each_store::*, frames::*, grpc::*, haproxy::*, health::*, log::*,
+    process::*, raw::*, raw_grpc::*, redis::*, server::*, wait::*, ws::*,
 };
 
 /// How long a test waits for a frame before failing. A guard against hangs, not a timing

@@ -7,12 +7,14 @@ use arcp_gateway::{
     auth::Authenticator,
     config::GatewayConfig,
     gateway::GatewayBuilder,
-    ids::Principal,
+    ids::{Principal, ReplicaId, SessionId},
     server,
-    store::{MemoryStores, Stores},
+    store::{redis::Redis, MemoryStores, Stores},
     Gateway,
 };
 use tokio::task::JoinHandle;
+
+use super::{redis_url, StoreKind};
 
 /// Where a gateway serves: its gRPC and its WebSocket address. Sessions are opened on it with
 /// the methods in [`super::grpc`] and [`super::ws`], whether the gateway runs in this process
@@ -28,8 +30,8 @@ pub struct Endpoint {
 pub struct TestServer {
     endpoint: Endpoint,
     pub gateway: Arc<Gateway>,
-    /// The gateway's stores, for tests that look at what they hold.
-    pub stores: MemoryStores,
+    /// The gateway's memory stores, for tests that look at what they hold.
+    pub stores: Inspectable,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -73,20 +75,47 @@ impl TestServer {
         .await
     }
 
-    /// Serves the gateway `builder` builds, on memory stores the test can look at.
+    /// Serves the gateway `builder` builds on stores of the kind the test runs on
+    /// ([`StoreKind::current`]): memory stores the test can look at, or Redis stores under
+    /// keys of their own.
     pub async fn start_gateway(builder: GatewayBuilder) -> TestServer {
-        let stores = MemoryStores::with_limits(builder.config().log_limits());
-        Self::start_on(builder, stores, |stores| stores).await
+        Self::start_wrapped(builder, |stores| stores).await
     }
 
-    /// Serves the gateway `builder` builds on `stores`, as `wrap` wraps them: several servers
-    /// on the same stores are replicas of one deployment.
+    /// [`TestServer::start_gateway`] with the stores as `wrap` wraps them.
+    pub async fn start_wrapped(
+        builder: GatewayBuilder,
+        wrap: impl FnOnce(Stores) -> Stores,
+    ) -> TestServer {
+        let limits = builder.config().log_limits();
+        match StoreKind::current() {
+            StoreKind::Memory => {
+                Self::start_on(builder, MemoryStores::with_limits(limits), wrap).await
+            }
+            StoreKind::Redis => {
+                let prefix = format!("arcp-test-{}", SessionId::generate());
+                let redis = Redis::open(redis_url(), &prefix).expect("a redis address");
+                let replica = ReplicaId::new("test-server");
+                let in_redis = Stores::redis(&redis, &replica, limits);
+                let gateway = builder.replica(replica).stores(wrap(in_redis)).build();
+                Self::serve(gateway, Inspectable(None)).await
+            }
+        }
+    }
+
+    /// Serves the gateway `builder` builds on the memory `stores`, as `wrap` wraps them,
+    /// whatever kind the test runs on: several servers on the same stores are replicas of one
+    /// deployment.
     pub async fn start_on(
         builder: GatewayBuilder,
         stores: MemoryStores,
         wrap: impl FnOnce(Stores) -> Stores,
     ) -> TestServer {
         let gateway = builder.stores(wrap(stores.stores())).build();
+        Self::serve(gateway, Inspectable(Some(stores))).await
+    }
+
+    async fn serve(gateway: Arc<Gateway>, stores: Inspectable) -> TestServer {
         let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let ws_listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -122,6 +151,20 @@ impl TestServer {
         if let Some(task) = self.task.take() {
             task.await.expect("server task");
         }
+    }
+}
+
+/// A server's memory stores, to look into; a server on Redis has none, and a test that looks
+/// fails saying so (it cannot run [`super::on_each_store!`]).
+pub struct Inspectable(Option<MemoryStores>);
+
+impl std::ops::Deref for Inspectable {
+    type Target = MemoryStores;
+
+    fn deref(&self) -> &MemoryStores {
+        self.0.as_ref().unwrap_or_else(|| {
+            panic!("this test looks into memory stores; its server runs on Redis")
+        })
     }
 }
 

@@ -35,6 +35,9 @@ struct Running {
     subscribers: Mutex<Vec<SessionId>>,
     /// Whether it refuses every subscriber, as a job does that cannot reach its log.
     refuses: AtomicBool,
+    /// Whether it has ended and refuses cancels, as a job does from just before its terminal
+    /// frame is logged.
+    ended: AtomicBool,
 }
 
 /// Caps no test reaches.
@@ -50,6 +53,9 @@ impl JobControl for Running {
     }
 
     fn cancel(&self, reason: Option<String>) -> Result<(), ArcpError> {
+        if self.ended.load(Ordering::Relaxed) {
+            return Err(ArcpError::InvalidRequest("the job ended".into()));
+        }
         self.cancels.lock().unwrap().push(reason);
         Ok(())
     }
@@ -104,6 +110,7 @@ fn running_in(session: &SessionId, principal: &str) -> Arc<Running> {
         cancels: Mutex::new(Vec::new()),
         subscribers: Mutex::new(Vec::new()),
         refuses: AtomicBool::new(false),
+        ended: AtomicBool::new(false),
     })
 }
 
@@ -585,6 +592,23 @@ pub async fn a_cancel_on_one_replica_reaches_the_job_on_the_other(make: Replicas
         2,
         "an ended job was asked"
     );
+}
+
+/// A job that gave its slot back is ending, and may already have logged its end while its entry
+/// still says running: a cancel then, received on either replica, is `INVALID_REQUEST`, as the
+/// job itself answers, rather than a request that reaches it too late to be answered.
+pub async fn a_job_that_released_its_slot_refuses_cancels_on_every_replica(make: Replicas) {
+    let (a, b) = make(10);
+    let job = running("alice");
+    let id = job.entry().id;
+    a.jobs.insert(job.clone(), UNCAPPED).await.unwrap();
+    a.jobs.release_slot(&id).await.unwrap();
+    job.ended.store(true, Ordering::Relaxed);
+    for jobs in [&b.jobs, &a.jobs] {
+        let err = jobs.cancel(&id, Some("too late".into())).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidRequest, "{err}");
+    }
+    assert!(job.cancels.lock().unwrap().is_empty());
 }
 
 /// Subscriptions and unsubscriptions received on one replica reach the job's control on the

@@ -211,7 +211,8 @@ pub trait JobDirectory: Send + Sync + 'static {
     ) -> Result<(Vec<JobEntry>, bool), ArcpError>;
 
     /// Asks a running job to stop; `JOB_NOT_FOUND` if there is no such job, `INVALID_REQUEST`
-    /// if it already ended.
+    /// if it already ended. A job that released its slot ([`JobDirectory::release_slot`]) is
+    /// ending, and a store may refuse its cancel so without asking it, as the job would.
     async fn cancel(&self, id: &JobId, reason: Option<String>) -> Result<(), ArcpError>;
 
     /// Subscribes to a running job through its control (see [`JobControl::subscribe`]); for a

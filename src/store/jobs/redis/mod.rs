@@ -48,6 +48,11 @@
 //! its pending cancels when it (re)subscribes and every [`CANCEL_SCAN`]: a lost nudge delays a
 //! cancel, never loses it, and an idle replica's check is one command.
 //!
+//! A job that gave its slot back is ending: its terminal frame may already be in its session's
+//! log while its entry still says running (until it is finished). The script refuses a cancel
+//! of it, as the job does once it has ended: a request accepted then would reach the job too
+//! late to be acted on, and the client would never hear of it.
+//!
 //! A subscription to a job another replica runs takes the session's slot and sends the
 //! request (the subscriber, and a request id) to the owner in one script; the owner subscribes
 //! the session through the job's control and replies on the asker's channel with the outcome,
@@ -550,6 +555,9 @@ impl JobDirectory for RedisJobDirectory {
                     .and_then(|s| fields::status(&s))
                     .ok_or_else(|| corrupt("an ended job without a status"))?;
                 Err(already_ended(id, status))
+            }
+            (Some("ending"), _) => {
+                Err(ArcpError::InvalidRequest(format!("job {id} already ended")))
             }
             (Some("missing"), _) => Err(not_found(id)),
             _ => Err(corrupt("an unknown cancel outcome")),

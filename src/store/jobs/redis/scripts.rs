@@ -156,12 +156,13 @@ return 1
 
 /// Requests that running job ARGV[4] (hash KEYS[1]) stop with reason ARGV[2] (JSON): counts the
 /// request in the hash, lists the job among its replica's pending cancels, and tells the
-/// replica with message ARGV[3]. Answers `{'requested', listeners}`, `{'ended', status}` or
-/// `{'missing'}`.
+/// replica with message ARGV[3]. Answers `{'requested', listeners}`, `{'ended', status}`,
+/// `{'ending'}` for a job that gave its slot back (it is about to end) or `{'missing'}`.
 const CANCEL: &str = r"
-local job = redis.call('HMGET', KEYS[1], 'status', 'owner')
+local job = redis.call('HMGET', KEYS[1], 'status', 'owner', 'counted')
 if not job[1] then return {'missing'} end
 if job[1] ~= 'running' then return {'ended', job[1]} end
+if job[3] ~= '1' then return {'ending'} end
 redis.call('HINCRBY', KEYS[1], 'cancels', 1)
 redis.call('HSET', KEYS[1], 'cancel_reason', ARGV[2])
 redis.call('SADD', replica_cancels(job[2]), ARGV[4])
