@@ -18,7 +18,7 @@ use arcp_gateway::{
     gateway::GatewayBuilder,
     ids::{Principal, SessionId},
     proto::{self, server_frame::Payload as Out},
-    store::{resume::ResumeRegistry, session::SessionStore, MemoryStores},
+    store::{resume::ResumeRegistry, session::SessionStore, MemoryStores, Stores},
     ErrorCode, Gateway,
 };
 use common::*;
@@ -67,7 +67,13 @@ async fn replica(
 ) -> TestServer {
     let script = script.clone();
     TestServer::start_on(builder(config, pacer.clone()), stores, move |s| {
-        wrap(s, script)
+        // The sweep renews this replica's lease on every tick; those calls are not the
+        // session's, and left unscripted they cannot shift the calls a test cuts at.
+        let replicas = s.replicas.clone();
+        Stores {
+            replicas,
+            ..wrap(s, script)
+        }
     })
     .await
 }
