@@ -164,6 +164,19 @@ async fn expect_newest(on: &Endpoint, watched: &Watched, newest: u64) {
 }
 
 /// The job's status and newest frame as `session.list_jobs` on `conn` reports them.
+/// How `job` is listed once it no longer runs: its error frame is logged before the directory
+/// records its end, as for any job, so a listing right after the frame may still say running.
+async fn listed_ended(conn: &mut Conn, job: &str) -> (String, u64) {
+    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
+    loop {
+        let listed = listed(conn, job).await;
+        if listed.0 != "running" || tokio::time::Instant::now() > deadline {
+            return listed;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn listed(conn: &mut Conn, job: &str) -> (String, u64) {
     conn.send(list_jobs()).await;
     let (_, frame) = conn
@@ -220,7 +233,7 @@ async fn a_killed_replicas_job_ends_where_its_client_resumes_within_the_bound() 
         "every frame the client had seen is before the error"
     );
     assert_eq!(
-        listed(&mut conn, &watched.job).await,
+        listed_ended(&mut conn, &watched.job).await,
         ("error".to_owned(), error_seq)
     );
     // The subscriber gets the job's end too, after what A delivered to it.
@@ -314,7 +327,7 @@ async fn a_paused_replica_taken_over_appends_nothing_when_it_comes_back_and_exit
     expect_newest(&b, &rotated, error_seq).await;
     let (mut conn, _) = resume(&b, &rotated, error_seq).await;
     assert_eq!(
-        listed(&mut conn, &rotated.job).await,
+        listed_ended(&mut conn, &rotated.job).await,
         ("error".to_owned(), error_seq)
     );
 }
