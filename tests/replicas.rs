@@ -62,13 +62,7 @@ async fn a_session_resumes_on_another_replica_mid_job_over_websocket_through_the
         .as_str()
         .unwrap()
         .to_owned();
-    conn.send(
-        "job.submit",
-        json!({"agent": "ticker", "input": {"count": 100, "interval_ms": 10}}),
-    )
-    .await;
-    let accepted = conn.recv().await;
-    let job = accepted["job_id"].as_str().expect("a job id").to_owned();
+    let (job, accepted) = conn.submit_ticker(100, 10).await;
     let mut seen = vec![accepted["event_seq"].as_u64().unwrap()];
     while seen.len() < 10 {
         seen.push(conn.recv().await["event_seq"].as_u64().unwrap());

@@ -190,14 +190,7 @@ async fn a_cancel_received_on_b_over_websocket_reaches_the_job_running_on_a() {
         .as_str()
         .unwrap()
         .to_owned();
-    conn.send(
-        "job.submit",
-        json!({"agent": "ticker", "input": {"count": 1_000_000, "interval_ms": 20}}),
-    )
-    .await;
-    let accepted = conn.recv().await;
-    assert_eq!(accepted["type"], "job.accepted", "{accepted}");
-    let job = accepted["job_id"].as_str().unwrap().to_owned();
+    let (job, _) = conn.submit_ticker(1_000_000, 20).await;
     let progress = conn.recv().await;
     assert_eq!(progress["job_id"], job.as_str(), "{progress}");
     let last = progress["event_seq"].as_u64().unwrap();

@@ -27,19 +27,6 @@ fn expect_invalid(frame: &Value, request_id: Option<&str>, mentions: &str) {
 }
 
 /// Submits `ticker` and returns its job id, checking the acceptance envelope.
-async fn submit_ticker(conn: &mut WsConn, count: u64, interval_ms: u64) -> String {
-    let id = conn
-        .send(
-            "job.submit",
-            json!({"agent": "ticker", "input": {"count": count, "interval_ms": interval_ms}}),
-        )
-        .await;
-    let accepted = conn.recv().await;
-    assert_eq!(accepted["type"], "job.accepted", "{accepted}");
-    assert_eq!(accepted["payload"]["request_id"], id);
-    accepted["job_id"].as_str().expect("job_id").to_owned()
-}
-
 #[tokio::test]
 async fn the_welcome_reads_like_the_spec() {
     let server = TestServer::start_default().await;
@@ -65,7 +52,7 @@ async fn the_welcome_reads_like_the_spec() {
 async fn a_job_streams_to_its_result_with_gap_free_event_seq() {
     let server = TestServer::start_default().await;
     let (mut conn, welcome) = server.ws_hello("alice-token", FEATURES_WS).await;
-    let job = submit_ticker(&mut conn, 5, 0).await;
+    let (job, _) = conn.submit_ticker(5, 0).await;
     let frames = conn.recv_until_terminal(&job).await;
     let seqs: Vec<u64> = frames
         .iter()
@@ -155,7 +142,7 @@ async fn every_public_resume_shape_continues_the_session() {
         .as_str()
         .unwrap()
         .to_owned();
-    let job = submit_ticker(&mut conn, 3, 0).await;
+    let (job, _) = conn.submit_ticker(3, 0).await;
     let frames = conn.recv_until_terminal(&job).await;
     let newest = frames.last().unwrap()["event_seq"].as_u64().unwrap();
     drop(conn);
@@ -220,7 +207,7 @@ async fn a_session_opened_over_websocket_resumes_over_grpc_without_a_gap() {
         .as_str()
         .unwrap()
         .to_owned();
-    let job = submit_ticker(&mut conn, 30, 10).await;
+    let (job, _) = conn.submit_ticker(30, 10).await;
     let mut seen = vec![1u64];
     while seen.len() < 6 {
         seen.push(conn.recv().await["event_seq"].as_u64().unwrap());

@@ -133,6 +133,27 @@ impl WsConn {
         }
     }
 
+    /// Submits a `ticker` job of `count` ticks `interval_ms` apart and waits for its
+    /// acceptance; returns the job id and the `job.accepted` envelope.
+    pub async fn submit_ticker(
+        &mut self,
+        count: u64,
+        interval_ms: u64,
+    ) -> (String, serde_json::Value) {
+        let input = serde_json::json!({"count": count, "interval_ms": interval_ms});
+        let id = self
+            .send(
+                "job.submit",
+                serde_json::json!({"agent": "ticker", "input": input}),
+            )
+            .await;
+        let accepted = self.recv().await;
+        assert_eq!(accepted["type"], "job.accepted", "{accepted}");
+        assert_eq!(accepted["payload"]["request_id"], id);
+        let job = accepted["job_id"].as_str().expect("a job_id").to_owned();
+        (job, accepted)
+    }
+
     /// Receives envelopes up to and including the terminal frame of `job_id`.
     pub async fn recv_until_terminal(&mut self, job_id: &str) -> Vec<serde_json::Value> {
         let mut frames = Vec::new();
