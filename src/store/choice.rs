@@ -8,7 +8,7 @@ use super::{
     idempotency::redis::RedisIdempotencyStore,
     jobs::redis::RedisJobDirectory,
     log::{redis::RedisEventLog, LogLimits},
-    redis::Redis,
+    redis::{Redis, RedisSettings},
     resume::redis::RedisResumeRegistry,
     session::redis::RedisSessionStore,
     Stores,
@@ -52,10 +52,12 @@ impl fmt::Debug for StoreChoice {
 
 impl Stores {
     /// The stores `choice` names, for replica `replica`, with logs within `limits`; Redis keys
-    /// start with `prefix`. Connects on first use, so this fails only on a malformed address.
+    /// start with `prefix`, and Redis outages are ridden out as `settings` say. Connects on
+    /// first use, so this fails only on a malformed address.
     pub fn open(
         choice: &StoreChoice,
         prefix: &str,
+        settings: RedisSettings,
         replica: &ReplicaId,
         limits: LogLimits,
     ) -> Result<Stores, ArcpError> {
@@ -63,21 +65,25 @@ impl Stores {
         match choice {
             StoreChoice::Memory => Ok(memory),
             StoreChoice::Redis(url) => {
-                Ok(memory.in_redis(&Redis::open(url, prefix)?, replica, limits))
+                let redis = Redis::open_with(url, prefix, settings)?;
+                Ok(memory.in_redis(&redis, replica, limits))
             }
         }
     }
 
     /// These stores with every kind that has a Redis implementation replaced by it, in
-    /// `redis`, as replica `replica` uses them, with event logs within `limits`.
+    /// `redis`, as replica `replica` uses them, with event logs within `limits`; their health
+    /// is whether `redis` answers.
     pub fn in_redis(self, redis: &Redis, replica: &ReplicaId, limits: LogLimits) -> Stores {
+        // Every kind has one now, so none of these is kept; a kind added without one would be.
+        drop(self);
         Stores {
             sessions: Arc::new(RedisSessionStore::new(redis)),
             resume: Arc::new(RedisResumeRegistry::new(redis)),
             logs: Arc::new(RedisEventLog::new(redis, limits)),
             idempotency: Arc::new(RedisIdempotencyStore::new(redis)),
             jobs: Arc::new(RedisJobDirectory::new(redis, replica.clone())),
-            ..self
+            health: Some(Arc::new(redis.clone())),
         }
     }
 }

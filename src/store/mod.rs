@@ -7,6 +7,7 @@
 //! - [`jobs`]: the job directory: lookups, listing, and cancel and subscribe by id.
 //! - [`idempotency`]: idempotency keys with an atomic claim (§7.2).
 //! - [`caps`]: the error every store answers a request over one of its caps with.
+//! - [`health`]: whether a shared store answers, for gRPC health.
 //!
 //! The session and job code reach state only through these traits, so a store shared between
 //! replicas can stand in for the memory ones. Their contract (what every implementation must
@@ -15,6 +16,7 @@
 
 pub mod caps;
 mod choice;
+pub mod health;
 pub mod idempotency;
 pub mod jobs;
 pub mod log;
@@ -27,6 +29,7 @@ use std::sync::Arc;
 pub use self::choice::StoreChoice;
 
 use self::{
+    health::StoreHealth,
     idempotency::{memory::MemoryIdempotencyStore, IdempotencyStore},
     jobs::{memory::MemoryJobDirectory, JobDirectory},
     log::{memory::MemoryEventLog, EventLog, LogLimits},
@@ -47,6 +50,9 @@ pub struct Stores {
     pub jobs: Arc<dyn JobDirectory>,
     /// Idempotency keys.
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Whether the stores answer, if they can fail to: `None` for stores in this process,
+    /// which always do.
+    pub health: Option<Arc<dyn StoreHealth>>,
 }
 
 impl Stores {
@@ -102,6 +108,7 @@ impl MemoryStores {
             logs: self.logs.clone(),
             jobs: self.jobs.clone(),
             idempotency: self.idempotency.clone(),
+            health: None,
         }
     }
 }

@@ -49,6 +49,7 @@ pub fn wrap(stores: Stores, hook: Arc<dyn Hook>) -> Stores {
         logs: Arc::new(Wrapped::new(stores.logs, &hook)),
         jobs: Arc::new(Wrapped::new(stores.jobs, &hook)),
         idempotency: Arc::new(Wrapped::new(stores.idempotency, &hook)),
+        health: stores.health,
     }
 }
 

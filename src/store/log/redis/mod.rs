@@ -22,7 +22,9 @@
 //!   `evicted_through`, `b` the bytes retained, `a` the bytes ever appended, `ws`/`we` the
 //!   window's start and where it ends in `a` (for `Appended::window_start`, moved on a frame at
 //!   a time as the memory log moves it), `f` the newest fence, `d` absent while attached, `l`
-//!   while detached and on the detached list, `u` while detached and holding nothing. A removed
+//!   while detached and on the detached list, `u` while detached and holding nothing; and for
+//!   each writer (a replica's handle) that appended, `w:WRITER`, the last batch of its own it
+//!   appended, `BATCH FIRST COUNT`, so that a batch sent again is not appended twice. A removed
 //!   log leaves `id` and `x = removed` for an hour, so that its handles can tell a removal from
 //!   a loss; a log found to have lost events is marked `x = lost`.
 //! - `…:log-newest`, a pub/sub channel: each append publishes `INCARNATION NEWEST`, a removal
@@ -43,6 +45,15 @@
 //! `release_through`, `detached` and `remove`; `create` is one plus the subscription, `open`
 //! two. A reader waiting for more listens on the channel and looks at Redis again each second,
 //! so no lost message keeps it waiting.
+//!
+//! # When Redis does not answer
+//!
+//! An append that Redis does not answer is tried again by the log's committer, as the same
+//! numbered batch, for `RedisSettings::append_retry` (10 s by default); past that appends
+//! fail, except a job's end, which waits for Redis (see `commit.rs`). A read that fails is the
+//! caller's to try again: the sessions' streams wait for their log as long as the committer
+//! does. A log that Redis lost meanwhile (restarted or flushed without persistence) fails
+//! every call with `RESUME_WINDOW_EXPIRED`, as above, once it answers again.
 //!
 //! # A single Redis, for now
 //!
@@ -83,6 +94,7 @@ use crate::{
 };
 
 use self::{
+    commit::CommitBounds,
     incarnation::{no_log, Gone, Incarnation},
     scripts::Scripts,
     session::RedisSessionLog,
@@ -103,6 +115,8 @@ struct Store {
     redis: RedisConnection,
     /// The limits, as the scripts take them.
     limits: Limits,
+    /// How each log's committer rides out an outage.
+    commit_bounds: CommitBounds,
     /// The store-wide keys of the budget.
     retained: String,
     detached: String,
@@ -129,7 +143,8 @@ struct LogKeys {
 }
 
 impl RedisEventLog {
-    /// A store in `redis`, under its prefix, within `limits`.
+    /// A store in `redis`, under its prefix, within `limits`, riding out outages as `redis`'s
+    /// settings say.
     pub fn new(redis: &Redis, limits: LogLimits) -> Self {
         let limits = LogLimits {
             max_frames: limits.max_frames.max(1),
@@ -144,6 +159,11 @@ impl RedisEventLog {
                     max_bytes: limits.max_bytes.to_string(),
                     window_bytes: limits.window_bytes().to_string(),
                     budget_bytes: limits.budget_bytes.to_string(),
+                },
+                commit_bounds: CommitBounds {
+                    retry_for: redis.settings().append_retry,
+                    max_queued_frames: limits.max_frames,
+                    max_queued_bytes: limits.max_bytes,
                 },
                 retained: format!("{prefix}:log-retained"),
                 detached: format!("{prefix}:log-detached"),

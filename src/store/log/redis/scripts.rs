@@ -78,14 +78,22 @@ redis.call('HSET', KEYS[2], 'id', ARGV[1], 'n', 0, 'e', 0, 'b', 0, 'a', 0, 'ws',
 return 1
 ";
 
-/// Appends the frames ARGV[10..] in order, numbering each, evicting beyond the log's bounds
-/// and the store's budget, and publishing the newest number. Returns `{1, first number,
-/// window start of each frame...}`, or `{standing}`.
+/// Appends the frames ARGV[12..] in order as batch ARGV[11] of writer ARGV[10], numbering
+/// each, evicting beyond the log's bounds and the store's budget, and publishing the newest
+/// number. Returns `{1, first number, window start of each frame...}`, or `{standing}`.
+///
+/// A writer's batches are numbered in the order it sends them, and the metadata keeps the last
+/// one applied (`w:WRITER`, `BATCH FIRST COUNT`): the same batch again, sent because its answer
+/// was lost, is not applied a second time but answered `{2, first number, window start...}`
+/// with the numbers it got (and the window as it stands now, which is later and so stricter);
+/// an older batch, one its writer gave up on that reached Redis after a newer one, is not
+/// applied at all and answered `{-4}`.
 /// KEYS: stream, metadata, retained bytes, detached sessions, detach order.
 /// ARGV: incarnation, the newest number the handle knows of, max frames, max bytes, window
-/// bytes, budget, key prefix, session, channel, frames.
+/// bytes, budget, key prefix, session, channel, writer, batch, frames.
 const APPEND: &str = r"
-local m = redis.call('HMGET', KEYS[2], 'id', 'x', 'n', 'e', 'b', 'a', 'ws', 'we', 'd')
+local writer = 'w:' .. ARGV[10]
+local m = redis.call('HMGET', KEYS[2], 'id', 'x', 'n', 'e', 'b', 'a', 'ws', 'we', 'd', writer)
 local stands = standing(m[1], m[2], ARGV[1])
 if stands ~= 1 then return {stands} end
 local n, e, b, a = tonumber(m[3]), tonumber(m[4]), tonumber(m[5]), tonumber(m[6])
@@ -95,12 +103,24 @@ if n < tonumber(ARGV[2]) then
   redis.call('PUBLISH', ARGV[9], ARGV[1] .. ' !')
   return {-3}
 end
+local batch = tonumber(ARGV[11])
+if m[10] then
+  local last, first, count = string.match(m[10], '^(%d+) (%d+) (%d+)$')
+  last = tonumber(last)
+  if last == batch then
+    local out = {2, tonumber(first)}
+    for _ = 1, tonumber(count) do out[#out + 1] = ws end
+    return out
+  elseif last and last > batch then
+    return {-4}
+  end
+end
 local max_frames, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
 local window, budget = tonumber(ARGV[5]), tonumber(ARGV[6])
 local total = tonumber(redis.call('GET', KEYS[3]) or 0)
 local trimmed = e
 local out = {1, n + 1}
-for i = 10, #ARGV do
+for i = 12, #ARGV do
   local size = #ARGV[i]
   n = n + 1
   a = a + size
@@ -137,7 +157,8 @@ for i = 10, #ARGV do
   end
 end
 if e > trimmed then redis.call('XTRIM', KEYS[1], 'MINID', e + 1) end
-redis.call('HSET', KEYS[2], 'n', n, 'e', e, 'b', b, 'a', a, 'ws', ws, 'we', we)
+redis.call('HSET', KEYS[2], 'n', n, 'e', e, 'b', b, 'a', a, 'ws', ws, 'we', we,
+  writer, batch .. ' ' .. out[2] .. ' ' .. (#ARGV - 11))
 if listing then redis.call('HSET', KEYS[2], 'd', listing) end
 redis.call('SET', KEYS[3], total)
 redis.call('PUBLISH', ARGV[9], ARGV[1] .. ' ' .. n)

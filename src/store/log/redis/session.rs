@@ -6,6 +6,11 @@
 //! message on the log's channel. Pub/sub may drop messages while its connection is down, so a
 //! resubscription wakes the readers to look again, and so does a timer, each second, for a
 //! message lost any other way.
+//!
+//! The handle is also the log's writer on this replica: its appends go to Redis in numbered
+//! batches (`commit.rs`) under a random writer id of its own, which the append script keys
+//! the last batch it applied by, so that a batch sent again after its answer was lost is not
+//! appended twice. The handle's drop forgets that record.
 
 use std::{
     sync::{
@@ -25,13 +30,16 @@ use crate::{
     ids::{Epoch, EventSeq, SessionId},
     store::{
         log::{evicted, Appended, LogBounds, LogEntry, SessionLog, Wait},
-        redis::notify::{Notice, Subscription},
+        redis::{
+            is_transient,
+            notify::{Notice, Subscription},
+        },
     },
     sync::wakeup::Wakeup,
 };
 
 use super::{
-    commit::{Batcher, Commits},
+    commit::{Batcher, CommitError, Commits},
     incarnation::{Gone, Incarnation},
     scripts::Standing,
     LogKeys, Store,
@@ -58,6 +66,9 @@ pub(super) struct RedisSessionLog {
     grew: Wakeup,
     subscription: OnceCell<Subscription>,
     commits: Commits,
+    /// This handle as the log's writer, in the metadata field `w:WRITER` the append script
+    /// keeps its last batch in.
+    writer: String,
 }
 
 impl RedisSessionLog {
@@ -69,7 +80,6 @@ impl RedisSessionLog {
     ) -> Arc<RedisSessionLog> {
         let keys = store.keys(&session);
         Arc::new_cyclic(|me| RedisSessionLog {
-            store,
             session,
             incarnation,
             keys,
@@ -79,7 +89,9 @@ impl RedisSessionLog {
             gone: OnceLock::new(),
             grew: Wakeup::default(),
             subscription: OnceCell::new(),
-            commits: Commits::default(),
+            commits: Commits::new(store.commit_bounds),
+            writer: format!("{:016x}", rand::random::<u64>()),
+            store,
         })
     }
 
@@ -293,13 +305,34 @@ impl RedisSessionLog {
 
 impl Drop for RedisSessionLog {
     fn drop(&mut self) {
-        let mut open = self.store.open.lock();
-        if open
-            .get(&self.session)
-            .is_some_and(|entry| Weak::ptr_eq(entry, &self.me))
         {
-            open.remove(&self.session);
+            let mut open = self.store.open.lock();
+            if open
+                .get(&self.session)
+                .is_some_and(|entry| Weak::ptr_eq(entry, &self.me))
+            {
+                open.remove(&self.session);
+            }
         }
+        // No batch of this writer can be sent again now: its record in the metadata goes. Best
+        // effort; one left behind (a crash, Redis down) is a few bytes, gone with the log.
+        if self.commits.batches_taken() == 0 {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, meta) = (self.store.clone(), self.keys.meta.clone());
+        let field = format!("w:{}", self.writer);
+        runtime.spawn(async move {
+            if let Ok(mut conn) = store.redis.get().await {
+                let _: Result<Value, _> = ::redis::cmd("HDEL")
+                    .arg(&meta)
+                    .arg(&field)
+                    .query_async(&mut conn)
+                    .await;
+            }
+        });
     }
 }
 
@@ -309,17 +342,22 @@ impl Batcher for RedisSessionLog {
         &self.commits
     }
 
+    fn label(&self) -> &str {
+        self.session.as_str()
+    }
+
     async fn commit(
         &self,
+        batch: u64,
         frames: &[StoredFrame],
         out: &mut Vec<Appended>,
-    ) -> Result<(), ArcpError> {
-        self.check_present()?;
+    ) -> Result<(), CommitError> {
+        self.check_present().map_err(CommitError::Failed)?;
         let store = &self.store;
         let known = self.newest.load(Ordering::Acquire);
         let script = &store.scripts.append;
         let bytes = frames.iter().map(StoredFrame::len).sum::<usize>() + 512;
-        let mut cmd = script.call(5, 9 + frames.len(), bytes);
+        let mut cmd = script.call(5, 11 + frames.len(), bytes);
         cmd.arg(&self.keys.stream)
             .arg(&self.keys.meta)
             .arg(&store.retained)
@@ -333,51 +371,64 @@ impl Batcher for RedisSessionLog {
             .arg(&store.limits.budget_bytes)
             .arg(store.redis.prefix())
             .arg(self.session.as_str())
-            .arg(&self.keys.channel);
+            .arg(&self.keys.channel)
+            .arg(&self.writer)
+            .arg(batch);
         for frame in frames {
             cmd.arg(frame.as_bytes());
         }
-        let mut conn = store.redis.get().await?;
-        let reply = script
-            .run(&mut conn, &cmd)
-            .await
-            .map_err(|e| store.redis.unavailable(e))?;
+        // Not connected is not answered: nothing was sent.
+        let mut conn = store.redis.get().await.map_err(CommitError::Unreachable)?;
+        let reply = script.run(&mut conn, &cmd).await.map_err(|e| {
+            let transient = is_transient(&e);
+            let error = store.redis.unavailable(e);
+            if transient {
+                CommitError::Unreachable(error)
+            } else {
+                CommitError::Failed(error)
+            }
+        })?;
         let Value::Array(reply) = reply else {
-            return Err(unexpected());
+            return Err(CommitError::Failed(unexpected()));
         };
         let mut reply = reply.iter().map(|v| match v {
             Value::Int(n) => Some(*n),
             _ => None,
         });
-        let standing = reply
-            .next()
-            .flatten()
-            .and_then(Standing::from_code)
-            .ok_or_else(unexpected)?;
-        if let Some(gone) = standing.gone() {
-            return Err(self.lose(gone));
+        let code = reply.next().flatten().ok_or_else(unexpected);
+        let code = code.map_err(CommitError::Failed)?;
+        if code == REPLAYED {
+            tracing::info!(
+                session = %self.session,
+                batch,
+                "Redis had appended a batch of the event log whose answer was lost; its frames \
+                 keep the numbers they got"
+            );
+        } else {
+            let standing = Standing::from_code(code).ok_or_else(unexpected);
+            if let Some(gone) = standing.map_err(CommitError::Failed)?.gone() {
+                return Err(CommitError::Failed(self.lose(gone)));
+            }
         }
-        let first = reply
-            .next()
-            .flatten()
-            .and_then(|n| u64::try_from(n).ok())
-            .ok_or_else(unexpected)?;
-        for (n, window_start) in reply.enumerate() {
-            let window_start = window_start
-                .and_then(|w| u64::try_from(w).ok())
-                .ok_or_else(unexpected)?;
-            out.push(Appended {
-                seq: EventSeq(first + n as u64),
-                window_start: EventSeq(window_start),
-            });
-        }
-        if out.len() != frames.len() {
-            return Err(unexpected());
-        }
+        let numbers = (|| {
+            let first = reply.next().flatten().and_then(|n| u64::try_from(n).ok())?;
+            for (n, window_start) in reply.enumerate() {
+                let window_start = window_start.and_then(|w| u64::try_from(w).ok())?;
+                out.push(Appended {
+                    seq: EventSeq(first + n as u64),
+                    window_start: EventSeq(window_start),
+                });
+            }
+            (out.len() == frames.len()).then_some(first)
+        })();
+        let first = numbers.ok_or_else(|| CommitError::Failed(unexpected()))?;
         self.saw(first + frames.len() as u64 - 1);
         Ok(())
     }
 }
+
+/// The append script's first answer for a batch it had applied before.
+const REPLAYED: i64 = 2;
 
 #[async_trait]
 impl SessionLog for RedisSessionLog {
