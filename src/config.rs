@@ -116,6 +116,13 @@ pub struct GatewayConfig {
     /// How many peers and principals the failure counts remember at most; past that the
     /// oldest are forgotten, so the memory they take is bounded.
     pub auth_failure_tracked: usize,
+    /// With a shared store, how long an outage of it is ridden out, from the first call that
+    /// found it not answering: a stream waits this long for its session's log to answer
+    /// again before it ends with a retryable `INTERNAL_ERROR` (the client resumes once the
+    /// store is back); and the Redis event log tries appends again for as long (see
+    /// [`RedisSettings::append_retry`](crate::store::redis::RedisSettings::append_retry),
+    /// which `arcp-gateway serve` sets to the same).
+    pub store_retry: Duration,
 }
 
 /// Room for a NAT gateway's worth of clients, not for a flood from one host.
@@ -159,6 +166,7 @@ impl Default for GatewayConfig {
             auth_failure_window: Duration::from_secs(60),
             auth_failure_delay: Duration::from_secs(1),
             auth_failure_tracked: 65_536,
+            store_retry: Duration::from_secs(10),
         }
     }
 }

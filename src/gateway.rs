@@ -158,6 +158,7 @@ impl GatewayBuilder {
                 hello_timeout: config.hello_timeout,
                 heartbeat_interval_sec: config.heartbeat_interval_sec,
                 max_sessions_per_principal: config.max_sessions_per_principal,
+                store_retry: config.store_retry,
             },
             attachments: Attachments::default(),
             shutdown: CancellationToken::new(),
@@ -394,16 +395,23 @@ impl Gateway {
         }
     }
 
-    /// Runs [`Gateway::sweep`] every `sweep_interval` until shutdown.
+    /// Runs [`Gateway::sweep`] every `sweep_interval` until shutdown, except while the
+    /// stores do not answer: a sweep could not succeed then, and would only log its failure
+    /// every interval.
     pub fn spawn_sweeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let gw = self.clone();
         tokio::spawn(async move {
+            let health = gw.stores.health.as_ref().map(|h| h.watch());
             let mut tick = tokio::time::interval(gw.config.sweep_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = gw.sessions.shutdown.cancelled() => return,
-                    _ = tick.tick() => gw.sweep().await,
+                    _ = tick.tick() => {
+                        if health.as_ref().is_none_or(|h| h.borrow().is_reachable()) {
+                            gw.sweep().await;
+                        }
+                    }
                 }
             }
         })

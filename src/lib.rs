@@ -24,6 +24,7 @@
 //!   [`store::log::cursor::LogCursor`] that reads replay and live frames in one loop),
 //!   [`store::jobs`] (the job directory) and [`store::idempotency`] (keys with an atomic
 //!   claim). `tests/store_contract.rs` holds the contract every implementation must keep.
+//!   [`store::health`] says whether a shared store answers, which gRPC health reports.
 //! - **Leases and credentials**: [`lease`] enforces grants, budgets and expiry, and checks
 //!   delegation (§9); [`credentials`] is the provisioner trait and its in-process upstream
 //!   (§9.8).

@@ -18,7 +18,7 @@ use arcp_gateway::{
     engine::Observers,
     ids::{Principal, ReplicaId},
     server,
-    store::{StoreChoice, Stores},
+    store::{redis::RedisSettings, StoreChoice, Stores},
     transport::ws,
     Gateway,
 };
@@ -197,6 +197,11 @@ struct ServeArgs {
     /// a retryable INTERNAL_ERROR and starts its sessions' resume windows on its next sweep.
     #[arg(long, default_value_t = 10.0, env = "ARCP_REPLICA_LEASE_SEC")]
     replica_lease_sec: f64,
+    /// With a shared store, how long an outage of it is ridden out, in milliseconds: job
+    /// events are tried again (and streams wait for them) this long from the first failure;
+    /// past it jobs end with a retryable INTERNAL_ERROR, logged once the store is back.
+    #[arg(long, default_value_t = 10_000, env = "ARCP_STORE_RETRY_MS")]
+    store_retry_ms: u64,
 }
 
 fn parse_token_pair(pair: &str) -> Result<(String, Principal), String> {
@@ -273,6 +278,7 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         auth_failure_tracked: args.auth_failure_tracked,
         replica_heartbeat,
         replica_lease,
+        store_retry: Duration::from_millis(args.store_retry_ms),
         ..GatewayConfig::default()
     };
     let auth = Authenticator::from_pairs(args.auth_tokens);
@@ -282,9 +288,13 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let replica = args
         .replica_id
         .map_or_else(ReplicaId::generate, ReplicaId::new);
+    let redis = RedisSettings {
+        append_retry: config.store_retry,
+    };
     let stores = Stores::open(
         &args.store,
         &args.redis_prefix,
+        redis,
         &replica,
         config.log_limits(),
     )?;

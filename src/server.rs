@@ -7,7 +7,7 @@
 //! first stream within [`GatewayConfig::connection_setup_timeout`] (`connection`), and a
 //! shutdown always ends within [`GatewayConfig::shutdown_grace`]: health turns NOT_SERVING
 //! (`health`), every stream is told to end, and whatever is still open when the grace ends is
-//! cut.
+//! cut. While the gateway's shared store does not answer, health is NOT_SERVING as well.
 //!
 //! [`GatewayConfig::connection_setup_timeout`]: crate::config::GatewayConfig::connection_setup_timeout
 //! [`GatewayConfig::shutdown_grace`]: crate::config::GatewayConfig::shutdown_grace
@@ -73,6 +73,11 @@ async fn serve_grpc(
     drained: CancellationToken,
 ) -> Result<(), ServeError> {
     let (health, health_service) = ServerHealth::serving().await;
+    let health = Arc::new(health);
+    let follower = gateway.stores().health.as_ref().map(|store| {
+        let (health, store) = (health.clone(), store.watch());
+        tokio::spawn(async move { health.follow_store(store).await })
+    });
     // grpcurl and most tools speak reflection v1; older ones only v1alpha.
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -137,6 +142,9 @@ async fn serve_grpc(
     };
     drained.cancel();
     sweeper.abort();
+    if let Some(follower) = follower {
+        follower.abort();
+    }
     Ok(result?)
 }
 

@@ -58,6 +58,8 @@ const FRAME_EVENT_SEQ: u32 = 6;
 /// The job payloads' field numbers (`job_accepted` to `job_subscribed`).
 const JOB_PAYLOADS: std::ops::RangeInclusive<u32> = 20..=25;
 const FRAME_JOB_EVENT: u32 = 21;
+/// The payloads that end a job: `job_result`, `job_error` and `job_cancelled`.
+const JOB_ENDS: std::ops::RangeInclusive<u32> = 22..=24;
 const EVENT_KIND: u32 = 1;
 const EVENT_TS: u32 = 2;
 const EVENT_LOG: u32 = 10;
@@ -163,6 +165,13 @@ impl StoredFrame {
                     .map_err(|_| corrupt("the job id is not UTF-8"));
             }
         }
+    }
+
+    /// Whether the frame ends its job ([`JobPayload::is_terminal`]), read from the payload's
+    /// field number alone.
+    pub fn ends_job(&self) -> bool {
+        let mut key = self.payload_field();
+        decode_key(&mut key).is_ok_and(|(tag, _)| JOB_ENDS.contains(&tag))
     }
 
     /// The frame in domain types, with its envelope id.
@@ -623,6 +632,20 @@ mod tests {
             s.summary.last_event_seq = s.subscribed_from;
         }
         payload
+    }
+
+    #[test]
+    fn a_stored_frame_knows_whether_it_ends_its_job() {
+        for frame in frames() {
+            let stored = StoredFrame::encode(&frame);
+            assert_eq!(
+                stored.ends_job(),
+                frame.payload.is_terminal(),
+                "{:?}",
+                frame.payload
+            );
+        }
+        assert!(frames().iter().any(|f| f.payload.is_terminal()));
     }
 
     #[test]

@@ -9,6 +9,12 @@
 //! one [`LogCursor`] from the resume point: replayed frames and live frames come out of the
 //! same loop, so they cannot overlap or leave a gap.
 //!
+//! A read of the log that fails because the store did not answer (a retryable error) is tried
+//! again, with back-off, for [`SessionSettings::store_retry`](super::SessionSettings) from the
+//! first such failure: a short outage of a shared store leaves the stream open, silent, and
+//! delivering again from where it was once the store answers; a longer one ends it with the
+//! error, and the client resumes once the store is back.
+//!
 //! Backpressure is end to end: the outbound half produces a frame only when the transport asks
 //! for one, and records what it delivered so the session's jobs stay within a window of it
 //! (`DeliveryPolicy::pace`); the log absorbs the rest. A reader blocked on a full reply queue
@@ -22,7 +28,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::{
     clock::Timestamp,
-    error::ArcpError,
+    error::{ArcpError, ErrorCode},
     ids::SessionId,
     protocol::control::{Control, ControlMessage},
     store::log::{cursor::LogCursor, LogEntry},
@@ -120,6 +126,8 @@ struct OutboundHalf {
     done: bool,
     /// How the stream ends once `done` and the rest of the batch is sent, if not cleanly.
     end: Option<StreamEnd>,
+    /// Since when reads of the log have failed because the store did not answer.
+    read_trouble: Option<Instant>,
     _reader: AbortOnDrop,
 }
 
@@ -184,6 +192,7 @@ impl OutboundHalf {
             check: Box::pin(tokio::time::sleep_until(last_sent)),
             done: false,
             end: None,
+            read_trouble: None,
             _reader: AbortOnDrop(reader),
         };
         let due = outbound.next_check();
@@ -212,6 +221,12 @@ impl OutboundHalf {
     /// Waits for the next thing to do and does it; returns the item it produced, if any.
     async fn step(&mut self) -> Option<OutboundItem> {
         let control = self.stream.control.clone();
+        let frames = next_frames(
+            &mut self.cursor,
+            &mut self.read_trouble,
+            self.stream.services.settings.store_retry,
+            self.stream.record.id(),
+        );
         let step = tokio::select! {
             biased;
             event = control.next_event(self.reader_open) => match event {
@@ -219,7 +234,7 @@ impl OutboundHalf {
                 StreamEvent::Reply(reply) => Step::Control(reply),
                 StreamEvent::ReaderDone => Step::ReaderDone,
             },
-            frames = self.cursor.next_batch() => Step::Frames(frames),
+            frames = frames => Step::Frames(frames),
             _ = &mut self.check, if self.heartbeat.is_some() => Step::Heartbeat,
         };
         match step {
@@ -245,7 +260,8 @@ impl OutboundHalf {
             }
             Step::Frames(Ok(frames)) => self.take(frames).await,
             Step::Frames(Err(error)) => {
-                // The cursor fell behind eviction: continuing would hide a gap.
+                // The cursor fell behind eviction, or the log is gone: continuing would hide a
+                // gap. Or the store has not answered for too long.
                 tracing::warn!(session = %self.stream.record.id(), "closing stream: {error}");
                 self.done = true;
                 Some(error_frame(self.session.clone(), None, error))
@@ -267,9 +283,15 @@ impl OutboundHalf {
         {
             Ok(true) => {}
             // Another stream holds the session now, perhaps on another replica, and its client
-            // gets these frames from it.
+            // gets these frames from it. Or the store lost the session's record, and then its
+            // log too (flushed, say): the log says which, so the client learns of the loss.
             Ok(false) => {
                 self.done = true;
+                if let Err(lost) = self.stream.log.bounds().await {
+                    if lost.code() == ErrorCode::ResumeWindowExpired {
+                        return Some(error_frame(self.session.clone(), None, lost));
+                    }
+                }
                 return Some(OutboundItem::End(StreamEnd::Superseded));
             }
             Err(error) => {
@@ -309,6 +331,45 @@ impl OutboundHalf {
         OutboundItem::Frame(self.session.clone(), Frame::Control(Box::new(control)))
     }
 }
+
+/// The cursor's next frames; a read that failed because the store did not answer
+/// (`INTERNAL_ERROR`, retryable) is tried again, with back-off, until reads have failed for
+/// `bound` since `trouble`, the first failure (kept by the caller, so that a read cancelled to
+/// send a control frame does not start the count over). Cancel-safe, as the cursor is.
+async fn next_frames(
+    cursor: &mut LogCursor,
+    trouble: &mut Option<Instant>,
+    bound: Duration,
+    session: &SessionId,
+) -> Result<Vec<LogEntry>, ArcpError> {
+    let mut backoff = READ_FIRST_BACKOFF;
+    loop {
+        match cursor.next_batch().await {
+            Ok(frames) => {
+                if trouble.take().is_some() {
+                    tracing::info!(session = %session, "the event log answers again; delivery goes on");
+                }
+                return Ok(frames);
+            }
+            Err(error) if error.code() == ErrorCode::InternalError => {
+                let since = *trouble.get_or_insert_with(|| {
+                    tracing::warn!(session = %session, "the event log does not answer; delivery waits for it for up to {bound:?}: {error}");
+                    Instant::now()
+                });
+                if since.elapsed() >= bound {
+                    return Err(error);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(READ_MAX_BACKOFF);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// The wait before a failed read of the log is tried again, doubling up to the most.
+const READ_FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const READ_MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 fn error_frame(
     sid: Option<SessionId>,

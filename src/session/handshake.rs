@@ -13,7 +13,10 @@
 //! armed: a handshake cut short at any await leaves, at worst, a session whose resume window
 //! is running, which the sweeper removes.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use crate::{
     auth::{
@@ -212,16 +215,16 @@ async fn resume_session(
     guard: &mut Option<DetachGuard>,
 ) -> Result<Attachment, ArcpError> {
     let id = check_token(services, conn, &principal, &resume).await?;
-    let record = services
-        .sessions
-        .open(&id)
-        .await
-        .map_err(|_| token_not_valid())?;
-    let log = services
-        .logs
-        .open(&id)
-        .await
-        .map_err(|_| token_not_valid())?;
+    // The token was valid, so its holder may learn why the session cannot be resumed: the
+    // store unavailable (retryable), or its log gone, and how (the store says if it lost it).
+    let record = services.sessions.open(&id).await.map_err(|e| {
+        if e.retryable() {
+            e
+        } else {
+            token_not_valid()
+        }
+    })?;
+    let log = services.logs.open(&id).await?;
     let after = resume.last_event_seq;
     // A resume that cannot succeed must not disturb the stream that holds the session.
     log.bounds().await?.check_resume_from(after)?;
@@ -274,7 +277,8 @@ async fn check_token(
         }
         checked => checked,
     };
-    if let Err(error) = &checked {
+    // A store that does not answer is no failure of the client's, to count against it.
+    if let Some(error) = checked.as_ref().err().filter(|e| !e.retryable()) {
         let failed = failure(Check::Resume, conn, Some(principal), error);
         services.throttle.failed(failed).await;
     }
@@ -358,17 +362,37 @@ async fn detach(
         }
     }
     let window = services.settings.resume_window;
-    match services
-        .resume
-        .start_window(session, epoch, SystemTime::now() + window)
-        .await
-    {
-        Ok(true) => {
-            tracing::info!(session = %session, window_sec = window.as_secs(), "transport detached; resume window started")
+    let deadline = SystemTime::now() + window;
+    let mut backoff = WINDOW_FIRST_BACKOFF;
+    let mut waited = false;
+    loop {
+        match services.resume.start_window(session, epoch, deadline).await {
+            Ok(true) => {
+                tracing::info!(session = %session, window_sec = window.as_secs(), "transport detached; resume window started");
+                return;
+            }
+            Ok(false) => {
+                tracing::debug!(session = %session, %epoch, "detach of an attachment that was taken over");
+                return;
+            }
+            // A session whose window never starts is never swept: the start (which sets the
+            // same deadline however often it runs) is tried until the store answers.
+            Err(e) if e.retryable() => {
+                if !std::mem::replace(&mut waited, true) {
+                    tracing::warn!(session = %session, "could not start the resume window yet; trying until the store answers: {e}");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(WINDOW_MAX_BACKOFF);
+            }
+            Err(e) => {
+                tracing::warn!(session = %session, "could not start the resume window: {e}");
+                return;
+            }
         }
-        Ok(false) => {
-            tracing::debug!(session = %session, %epoch, "detach of an attachment that was taken over")
-        }
-        Err(e) => tracing::warn!(session = %session, "could not start the resume window: {e}"),
     }
 }
+
+/// The wait before a resume window's start that the store did not answer is tried again,
+/// doubling up to the most.
+const WINDOW_FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const WINDOW_MAX_BACKOFF: Duration = Duration::from_secs(5);

@@ -112,6 +112,9 @@ pub(crate) struct SessionSettings {
     pub heartbeat_interval_sec: u32,
     /// Sessions one principal may hold at once (§14), checked when a hello creates one.
     pub max_sessions_per_principal: usize,
+    /// How long a stream waits for its session's log to answer again, from the first read
+    /// that failed because the store did not answer, before it ends with that error.
+    pub store_retry: Duration,
 }
 
 /// The streams attached to sessions on this process, so that a newer attachment here stops the

@@ -8,6 +8,7 @@
 //! - [`idempotency`]: idempotency keys with an atomic claim (§7.2).
 //! - [`replicas`]: which replicas sharing the stores are alive, and who takes over a lost one.
 //! - [`caps`]: the error every store answers a request over one of its caps with.
+//! - [`health`]: whether a shared store answers, for gRPC health.
 //!
 //! The session and job code reach state only through these traits, so a store shared between
 //! replicas can stand in for the memory ones. Their contract (what every implementation must
@@ -16,6 +17,7 @@
 
 pub mod caps;
 mod choice;
+pub mod health;
 pub mod idempotency;
 pub mod jobs;
 pub mod log;
@@ -29,10 +31,11 @@ use std::sync::Arc;
 pub use self::choice::StoreChoice;
 
 use self::{
+    health::StoreHealth,
     idempotency::{memory::MemoryIdempotencyStore, redis::RedisIdempotencyStore, IdempotencyStore},
     jobs::{memory::MemoryJobDirectory, redis::RedisJobDirectory, JobDirectory},
     log::{memory::MemoryEventLog, redis::RedisEventLog, EventLog, LogLimits},
-    redis::Redis,
+    redis::{Redis, RedisSettings},
     replicas::{memory::MemoryReplicas, redis::RedisReplicaRegistry, ReplicaRegistry},
     resume::{memory::MemoryResumeRegistry, redis::RedisResumeRegistry, ResumeRegistry},
     session::{memory::MemorySessionStore, redis::RedisSessionStore, SessionStore},
@@ -57,6 +60,9 @@ pub struct Stores {
     pub idempotency: Arc<dyn IdempotencyStore>,
     /// The replicas sharing these stores, and this one among them.
     pub replicas: Arc<dyn ReplicaRegistry>,
+    /// Whether the stores answer, if they can fail to: `None` for stores in this process,
+    /// which always do.
+    pub health: Option<Arc<dyn StoreHealth>>,
 }
 
 impl Stores {
@@ -116,30 +122,35 @@ impl MemoryStores {
             jobs: self.jobs.clone(),
             idempotency: self.idempotency.clone(),
             replicas: self.replicas.clone(),
+            health: None,
         }
     }
 }
 
 impl Stores {
     /// The stores `choice` names, for replica `replica`, with logs within `limits`; Redis keys
-    /// start with `prefix`. Connects on first use, so this fails only on a malformed address.
+    /// start with `prefix`, and Redis outages are ridden out as `settings` say. Connects on
+    /// first use, so this fails only on a malformed address.
     pub fn open(
         choice: &StoreChoice,
         prefix: &str,
+        settings: RedisSettings,
         replica: &ReplicaId,
         limits: LogLimits,
     ) -> Result<Stores, ArcpError> {
         match choice {
             StoreChoice::Memory => Ok(Stores::memory_with_limits(limits)),
             StoreChoice::Redis(url) => {
-                Ok(Stores::redis(&Redis::open(url, prefix)?, replica, limits))
+                let redis = Redis::open_with(url, prefix, settings)?;
+                Ok(Stores::redis(&redis, replica, limits))
             }
         }
     }
 
     /// Every store in `redis`, as replica `replica` uses them, with event logs within
     /// `limits`. They are one new instance of the replica ([`ReplicaInstance::start`]): what
-    /// they write names it, and the registry ([`Stores::replicas`]) keeps its lease.
+    /// they write names it, and the registry ([`Stores::replicas`]) keeps its lease. Their
+    /// health is whether `redis` answers.
     pub fn redis(redis: &Redis, replica: &ReplicaId, limits: LogLimits) -> Stores {
         let instance = ReplicaInstance::start(replica.clone());
         Stores {
@@ -149,6 +160,7 @@ impl Stores {
             idempotency: Arc::new(RedisIdempotencyStore::new(redis)),
             jobs: Arc::new(RedisJobDirectory::new(redis, instance.clone())),
             replicas: Arc::new(RedisReplicaRegistry::new(redis, instance)),
+            health: Some(Arc::new(redis.clone())),
         }
     }
 }

@@ -1,11 +1,12 @@
 //! `redis-server`s for the tests: one shared by the tests of this process, started on first
 //! use, and ones a test starts for itself ([`RedisServer`]). Each runs on a free loopback
-//! port with persistence off and is stopped when the process ends. A machine without
-//! redis-server fails the test that asks, saying how to get it.
+//! port, with persistence off unless the test asks for it, and is stopped when the process
+//! ends. A machine without redis-server fails the test that asks, saying how to get it.
 
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, TcpListener, TcpStream},
+    path::PathBuf,
     process::{Command, Stdio},
     sync::OnceLock,
     time::{Duration, Instant},
@@ -29,13 +30,15 @@ pub struct RedisServer {
     extra: Vec<String>,
     /// The server's pid while it runs.
     pid: Option<u32>,
+    /// Where it keeps its append-only file, if it persists what it holds.
+    data: Option<PathBuf>,
 }
 
 impl RedisServer {
     /// Starts a server on a free loopback port, with persistence off, stopped when dropped or
     /// when this process ends.
     pub fn start() -> RedisServer {
-        Self::start_with(Vec::new())
+        RedisServer::start_with(Vec::new(), None)
     }
 
     /// Starts a server that also serves TLS on a port of its own with the certificate and key
@@ -58,12 +61,25 @@ impl RedisServer {
         .map(str::to_owned)
         .to_vec();
         (
-            Self::start_with(extra),
+            RedisServer::start_with(extra, None),
             format!("rediss://127.0.0.1:{port}/0"),
         )
     }
 
-    fn start_with(extra: Vec<String>) -> RedisServer {
+    /// [`RedisServer::start`] with an append-only file synced on every write, in a directory
+    /// of its own, so that [`RedisServer::stop`] and [`RedisServer::start_again`] lose
+    /// nothing it answered.
+    pub fn start_persistent() -> RedisServer {
+        let data = std::env::temp_dir().join(format!(
+            "arcp-redis-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&data).expect("a data directory");
+        RedisServer::start_with(Vec::new(), Some(data))
+    }
+
+    fn start_with(extra: Vec<String>, data: Option<PathBuf>) -> RedisServer {
         if Command::new("redis-server")
             .arg("--version")
             .output()
@@ -80,6 +96,7 @@ impl RedisServer {
             url: format!("redis://127.0.0.1:{port}/0"),
             extra,
             pid: None,
+            data,
         };
         server.run();
         server
@@ -110,12 +127,64 @@ impl RedisServer {
         self.run();
     }
 
+    /// Starts it again after [`RedisServer::stop`], on the same port: empty, or with what it
+    /// held if it persists it ([`RedisServer::start_persistent`]).
+    pub fn start_again(&mut self) {
+        assert!(self.pid.is_none(), "the server still runs");
+        self.run();
+    }
+
+    /// Stops the server (SIGSTOP) without closing anything: connections stay open, and what
+    /// clients send waits in the kernel, unanswered, until [`RedisServer::resume`].
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT): it runs every command sent meanwhile, in order,
+    /// and answers them; returns once it answers a PING of its own.
+    pub fn resume(&self) {
+        self.signal("CONT");
+        let deadline = Instant::now() + FRAME_TIMEOUT;
+        while !answers_ping(self.port) {
+            assert!(Instant::now() < deadline, "redis-server did not come back");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `FLUSHALL`: everything it holds is gone, as after a restart without persistence but
+    /// with every connection left open.
+    pub fn flush_all(&self) {
+        let mut tcp = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).expect("connect");
+        tcp.set_read_timeout(Some(FRAME_TIMEOUT))
+            .expect("a timeout");
+        tcp.write_all(b"FLUSHALL\r\n").expect("send FLUSHALL");
+        let mut reply = [0u8; 5];
+        tcp.read_exact(&mut reply).expect("an answer to FLUSHALL");
+        assert_eq!(&reply, b"+OK\r\n");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.pid.expect("the server runs");
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} {pid} failed: {sent}");
+    }
+
     fn run(&mut self) {
         let port = self.port;
+        let persistence = match &self.data {
+            Some(dir) => format!(
+                "--appendonly yes --appendfsync always --dir '{}'",
+                dir.display()
+            ),
+            None => "--appendonly no".to_owned(),
+        };
         // The shell prints the server's pid, then stops the server once this process is gone,
         // however it ends.
         let watch = format!(
-            "redis-server --bind 127.0.0.1 --port {port} --save '' --appendonly no {extra} & server=$!; \
+            "redis-server --bind 127.0.0.1 --port {port} --save '' {persistence} {extra} & server=$!; \
              echo $server; \
              while kill -0 {parent} 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 0.2; done; \
              kill $server 2>/dev/null; wait $server",
@@ -156,7 +225,11 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // A paused server dies of SIGKILL all the same.
         self.stop();
+        if let Some(dir) = &self.data {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

@@ -51,6 +51,7 @@ pub fn wrap(stores: Stores, hook: Arc<dyn Hook>) -> Stores {
         jobs: Arc::new(Wrapped::new(stores.jobs, &hook)),
         idempotency: Arc::new(Wrapped::new(stores.idempotency, &hook)),
         replicas: Arc::new(Wrapped::new(stores.replicas, &hook)),
+        health: stores.health,
     }
 }
 

@@ -18,7 +18,7 @@ use arcp_gateway::{
         ClientFrame, ServerFrame,
     },
     server,
-    store::{log::LogLimits, StoreChoice, Stores},
+    store::{log::LogLimits, redis::RedisSettings, StoreChoice, Stores},
     transport::grpc::convert::to_value,
     Gateway,
 };
@@ -87,6 +87,7 @@ impl BenchStore<'_> {
             BenchStore::Redis(redis) => Stores::open(
                 &StoreChoice::Redis(redis.url.clone()),
                 "bench",
+                RedisSettings::default(),
                 &ReplicaId::new(replica),
                 limits,
             )?,

@@ -1,21 +1,67 @@
 //! What the Redis stores share: one [`Redis`] per replica, holding a multiplexed connection
 //! made on first use (so that building a gateway needs no Redis yet) that then reconnects by
-//! itself, the [`notify::Notifier`] the stores listen to each other's changes on, and the
-//! prefix every key starts with; and how Redis reaches a client when it fails.
+//! itself, the [`notify::Notifier`] the stores listen to each other's changes on, the prefix
+//! every key starts with, and the [`probe::Probe`] that tells gRPC health whether Redis
+//! answers; and how Redis reaches a client when it fails.
+//!
+//! # When Redis is in trouble
+//!
+//! Every connection times out (see `config.rs`), so a call against a Redis that is
+//! down, stopped or cut off fails within about three seconds, with a retryable
+//! `INTERNAL_ERROR` naming the store ([`RedisConnection::unavailable`]), rather than holding
+//! its caller for ever. A call that timed out may still have been applied (its command was
+//! sent; only the answer is missing): every change is one script, so it was applied whole or
+//! not at all, and the event log's appends, which its committer tries again, are numbered so
+//! that a second try is not applied twice (see `store::log::redis`). For how long those are
+//! tried again, see [`RedisSettings::append_retry`].
 
+mod config;
 pub(crate) mod notify;
+mod probe;
 
 use std::{
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use ::redis::{aio::ConnectionManager, Client, FromRedisValue, Pipeline, RedisError, Script};
-use tokio::sync::OnceCell;
+use ::redis::{
+    aio::ConnectionManager, Client, ErrorKind, FromRedisValue, Pipeline, RedisError, Script,
+    ServerErrorKind, Value,
+};
+use async_trait::async_trait;
+use tokio::sync::{watch, OnceCell};
 
-use crate::{error::ArcpError, ids::ReplicaId};
+use crate::{
+    error::ArcpError,
+    ids::ReplicaId,
+    store::health::{Reachability, StoreHealth},
+};
 
-use self::notify::Notifier;
+use self::{
+    config::connection_config,
+    notify::Notifier,
+    probe::{Probe, Target},
+};
+
+/// How a replica rides out a Redis that does not answer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RedisSettings {
+    /// How long the event log's committer keeps trying a batch of appends Redis does not
+    /// answer, counted from the first failure of the outage (see `store::log::redis`). Within
+    /// it a short outage costs a job nothing but time; past it appends fail, so jobs end with
+    /// a retryable `INTERNAL_ERROR` (the frames that end jobs are still tried until Redis
+    /// answers). The sessions' streams wait as long for their logs
+    /// ([`GatewayConfig::store_retry`](crate::config::GatewayConfig::store_retry)).
+    pub append_retry: Duration,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            append_retry: Duration::from_secs(10),
+        }
+    }
+}
 
 /// One Redis server (or primary), as every Redis store of one replica reaches it.
 #[derive(Clone)]
@@ -26,6 +72,20 @@ struct Shared {
     connection: OnceCell<ConnectionManager>,
     notifier: Arc<Notifier>,
     prefix: String,
+    settings: RedisSettings,
+    probe: Probe,
+}
+
+impl Shared {
+    /// The connection, made on first use.
+    async fn connection(&self) -> Result<ConnectionManager, RedisError> {
+        self.connection
+            .get_or_try_init(|| {
+                ConnectionManager::new_with_config(self.client.clone(), connection_config())
+            })
+            .await
+            .cloned()
+    }
 }
 
 impl Redis {
@@ -33,6 +93,11 @@ impl Redis {
     /// under `prefix`, so that several deployments (or test runs) can share one server.
     /// Connects on first use.
     pub fn open(url: &str, prefix: &str) -> Result<Redis, ArcpError> {
+        Redis::open_with(url, prefix, RedisSettings::default())
+    }
+
+    /// [`Redis::open`], riding out outages as `settings` say.
+    pub fn open_with(url: &str, prefix: &str, settings: RedisSettings) -> Result<Redis, ArcpError> {
         let bad = |e: RedisError| ArcpError::InvalidRequest(format!("redis address: {e}"));
         let client = Client::open(url).map_err(bad)?;
         let notifier = Notifier::new(&client).map_err(bad)?;
@@ -41,12 +106,19 @@ impl Redis {
             connection: OnceCell::new(),
             notifier: Arc::new(notifier),
             prefix: prefix.to_owned(),
+            settings,
+            probe: Probe::new(),
         })))
     }
 
     /// The prefix of every key.
     pub fn prefix(&self) -> &str {
         &self.0.prefix
+    }
+
+    /// How this replica rides out outages.
+    pub fn settings(&self) -> &RedisSettings {
+        &self.0.settings
     }
 
     /// The connection as `store` uses it, naming itself in its errors.
@@ -63,6 +135,32 @@ impl Redis {
     }
 }
 
+#[async_trait]
+impl Target for Shared {
+    async fn ping(&self) -> Result<(), String> {
+        let mut conn = self.connection().await.map_err(|e| e.to_string())?;
+        let _: Value = ::redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    async fn ping_notifier(&self) {
+        let _ = self.notifier.ping().await;
+    }
+
+    fn probe(&self) -> &Probe {
+        &self.probe
+    }
+}
+
+impl StoreHealth for Redis {
+    fn watch(&self) -> watch::Receiver<Reachability> {
+        self.0.probe.watch(&self.0)
+    }
+}
+
 /// The shared connection, as one store uses it.
 pub(crate) struct RedisConnection {
     redis: Redis,
@@ -73,12 +171,10 @@ pub(crate) struct RedisConnection {
 impl RedisConnection {
     /// The connection, made on first use.
     pub(crate) async fn get(&self) -> Result<ConnectionManager, ArcpError> {
-        let shared = &self.redis.0;
-        shared
-            .connection
-            .get_or_try_init(|| ConnectionManager::new(shared.client.clone()))
+        self.redis
+            .0
+            .connection()
             .await
-            .cloned()
             .map_err(|e| self.unavailable(e))
     }
 
@@ -92,10 +188,32 @@ impl RedisConnection {
         self.redis.notifier()
     }
 
-    /// A Redis failure, as the retryable error a client may try again after.
+    /// A Redis failure, as the retryable error a client may try again after; the probe looks
+    /// at Redis at once, so that health reflects an outage as soon as a call meets it.
     pub(crate) fn unavailable(&self, e: RedisError) -> ArcpError {
+        self.redis.0.probe.nudge();
         ArcpError::Internal(format!("the {} is unavailable: {e}", self.store))
     }
+}
+
+/// Whether `e` says that Redis did not take the call, for now: no answer (a connection that
+/// failed or timed out; the call may have been applied all the same), or an answer that it
+/// cannot serve yet (loading its data after a restart, a failover under way). Trying again
+/// later may succeed; any other error would come back the same.
+pub(crate) fn is_transient(e: &RedisError) -> bool {
+    e.is_io_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::ReadOnly
+            )
+        )
+        // A script that runs past Redis's busy limit holds every other call up.
+        || e.code() == Some("BUSY")
 }
 
 /// `at` as whole milliseconds since the Unix epoch, as the stores keep times in Redis.

@@ -19,12 +19,11 @@ use std::{
     },
 };
 
-use ::redis::{
-    aio::{ConnectionManager, ConnectionManagerConfig},
-    Client, PushInfo, PushKind, RedisError, Value,
-};
+use ::redis::{aio::ConnectionManager, Client, PushInfo, PushKind, RedisError, Value};
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
+
+use super::config::connection_config;
 
 /// What a listener hears on its channel.
 #[derive(Debug)]
@@ -85,7 +84,7 @@ impl Notifier {
         self.connection
             .get_or_try_init(|| {
                 let listeners = self.listeners.clone();
-                let config = ConnectionManagerConfig::new()
+                let config = connection_config()
                     .set_push_sender(move |push: PushInfo| {
                         listeners.dispatch(push);
                         Ok::<(), std::convert::Infallible>(())
@@ -95,6 +94,18 @@ impl Notifier {
             })
             .await
             .cloned()
+    }
+
+    /// PINGs the connection, if there is one yet, so that its manager finds out that it lost
+    /// it and reconnects (and resubscribes): a connection that only receives never does.
+    pub(crate) async fn ping(&self) -> Result<(), RedisError> {
+        let Some(connection) = self.connection.get() else {
+            return Ok(());
+        };
+        let _: Value = ::redis::cmd("PING")
+            .query_async(&mut connection.clone())
+            .await?;
+        Ok(())
     }
 
     /// Calls `listener` with every notice on `channel` until the returned subscription is

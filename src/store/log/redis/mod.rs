@@ -22,7 +22,9 @@
 //!   `evicted_through`, `b` the bytes retained, `a` the bytes ever appended, `ws`/`we` the
 //!   window's start and where it ends in `a` (for `Appended::window_start`, moved on a frame at
 //!   a time as the memory log moves it), `f` the newest fence, `d` absent while attached, `l`
-//!   while detached and on the detached list, `u` while detached and holding nothing. A removed
+//!   while detached and on the detached list, `u` while detached and holding nothing; and for
+//!   each writer (a replica's handle) that appended, `w:WRITER`, the last batch of its own it
+//!   appended, `BATCH FIRST COUNT`, so that a batch sent again is not appended twice. A removed
 //!   log leaves `id` and `x = removed` for an hour, so that its handles can tell a removal from
 //!   a loss; a log found to have lost events is marked `x = lost`. `lost:INSTANCE` marks each
 //!   replica instance fenced out of the log (`SessionLog::fence_replica`).
@@ -49,6 +51,15 @@
 //! the fence and those frames are one step, and a second fence of the same instance appends
 //! nothing. A reader waiting for more listens on the channel and looks at Redis again each second,
 //! so no lost message keeps it waiting.
+//!
+//! # When Redis does not answer
+//!
+//! An append that Redis does not answer is tried again by the log's committer, as the same
+//! numbered batch, for `RedisSettings::append_retry` (10 s by default); past that appends
+//! fail, except a job's end, which waits for Redis (see `commit.rs`). A read that fails is the
+//! caller's to try again: the sessions' streams wait for their log as long as the committer
+//! does. A log that Redis lost meanwhile (restarted or flushed without persistence) fails
+//! every call with `RESUME_WINDOW_EXPIRED`, as above, once it answers again.
 //!
 //! # A single Redis, for now
 //!
@@ -85,6 +96,7 @@ use crate::{
 };
 
 use self::{
+    commit::CommitBounds,
     incarnation::{no_log, Gone, Incarnation},
     scripts::Scripts,
     session::{Limits, RedisSessionLog, Store},
@@ -101,9 +113,9 @@ pub struct RedisEventLog {
 }
 
 impl RedisEventLog {
-    /// A store in `redis`, under its prefix, within `limits`, as replica instance `writer`
-    /// appends to it.
-    pub fn new(redis: &Redis, limits: LogLimits, writer: &ReplicaInstance) -> Self {
+    /// A store in `redis`, under its prefix, within `limits`, as replica instance `instance`
+    /// appends to it, riding out outages as `redis`'s settings say.
+    pub fn new(redis: &Redis, limits: LogLimits, instance: &ReplicaInstance) -> Self {
         let limits = LogLimits {
             max_frames: limits.max_frames.max(1),
             ..limits
@@ -118,10 +130,15 @@ impl RedisEventLog {
                     window_bytes: limits.window_bytes().to_string(),
                     budget_bytes: limits.budget_bytes.to_string(),
                 },
+                commit_bounds: CommitBounds {
+                    retry_for: redis.settings().append_retry,
+                    max_queued_frames: limits.max_frames,
+                    max_queued_bytes: limits.max_bytes,
+                },
                 retained: format!("{prefix}:log-retained"),
                 detached: format!("{prefix}:log-detached"),
                 detach_order: format!("{prefix}:log-detach-order"),
-                writer: writer.as_str().to_owned(),
+                instance: instance.as_str().to_owned(),
                 scripts: Scripts::new(),
                 open: Mutex::new(HashMap::new()),
             }),

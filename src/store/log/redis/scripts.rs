@@ -78,20 +78,32 @@ redis.call('HSET', KEYS[2], 'id', ARGV[1], 'n', 0, 'e', 0, 'b', 0, 'a', 0, 'ws',
 return 1
 ";
 
-/// Appends the frames ARGV[12..] for replica instance ARGV[10] in order, numbering each,
-/// evicting beyond the log's bounds and the store's budget, and publishing the newest number.
-/// Refused (`{-4}`) if ARGV[10] was fenced out of the log. With ARGV[11] not empty, first
-/// fences instance ARGV[11] out, and appends only if that is a new fence (else answers `{2}`).
-/// Returns `{1, first number, window start of each frame...}`, or `{standing}`.
+/// Appends the frames ARGV[14..] in order, numbering each, evicting beyond the log's bounds
+/// and the store's budget, and publishing the newest number. Returns `{1, first number, window
+/// start of each frame...}`, or `{standing}`.
+///
+/// The frames come from replica instance ARGV[10], and are refused (`{-6}`) if it was fenced
+/// out of the log. With ARGV[11] not empty, the script first fences instance ARGV[11] out, and
+/// appends only if that is a new fence (else answers `{3}`).
+///
+/// With ARGV[12] not empty, the frames are batch ARGV[13] of writer ARGV[12]. A writer's
+/// batches are numbered in the order it sends them, and the metadata keeps the last one applied
+/// (`w:WRITER`, `BATCH FIRST COUNT`): the same batch again, sent because its answer was lost,
+/// is not applied a second time but answered `{2, first number, window start...}` with the
+/// numbers it got (and the window as it stands now, which is later and so stricter); an older
+/// batch, one its writer gave up on that reached Redis after a newer one, is not applied at
+/// all and answered `{-4}`.
 /// KEYS: stream, metadata, retained bytes, detached sessions, detach order.
 /// ARGV: incarnation, the newest number the handle knows of, max frames, max bytes, window
-/// bytes, budget, key prefix, session, channel, writer, instance to fence, frames.
+/// bytes, budget, key prefix, session, channel, instance, instance to fence, writer, batch,
+/// frames.
 const APPEND: &str = r"
+local writer = 'w:' .. ARGV[12]
 local m = redis.call('HMGET', KEYS[2], 'id', 'x', 'n', 'e', 'b', 'a', 'ws', 'we', 'd',
-  'lost:' .. ARGV[10])
+  'lost:' .. ARGV[10], writer)
 local stands = standing(m[1], m[2], ARGV[1])
 if stands ~= 1 then return {stands} end
-if m[10] then return {-4} end
+if m[10] then return {-6} end
 local n, e, b, a = tonumber(m[3]), tonumber(m[4]), tonumber(m[5]), tonumber(m[6])
 local ws, we, listing = tonumber(m[7]), tonumber(m[8]), m[9]
 if n < tonumber(ARGV[2]) then
@@ -101,15 +113,27 @@ if n < tonumber(ARGV[2]) then
 end
 if ARGV[11] ~= '' then
   local fence = 'lost:' .. ARGV[11]
-  if redis.call('HEXISTS', KEYS[2], fence) == 1 then return {2} end
+  if redis.call('HEXISTS', KEYS[2], fence) == 1 then return {3} end
   redis.call('HSET', KEYS[2], fence, '1')
+end
+local batch = tonumber(ARGV[13])
+if ARGV[12] ~= '' and m[11] then
+  local last, first, count = string.match(m[11], '^(%d+) (%d+) (%d+)$')
+  last = tonumber(last)
+  if last == batch then
+    local out = {2, tonumber(first)}
+    for _ = 1, tonumber(count) do out[#out + 1] = ws end
+    return out
+  elseif last and last > batch then
+    return {-4}
+  end
 end
 local max_frames, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
 local window, budget = tonumber(ARGV[5]), tonumber(ARGV[6])
 local total = tonumber(redis.call('GET', KEYS[3]) or 0)
 local trimmed = e
 local out = {1, n + 1}
-for i = 12, #ARGV do
+for i = 14, #ARGV do
   local size = #ARGV[i]
   n = n + 1
   a = a + size
@@ -147,6 +171,9 @@ for i = 12, #ARGV do
 end
 if e > trimmed then redis.call('XTRIM', KEYS[1], 'MINID', e + 1) end
 redis.call('HSET', KEYS[2], 'n', n, 'e', e, 'b', b, 'a', a, 'ws', ws, 'we', we)
+if ARGV[12] ~= '' then
+  redis.call('HSET', KEYS[2], writer, batch .. ' ' .. out[2] .. ' ' .. (#ARGV - 13))
+end
 if listing then redis.call('HSET', KEYS[2], 'd', listing) end
 redis.call('SET', KEYS[3], total)
 redis.call('PUBLISH', ARGV[9], ARGV[1] .. ' ' .. n)

@@ -7,6 +7,11 @@
 //! resubscription wakes the readers to look again, and so does a timer, each second, for a
 //! message lost any other way.
 //!
+//! The handle is also the log's writer on this replica: its appends go to Redis in numbered
+//! batches (`commit.rs`) under a random writer id of its own, which the append script keys
+//! the last batch it applied by, so that a batch sent again after its answer was lost is not
+//! appended twice. The handle's drop forgets that record.
+//!
 //! The [`Store`] every handle of a replica shares lives here too, with the table of the
 //! handles it has, by session, so that the handles of one session share one subscription.
 
@@ -31,6 +36,7 @@ use crate::{
     store::{
         log::{evicted, Appended, LogBounds, LogEntry, SessionLog, Wait},
         redis::{
+            is_transient,
             notify::{Notice, Subscription},
             RedisConnection,
         },
@@ -39,7 +45,7 @@ use crate::{
 };
 
 use super::{
-    commit::{Batcher, Commits},
+    commit::{Batcher, CommitBounds, CommitError, Commits},
     incarnation::{Gone, Incarnation},
     scripts::{Scripts, Standing},
 };
@@ -54,7 +60,9 @@ pub(super) struct Store {
     pub(super) detached: String,
     pub(super) detach_order: String,
     /// The replica instance this replica is, as its appends name it.
-    pub(super) writer: String,
+    pub(super) instance: String,
+    /// How each log's committer rides out an outage.
+    pub(super) commit_bounds: CommitBounds,
     pub(super) scripts: Scripts,
     /// The logs this replica has handles on, so that the handles of one session share one
     /// subscription and one idea of the newest frame.
@@ -140,6 +148,9 @@ pub(super) struct RedisSessionLog {
     grew: Wakeup,
     subscription: OnceCell<Subscription>,
     commits: Commits,
+    /// This handle as the log's writer, in the metadata field `w:WRITER` the append script
+    /// keeps its last batch in.
+    writer: String,
 }
 
 impl RedisSessionLog {
@@ -151,7 +162,6 @@ impl RedisSessionLog {
     ) -> Arc<RedisSessionLog> {
         let keys = store.keys(&session);
         Arc::new_cyclic(|me| RedisSessionLog {
-            store,
             session,
             incarnation,
             keys,
@@ -161,7 +171,9 @@ impl RedisSessionLog {
             gone: OnceLock::new(),
             grew: Wakeup::default(),
             subscription: OnceCell::new(),
-            commits: Commits::default(),
+            commits: Commits::new(store.commit_bounds),
+            writer: format!("{:016x}", rand::random::<u64>()),
+            store,
         })
     }
 
@@ -375,38 +387,62 @@ impl RedisSessionLog {
 
 impl Drop for RedisSessionLog {
     fn drop(&mut self) {
-        let mut open = self.store.open.lock();
-        if open
-            .get(&self.session)
-            .is_some_and(|entry| Weak::ptr_eq(entry, &self.me))
         {
-            open.remove(&self.session);
+            let mut open = self.store.open.lock();
+            if open
+                .get(&self.session)
+                .is_some_and(|entry| Weak::ptr_eq(entry, &self.me))
+            {
+                open.remove(&self.session);
+            }
         }
+        // No batch of this writer can be sent again now: its record in the metadata goes. Best
+        // effort; one left behind (a crash, Redis down) is a few bytes, gone with the log.
+        if self.commits.batches_taken() == 0 {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, meta) = (self.store.clone(), self.keys.meta.clone());
+        let field = format!("w:{}", self.writer);
+        runtime.spawn(async move {
+            if let Ok(mut conn) = store.redis.get().await {
+                let _: Result<Value, _> = ::redis::cmd("HDEL")
+                    .arg(&meta)
+                    .arg(&field)
+                    .query_async(&mut conn)
+                    .await;
+            }
+        });
     }
 }
 
 /// What the append script did with a batch.
 enum Append {
-    /// Appended, the first as this number, with each frame's window start.
+    /// Appended (now or, for a batch sent again, before), the first as this number, with each
+    /// frame's window start.
     Appended { first: u64, windows: Vec<u64> },
     /// Nothing: the instance to fence was fenced out already.
     AlreadyFenced,
 }
 
 impl RedisSessionLog {
-    /// Runs the append script on `frames`, first fencing instance `fence` out if given; one
-    /// round trip.
+    /// Runs the append script on `frames` as batch `batch` of this handle's writer, or, with
+    /// `fence`, as the fence of that lost instance, which its own record makes safe to send
+    /// again; one round trip.
     async fn run_append(
         &self,
+        batch: Option<u64>,
         frames: &[StoredFrame],
         fence: Option<&str>,
-    ) -> Result<Append, ArcpError> {
-        self.check_present()?;
+    ) -> Result<Append, CommitError> {
+        self.check_present().map_err(CommitError::Failed)?;
         let store = &self.store;
         let known = self.newest.load(Ordering::Acquire);
         let script = &store.scripts.append;
         let bytes = frames.iter().map(StoredFrame::len).sum::<usize>() + 512;
-        let mut cmd = script.call(5, 11 + frames.len(), bytes);
+        let mut cmd = script.call(5, 13 + frames.len(), bytes);
         cmd.arg(&self.keys.stream)
             .arg(&self.keys.meta)
             .arg(&store.retained)
@@ -421,45 +457,58 @@ impl RedisSessionLog {
             .arg(store.redis.prefix())
             .arg(self.session.as_str())
             .arg(&self.keys.channel)
-            .arg(&store.writer)
+            .arg(&store.instance)
             .arg(fence.unwrap_or(""));
+        match batch {
+            Some(batch) => cmd.arg(&self.writer).arg(batch),
+            None => cmd.arg("").arg(""),
+        };
         for frame in frames {
             cmd.arg(frame.as_bytes());
         }
-        let mut conn = store.redis.get().await?;
-        let reply = script
-            .run(&mut conn, &cmd)
-            .await
-            .map_err(|e| store.redis.unavailable(e))?;
+        // Not connected is not answered: nothing was sent.
+        let mut conn = store.redis.get().await.map_err(CommitError::Unreachable)?;
+        let reply = script.run(&mut conn, &cmd).await.map_err(|e| {
+            let transient = is_transient(&e);
+            let error = store.redis.unavailable(e);
+            if transient {
+                CommitError::Unreachable(error)
+            } else {
+                CommitError::Failed(error)
+            }
+        })?;
         let Value::Array(reply) = reply else {
-            return Err(unexpected());
+            return Err(CommitError::Failed(unexpected()));
         };
         let mut reply = reply.iter().map(|v| match v {
             Value::Int(n) => Some(*n),
             _ => None,
         });
-        let code = reply.next().flatten().ok_or_else(unexpected)?;
-        match code {
-            FENCED => return Err(self.fenced()),
+        let code = reply.next().flatten().ok_or_else(unexpected);
+        match code.map_err(CommitError::Failed)? {
+            FENCED => return Err(CommitError::Failed(self.fenced())),
             ALREADY_FENCED => return Ok(Append::AlreadyFenced),
-            _ => {}
+            REPLAYED => tracing::info!(
+                session = %self.session,
+                batch,
+                "Redis had appended a batch of the event log whose answer was lost; its frames \
+                 keep the numbers they got"
+            ),
+            code => {
+                let standing = Standing::from_code(code).ok_or_else(unexpected);
+                if let Some(gone) = standing.map_err(CommitError::Failed)?.gone() {
+                    return Err(CommitError::Failed(self.lose(gone)));
+                }
+            }
         }
-        let standing = Standing::from_code(code).ok_or_else(unexpected)?;
-        if let Some(gone) = standing.gone() {
-            return Err(self.lose(gone));
-        }
-        let first = reply
-            .next()
-            .flatten()
-            .and_then(|n| u64::try_from(n).ok())
-            .ok_or_else(unexpected)?;
-        let windows = reply
-            .map(|w| w.and_then(|w| u64::try_from(w).ok()))
-            .collect::<Option<Vec<u64>>>()
-            .ok_or_else(unexpected)?;
-        if windows.len() != frames.len() {
-            return Err(unexpected());
-        }
+        let numbers = (|| {
+            let first = reply.next().flatten().and_then(|n| u64::try_from(n).ok())?;
+            let windows = reply
+                .map(|w| w.and_then(|w| u64::try_from(w).ok()))
+                .collect::<Option<Vec<u64>>>()?;
+            (windows.len() == frames.len()).then_some((first, windows))
+        })();
+        let (first, windows) = numbers.ok_or_else(|| CommitError::Failed(unexpected()))?;
         if !frames.is_empty() {
             self.saw(first + frames.len() as u64 - 1);
         }
@@ -470,15 +519,17 @@ impl RedisSessionLog {
     fn fenced(&self) -> ArcpError {
         ArcpError::Internal(format!(
             "replica {} was declared lost; session {}'s log takes nothing more from it",
-            self.store.writer, self.session
+            self.store.instance, self.session
         ))
     }
 }
 
-/// The append script's answer when the writer is fenced out of the log.
-const FENCED: i64 = -4;
+/// The append script's answer for a batch it had applied before: the numbers it got follow.
+const REPLAYED: i64 = 2;
 /// Its answer when the instance to fence was fenced out already.
-const ALREADY_FENCED: i64 = 2;
+const ALREADY_FENCED: i64 = 3;
+/// Its answer when this replica's instance was fenced out of the log.
+const FENCED: i64 = -6;
 
 #[async_trait]
 impl Batcher for RedisSessionLog {
@@ -486,12 +537,17 @@ impl Batcher for RedisSessionLog {
         &self.commits
     }
 
+    fn label(&self) -> &str {
+        self.session.as_str()
+    }
+
     async fn commit(
         &self,
+        batch: u64,
         frames: &[StoredFrame],
         out: &mut Vec<Appended>,
-    ) -> Result<(), ArcpError> {
-        match self.run_append(frames, None).await? {
+    ) -> Result<(), CommitError> {
+        match self.run_append(Some(batch), frames, None).await? {
             Append::Appended { first, windows } => {
                 for (n, window_start) in windows.into_iter().enumerate() {
                     out.push(Appended {
@@ -501,7 +557,7 @@ impl Batcher for RedisSessionLog {
                 }
                 Ok(())
             }
-            Append::AlreadyFenced => Err(unexpected()),
+            Append::AlreadyFenced => Err(CommitError::Failed(unexpected())),
         }
     }
 }
@@ -561,7 +617,8 @@ impl SessionLog for RedisSessionLog {
         frames: Vec<StoredFrame>,
     ) -> Result<Option<Vec<EventSeq>>, ArcpError> {
         self.commits.settle().await;
-        Ok(match self.run_append(&frames, Some(lost.as_str())).await? {
+        let fenced = self.run_append(None, &frames, Some(lost.as_str())).await;
+        Ok(match fenced.map_err(CommitError::into_error)? {
             Append::Appended { first, .. } => Some(
                 (0..frames.len() as u64)
                     .map(|n| EventSeq(first + n))
