@@ -1,16 +1,39 @@
-//! Group commit: the appends of one log on one replica that arrive while a batch is on its way
-//! to Redis go together in the next one, so a session whose jobs emit at once pays one round
-//! trip per batch rather than per frame.
+//! Group commit, pipelined: the appends of one log on one replica go to Redis in batches, and a
+//! few batches may be on their way at once, so a chatty job pays a round trip per batch rather
+//! than per frame, and Redis is not idle while a batch's answer comes back.
 //!
-//! Callers queue their frame and wait for its answer; a committer task takes what is queued, in
-//! order, sends it as one script call, answers each caller, and goes on until the queue is
-//! empty. The committer is a task of its own, not one of the callers, so a caller that gives up
-//! waiting cannot take a batch of others' frames down with it.
+//! Callers queue their frame; a committer task takes what is queued, in order, sends it as one
+//! script call, answers each caller, and goes on until the queue is empty. The committer is a
+//! task of its own, not one of the callers, so a caller that gives up waiting cannot take a
+//! batch of others' frames down with it.
 //!
-//! A caller cancelled while its frame is still queued takes it out: that append had no effect.
-//! Once its frame was taken into a batch it will be appended (or the batch fails as a whole),
-//! so the append took full effect; that the caller's later calls see it is what
-//! [`Commits::settle`] is for.
+//! # Batches
+//!
+//! A batch carries at most [`MAX_BATCH_FRAMES`] frames and about [`MAX_BATCH_BYTES`]. With no
+//! batch in flight, whatever is queued goes at once: a lone frame waits for nothing. While
+//! batches are in flight, the next one goes as soon as a whole batch is queued, up to
+//! [`MAX_IN_FLIGHT`] of them; a part batch waits for the batches in flight to come back, which
+//! is its linger. Redis runs one connection's commands in order, so batches sent one after
+//! another are numbered in that order, gap-free.
+//!
+//! # Order when a batch fails
+//!
+//! A batch that fails (a dropped connection, a script Redis lost and has to load again) must not
+//! leave the batches sent behind it to be appended ahead of it, were it tried again or sent
+//! again on a new connection. So each batch sent while another is in flight names that one
+//! ([`Link::after`]), and the append script refuses it unless that batch is the last this
+//! writer appended to the log. A batch sent with none in flight starts a new chain: every batch
+//! before it has been answered. A failed batch thus fails the ones chained behind it that it
+//! did not precede in Redis; the committer waits for those before it sends more, so that the
+//! frames queued later go in a new chain, after them all.
+//!
+//! # Cancellation
+//!
+//! A caller of [`Commits::append`] cancelled while its frame is still queued takes it out:
+//! that append had no effect. Once its frame was taken into a batch it will be appended (or
+//! the batch fails as a whole), so the append took full effect; that the caller's later calls
+//! see it is what [`Commits::settle`] is for. A frame queued with [`Commits::queue`] stays
+//! queued whatever becomes of its answer.
 
 use std::{
     collections::VecDeque,
@@ -21,6 +44,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use futures::{stream::FuturesOrdered, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
@@ -28,8 +52,22 @@ use crate::{encoding::StoredFrame, error::ArcpError, store::log::Appended, sync:
 
 /// The most frames one batch carries, and about the most bytes: a script call holds Redis up
 /// for everyone while it runs.
-const MAX_BATCH_FRAMES: usize = 64;
+const MAX_BATCH_FRAMES: usize = 256;
 const MAX_BATCH_BYTES: usize = 256 * 1024;
+
+/// The most batches of one log on their way to Redis at once: enough that Redis has the next
+/// one while the answer to the last one travels back and is handed out.
+const MAX_IN_FLIGHT: usize = 3;
+
+/// A batch's place among this handle's batches.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) struct Link {
+    /// The batch's number; this handle's batches are numbered from 1 in the order they go.
+    pub(super) number: u64,
+    /// The batch in flight when this one went, which Redis must have appended last for this
+    /// writer; `None` for the first of a chain.
+    pub(super) after: Option<u64>,
+}
 
 /// What commits a batch: a log.
 #[async_trait]
@@ -37,10 +75,12 @@ pub(super) trait Batcher: Send + Sync + 'static {
     /// The log's queue.
     fn commits(&self) -> &Commits;
 
-    /// Appends `frames` in order, all or none, and pushes what each append did onto `out`.
+    /// Appends `frames` in order, all or none, and pushes what each append did onto `out`;
+    /// with [`Link::after`], only if that batch is the last this writer appended.
     async fn commit(
         &self,
         frames: &[StoredFrame],
+        link: Link,
         out: &mut Vec<Appended>,
     ) -> Result<(), ArcpError>;
 }
@@ -53,12 +93,18 @@ pub(super) struct Commits {
     answered: AtomicU64,
     /// Wakes [`Commits::settle`] when a batch is answered.
     batch_done: Wakeup,
+    /// Wakes the committer, waiting for batches in flight, when a whole batch is queued.
+    batch_queued: Wakeup,
 }
+
+type Answer = oneshot::Sender<Result<Appended, ArcpError>>;
 
 #[derive(Default)]
 struct Queue {
     /// Frames waiting for a batch, by ticket.
     waiting: VecDeque<Queued>,
+    /// The bytes of the frames waiting.
+    bytes: usize,
     /// The last ticket given out; tickets follow the order of the queue.
     issued: u64,
     /// The last ticket taken into a batch.
@@ -67,12 +113,29 @@ struct Queue {
     committing: bool,
     /// The last ticket whose caller stopped waiting after its frame was taken.
     abandoned: u64,
+    /// The number of the last batch taken.
+    batches: u64,
+}
+
+impl Queue {
+    /// Whether a whole batch is waiting.
+    fn has_batch(&self) -> bool {
+        self.waiting.len() >= MAX_BATCH_FRAMES || self.bytes >= MAX_BATCH_BYTES
+    }
 }
 
 struct Queued {
     ticket: u64,
     frame: StoredFrame,
-    answer: oneshot::Sender<Result<Appended, ArcpError>>,
+    answer: Answer,
+}
+
+/// A batch on its way: its frames' answers, and its last ticket.
+struct Batch {
+    frames: Vec<StoredFrame>,
+    answers: Vec<Answer>,
+    link: Link,
+    last: u64,
 }
 
 impl Commits {
@@ -81,10 +144,39 @@ impl Commits {
         log: Arc<L>,
         frame: StoredFrame,
     ) -> Result<Appended, ArcpError> {
+        let (ticket, answered) = Commits::enqueue(&log, frame);
+        let mut waiting = Waiting {
+            commits: log.commits(),
+            ticket,
+            answered: false,
+        };
+        let outcome = answered.await;
+        waiting.answered = true;
+        outcome.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    /// Queues `frame` for `log`'s next batch and returns at once; the receiver gets what the
+    /// append did. Dropping it leaves the frame queued.
+    pub(super) fn queue<L: Batcher>(
+        log: Arc<L>,
+        frame: StoredFrame,
+    ) -> oneshot::Receiver<Result<Appended, ArcpError>> {
+        Commits::enqueue(&log, frame).1
+    }
+
+    /// Puts `frame` at the end of the queue, starting a committer if none runs; returns its
+    /// ticket and where its answer comes.
+    fn enqueue<L: Batcher>(
+        log: &Arc<L>,
+        frame: StoredFrame,
+    ) -> (u64, oneshot::Receiver<Result<Appended, ArcpError>>) {
         let (answer, answered) = oneshot::channel();
-        let (ticket, start) = {
-            let mut queue = log.commits().queue.lock();
+        let commits = log.commits();
+        let (ticket, start, whole) = {
+            let mut queue = commits.queue.lock();
+            let had_batch = queue.has_batch();
             queue.issued += 1;
+            queue.bytes += frame.len();
             let ticket = queue.issued;
             queue.waiting.push_back(Queued {
                 ticket,
@@ -93,23 +185,14 @@ impl Commits {
             });
             let start = !queue.committing;
             queue.committing = true;
-            (ticket, start)
-        };
-        let mut waiting = Waiting {
-            commits: log.commits(),
-            ticket,
-            answered: false,
+            (ticket, start, !had_batch && queue.has_batch())
         };
         if start {
             tokio::spawn(commit_all(log.clone()));
+        } else if whole {
+            commits.batch_queued.notify();
         }
-        let outcome = answered.await;
-        waiting.answered = true;
-        outcome.unwrap_or_else(|_| {
-            Err(ArcpError::Internal(
-                "the event log's committer stopped before answering".into(),
-            ))
-        })
+        (ticket, answered)
     }
 
     /// Returns once every append whose caller stopped waiting after its frame went into a
@@ -125,18 +208,34 @@ impl Commits {
             .await;
     }
 
-    /// Moves the next batch out of the queue into `frames` and `answers`; returns its last
-    /// ticket, or `None` (and marks the committer stopped) if the queue is empty.
-    fn take(
-        &self,
-        frames: &mut Vec<StoredFrame>,
-        answers: &mut Vec<oneshot::Sender<Result<Appended, ArcpError>>>,
-    ) -> Option<u64> {
+    /// Moves the next batch out of the queue, if one may go: any frames when `alone` (no
+    /// batch is in flight), else only a whole batch. `after` is the batch in flight last sent.
+    /// Marks the committer stopped when the queue is empty and it is `alone`.
+    fn take(&self, alone: bool, after: Option<u64>) -> Option<Batch> {
         let mut queue = self.queue.lock();
+        if queue.waiting.is_empty() {
+            if alone {
+                queue.committing = false;
+            }
+            return None;
+        }
+        if !alone && !queue.has_batch() {
+            return None;
+        }
+        let mut batch = Batch {
+            frames: Vec::new(),
+            answers: Vec::new(),
+            link: Link {
+                number: 0,
+                after: if alone { None } else { after },
+            },
+            last: 0,
+        };
         let mut bytes = 0;
         while let Some(next) = queue.waiting.front() {
-            if !frames.is_empty()
-                && (frames.len() == MAX_BATCH_FRAMES || bytes + next.frame.len() > MAX_BATCH_BYTES)
+            if !batch.frames.is_empty()
+                && (batch.frames.len() == MAX_BATCH_FRAMES
+                    || bytes + next.frame.len() > MAX_BATCH_BYTES)
             {
                 break;
             }
@@ -145,14 +244,14 @@ impl Commits {
             };
             bytes += next.frame.len();
             queue.taken = next.ticket;
-            frames.push(next.frame);
-            answers.push(next.answer);
+            batch.frames.push(next.frame);
+            batch.answers.push(next.answer);
         }
-        if frames.is_empty() {
-            queue.committing = false;
-            return None;
-        }
-        Some(queue.taken)
+        queue.bytes -= bytes;
+        queue.batches += 1;
+        batch.link.number = queue.batches;
+        batch.last = queue.taken;
+        Some(batch)
     }
 
     fn answered_through(&self, ticket: u64) {
@@ -161,45 +260,85 @@ impl Commits {
     }
 }
 
-/// Commits batches until the queue is empty.
+fn stopped() -> ArcpError {
+    ArcpError::Internal("the event log's committer stopped before answering".into())
+}
+
+/// Commits batches, a few at a time, until the queue is empty and every batch is answered.
 async fn commit_all<L: Batcher>(log: Arc<L>) {
     let commits = log.commits();
-    // If this task is dropped (the runtime shutting down), the batch it held counts as
-    // answered, its callers learn it failed, and the next append starts a committer again.
+    // If this task is dropped (the runtime shutting down), the batches it held count as
+    // answered, their callers learn they failed, and the next append starts a committer again.
     let mut stopped = Stopped {
         commits,
         taken: 0,
         done: false,
     };
-    let mut frames = Vec::new();
-    let mut answers = Vec::new();
-    let mut done = Vec::new();
-    while let Some(last) = commits.take(&mut frames, &mut answers) {
-        stopped.taken = last;
-        done.clear();
-        let outcome = log.commit(&frames, &mut done).await;
-        frames.clear();
-        match outcome {
-            Ok(()) if done.len() == answers.len() => {
-                for (answer, appended) in answers.drain(..).zip(done.drain(..)) {
-                    let _ = answer.send(Ok(appended));
-                }
-            }
-            Ok(()) => {
-                let e = ArcpError::Internal("the event log answered for too few frames".into());
-                for answer in answers.drain(..) {
-                    let _ = answer.send(Err(e.clone()));
-                }
-            }
-            Err(e) => {
-                for answer in answers.drain(..) {
-                    let _ = answer.send(Err(e.clone()));
-                }
-            }
+    let mut in_flight = FuturesOrdered::new();
+    let mut last_sent = None;
+    // Set when a batch failed: the batches chained behind it fail too unless it was appended
+    // after all, so the next batch waits for them and starts a chain of its own.
+    let mut failed = false;
+    loop {
+        failed &= !in_flight.is_empty();
+        while in_flight.len() < MAX_IN_FLIGHT && !failed {
+            let Some(batch) = commits.take(in_flight.is_empty(), last_sent) else {
+                break;
+            };
+            stopped.taken = batch.last;
+            last_sent = Some(batch.link.number);
+            in_flight.push_back(send(log.clone(), batch));
         }
-        commits.answered_through(last);
+        if in_flight.is_empty() {
+            break;
+        }
+        let room = in_flight.len() < MAX_IN_FLIGHT;
+        let whole_batch = commits
+            .batch_queued
+            .wait_until(|| commits.queue.lock().has_batch());
+        tokio::select! {
+            biased;
+            answered = in_flight.next() => {
+                if let Some((batch, outcome)) = answered {
+                    let last = batch.last;
+                    failed |= outcome.is_err();
+                    answer(batch, outcome);
+                    commits.answered_through(last);
+                }
+            }
+            () = whole_batch, if room && !failed => {}
+        }
     }
     stopped.done = true;
+}
+
+/// Sends `batch` to `log`'s store; resolves to it with what each append did.
+async fn send<L: Batcher>(log: Arc<L>, batch: Batch) -> (Batch, Result<Vec<Appended>, ArcpError>) {
+    let mut done = Vec::with_capacity(batch.frames.len());
+    let outcome = log.commit(&batch.frames, batch.link, &mut done).await;
+    (batch, outcome.map(|()| done))
+}
+
+/// Hands each caller of `batch` what its append did.
+fn answer(batch: Batch, outcome: Result<Vec<Appended>, ArcpError>) {
+    match outcome {
+        Ok(done) if done.len() == batch.answers.len() => {
+            for (answer, appended) in batch.answers.into_iter().zip(done) {
+                let _ = answer.send(Ok(appended));
+            }
+        }
+        Ok(_) => {
+            let e = ArcpError::Internal("the event log answered for too few frames".into());
+            for answer in batch.answers {
+                let _ = answer.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            for answer in batch.answers {
+                let _ = answer.send(Err(e.clone()));
+            }
+        }
+    }
 }
 
 /// A committer's end, however it ends.
@@ -238,7 +377,9 @@ impl Drop for Waiting<'_> {
                 .waiting
                 .binary_search_by_key(&self.ticket, |q| q.ticket)
             {
-                queue.waiting.remove(at);
+                if let Some(gone) = queue.waiting.remove(at) {
+                    queue.bytes -= gone.frame.len();
+                }
             }
         } else {
             queue.abandoned = queue.abandoned.max(self.ticket);
@@ -262,11 +403,13 @@ mod tests {
         },
     };
 
-    /// A log in memory whose commits wait for a permit each, recording the batches.
+    /// A log in memory whose commits wait for a permit each, recording the batches and their
+    /// links in the order they got their permits, as Redis takes them in the order they came.
     struct Recorder {
         commits: Commits,
         permits: Semaphore,
         batches: Mutex<Vec<Vec<String>>>,
+        links: Mutex<Vec<Link>>,
     }
 
     impl Default for Recorder {
@@ -275,6 +418,7 @@ mod tests {
                 commits: Commits::default(),
                 permits: Semaphore::new(0),
                 batches: Mutex::default(),
+                links: Mutex::default(),
             }
         }
     }
@@ -288,12 +432,14 @@ mod tests {
         async fn commit(
             &self,
             frames: &[StoredFrame],
+            link: Link,
             out: &mut Vec<Appended>,
         ) -> Result<(), ArcpError> {
             let permit = self.permits.acquire().await;
             permit
                 .map_err(|_| ArcpError::Internal("closed".into()))?
                 .forget();
+            self.links.lock().push(link);
             let mut batches = self.batches.lock();
             let before: usize = batches.iter().map(Vec::len).sum();
             batches.push(frames.iter().map(text).collect());
@@ -401,5 +547,42 @@ mod tests {
             log.batches.lock().clone(),
             vec![vec!["taken".to_owned()], vec!["kept".to_owned()]]
         );
+    }
+
+    #[tokio::test]
+    async fn whole_batches_go_while_others_are_in_flight_chained_behind_them() {
+        let log = Arc::new(Recorder::default());
+        let mut answers = vec![Commits::queue(log.clone(), frame("0"))];
+        until_batches_taken(&log, 1).await;
+        let behind = 3 * MAX_BATCH_FRAMES + 10;
+        for n in 1..=behind {
+            answers.push(Commits::queue(log.clone(), frame(&n.to_string())));
+        }
+        // Two whole batches join the first in flight; the third waits for room, the rest for
+        // every batch in flight to come back.
+        until_batches_taken(&log, 1 + 2 * MAX_BATCH_FRAMES as u64).await;
+        assert_eq!(log.commits.queue.lock().batches, 3);
+        log.permits.add_permits(5);
+        for (n, answer) in answers.into_iter().enumerate() {
+            let appended = within(answer).await.unwrap().unwrap();
+            assert_eq!(
+                appended.seq,
+                EventSeq(n as u64 + 1),
+                "answers in queue order"
+            );
+        }
+        let sizes: Vec<usize> = log.batches.lock().iter().map(Vec::len).collect();
+        let whole = MAX_BATCH_FRAMES;
+        assert_eq!(sizes, vec![1, whole, whole, whole, 10]);
+        let links = log.links.lock().clone();
+        let after: Vec<Option<u64>> = links.iter().map(|l| l.after).collect();
+        assert_eq!(
+            links.iter().map(|l| l.number).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
+        assert_eq!(after, vec![None, Some(1), Some(2), Some(3), None]);
+        let flat: Vec<String> = log.batches.lock().concat();
+        let queued: Vec<String> = (0..=behind).map(|n| n.to_string()).collect();
+        assert_eq!(flat, queued, "batches in queue order");
     }
 }

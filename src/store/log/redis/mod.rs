@@ -6,8 +6,9 @@
 //! - this file: [`RedisEventLog`], the store (create, open, remove, detach), and the keys.
 //! - `session.rs`: one session's log as a replica holds it, the [`SessionLog`] handle: reads,
 //!   live waiting, fences, releases.
-//! - `commit.rs`: group commit, the appends of one log that arrive while a batch is in flight
-//!   going to Redis together.
+//! - `commit.rs`: group commit, pipelined: one log's appends going to Redis in batches, a few
+//!   batches on their way at once.
+//! - `tail.rs`: the frames this replica appended last, which a reader here need not read back.
 //! - `scripts.rs`: the Lua scripts, one per kind of change.
 //! - `incarnation.rs`: the random id of each log's life, which exposes lost data.
 //!
@@ -22,9 +23,11 @@
 //!   `evicted_through`, `b` the bytes retained, `a` the bytes ever appended, `ws`/`we` the
 //!   window's start and where it ends in `a` (for `Appended::window_start`, moved on a frame at
 //!   a time as the memory log moves it), `f` the newest fence, `d` absent while attached, `l`
-//!   while detached and on the detached list, `u` while detached and holding nothing. A removed
-//!   log leaves `id` and `x = removed` for an hour, so that its handles can tell a removal from
-//!   a loss; a log found to have lost events is marked `x = lost`.
+//!   while detached and on the detached list, `u` while detached and holding nothing, and
+//!   `c:WRITER` for each replica's store that appended, the last batch it appended
+//!   (`HANDLE:BATCH`, see `commit.rs`), which keeps batches sent behind one another in order.
+//!   A removed log leaves `id` and `x = removed` for an hour, so that its handles can tell a
+//!   removal from a loss; a log found to have lost events is marked `x = lost`.
 //! - `…:log-newest`, a pub/sub channel: each append publishes `INCARNATION NEWEST`, a removal
 //!   `INCARNATION -`, a create over an existing log `INCARNATION +`, and a log found to have
 //!   lost events `INCARNATION !`.
@@ -38,8 +41,10 @@
 //! Every change is one script, so a cancelled call took full effect or none; the sequence
 //! number is assigned in the append script, so appends racing on several replicas never leave
 //! a gap or take a number twice. An append is one round trip (a batch of them, see `commit.rs`,
-//! is one too), and evicts, moves the window, enforces the budget and publishes in that same
-//! script; a read is one (`MULTI`, the metadata, `XRANGE`, `EXEC`), as are `bounds`, `fence`,
+//! is one too, and a few batches may be on their way at once), and evicts, moves the window,
+//! enforces the budget and publishes in that same script; a read is one (`MULTI`, the
+//! metadata, `XRANGE`, `EXEC`; or, for frames this replica appended, see `tail.rs`, the
+//! metadata and `XLEN`), as are `bounds`, `fence`,
 //! `release_through`, `detached` and `remove`; `create` is one plus the subscription, `open`
 //! two. A reader waiting for more listens on the channel and looks at Redis again each second,
 //! so no lost message keeps it waiting.
@@ -65,10 +70,11 @@ mod commit;
 mod incarnation;
 mod scripts;
 mod session;
+mod tail;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Weak},
+    sync::{atomic::AtomicU64, Arc, Weak},
     time::Duration,
 };
 
@@ -108,6 +114,11 @@ struct Store {
     detached: String,
     detach_order: String,
     scripts: Scripts,
+    /// This store's name as a writer of logs, random, for the append script to know which of
+    /// its batches it appended last (see `commit.rs`).
+    writer: String,
+    /// Handles made so far, numbering them.
+    handles: AtomicU64,
     /// The logs this replica has handles on, so that the handles of one session share one
     /// subscription and one idea of the newest frame.
     open: Mutex<HashMap<SessionId, Weak<RedisSessionLog>>>,
@@ -149,6 +160,8 @@ impl RedisEventLog {
                 detached: format!("{prefix}:log-detached"),
                 detach_order: format!("{prefix}:log-detach-order"),
                 scripts: Scripts::new(),
+                writer: format!("{:016x}", rand::random::<u64>()),
+                handles: AtomicU64::new(0),
                 open: Mutex::new(HashMap::new()),
             }),
         }
@@ -320,6 +333,9 @@ impl EventLog for RedisEventLog {
         if let Err(e) = detached.await {
             // Still counted attached: its frames are safe, and the budget may stay exceeded.
             tracing::warn!(session = %session, "event log not marked detached: {e}");
+        }
+        if let Some(log) = store.held(session) {
+            log.unread();
         }
     }
 }

@@ -78,14 +78,18 @@ redis.call('HSET', KEYS[2], 'id', ARGV[1], 'n', 0, 'e', 0, 'b', 0, 'a', 0, 'ws',
 return 1
 ";
 
-/// Appends the frames ARGV[10..] in order, numbering each, evicting beyond the log's bounds
-/// and the store's budget, and publishing the newest number. Returns `{1, first number,
-/// window start of each frame...}`, or `{standing}`.
+/// Appends the frames ARGV[13..] in order as batch ARGV[12] of writer ARGV[10], numbering
+/// each, evicting beyond the log's bounds and the store's budget, and publishing the newest
+/// number. Unless ARGV[11] is 0, refuses the batch (`{OUT_OF_ORDER}`) if batch ARGV[11] is not
+/// the last this writer appended: batches sent behind one another are never appended out of
+/// order. Returns `{1, first number, then (i, window start) for the batch's frame i (from 0)
+/// and each frame whose window start differs from the one before}`, or `{standing}`.
 /// KEYS: stream, metadata, retained bytes, detached sessions, detach order.
 /// ARGV: incarnation, the newest number the handle knows of, max frames, max bytes, window
-/// bytes, budget, key prefix, session, channel, frames.
+/// bytes, budget, key prefix, session, channel, writer, the batch before, the batch, frames.
 const APPEND: &str = r"
-local m = redis.call('HMGET', KEYS[2], 'id', 'x', 'n', 'e', 'b', 'a', 'ws', 'we', 'd')
+local chain = 'c:' .. ARGV[10]
+local m = redis.call('HMGET', KEYS[2], 'id', 'x', 'n', 'e', 'b', 'a', 'ws', 'we', 'd', chain)
 local stands = standing(m[1], m[2], ARGV[1])
 if stands ~= 1 then return {stands} end
 local n, e, b, a = tonumber(m[3]), tonumber(m[4]), tonumber(m[5]), tonumber(m[6])
@@ -95,18 +99,20 @@ if n < tonumber(ARGV[2]) then
   redis.call('PUBLISH', ARGV[9], ARGV[1] .. ' !')
   return {-3}
 end
+if ARGV[11] ~= '0' and m[10] ~= ARGV[11] then return {-5} end
 local max_frames, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
 local window, budget = tonumber(ARGV[5]), tonumber(ARGV[6])
 local total = tonumber(redis.call('GET', KEYS[3]) or 0)
 local trimmed = e
 local out = {1, n + 1}
-for i = 10, #ARGV do
+local told = -1
+for i = 13, #ARGV do
   local size = #ARGV[i]
   n = n + 1
   a = a + size
   b = b + size
   total = total + size
-  redis.call('XADD', KEYS[1], n .. '-0', 'f', ARGV[i])
+  redis.call('XADD', KEYS[1], n, 'f', ARGV[i])
   while n - e > max_frames or (b > max_bytes and n - e > 1) do
     e = e + 1
     local evicted = frame_size(KEYS[1], e)
@@ -121,7 +127,11 @@ for i = 10, #ARGV do
     ws = ws + 1
     we = we + frame_size(KEYS[1], ws)
   end
-  out[#out + 1] = ws
+  if ws ~= told then
+    out[#out + 1] = i - 13
+    out[#out + 1] = ws
+    told = ws
+  end
   if listing == 'u' then
     redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[5]), ARGV[8])
     listing = 'l'
@@ -137,7 +147,7 @@ for i = 10, #ARGV do
   end
 end
 if e > trimmed then redis.call('XTRIM', KEYS[1], 'MINID', e + 1) end
-redis.call('HSET', KEYS[2], 'n', n, 'e', e, 'b', b, 'a', a, 'ws', ws, 'we', we)
+redis.call('HSET', KEYS[2], 'n', n, 'e', e, 'b', b, 'a', a, 'ws', ws, 'we', we, chain, ARGV[12])
 if listing then redis.call('HSET', KEYS[2], 'd', listing) end
 redis.call('SET', KEYS[3], total)
 redis.call('PUBLISH', ARGV[9], ARGV[1] .. ' ' .. n)
@@ -235,6 +245,10 @@ redis.call('HSET', KEYS[1], 'x', 'lost')
 redis.call('PUBLISH', ARGV[3], ARGV[1] .. ' !')
 return 1
 ";
+
+/// What the append script answers for a batch it refused because the batch named before it
+/// was not the last its writer appended.
+pub(super) const OUT_OF_ORDER: i64 = -5;
 
 /// How a log stands against a handle's incarnation, as the scripts answer it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -24,21 +24,26 @@ use crate::{
     error::ArcpError,
     ids::{Epoch, EventSeq, SessionId},
     store::{
-        log::{evicted, Appended, LogBounds, LogEntry, SessionLog, Wait},
+        log::{evicted, Appended, LogBounds, LogEntry, QueuedAppend, SessionLog, Wait},
         redis::notify::{Notice, Subscription},
     },
     sync::wakeup::Wakeup,
 };
 
 use super::{
-    commit::{Batcher, Commits},
+    commit::{Batcher, Commits, Link},
     incarnation::{Gone, Incarnation},
-    scripts::Standing,
+    scripts::{Standing, OUT_OF_ORDER},
+    tail::Tail,
     LogKeys, Store,
 };
 
 /// How often a waiting reader looks at Redis even though it heard nothing.
 const RECHECK: Duration = Duration::from_secs(1);
+
+/// How many frames a reader that is behind takes per read: each read is a round trip, and so
+/// is recording what it delivered, so a reader of a chatty job takes them a thousand at a time.
+const READ_BATCH: usize = 1024;
 
 /// One incarnation of a session's log, as this replica reaches it.
 pub(super) struct RedisSessionLog {
@@ -58,6 +63,11 @@ pub(super) struct RedisSessionLog {
     grew: Wakeup,
     subscription: OnceCell<Subscription>,
     commits: Commits,
+    /// Which of the store's handles this is: each numbers its batches from 1, so the append
+    /// script knows a batch by both numbers.
+    handle_number: u64,
+    /// The frames this handle appended last, for its reader.
+    tail: parking_lot::Mutex<Tail>,
 }
 
 impl RedisSessionLog {
@@ -68,6 +78,7 @@ impl RedisSessionLog {
         incarnation: Incarnation,
     ) -> Arc<RedisSessionLog> {
         let keys = store.keys(&session);
+        let handle_number = store.handles.fetch_add(1, Ordering::Relaxed);
         Arc::new_cyclic(|me| RedisSessionLog {
             store,
             session,
@@ -80,6 +91,8 @@ impl RedisSessionLog {
             grew: Wakeup::default(),
             subscription: OnceCell::new(),
             commits: Commits::default(),
+            handle_number,
+            tail: parking_lot::Mutex::default(),
         })
     }
 
@@ -91,6 +104,11 @@ impl RedisSessionLog {
     /// The log's keys.
     pub(super) fn keys(&self) -> &LogKeys {
         &self.keys
+    }
+
+    /// The session detached: no stream here reads the log live any more.
+    pub(super) fn unread(&self) {
+        self.tail.lock().stop();
     }
 
     /// Records that the log reached `newest`, and wakes readers.
@@ -219,10 +237,64 @@ impl RedisSessionLog {
         self.lose(Gone::LostEvents)
     }
 
-    /// Up to `max` frames after `after`, as Redis holds them now.
+    /// Up to `max` frames after `after`, as Redis holds them now: from the tail when it holds
+    /// them, once Redis's metadata vouches for them; else from the stream.
     async fn read_now(&self, after: EventSeq, max: usize) -> Result<Vec<LogEntry>, ArcpError> {
         self.check_present()?;
         let known = self.newest.load(Ordering::Acquire);
+        let held = self.tail.lock().read(after, max);
+        match held {
+            Some(held) => self.read_held(after, known, held).await,
+            None => self.read_stream(after, max, known).await,
+        }
+    }
+
+    /// `held`, frames after `after` as the tail holds them, once the log's metadata says Redis
+    /// holds them too: the log is this handle's, holds every frame up to `known` (the newest
+    /// this handle heard of) and none after `after` was evicted, and its stream has as many
+    /// entries as the metadata counts. One round trip that brings no frame back. Frames after
+    /// the tail's are left for the next read.
+    async fn read_held(
+        &self,
+        after: EventSeq,
+        known: u64,
+        held: Vec<LogEntry>,
+    ) -> Result<Vec<LogEntry>, ArcpError> {
+        let mut conn = self.store.redis.get().await?;
+        let reply: Vec<Value> = ::redis::pipe()
+            .atomic()
+            .cmd("HMGET")
+            .arg(&self.keys.meta)
+            .arg(&["id", "x", "n", "e"])
+            .cmd("XLEN")
+            .arg(&self.keys.stream)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.store.redis.unavailable(e))?;
+        let [Value::Array(meta), Value::Int(entries)] =
+            <[Value; 2]>::try_from(reply).map_err(|_| unexpected())?
+        else {
+            return Err(unexpected());
+        };
+        let bounds = self.check_meta(&meta, known).await?;
+        if after < bounds.evicted_through {
+            return Err(evicted(after, bounds.evicted_through));
+        }
+        let counted = bounds.newest.get() - bounds.evicted_through.get();
+        if u64::try_from(entries).ok() != Some(counted) {
+            // The metadata says the frames are there and the stream does not have them.
+            return Err(self.lost_events(u64::MAX).await);
+        }
+        Ok(held)
+    }
+
+    /// Up to `max` frames after `after`, read from the stream.
+    async fn read_stream(
+        &self,
+        after: EventSeq,
+        max: usize,
+        known: u64,
+    ) -> Result<Vec<LogEntry>, ArcpError> {
         let mut conn = self.store.redis.get().await?;
         let reply: Vec<Value> = ::redis::pipe()
             .atomic()
@@ -312,6 +384,7 @@ impl Batcher for RedisSessionLog {
     async fn commit(
         &self,
         frames: &[StoredFrame],
+        link: Link,
         out: &mut Vec<Appended>,
     ) -> Result<(), ArcpError> {
         self.check_present()?;
@@ -319,7 +392,7 @@ impl Batcher for RedisSessionLog {
         let known = self.newest.load(Ordering::Acquire);
         let script = &store.scripts.append;
         let bytes = frames.iter().map(StoredFrame::len).sum::<usize>() + 512;
-        let mut cmd = script.call(5, 9 + frames.len(), bytes);
+        let mut cmd = script.call(5, 12 + frames.len(), bytes);
         cmd.arg(&self.keys.stream)
             .arg(&self.keys.meta)
             .arg(&store.retained)
@@ -333,7 +406,13 @@ impl Batcher for RedisSessionLog {
             .arg(&store.limits.budget_bytes)
             .arg(store.redis.prefix())
             .arg(self.session.as_str())
-            .arg(&self.keys.channel);
+            .arg(&self.keys.channel)
+            .arg(&store.writer)
+            .arg(match link.after {
+                Some(after) => format!("{}:{after}", self.handle_number),
+                None => "0".to_owned(),
+            })
+            .arg(format!("{}:{}", self.handle_number, link.number));
         for frame in frames {
             cmd.arg(frame.as_bytes());
         }
@@ -349,11 +428,14 @@ impl Batcher for RedisSessionLog {
             Value::Int(n) => Some(*n),
             _ => None,
         });
-        let standing = reply
-            .next()
-            .flatten()
-            .and_then(Standing::from_code)
-            .ok_or_else(unexpected)?;
+        let code = reply.next().flatten().ok_or_else(unexpected)?;
+        if code == OUT_OF_ORDER {
+            return Err(ArcpError::Internal(format!(
+                "the event log did not append batch {} of session {}: the batch before it failed",
+                link.number, self.session
+            )));
+        }
+        let standing = Standing::from_code(code).ok_or_else(unexpected)?;
         if let Some(gone) = standing.gone() {
             return Err(self.lose(gone));
         }
@@ -362,18 +444,34 @@ impl Batcher for RedisSessionLog {
             .flatten()
             .and_then(|n| u64::try_from(n).ok())
             .ok_or_else(unexpected)?;
-        for (n, window_start) in reply.enumerate() {
-            let window_start = window_start
-                .and_then(|w| u64::try_from(w).ok())
-                .ok_or_else(unexpected)?;
+        // Window starts come as (frame, start) where they change: nearly always once a batch.
+        let mut changes = Vec::new();
+        while let Some(frame) = reply.next() {
+            let start = reply.next().flatten();
+            let (Some(frame), Some(start)) = (
+                frame.and_then(|f| usize::try_from(f).ok()),
+                start.and_then(|s| u64::try_from(s).ok()),
+            ) else {
+                return Err(unexpected());
+            };
+            changes.push((frame, start));
+        }
+        let mut changes = changes.into_iter().peekable();
+        let mut window_start = None;
+        for n in 0..frames.len() {
+            if let Some((_, start)) = changes.next_if(|&(at, _)| at == n) {
+                window_start = Some(start);
+            }
+            let window_start = window_start.ok_or_else(unexpected)?;
             out.push(Appended {
                 seq: EventSeq(first + n as u64),
                 window_start: EventSeq(window_start),
             });
         }
-        if out.len() != frames.len() {
+        if changes.next().is_some() {
             return Err(unexpected());
         }
+        self.tail.lock().appended(EventSeq(first), frames);
         self.saw(first + frames.len() as u64 - 1);
         Ok(())
     }
@@ -390,6 +488,23 @@ impl SessionLog for RedisSessionLog {
         Commits::append(me, frame).await
     }
 
+    fn pipelines(&self) -> bool {
+        true
+    }
+
+    fn read_batch(&self) -> Option<usize> {
+        Some(READ_BATCH)
+    }
+
+    async fn queue_append(&self, frame: StoredFrame) -> Result<QueuedAppend, ArcpError> {
+        self.check_present()?;
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| Gone::Removed.error(&self.session))?;
+        Ok(QueuedAppend::answered_by(Commits::queue(me, frame)))
+    }
+
     async fn read(
         &self,
         after: EventSeq,
@@ -401,6 +516,10 @@ impl SessionLog for RedisSessionLog {
         loop {
             let subscriptions = self.subscriptions.load(Ordering::Acquire);
             let read = self.read_now(after, max).await?;
+            if wait == Wait::ForMore {
+                // A waiting read is a stream's, which has every frame through `after`.
+                self.tail.lock().taken(after);
+            }
             if !read.is_empty() || wait == Wait::No {
                 return Ok(read);
             }
