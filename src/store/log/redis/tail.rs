@@ -17,10 +17,11 @@ use std::collections::VecDeque;
 
 use crate::{encoding::StoredFrame, ids::EventSeq, store::log::LogEntry};
 
-/// The most frames a tail keeps, and about the most bytes: what a reader a little behind its
-/// jobs still finds here; one further behind reads the stream.
-const MAX_FRAMES: usize = 8192;
-const MAX_BYTES: usize = 4 * 1024 * 1024;
+/// The most frames a tail keeps, and about the most bytes. It holds what the live reader has
+/// not read yet, which pacing keeps within the flow window (8,192 frames by default) and the
+/// frames a job has on their way; a reader further behind reads the stream.
+const MAX_FRAMES: usize = 16 * 1024;
+const MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// An unbroken run of the frames this replica appended to one log last.
 #[derive(Default)]
