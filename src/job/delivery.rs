@@ -223,7 +223,8 @@ impl DeliveryPolicy {
         if frame.terminal || !to.acks {
             return Ok(Some(appended));
         }
-        if let Some(signal) = self.lag_signal(to, appended.seq, job_frame) {
+        if let Some((lag, acked)) = to.crossed_lag_limit(appended.seq, self.lag_limit) {
+            let signal = self.back_pressure(to, lag, acked, job_frame);
             let signalled = to.log.append_measured(StoredFrame::encode(&signal)).await?;
             return Ok(Some(signalled));
         }
@@ -256,8 +257,19 @@ impl DeliveryPolicy {
             return None;
         }
         let (lag, acked) = to.crossed_lag_limit(seq, self.lag_limit)?;
+        Some(self.back_pressure(to, lag, acked, job_frame))
+    }
+
+    /// The `back_pressure` status (§6.5) for `to`, `lag` frames behind its last ack `acked`.
+    fn back_pressure(
+        &self,
+        to: &Recipient,
+        lag: u64,
+        acked: EventSeq,
+        job_frame: impl FnOnce(JobPayload) -> JobFrame,
+    ) -> JobFrame {
         tracing::info!(session = %to.session, lag, "client lags; signalling back_pressure");
-        Some(job_frame(JobPayload::Event {
+        job_frame(JobPayload::Event {
             ts: Timestamp::now(),
             body: EventBody::Status {
                 phase: "back_pressure".into(),
@@ -267,7 +279,7 @@ impl DeliveryPolicy {
                 )),
                 credential: None,
             },
-        }))
+        })
     }
 
     /// How many frames a job may run ahead of its session's reader.
