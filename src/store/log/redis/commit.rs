@@ -14,7 +14,8 @@
 //! batches are in flight, the next one goes as soon as a whole batch is queued, up to
 //! [`MAX_IN_FLIGHT`] of them; a part batch waits for the batches in flight to come back, which
 //! is its linger. Redis runs one connection's commands in order, so batches sent one after
-//! another are numbered in that order, gap-free.
+//! another are numbered in that order, gap-free. All the logs of a store together have at most
+//! [`MAX_STORE_IN_FLIGHT`] batches on their way ([`Sending`]).
 //!
 //! # Order when a batch fails
 //!
@@ -46,7 +47,7 @@ use std::{
 use async_trait::async_trait;
 use futures::{stream::FuturesOrdered, StreamExt};
 use parking_lot::Mutex;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::{encoding::StoredFrame, error::ArcpError, store::log::Appended, sync::wakeup::Wakeup};
 
@@ -58,6 +59,23 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// The most batches of one log on their way to Redis at once: enough that Redis has the next
 /// one while the answer to the last one travels back and is handed out.
 const MAX_IN_FLIGHT: usize = 3;
+
+/// The most batches all the logs of one store have on their way at once (see [`Sending`]).
+const MAX_STORE_IN_FLIGHT: usize = 64;
+
+/// The batches a store's logs have on their way to Redis, together. Under more load than Redis
+/// keeps up with, the batches beyond [`MAX_STORE_IN_FLIGHT`] wait in their logs' queues, where
+/// their frames gather into larger batches, which Redis takes at less cost a frame, rather than
+/// in Redis, where every call of every store behind them would wait (and time out).
+#[derive(Clone)]
+pub(super) struct Sending(Arc<Semaphore>);
+
+impl Sending {
+    /// No batch on its way yet.
+    pub(super) fn new() -> Sending {
+        Sending(Arc::new(Semaphore::new(MAX_STORE_IN_FLIGHT)))
+    }
+}
 
 /// A batch's place among this handle's batches.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -86,9 +104,10 @@ pub(super) trait Batcher: Send + Sync + 'static {
 }
 
 /// One log's queue of appends, and what is known of the batches taken from it.
-#[derive(Default)]
 pub(super) struct Commits {
     queue: Mutex<Queue>,
+    /// Its store's batches on their way.
+    sending: Sending,
     /// The ticket of the last frame of the last batch answered.
     answered: AtomicU64,
     /// Wakes [`Commits::settle`] when a batch is answered.
@@ -139,6 +158,17 @@ struct Batch {
 }
 
 impl Commits {
+    /// An empty queue of a log of the store whose batches on their way `sending` counts.
+    pub(super) fn new(sending: &Sending) -> Commits {
+        Commits {
+            queue: Mutex::default(),
+            sending: sending.clone(),
+            answered: AtomicU64::new(0),
+            batch_done: Wakeup::default(),
+            batch_queued: Wakeup::default(),
+        }
+    }
+
     /// Appends `frame` to `log` in the next batch, and returns what the append did.
     pub(super) async fn append<L: Batcher>(
         log: Arc<L>,
@@ -208,20 +238,26 @@ impl Commits {
             .await;
     }
 
-    /// Moves the next batch out of the queue, if one may go: any frames when `alone` (no
-    /// batch is in flight), else only a whole batch. `after` is the batch in flight last sent.
-    /// Marks the committer stopped when the queue is empty and it is `alone`.
-    fn take(&self, alone: bool, after: Option<u64>) -> Option<Batch> {
+    /// Whether a batch may go: any frames when `alone` (no batch is in flight), else only a
+    /// whole batch. Marks the committer stopped when the queue is empty and it is `alone`.
+    fn has_next(&self, alone: bool) -> bool {
         let mut queue = self.queue.lock();
         if queue.waiting.is_empty() {
             if alone {
                 queue.committing = false;
             }
+            return false;
+        }
+        alone || queue.has_batch()
+    }
+
+    /// Moves the next batch out of the queue, if [`Commits::has_next`]. `after` is the batch
+    /// in flight last sent.
+    fn take(&self, alone: bool, after: Option<u64>) -> Option<Batch> {
+        if !self.has_next(alone) {
             return None;
         }
-        if !alone && !queue.has_batch() {
-            return None;
-        }
+        let mut queue = self.queue.lock();
         let mut batch = Batch {
             frames: Vec::new(),
             answers: Vec::new(),
@@ -281,24 +317,31 @@ async fn commit_all<L: Batcher>(log: Arc<L>) {
     let mut failed = false;
     loop {
         failed &= !in_flight.is_empty();
-        while in_flight.len() < MAX_IN_FLIGHT && !failed {
+        // Set when a batch may go but the store has as many on their way as it may.
+        let mut held_up = false;
+        while in_flight.len() < MAX_IN_FLIGHT && !failed && commits.has_next(in_flight.is_empty()) {
+            let Ok(sending) = commits.sending.0.clone().try_acquire_owned() else {
+                held_up = true;
+                break;
+            };
             let Some(batch) = commits.take(in_flight.is_empty(), last_sent) else {
                 break;
             };
             stopped.taken = batch.last;
             last_sent = Some(batch.link.number);
-            in_flight.push_back(send(log.clone(), batch));
+            in_flight.push_back(send(log.clone(), batch, sending));
         }
-        if in_flight.is_empty() {
+        if in_flight.is_empty() && !held_up {
             break;
         }
         let room = in_flight.len() < MAX_IN_FLIGHT;
         let whole_batch = commits
             .batch_queued
             .wait_until(|| commits.queue.lock().has_batch());
+        let sendable = commits.sending.0.clone().acquire_owned();
         tokio::select! {
             biased;
-            answered = in_flight.next() => {
+            answered = in_flight.next(), if !in_flight.is_empty() => {
                 if let Some((batch, outcome)) = answered {
                     let last = batch.last;
                     failed |= outcome.is_err();
@@ -306,14 +349,29 @@ async fn commit_all<L: Batcher>(log: Arc<L>) {
                     commits.answered_through(last);
                 }
             }
-            () = whole_batch, if room && !failed => {}
+            sending = sendable, if held_up => {
+                let batch = sending.ok().and_then(|sending| {
+                    Some((commits.take(in_flight.is_empty(), last_sent)?, sending))
+                });
+                if let Some((batch, sending)) = batch {
+                    stopped.taken = batch.last;
+                    last_sent = Some(batch.link.number);
+                    in_flight.push_back(send(log.clone(), batch, sending));
+                }
+            }
+            () = whole_batch, if room && !failed && !held_up => {}
         }
     }
     stopped.done = true;
 }
 
-/// Sends `batch` to `log`'s store; resolves to it with what each append did.
-async fn send<L: Batcher>(log: Arc<L>, batch: Batch) -> (Batch, Result<Vec<Appended>, ArcpError>) {
+/// Sends `batch` to `log`'s store, counted among the store's batches on their way until it is
+/// answered; resolves to it with what each append did.
+async fn send<L: Batcher>(
+    log: Arc<L>,
+    batch: Batch,
+    _sending: OwnedSemaphorePermit,
+) -> (Batch, Result<Vec<Appended>, ArcpError>) {
     let mut done = Vec::with_capacity(batch.frames.len());
     let outcome = log.commit(&batch.frames, batch.link, &mut done).await;
     (batch, outcome.map(|()| done))
@@ -391,8 +449,6 @@ impl Drop for Waiting<'_> {
 mod tests {
     use std::{future::Future, pin::pin, time::Duration};
 
-    use tokio::sync::Semaphore;
-
     use super::*;
     use crate::{
         clock::Timestamp,
@@ -415,7 +471,7 @@ mod tests {
     impl Default for Recorder {
         fn default() -> Self {
             Recorder {
-                commits: Commits::default(),
+                commits: Commits::new(&Sending::new()),
                 permits: Semaphore::new(0),
                 batches: Mutex::default(),
                 links: Mutex::default(),
@@ -584,5 +640,43 @@ mod tests {
         let flat: Vec<String> = log.batches.lock().concat();
         let queued: Vec<String> = (0..=behind).map(|n| n.to_string()).collect();
         assert_eq!(flat, queued, "batches in queue order");
+    }
+
+    #[tokio::test]
+    async fn a_store_has_a_bounded_number_of_batches_on_their_way() {
+        let sending = Sending::new();
+        let logs: Vec<Arc<Recorder>> = (0..=MAX_STORE_IN_FLIGHT)
+            .map(|_| {
+                Arc::new(Recorder {
+                    commits: Commits::new(&sending),
+                    ..Recorder::default()
+                })
+            })
+            .collect();
+        let answers: Vec<_> = logs
+            .iter()
+            .map(|log| Commits::queue(log.clone(), frame("f")))
+            .collect();
+        let (first, rest) = logs.split_at(MAX_STORE_IN_FLIGHT);
+        for log in first {
+            until_batches_taken(log, 1).await;
+        }
+        assert_eq!(sending.0.available_permits(), 0);
+        let last = &rest[0];
+        assert_eq!(
+            last.commits.queue.lock().taken,
+            0,
+            "a batch beyond the bound went"
+        );
+        // One answered, the last goes.
+        first[0].permits.add_permits(1);
+        until_batches_taken(last, 1).await;
+        for log in &logs[1..] {
+            log.permits.add_permits(1);
+        }
+        for answer in answers {
+            assert_eq!(within(answer).await.unwrap().unwrap().seq, EventSeq(1));
+        }
+        assert_eq!(sending.0.available_permits(), MAX_STORE_IN_FLIGHT);
     }
 }

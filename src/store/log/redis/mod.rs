@@ -89,6 +89,7 @@ use crate::{
 };
 
 use self::{
+    commit::Sending,
     incarnation::{no_log, Gone, Incarnation},
     scripts::Scripts,
     session::RedisSessionLog,
@@ -119,6 +120,8 @@ struct Store {
     writer: String,
     /// Handles made so far, numbering them.
     handles: AtomicU64,
+    /// The batches its logs have on their way to Redis.
+    sending: Sending,
     /// The logs this replica has handles on, so that the handles of one session share one
     /// subscription and one idea of the newest frame.
     open: Mutex<HashMap<SessionId, Weak<RedisSessionLog>>>,
@@ -162,6 +165,7 @@ impl RedisEventLog {
                 scripts: Scripts::new(),
                 writer: format!("{:016x}", rand::random::<u64>()),
                 handles: AtomicU64::new(0),
+                sending: Sending::new(),
                 open: Mutex::new(HashMap::new()),
             }),
         }

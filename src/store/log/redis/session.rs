@@ -79,6 +79,7 @@ impl RedisSessionLog {
     ) -> Arc<RedisSessionLog> {
         let keys = store.keys(&session);
         let handle_number = store.handles.fetch_add(1, Ordering::Relaxed);
+        let commits = Commits::new(&store.sending);
         Arc::new_cyclic(|me| RedisSessionLog {
             store,
             session,
@@ -90,7 +91,7 @@ impl RedisSessionLog {
             gone: OnceLock::new(),
             grew: Wakeup::default(),
             subscription: OnceCell::new(),
-            commits: Commits::default(),
+            commits,
             handle_number,
             tail: parking_lot::Mutex::default(),
         })
