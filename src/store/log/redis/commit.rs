@@ -238,6 +238,18 @@ impl Commits {
             .await;
     }
 
+    /// Returns once every frame taken into a batch so far has been answered: at once when no
+    /// batch is on its way.
+    pub(super) async fn landed(&self) {
+        let taken = self.queue.lock().taken;
+        if self.answered.load(Ordering::Acquire) >= taken {
+            return;
+        }
+        self.batch_done
+            .wait_until(|| self.answered.load(Ordering::Acquire) >= taken)
+            .await;
+    }
+
     /// Whether a batch may go: any frames when `alone` (no batch is in flight), else only a
     /// whole batch. Marks the committer stopped when the queue is empty and it is `alone`.
     fn has_next(&self, alone: bool) -> bool {

@@ -57,6 +57,8 @@ pub(super) struct RedisSessionLog {
     newest: AtomicU64,
     /// How many times the channel was (re)subscribed: messages may have been lost before each.
     subscriptions: AtomicU64,
+    /// `subscriptions` when a read last looked at Redis: a newer one may have lost messages.
+    looked_after: AtomicU64,
     /// Set once the log is known to be gone; every call fails from then on.
     gone: OnceLock<Gone>,
     /// Wakes waiting readers when `newest`, `subscriptions` or `gone` change.
@@ -88,6 +90,7 @@ impl RedisSessionLog {
             me: me.clone(),
             newest: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
+            looked_after: AtomicU64::new(0),
             gone: OnceLock::new(),
             grew: Wakeup::default(),
             subscription: OnceCell::new(),
@@ -243,7 +246,17 @@ impl RedisSessionLog {
     async fn read_now(&self, after: EventSeq, max: usize) -> Result<Vec<LogEntry>, ArcpError> {
         self.check_present()?;
         let known = self.newest.load(Ordering::Acquire);
-        let held = self.tail.lock().read(after, max);
+        let (mut held, live) = {
+            let tail = self.tail.lock();
+            (tail.read(after, max), tail.is_live())
+        };
+        if held.is_none() && live {
+            // Redis's message about this handle's own batch may come before Redis's answer to
+            // it, which brings the frames to the tail; that answer is a moment away, and a read
+            // of the stream a round trip.
+            self.commits.landed().await;
+            held = self.tail.lock().read(after, max);
+        }
         match held {
             Some(held) => self.read_held(after, known, held).await,
             None => self.read_stream(after, max, known).await,
@@ -514,16 +527,27 @@ impl SessionLog for RedisSessionLog {
     ) -> Result<Vec<LogEntry>, ArcpError> {
         let max = max.max(1);
         self.commits.settle().await;
+        if wait == Wait::ForMore {
+            // A waiting read is a stream's, which has every frame through `after`.
+            self.tail.lock().taken(after);
+        }
+        // A waiting reader that knows of nothing after `after`, with no message lost since the
+        // last look (a resubscription), waits before it looks: a look would find nothing, and
+        // a reader that keeps up would pay a round trip for it after every batch.
+        let mut look = wait == Wait::No
+            || self.newest.load(Ordering::Acquire) > after.get()
+            || self.subscriptions.load(Ordering::Acquire)
+                != self.looked_after.load(Ordering::Acquire);
         loop {
             let subscriptions = self.subscriptions.load(Ordering::Acquire);
-            let read = self.read_now(after, max).await?;
-            if wait == Wait::ForMore {
-                // A waiting read is a stream's, which has every frame through `after`.
-                self.tail.lock().taken(after);
+            if look {
+                let read = self.read_now(after, max).await?;
+                self.looked_after.store(subscriptions, Ordering::Release);
+                if !read.is_empty() || wait == Wait::No {
+                    return Ok(read);
+                }
             }
-            if !read.is_empty() || wait == Wait::No {
-                return Ok(read);
-            }
+            look = true;
             let news = self.grew.wait_until(|| {
                 self.newest.load(Ordering::Acquire) > after.get()
                     || self.gone.get().is_some()

@@ -75,6 +75,11 @@ impl Tail {
         Some(self.frames.range(from..to).cloned().collect())
     }
 
+    /// Whether a stream here reads the log live.
+    pub(super) fn is_live(&self) -> bool {
+        self.read_live
+    }
+
     /// Forgets the frames through `through`: the live reader has them. Until [`Tail::stop`],
     /// the tail keeps what is appended.
     pub(super) fn taken(&mut self, through: EventSeq) {
