@@ -271,3 +271,40 @@ async fn batches_behind_a_failed_one_are_never_appended_ahead_of_it() {
         2 * FRAMES
     );
 }
+
+/// A log read live on the replica that writes it, whose reads take the frames it wrote from
+/// memory rather than from the stream: frames missing from the stream, or the whole log gone,
+/// still fail its reads, as they fail reads of the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_of_frames_its_replica_wrote_still_sees_them_lost() {
+    for lose_all in [false, true] {
+        let prefix = fresh_prefix();
+        let logs = replica(&prefix);
+        let id = SessionId::generate();
+        let log = logs.create(&id).await.unwrap();
+        log.append(frame("1")).await.unwrap();
+        // A live read: from now on the frames this replica appends are kept for the reader.
+        let first = log.read(EventSeq::ZERO, 10, Wait::ForMore).await.unwrap();
+        assert_eq!(first.len(), 1);
+        for n in 2..=3 {
+            log.append(frame(&n.to_string())).await.unwrap();
+        }
+        let got = log.read(EventSeq(1), 10, Wait::ForMore).await.unwrap();
+        assert_eq!(
+            got.iter().map(|e| text(&e.frame)).collect::<Vec<_>>(),
+            ["2", "3"]
+        );
+        if lose_all {
+            lose_everything_under(&prefix).await;
+        } else {
+            let mut conn = raw().await;
+            let _: i64 = ::redis::cmd("DEL")
+                .arg(format!("{prefix}:{{{id}}}:log"))
+                .query_async(&mut conn)
+                .await
+                .expect("DEL");
+        }
+        let says = if lose_all { LOST } else { "lost events" };
+        assert_lost(log.read(EventSeq(1), 10, Wait::No).await, says);
+    }
+}
