@@ -14,12 +14,13 @@ use arcp_gateway::{
     error::{ArcpError, ErrorCode},
     ids::{Epoch, EventSeq, ReplicaId, ReplicaInstance, SessionId},
     store::{
-        log::{redis::RedisEventLog, EventLog, LogLimits, SessionLog, Wait},
+        log::{redis::RedisEventLog, EventLog, LogEntry, LogLimits, SessionLog, Wait},
         redis::Redis,
     },
 };
 
-use contract::{frame, within};
+use common::RedisServer;
+use contract::{frame, text, within};
 
 /// A replica's event log store under `prefix`.
 fn replica(prefix: &str) -> RedisEventLog {
@@ -165,4 +166,147 @@ async fn frames_missing_from_a_log_are_never_read_as_the_whole_log() {
         .expect("the metadata is there");
     assert_lost(fresh.read(EventSeq(2), 10, Wait::No).await, "lost events");
     assert_lost(log.read(EventSeq::ZERO, 10, Wait::No).await, "lost events");
+}
+
+/// The frames of `log`, read to its end; a read may bring fewer than there are.
+async fn read_all(log: &Arc<dyn SessionLog>) -> Vec<LogEntry> {
+    let mut all: Vec<LogEntry> = Vec::new();
+    loop {
+        let after = all.last().map_or(EventSeq::ZERO, |e| e.seq);
+        let read = log
+            .read(after, 10_000, Wait::No)
+            .await
+            .expect("the log reads");
+        if read.is_empty() {
+            return all;
+        }
+        all.extend(read);
+    }
+}
+
+/// Queues `count` frames `TAG/N` on `log` without waiting, then waits for every answer.
+async fn queue_and_answer(
+    log: Arc<dyn SessionLog>,
+    tag: &'static str,
+    count: u64,
+) -> Vec<(u64, Result<EventSeq, ArcpError>)> {
+    let mut answers = Vec::new();
+    for n in 0..count {
+        let queued = log.queue_append(frame(&format!("{tag}/{n}"))).await;
+        answers.push((n, queued));
+    }
+    let mut outcomes = Vec::new();
+    for (n, queued) in answers {
+        let outcome = match queued {
+            Ok(answer) => answer.await.map(|appended| appended.seq),
+            Err(e) => Err(e),
+        };
+        outcomes.push((n, outcome));
+    }
+    outcomes
+}
+
+/// While Redis keeps forgetting the append script (`SCRIPT FLUSH`, as a restart or a failover
+/// does) and another replica keeps loading it again, batches in flight fail here and there:
+/// a batch sent behind one that failed must not be appended ahead of it when that one is sent
+/// again. Each log holds its frames once each, in the order they were queued, and every frame
+/// answered as appended is where its answer said. On a `redis-server` of the test's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_behind_a_failed_one_are_never_appended_ahead_of_it() {
+    const FRAMES: u64 = 20_000;
+    let server = RedisServer::start();
+    let prefix = fresh_prefix();
+    let open = || {
+        let redis = Redis::open(server.url(), &prefix).expect("a redis address");
+        let instance = ReplicaInstance::start(ReplicaId::generate());
+        RedisEventLog::new(&redis, LogLimits::frames(100_000), &instance)
+    };
+    let (a, b) = (open(), open());
+    let on_a = a.create(&SessionId::generate()).await.unwrap();
+    let on_b = b.create(&SessionId::generate()).await.unwrap();
+    let appending = [
+        tokio::spawn(queue_and_answer(on_a.clone(), "a", FRAMES)),
+        tokio::spawn(queue_and_answer(on_b.clone(), "b", FRAMES)),
+    ];
+    let flushing = {
+        let url = server.url().to_owned();
+        let appenders: Vec<_> = appending.iter().map(|t| t.abort_handle()).collect();
+        tokio::spawn(async move {
+            let client = ::redis::Client::open(url).expect("a redis address");
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let mut flushes = 0u64;
+            while appenders.iter().any(|t| !t.is_finished()) {
+                let () = ::redis::cmd("SCRIPT")
+                    .arg("FLUSH")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                flushes += 1;
+                // Spread out, so that most batches get through between flushes.
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            flushes
+        })
+    };
+    let mut failed = 0;
+    for (log, appended) in [on_a, on_b].into_iter().zip(appending) {
+        let outcomes = within("the appends' answers", appended).await.unwrap();
+        let entries = read_all(&log).await;
+        let queued: Vec<u64> = entries
+            .iter()
+            .map(|e| text(&e.frame).split('/').nth(1).unwrap().parse().unwrap())
+            .collect();
+        assert!(
+            queued.windows(2).all(|w| w[0] < w[1]),
+            "frames out of queue order, or logged twice"
+        );
+        for (n, outcome) in outcomes {
+            match outcome {
+                Ok(seq) => assert_eq!(queued[seq.get() as usize - 1], n, "frame {n}"),
+                Err(_) => failed += 1,
+            }
+        }
+    }
+    let flushes = within("the flusher", flushing).await.unwrap();
+    eprintln!(
+        "{flushes} flushes; {failed} of {} appends failed",
+        2 * FRAMES
+    );
+}
+
+/// A log read live on the replica that writes it, whose reads take the frames it wrote from
+/// memory rather than from the stream: frames missing from the stream, or the whole log gone,
+/// still fail its reads, as they fail reads of the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_of_frames_its_replica_wrote_still_sees_them_lost() {
+    for lose_all in [false, true] {
+        let prefix = fresh_prefix();
+        let logs = replica(&prefix);
+        let id = SessionId::generate();
+        let log = logs.create(&id).await.unwrap();
+        log.append(frame("1")).await.unwrap();
+        // A live read: from now on the frames this replica appends are kept for the reader.
+        let first = log.read(EventSeq::ZERO, 10, Wait::ForMore).await.unwrap();
+        assert_eq!(first.len(), 1);
+        for n in 2..=3 {
+            log.append(frame(&n.to_string())).await.unwrap();
+        }
+        let got = log.read(EventSeq(1), 10, Wait::ForMore).await.unwrap();
+        assert_eq!(
+            got.iter().map(|e| text(&e.frame)).collect::<Vec<_>>(),
+            ["2", "3"]
+        );
+        if lose_all {
+            lose_everything_under(&prefix).await;
+        } else {
+            let mut conn = raw().await;
+            let _: i64 = ::redis::cmd("DEL")
+                .arg(format!("{prefix}:{{{id}}}:log"))
+                .query_async(&mut conn)
+                .await
+                .expect("DEL");
+        }
+        let says = if lose_all { LOST } else { "lost events" };
+        assert_lost(log.read(EventSeq(1), 10, Wait::No).await, says);
+    }
 }

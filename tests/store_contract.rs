@@ -212,6 +212,7 @@ suite!(
     log::a_log_created_again_replaces_the_old_one,
     log::a_replica_fence_appends_its_frames_once,
     replicas::a_live_replica_is_never_claimed,
+    log::queued_appends_are_logged_once_each_in_queue_order,
     resume::rotation_invalidates_the_previous_token_at_once,
     resume::tokens_are_bound_to_their_principal,
     resume::epochs_fence_rotation_and_the_window,
@@ -270,6 +271,7 @@ replicas_suite!(
     log::a_reader_on_one_replica_gets_every_append_of_both_live_in_order,
     log::a_log_removed_on_one_replica_fails_the_others_waiting_reader,
     log::appends_racing_on_two_replicas_get_distinct_gap_free_numbers,
+    log::queued_appends_racing_on_two_replicas_get_distinct_gap_free_numbers,
 );
 
 /// [`redis_replicas`], for the tests of what a store shared between processes does when one

@@ -44,6 +44,11 @@ impl Delegation for JobManager {
                 },
             })
             .await;
+        // Logged before the child runs: a child whose announcement failed never ran.
+        let announced = match announced {
+            Ok(()) => parent.logged().await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = announced {
             self.abandon(&child.job).await;
             return Err(e);

@@ -377,7 +377,12 @@ impl JobManager {
             request_id,
         } = registered;
         let accepted = JobPayload::Accepted(Box::new(acceptance(&job, request_id)));
-        if let Err(e) = job.emit(accepted).await {
+        // Logged before the job counts as accepted: a failure is the submit's.
+        let logged = match job.emit(accepted).await {
+            Ok(()) => job.logged().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = logged {
             self.abandon(&job).await;
             return Err(e);
         }

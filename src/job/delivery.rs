@@ -27,7 +27,7 @@ use crate::{
     },
     store::{
         jobs::{JobEntry, Subscriber},
-        log::{Appended, EventLog, SessionLog, Wait},
+        log::{Appended, EventLog, QueuedAppend, SessionLog, Wait},
         session::{Flow, SessionRecord},
     },
 };
@@ -224,22 +224,67 @@ impl DeliveryPolicy {
             return Ok(Some(appended));
         }
         if let Some((lag, acked)) = to.crossed_lag_limit(appended.seq, self.lag_limit) {
-            tracing::info!(session = %to.session, lag, "client lags; signalling back_pressure");
-            let signal = job_frame(JobPayload::Event {
-                ts: Timestamp::now(),
-                body: EventBody::Status {
-                    phase: "back_pressure".into(),
-                    message: Some(format!(
-                        "{lag} events are unacknowledged (last ack {acked}, limit {})",
-                        self.lag_limit
-                    )),
-                    credential: None,
-                },
-            });
+            let signal = self.back_pressure(to, lag, acked, job_frame);
             let signalled = to.log.append_measured(StoredFrame::encode(&signal)).await?;
             return Ok(Some(signalled));
         }
         Ok(Some(appended))
+    }
+
+    /// [`DeliveryPolicy::deliver`] through [`SessionLog::queue_append`]: returns once the frame
+    /// is queued, with what answers for it, or `None` if the recipient does not receive it.
+    pub(crate) async fn queue(
+        &self,
+        to: &Recipient,
+        frame: &Outgoing,
+    ) -> Result<Option<QueuedAppend>, ArcpError> {
+        match frame.for_recipient(to)? {
+            Some(stored) => to.log.queue_append(stored).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The `back_pressure` status to follow a frame of a running job logged at `seq` in its
+    /// submitting session `to`, when `seq` leaves the client past the lag limit for the first
+    /// time since it last caught up; framed by `job_frame`. Only with `ack` negotiated.
+    pub(crate) fn lag_signal(
+        &self,
+        to: &Recipient,
+        seq: EventSeq,
+        job_frame: impl FnOnce(JobPayload) -> JobFrame,
+    ) -> Option<JobFrame> {
+        if !to.acks {
+            return None;
+        }
+        let (lag, acked) = to.crossed_lag_limit(seq, self.lag_limit)?;
+        Some(self.back_pressure(to, lag, acked, job_frame))
+    }
+
+    /// The `back_pressure` status (§6.5) for `to`, `lag` frames behind its last ack `acked`.
+    fn back_pressure(
+        &self,
+        to: &Recipient,
+        lag: u64,
+        acked: EventSeq,
+        job_frame: impl FnOnce(JobPayload) -> JobFrame,
+    ) -> JobFrame {
+        tracing::info!(session = %to.session, lag, "client lags; signalling back_pressure");
+        job_frame(JobPayload::Event {
+            ts: Timestamp::now(),
+            body: EventBody::Status {
+                phase: "back_pressure".into(),
+                message: Some(format!(
+                    "{lag} events are unacknowledged (last ack {acked}, limit {})",
+                    self.lag_limit
+                )),
+                credential: None,
+            },
+        })
+    }
+
+    /// How many frames a job may run ahead of its session's reader.
+    pub(crate) fn window(&self) -> u64 {
+        self.window
     }
 
     /// Flow control for a job's submitting session: while a stream is attached and the frames

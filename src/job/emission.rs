@@ -4,6 +4,13 @@
 //! the read side of the job's emission lock; the terminal frame and every change to the
 //! subscriber list take the write side. So no frame can follow the terminal one (§7.3), and a
 //! subscriber's history replay and its first live frame cannot overlap or leave a gap (§7.6).
+//!
+//! A job whose session log pipelines appends (the Redis log) does not wait for each frame's
+//! answer: its frames go on their way (`super::flights`) and their answers are taken later,
+//! still under the read side, so a back-pressure signal they raise cannot follow the terminal
+//! frame either. The write side waits for every answer first: a subscription starts from the
+//! job's true newest sequence number, and the job's end is recorded only once all its frames
+//! were logged. A log that appends at once takes none of this path.
 
 use std::{
     future::Future,
@@ -11,6 +18,7 @@ use std::{
 };
 
 use crate::{
+    encoding::StoredFrame,
     error::ArcpError,
     ids::{EventSeq, JobId, SessionId, TraceId},
     protocol::job_frame::{JobFrame, JobPayload},
@@ -20,6 +28,7 @@ use crate::{
 
 use super::{
     delivery::{Outgoing, Recipient},
+    flights::{Bound, Destination, Flights},
     JobServices,
 };
 
@@ -41,6 +50,9 @@ pub(crate) struct Emitter {
     last_seq: AtomicU64,
     /// Emits so far, for [`YIELD_EVERY`].
     emits: AtomicU64,
+    /// The frames on their way, when the job's session log pipelines appends. Locked inside
+    /// the emission lock, by one emit at a time, which may wait holding it for an answer.
+    flights: Option<tokio::sync::Mutex<Flights>>,
 }
 
 struct Emission {
@@ -58,14 +70,16 @@ impl Default for Emission {
 }
 
 impl Emitter {
-    /// The emission state of job `job_id`, whose frames carry `trace_id`.
-    pub(crate) fn new(job_id: JobId, trace_id: Option<TraceId>) -> Emitter {
+    /// The emission state of job `job_id`, whose frames carry `trace_id`, and go on their way
+    /// without waiting for their answers if `pipelined` (its session log pipelines appends).
+    pub(crate) fn new(job_id: JobId, trace_id: Option<TraceId>, pipelined: bool) -> Emitter {
         Emitter {
             job_id,
             trace_id,
             lock: ReadMostlyLock::default(),
             last_seq: AtomicU64::new(0),
             emits: AtomicU64::new(0),
+            flights: pipelined.then(|| tokio::sync::Mutex::new(Flights::default())),
         }
     }
 
@@ -108,6 +122,11 @@ impl Emitter {
                     frame.encoded_len()
                 )));
             }
+            if let Some(flights) = &self.flights {
+                // Boxed: this path's state stays out of the future every emit of a log that
+                // appends at once moves around.
+                return Box::pin(self.emit_pipelined(services, owner, frame, flights)).await;
+            }
             let logged = {
                 let emission = self.lock.read().await;
                 if !emission.open {
@@ -121,15 +140,190 @@ impl Emitter {
             if let Some(appended) = logged {
                 services.delivery.pace(owner, appended).await;
             }
-            // A load and a store rather than a locked add: the count only paces yields, so
-            // an increment lost to a concurrent emit of the same job costs nothing.
-            let emits = self.emits.load(Ordering::Relaxed) + 1;
-            self.emits.store(emits, Ordering::Relaxed);
-            if emits % YIELD_EVERY == 0 {
-                tokio::task::yield_now().await;
-            }
+            self.count_emit().await;
             Ok(())
         }
+    }
+
+    /// Counts an emit, and yields every [`YIELD_EVERY`].
+    async fn count_emit(&self) {
+        // A load and a store rather than a locked add: the count only paces yields, so an
+        // increment lost to a concurrent emit of the same job costs nothing.
+        let emits = self.emits.load(Ordering::Relaxed) + 1;
+        self.emits.store(emits, Ordering::Relaxed);
+        if emits % YIELD_EVERY == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// [`Emitter::emit`] for a job whose frames go on their way: queues `frame` for the job's
+    /// session and subscribers, takes the answers that came back, waiting for the oldest while
+    /// more than the [`Bound`] is on its way, then paces the job by the newest answer. A
+    /// failure to log an earlier frame of the job is this emit's error.
+    async fn emit_pipelined(
+        &self,
+        services: &JobServices,
+        owner: &Recipient,
+        frame: Outgoing,
+        flights: &tokio::sync::Mutex<Flights>,
+    ) -> Result<(), ArcpError> {
+        let bound = Bound::new(services.delivery.window(), services.settings.max_log_bytes);
+        let newest = {
+            let emission = self.lock.read().await;
+            if !emission.open {
+                return Err(ArcpError::InvalidRequest(format!(
+                    "job {} has already ended; nothing more may be emitted for it",
+                    self.job_id
+                )));
+            }
+            let mut flights = flights.lock().await;
+            if let Some(failed) = flights.take_failure() {
+                return Err(failed);
+            }
+            for subscriber in &emission.subscribers {
+                self.queue_observed(services, subscriber, &frame, &mut flights)
+                    .await;
+            }
+            match services.delivery.queue(owner, &frame).await {
+                Ok(Some(answer)) => flights.push(
+                    answer,
+                    Destination::Owner { signal: false },
+                    frame.encoded_len(),
+                ),
+                Ok(None) => {}
+                Err(ArcpError::ResumeWindowExpired(_)) => {
+                    tracing::debug!(job = %self.job_id, "session gone; event dropped");
+                }
+                Err(e) => return Err(e),
+            }
+            let mut newest = None;
+            loop {
+                let wait = flights.over(bound);
+                let Some((to, outcome)) = flights.oldest(wait).await else {
+                    break;
+                };
+                if let Some(appended) = self
+                    .answered(services, owner, &mut flights, to, outcome)
+                    .await?
+                {
+                    newest = Some(appended);
+                }
+            }
+            newest
+        };
+        if let Some(appended) = newest {
+            services.delivery.pace(owner, appended).await;
+        }
+        self.count_emit().await;
+        Ok(())
+    }
+
+    /// Sends `frame` on its way to a subscriber, or, for one whose log appends at once, logs
+    /// it there. A subscriber not reached is no failure of the job's.
+    async fn queue_observed(
+        &self,
+        services: &JobServices,
+        subscriber: &Recipient,
+        frame: &Outgoing,
+        flights: &mut Flights,
+    ) {
+        let delivery = &services.delivery;
+        let queued = if subscriber.log.pipelines() {
+            delivery.queue(subscriber, frame).await.map(|answer| {
+                if let Some(answer) = answer {
+                    let to = Destination::Observer(subscriber.session.clone());
+                    flights.push(answer, to, frame.encoded_len());
+                }
+            })
+        } else {
+            delivery
+                .deliver_live(subscriber, frame, |p| self.job_frame(p))
+                .await
+                .map(|_| ())
+        };
+        if let Err(e) = queued {
+            tracing::debug!(job = %self.job_id, session = %subscriber.session, "subscriber not reached: {e}");
+        }
+    }
+
+    /// Takes the answer to a frame that was on its way to `to`: for the job's own session,
+    /// what the frame got and (after a frame that leaves the client lagging) a back-pressure
+    /// signal, sent on its way behind it. The frame's error if it was not logged, unless its
+    /// session is gone, where the job runs on unobserved (§6.4) as on every log.
+    async fn answered(
+        &self,
+        services: &JobServices,
+        owner: &Recipient,
+        flights: &mut Flights,
+        to: Destination,
+        outcome: Result<Appended, ArcpError>,
+    ) -> Result<Option<Appended>, ArcpError> {
+        match (to, outcome) {
+            (Destination::Owner { signal }, Ok(appended)) => {
+                self.last_seq
+                    .fetch_max(appended.seq.get(), Ordering::AcqRel);
+                let lagging = (!signal)
+                    .then(|| {
+                        let delivery = &services.delivery;
+                        delivery.lag_signal(owner, appended.seq, |p| self.job_frame(p))
+                    })
+                    .flatten();
+                if let Some(lagging) = lagging {
+                    let lagging = StoredFrame::encode(&lagging);
+                    let bytes = lagging.len();
+                    let answer = owner.log.queue_append(lagging).await?;
+                    flights.push(answer, Destination::Owner { signal: true }, bytes);
+                }
+                Ok(Some(appended))
+            }
+            (Destination::Owner { .. }, Err(ArcpError::ResumeWindowExpired(_))) => {
+                tracing::debug!(job = %self.job_id, "session gone; event dropped");
+                Ok(None)
+            }
+            (Destination::Owner { .. }, Err(e)) => Err(e),
+            (Destination::Observer(session), Err(e)) => {
+                tracing::debug!(job = %self.job_id, session = %session, "subscriber not reached: {e}");
+                Ok(None)
+            }
+            (Destination::Observer(_), Ok(_)) => Ok(None),
+        }
+    }
+
+    /// Waits for the answer to every frame on its way, taking each as [`Emitter::answered`]
+    /// does; returns the first failure. Called under the write side of the emission lock, so
+    /// nothing is sent on its way meanwhile but back-pressure signals, which are waited for too.
+    async fn land_all(&self, services: &JobServices, owner: &Recipient) -> Result<(), ArcpError> {
+        let Some(flights) = &self.flights else {
+            return Ok(());
+        };
+        let mut flights = flights.lock().await;
+        let mut failed = flights.take_failure();
+        while let Some((to, outcome)) = flights.oldest(true).await {
+            if let Err(e) = self
+                .answered(services, owner, &mut flights, to, outcome)
+                .await
+            {
+                failed.get_or_insert(e);
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until every frame emitted so far was logged; the first failure to log one if any
+    /// was not. At once for a job whose frames are logged before their emit returns.
+    pub(crate) async fn logged(
+        &self,
+        services: &JobServices,
+        owner: &Recipient,
+    ) -> Result<(), ArcpError> {
+        if self.flights.is_none() {
+            return Ok(());
+        }
+        let _emission = self.lock.read().await;
+        self.land_all(services, owner).await
     }
 
     /// Ends the job: `ended` records how, then its terminal frames are appended, after which
@@ -143,6 +337,9 @@ impl Emitter {
     ) {
         let mut emission = self.lock.write().await;
         emission.open = false;
+        if let Err(e) = self.land_all(services, owner).await {
+            tracing::debug!(job = %self.job_id, error = %e, "a frame of the job was not logged");
+        }
         ended();
         for payload in terminal {
             let frame = Outgoing::new(&self.job_frame(payload));
@@ -207,6 +404,12 @@ impl Emitter {
                 "this session is already subscribed to job {}",
                 self.job_id
             )));
+        }
+        // The frames on their way go in the history: the newest number must count them.
+        if let Err(e) = self.land_all(services, owner).await {
+            if let Some(flights) = &self.flights {
+                flights.lock().await.keep_failure(e);
+            }
         }
         services
             .delivery

@@ -3,6 +3,8 @@
 //! - [`record`]: the job's state: spec, lifecycle, authority, cancellation, outcome.
 //! - `emission`: the one place its frames leave from, under the emission lock that keeps
 //!   the terminal frame last and subscriptions gap-free.
+//! - `flights`: its frames on their way into a log that pipelines appends, ahead of their
+//!   answers.
 //! - [`delivery`]: how a frame enters one session's log (features, redaction,
 //!   back-pressure) and how a job is paced to its reader.
 //! - [`listing`]: `session.list_jobs` filters and cursors (§6.6).
@@ -13,6 +15,7 @@
 
 pub mod delivery;
 mod emission;
+mod flights;
 pub mod listing;
 pub mod record;
 pub mod running;

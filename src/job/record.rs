@@ -129,7 +129,11 @@ impl JobRecord {
             "arcp.lease.expires_at" = spec.lease.expires_at().map(|t| Timestamp(t).to_rfc3339()).unwrap_or_default(),
             "arcp.budget.remaining" = tracing::field::Empty,
         );
-        let emitter = Emitter::new(spec.id.clone(), spec.trace_id.clone());
+        let emitter = Emitter::new(
+            spec.id.clone(),
+            spec.trace_id.clone(),
+            owner.log.pipelines(),
+        );
         JobRecord {
             fatal: Mutex::new(None),
             children: Mutex::new(Vec::new()),
@@ -183,6 +187,12 @@ impl JobRecord {
         payload: JobPayload,
     ) -> impl Future<Output = Result<(), ArcpError>> + Send + '_ {
         self.emitter.emit(&self.services, &self.owner, payload)
+    }
+
+    /// Waits until every frame the job emitted so far was logged; the first failure to log
+    /// one, if any was not (see [`Emitter::logged`]).
+    pub(crate) async fn logged(&self) -> Result<(), ArcpError> {
+        self.emitter.logged(&self.services, &self.owner).await
     }
 
     /// Ends the job with `status` and its terminal frames, after which every emit is refused.

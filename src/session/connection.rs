@@ -37,7 +37,7 @@ use crate::{
 use super::{
     attached::{AttachedStream, LastHeard},
     dispatch::read_loop,
-    handshake::{self, Attachment, DetachGuard, LOG_BATCH},
+    handshake::{self, log_batch, Attachment, DetachGuard},
     output::{Outbound as Frame, OutboundItem, StreamEnd},
     stream_control::{Reply, StreamEvent, Then},
     ConnectInfo, InboundStream, SessionServices,
@@ -170,10 +170,11 @@ impl OutboundHalf {
             lost: conn.lost.clone(),
         });
         let reader = tokio::spawn(read_loop(stream.clone(), inbound));
+        let batch = log_batch(&*attachment.log);
         let cursor = LogCursor::with_first(
             attachment.log,
             attachment.replay_after,
-            LOG_BATCH,
+            batch,
             attachment.first,
         );
         let last_sent = Instant::now();

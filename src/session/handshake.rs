@@ -45,7 +45,14 @@ pub const RUNTIME_NAME: &str = "arcp-gateway";
 pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// How many log frames one read takes; bounds the latency a control frame waits behind them.
-pub(crate) const LOG_BATCH: usize = 256;
+const LOG_BATCH: usize = 256;
+
+/// How many frames one read of `log` takes: [`LOG_BATCH`], or more for a log that reads are
+/// round trips to, lest a reader behind its jobs pay one per small batch.
+pub(crate) fn log_batch(log: &dyn SessionLog) -> usize {
+    log.read_batch()
+        .map_or(LOG_BATCH, |batch| batch.max(LOG_BATCH))
+}
 
 /// A stream that now holds a session.
 pub struct Attachment {
@@ -240,7 +247,7 @@ async fn resume_session(
     }
     let control = attach_here(services, &id, epoch);
     log.fence(epoch).await?;
-    let first = log.read(after, LOG_BATCH, Wait::No).await?;
+    let first = log.read(after, log_batch(&*log), Wait::No).await?;
     let token = services
         .resume
         .rotate(&resume.token, &principal, epoch)

@@ -210,6 +210,72 @@ pub async fn calls_cancelled_anywhere_leave_no_gap(make: Factory) {
     assert_eq!(seqs(&got), vec![appended + 1]);
 }
 
+/// Appends queued one after another (`SessionLog::queue_append`) are logged in that order,
+/// gap-free and each once, whether or not anyone waits for their answers, and answered with the
+/// numbers they got; a queueing dropped at one of its suspension points queued its frame or did
+/// not, never twice; an append after them all is answered after theirs. A queued append to a
+/// removed log fails.
+pub async fn queued_appends_are_logged_once_each_in_queue_order(make: Factory) {
+    // Several whole batches, so that a log that pipelines has some on their way at once.
+    const FRAMES: usize = 1500;
+    let stores = make(10_000);
+    let id = SessionId::generate();
+    let log = stores.logs.create(&id).await.unwrap();
+    // The texts queued for certain, and those whose queueing was dropped, in queue order.
+    let mut sure = BTreeSet::new();
+    let mut order = Vec::new();
+    let mut answers = Vec::new();
+    for n in 0..FRAMES {
+        let text = format!("q{n}");
+        order.push(text.clone());
+        let queued = if n % 10 == 0 {
+            // Dropped after 0, 1, 2, ... polls.
+            cancel_after(n / 10 % 4, log.queue_append(frame(&text))).await
+        } else {
+            Some(log.queue_append(frame(&text)).await)
+        };
+        let Some(queued) = queued else { continue };
+        let answer = queued.expect("a frame is queued");
+        sure.insert(text.clone());
+        // Some answers nobody waits for: their frames are logged all the same.
+        if n % 3 != 0 {
+            answers.push((text, answer));
+        }
+    }
+    let last = log.append(frame("last")).await.unwrap();
+    let entries = log
+        .read(EventSeq::ZERO, FRAMES + 10, Wait::No)
+        .await
+        .unwrap();
+    assert_eq!(seqs(&entries), (1..=last.get()).collect::<Vec<_>>());
+    let texts: Vec<String> = entries.iter().map(|e| text(&e.frame)).collect();
+    assert_eq!(texts.last().map(String::as_str), Some("last"));
+    let logged = &texts[..texts.len() - 1];
+    let in_order: Vec<&String> = order.iter().filter(|t| logged.contains(t)).collect();
+    assert_eq!(
+        logged.iter().collect::<Vec<_>>(),
+        in_order,
+        "frames logged once each, in queue order"
+    );
+    for text in &sure {
+        assert!(logged.contains(text), "{text} was queued and is not logged");
+    }
+    let mut previous = EventSeq::ZERO;
+    for (text, answer) in answers {
+        let appended = within("a queued append's answer", answer).await.unwrap();
+        assert!(appended.seq > previous, "answers out of queue order");
+        previous = appended.seq;
+        assert_eq!(texts[appended.seq.get() as usize - 1], text);
+    }
+
+    stores.logs.remove(&id).await;
+    let late = match log.queue_append(frame("late")).await {
+        Ok(answer) => within("a queued append's answer", answer).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert_eq!(late.unwrap_err().code(), ErrorCode::ResumeWindowExpired);
+}
+
 /// A second `create` for a session replaces its log: the old one's handles fail, its waiting
 /// readers too, and the new one starts empty.
 pub async fn a_log_created_again_replaces_the_old_one(make: Factory) {
@@ -456,6 +522,47 @@ pub async fn appends_racing_on_two_replicas_get_distinct_gap_free_numbers(make: 
         on_b.read(EventSeq::ZERO, 10_000, Wait::No).await.unwrap(),
         entries
     );
+}
+
+/// Appends queued from tasks on both replicas, each task queueing several batches' worth
+/// without waiting, get every sequence number exactly once, each task's frames in the order it
+/// queued them.
+pub async fn queued_appends_racing_on_two_replicas_get_distinct_gap_free_numbers(make: Replicas) {
+    const TASKS: u64 = 4;
+    const EACH: u64 = 600;
+    let (a, b) = make(10_000);
+    let id = SessionId::generate();
+    let on_a = a.logs.create(&id).await.unwrap();
+    let on_b = b.logs.open(&id).await.unwrap();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let log = if t % 2 == 0 { &on_a } else { &on_b }.clone();
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for n in 0..EACH {
+                    answers.push(log.queue_append(frame(&format!("{t}/{n}"))).await.unwrap());
+                }
+                let mut got = Vec::new();
+                for answer in answers {
+                    got.push(answer.await.unwrap().seq.get());
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all = BTreeSet::new();
+    for task in tasks {
+        let got = within("the appenders", task).await.unwrap();
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "one task's frames out of order"
+        );
+        all.extend(got);
+    }
+    assert_eq!(all, (1..=TASKS * EACH).collect::<BTreeSet<_>>());
+    let entries = on_a.read(EventSeq::ZERO, 10_000, Wait::No).await.unwrap();
+    assert_eq!(seqs(&entries), (1..=TASKS * EACH).collect::<Vec<_>>());
+    assert_each_task_in_order(&entries, TASKS, EACH);
 }
 
 /// A frame of [`numbered`]'s size, so that byte bounds can be counted in frames.

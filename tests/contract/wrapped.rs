@@ -21,7 +21,7 @@ use arcp_gateway::{
             Holdings, JobCaps, JobControl, JobDirectory, JobEntry, ListScope, LostJob, Subscriber,
             Subscription,
         },
-        log::{Appended, EventLog, LogBounds, LogEntry, SessionLog, Wait},
+        log::{Appended, EventLog, LogBounds, LogEntry, QueuedAppend, SessionLog, Wait},
         replicas::{Heartbeat, Registration, ReplicaRegistry},
         resume::{ResumeRegistry, ResumeToken},
         session::{AckOutcome, AttachmentLock, Flow, NewSession, SessionRecord, SessionStore},
@@ -122,6 +122,15 @@ impl EventLog for Wrapped<dyn EventLog> {
 impl SessionLog for Wrapped<dyn SessionLog> {
     async fn append_measured(&self, frame: StoredFrame) -> Result<Appended, ArcpError> {
         self.around("log.append", self.inner.append_measured(frame))
+            .await
+    }
+
+    fn pipelines(&self) -> bool {
+        self.inner.pipelines()
+    }
+
+    async fn queue_append(&self, frame: StoredFrame) -> Result<QueuedAppend, ArcpError> {
+        self.around("log.queue_append", self.inner.queue_append(frame))
             .await
     }
 

@@ -31,9 +31,15 @@ pub mod cursor;
 pub mod memory;
 pub mod redis;
 
-use std::sync::Arc;
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use async_trait::async_trait;
+use tokio::sync::oneshot;
 
 use crate::{
     encoding::StoredFrame,
@@ -91,6 +97,53 @@ pub struct Appended {
     /// bound behind, which eviction by bytes does not reach. `ZERO` while the whole log is
     /// within the window.
     pub window_start: EventSeq,
+}
+
+/// An append queued with [`SessionLog::queue_append`]: resolves to what the append did once the
+/// store answered. Dropping it does not take the frame back; it is appended all the same.
+#[must_use = "an append's answer says whether the frame was logged"]
+pub struct QueuedAppend(Answer);
+
+enum Answer {
+    /// Answered when it was queued; taken by the first poll.
+    Now(Option<Result<Appended, ArcpError>>),
+    /// Answered by whoever appends it.
+    Later(oneshot::Receiver<Result<Appended, ArcpError>>),
+}
+
+impl QueuedAppend {
+    /// An append that is over: `outcome` is what it did.
+    pub fn answered(outcome: Result<Appended, ArcpError>) -> QueuedAppend {
+        QueuedAppend(Answer::Now(Some(outcome)))
+    }
+
+    /// An append whose answer comes through `answer`; one whose sender is dropped unanswered
+    /// failed.
+    pub(crate) fn answered_by(
+        answer: oneshot::Receiver<Result<Appended, ArcpError>>,
+    ) -> QueuedAppend {
+        QueuedAppend(Answer::Later(answer))
+    }
+}
+
+impl Future for QueuedAppend {
+    type Output = Result<Appended, ArcpError>;
+
+    /// Polled again after it returned its answer, it fails rather than panicking.
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            Answer::Now(outcome) => {
+                Poll::Ready(outcome.take().unwrap_or_else(|| Err(unanswered())))
+            }
+            Answer::Later(answer) => Pin::new(answer)
+                .poll(cx)
+                .map(|answered| answered.unwrap_or_else(|_| Err(unanswered()))),
+        }
+    }
+}
+
+fn unanswered() -> ArcpError {
+    ArcpError::Internal("the event log stopped before answering an append".into())
 }
 
 /// What a log holds for one session, by sequence number.
@@ -175,8 +228,32 @@ pub trait SessionLog: Send + Sync + 'static {
         Ok(self.append_measured(frame).await?.seq)
     }
 
-    /// Up to `max` frames with sequence numbers above `after`, in order; with
-    /// [`Wait::ForMore`], waits until there is at least one. Fails with
+    /// Whether [`SessionLog::queue_append`] returns before the store answered, so that a
+    /// caller gains by queueing frames ahead of their answers; `false` for a log that appends
+    /// at once, where it is [`SessionLog::append_measured`] by another name.
+    fn pipelines(&self) -> bool {
+        false
+    }
+
+    /// Queues `frame` for [`SessionLog::append_measured`] and returns once its place is fixed,
+    /// behind every frame queued or appended through this handle before it, with what
+    /// resolves to the append's answer. Frames queued one after another are appended in that
+    /// order; one that fails may leave frames queued after it unappended too, never appended
+    /// ahead of it. Answers come in queue order, and an append's answer comes after those of
+    /// every frame queued before it. By default the frame is appended before this returns.
+    async fn queue_append(&self, frame: StoredFrame) -> Result<QueuedAppend, ArcpError> {
+        Ok(QueuedAppend::answered(self.append_measured(frame).await))
+    }
+
+    /// How many frames a reader that is behind should ask for per read, when this log would
+    /// have it ask for more than it would by itself: a read of a shared store is a round trip.
+    fn read_batch(&self) -> Option<usize> {
+        None
+    }
+
+    /// Up to `max` frames with sequence numbers above `after`, in order from the first; with
+    /// [`Wait::ForMore`], waits until there is at least one. A shared store may return fewer
+    /// than it holds when some were appended meanwhile, never with a gap. Fails with
     /// `RESUME_WINDOW_EXPIRED` if a frame after `after` has been evicted or released, so a
     /// reader can never skip a frame unknowingly, and once the log is removed.
     async fn read(

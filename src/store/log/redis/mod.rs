@@ -6,8 +6,9 @@
 //! - this file: [`RedisEventLog`], the store (create, open, remove, detach), and the keys.
 //! - `session.rs`: one session's log as a replica holds it, the [`SessionLog`] handle: reads,
 //!   live waiting, fences, releases.
-//! - `commit.rs`: group commit, the appends of one log that arrive while a batch is in flight
-//!   going to Redis together.
+//! - `commit.rs`: group commit, pipelined: one log's appends going to Redis in batches, a few
+//!   batches on their way at once.
+//! - `tail.rs`: the frames this replica appended last, which a reader here need not read back.
 //! - `scripts.rs`: the Lua scripts, one per kind of change.
 //! - `incarnation.rs`: the random id of each log's life, which exposes lost data.
 //!
@@ -23,11 +24,13 @@
 //!   window's start and where it ends in `a` (for `Appended::window_start`, moved on a frame at
 //!   a time as the memory log moves it), `f` the newest fence, `d` absent while attached, `l`
 //!   while detached and on the detached list, `u` while detached and holding nothing; and for
-//!   each writer (a replica's handle) that appended, `w:WRITER`, the last batch of its own it
-//!   appended, `BATCH FIRST COUNT`, so that a batch sent again is not appended twice. A removed
-//!   log leaves `id` and `x = removed` for an hour, so that its handles can tell a removal from
-//!   a loss; a log found to have lost events is marked `x = lost`. `lost:INSTANCE` marks each
-//!   replica instance fenced out of the log (`SessionLog::fence_replica`).
+//!   each writer (a replica's handle) that appended, `w:WRITER`, the last few batches of its
+//!   own it appended, `BATCH FIRST COUNT ...`, newest first, so that a batch sent again is not
+//!   appended twice and batches sent behind one another are appended in order (see
+//!   `commit.rs`). A removed log leaves `id` and `x = removed` for an hour, so that its handles
+//!   can tell a removal from a loss; a log found to have lost events is marked `x = lost`.
+//!   `lost:INSTANCE` marks each replica instance fenced out of the log
+//!   (`SessionLog::fence_replica`).
 //! - `…:log-newest`, a pub/sub channel: each append publishes `INCARNATION NEWEST`, a removal
 //!   `INCARNATION -`, a create over an existing log `INCARNATION +`, and a log found to have
 //!   lost events `INCARNATION !`.
@@ -41,8 +44,10 @@
 //! Every change is one script, so a cancelled call took full effect or none; the sequence
 //! number is assigned in the append script, so appends racing on several replicas never leave
 //! a gap or take a number twice. An append is one round trip (a batch of them, see `commit.rs`,
-//! is one too), and evicts, moves the window, enforces the budget and publishes in that same
-//! script; a read is one (`MULTI`, the metadata, `XRANGE`, `EXEC`), as are `bounds`, `fence`,
+//! is one too, and a few batches may be on their way at once), and evicts, moves the window,
+//! enforces the budget and publishes in that same script; a read is one (`MULTI`, the
+//! metadata, `XRANGE`, `EXEC`; or, for frames this replica appended, see `tail.rs`, the
+//! metadata and `XLEN`), as are `bounds`, `fence`,
 //! `release_through`, `detached` and `remove`; `create` is one plus the subscription, `open`
 //! two. Every append names the replica instance that sends it, and the append script refuses
 //! it if that instance was fenced out of the log, in the same step that numbers the frames:
@@ -82,6 +87,7 @@ mod commit;
 mod incarnation;
 mod scripts;
 mod session;
+mod tail;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -96,7 +102,7 @@ use crate::{
 };
 
 use self::{
-    commit::CommitBounds,
+    commit::{CommitBounds, Sending},
     incarnation::{no_log, Gone, Incarnation},
     scripts::Scripts,
     session::{Limits, RedisSessionLog, Store},
@@ -140,6 +146,7 @@ impl RedisEventLog {
                 detach_order: format!("{prefix}:log-detach-order"),
                 instance: instance.as_str().to_owned(),
                 scripts: Scripts::new(),
+                sending: Sending::new(),
                 open: Mutex::new(HashMap::new()),
             }),
         }
@@ -268,6 +275,9 @@ impl EventLog for RedisEventLog {
         if let Err(e) = detached.await {
             // Still counted attached: its frames are safe, and the budget may stay exceeded.
             tracing::warn!(session = %session, "event log not marked detached: {e}");
+        }
+        if let Some(log) = store.held(session) {
+            log.unread();
         }
     }
 }

@@ -78,26 +78,31 @@ redis.call('HSET', KEYS[2], 'id', ARGV[1], 'n', 0, 'e', 0, 'b', 0, 'a', 0, 'ws',
 return 1
 ";
 
-/// Appends the frames ARGV[14..] in order, numbering each, evicting beyond the log's bounds
-/// and the store's budget, and publishing the newest number. Returns `{1, first number, window
-/// start of each frame...}`, or `{standing}`.
+/// Appends the frames ARGV[15..] in order, numbering each, evicting beyond the log's bounds
+/// and the store's budget, and publishing the newest number. Returns `{1, first number, then
+/// (i, window start) for the batch's frame i (from 0) and each frame whose window start
+/// differs from the one before}`, or `{standing}`.
 ///
 /// The frames come from replica instance ARGV[10], and are refused (`{-6}`) if it was fenced
 /// out of the log. With ARGV[11] not empty, the script first fences instance ARGV[11] out, and
 /// appends only if that is a new fence (else answers `{3}`).
 ///
 /// With ARGV[12] not empty, the frames are batch ARGV[13] of writer ARGV[12]. A writer's
-/// batches are numbered in the order it sends them, and the metadata keeps the last one applied
-/// (`w:WRITER`, `BATCH FIRST COUNT`): the same batch again, sent because its answer was lost,
-/// is not applied a second time but answered `{2, first number, window start...}` with the
+/// batches are numbered in the order it sends them, and the metadata keeps the last few it
+/// applied, newest first (`w:WRITER`, `BATCH FIRST COUNT ...`, as many as `commit.rs` may have
+/// on their way at once, and one more): a batch sent again, because its answer was lost, is
+/// not applied a second time but answered `{2, first number, 0, window start}` with the
 /// numbers it got (and the window as it stands now, which is later and so stricter); an older
-/// batch, one its writer gave up on that reached Redis after a newer one, is not applied at
-/// all and answered `{-4}`.
+/// one, which its writer gave up on and which reached Redis after a newer one, is not applied
+/// at all and answered `{-4}`. Unless ARGV[14] is empty, the batch is refused (`{-5}`) if batch
+/// ARGV[14] is not the last this writer appended: batches sent behind one another are never
+/// appended out of order.
 /// KEYS: stream, metadata, retained bytes, detached sessions, detach order.
 /// ARGV: incarnation, the newest number the handle knows of, max frames, max bytes, window
 /// bytes, budget, key prefix, session, channel, instance, instance to fence, writer, batch,
-/// frames.
+/// the batch before, frames.
 const APPEND: &str = r"
+local KEEP = 4
 local writer = 'w:' .. ARGV[12]
 local m = redis.call('HMGET', KEYS[2], 'id', 'x', 'n', 'e', 'b', 'a', 'ws', 'we', 'd',
   'lost:' .. ARGV[10], writer)
@@ -116,30 +121,28 @@ if ARGV[11] ~= '' then
   if redis.call('HEXISTS', KEYS[2], fence) == 1 then return {3} end
   redis.call('HSET', KEYS[2], fence, '1')
 end
-local batch = tonumber(ARGV[13])
-if ARGV[12] ~= '' and m[11] then
-  local last, first, count = string.match(m[11], '^(%d+) (%d+) (%d+)$')
-  last = tonumber(last)
-  if last == batch then
-    local out = {2, tonumber(first)}
-    for _ = 1, tonumber(count) do out[#out + 1] = ws end
-    return out
-  elseif last and last > batch then
-    return {-4}
+local batch, applied = tonumber(ARGV[13]), m[11] or ''
+if ARGV[12] ~= '' then
+  local last = string.match(applied, '^(%d+)')
+  for done, first in string.gmatch(applied, '(%d+) (%d+) %d+') do
+    if tonumber(done) == batch then return {2, tonumber(first), 0, ws} end
   end
+  if last and tonumber(last) >= batch then return {-4} end
+  if ARGV[14] ~= '' and last ~= ARGV[14] then return {-5} end
 end
 local max_frames, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
 local window, budget = tonumber(ARGV[5]), tonumber(ARGV[6])
 local total = tonumber(redis.call('GET', KEYS[3]) or 0)
 local trimmed = e
 local out = {1, n + 1}
-for i = 14, #ARGV do
+local told = -1
+for i = 15, #ARGV do
   local size = #ARGV[i]
   n = n + 1
   a = a + size
   b = b + size
   total = total + size
-  redis.call('XADD', KEYS[1], n .. '-0', 'f', ARGV[i])
+  redis.call('XADD', KEYS[1], n, 'f', ARGV[i])
   while n - e > max_frames or (b > max_bytes and n - e > 1) do
     e = e + 1
     local evicted = frame_size(KEYS[1], e)
@@ -154,7 +157,11 @@ for i = 14, #ARGV do
     ws = ws + 1
     we = we + frame_size(KEYS[1], ws)
   end
-  out[#out + 1] = ws
+  if ws ~= told then
+    out[#out + 1] = i - 15
+    out[#out + 1] = ws
+    told = ws
+  end
   if listing == 'u' then
     redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[5]), ARGV[8])
     listing = 'l'
@@ -172,7 +179,14 @@ end
 if e > trimmed then redis.call('XTRIM', KEYS[1], 'MINID', e + 1) end
 redis.call('HSET', KEYS[2], 'n', n, 'e', e, 'b', b, 'a', a, 'ws', ws, 'we', we)
 if ARGV[12] ~= '' then
-  redis.call('HSET', KEYS[2], writer, batch .. ' ' .. out[2] .. ' ' .. (#ARGV - 13))
+  local record = batch .. ' ' .. out[2] .. ' ' .. (#ARGV - 14)
+  local kept = 1
+  for entry in string.gmatch(applied, '%d+ %d+ %d+') do
+    if kept == KEEP then break end
+    record = record .. ' ' .. entry
+    kept = kept + 1
+  end
+  redis.call('HSET', KEYS[2], writer, record)
 end
 if listing then redis.call('HSET', KEYS[2], 'd', listing) end
 redis.call('SET', KEYS[3], total)
@@ -272,6 +286,19 @@ redis.call('PUBLISH', ARGV[3], ARGV[1] .. ' !')
 return 1
 ";
 
+/// What the append script answers, beside the [`Standing`] codes, for a batch it had applied
+/// before: the numbers it got follow.
+pub(super) const REPLAYED: i64 = 2;
+/// Its answer when the instance to fence was fenced out already.
+pub(super) const ALREADY_FENCED: i64 = 3;
+/// Its answer for a batch older than the last its writer appended, which it gave up on.
+pub(super) const STALE: i64 = -4;
+/// Its answer for a batch it refused because the batch named before it was not the last its
+/// writer appended.
+pub(super) const OUT_OF_ORDER: i64 = -5;
+/// Its answer when the appending replica instance was fenced out of the log.
+pub(super) const FENCED: i64 = -6;
+
 /// How a log stands against a handle's incarnation, as the scripts answer it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Standing {
@@ -366,5 +393,15 @@ impl Scripts {
             remove: LuaScript::new(REMOVE),
             poison: LuaScript::new(POISON),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{super::commit::MAX_IN_FLIGHT, APPEND};
+
+    #[test]
+    fn the_append_script_remembers_every_batch_that_may_be_on_its_way_and_one_more() {
+        assert!(APPEND.contains(&format!("local KEEP = {}\n", MAX_IN_FLIGHT + 1)));
     }
 }

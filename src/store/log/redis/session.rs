@@ -9,8 +9,10 @@
 //!
 //! The handle is also the log's writer on this replica: its appends go to Redis in numbered
 //! batches (`commit.rs`) under a random writer id of its own, which the append script keys
-//! the last batch it applied by, so that a batch sent again after its answer was lost is not
-//! appended twice. The handle's drop forgets that record.
+//! the last few batches it applied by, so that a batch sent again after its answer was lost is
+//! not appended twice, and batches sent behind one another are appended in order. The
+//! handle's drop forgets that record. Frames it appended are kept in its tail (`tail.rs`) for
+//! a reader on this replica.
 //!
 //! The [`Store`] every handle of a replica shares lives here too, with the table of the
 //! handles it has, by session, so that the handles of one session share one subscription.
@@ -34,7 +36,7 @@ use crate::{
     error::ArcpError,
     ids::{Epoch, EventSeq, ReplicaInstance, SessionId},
     store::{
-        log::{evicted, Appended, LogBounds, LogEntry, SessionLog, Wait},
+        log::{evicted, Appended, LogBounds, LogEntry, QueuedAppend, SessionLog, Wait},
         redis::{
             is_transient,
             notify::{Notice, Subscription},
@@ -45,9 +47,10 @@ use crate::{
 };
 
 use super::{
-    commit::{Batcher, CommitBounds, CommitError, Commits},
+    commit::{Batcher, CommitBounds, CommitError, Commits, Link, Sending},
     incarnation::{Gone, Incarnation},
-    scripts::{Scripts, Standing},
+    scripts::{Scripts, Standing, ALREADY_FENCED, FENCED, OUT_OF_ORDER, REPLAYED, STALE},
+    tail::Tail,
 };
 
 /// What every log of a store shares.
@@ -63,6 +66,8 @@ pub(super) struct Store {
     pub(super) instance: String,
     /// How each log's committer rides out an outage.
     pub(super) commit_bounds: CommitBounds,
+    /// The batches its logs have on their way to Redis.
+    pub(super) sending: Sending,
     pub(super) scripts: Scripts,
     /// The logs this replica has handles on, so that the handles of one session share one
     /// subscription and one idea of the newest frame.
@@ -130,6 +135,10 @@ impl Store {
 /// How often a waiting reader looks at Redis even though it heard nothing.
 const RECHECK: Duration = Duration::from_secs(1);
 
+/// How many frames a reader that is behind takes per read: each read is a round trip, and so
+/// is recording what it delivered, so a reader of a chatty job takes them a thousand at a time.
+const READ_BATCH: usize = 1024;
+
 /// One incarnation of a session's log, as this replica reaches it.
 pub(super) struct RedisSessionLog {
     store: Arc<Store>,
@@ -142,6 +151,8 @@ pub(super) struct RedisSessionLog {
     newest: AtomicU64,
     /// How many times the channel was (re)subscribed: messages may have been lost before each.
     subscriptions: AtomicU64,
+    /// `subscriptions` when a read last looked at Redis: a newer one may have lost messages.
+    looked_after: AtomicU64,
     /// Set once the log is known to be gone; every call fails from then on.
     gone: OnceLock<Gone>,
     /// Wakes waiting readers when `newest`, `subscriptions` or `gone` change.
@@ -149,8 +160,10 @@ pub(super) struct RedisSessionLog {
     subscription: OnceCell<Subscription>,
     commits: Commits,
     /// This handle as the log's writer, in the metadata field `w:WRITER` the append script
-    /// keeps its last batch in.
+    /// keeps its last batches in.
     writer: String,
+    /// The frames this handle appended last, for its reader.
+    tail: parking_lot::Mutex<Tail>,
 }
 
 impl RedisSessionLog {
@@ -168,11 +181,13 @@ impl RedisSessionLog {
             me: me.clone(),
             newest: AtomicU64::new(0),
             subscriptions: AtomicU64::new(0),
+            looked_after: AtomicU64::new(0),
             gone: OnceLock::new(),
             grew: Wakeup::default(),
             subscription: OnceCell::new(),
-            commits: Commits::new(store.commit_bounds),
+            commits: Commits::new(&store.sending, store.commit_bounds),
             writer: format!("{:016x}", rand::random::<u64>()),
+            tail: parking_lot::Mutex::default(),
             store,
         })
     }
@@ -185,6 +200,11 @@ impl RedisSessionLog {
     /// The log's keys.
     pub(super) fn keys(&self) -> &LogKeys {
         &self.keys
+    }
+
+    /// The session detached: no stream here reads the log live any more.
+    pub(super) fn unread(&self) {
+        self.tail.lock().stop();
     }
 
     /// Records that the log reached `newest`, and wakes readers.
@@ -313,10 +333,74 @@ impl RedisSessionLog {
         self.lose(Gone::LostEvents)
     }
 
-    /// Up to `max` frames after `after`, as Redis holds them now.
+    /// Up to `max` frames after `after`, as Redis holds them now: from the tail when it holds
+    /// them, once Redis's metadata vouches for them; else from the stream.
     async fn read_now(&self, after: EventSeq, max: usize) -> Result<Vec<LogEntry>, ArcpError> {
         self.check_present()?;
         let known = self.newest.load(Ordering::Acquire);
+        let (mut held, live) = {
+            let tail = self.tail.lock();
+            (tail.read(after, max), tail.is_live())
+        };
+        if held.is_none() && live {
+            // Redis's message about this handle's own batch may come before Redis's answer to
+            // it, which brings the frames to the tail; that answer is a moment away, and a read
+            // of the stream a round trip.
+            self.commits.landed().await;
+            held = self.tail.lock().read(after, max);
+        }
+        match held {
+            Some(held) => self.read_held(after, known, held).await,
+            None => self.read_stream(after, max, known).await,
+        }
+    }
+
+    /// `held`, frames after `after` as the tail holds them, once the log's metadata says Redis
+    /// holds them too: the log is this handle's, holds every frame up to `known` (the newest
+    /// this handle heard of) and none after `after` was evicted, and its stream has as many
+    /// entries as the metadata counts. One round trip that brings no frame back. Frames after
+    /// the tail's are left for the next read.
+    async fn read_held(
+        &self,
+        after: EventSeq,
+        known: u64,
+        held: Vec<LogEntry>,
+    ) -> Result<Vec<LogEntry>, ArcpError> {
+        let mut conn = self.store.redis.get().await?;
+        let reply: Vec<Value> = ::redis::pipe()
+            .atomic()
+            .cmd("HMGET")
+            .arg(&self.keys.meta)
+            .arg(&["id", "x", "n", "e"])
+            .cmd("XLEN")
+            .arg(&self.keys.stream)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.store.redis.unavailable(e))?;
+        let [Value::Array(meta), Value::Int(entries)] =
+            <[Value; 2]>::try_from(reply).map_err(|_| unexpected())?
+        else {
+            return Err(unexpected());
+        };
+        let bounds = self.check_meta(&meta, known).await?;
+        if after < bounds.evicted_through {
+            return Err(evicted(after, bounds.evicted_through));
+        }
+        let counted = bounds.newest.get() - bounds.evicted_through.get();
+        if u64::try_from(entries).ok() != Some(counted) {
+            // The metadata says the frames are there and the stream does not have them.
+            return Err(self.lost_events(u64::MAX).await);
+        }
+        Ok(held)
+    }
+
+    /// Up to `max` frames after `after`, read from the stream.
+    async fn read_stream(
+        &self,
+        after: EventSeq,
+        max: usize,
+        known: u64,
+    ) -> Result<Vec<LogEntry>, ArcpError> {
         let mut conn = self.store.redis.get().await?;
         let reply: Vec<Value> = ::redis::pipe()
             .atomic()
@@ -420,29 +504,29 @@ impl Drop for RedisSessionLog {
 
 /// What the append script did with a batch.
 enum Append {
-    /// Appended (now or, for a batch sent again, before), the first as this number, with each
-    /// frame's window start.
-    Appended { first: u64, windows: Vec<u64> },
+    /// Appended, now or, for a batch sent again, before.
+    Appended,
     /// Nothing: the instance to fence was fenced out already.
     AlreadyFenced,
 }
 
 impl RedisSessionLog {
-    /// Runs the append script on `frames` as batch `batch` of this handle's writer, or, with
+    /// Runs the append script on `frames` as batch `link` of this handle's writer, or, with
     /// `fence`, as the fence of that lost instance, which its own record makes safe to send
-    /// again; one round trip.
+    /// again; one round trip. Pushes what each append did onto `out`.
     async fn run_append(
         &self,
-        batch: Option<u64>,
+        link: Option<Link>,
         frames: &[StoredFrame],
         fence: Option<&str>,
+        out: &mut Vec<Appended>,
     ) -> Result<Append, CommitError> {
         self.check_present().map_err(CommitError::Failed)?;
         let store = &self.store;
         let known = self.newest.load(Ordering::Acquire);
         let script = &store.scripts.append;
         let bytes = frames.iter().map(StoredFrame::len).sum::<usize>() + 512;
-        let mut cmd = script.call(5, 13 + frames.len(), bytes);
+        let mut cmd = script.call(5, 14 + frames.len(), bytes);
         cmd.arg(&self.keys.stream)
             .arg(&self.keys.meta)
             .arg(&store.retained)
@@ -459,9 +543,13 @@ impl RedisSessionLog {
             .arg(&self.keys.channel)
             .arg(&store.instance)
             .arg(fence.unwrap_or(""));
-        match batch {
-            Some(batch) => cmd.arg(&self.writer).arg(batch),
-            None => cmd.arg("").arg(""),
+        match link {
+            Some(link) => cmd.arg(&self.writer).arg(link.number).arg(
+                link.after
+                    .map(|after| after.to_string())
+                    .unwrap_or_default(),
+            ),
+            None => cmd.arg("").arg("").arg(""),
         };
         for frame in frames {
             cmd.arg(frame.as_bytes());
@@ -485,9 +573,26 @@ impl RedisSessionLog {
             _ => None,
         });
         let code = reply.next().flatten().ok_or_else(unexpected);
+        let batch = link.map(|link| link.number);
         match code.map_err(CommitError::Failed)? {
             FENCED => return Err(CommitError::Failed(self.fenced())),
             ALREADY_FENCED => return Ok(Append::AlreadyFenced),
+            OUT_OF_ORDER => {
+                return Err(CommitError::OutOfOrder(ArcpError::Internal(format!(
+                    "the event log did not append batch {} of session {}: the batch before it \
+                     was not appended",
+                    batch.unwrap_or_default(),
+                    self.session
+                ))))
+            }
+            STALE => {
+                return Err(CommitError::Failed(ArcpError::Internal(format!(
+                    "the event log did not append batch {} of session {}: a later batch went \
+                     first",
+                    batch.unwrap_or_default(),
+                    self.session
+                ))))
+            }
             REPLAYED => tracing::info!(
                 session = %self.session,
                 batch,
@@ -501,18 +606,13 @@ impl RedisSessionLog {
                 }
             }
         }
-        let numbers = (|| {
-            let first = reply.next().flatten().and_then(|n| u64::try_from(n).ok())?;
-            let windows = reply
-                .map(|w| w.and_then(|w| u64::try_from(w).ok()))
-                .collect::<Option<Vec<u64>>>()?;
-            (windows.len() == frames.len()).then_some((first, windows))
-        })();
-        let (first, windows) = numbers.ok_or_else(|| CommitError::Failed(unexpected()))?;
+        let first =
+            numbered(reply, frames.len(), out).ok_or_else(|| CommitError::Failed(unexpected()))?;
         if !frames.is_empty() {
-            self.saw(first + frames.len() as u64 - 1);
+            self.tail.lock().appended(first, frames);
+            self.saw(first.get() + frames.len() as u64 - 1);
         }
-        Ok(Append::Appended { first, windows })
+        Ok(Append::Appended)
     }
 
     /// The error for an append by this replica once it was fenced out of the log.
@@ -524,12 +624,34 @@ impl RedisSessionLog {
     }
 }
 
-/// The append script's answer for a batch it had applied before: the numbers it got follow.
-const REPLAYED: i64 = 2;
-/// Its answer when the instance to fence was fenced out already.
-const ALREADY_FENCED: i64 = 3;
-/// Its answer when this replica's instance was fenced out of the log.
-const FENCED: i64 = -6;
+/// Reads the rest of an append script's answer for `count` frames, the first number and then
+/// window starts as `(frame, start)` where they change (nearly always once a batch), onto
+/// `out`; returns the first number, or `None` for an answer that does not say so.
+fn numbered(
+    mut reply: impl Iterator<Item = Option<i64>>,
+    count: usize,
+    out: &mut Vec<Appended>,
+) -> Option<EventSeq> {
+    let first = reply.next().flatten().and_then(|n| u64::try_from(n).ok())?;
+    let mut changes = Vec::new();
+    while let Some(frame) = reply.next() {
+        let frame = frame.and_then(|f| usize::try_from(f).ok())?;
+        let start = reply.next().flatten().and_then(|s| u64::try_from(s).ok())?;
+        changes.push((frame, start));
+    }
+    let mut changes = changes.into_iter().peekable();
+    let mut window_start = None;
+    for n in 0..count {
+        if let Some((_, start)) = changes.next_if(|&(at, _)| at == n) {
+            window_start = Some(start);
+        }
+        out.push(Appended {
+            seq: EventSeq(first + n as u64),
+            window_start: EventSeq(window_start?),
+        });
+    }
+    changes.next().is_none().then_some(EventSeq(first))
+}
 
 #[async_trait]
 impl Batcher for RedisSessionLog {
@@ -543,20 +665,12 @@ impl Batcher for RedisSessionLog {
 
     async fn commit(
         &self,
-        batch: u64,
         frames: &[StoredFrame],
+        link: Link,
         out: &mut Vec<Appended>,
     ) -> Result<(), CommitError> {
-        match self.run_append(Some(batch), frames, None).await? {
-            Append::Appended { first, windows } => {
-                for (n, window_start) in windows.into_iter().enumerate() {
-                    out.push(Appended {
-                        seq: EventSeq(first + n as u64),
-                        window_start: EventSeq(window_start),
-                    });
-                }
-                Ok(())
-            }
+        match self.run_append(Some(link), frames, None, out).await? {
+            Append::Appended => Ok(()),
             Append::AlreadyFenced => Err(CommitError::Failed(unexpected())),
         }
     }
@@ -573,6 +687,23 @@ impl SessionLog for RedisSessionLog {
         Commits::append(me, frame).await
     }
 
+    fn pipelines(&self) -> bool {
+        true
+    }
+
+    fn read_batch(&self) -> Option<usize> {
+        Some(READ_BATCH)
+    }
+
+    async fn queue_append(&self, frame: StoredFrame) -> Result<QueuedAppend, ArcpError> {
+        self.check_present()?;
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| Gone::Removed.error(&self.session))?;
+        Ok(QueuedAppend::answered_by(Commits::queue(me, frame)?))
+    }
+
     async fn read(
         &self,
         after: EventSeq,
@@ -581,12 +712,27 @@ impl SessionLog for RedisSessionLog {
     ) -> Result<Vec<LogEntry>, ArcpError> {
         let max = max.max(1);
         self.commits.settle().await;
+        if wait == Wait::ForMore {
+            // A waiting read is a stream's, which has every frame through `after`.
+            self.tail.lock().taken(after);
+        }
+        // A waiting reader that knows of nothing after `after`, with no message lost since the
+        // last look (a resubscription), waits before it looks: a look would find nothing, and
+        // a reader that keeps up would pay a round trip for it after every batch.
+        let mut look = wait == Wait::No
+            || self.newest.load(Ordering::Acquire) > after.get()
+            || self.subscriptions.load(Ordering::Acquire)
+                != self.looked_after.load(Ordering::Acquire);
         loop {
             let subscriptions = self.subscriptions.load(Ordering::Acquire);
-            let read = self.read_now(after, max).await?;
-            if !read.is_empty() || wait == Wait::No {
-                return Ok(read);
+            if look {
+                let read = self.read_now(after, max).await?;
+                self.looked_after.store(subscriptions, Ordering::Release);
+                if !read.is_empty() || wait == Wait::No {
+                    return Ok(read);
+                }
             }
+            look = true;
             let news = self.grew.wait_until(|| {
                 self.newest.load(Ordering::Acquire) > after.get()
                     || self.gone.get().is_some()
@@ -617,13 +763,12 @@ impl SessionLog for RedisSessionLog {
         frames: Vec<StoredFrame>,
     ) -> Result<Option<Vec<EventSeq>>, ArcpError> {
         self.commits.settle().await;
-        let fenced = self.run_append(None, &frames, Some(lost.as_str())).await;
+        let mut appended = Vec::with_capacity(frames.len());
+        let fenced = self
+            .run_append(None, &frames, Some(lost.as_str()), &mut appended)
+            .await;
         Ok(match fenced.map_err(CommitError::into_error)? {
-            Append::Appended { first, .. } => Some(
-                (0..frames.len() as u64)
-                    .map(|n| EventSeq(first + n))
-                    .collect(),
-            ),
+            Append::Appended => Some(appended.into_iter().map(|a| a.seq).collect()),
             Append::AlreadyFenced => None,
         })
     }
