@@ -7,6 +7,7 @@
 //! - [`jobs`]: the job directory: lookups, listing, and cancel and subscribe by id.
 //! - [`idempotency`]: idempotency keys with an atomic claim (§7.2).
 //! - [`replicas`]: which replicas sharing the stores are alive, and who takes over a lost one.
+//! - [`credentials`]: the ledger of provisioned credentials not yet revoked (§9.8.2, §14).
 //! - [`caps`]: the error every store answers a request over one of its caps with.
 //!
 //! The session and job code reach state only through these traits, so a store shared between
@@ -16,6 +17,7 @@
 
 pub mod caps;
 mod choice;
+pub mod credentials;
 pub mod idempotency;
 pub mod jobs;
 pub mod log;
@@ -29,6 +31,7 @@ use std::sync::Arc;
 pub use self::choice::StoreChoice;
 
 use self::{
+    credentials::{memory::MemoryCredentialLedger, redis::RedisCredentialLedger, CredentialLedger},
     idempotency::{memory::MemoryIdempotencyStore, redis::RedisIdempotencyStore, IdempotencyStore},
     jobs::{memory::MemoryJobDirectory, redis::RedisJobDirectory, JobDirectory},
     log::{memory::MemoryEventLog, redis::RedisEventLog, EventLog, LogLimits},
@@ -57,6 +60,8 @@ pub struct Stores {
     pub idempotency: Arc<dyn IdempotencyStore>,
     /// The replicas sharing these stores, and this one among them.
     pub replicas: Arc<dyn ReplicaRegistry>,
+    /// The provisioned credentials not yet revoked.
+    pub credentials: Arc<dyn CredentialLedger>,
 }
 
 impl Stores {
@@ -86,6 +91,8 @@ pub struct MemoryStores {
     pub idempotency: Arc<MemoryIdempotencyStore>,
     /// The one replica.
     pub replicas: Arc<MemoryReplicas>,
+    /// The provisioned credentials not yet revoked.
+    pub credentials: Arc<MemoryCredentialLedger>,
 }
 
 impl MemoryStores {
@@ -97,13 +104,15 @@ impl MemoryStores {
 
     /// Empty stores, with event logs within `limits`.
     pub fn with_limits(limits: LogLimits) -> MemoryStores {
+        let replicas = Arc::new(MemoryReplicas::default());
         MemoryStores {
             sessions: Arc::new(MemorySessionStore::new()),
             resume: Arc::new(MemoryResumeRegistry::new()),
             logs: Arc::new(MemoryEventLog::with_limits(limits)),
             jobs: Arc::new(MemoryJobDirectory::new()),
             idempotency: Arc::new(MemoryIdempotencyStore::new()),
-            replicas: Arc::new(MemoryReplicas::default()),
+            credentials: Arc::new(MemoryCredentialLedger::new(replicas.instance().clone())),
+            replicas,
         }
     }
 
@@ -116,6 +125,7 @@ impl MemoryStores {
             jobs: self.jobs.clone(),
             idempotency: self.idempotency.clone(),
             replicas: self.replicas.clone(),
+            credentials: self.credentials.clone(),
         }
     }
 }
@@ -148,6 +158,7 @@ impl Stores {
             logs: Arc::new(RedisEventLog::new(redis, limits, &instance)),
             idempotency: Arc::new(RedisIdempotencyStore::new(redis)),
             jobs: Arc::new(RedisJobDirectory::new(redis, instance.clone())),
+            credentials: Arc::new(RedisCredentialLedger::new(redis, instance.clone())),
             replicas: Arc::new(RedisReplicaRegistry::new(redis, instance)),
         }
     }
