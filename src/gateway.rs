@@ -2,7 +2,9 @@
 //!
 //! On stores shared with other replicas it also keeps this replica's lease
 //! ([`Gateway::register`], [`Gateway::keep_lease`], [`Gateway::leave`]) and, in every sweep,
-//! takes over the replicas whose leases ran out (`crate::takeover`).
+//! takes over the replicas whose leases ran out (`crate::takeover`). With a credential
+//! upstream, every sweep also retries the revocations the ledger still lists
+//! ([`Provisioning::sweep`]).
 
 use std::{
     sync::Arc,
@@ -19,7 +21,7 @@ use crate::{
         Authenticator,
     },
     config::GatewayConfig,
-    credentials::CredentialProvisioner,
+    credentials::{CredentialProvisioner, Provisioning},
     engine::{JobManager, ObservePolicy, SamePrincipalOnly},
     error::ArcpError,
     ids::ReplicaId,
@@ -51,6 +53,8 @@ pub struct Gateway {
     config: GatewayConfig,
     stores: Stores,
     sessions: Arc<SessionServices>,
+    /// The credential upstream and its ledger, when configured.
+    provisioning: Option<Arc<Provisioning>>,
 }
 
 /// Assembles a [`Gateway`].
@@ -119,13 +123,21 @@ impl GatewayBuilder {
         } else {
             Features::supported().without("provisioned_credentials")
         };
+        let provisioning = self.provisioner.map(|upstream| {
+            let instance = stores.replicas.instance().clone();
+            Arc::new(Provisioning::new(
+                upstream,
+                stores.credentials.clone(),
+                instance,
+            ))
+        });
         let services = Arc::new(JobServices {
             delivery: DeliveryPolicy::new(
                 config.back_pressure_lag,
                 config.flow_window.min(config.max_log_frames as u64 / 2),
             ),
             logs: stores.logs.clone(),
-            provisioner: self.provisioner,
+            provisioner: provisioning.clone(),
             settings: config.clone(),
             running: Running::new(self.replica.unwrap_or_else(ReplicaId::generate)),
         });
@@ -167,6 +179,7 @@ impl GatewayBuilder {
             config,
             stores,
             sessions,
+            provisioning,
         })
     }
 }
@@ -253,7 +266,10 @@ impl Gateway {
             let deadline = *deadline
                 .get_or_insert_with(|| tokio::time::Instant::now() + 3 * lease + heartbeat);
             let wait = match registered {
-                Ok(Registration::Registered) => return Ok(()),
+                Ok(Registration::Registered) => {
+                    self.check_ledger().await;
+                    return Ok(());
+                }
                 Ok(Registration::Lost) => {
                     return Err(ArcpError::Internal(format!(
                         "replica instance {} was declared lost; it cannot register again",
@@ -290,6 +306,24 @@ impl Gateway {
         }
     }
 
+    /// Says so, for operators, when this replica's part of the credential ledger lists
+    /// credentials (a predecessor's) and no upstream is configured to revoke them.
+    async fn check_ledger(&self) {
+        if self.provisioning.is_some() {
+            return;
+        }
+        match self.stores.credentials.outstanding().await {
+            Ok(outstanding) if !outstanding.is_empty() => tracing::error!(
+                credentials = outstanding.len(),
+                "the credential ledger lists credentials this replica id issued that are not \
+                 revoked, and no credential upstream is configured to revoke them; start it \
+                 with the upstream that issued them"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("could not read the credential ledger: {e}"),
+        }
+    }
+
     /// Renews this replica's lease every `replica_heartbeat`, for as long as it holds it;
     /// returns who took it over once it learns it was declared lost (it was silent for longer
     /// than its lease: paused, or cut off from the stores). A replica that was lost must stop:
@@ -310,8 +344,24 @@ impl Gateway {
     }
 
     /// Gives up this replica's lease after a clean shutdown (its jobs drained), so that
-    /// nobody takes it over.
+    /// nobody takes it over; unless credentials it issued are still to be revoked: then its
+    /// lease runs out, and the replica that takes it over revokes them.
     pub async fn leave(&self) {
+        let outstanding = match &self.provisioning {
+            Some(provisioning) => provisioning.outstanding().await,
+            None => self.stores.credentials.outstanding().await.map(|o| o.len()),
+        };
+        match outstanding {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(credentials = n, "credentials this replica issued are not revoked yet; keeping the lease to run out, so that a replica sharing the store takes them over (on a memory store they stay live upstream)");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("could not read the credential ledger; keeping the lease to run out, for another replica to take over what it lists: {e}");
+                return;
+            }
+        }
         if let Err(e) = self.stores.replicas.leave().await {
             tracing::warn!("the replica's lease was not given up: {e}");
         }
@@ -356,6 +406,7 @@ impl Gateway {
                     lost = %lost,
                     jobs = done.jobs,
                     sessions = done.sessions,
+                    credentials = done.credentials,
                     "took over the lost replica"
                 ),
                 // The claim runs out and the takeover is done again, here or elsewhere.
@@ -367,9 +418,21 @@ impl Gateway {
     /// Takes over the replicas whose leases ran out (see [`Gateway::keep_lease`]); then removes
     /// sessions whose resume window has closed, with their logs, after cancelling their
     /// running jobs and dropping their subscriptions (nobody can receive those frames any
-    /// more); forgets jobs that ended longer than a window ago.
+    /// more); forgets jobs that ended longer than a window ago; and, beside that, retries the
+    /// credential revocations that are due, a lost replica's just taken over included.
     pub async fn sweep(&self) {
         self.take_over_lost().await;
+        // Beside, not after: an upstream that is slow to refuse must not hold up sessions.
+        tokio::join!(self.sweep_sessions(), self.sweep_credentials());
+    }
+
+    async fn sweep_credentials(&self) {
+        if let Some(provisioning) = &self.provisioning {
+            provisioning.sweep().await;
+        }
+    }
+
+    async fn sweep_sessions(&self) {
         let now = SystemTime::now();
         let expired = match self.stores.resume.take_expired(now).await {
             Ok(expired) => expired,

@@ -55,6 +55,12 @@ string_id!(
     JobId,
     "job_"
 );
+string_id!(
+    /// Identifies a provisioned credential (§9.8.1) within its upstream: what rotation,
+    /// revocation and the ledger of outstanding credentials name it by. Never its value.
+    CredentialId,
+    "cred_"
+);
 
 /// A W3C `traceparent` (or any opaque trace id a client sends) carried on every frame of a job
 /// (§11).

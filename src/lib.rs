@@ -26,8 +26,9 @@
 //!   claim). `tests/store_contract.rs` holds the contract every implementation must keep.
 //!   [`store::health`] says whether a shared store answers, which gRPC health reports.
 //! - **Leases and credentials**: [`lease`] enforces grants, budgets and expiry, and checks
-//!   delegation (§9); [`credentials`] is the provisioner trait and its in-process upstream
-//!   (§9.8).
+//!   delegation (§9); [`credentials`] is the provisioner trait, its in-process and HTTP
+//!   upstreams, and the provisioning that keeps every credential in the ledger
+//!   ([`store::credentials`]) until the upstream accepted its revocation (§9.8, §14).
 //! - **One job**: `job` is a running job's record, the one place its frames leave from (the
 //!   emission lock that keeps the terminal frame last), and `job::delivery`, how a frame enters
 //!   one session's log and how a job is paced to its reader.

@@ -14,7 +14,7 @@ use arcp_gateway::{
     agent::AgentRegistry,
     auth::Authenticator,
     config::GatewayConfig,
-    credentials::MemoryProvisioner,
+    credentials::{HttpProvisioner, MemoryProvisioner},
     engine::Observers,
     ids::{Principal, ReplicaId},
     server,
@@ -147,6 +147,19 @@ struct ServeArgs {
     /// provisioner; enables the `provisioned_credentials` feature.
     #[arg(long, value_name = "URL", env = "ARCP_CREDENTIALS_ENDPOINT")]
     credentials_endpoint: Option<String>,
+    /// Issue provisioned credentials (§9.8) from the upstream at this `http://` or `https://`
+    /// base URL (docs/credentials.md), which outlives this process: credentials not yet
+    /// revoked are kept in the store's ledger and revoked after a restart or a takeover.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "ARCP_CREDENTIAL_UPSTREAM",
+        conflicts_with = "credentials_endpoint"
+    )]
+    credential_upstream: Option<String>,
+    /// The bearer token the credential upstream wants, if any.
+    #[arg(long, value_name = "TOKEN", env = "ARCP_CREDENTIAL_UPSTREAM_TOKEN")]
+    credential_upstream_token: Option<String>,
     /// How long a new stream may stay silent before its `session.hello`.
     #[arg(long, default_value_t = 30, env = "ARCP_HELLO_TIMEOUT_SEC")]
     hello_timeout_sec: u64,
@@ -310,6 +323,13 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(endpoint) = args.credentials_endpoint {
         builder = builder.credential_provisioner(Arc::new(MemoryProvisioner::new(endpoint, None)));
+    }
+    if let Some(url) = args.credential_upstream {
+        if args.store == StoreChoice::Memory {
+            tracing::warn!("the credential ledger is in memory: credentials outstanding when this process dies stay live upstream until they expire; use a shared --store to have them revoked after a restart");
+        }
+        let upstream = HttpProvisioner::new(&url, args.credential_upstream_token)?;
+        builder = builder.credential_provisioner(Arc::new(upstream));
     }
     let gateway = builder.build();
     gateway.register().await?;

@@ -21,10 +21,15 @@
 //! Every step is idempotent, so a takeover whose claimant died halfway is done again by
 //! another survivor without a frame appended twice: a repeated fence appends nothing, a job
 //! already ended is not ended again, a detached attachment is not detached again (its window
-//! starts again, a little later than the first time). What is not taken over: credentials
-//! the lost replica provisioned (its provisioner is in its process; they expire by their
-//! own terms) and subscription requests it was answering (their askers time out with a
-//! retryable error).
+//! starts again, a little later than the first time).
+//!
+//! The credentials the lost replica issued that are not revoked move from its part of the
+//! credential ledger into the survivor's ([`CredentialLedger::adopt`]), before the takeover is
+//! said to be done; the survivor's sweep revokes them there (`credentials::Provisioning`),
+//! since their jobs ended with this takeover. What is not taken over: subscription requests
+//! it was answering (their askers time out with a retryable error).
+//!
+//! [`CredentialLedger::adopt`]: crate::store::credentials::CredentialLedger::adopt
 
 use std::{
     collections::BTreeMap,
@@ -46,6 +51,8 @@ pub struct TakenOver {
     pub jobs: usize,
     /// Sessions whose resume window started.
     pub sessions: usize,
+    /// Outstanding credentials moved into this replica's part of the ledger.
+    pub credentials: usize,
 }
 
 /// Takes over `lost`, which this replica claimed: ends its jobs and starts its sessions'
@@ -61,10 +68,14 @@ pub async fn take_over(
     let jobs = stores.jobs.running_on(lost.replica()).await?;
     let ended = end_jobs(stores, lost, lease, jobs).await?;
     let sessions = start_windows(stores, lost, resume_window).await?;
+    // Claimed, the lost instance records no more credentials (a record checks its lease):
+    // this moves all it will ever have left.
+    let credentials = stores.credentials.adopt(lost.replica()).await?;
     stores.replicas.taken_over(lost).await?;
     Ok(TakenOver {
         jobs: ended,
         sessions,
+        credentials,
     })
 }
 

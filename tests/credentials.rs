@@ -1,12 +1,18 @@
 //! Provisioned credentials (§9.8, §14) through the real server: the feature offer, the
 //! credential in `job.accepted` and its constraints, revocation at every terminal state,
-//! rotation, per-job and per-child credentials, and redaction for other principals.
+//! rotation, per-job and per-child credentials, redaction for other principals, and the
+//! ledger that keeps each credential's id from before its job sees it until its revocation
+//! is accepted (the same through real processes and restarts: `tests/credential_ledger.rs`).
 
 mod common;
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    },
+    time::SystemTime,
 };
 
 use arcp_gateway::{
@@ -15,9 +21,11 @@ use arcp_gateway::{
     config::GatewayConfig,
     credentials::MemoryProvisioner,
     engine::Observers,
-    ids::Principal,
+    error::ErrorCode,
+    ids::{CredentialId, JobId, Principal, ReplicaId},
     proto::{self, client_frame::Payload as In, job_event::Body, server_frame::Payload as Out},
     protocol::Json,
+    store::credentials::{CredentialLedger, Outstanding, Revocation},
     ArcpError, Gateway,
 };
 use common::*;
@@ -594,4 +602,207 @@ async fn a_failed_revocation_is_retried_until_the_upstream_accepts_it() {
         "two failures, then success"
     );
     assert!(!upstream.inner.is_live(&value), "revoked after the retries");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ledger (§14)
+// ---------------------------------------------------------------------------------------------
+
+/// A ledger whose next `record`s and `revoked`s fail, as a store that cannot be reached does.
+struct FailingLedger {
+    inner: Arc<dyn CredentialLedger>,
+    records: AtomicU32,
+    revocations: AtomicU32,
+}
+
+impl FailingLedger {
+    fn failing(counter: &AtomicU32) -> Result<(), ArcpError> {
+        let left = counter.load(Ordering::SeqCst);
+        if left > 0 {
+            counter.store(left - 1, Ordering::SeqCst);
+            return Err(ArcpError::Internal(
+                "the credential ledger is unavailable".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl CredentialLedger for FailingLedger {
+    async fn record(
+        &self,
+        id: &CredentialId,
+        job: &JobId,
+        at: SystemTime,
+    ) -> Result<(), ArcpError> {
+        Self::failing(&self.records)?;
+        self.inner.record(id, job, at).await
+    }
+
+    async fn failed(
+        &self,
+        id: &CredentialId,
+        failures: u32,
+        next: SystemTime,
+    ) -> Result<Option<u32>, ArcpError> {
+        self.inner.failed(id, failures, next).await
+    }
+
+    async fn revoked(&self, id: &CredentialId) -> Result<bool, ArcpError> {
+        Self::failing(&self.revocations)?;
+        self.inner.revoked(id).await
+    }
+
+    async fn outstanding(&self) -> Result<Vec<Outstanding>, ArcpError> {
+        self.inner.outstanding().await
+    }
+
+    async fn adopt(&self, lost: &ReplicaId) -> Result<usize, ArcpError> {
+        self.inner.adopt(lost).await
+    }
+}
+
+/// [`start`]'s gateway, with its ledger failing the first `records` records and `revocations`
+/// removals.
+async fn start_failing(records: u32, revocations: u32) -> Setup {
+    let provisioner = Arc::new(MemoryProvisioner::new(ENDPOINT, Some("openai".into())));
+    let gate = Arc::new(Notify::new());
+    let mut agents = AgentRegistry::with_builtins();
+    agents
+        .register("gate", "1.0.0", Arc::new(Gate { open: gate.clone() }))
+        .unwrap();
+    let gateway = Gateway::builder(GatewayConfig::default())
+        .auth(Authenticator::from_pairs([(
+            "alice-token".to_string(),
+            Principal::new("alice"),
+        )]))
+        .agents(agents)
+        .credential_provisioner(provisioner.clone());
+    let server = TestServer::start_wrapped(gateway, move |stores| {
+        let credentials = Arc::new(FailingLedger {
+            inner: stores.credentials.clone(),
+            records: AtomicU32::new(records),
+            revocations: AtomicU32::new(revocations),
+        });
+        arcp_gateway::store::Stores {
+            credentials,
+            ..stores
+        }
+    })
+    .await;
+    Setup {
+        server,
+        provisioner,
+        gate,
+    }
+}
+
+/// The ledger lists a job's credential, by id only, from before its `job.accepted` until its
+/// revocation was accepted, which is before the job's terminal frame.
+#[tokio::test]
+async fn a_credential_is_in_the_ledger_from_before_its_acceptance_until_its_revocation() {
+    let s = start().await;
+    let (mut conn, _) = s.server.hello_with("alice-token", FEATURES).await;
+    let (job, frame) = submit_and_accept(&mut conn, submit("gate", json!({}))).await;
+    let c = the_credential(&frame);
+    let ledger = &s.server.stores.credentials;
+    let listed = ledger.outstanding().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (
+            listed[0].id.as_str(),
+            listed[0].job.as_str(),
+            listed[0].revocation
+        ),
+        (c.id.as_str(), job.as_str(), Revocation::Held)
+    );
+    s.gate.notify_one();
+    conn.recv_until_terminal(&job).await;
+    assert!(!s.provisioner.is_live(&c.value));
+    assert!(ledger.is_empty(), "forgotten once revoked");
+}
+
+/// A credential the ledger cannot record never reaches a job: it is revoked at once and the
+/// submission refused with a retryable error; the next submission, recorded, runs.
+#[tokio::test]
+async fn a_credential_the_ledger_cannot_record_is_revoked_and_its_job_refused() {
+    let s = start_failing(1, 0).await;
+    let (mut conn, _) = s.server.hello_with("alice-token", FEATURES).await;
+    let id = conn.send(submit("echo", json!(1))).await;
+    let refusal = conn.recv().await;
+    let e = expect_error(&refusal, ErrorCode::InternalError, Some(&id));
+    assert!(e.message.contains("ledger"), "{e:?}");
+    assert_eq!(
+        s.provisioner.outstanding(),
+        0,
+        "the unrecorded credential is revoked"
+    );
+    assert!(s.server.stores.credentials.is_empty());
+
+    let (job, frame) = submit_and_accept(&mut conn, submit("echo", json!(1))).await;
+    the_credential(&frame);
+    conn.recv_until_terminal(&job).await;
+    assert_eq!(s.provisioner.outstanding(), 0);
+}
+
+/// A revoked credential the ledger failed to forget is forgotten by the next sweep, without
+/// asking the upstream again.
+#[tokio::test]
+async fn a_revoked_credential_the_ledger_failed_to_forget_is_forgotten_by_the_sweep() {
+    let s = start_failing(0, 1).await;
+    let (mut conn, _) = s.server.hello_with("alice-token", FEATURES).await;
+    let (job, frame) = submit_and_accept(&mut conn, submit("echo", json!(1))).await;
+    let c = the_credential(&frame);
+    conn.recv_until_terminal(&job).await;
+    assert!(!s.provisioner.is_live(&c.value), "revoked at the job's end");
+    // Listed as held by a job that ended: only the sweep's record of what it could not tell
+    // the ledger can forget it.
+    let ledger = s.server.stores.credentials.clone();
+    eventually("the sweep to forget it", || async {
+        s.server.gateway.sweep().await;
+        ledger.is_empty()
+    })
+    .await;
+}
+
+/// A credential whose revocation the upstream refused past the job's own attempts stays in
+/// the ledger as failing, and the sweep retries it until the upstream accepts.
+#[tokio::test]
+async fn a_revocation_refused_past_the_jobs_attempts_is_left_to_the_sweep() {
+    let attempts = arcp_gateway::credentials::IN_JOB_ATTEMPTS;
+    let upstream = Arc::new(FlakyRevocation {
+        inner: MemoryProvisioner::new(ENDPOINT, Some("openai".into())),
+        failures: AtomicU32::new(attempts),
+        attempts: AtomicU32::new(0),
+    });
+    let gateway = Gateway::builder(GatewayConfig::default())
+        .auth(Authenticator::from_pairs([(
+            "alice-token".to_string(),
+            Principal::new("alice"),
+        )]))
+        .credential_provisioner(upstream.clone());
+    let server = TestServer::start_gateway(gateway).await;
+    let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
+    let (job, frame) = submit_and_accept(&mut conn, submit("echo", json!(1))).await;
+    let value = the_credential(&frame).value;
+    conn.recv_until_terminal(&job).await;
+    assert_eq!(upstream.attempts.load(Ordering::SeqCst), attempts);
+    assert!(upstream.inner.is_live(&value), "refused every time");
+    let listed = server.stores.credentials.outstanding().await.unwrap();
+    assert!(
+        matches!(listed.as_slice(), [entry] if matches!(entry.revocation, Revocation::Failing { attempts: a, .. } if a == attempts)),
+        "{listed:?}"
+    );
+    let ledger = server.stores.credentials.clone();
+    eventually("the sweep to revoke it", || async {
+        server.gateway.sweep().await;
+        ledger.is_empty()
+    })
+    .await;
+    assert!(!upstream.inner.is_live(&value));
+    assert!(
+        upstream.attempts.load(Ordering::SeqCst) > attempts,
+        "the sweep tried"
+    );
 }

@@ -246,6 +246,9 @@ suite!(
     idempotency::a_key_lives_for_its_window,
     idempotency::a_cancelled_claim_claimed_or_did_not,
     idempotency::a_principal_holds_a_bounded_number_of_keys,
+    credentials::an_entry_is_outstanding_until_its_revocation_is_accepted,
+    credentials::changes_cancelled_anywhere_took_effect_or_none,
+    credentials::adopting_ones_own_part_changes_nothing,
 );
 
 /// The tests of what one replica sees of another's changes, for each store by its replicas
@@ -272,6 +275,7 @@ replicas_suite!(
     log::a_log_removed_on_one_replica_fails_the_others_waiting_reader,
     log::appends_racing_on_two_replicas_get_distinct_gap_free_numbers,
     log::queued_appends_racing_on_two_replicas_get_distinct_gap_free_numbers,
+    credentials::each_replica_lists_its_own_part,
 );
 
 /// [`redis_replicas`], for the tests of what a store shared between processes does when one
@@ -293,6 +297,8 @@ shared_replicas_suite!(
     log::a_fenced_replica_appends_nothing_more,
     jobs::a_lost_replicas_jobs_are_found_and_ended_once,
     session::the_sessions_a_replica_attached_are_found_by_replica,
+    credentials::a_lost_replicas_entries_move_to_the_adopter_and_are_never_lost,
+    credentials::a_lost_instance_records_nothing,
 );
 
 store_tests!(memory_replicas_with_outage; jobs::a_cancel_whose_message_was_lost_still_reaches_the_job);

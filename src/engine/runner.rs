@@ -15,6 +15,7 @@ use crate::{
     clock::Timestamp,
     encoding::StoredFrame,
     error::ArcpError,
+    ids::CredentialId,
     job::{record::JobRecord, JobServices},
     protocol::{
         job_frame::{FinalStatus, JobError, JobPayload, JobResult, ResultBody},
@@ -36,9 +37,6 @@ enum Outcome {
     /// Its replica shut down, and the drain's grace was over before it finished.
     Drained,
 }
-
-/// How many times revocation is tried before it is reported as permanently failed.
-const REVOKE_ATTEMPTS: u32 = 5;
 
 /// Runs `agent` for `job`, which starts children through `delegation`, and records how it
 /// ended in `directory`.
@@ -219,34 +217,18 @@ fn result_body(job: &JobRecord, value: Json) -> Result<ResultBody, ArcpError> {
     })
 }
 
-/// Revokes every credential of `job` at the upstream, retrying transient failures; a
-/// permanent failure is logged for operators (§9.8.2, §14).
+/// Revokes every credential of `job` at the upstream, retrying transient failures for a few
+/// seconds; one the upstream keeps refusing stays in the ledger for the sweep (§9.8.2, §14).
 pub(super) async fn revoke_credentials(services: &JobServices, job: &JobRecord) {
     let Some(provisioner) = &services.provisioner else {
         return;
     };
-    let ids: Vec<String> = job
+    let ids: Vec<CredentialId> = job
         .authority
         .lock()
         .credentials
         .iter()
-        .map(|c| c.id.clone())
+        .map(|c| CredentialId::new(c.id.as_str()))
         .collect();
-    for id in ids {
-        let mut attempt = 0;
-        loop {
-            match provisioner.revoke(&id).await {
-                Ok(()) => break,
-                Err(e) if attempt + 1 < REVOKE_ATTEMPTS => {
-                    attempt += 1;
-                    tracing::warn!(job = %job.id(), credential = %id, attempt, "credential revocation failed, retrying: {e}");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                }
-                Err(e) => {
-                    tracing::error!(job = %job.id(), credential = %id, "credential revocation failed permanently; revoke it by hand: {e}");
-                    break;
-                }
-            }
-        }
-    }
+    provisioner.revoke_job(job.id(), ids).await;
 }

@@ -22,7 +22,7 @@ pub mod running;
 
 use std::sync::Arc;
 
-use crate::{config::GatewayConfig, credentials::CredentialProvisioner, store::log::EventLog};
+use crate::{config::GatewayConfig, credentials::Provisioning, store::log::EventLog};
 
 use self::{delivery::DeliveryPolicy, running::Running};
 
@@ -33,8 +33,9 @@ pub struct JobServices {
     pub delivery: DeliveryPolicy,
     /// Every session's log, for subscribers' sessions.
     pub logs: Arc<dyn EventLog>,
-    /// Issues and revokes provisioned credentials (§9.8), when configured.
-    pub provisioner: Option<Arc<dyn CredentialProvisioner>>,
+    /// Issues and revokes provisioned credentials (§9.8), keeping them in the ledger until
+    /// they are revoked, when an upstream is configured.
+    pub provisioner: Option<Arc<Provisioning>>,
     /// The settings.
     pub settings: GatewayConfig,
     /// The jobs running on this replica.

@@ -7,6 +7,7 @@
 //! - [`jobs`]: the job directory: lookups, listing, and cancel and subscribe by id.
 //! - [`idempotency`]: idempotency keys with an atomic claim (§7.2).
 //! - [`replicas`]: which replicas sharing the stores are alive, and who takes over a lost one.
+//! - [`credentials`]: the ledger of provisioned credentials not yet revoked (§9.8.2, §14).
 //! - [`caps`]: the error every store answers a request over one of its caps with.
 //! - [`health`]: whether a shared store answers, for gRPC health.
 //!
@@ -17,6 +18,7 @@
 
 pub mod caps;
 mod choice;
+pub mod credentials;
 pub mod health;
 pub mod idempotency;
 pub mod jobs;
@@ -31,6 +33,7 @@ use std::sync::Arc;
 pub use self::choice::StoreChoice;
 
 use self::{
+    credentials::{memory::MemoryCredentialLedger, redis::RedisCredentialLedger, CredentialLedger},
     health::StoreHealth,
     idempotency::{memory::MemoryIdempotencyStore, redis::RedisIdempotencyStore, IdempotencyStore},
     jobs::{memory::MemoryJobDirectory, redis::RedisJobDirectory, JobDirectory},
@@ -63,6 +66,8 @@ pub struct Stores {
     /// Whether the stores answer, if they can fail to: `None` for stores in this process,
     /// which always do.
     pub health: Option<Arc<dyn StoreHealth>>,
+    /// The provisioned credentials not yet revoked.
+    pub credentials: Arc<dyn CredentialLedger>,
 }
 
 impl Stores {
@@ -92,6 +97,8 @@ pub struct MemoryStores {
     pub idempotency: Arc<MemoryIdempotencyStore>,
     /// The one replica.
     pub replicas: Arc<MemoryReplicas>,
+    /// The provisioned credentials not yet revoked.
+    pub credentials: Arc<MemoryCredentialLedger>,
 }
 
 impl MemoryStores {
@@ -103,13 +110,15 @@ impl MemoryStores {
 
     /// Empty stores, with event logs within `limits`.
     pub fn with_limits(limits: LogLimits) -> MemoryStores {
+        let replicas = Arc::new(MemoryReplicas::default());
         MemoryStores {
             sessions: Arc::new(MemorySessionStore::new()),
             resume: Arc::new(MemoryResumeRegistry::new()),
             logs: Arc::new(MemoryEventLog::with_limits(limits)),
             jobs: Arc::new(MemoryJobDirectory::new()),
             idempotency: Arc::new(MemoryIdempotencyStore::new()),
-            replicas: Arc::new(MemoryReplicas::default()),
+            credentials: Arc::new(MemoryCredentialLedger::new(replicas.instance().clone())),
+            replicas,
         }
     }
 
@@ -123,6 +132,7 @@ impl MemoryStores {
             idempotency: self.idempotency.clone(),
             replicas: self.replicas.clone(),
             health: None,
+            credentials: self.credentials.clone(),
         }
     }
 }
@@ -159,6 +169,7 @@ impl Stores {
             logs: Arc::new(RedisEventLog::new(redis, limits, &instance)),
             idempotency: Arc::new(RedisIdempotencyStore::new(redis)),
             jobs: Arc::new(RedisJobDirectory::new(redis, instance.clone())),
+            credentials: Arc::new(RedisCredentialLedger::new(redis, instance.clone())),
             replicas: Arc::new(RedisReplicaRegistry::new(redis, instance)),
             health: Some(Arc::new(redis.clone())),
         }

@@ -5,6 +5,7 @@
 //! each implementation, and against each wrapped in [`wrapped::yielding`].
 #![allow(dead_code)]
 
+pub mod credentials;
 pub mod idempotency;
 pub mod jobs;
 pub mod log;

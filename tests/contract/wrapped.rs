@@ -12,9 +12,10 @@ use std::{
 use arcp_gateway::{
     encoding::StoredFrame,
     error::ArcpError,
-    ids::{Epoch, EventSeq, JobId, Principal, ReplicaId, ReplicaInstance, SessionId},
+    ids::{CredentialId, Epoch, EventSeq, JobId, Principal, ReplicaId, ReplicaInstance, SessionId},
     protocol::Features,
     store::{
+        credentials::{CredentialLedger, Outstanding},
         idempotency::KeyTerms,
         idempotency::{Claim, Fingerprint, IdempotencyKey, IdempotencyStore},
         jobs::{
@@ -52,6 +53,7 @@ pub fn wrap(stores: Stores, hook: Arc<dyn Hook>) -> Stores {
         idempotency: Arc::new(Wrapped::new(stores.idempotency, &hook)),
         replicas: Arc::new(Wrapped::new(stores.replicas, &hook)),
         health: stores.health,
+        credentials: Arc::new(Wrapped::new(stores.credentials, &hook)),
     }
 }
 
@@ -472,6 +474,44 @@ impl IdempotencyStore for Wrapped<dyn IdempotencyStore> {
 
     async fn sweep(&self, now: SystemTime) -> Result<(), ArcpError> {
         self.around("idempotency.sweep", self.inner.sweep(now))
+            .await
+    }
+}
+
+#[async_trait]
+impl CredentialLedger for Wrapped<dyn CredentialLedger> {
+    async fn record(
+        &self,
+        id: &CredentialId,
+        job: &JobId,
+        issued_at: SystemTime,
+    ) -> Result<(), ArcpError> {
+        self.around("credentials.record", self.inner.record(id, job, issued_at))
+            .await
+    }
+
+    async fn failed(
+        &self,
+        id: &CredentialId,
+        failures: u32,
+        next: SystemTime,
+    ) -> Result<Option<u32>, ArcpError> {
+        self.around("credentials.failed", self.inner.failed(id, failures, next))
+            .await
+    }
+
+    async fn revoked(&self, id: &CredentialId) -> Result<bool, ArcpError> {
+        self.around("credentials.revoked", self.inner.revoked(id))
+            .await
+    }
+
+    async fn outstanding(&self) -> Result<Vec<Outstanding>, ArcpError> {
+        self.around("credentials.outstanding", self.inner.outstanding())
+            .await
+    }
+
+    async fn adopt(&self, lost: &ReplicaId) -> Result<usize, ArcpError> {
+        self.around("credentials.adopt", self.inner.adopt(lost))
             .await
     }
 }

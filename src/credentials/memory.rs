@@ -1,10 +1,6 @@
-//! Provisioned credentials (§9.8): short-lived secrets a runtime issues to one job, scoped to
-//! its lease, and revokes when the job ends.
-//!
-//! [`CredentialProvisioner`] is the upstream (an LLM gateway, a secrets broker) seen from the
-//! runtime. [`MemoryProvisioner`] is an in-process upstream: it mints `sk-virt-` values and
-//! answers whether a value is live, which is what an upstream enforces. A gateway advertises
-//! `provisioned_credentials` only when a provisioner is configured.
+//! [`MemoryProvisioner`]: an in-process upstream. It mints `sk-virt-` values and answers
+//! whether a value is live, which is what an upstream enforces; its credentials die with the
+//! process, so nothing it issued outlives a crash.
 
 use std::collections::HashMap;
 
@@ -19,23 +15,7 @@ use crate::{
     protocol::{credential::Credential, Json},
 };
 
-/// The upstream that issues, rotates and revokes credentials.
-#[async_trait]
-pub trait CredentialProvisioner: Send + Sync + 'static {
-    /// Issues a fresh credential for `job`; `constraints` is what the upstream is asked to
-    /// enforce (§9.8.3): `cost.budget`, `model.use`, `expires_at`.
-    async fn issue(
-        &self,
-        job: &JobId,
-        constraints: serde_json::Map<String, Json>,
-    ) -> Result<Credential, ArcpError>;
-
-    /// Replaces the value of credential `id` and revokes the old value.
-    async fn rotate(&self, id: &str) -> Result<Credential, ArcpError>;
-
-    /// Revokes credential `id`. Revoking an unknown or revoked credential succeeds.
-    async fn revoke(&self, id: &str) -> Result<(), ArcpError>;
-}
+use super::provisioner::CredentialProvisioner;
 
 /// An in-process upstream.
 pub struct MemoryProvisioner {
