@@ -47,6 +47,31 @@ fn redis_stores(redis: &Redis, replica: &str, limits: LogLimits) -> Stores {
     Stores::redis(redis, &ReplicaId::new(replica), limits)
 }
 
+/// The stores in a Redis Cluster, under keys of their own.
+fn redis_cluster(max_log_frames: usize) -> Stores {
+    redis_stores(
+        &fresh_cluster(),
+        "replica-a",
+        LogLimits::frames(max_log_frames),
+    )
+}
+
+fn fresh_cluster() -> Redis {
+    let prefix = format!("arcp-test-{}", SessionId::generate());
+    Redis::open(common::redis_cluster_url(), &prefix).expect("a redis cluster address")
+}
+
+/// Two replicas on one Redis Cluster: the same keys, each with its own connections.
+fn redis_cluster_replicas(max_log_frames: usize) -> (Stores, Stores) {
+    let a = fresh_cluster();
+    let b = Redis::open(common::redis_cluster_url(), a.prefix()).expect("a cluster address");
+    let limits = LogLimits::frames(max_log_frames);
+    (
+        redis_stores(&a, "replica-a", limits),
+        redis_stores(&b, "replica-b", limits),
+    )
+}
+
 fn memory_replicas(max_log_frames: usize) -> (Stores, Stores) {
     let stores = memory(max_log_frames);
     (stores.clone(), stores)
@@ -285,6 +310,11 @@ fn redis_processes(max_log_frames: usize) -> (Stores, Stores) {
     redis_replicas(max_log_frames)
 }
 
+/// [`redis_cluster_replicas`], for the tests of replica loss.
+fn redis_cluster_processes(max_log_frames: usize) -> (Stores, Stores) {
+    redis_cluster_replicas(max_log_frames)
+}
+
 /// The tests of replica loss, for each store whose replicas are processes of their own.
 macro_rules! shared_replicas_suite {
     ($($test:tt)*) => {
@@ -313,6 +343,31 @@ macro_rules! limited_suite {
         store_tests!(yielding_limited_redis; $($test)*);
     };
 }
+
+/// The tests that pass on a Redis Cluster: the stores whose every call keeps to one slot.
+/// Each store joins as its scripts are made slot-aware, until `suite!` itself runs on
+/// `redis_cluster`.
+macro_rules! cluster_suite {
+    ($($test:tt)*) => {
+        store_tests!(redis_cluster; $($test)*);
+    };
+}
+
+cluster_suite!(
+    replicas::a_live_replica_is_never_claimed,
+    credentials::an_entry_is_outstanding_until_its_revocation_is_accepted,
+    credentials::changes_cancelled_anywhere_took_effect_or_none,
+    credentials::adopting_ones_own_part_changes_nothing,
+);
+
+store_tests!(redis_cluster_replicas; credentials::each_replica_lists_its_own_part);
+
+store_tests!(
+    redis_cluster_processes;
+    replicas::a_silent_replica_is_claimed_once_and_learns_it_was_lost,
+    credentials::a_lost_replicas_entries_move_to_the_adopter_and_are_never_lost,
+    credentials::a_lost_instance_records_nothing,
+);
 
 limited_suite!(
     log::evicts_beyond_its_byte_bound_and_never_skips,

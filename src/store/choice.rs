@@ -7,7 +7,9 @@ use std::{fmt, str::FromStr};
 pub enum StoreChoice {
     /// In this process: nothing to run beside it, and nothing survives it or is shared.
     Memory,
-    /// In the Redis at this `redis://` or `rediss://` URL, shared by every replica using it.
+    /// In the Redis at this `redis://` or `rediss://` URL, or the Redis Cluster at this
+    /// `redis-cluster://HOST:PORT,...` or `rediss-cluster://...` URL, shared by every replica
+    /// using it.
     Redis(String),
 }
 
@@ -17,10 +19,22 @@ impl FromStr for StoreChoice {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == "memory" {
             Ok(StoreChoice::Memory)
-        } else if s.starts_with("redis://") || s.starts_with("rediss://") {
+        } else if [
+            "redis://",
+            "rediss://",
+            "redis-cluster://",
+            "rediss-cluster://",
+        ]
+        .iter()
+        .any(|scheme| s.starts_with(scheme))
+        {
             Ok(StoreChoice::Redis(s.to_owned()))
         } else {
-            Err("expected `memory`, `redis://HOST:PORT/DB` or `rediss://HOST:PORT/DB`".into())
+            Err(
+                "expected `memory`, `redis://HOST:PORT/DB`, `rediss://HOST:PORT/DB` or \
+                 `redis-cluster://HOST:PORT,HOST:PORT,...`"
+                    .into(),
+            )
         }
     }
 }

@@ -7,7 +7,8 @@
 //! [`health`] watches gRPC health, [`frames`] builds client payloads and reads server frames,
 //! [`agents`] holds test agents, [`log`] reads a session's log straight from the gateway,
 //! [`wait`] waits on state the test observes and [`raw`] opens plain TCP connections that
-//! never become useful; [`redis`] runs the `redis-server`s shared stores are tested on,
+//! never become useful; [`redis`] runs the `redis-server`s shared stores are tested on (and [`redis_cluster`]
+//! Redis Clusters of them),
 //! [`deployment`] runs replicas as processes on one of them, and [`haproxy`] puts a real proxy
 //! in front of replicas.
 //! Everything is re-exported here, so a test says `use common::*;`.
@@ -28,6 +29,7 @@ mod process;
 mod raw;
 mod raw_grpc;
 mod redis;
+mod redis_cluster;
 mod server;
 mod wait;
 mod ws;
@@ -36,7 +38,7 @@ mod ws;
 #[allow(unused_imports)]
 pub use self::{
     agents::*, deployment::*, each_store::*, frames::*, grpc::*, haproxy::*, health::*, log::*,
-    process::*, raw::*, raw_grpc::*, redis::*, server::*, wait::*, ws::*,
+    process::*, raw::*, raw_grpc::*, redis::*, redis_cluster::*, server::*, wait::*, ws::*,
 };
 
 /// How long a test waits for a frame before failing. A guard against hangs, not a timing

@@ -79,7 +79,7 @@ impl RedisServer {
         RedisServer::start_with(Vec::new(), Some(data))
     }
 
-    fn start_with(extra: Vec<String>, data: Option<PathBuf>) -> RedisServer {
+    pub(super) fn start_with(extra: Vec<String>, data: Option<PathBuf>) -> RedisServer {
         if Command::new("redis-server")
             .arg("--version")
             .output()
@@ -105,6 +105,11 @@ impl RedisServer {
     /// Its `redis://` address.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The port it serves on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Kills the server (SIGKILL): what it held is gone, as after a crash without persistence.
@@ -233,7 +238,7 @@ impl Drop for RedisServer {
     }
 }
 
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .expect("a free port")

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManagerConfig;
+use ::redis::{aio::ConnectionManagerConfig, cluster::ClusterClientBuilder};
 
 /// How long Redis may take to answer one command. Every script the stores run is bounded work
 /// (an append batch is at most 64 frames and 256 KiB) that takes well under a millisecond, so
@@ -37,4 +37,17 @@ pub(super) fn connection_config() -> ConnectionManagerConfig {
         .set_number_of_retries(RECONNECT_RETRIES)
         .set_min_delay(RECONNECT_DELAY)
         .set_max_delay(RECONNECT_MAX_DELAY)
+}
+
+/// The same bounds for a Redis Cluster's connection: each command waits
+/// [`RESPONSE_TIMEOUT`] for its node, and about twice that in all, so that following a slot
+/// that moved (a `MOVED` or `ASK` answer, a failover) costs a retry or two, not a failure.
+pub(super) fn cluster_config(builder: ClusterClientBuilder) -> ClusterClientBuilder {
+    builder
+        .connection_timeout(CONNECTION_TIMEOUT)
+        .response_timeout(RESPONSE_TIMEOUT)
+        .overall_response_timeout(Some(2 * RESPONSE_TIMEOUT + RECONNECT_MAX_DELAY))
+        .retries(RECONNECT_RETRIES as u32 + 2)
+        .min_retry_wait(RECONNECT_DELAY.as_millis() as u64)
+        .max_retry_wait(RECONNECT_MAX_DELAY.as_millis() as u64)
 }

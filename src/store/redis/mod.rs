@@ -16,6 +16,7 @@
 //! tried again, see [`RedisSettings::append_retry`].
 
 mod config;
+pub(crate) mod connection;
 pub(crate) mod notify;
 mod probe;
 
@@ -25,8 +26,9 @@ use std::{
 };
 
 use ::redis::{
-    aio::ConnectionManager, Client, ErrorKind, FromRedisValue, Pipeline, RedisError, Script,
-    ServerErrorKind, Value,
+    aio::ConnectionManager,
+    cluster::{ClusterClient, ClusterClientBuilder},
+    Client, ErrorKind, FromRedisValue, Pipeline, RedisError, Script, ServerErrorKind, Value,
 };
 use async_trait::async_trait;
 use tokio::sync::{watch, OnceCell};
@@ -37,8 +39,9 @@ use crate::{
     store::health::{Reachability, StoreHealth},
 };
 
+pub(crate) use self::connection::Connection;
 use self::{
-    config::connection_config,
+    config::{cluster_config, connection_config},
     notify::Notifier,
     probe::{Probe, Target},
 };
@@ -63,13 +66,22 @@ impl Default for RedisSettings {
     }
 }
 
-/// One Redis server (or primary), as every Redis store of one replica reaches it.
+/// One Redis server (or primary), or one Redis Cluster, as every Redis store of one replica
+/// reaches it.
 #[derive(Clone)]
 pub struct Redis(Arc<Shared>);
 
+/// What the stores' commands go to.
+// One per process, never moved: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Backend {
+    Single(Client),
+    Cluster(ClusterClient),
+}
+
 struct Shared {
-    client: Client,
-    connection: OnceCell<ConnectionManager>,
+    backend: Backend,
+    connection: OnceCell<Connection>,
     notifier: Arc<Notifier>,
     prefix: String,
     settings: RedisSettings,
@@ -78,10 +90,18 @@ struct Shared {
 
 impl Shared {
     /// The connection, made on first use.
-    async fn connection(&self) -> Result<ConnectionManager, RedisError> {
+    async fn connection(&self) -> Result<Connection, RedisError> {
         self.connection
-            .get_or_try_init(|| {
-                ConnectionManager::new_with_config(self.client.clone(), connection_config())
+            .get_or_try_init(|| async {
+                Ok(match &self.backend {
+                    Backend::Single(client) => Connection::Single(
+                        ConnectionManager::new_with_config(client.clone(), connection_config())
+                            .await?,
+                    ),
+                    Backend::Cluster(client) => {
+                        Connection::Cluster(client.get_async_connection().await?)
+                    }
+                })
             })
             .await
             .cloned()
@@ -89,9 +109,10 @@ impl Shared {
 }
 
 impl Redis {
-    /// The Redis at `url` (`redis://HOST:PORT/DB`, or `rediss://` for TLS), with every key
-    /// under `prefix`, so that several deployments (or test runs) can share one server.
-    /// Connects on first use.
+    /// The Redis at `url` (`redis://HOST:PORT/DB`, or `rediss://` for TLS), or the Redis
+    /// Cluster whose nodes (some of them: the rest are found) `redis-cluster://HOST:PORT,...`
+    /// names (`rediss-cluster://` for TLS), with every key under `prefix`, so that several
+    /// deployments (or test runs) can share one server. Connects on first use.
     pub fn open(url: &str, prefix: &str) -> Result<Redis, ArcpError> {
         Redis::open_with(url, prefix, RedisSettings::default())
     }
@@ -99,10 +120,22 @@ impl Redis {
     /// [`Redis::open`], riding out outages as `settings` say.
     pub fn open_with(url: &str, prefix: &str, settings: RedisSettings) -> Result<Redis, ArcpError> {
         let bad = |e: RedisError| ArcpError::InvalidRequest(format!("redis address: {e}"));
-        let client = Client::open(url).map_err(bad)?;
-        let notifier = Notifier::new(&client).map_err(bad)?;
+        let (backend, notified) = match cluster_nodes(url) {
+            Some(nodes) => {
+                let client = cluster_config(ClusterClientBuilder::new(nodes.clone()))
+                    .build()
+                    .map_err(bad)?;
+                // Pub/sub reaches every node of a Cluster: one node carries every channel.
+                (Backend::Cluster(client), Client::open(nodes[0].as_str()))
+            }
+            None => {
+                let client = Client::open(url).map_err(bad)?;
+                (Backend::Single(client.clone()), Ok(client))
+            }
+        };
+        let notifier = Notifier::new(&notified.map_err(bad)?).map_err(bad)?;
         Ok(Redis(Arc::new(Shared {
-            client,
+            backend,
             connection: OnceCell::new(),
             notifier: Arc::new(notifier),
             prefix: prefix.to_owned(),
@@ -170,7 +203,7 @@ pub(crate) struct RedisConnection {
 
 impl RedisConnection {
     /// The connection, made on first use.
-    pub(crate) async fn get(&self) -> Result<ConnectionManager, ArcpError> {
+    pub(crate) async fn get(&self) -> Result<Connection, ArcpError> {
         self.redis
             .0
             .connection()
@@ -216,6 +249,22 @@ pub(crate) fn is_transient(e: &RedisError) -> bool {
         || e.code() == Some("BUSY")
 }
 
+/// The node addresses of a `redis-cluster://` or `rediss-cluster://` URL, as `redis://` or
+/// `rediss://` URLs; `None` for any other URL.
+fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let (scheme, nodes) = url.split_once("://")?;
+    let scheme = scheme.strip_suffix("-cluster")?;
+    let nodes = nodes.split('/').next().unwrap_or_default();
+    Some(
+        nodes
+            .split(',')
+            .filter(|node| !node.is_empty())
+            .map(|node| format!("{scheme}://{node}"))
+            .collect(),
+    )
+    .filter(|nodes: &Vec<String>| !nodes.is_empty())
+}
+
 /// `at` as whole milliseconds since the Unix epoch, as the stores keep times in Redis.
 pub(crate) fn unix_millis(at: SystemTime) -> u64 {
     millis(at.duration_since(UNIX_EPOCH).unwrap_or_default())
@@ -242,7 +291,7 @@ pub(crate) fn replica_key(prefix: &str, replica: &ReplicaId, kind: &str) -> Stri
 /// are idempotent, and every other command must be idempotent (a plain one, or an `EVAL` of
 /// an idempotent script).
 pub(crate) async fn query_loading<T: FromRedisValue>(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     pipe: &Pipeline,
     scripts: &[&Script],
 ) -> ::redis::RedisResult<T> {

@@ -106,7 +106,7 @@ mod scripts;
 
 use std::{collections::HashMap, sync::Arc, time::Duration, time::SystemTime};
 
-use ::redis::{aio::ConnectionManager, FromRedisValue, Value};
+use ::redis::{FromRedisValue, Value};
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
@@ -115,7 +115,7 @@ use crate::{
     ids::{JobId, ReplicaId, ReplicaInstance, SessionId},
     store::{
         caps::over_cap,
-        redis::{notify, unix_millis, Redis, RedisConnection},
+        redis::{notify, unix_millis, Connection, Redis, RedisConnection},
     },
 };
 
@@ -262,7 +262,7 @@ fn lost_here(id: &JobId, replica: &ReplicaId) -> ArcpError {
 }
 
 impl Inner {
-    async fn connection(&self) -> Result<ConnectionManager, ArcpError> {
+    async fn connection(&self) -> Result<Connection, ArcpError> {
         self.redis.get().await
     }
 

@@ -6,11 +6,10 @@
 //! when it is not that log any more. Sequence numbers, byte counts and offsets are Lua numbers
 //! (doubles): exact up to 2^53, which no log reaches.
 
-use ::redis::{
-    aio::ConnectionManager, Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, Value,
-};
+use ::redis::{Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, Value};
 
 use super::incarnation::Gone;
+use crate::store::redis::Connection;
 
 /// What every script shares: how a log stands against a handle, a frame's size, and the
 /// store's budget.
@@ -359,7 +358,7 @@ impl LuaScript {
     /// Runs `cmd`, made by [`LuaScript::call`], loading the script first if Redis does not
     /// have it (a restart, a failover, a `SCRIPT FLUSH`). Refused calls have no effect, so
     /// trying again cannot apply a change twice.
-    pub(super) async fn run(&self, conn: &mut ConnectionManager, cmd: &Cmd) -> RedisResult<Value> {
+    pub(super) async fn run(&self, conn: &mut Connection, cmd: &Cmd) -> RedisResult<Value> {
         match cmd.query_async(conn).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 self.0.load_async(conn).await?;
