@@ -42,6 +42,7 @@ fn strings(value: Option<&Value>) -> Result<Vec<String>, ArcpError> {
 }
 
 impl Inner {
+    /// Runs one step's script.
     async fn step<T: FromRedisValue>(
         &self,
         conn: &mut Connection,
@@ -52,6 +53,7 @@ impl Inner {
             .map_err(|e| self.redis.unavailable(e))
     }
 
+    /// Sends one step's pipeline (on a Cluster, each command to its slot's node at once).
     async fn send<T: FromRedisValue>(
         &self,
         conn: &mut Connection,
@@ -255,6 +257,7 @@ impl Inner {
         Ok(())
     }
 
+    /// The release: the hash stops counting, then the slots free.
     pub(super) async fn cluster_release(
         &self,
         conn: &mut Connection,
@@ -274,6 +277,8 @@ impl Inner {
         self.uncounted(conn, id, &counted, None, None).await
     }
 
+    /// The finish: the hash takes the final fields and stops counting, then the slots free
+    /// and the job is listed as ended, then its subscribers and this replica's records go.
     pub(super) async fn cluster_finish(
         &self,
         conn: &mut Connection,
@@ -302,6 +307,9 @@ impl Inner {
             .await
     }
 
+    /// The end of lost replica `lost`'s job, ranked for purging at `at`, in the finish's steps;
+    /// one that an earlier takeover began has its later steps run again. Answers whether this
+    /// call ended it.
     pub(super) async fn cluster_finish_lost(
         &self,
         conn: &mut Connection,
@@ -503,6 +511,8 @@ impl Inner {
         Ok(answer)
     }
 
+    /// Gives back `session`'s slot on job `id`, in one pipeline: either half alone keeps the
+    /// slot or frees one the job no longer counts, both safe, and a retry completes it.
     pub(super) async fn cluster_drop_subscription(
         &self,
         conn: &mut Connection,
