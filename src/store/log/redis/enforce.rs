@@ -168,19 +168,33 @@ impl Store {
         let budget = &self.budget;
         let _enforcing = budget.enforcing.lock().await;
         let mut conn = self.redis.get().await?;
-        let (members, listed): (Vec<String>, Vec<String>) = ::redis::pipe()
-            .cmd("SMEMBERS")
-            .arg(&budget.logs)
-            .cmd("ZRANGE")
+        let listed: Vec<String> = ::redis::cmd("ZRANGE")
             .arg(&budget.detached)
             .arg(0)
             .arg(-1)
             .query_async(&mut conn)
             .await
             .map_err(|e| self.redis.unavailable(e))?;
+        let mut sessions: BTreeSet<String> = listed.into_iter().collect();
+        // A few at a time, so that a store of many logs does not hold Redis up.
+        let mut cursor = 0u64;
+        loop {
+            let (next, members): (u64, Vec<String>) = ::redis::cmd("SSCAN")
+                .arg(&budget.logs)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(RECOUNT_BATCH)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.redis.unavailable(e))?;
+            sessions.extend(members);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
         // What is owed is in the logs' metadata already, which the recount reads.
         budget.take();
-        let sessions: BTreeSet<String> = members.into_iter().chain(listed).collect();
         let sessions: Vec<String> = sessions.into_iter().collect();
         let (mut total, mut detached, mut gone) = (0u64, Vec::new(), Vec::new());
         for chunk in sessions.chunks(RECOUNT_BATCH) {
