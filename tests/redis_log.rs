@@ -310,3 +310,111 @@ async fn a_reader_of_frames_its_replica_wrote_still_sees_them_lost() {
         assert_lost(log.read(EventSeq(1), 10, Wait::No).await, says);
     }
 }
+
+/// A store on `url` whose budget holds `frames` one-byte-text frames, and a raw connection to
+/// change its keys behind its back.
+async fn budgeted(url: &str, frames: u64) -> (String, RedisEventLog, Box<dyn RawSet>) {
+    let prefix = fresh_prefix();
+    let redis = Redis::open(url, &prefix).expect("a redis address");
+    let writer = ReplicaInstance::start(ReplicaId::new("replica-a"));
+    let size = frame("x").len() as u64;
+    let limits = LogLimits {
+        max_frames: 10_000,
+        max_bytes: u64::MAX,
+        budget_bytes: frames * size,
+    };
+    let raw: Box<dyn RawSet> = match url.strip_prefix("redis-cluster://") {
+        Some(nodes) => {
+            let nodes: Vec<String> = nodes.split(',').map(|n| format!("redis://{n}")).collect();
+            let client = ::redis::cluster::ClusterClient::new(nodes).expect("cluster nodes");
+            Box::new(
+                client
+                    .get_async_connection()
+                    .await
+                    .expect("a cluster connection"),
+            )
+        }
+        None => Box::new(raw().await),
+    };
+    (prefix, RedisEventLog::new(&redis, limits, &writer), raw)
+}
+
+/// A connection to run one command on, to a single Redis or a Cluster.
+#[async_trait::async_trait]
+trait RawSet: Send {
+    async fn run(&mut self, cmd: ::redis::Cmd);
+}
+
+#[async_trait::async_trait]
+impl<C: ::redis::aio::ConnectionLike + Send> RawSet for C {
+    async fn run(&mut self, cmd: ::redis::Cmd) {
+        let _: ::redis::Value = cmd.query_async(self).await.expect("the raw command");
+    }
+}
+
+async fn appended(log: &Arc<dyn SessionLog>, count: u64) {
+    for _ in 0..count {
+        log.append(frame("x")).await.expect("appends");
+    }
+}
+
+async fn evicted_through(log: &Arc<dyn SessionLog>) -> u64 {
+    log.bounds().await.unwrap().evicted_through.get()
+}
+
+/// The budget's count and detached list are a second step after each log's change; one that
+/// never came (a cancelled call, a crash between the two) leaves them wrong, and a recount
+/// from the logs' metadata sets them right: here a count that forgot a detached log's bytes
+/// and a list that forgot the log, so that the budget would never evict from it.
+async fn a_recount_repairs_what_the_budget_missed(url: &str) {
+    let (prefix, logs, mut raw) = budgeted(url, 6).await;
+    let detached_id = SessionId::generate();
+    let detached = logs.create(&detached_id).await.unwrap();
+    appended(&detached, 4).await;
+    logs.detached(&detached_id, Epoch(1)).await;
+    raw.run(
+        ::redis::cmd("SET")
+            .arg(format!("{prefix}:{{log-budget}}:retained"))
+            .arg(0)
+            .clone(),
+    )
+    .await;
+    raw.run(
+        ::redis::cmd("DEL")
+            .arg(format!("{prefix}:{{log-budget}}:detached"))
+            .clone(),
+    )
+    .await;
+
+    let attached = logs.create(&SessionId::generate()).await.unwrap();
+    appended(&attached, 4).await;
+    assert_eq!(
+        evicted_through(&detached).await,
+        0,
+        "the budget saw 4 frames, not 8"
+    );
+
+    logs.recount().await.expect("the recount");
+    assert_eq!(
+        evicted_through(&detached).await,
+        0,
+        "a recount evicts nothing itself"
+    );
+    appended(&attached, 1).await;
+    assert_eq!(
+        evicted_through(&detached).await,
+        3,
+        "9 frames against a budget of 6: the detached log gives up 3"
+    );
+    assert_eq!(evicted_through(&attached).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recount_repairs_what_the_budget_missed_on_a_redis() {
+    a_recount_repairs_what_the_budget_missed(common::redis_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recount_repairs_what_the_budget_missed_on_a_cluster() {
+    a_recount_repairs_what_the_budget_missed(common::redis_cluster_url()).await;
+}

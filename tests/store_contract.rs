@@ -245,6 +245,14 @@ fn yielding_limited_redis(limits: LogLimits) -> Stores {
     contract::wrapped::yielding(limited_redis(limits))
 }
 
+fn limited_redis_cluster(limits: LogLimits) -> Stores {
+    redis_stores(&fresh_cluster(), "replica-a", limits)
+}
+
+fn yielding_limited_redis_cluster(limits: LogLimits) -> Stores {
+    contract::wrapped::yielding(limited_redis_cluster(limits))
+}
+
 /// One test per contract function for `$store`, on a two-worker runtime so that racing tasks
 /// really run in parallel.
 macro_rules! store_tests {
@@ -386,6 +394,8 @@ macro_rules! limited_suite {
         store_tests!(yielding_limited_memory; $($test)*);
         store_tests!(limited_redis; $($test)*);
         store_tests!(yielding_limited_redis; $($test)*);
+        store_tests!(limited_redis_cluster; $($test)*);
+        store_tests!(yielding_limited_redis_cluster; $($test)*);
     };
 }
 
@@ -399,6 +409,15 @@ macro_rules! cluster_suite {
 }
 
 cluster_suite!(
+    log::numbers_frames_without_gaps_and_reads_from_any_position,
+    log::evicts_beyond_its_bound_and_never_skips,
+    log::releases_early_only_for_the_newest_fenced_attachment,
+    log::a_waiting_read_sees_the_next_append_or_the_removal,
+    log::concurrent_appends_get_distinct_gap_free_numbers,
+    log::calls_cancelled_anywhere_leave_no_gap,
+    log::a_log_created_again_replaces_the_old_one,
+    log::a_replica_fence_appends_its_frames_once,
+    log::queued_appends_are_logged_once_each_in_queue_order,
     replicas::a_live_replica_is_never_claimed,
     credentials::an_entry_is_outstanding_until_its_revocation_is_accepted,
     credentials::changes_cancelled_anywhere_took_effect_or_none,
@@ -422,11 +441,16 @@ store_tests!(
     jobs::a_job_that_released_its_slot_refuses_cancels_on_every_replica,
     jobs::subscriptions_on_one_replica_reach_the_job_on_the_other,
     jobs::caps_hold_across_replicas,
+    log::a_reader_on_one_replica_gets_every_append_of_both_live_in_order,
+    log::a_log_removed_on_one_replica_fails_the_others_waiting_reader,
+    log::appends_racing_on_two_replicas_get_distinct_gap_free_numbers,
+    log::queued_appends_racing_on_two_replicas_get_distinct_gap_free_numbers,
 );
 
 store_tests!(
     redis_cluster_processes;
     replicas::a_silent_replica_is_claimed_once_and_learns_it_was_lost,
+    log::a_fenced_replica_appends_nothing_more,
     credentials::a_lost_replicas_entries_move_to_the_adopter_and_are_never_lost,
     credentials::a_lost_instance_records_nothing,
     jobs::a_lost_replicas_jobs_are_found_and_ended_once,

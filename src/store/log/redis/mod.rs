@@ -11,6 +11,8 @@
 //! - `tail.rs`: the frames this replica appended last, which a reader here need not read back.
 //! - `scripts.rs`: the Lua scripts, one per kind of change.
 //! - `incarnation.rs`: the random id of each log's life, which exposes lost data.
+//! - `budget.rs`: the store's budget, its keys and what a replica owes its count;
+//!   `enforce.rs`: its steps, eviction from detached sessions and the recount.
 //!
 //! # Keys
 //!
@@ -35,28 +37,67 @@
 //!   `INCARNATION -`, a create over an existing log `INCARNATION +`, and a log found to have
 //!   lost events `INCARNATION !`.
 //!
-//! And across sessions, for the store's budget: `PREFIX:log-retained`, the bytes all logs
-//! retain; `PREFIX:log-detached`, a sorted set of the detached sessions holding frames by
-//! the order they detached in, drawn from the counter `PREFIX:log-detach-order`.
+//! And across sessions, for the store's budget (`budget.rs`), under the hash tag
+//! `{log-budget}`, a slot of their own: `PREFIX:{log-budget}:retained`, the bytes all logs
+//! retain; `…:detached`, a sorted set of the detached sessions holding frames by the order
+//! they detached in, drawn from the counter `…:detach-order`; and `…:logs`, a set of every
+//! session with a log, which the recount reads.
 //!
 //! # Calls
 //!
-//! Every change is one script, so a cancelled call took full effect or none; the sequence
-//! number is assigned in the append script, so appends racing on several replicas never leave
-//! a gap or take a number twice. An append is one round trip (a batch of them, see `commit.rs`,
-//! is one too, and a few batches may be on their way at once), and evicts, moves the window,
-//! enforces the budget and publishes in that same script; a read is one (`MULTI`, the
-//! metadata, `XRANGE`, `EXEC`; or, for frames this replica appended, see `tail.rs`, the
-//! metadata and `XLEN`), as are `bounds`, `fence`,
-//! `release_through`, `detached` and `remove`; `create` is one plus the subscription, `open`
-//! two. Every append names the replica instance that sends it, and the append script refuses
-//! it if that instance was fenced out of the log, in the same step that numbers the frames:
-//! the fence and its check are in the session's slot, and cost the append no round trip. A
-//! fence of a lost instance is the append script too, with the frames that end its jobs, so
-//! the fence and those frames are one step, and a second fence of the same instance appends
-//! nothing. A reader waiting for more listens on the channel and looks at Redis again each second,
-//! so no lost message keeps it waiting.
+//! Every change to a log is one script on its session's slot, so a cancelled call took full
+//! effect on the log or none; the sequence number is assigned in the append script, so
+//! appends racing on several replicas never leave a gap or take a number twice. An append is
+//! one round trip (a batch of them, see `commit.rs`, is one too, and a few batches may be on
+//! their way at once): the script, which evicts beyond the log's bounds, moves the window and
+//! publishes, pipelined with the budget's tally (below). A read is one (`MULTI`, the metadata,
+//! `XRANGE`, `EXEC`; or, for frames this replica appended, see `tail.rs`, the metadata and
+//! `XLEN`), as are `bounds`, `fence`, `release_through` and `remove`; `create` is one plus the
+//! subscription, `open` two, `detached` one, or two when the log holds frames (it is listed).
+//! Every append names the replica instance that sends it, and the append script refuses it
+//! if that instance was fenced out of the log, in the same step that numbers the frames: the
+//! fence and its check are in the session's slot, and cost the append no round trip. A fence
+//! of a lost instance is the append script too, with the frames that end its jobs, so the
+//! fence and those frames are one step, and a second fence of the same instance appends
+//! nothing. A reader waiting for more listens on the channel and looks at Redis again each
+//! second, so no lost message keeps it waiting.
 //!
+//! # The budget, on a single Redis and on a Cluster alike
+//!
+//! No script on a log touches the budget's keys, so every script keeps to one slot, and the
+//! budget is a second step, the same code on a single Redis and on a Cluster:
+//!
+//! - An append's pipeline carries, beside the script, `INCRBY …:retained` by the batch's
+//!   bytes and `ZRANGE …:detached 0 0`: the same round trip on a single Redis; on a Cluster
+//!   the two go to the budget's slot at the moment the script goes to the session's. The
+//!   script answers what it evicted by the log's own bounds (or that it kept nothing: a
+//!   refused or replayed batch); the replica owes that back to the count, and adds what it
+//!   owes to its next change of the count (the next tally, or its upkeep's, each second).
+//! - Only when the count, less what this replica owes, is over the budget and a session is
+//!   listed, the replica (one enforcement at a time per replica) evicts from the session that
+//!   detached first with a script on that session's slot (`EVICT`: its oldest frames, as
+//!   many as the excess; a listed log that is not detached any more loses nothing), then
+//!   counts the freed bytes off, and takes the session off the list if it is empty or not
+//!   detached (`ACCOUNT`, on the budget's slot), and so on until within the budget.
+//! - `detached` marks the log (`d`), then, if it holds frames, lists it and enforces the
+//!   budget; an append to a detached log that held nothing marks it, then lists it. `fence`
+//!   only unmarks it: the list forgets it when the budget next reaches it. `create` and
+//!   `remove` pipeline the script with `SADD`/`SREM …:logs` and `ZREM …:detached`; the bytes
+//!   a removed or replaced log held, and those `release_through` frees, are owed back.
+//!
+//! So a change's second step may be missing (a call cancelled between the two, a crash with
+//! bytes owed, a lost answer), or done twice (a batch tried again whose first tally Redis
+//! counted): the count then holds bytes no log retains, which evicts from detached sessions
+//! early, or misses bytes, which lets the store run over its budget; a log may be marked
+//! detached and not listed (it loses nothing to the budget) or listed and not detached (it
+//! loses nothing either, and the list drops it). Each log's metadata (`b`, `d`) stays the
+//! truth, and the recount (every five minutes on each replica, and
+//! [`RedisEventLog::recount`]) sets the count to the sum of the logs' `b` and the list to the
+//! logs marked `l`, keeping the order of those listed. Changes racing with a recount may
+//! leave the count off by what they changed, until the next. Replicas enforcing at once each
+//! evict the excess they saw, so detached sessions may lose up to that much more than the
+//! budget needed.
+
 //! # When Redis does not answer
 //!
 //! An append that Redis does not answer is tried again by the log's committer, as the same
@@ -66,24 +107,12 @@
 //! does. A log that Redis lost meanwhile (restarted or flushed without persistence) fails
 //! every call with `RESUME_WINDOW_EXPIRED`, as above, once it answers again.
 //!
-//! # A single Redis, for now
-//!
-//! The budget makes the append, detach and remove scripts reach the store-wide keys and other
-//! sessions' logs, which on a Redis Cluster live in other slots. To make the store
-//! Cluster-safe, the budget would become a second step: the append script changes only its
-//! session's slot and returns the bytes it added; the replica adds them to the byte counter
-//! (its own slot, sent alongside the append, so still one round trip) and, only when the
-//! counter is over the budget, takes the oldest detached session from the sorted set and
-//! evicts from it with a script on that session's slot, subtracting what it freed. Detaching,
-//! fencing and removing likewise change the session's metadata in one script and the sorted
-//! set in a second command. The two steps are not atomic, so a call cancelled between them
-//! leaves the store-wide keys off by what it did; each session's metadata (`b`, `d`) stays the
-//! truth, and a periodic recount from it would repair them.
-//!
 //! Redis must not evict keys itself (`maxmemory-policy noeviction`): a log whose keys Redis
 //! dropped is reported lost, but the byte count would still hold its bytes.
 
+mod budget;
 mod commit;
+mod enforce;
 mod incarnation;
 mod scripts;
 mod session;
@@ -98,10 +127,11 @@ use parking_lot::Mutex;
 use crate::{
     error::ArcpError,
     ids::{Epoch, ReplicaInstance, SessionId},
-    store::redis::{millis, Redis},
+    store::redis::{millis, query_loading, Redis},
 };
 
 use self::{
+    budget::Budget,
     commit::{CommitBounds, Sending},
     incarnation::{no_log, Gone, Incarnation},
     scripts::Scripts,
@@ -127,29 +157,38 @@ impl RedisEventLog {
             ..limits
         };
         let prefix = redis.prefix();
-        RedisEventLog {
-            store: Arc::new(Store {
-                redis: redis.for_store("event log"),
-                limits: Limits {
-                    max_frames: limits.max_frames.to_string(),
-                    max_bytes: limits.max_bytes.to_string(),
-                    window_bytes: limits.window_bytes().to_string(),
-                    budget_bytes: limits.budget_bytes.to_string(),
-                },
-                commit_bounds: CommitBounds {
-                    retry_for: redis.settings().append_retry,
-                    max_queued_frames: limits.max_frames,
-                    max_queued_bytes: limits.max_bytes,
-                },
-                retained: format!("{prefix}:log-retained"),
-                detached: format!("{prefix}:log-detached"),
-                detach_order: format!("{prefix}:log-detach-order"),
-                instance: instance.as_str().to_owned(),
-                scripts: Scripts::new(),
-                sending: Sending::new(),
-                open: Mutex::new(HashMap::new()),
-            }),
+        let store = Arc::new(Store {
+            redis: redis.for_store("event log"),
+            limits: Limits {
+                max_frames: limits.max_frames.to_string(),
+                max_bytes: limits.max_bytes.to_string(),
+                window_bytes: limits.window_bytes().to_string(),
+            },
+            commit_bounds: CommitBounds {
+                retry_for: redis.settings().append_retry,
+                max_queued_frames: limits.max_frames,
+                max_queued_bytes: limits.max_bytes,
+            },
+            budget: Budget::new(prefix, limits.budget_bytes),
+            instance: instance.as_str().to_owned(),
+            scripts: Scripts::new(),
+            sending: Sending::new(),
+            open: Mutex::new(HashMap::new()),
+        });
+        // Outside a runtime (a store built for a test of its construction) there is no upkeep:
+        // the count is then only as exact as its steps.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(enforce::upkeep(Arc::downgrade(&store)));
         }
+        RedisEventLog { store }
+    }
+
+    /// Sets the budget's count of the bytes all logs retain, and its list of the detached
+    /// sessions, to what each log's metadata says. The store does it itself every few
+    /// minutes; this is the repair of what a cancelled call, a crash or a lost answer left
+    /// between a log's change and the count's.
+    pub async fn recount(&self) -> Result<(), ArcpError> {
+        self.store.recount().await
     }
 }
 
@@ -160,20 +199,30 @@ impl EventLog for RedisEventLog {
         let log = RedisSessionLog::new(store.clone(), session.clone(), Incarnation::random());
         let keys = log.keys();
         let script = &store.scripts.create;
-        let mut cmd = script.call(4, 3, 256);
+        let mut cmd = script.call(2, 2, 256);
         cmd.arg(&keys.stream)
             .arg(&keys.meta)
-            .arg(&store.retained)
-            .arg(&store.detached)
             .arg(log.incarnation().as_str())
-            .arg(session.as_str())
             .arg(&keys.channel);
+        // The budget's steps go first: a log it names that is not there is dropped by the
+        // recount, and one it does not name would be missed.
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("SADD")
+            .arg(&store.budget.logs)
+            .arg(session.as_str())
+            .cmd("ZREM")
+            .arg(&store.budget.detached)
+            .arg(session.as_str())
+            .add_command(cmd);
         let created = async {
             let mut conn = store.redis.get().await?;
-            script
-                .run(&mut conn, &cmd)
+            let answers: Vec<Value> = query_loading(&mut conn, &pipe, &[script.script()])
                 .await
                 .map_err(|e| store.redis.unavailable(e))?;
+            match answers.as_slice() {
+                [_, _, Value::Int(replaced)] => store.budget.owe(-replaced),
+                _ => return Err(session::unexpected()),
+            }
             Ok::<_, ArcpError>(())
         };
         // Subscribed while the log is created: nothing published before it exists matters.
@@ -226,20 +275,29 @@ impl EventLog for RedisEventLog {
         let store = &self.store;
         let keys = store.keys(session);
         let script = &store.scripts.remove;
-        let mut cmd = script.call(4, 3, 256);
+        let mut cmd = script.call(2, 2, 256);
         cmd.arg(&keys.stream)
             .arg(&keys.meta)
-            .arg(&store.retained)
-            .arg(&store.detached)
-            .arg(session.as_str())
             .arg(&keys.channel)
             .arg(millis(TOMBSTONE));
+        let mut pipe = ::redis::pipe();
+        pipe.add_command(cmd)
+            .cmd("ZREM")
+            .arg(&store.budget.detached)
+            .arg(session.as_str())
+            .cmd("SREM")
+            .arg(&store.budget.logs)
+            .arg(session.as_str());
         let removed = async {
             let mut conn = store.redis.get().await?;
-            script
-                .run(&mut conn, &cmd)
+            let answers: Vec<Value> = query_loading(&mut conn, &pipe, &[script.script()])
                 .await
-                .map_err(|e| store.redis.unavailable(e))
+                .map_err(|e| store.redis.unavailable(e))?;
+            match answers.first() {
+                Some(Value::Int(freed)) => store.budget.owe(-(*freed).max(0)),
+                _ => return Err(session::unexpected()),
+            }
+            Ok(())
         };
         if let Err(e) = removed.await {
             // Left as it was: the frames stay counted until a later removal or create.
@@ -256,21 +314,20 @@ impl EventLog for RedisEventLog {
         let store = &self.store;
         let keys = store.keys(session);
         let script = &store.scripts.detach;
-        let mut cmd = script.call(4, 4, 256);
-        cmd.arg(&keys.meta)
-            .arg(&store.retained)
-            .arg(&store.detached)
-            .arg(&store.detach_order)
-            .arg(epoch.0)
-            .arg(session.as_str())
-            .arg(&store.limits.budget_bytes)
-            .arg(store.redis.prefix());
+        let mut cmd = script.call(1, 1, 128);
+        cmd.arg(&keys.meta).arg(epoch.0);
         let detached = async {
             let mut conn = store.redis.get().await?;
-            script
+            let listed = script
                 .run(&mut conn, &cmd)
                 .await
-                .map_err(|e| store.redis.unavailable(e))
+                .map_err(|e| store.redis.unavailable(e))?;
+            // Marked detached, then listed: a log marked and not listed loses nothing to the
+            // budget until the recount lists it.
+            if listed == Value::Int(1) {
+                store.list_detached(session).await?;
+            }
+            Ok::<_, ArcpError>(())
         };
         if let Err(e) = detached.await {
             // Still counted attached: its frames are safe, and the budget may stay exceeded.

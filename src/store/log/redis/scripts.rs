@@ -11,8 +11,7 @@ use ::redis::{Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, Value};
 use super::incarnation::Gone;
 use crate::store::redis::Connection;
 
-/// What every script shares: how a log stands against a handle, a frame's size, and the
-/// store's budget.
+/// What every script shares: how a log stands against a handle, and a frame's size.
 const PRELUDE: &str = r"
 local function standing(id, tomb, incarnation)
   if not id then return 0 end
@@ -27,84 +26,53 @@ local function frame_size(stream, seq)
   if entry then return #entry[2][2] end
   return 0
 end
-
-local function enforce(total, budget, prefix, detached)
-  while total > budget do
-    local session = redis.call('ZRANGE', detached, 0, 0)[1]
-    if not session then break end
-    local base = prefix .. ':{' .. session .. '}:'
-    local meta, stream = base .. 'log-meta', base .. 'log'
-    local m = redis.call('HMGET', meta, 'n', 'e', 'b')
-    local n, e, b = tonumber(m[1]), tonumber(m[2]), tonumber(m[3])
-    if not n then
-      redis.call('ZREM', detached, session)
-    else
-      local from = e
-      while total > budget and e < n do
-        e = e + 1
-        local size = frame_size(stream, e)
-        b = b - size
-        total = total - size
-      end
-      if e > from then
-        redis.call('XTRIM', stream, 'MINID', e + 1)
-        redis.call('HSET', meta, 'e', e, 'b', b)
-      end
-      if e >= n then
-        redis.call('ZREM', detached, session)
-        redis.call('HSET', meta, 'd', 'u')
-      end
-    end
-  end
-  return total
-end
 ";
 
-/// Creates the empty log of incarnation ARGV[1] for session ARGV[2], replacing any it had and
-/// telling that one's handles on channel ARGV[3].
-/// KEYS: stream, metadata, retained bytes, detached sessions.
+/// Creates the empty log of incarnation ARGV[1], replacing any it had and telling that one's
+/// handles on channel ARGV[2]. Returns the bytes the replaced log retained, which the store's
+/// count gives back.
+/// KEYS: stream, metadata.
 const CREATE: &str = r"
 local old = redis.call('HMGET', KEYS[2], 'id', 'b', 'x')
+local freed = 0
 if old[1] then
-  if old[3] ~= 'removed' then
-    redis.call('DECRBY', KEYS[3], old[2] or 0)
-    redis.call('ZREM', KEYS[4], ARGV[2])
-  end
-  redis.call('PUBLISH', ARGV[3], old[1] .. ' +')
+  if old[3] ~= 'removed' then freed = tonumber(old[2] or 0) end
+  redis.call('PUBLISH', ARGV[2], old[1] .. ' +')
 end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[2], 'id', ARGV[1], 'n', 0, 'e', 0, 'b', 0, 'a', 0, 'ws', 0, 'we', 0, 'f', 0)
-return 1
+return freed
 ";
 
-/// Appends the frames ARGV[15..] in order, numbering each, evicting beyond the log's bounds
-/// and the store's budget, and publishing the newest number. Returns `{1, first number, then
-/// (i, window start) for the batch's frame i (from 0) and each frame whose window start
-/// differs from the one before}`, or `{standing}`.
+/// Appends the frames ARGV[12..] in order, numbering each, evicting beyond the log's bounds,
+/// and publishing the newest number on channel ARGV[6]. Returns `{1, bytes evicted, listed,
+/// first number, then (i, window start) for the batch's frame i (from 0) and each frame whose
+/// window start differs from the one before}`, or `{standing}`. `listed` is 1 when the log was
+/// detached and empty, and so off the store's detached list, and now holds frames: the caller
+/// lists it.
 ///
-/// The frames come from replica instance ARGV[10], and are refused (`{-6}`) if it was fenced
-/// out of the log. With ARGV[11] not empty, the script first fences instance ARGV[11] out, and
+/// The frames come from replica instance ARGV[7], and are refused (`{-6}`) if it was fenced
+/// out of the log. With ARGV[8] not empty, the script first fences instance ARGV[8] out, and
 /// appends only if that is a new fence (else answers `{3}`).
 ///
-/// With ARGV[12] not empty, the frames are batch ARGV[13] of writer ARGV[12]. A writer's
+/// With ARGV[9] not empty, the frames are batch ARGV[10] of writer ARGV[9]. A writer's
 /// batches are numbered in the order it sends them, and the metadata keeps the last few it
 /// applied, newest first (`w:WRITER`, `BATCH FIRST COUNT ...`, as many as `commit.rs` may have
 /// on their way at once, and one more): a batch sent again, because its answer was lost, is
-/// not applied a second time but answered `{2, first number, 0, window start}` with the
+/// not applied a second time but answered `{2, 0, 0, first number, 0, window start}` with the
 /// numbers it got (and the window as it stands now, which is later and so stricter); an older
 /// one, which its writer gave up on and which reached Redis after a newer one, is not applied
-/// at all and answered `{-4}`. Unless ARGV[14] is empty, the batch is refused (`{-5}`) if batch
-/// ARGV[14] is not the last this writer appended: batches sent behind one another are never
+/// at all and answered `{-4}`. Unless ARGV[11] is empty, the batch is refused (`{-5}`) if batch
+/// ARGV[11] is not the last this writer appended: batches sent behind one another are never
 /// appended out of order.
-/// KEYS: stream, metadata, retained bytes, detached sessions, detach order.
+/// KEYS: stream, metadata.
 /// ARGV: incarnation, the newest number the handle knows of, max frames, max bytes, window
-/// bytes, budget, key prefix, session, channel, instance, instance to fence, writer, batch,
-/// the batch before, frames.
+/// bytes, channel, instance, instance to fence, writer, batch, the batch before, frames.
 const APPEND: &str = r"
 local KEEP = 4
-local writer = 'w:' .. ARGV[12]
+local writer = 'w:' .. ARGV[9]
 local m = redis.call('HMGET', KEYS[2], 'id', 'x', 'n', 'e', 'b', 'a', 'ws', 'we', 'd',
-  'lost:' .. ARGV[10], writer)
+  'lost:' .. ARGV[7], writer)
 local stands = standing(m[1], m[2], ARGV[1])
 if stands ~= 1 then return {stands} end
 if m[10] then return {-6} end
@@ -112,41 +80,39 @@ local n, e, b, a = tonumber(m[3]), tonumber(m[4]), tonumber(m[5]), tonumber(m[6]
 local ws, we, listing = tonumber(m[7]), tonumber(m[8]), m[9]
 if n < tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[2], 'x', 'lost')
-  redis.call('PUBLISH', ARGV[9], ARGV[1] .. ' !')
+  redis.call('PUBLISH', ARGV[6], ARGV[1] .. ' !')
   return {-3}
 end
-if ARGV[11] ~= '' then
-  local fence = 'lost:' .. ARGV[11]
+if ARGV[8] ~= '' then
+  local fence = 'lost:' .. ARGV[8]
   if redis.call('HEXISTS', KEYS[2], fence) == 1 then return {3} end
   redis.call('HSET', KEYS[2], fence, '1')
 end
-local batch, applied = tonumber(ARGV[13]), m[11] or ''
-if ARGV[12] ~= '' then
+local batch, applied = tonumber(ARGV[10]), m[11] or ''
+if ARGV[9] ~= '' then
   local last = string.match(applied, '^(%d+)')
   for done, first in string.gmatch(applied, '(%d+) (%d+) %d+') do
-    if tonumber(done) == batch then return {2, tonumber(first), 0, ws} end
+    if tonumber(done) == batch then return {2, 0, 0, tonumber(first), 0, ws} end
   end
   if last and tonumber(last) >= batch then return {-4} end
-  if ARGV[14] ~= '' and last ~= ARGV[14] then return {-5} end
+  if ARGV[11] ~= '' and last ~= ARGV[11] then return {-5} end
 end
 local max_frames, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
-local window, budget = tonumber(ARGV[5]), tonumber(ARGV[6])
-local total = tonumber(redis.call('GET', KEYS[3]) or 0)
-local trimmed = e
-local out = {1, n + 1}
+local window = tonumber(ARGV[5])
+local trimmed, freed, listed = e, 0, 0
+local out = {1, 0, 0, n + 1}
 local told = -1
-for i = 15, #ARGV do
+for i = 12, #ARGV do
   local size = #ARGV[i]
   n = n + 1
   a = a + size
   b = b + size
-  total = total + size
   redis.call('XADD', KEYS[1], n, 'f', ARGV[i])
   while n - e > max_frames or (b > max_bytes and n - e > 1) do
     e = e + 1
     local evicted = frame_size(KEYS[1], e)
     b = b - evicted
-    total = total - evicted
+    freed = freed + evicted
   end
   if ws < e then
     ws = e
@@ -157,28 +123,20 @@ for i = 15, #ARGV do
     we = we + frame_size(KEYS[1], ws)
   end
   if ws ~= told then
-    out[#out + 1] = i - 15
+    out[#out + 1] = i - 12
     out[#out + 1] = ws
     told = ws
   end
-  if listing == 'u' then
-    redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[5]), ARGV[8])
-    listing = 'l'
-  end
-  if total > budget then
-    if e > trimmed then redis.call('XTRIM', KEYS[1], 'MINID', e + 1) end
-    redis.call('HSET', KEYS[2], 'n', n, 'e', e, 'b', b, 'a', a, 'ws', ws, 'we', we)
-    if listing then redis.call('HSET', KEYS[2], 'd', listing) end
-    total = enforce(total, budget, ARGV[7], KEYS[4])
-    local now = redis.call('HMGET', KEYS[2], 'e', 'b', 'd')
-    e, b, listing = tonumber(now[1]), tonumber(now[2]), now[3]
-    trimmed = e
-  end
+end
+if listing == 'u' then
+  listing = 'l'
+  listed = 1
+  redis.call('HSET', KEYS[2], 'd', 'l')
 end
 if e > trimmed then redis.call('XTRIM', KEYS[1], 'MINID', e + 1) end
 redis.call('HSET', KEYS[2], 'n', n, 'e', e, 'b', b, 'a', a, 'ws', ws, 'we', we)
-if ARGV[12] ~= '' then
-  local record = batch .. ' ' .. out[2] .. ' ' .. (#ARGV - 14)
+if ARGV[9] ~= '' then
+  local record = batch .. ' ' .. out[4] .. ' ' .. (#ARGV - 11)
   local kept = 1
   for entry in string.gmatch(applied, '%d+ %d+ %d+') do
     if kept == KEEP then break end
@@ -187,40 +145,37 @@ if ARGV[12] ~= '' then
   end
   redis.call('HSET', KEYS[2], writer, record)
 end
-if listing then redis.call('HSET', KEYS[2], 'd', listing) end
-redis.call('SET', KEYS[3], total)
-redis.call('PUBLISH', ARGV[9], ARGV[1] .. ' ' .. n)
+out[2], out[3] = freed, listed
+redis.call('PUBLISH', ARGV[6], ARGV[1] .. ' ' .. n)
 return out
 ";
 
 /// Fences the log against attachments older than ARGV[2]; a newer fence than any before
-/// takes session ARGV[3] off the detached list. Returns the standing.
-/// KEYS: metadata, detached sessions. ARGV: incarnation, epoch, session.
+/// makes a detached log attached again. Returns the standing. The store's detached list may
+/// still name the log: the budget skips, and drops, a listed log that is not detached.
+/// KEYS: metadata. ARGV: incarnation, epoch.
 const FENCE: &str = r"
-local m = redis.call('HMGET', KEYS[1], 'id', 'x', 'f', 'd')
+local m = redis.call('HMGET', KEYS[1], 'id', 'x', 'f')
 local stands = standing(m[1], m[2], ARGV[1])
 if stands ~= 1 then return stands end
 if tonumber(ARGV[2]) > tonumber(m[3]) then
   redis.call('HSET', KEYS[1], 'f', ARGV[2])
-  if m[4] then
-    redis.call('ZREM', KEYS[2], ARGV[3])
-    redis.call('HDEL', KEYS[1], 'd')
-  end
+  redis.call('HDEL', KEYS[1], 'd')
 end
 return 1
 ";
 
 /// Frees the frames through ARGV[2] for attachment ARGV[3], unless a newer one fenced the
-/// log. Returns the standing.
-/// KEYS: stream, metadata, retained bytes. ARGV: incarnation, through, epoch.
+/// log. Returns `{standing, bytes freed}`.
+/// KEYS: stream, metadata. ARGV: incarnation, through, epoch.
 const RELEASE: &str = r"
 local m = redis.call('HMGET', KEYS[2], 'id', 'x', 'n', 'e', 'b', 'f')
 local stands = standing(m[1], m[2], ARGV[1])
-if stands ~= 1 then return stands end
-if tonumber(ARGV[3]) < tonumber(m[6]) then return 1 end
+if stands ~= 1 then return {stands, 0} end
+if tonumber(ARGV[3]) < tonumber(m[6]) then return {1, 0} end
 local n, e, b = tonumber(m[3]), tonumber(m[4]), tonumber(m[5])
 local through = math.min(tonumber(ARGV[2]), n)
-if through <= e then return 1 end
+if through <= e then return {1, 0} end
 local freed, from = 0, e + 1
 while from <= through do
   local entries = redis.call('XRANGE', KEYS[1], from, through, 'COUNT', 256)
@@ -232,45 +187,37 @@ while from <= through do
 end
 redis.call('XTRIM', KEYS[1], 'MINID', through + 1)
 redis.call('HSET', KEYS[2], 'e', through, 'b', b - freed)
-redis.call('DECRBY', KEYS[3], freed)
-return 1
+return {1, freed}
 ";
 
-/// Marks session ARGV[2] detached for attachment ARGV[1], unless a newer one fenced the log,
-/// and brings the store within budget ARGV[3].
-/// KEYS: metadata, retained bytes, detached sessions, detach order. ARGV: epoch, session,
-/// budget, key prefix.
+/// Marks the log detached for attachment ARGV[1], unless a newer one fenced the log or it is
+/// detached already. Returns 0 for no change, 1 when it holds frames (the caller lists it on
+/// the store's detached list), 2 when it holds none.
+/// KEYS: metadata. ARGV: epoch.
 const DETACH: &str = r"
 local m = redis.call('HMGET', KEYS[1], 'id', 'x', 'n', 'e', 'f', 'd')
 if not m[1] or m[2] then return 0 end
 if tonumber(ARGV[1]) < tonumber(m[5]) or m[6] then return 0 end
 if tonumber(m[3]) > tonumber(m[4]) then
-  redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), ARGV[2])
   redis.call('HSET', KEYS[1], 'd', 'l')
-else
-  redis.call('HSET', KEYS[1], 'd', 'u')
+  return 1
 end
-local total = tonumber(redis.call('GET', KEYS[2]) or 0)
-local budget = tonumber(ARGV[3])
-if total > budget then
-  redis.call('SET', KEYS[2], enforce(total, budget, ARGV[4], KEYS[3]))
-end
-return 1
+redis.call('HSET', KEYS[1], 'd', 'u')
+return 2
 ";
 
-/// Drops session ARGV[1]'s log, leaving a tombstone for ARGV[3] ms so that its handles can tell
-/// a removal from a loss, and tells them on channel ARGV[2].
-/// KEYS: stream, metadata, retained bytes, detached sessions.
+/// Drops the log, leaving a tombstone for ARGV[2] ms so that its handles can tell a removal
+/// from a loss, and tells them on channel ARGV[1]. Returns the bytes it retained, or -1 when
+/// there was no log to remove.
+/// KEYS: stream, metadata.
 const REMOVE: &str = r"
 local m = redis.call('HMGET', KEYS[2], 'id', 'x', 'b')
-if not m[1] or m[2] == 'removed' then return 0 end
-redis.call('DECRBY', KEYS[3], m[3] or 0)
-redis.call('ZREM', KEYS[4], ARGV[1])
+if not m[1] or m[2] == 'removed' then return -1 end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[2], 'id', m[1], 'x', 'removed')
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[2], m[1] .. ' -')
-return 1
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PUBLISH', ARGV[1], m[1] .. ' -')
+return tonumber(m[3] or 0)
 ";
 
 /// Marks incarnation ARGV[1] of the log as having lost events if it holds fewer than ARGV[2],
@@ -282,6 +229,64 @@ if m[1] ~= ARGV[1] or m[2] then return 0 end
 if tonumber(m[3]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'x', 'lost')
 redis.call('PUBLISH', ARGV[3], ARGV[1] .. ' !')
+return 1
+";
+
+/// The budget's eviction from one listed log: its oldest frames, until ARGV[1] bytes are
+/// freed or it holds none. Returns `{bytes freed, 1 if the log is to come off the detached
+/// list}`: it was emptied (and is now detached holding nothing), or it is not a detached log
+/// (gone, attached again), which loses nothing.
+/// KEYS: stream, metadata.
+const EVICT: &str = r"
+local m = redis.call('HMGET', KEYS[2], 'n', 'e', 'b', 'd', 'x')
+if not m[1] or m[5] or m[4] ~= 'l' then return {0, 1} end
+local n, e, b = tonumber(m[1]), tonumber(m[2]), tonumber(m[3])
+local excess, freed, from = tonumber(ARGV[1]), 0, e
+while freed < excess and e < n do
+  e = e + 1
+  freed = freed + frame_size(KEYS[1], e)
+end
+if e > from then
+  redis.call('XTRIM', KEYS[1], 'MINID', e + 1)
+  redis.call('HSET', KEYS[2], 'e', e, 'b', b - freed)
+end
+if e >= n then
+  redis.call('HSET', KEYS[2], 'd', 'u')
+  return {freed, 1}
+end
+return {freed, 0}
+";
+
+/// Adds ARGV[1] to the bytes all logs retain and, with ARGV[2] `list`, puts session ARGV[3]
+/// last on the detached list, or with `unlist` takes it off. Returns `{the bytes retained, the
+/// session detached longest ago, or ''}`.
+/// KEYS: retained bytes, detached sessions, detach order (one slot: `{log-budget}`).
+const ACCOUNT: &str = r"
+local total = redis.call('INCRBY', KEYS[1], ARGV[1])
+if ARGV[2] == 'list' then
+  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[3])
+elseif ARGV[2] == 'unlist' then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+end
+return {total, redis.call('ZRANGE', KEYS[2], 0, 0)[1] or ''}
+";
+
+/// Sets the bytes all logs retain to ARGV[1] and the detached list to the sessions ARGV[2..]
+/// (those already on it keep their place; the others go last), as a recount found them.
+/// KEYS: retained bytes, detached sessions, detach order.
+const RECOUNT: &str = r"
+redis.call('SET', KEYS[1], ARGV[1])
+local listed = {}
+for i = 2, #ARGV do listed[ARGV[i]] = true end
+for _, session in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if listed[session] then listed[session] = nil else redis.call('ZREM', KEYS[2], session) end
+end
+for i = 2, #ARGV do
+  if listed[ARGV[i]] then
+    redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[i])
+    listed[ARGV[i]] = nil
+  end
+end
 return 1
 ";
 
@@ -347,6 +352,11 @@ impl LuaScript {
         LuaScript(Script::new(&format!("{PRELUDE}{body}")))
     }
 
+    /// The script, for a pipeline that calls it.
+    pub(super) fn script(&self) -> &Script {
+        &self.0
+    }
+
     /// The start of a call with `keys` keys, with room for `args` arguments of `bytes` bytes
     /// in all; the caller adds the keys, then the arguments.
     pub(super) fn call(&self, keys: usize, args: usize, bytes: usize) -> Cmd {
@@ -378,6 +388,9 @@ pub(super) struct Scripts {
     pub(super) detach: LuaScript,
     pub(super) remove: LuaScript,
     pub(super) poison: LuaScript,
+    pub(super) evict: LuaScript,
+    pub(super) account: LuaScript,
+    pub(super) recount: LuaScript,
 }
 
 impl Scripts {
@@ -391,6 +404,9 @@ impl Scripts {
             detach: LuaScript::new(DETACH),
             remove: LuaScript::new(REMOVE),
             poison: LuaScript::new(POISON),
+            evict: LuaScript::new(EVICT),
+            account: LuaScript::new(ACCOUNT),
+            recount: LuaScript::new(RECOUNT),
         }
     }
 }

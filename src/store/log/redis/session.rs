@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use ::redis::Value;
+use ::redis::{ErrorKind, ServerErrorKind, Value};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
@@ -47,6 +47,7 @@ use crate::{
 };
 
 use super::{
+    budget::{Budget, Listing},
     commit::{Batcher, CommitBounds, CommitError, Commits, Link, Sending},
     incarnation::{Gone, Incarnation},
     scripts::{Scripts, Standing, ALREADY_FENCED, FENCED, OUT_OF_ORDER, REPLAYED, STALE},
@@ -58,10 +59,8 @@ pub(super) struct Store {
     pub(super) redis: RedisConnection,
     /// The limits, as the scripts take them.
     pub(super) limits: Limits,
-    /// The store-wide keys of the budget.
-    pub(super) retained: String,
-    pub(super) detached: String,
-    pub(super) detach_order: String,
+    /// The store-wide budget: its keys, and what this replica owes its count.
+    pub(super) budget: Budget,
     /// The replica instance this replica is, as its appends name it.
     pub(super) instance: String,
     /// How each log's committer rides out an outage.
@@ -79,7 +78,6 @@ pub(super) struct Limits {
     pub(super) max_frames: String,
     pub(super) max_bytes: String,
     pub(super) window_bytes: String,
-    pub(super) budget_bytes: String,
 }
 
 /// One session's keys.
@@ -525,21 +523,15 @@ impl RedisSessionLog {
         let store = &self.store;
         let known = self.newest.load(Ordering::Acquire);
         let script = &store.scripts.append;
-        let bytes = frames.iter().map(StoredFrame::len).sum::<usize>() + 512;
-        let mut cmd = script.call(5, 14 + frames.len(), bytes);
+        let added = frames.iter().map(StoredFrame::len).sum::<usize>();
+        let mut cmd = script.call(2, 11 + frames.len(), added + 512);
         cmd.arg(&self.keys.stream)
             .arg(&self.keys.meta)
-            .arg(&store.retained)
-            .arg(&store.detached)
-            .arg(&store.detach_order)
             .arg(self.incarnation.as_str())
             .arg(known)
             .arg(&store.limits.max_frames)
             .arg(&store.limits.max_bytes)
             .arg(&store.limits.window_bytes)
-            .arg(&store.limits.budget_bytes)
-            .arg(store.redis.prefix())
-            .arg(self.session.as_str())
             .arg(&self.keys.channel)
             .arg(&store.instance)
             .arg(fence.unwrap_or(""));
@@ -554,9 +546,14 @@ impl RedisSessionLog {
         for frame in frames {
             cmd.arg(frame.as_bytes());
         }
-        // Not connected is not answered: nothing was sent.
-        let mut conn = store.redis.get().await.map_err(CommitError::Unreachable)?;
-        let reply = script.run(&mut conn, &cmd).await.map_err(|e| {
+        let added = i64::try_from(added).unwrap_or(i64::MAX);
+        // The budget's count goes up by the batch's bytes in the same round trip (on a
+        // Cluster, the same moment, to its own slot); what the script did not keep of them is
+        // owed back below.
+        let mut pipe = ::redis::pipe();
+        pipe.add_command(cmd);
+        store.budget.tally(&mut pipe, added);
+        let failed = |e: ::redis::RedisError| {
             let transient = is_transient(&e);
             let error = store.redis.unavailable(e);
             if transient {
@@ -564,7 +561,28 @@ impl RedisSessionLog {
             } else {
                 CommitError::Failed(error)
             }
-        })?;
+        };
+        // Not connected is not answered: nothing was sent.
+        let mut conn = store.redis.get().await.map_err(CommitError::Unreachable)?;
+        let (reply, tally) = match pipe.query_async::<Vec<Value>>(&mut conn).await {
+            Ok(mut answers) => {
+                let tally = answers.split_off(1.min(answers.len()));
+                let reply = answers
+                    .pop()
+                    .ok_or_else(|| CommitError::Failed(unexpected()))?;
+                (reply, Budget::tallied(&tally))
+            }
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                // Redis lost the script, so nothing was appended, but the tally beside it
+                // counted the batch: the script alone follows, with the count already up.
+                let retried = pipe
+                    .cmd_iter()
+                    .next()
+                    .ok_or_else(|| CommitError::Failed(unexpected()))?;
+                (script.run(&mut conn, retried).await.map_err(failed)?, None)
+            }
+            Err(e) => return Err(failed(e)),
+        };
         let Value::Array(reply) = reply else {
             return Err(CommitError::Failed(unexpected()));
         };
@@ -573,8 +591,13 @@ impl RedisSessionLog {
             _ => None,
         });
         let code = reply.next().flatten().ok_or_else(unexpected);
+        let code = code.map_err(CommitError::Failed)?;
+        if code != 1 {
+            // Nothing of the batch was kept: the tally counted it for nothing.
+            store.budget.owe(-added);
+        }
         let batch = link.map(|link| link.number);
-        match code.map_err(CommitError::Failed)? {
+        match code {
             FENCED => return Err(CommitError::Failed(self.fenced())),
             ALREADY_FENCED => return Ok(Append::AlreadyFenced),
             OUT_OF_ORDER => {
@@ -606,13 +629,35 @@ impl RedisSessionLog {
                 }
             }
         }
+        let (Some(Some(freed)), Some(Some(listed))) = (reply.next(), reply.next()) else {
+            return Err(CommitError::Failed(unexpected()));
+        };
+        store.budget.owe(-freed);
         let first =
             numbered(reply, frames.len(), out).ok_or_else(|| CommitError::Failed(unexpected()))?;
         if !frames.is_empty() {
             self.tail.lock().appended(first, frames);
             self.saw(first.get() + frames.len() as u64 - 1);
         }
+        self.budgeted(tally, listed == 1).await;
         Ok(Append::Appended)
+    }
+
+    /// After an append: lists the log if it was detached and empty and now holds frames, and
+    /// brings the store within the budget from the count the append's tally answered (or, if
+    /// it answered none, as Redis has it now). Best effort: the frames are in, and what this
+    /// leaves undone the next change over the budget does.
+    async fn budgeted(&self, tally: Option<(i64, Option<String>)>, listed: bool) {
+        let store = &self.store;
+        let position = match (tally, listed) {
+            (Some((total, oldest)), false) => Ok(store.budget.position(total, oldest)),
+            (_, true) => store.account(Listing::List(self.session.as_str())).await,
+            (None, false) => store.account(Listing::Keep).await,
+        };
+        match position {
+            Ok(position) => store.enforce(position).await,
+            Err(e) => tracing::warn!(session = %self.session, "event log budget not counted: {e}"),
+        }
     }
 
     /// The error for an append by this replica once it was fenced out of the log.
@@ -748,12 +793,10 @@ impl SessionLog for RedisSessionLog {
         self.check_present()?;
         let store = &self.store;
         let script = &store.scripts.fence;
-        let mut cmd = script.call(2, 3, 128);
+        let mut cmd = script.call(1, 2, 128);
         cmd.arg(&self.keys.meta)
-            .arg(&store.detached)
             .arg(self.incarnation.as_str())
-            .arg(epoch.0)
-            .arg(self.session.as_str());
+            .arg(epoch.0);
         self.run_standing(script, &cmd).await
     }
 
@@ -778,14 +821,28 @@ impl SessionLog for RedisSessionLog {
         self.check_present()?;
         let store = &self.store;
         let script = &store.scripts.release;
-        let mut cmd = script.call(3, 3, 128);
+        let mut cmd = script.call(2, 3, 128);
         cmd.arg(&self.keys.stream)
             .arg(&self.keys.meta)
-            .arg(&store.retained)
             .arg(self.incarnation.as_str())
             .arg(through.get())
             .arg(epoch.0);
-        self.run_standing(script, &cmd).await
+        let mut conn = store.redis.get().await?;
+        let reply = script
+            .run(&mut conn, &cmd)
+            .await
+            .map_err(|e| store.redis.unavailable(e))?;
+        let Value::Array(reply) = reply else {
+            return Err(unexpected());
+        };
+        let [Value::Int(code), Value::Int(freed)] = reply.as_slice() else {
+            return Err(unexpected());
+        };
+        store.budget.owe(-freed);
+        match Standing::from_code(*code).ok_or_else(unexpected)?.gone() {
+            Some(gone) => Err(self.lose(gone)),
+            None => Ok(()),
+        }
     }
 
     async fn bounds(&self) -> Result<LogBounds, ArcpError> {
