@@ -358,15 +358,48 @@ cluster_suite!(
     credentials::an_entry_is_outstanding_until_its_revocation_is_accepted,
     credentials::changes_cancelled_anywhere_took_effect_or_none,
     credentials::adopting_ones_own_part_changes_nothing,
+    resume::rotation_invalidates_the_previous_token_at_once,
+    resume::tokens_are_bound_to_their_principal,
+    resume::epochs_fence_rotation_and_the_window,
+    resume::a_rotation_clears_the_window,
+    resume::concurrent_rotations_with_one_token_have_one_winner,
+    resume::each_expired_session_is_taken_once,
+    resume::a_cancelled_rotation_rotated_or_did_not,
+    session::a_new_session_is_attached_with_nothing_delivered,
+    session::a_newer_attachment_fences_out_the_older,
+    session::acks_are_bounded_by_deliveries_and_never_move_back,
+    session::a_flow_waiter_wakes_on_the_change_it_waits_for,
+    session::the_attachment_lock_admits_one_holder,
+    session::racing_attachments_end_at_the_newest,
+    session::attaches_and_deliveries_cancelled_anywhere_took_effect_or_none,
+    session::creates_over_the_principal_cap_are_refused_until_one_is_removed,
+    session::racing_creates_take_each_slot_once,
+    session::creates_cancelled_anywhere_hold_a_slot_only_if_recorded,
+    session::lock_attempts_cancelled_anywhere_leave_the_lock_free,
+    idempotency::a_key_names_its_first_job_and_acceptance,
+    idempotency::waiters_learn_of_the_acceptance_or_the_release,
+    idempotency::concurrent_claims_of_a_new_key_have_one_winner,
+    idempotency::a_key_lives_for_its_window,
+    idempotency::a_cancelled_claim_claimed_or_did_not,
+    idempotency::a_principal_holds_a_bounded_number_of_keys,
 );
 
-store_tests!(redis_cluster_replicas; credentials::each_replica_lists_its_own_part);
+store_tests!(
+    redis_cluster_replicas;
+    credentials::each_replica_lists_its_own_part,
+    resume::a_rotation_on_one_replica_is_seen_on_the_other_at_once,
+    session::a_change_on_one_replica_wakes_a_waiter_on_the_other,
+    session::racing_attaches_on_two_replicas_end_at_the_newest,
+    session::the_attachment_lock_admits_one_holder_across_replicas,
+    session::the_session_cap_holds_across_replicas,
+);
 
 store_tests!(
     redis_cluster_processes;
     replicas::a_silent_replica_is_claimed_once_and_learns_it_was_lost,
     credentials::a_lost_replicas_entries_move_to_the_adopter_and_are_never_lost,
     credentials::a_lost_instance_records_nothing,
+    session::the_sessions_a_replica_attached_are_found_by_replica,
 );
 
 limited_suite!(
