@@ -178,13 +178,7 @@ async fn listed_ended(conn: &mut Conn, job: &str) -> (String, u64) {
 }
 
 async fn listed(conn: &mut Conn, job: &str) -> (String, u64) {
-    conn.send(list_jobs()).await;
-    let (_, frame) = conn
-        .recv_until(|f| matches!(f.payload, Some(Out::SessionJobs(_))))
-        .await;
-    let Some(Out::SessionJobs(jobs)) = frame.payload else {
-        unreachable!()
-    };
+    let jobs = conn.list_jobs().await;
     let listed = jobs.jobs.iter().find(|j| j.job_id == job).expect("listed");
     (listed.status.clone(), listed.last_event_seq)
 }

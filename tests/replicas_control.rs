@@ -35,26 +35,6 @@ fn endless() -> In {
     ticker(1_000_000, 20)
 }
 
-/// Sends `request` and returns the `session_jobs` answering it, skipping job frames.
-async fn list(conn: &mut Conn) -> proto::SessionJobs {
-    let id = conn.send(list_jobs()).await;
-    let (_, frame) = conn
-        .recv_until(|f| {
-            matches!(
-                f.payload,
-                Some(Out::SessionJobs(_)) | Some(Out::SessionError(_))
-            )
-        })
-        .await;
-    match frame.payload {
-        Some(Out::SessionJobs(jobs)) => {
-            assert_eq!(jobs.request_id, id);
-            *jobs
-        }
-        other => panic!("expected session_jobs, got {other:?}"),
-    }
-}
-
 /// The listing's jobs by id.
 fn by_id(jobs: &proto::SessionJobs) -> BTreeMap<&str, &proto::JobSummary> {
     jobs.jobs.iter().map(|j| (j.job_id.as_str(), j)).collect()
@@ -70,7 +50,7 @@ async fn list_until(
 ) -> proto::SessionJobs {
     let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
     loop {
-        let jobs = list(conn).await;
+        let jobs = conn.list_jobs().await;
         if by_id(&jobs).get(job).is_some_and(|j| done(j)) {
             return jobs;
         }
@@ -295,7 +275,7 @@ async fn list_jobs_on_b_lists_the_principals_jobs_running_on_a_and_on_b() {
 
     // Bob, on B, lists only his own.
     let (mut bob, _) = b.hello_with("bob-token", &["list_jobs"]).await;
-    let jobs = list(&mut bob).await;
+    let jobs = bob.list_jobs().await;
     assert_eq!(
         by_id(&jobs).keys().copied().collect::<Vec<_>>(),
         [bobs.as_str()]

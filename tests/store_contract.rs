@@ -101,7 +101,7 @@ fn redis_pair(a: &Redis, max_log_frames: usize) -> (Stores, Stores) {
 /// [`redis_replicas`], with replica A connecting as a Redis user of its own, whose channels an
 /// [`AclOutage`] takes away.
 fn redis_replicas_with_outage(max_log_frames: usize) -> (Stores, Stores, Box<dyn Outage>) {
-    let outage = AclOutage::new();
+    let outage = AclOutage::new(&[common::redis_url().to_owned()]);
     let url = common::redis_url().replacen(
         "redis://",
         &format!("redis://{}:{}@", outage.user, outage.user),
@@ -113,44 +113,85 @@ fn redis_replicas_with_outage(max_log_frames: usize) -> (Stores, Stores, Box<dyn
     (a, b, Box::new(outage))
 }
 
+/// [`redis_cluster_replicas`], with replica A connecting to every node as a Redis user of its
+/// own, whose channels an [`AclOutage`] on every node takes away (ACLs are each node's own).
+fn redis_cluster_replicas_with_outage(max_log_frames: usize) -> (Stores, Stores, Box<dyn Outage>) {
+    let (scheme, nodes) = common::redis_cluster_url()
+        .split_once("://")
+        .expect("a cluster address");
+    let nodes: Vec<&str> = nodes.split(',').collect();
+    let outage = AclOutage::new(
+        &nodes
+            .iter()
+            .map(|node| format!("redis://{node}"))
+            .collect::<Vec<_>>(),
+    );
+    let login = format!("{}:{}@", outage.user, outage.user);
+    let url = format!(
+        "{scheme}://{}",
+        nodes
+            .iter()
+            .map(|node| format!("{login}{node}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let a = fresh_cluster();
+    let a = Redis::open(&url, a.prefix()).expect("a cluster address");
+    let b = Redis::open(common::redis_cluster_url(), a.prefix()).expect("a cluster address");
+    let limits = LogLimits::frames(max_log_frames);
+    (
+        redis_stores(&a, "replica-a", limits),
+        redis_stores(&b, "replica-b", limits),
+        Box::new(outage),
+    )
+}
+
 /// An outage of one Redis user's pub/sub: taking the user's channel permissions away makes
 /// Redis disconnect its subscribed connections and refuse their resubscription, so nothing
 /// published meanwhile reaches them; giving them back and disconnecting the user's RESP3
 /// connections (the notifier's) makes it resubscribe. Only this user's connections are touched:
 /// other tests share the server.
 struct AclOutage {
-    admin: ::redis::Client,
+    /// Every server (every node of a Cluster), as the default user.
+    admins: Vec<::redis::Client>,
     /// The user, whose password is its name.
     user: String,
 }
 
 impl AclOutage {
-    fn new() -> AclOutage {
-        let admin = ::redis::Client::open(common::redis_url()).expect("a redis address");
+    fn new(servers: &[String]) -> AclOutage {
         let user = format!("arcp-test-{}", SessionId::generate());
-        let mut conn = admin.get_connection().expect("a redis connection");
-        let () = ::redis::cmd("ACL")
-            .arg(&[
-                "SETUSER",
-                &user,
-                "on",
-                &format!(">{user}"),
-                "~*",
-                "&*",
-                "+@all",
-            ])
-            .query(&mut conn)
-            .expect("ACL SETUSER");
-        AclOutage { admin, user }
+        let admins: Vec<::redis::Client> = servers
+            .iter()
+            .map(|url| ::redis::Client::open(url.as_str()).expect("a redis address"))
+            .collect();
+        for admin in &admins {
+            let mut conn = admin.get_connection().expect("a redis connection");
+            let () = ::redis::cmd("ACL")
+                .arg(&[
+                    "SETUSER",
+                    &user,
+                    "on",
+                    &format!(">{user}"),
+                    "~*",
+                    "&*",
+                    "+@all",
+                ])
+                .query(&mut conn)
+                .expect("ACL SETUSER");
+        }
+        AclOutage { admins, user }
     }
 
     async fn acl(&self, args: &[&str]) {
-        let mut conn = self.admin.get_multiplexed_async_connection().await.unwrap();
-        let () = ::redis::cmd("ACL")
-            .arg(args)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        for admin in &self.admins {
+            let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+            let () = ::redis::cmd("ACL")
+                .arg(args)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
     }
 }
 
@@ -162,26 +203,28 @@ impl Outage for AclOutage {
 
     async fn end(&self) {
         self.acl(&["SETUSER", &self.user, "allchannels"]).await;
-        let mut conn = self.admin.get_multiplexed_async_connection().await.unwrap();
-        let clients: String = ::redis::cmd("CLIENT")
-            .arg("LIST")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
         let user = format!("user={}", self.user);
-        for client in clients.lines() {
-            let fields: Vec<&str> = client.split(' ').collect();
-            if !fields.contains(&user.as_str()) || !fields.contains(&"resp=3") {
-                continue;
-            }
-            let Some(id) = fields.iter().find_map(|f| f.strip_prefix("id=")) else {
-                continue;
-            };
-            let _: ::redis::Value = ::redis::cmd("CLIENT")
-                .arg(&["KILL", "ID", id])
+        for admin in &self.admins {
+            let mut conn = admin.get_multiplexed_async_connection().await.unwrap();
+            let clients: String = ::redis::cmd("CLIENT")
+                .arg("LIST")
                 .query_async(&mut conn)
                 .await
                 .unwrap();
+            for client in clients.lines() {
+                let fields: Vec<&str> = client.split(' ').collect();
+                if !fields.contains(&user.as_str()) || !fields.contains(&"resp=3") {
+                    continue;
+                }
+                let Some(id) = fields.iter().find_map(|f| f.strip_prefix("id=")) else {
+                    continue;
+                };
+                let _: ::redis::Value = ::redis::cmd("CLIENT")
+                    .arg(&["KILL", "ID", id])
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
         }
     }
 }
@@ -327,6 +370,7 @@ shared_replicas_suite!(
     replicas::a_silent_replica_is_claimed_once_and_learns_it_was_lost,
     log::a_fenced_replica_appends_nothing_more,
     jobs::a_lost_replicas_jobs_are_found_and_ended_once,
+    jobs::a_lost_replicas_dropped_changes_are_repaired_by_its_takeover,
     session::the_sessions_a_replica_attached_are_found_by_replica,
     credentials::a_lost_replicas_entries_move_to_the_adopter_and_are_never_lost,
     credentials::a_lost_instance_records_nothing,
@@ -334,6 +378,7 @@ shared_replicas_suite!(
 
 store_tests!(memory_replicas_with_outage; jobs::a_cancel_whose_message_was_lost_still_reaches_the_job);
 store_tests!(redis_replicas_with_outage; jobs::a_cancel_whose_message_was_lost_still_reaches_the_job);
+store_tests!(redis_cluster_replicas_with_outage; jobs::a_cancel_whose_message_was_lost_still_reaches_the_job);
 
 /// The tests of the logs' byte bounds and budget, for each store by its limited factory.
 macro_rules! limited_suite {
@@ -384,6 +429,15 @@ cluster_suite!(
     idempotency::a_key_lives_for_its_window,
     idempotency::a_cancelled_claim_claimed_or_did_not,
     idempotency::a_principal_holds_a_bounded_number_of_keys,
+    jobs::lists_jobs_in_id_order_within_scope_and_filter,
+    jobs::requests_by_id_reach_the_running_job,
+    jobs::purging_forgets_only_jobs_that_ended_before_the_cutoff,
+    jobs::inserts_and_finishes_cancelled_anywhere_took_effect_or_none,
+    jobs::inserts_over_the_caps_are_refused_until_a_slot_frees,
+    jobs::racing_inserts_take_each_slot_once,
+    jobs::subscriptions_over_the_cap_are_refused_until_one_ends,
+    jobs::racing_subscriptions_take_the_last_slot_once,
+    jobs::caps_hold_when_calls_are_cancelled_anywhere,
 );
 
 store_tests!(
@@ -394,6 +448,11 @@ store_tests!(
     session::racing_attaches_on_two_replicas_end_at_the_newest,
     session::the_attachment_lock_admits_one_holder_across_replicas,
     session::the_session_cap_holds_across_replicas,
+    jobs::a_job_on_one_replica_is_listed_and_found_on_the_other,
+    jobs::a_cancel_on_one_replica_reaches_the_job_on_the_other,
+    jobs::a_job_that_released_its_slot_refuses_cancels_on_every_replica,
+    jobs::subscriptions_on_one_replica_reach_the_job_on_the_other,
+    jobs::caps_hold_across_replicas,
 );
 
 store_tests!(
@@ -402,6 +461,8 @@ store_tests!(
     credentials::a_lost_replicas_entries_move_to_the_adopter_and_are_never_lost,
     credentials::a_lost_instance_records_nothing,
     session::the_sessions_a_replica_attached_are_found_by_replica,
+    jobs::a_lost_replicas_jobs_are_found_and_ended_once,
+    jobs::a_lost_replicas_dropped_changes_are_repaired_by_its_takeover,
 );
 
 limited_suite!(

@@ -10,7 +10,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{metadata::MetadataValue, transport::Channel, Streaming};
 
 use super::{
-    accepted, hello, is_terminal, job_error, ping, welcome, Endpoint, FEATURES, FRAME_TIMEOUT,
+    accepted, hello, is_terminal, job_error, list_jobs, ping, welcome, Endpoint, FEATURES,
+    FRAME_TIMEOUT,
 };
 
 impl Endpoint {
@@ -118,6 +119,26 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Sends `list_jobs` and returns the `session_jobs` answering it, skipping job frames.
+    pub async fn list_jobs(&mut self) -> proto::SessionJobs {
+        let id = self.send(list_jobs()).await;
+        let (_, frame) = self
+            .recv_until(|f| {
+                matches!(
+                    f.payload,
+                    Some(Out::SessionJobs(_)) | Some(Out::SessionError(_))
+                )
+            })
+            .await;
+        match frame.payload {
+            Some(Out::SessionJobs(jobs)) => {
+                assert_eq!(jobs.request_id, id);
+                *jobs
+            }
+            other => panic!("expected session_jobs, got {other:?}"),
+        }
+    }
+
     /// Sends a payload in a frame with a fresh `id`; returns that id.
     pub async fn send(&mut self, payload: In) -> String {
         self.next_id += 1;

@@ -806,3 +806,55 @@ pub async fn a_lost_replicas_jobs_are_found_and_ended_once(make: Replicas) {
     let err = a.jobs.insert(running("alice"), UNCAPPED).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::InternalError, "{err}");
 }
+
+/// What a replica's inserts and ends dropped at any suspension point left half done, the
+/// replica then lost before it could retry them, its takeover completes or undoes: once the
+/// survivor found the lost replica's running jobs and ended them, the session's and the
+/// principal's slots are free, and nothing is left to find.
+pub async fn a_lost_replicas_dropped_changes_are_repaired_by_its_takeover(make: Replicas) {
+    let one = JobCaps {
+        per_session: 1,
+        per_principal: 1,
+    };
+    for polls in 0..super::MAX_POLLS {
+        let (a, b) = make(10);
+        let replica_a = a.replicas.instance().replica().clone();
+        let principal = format!("lost-{}", SessionId::generate());
+        let session = SessionId::generate();
+        let job = running_in(&session, &principal);
+        let inserted = cancel_after(polls, a.jobs.insert(job.clone(), one)).await;
+        let finished = match inserted {
+            Some(done) => {
+                done.unwrap();
+                cancel_after(polls, a.jobs.finish(ended(&job))).await
+            }
+            None => None,
+        };
+        // Lost before its upkeep could settle what the dropped call left.
+        drop(a);
+
+        for lost in b.jobs.running_on(&replica_a).await.unwrap() {
+            let mut end = lost.entry;
+            end.status = JobStatus::Finished(FinalStatus::Error);
+            end.finished_at = Some(SystemTime::now());
+            b.jobs.finish_lost(end, &replica_a).await.unwrap();
+        }
+        assert!(b.jobs.running_on(&replica_a).await.unwrap().is_empty());
+        assert_eq!(
+            b.jobs.held_by(&session).await.unwrap(),
+            Holdings::default(),
+            "after {polls} polls"
+        );
+        if let Some(entry) = b.jobs.get(&job.entry().id).await.unwrap() {
+            assert_ne!(entry.status, JobStatus::Running, "after {polls} polls");
+        }
+        b.jobs
+            .insert(running_in(&session, &principal), one)
+            .await
+            .unwrap_or_else(|e| panic!("after {polls} polls: {e}"));
+        if finished.is_some() {
+            return;
+        }
+    }
+    panic!("the finish never completed");
+}

@@ -71,6 +71,13 @@ impl Keys {
         replica_key(&self.prefix, replica, "jobs")
     }
 
+    /// On a Cluster, the session and principal of each job the replica runs, from the
+    /// insert's first step on, so that a takeover can undo an insert whose job's hash was
+    /// never written.
+    pub(super) fn replica_inserts(&self, replica: &ReplicaId) -> String {
+        replica_key(&self.prefix, replica, "job-holders")
+    }
+
     /// The replica's lease (`store::replicas::redis`), which an insert checks.
     pub(super) fn replica_lease(&self, replica: &ReplicaId) -> String {
         replica_key(&self.prefix, replica, "lease")

@@ -121,8 +121,8 @@ impl Drop for Change<'_> {
 pub(super) struct Due {
     /// Running jobs, to refresh in Redis if they changed.
     pub live: Vec<(JobId, u64, Arc<dyn JobControl>)>,
-    /// Inserts to settle by reading Redis.
-    pub inserts: Vec<(JobId, u64)>,
+    /// Inserts to settle by reading Redis, with the controls they inserted.
+    pub inserts: Vec<(JobId, u64, Arc<dyn JobControl>)>,
     /// Finishes to send again.
     pub finishes: Vec<(JobId, u64, Box<JobEntry>)>,
     /// Removals to send again.
@@ -211,6 +211,11 @@ impl LocalJobs {
         Some(self.change(id, token))
     }
 
+    /// Whether `token` still names the latest change to job `id` here.
+    pub(super) fn current(&self, id: &JobId, token: u64) -> bool {
+        self.jobs.lock().get(id).is_some_and(|l| l.token == token)
+    }
+
     /// A change the maintenance retries, to settle as the call that began it would have.
     pub(super) fn retrying(&self, id: &JobId, token: u64) -> Change<'_> {
         self.change(id, token)
@@ -261,7 +266,8 @@ impl LocalJobs {
                     .push((id.clone(), local.token, local.control.clone())),
                 Phase::Inserting { retry } if *retry => {
                     *retry = false;
-                    due.inserts.push(entry);
+                    due.inserts
+                        .push((id.clone(), local.token, local.control.clone()));
                 }
                 Phase::Finishing { entry: last, retry } if *retry => {
                     *retry = false;

@@ -17,13 +17,15 @@
 //! - `P:jobs:index`: every job in id order; `P:jobs:finished`: the ended jobs by the
 //!   millisecond they ended, for purging.
 //! - `P:{replica:REPLICA}:cancels`: the replica's jobs with cancel requests it has not yet
-//!   read; `P:{replica:REPLICA}:jobs`: the jobs it runs.
+//!   read; `P:{replica:REPLICA}:jobs`: the jobs it runs; on a Cluster also
+//!   `P:{replica:REPLICA}:job-holders`, each of those jobs' session and principal (JSON).
 //! - The channel `P:replica:REPLICA`: what other replicas ask of this one, and their replies.
 //!
-//! Every change is one Lua script (`scripts`), so a call dropped after sending it took full
-//! effect or none: the insert counts both caps and registers in one step, the subscription
-//! counts the session's cap and takes the slot in one step, a cancel checks that the job runs
-//! and records the request in one step.
+//! On a single Redis every change is one Lua script (`scripts`), so a call dropped after
+//! sending it took full effect or none: the insert counts both caps and registers in one step,
+//! the subscription counts the session's cap and takes the slot in one step, a cancel checks
+//! that the job runs and records the request in one step. A Cluster takes them in steps
+//! (below).
 //!
 //! # A running job
 //!
@@ -74,28 +76,72 @@
 //!
 //! # Round trips
 //!
-//! An insert is one (and, the first time, the subscription to this replica's channel), as are
-//! a release, a finish and `held_by`; `get` and `cancel` need none for a job running here and
-//! one otherwise (and two on the owner, to read and acknowledge the request); a listing one per 512 jobs it looks at; a subscription one, and for a job
+//! On a single Redis: an insert is one (and, the first time, the subscription to this
+//! replica's channel), as are a release, a finish and `held_by`; `get` and `cancel` need none
+//! for a job running here and one otherwise (and two on the owner, to read and acknowledge the
+//! request); a listing one per 512 jobs it looks at; a subscription one, and for a job
 //! elsewhere the owner's reply (and one more to give the slot back if the job refused); an
 //! unsubscription one for a job here and two and the reply otherwise; a purge one per 256
-//! jobs; finding a lost replica's jobs one, and ending each one.
+//! jobs; finding a lost replica's jobs one, and ending each one. A Cluster needs more where a
+//! change spans slots: see below.
 //!
 //! # On a Redis Cluster
 //!
-//! The keys are named for it, but the scripts are for a single Redis (or a primary with
-//! replicas): each touches the job's, its session's and its principal's slots at once, and
-//! some derive keys they were not passed. For a Cluster, a session's job sets would move under
-//! its principal's tag (a session has one principal, so the insert's two caps share a slot, and
-//! `held_by` would be given the principal), the job's hash would be written in a second step
-//! after the counted insert, with a sweep for inserts whose second step never ran, the
-//! subscription slot would be taken in the session's slot before the job's subscriber set is
-//! written, and the listing of every job and the purge would go slot by slot. A replica's set
-//! of running jobs and its lease share its slot, so the insert's first step there would check
-//! the lease and join the set; a takeover would read the set, then each job's hash and
-//! subscribers, slot by slot, and end each job with the finish's steps. Channels are not keys
-//! and need no change (sharded pub/sub could come later).
+//! Each script and pipeline of a single Redis touches the job's, its session's, its
+//! principal's, the listings' and its replica's slots at once, and some derive keys they were
+//! not passed; a Cluster refuses that. There, the directory (`cluster`, chosen by the
+//! connection, with the same keys) makes each change as steps that each keep to one slot: a
+//! small script where a step must check before it writes, a pipeline of plain commands
+//! otherwise (sent to each slot's node at once). Their order is what keeps a step cancelled or
+//! lost between two (a dropped call, a crash) safe: a lost step may keep a slot taken, never
+//! free one that counts, and leaves something the repair finds.
+//!
+//! - Insert (five round trips): the replica's slot first checks the lease and records the job
+//!   with its session and principal (`jobs`, `job-holders`); then the session's cap is claimed,
+//!   then the principal's (a refusal gives back what the steps before took); then the
+//!   listings; last the job's hash, which is what makes the insert have taken effect (`get`
+//!   and `held_by` see a job only with its hash). An insert dropped before its hash keeps its
+//!   slots until repaired: by this replica's upkeep, which settles the dropped insert by
+//!   reading the hash and undoes the first steps if there is none (unless the job was inserted
+//!   here again meanwhile), or, if the replica was lost first, by its takeover, which undoes
+//!   every insert of the lost replica's records that has no hash, from `job-holders`.
+//! - Release, finish, takeover of a lost job (two or three): the job's hash stops counting
+//!   (a finish writes the final fields; a takeover checks the job still runs on the lost
+//!   replica) and answers the subscribers; then the session's, principal's and subscribers'
+//!   slots free and the listings are written; last the subscriber set and the replica's
+//!   records go, so that a finish retried after a lost step, or the takeover of a replica lost
+//!   in between, still finds them: the takeover completes the later steps of every job in the
+//!   lost replica's records that no longer runs. A release lost after its first step keeps
+//!   the slots until the job ends.
+//! - Removal and purge (three per batch): the hashes are read; then everything naming the jobs
+//!   goes; last the hashes and the replicas' records, so a retry still finds the rest.
+//! - Subscription (two): the session's slot is claimed first, then the job, if it still runs
+//!   and counts, takes the subscriber and its owner is sent the request; a slot the job did not
+//!   take goes back (one more). One dropped between the two keeps its slot, with no
+//!   subscriber, until the session unsubscribes (as the slot a dropped call kept does anyway)
+//!   or expires. The slot is given back in one pipeline.
+//! - Cancel (two): the request is counted in the job's hash, then listed among its owner's
+//!   pending ones with the nudge. One dropped between the two is a request nobody acts on, as
+//!   if it were never made: the next request is counted past it and reaches the job. The owner
+//!   reads its pending list, then each job's count (two), and acknowledges by taking the jobs
+//!   off the list and then reading their counts again (two), listing again at once a job whose
+//!   count grew meanwhile: its request's listing may have come before the removal.
+//! - Listing (two per batch): the index, then the jobs' hashes. `held_by` (two): the
+//!   session's sets, then whether each running job's hash exists. Finding a lost replica's
+//!   jobs (two, and the repairs). A refresh: one per changed job.
+//!
+//! `PUBLISH` counts only the listeners on the node that ran it, and the notifier listens on
+//! one node, so on a Cluster a request's listener count is not known: an owner that is not
+//! listening is found by [`REPLY_DEADLINE`] rather than at once, and a cancel's nudge is not
+//! reported unheard. Channels are not keys and need no change (sharded pub/sub could come
+//! later).
+//!
+//! What is left: an insert that passed its first step just before its replica was declared
+//! lost may write its hash after the takeover undid it: the job then runs on the lost
+//! replica, counted in no cap, until that replica (which learns it was lost) ends it.
+//! `running_on` repairs as it reads, so it is for replicas declared lost only, as it is used.
 
+mod cluster;
 mod fields;
 mod keys;
 mod local;
@@ -103,6 +149,7 @@ mod messages;
 mod remote;
 mod replies;
 mod scripts;
+mod slots;
 
 use std::{collections::HashMap, sync::Arc, time::Duration, time::SystemTime};
 
@@ -122,10 +169,11 @@ use crate::{
 use self::{
     fields::{corrupt, encode, finished_millis},
     keys::Keys,
-    local::{Here, LocalJobs, Settled},
+    local::{Change, Here, LocalJobs, Settled},
     messages::{Message, Outcome, WireSubscriber},
     replies::Replies,
     scripts::Scripts,
+    slots::{is_cluster, ClusterScripts, Inserted},
 };
 
 use super::{
@@ -161,6 +209,8 @@ struct Inner {
     /// This process's run as `replica`, which an insert must still be.
     instance: ReplicaInstance,
     scripts: Scripts,
+    /// The steps of each change on a Cluster.
+    cluster: ClusterScripts,
     local: LocalJobs,
     /// This replica's channel, once listened to, with the task that handles what it hears.
     listening: OnceCell<notify::Subscription>,
@@ -179,6 +229,7 @@ impl RedisJobDirectory {
                 replica: instance.replica().clone(),
                 instance,
                 scripts: Scripts::new(),
+                cluster: ClusterScripts::new(),
                 local: LocalJobs::default(),
                 listening: OnceCell::new(),
                 replies: Replies::default(),
@@ -262,14 +313,33 @@ fn lost_here(id: &JobId, replica: &ReplicaId) -> ArcpError {
 }
 
 impl Inner {
+    /// Settles an insert by its answer.
+    fn inserted(&self, change: Change<'_>, answer: &str, caps: JobCaps) -> Result<(), ArcpError> {
+        let refused = match answer {
+            "ok" => {
+                change.settle(Settled::Live);
+                return Ok(());
+            }
+            "session" => session_cap(caps.per_session),
+            "principal" => principal_cap(caps.per_principal),
+            "lost" => lost_replica(&self.instance),
+            other => return Err(corrupt(format_args!("an insert answered {other:?}"))),
+        };
+        change.settle(Settled::Forgotten);
+        Err(refused)
+    }
+
     async fn connection(&self) -> Result<Connection, ArcpError> {
         self.redis.get().await
     }
 
     async fn finish_script(&self, entry: &JobEntry) -> Result<(), ArcpError> {
+        let mut conn = self.connection().await?;
+        if is_cluster(&conn) {
+            return self.cluster_finish(&mut conn, entry).await;
+        }
         let fields = encode(entry)?;
         let keys = &self.keys;
-        let mut conn = self.connection().await?;
         let mut call = self.scripts.finish.prepare_invoke();
         call.key(keys.job(&entry.id))
             .key(keys.principal_index(&entry.principal))
@@ -292,6 +362,11 @@ impl Inner {
 
     async fn remove_script(&self, id: &JobId) -> Result<(), ArcpError> {
         let mut conn = self.connection().await?;
+        if is_cluster(&conn) {
+            return self
+                .cluster_forget(&mut conn, std::slice::from_ref(id), true, false)
+                .await;
+        }
         let _: i64 = self
             .scripts
             .remove
@@ -317,6 +392,9 @@ impl Inner {
 
     async fn drop_subscription(&self, id: &JobId, session: &SessionId) -> Result<(), ArcpError> {
         let mut conn = self.connection().await?;
+        if is_cluster(&conn) {
+            return self.cluster_drop_subscription(&mut conn, id, session).await;
+        }
         let _: i64 = self
             .scripts
             .drop_subscription
@@ -365,16 +443,19 @@ impl Inner {
         let mut page = Vec::new();
         loop {
             let mut conn = self.connection().await?;
-            let found: Vec<(String, Value)> = self
-                .scripts
-                .list
-                .key(&index)
-                .arg(self.keys.prefix())
-                .arg(&from)
-                .arg(batch)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| self.redis.unavailable(e))?;
+            let found: Vec<(String, Value)> = if is_cluster(&conn) {
+                self.cluster_list(&mut conn, &index, &from, batch).await?
+            } else {
+                self.scripts
+                    .list
+                    .key(&index)
+                    .arg(self.keys.prefix())
+                    .arg(&from)
+                    .arg(batch)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| self.redis.unavailable(e))?
+            };
             let read = found.len();
             for (id, fields) in found {
                 let id = JobId::new(id);
@@ -409,6 +490,16 @@ impl JobDirectory for RedisJobDirectory {
         // Listening first, so that no cancel or subscription sent to this job is missed.
         self.inner.listening().await?;
         let mut conn = inner.connection().await?;
+        if is_cluster(&conn) {
+            let change = inner.local.inserting(control, &entry);
+            let answer = match inner.cluster_insert(&mut conn, &entry, caps).await? {
+                Inserted::Ok => "ok",
+                Inserted::Session => "session",
+                Inserted::Principal => "principal",
+                Inserted::Lost => "lost",
+            };
+            return inner.inserted(change, answer, caps);
+        }
         let keys = &inner.keys;
         let mut call = inner.scripts.insert.prepare_invoke();
         call.key(keys.job(&entry.id))
@@ -432,27 +523,8 @@ impl JobDirectory for RedisJobDirectory {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| inner.redis.unavailable(e))?;
-        match answer.as_str() {
-            "ok" => {
-                change.settle(Settled::Live);
-                Ok(())
-            }
-            "session" => {
-                change.settle(Settled::Forgotten);
-                Err(session_cap(caps.per_session))
-            }
-            "principal" => {
-                change.settle(Settled::Forgotten);
-                Err(principal_cap(caps.per_principal))
-            }
-            "lost" => {
-                change.settle(Settled::Forgotten);
-                Err(lost_replica(&inner.instance))
-            }
-            other => Err(corrupt(format_args!("an insert answered {other:?}"))),
-        }
+        inner.inserted(change, &answer, caps)
     }
-
     async fn remove(&self, id: &JobId) -> Result<(), ArcpError> {
         let inner = &*self.inner;
         let change = inner.local.removing(id);
@@ -466,6 +538,9 @@ impl JobDirectory for RedisJobDirectory {
     async fn release_slot(&self, id: &JobId) -> Result<(), ArcpError> {
         let inner = &*self.inner;
         let mut conn = inner.connection().await?;
+        if is_cluster(&conn) {
+            return inner.cluster_release(&mut conn, id).await;
+        }
         let _: i64 = inner
             .scripts
             .release
@@ -531,17 +606,21 @@ impl JobDirectory for RedisJobDirectory {
         }
         .to_json()?;
         let mut conn = inner.connection().await?;
-        let answer: Vec<Value> = inner
-            .scripts
-            .cancel
-            .key(inner.keys.job(id))
-            .arg(inner.keys.prefix())
-            .arg(reason)
-            .arg(nudge)
-            .arg(id.as_str())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| inner.redis.unavailable(e))?;
+        let answer: Vec<Value> = if is_cluster(&conn) {
+            inner.cluster_cancel(&mut conn, id, &reason, &nudge).await?
+        } else {
+            inner
+                .scripts
+                .cancel
+                .key(inner.keys.job(id))
+                .arg(inner.keys.prefix())
+                .arg(reason)
+                .arg(nudge)
+                .arg(id.as_str())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| inner.redis.unavailable(e))?
+        };
         match (answer.first().and_then(text).as_deref(), answer.get(1)) {
             (Some("requested"), Some(heard)) => {
                 if int(heard) == Some(0) {
@@ -588,21 +667,27 @@ impl JobDirectory for RedisJobDirectory {
         .to_json()?;
         let session = subscriber.session.clone();
         let mut conn = inner.connection().await?;
-        let mut answer: Vec<Value> = inner
-            .scripts
-            .subscribe
-            .key(inner.keys.job(id))
-            .key(inner.keys.subscribers(id))
-            .key(inner.keys.session_subscribed(&session))
-            .arg(inner.keys.prefix())
-            .arg(id.as_str())
-            .arg(session.as_str())
-            .arg(max_per_session)
-            .arg(inner.replica.as_str())
-            .arg(request)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| inner.redis.unavailable(e))?;
+        let mut answer: Vec<Value> = if is_cluster(&conn) {
+            inner
+                .cluster_subscribe(&mut conn, id, &session, max_per_session, &request)
+                .await?
+        } else {
+            inner
+                .scripts
+                .subscribe
+                .key(inner.keys.job(id))
+                .key(inner.keys.subscribers(id))
+                .key(inner.keys.session_subscribed(&session))
+                .arg(inner.keys.prefix())
+                .arg(id.as_str())
+                .arg(session.as_str())
+                .arg(max_per_session)
+                .arg(inner.replica.as_str())
+                .arg(request)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| inner.redis.unavailable(e))?
+        };
         let (owner, taken, heard) = match answer.first().and_then(text).as_deref() {
             Some("running") => {
                 let owner = answer.get(1).and_then(text);
@@ -688,6 +773,7 @@ impl JobDirectory for RedisJobDirectory {
             .map_err(|e| inner.redis.unavailable(e))?;
         let (owner, heard) = match answer.first().and_then(text).as_deref() {
             Some("running") => match (answer.get(1).and_then(text), answer.get(2).and_then(int)) {
+                (Some(owner), Some(_)) if is_cluster(&conn) => (owner, slots::UNKNOWN),
                 (Some(owner), Some(heard)) => (owner, heard),
                 _ => return Err(corrupt("an unsubscription without its owner")),
             },
@@ -732,6 +818,11 @@ impl JobDirectory for RedisJobDirectory {
             .query_async(&mut conn)
             .await
             .map_err(|e| inner.redis.unavailable(e))?;
+        let running = if is_cluster(&conn) {
+            inner.cluster_inserted(&mut conn, running).await?
+        } else {
+            running
+        };
         let sorted = |ids: Vec<String>| {
             let mut ids: Vec<JobId> = ids.into_iter().map(JobId::new).collect();
             ids.sort();
@@ -746,6 +837,9 @@ impl JobDirectory for RedisJobDirectory {
     async fn purge_finished(&self, before: SystemTime) -> Result<(), ArcpError> {
         let inner = &*self.inner;
         let mut conn = inner.connection().await?;
+        if is_cluster(&conn) {
+            return inner.cluster_purge(&mut conn, before).await;
+        }
         loop {
             let looked: usize = inner
                 .scripts
@@ -766,6 +860,11 @@ impl JobDirectory for RedisJobDirectory {
     async fn running_on(&self, replica: &ReplicaId) -> Result<Vec<LostJob>, ArcpError> {
         let inner = &*self.inner;
         let mut conn = inner.connection().await?;
+        if is_cluster(&conn) {
+            let mut jobs = inner.cluster_running_on(&mut conn, replica).await?;
+            jobs.sort_by(|a, b| a.entry.id.cmp(&b.entry.id));
+            return Ok(jobs);
+        }
         let running: Vec<Value> = inner
             .scripts
             .running_on
@@ -799,6 +898,11 @@ impl JobDirectory for RedisJobDirectory {
 
     async fn finish_lost(&self, entry: JobEntry, lost: &ReplicaId) -> Result<bool, ArcpError> {
         let inner = &*self.inner;
+        let at = finished_millis(&entry).unwrap_or_else(|| unix_millis(SystemTime::now()));
+        let mut conn = inner.connection().await?;
+        if is_cluster(&conn) {
+            return inner.cluster_finish_lost(&mut conn, &entry, lost, at).await;
+        }
         let fields = encode(&entry)?;
         let keys = &inner.keys;
         let mut call = inner.scripts.finish_lost.prepare_invoke();
@@ -809,13 +913,12 @@ impl JobDirectory for RedisJobDirectory {
             .key(keys.replica_jobs(lost))
             .arg(keys.prefix())
             .arg(entry.id.as_str())
-            .arg(finished_millis(&entry).unwrap_or_else(|| unix_millis(SystemTime::now())))
+            .arg(at)
             .arg(lost.as_str())
             .arg(inner.instance.as_str());
         for (name, value) in &fields {
             call.arg(*name).arg(value);
         }
-        let mut conn = inner.connection().await?;
         let ended: i64 = call
             .invoke_async(&mut conn)
             .await

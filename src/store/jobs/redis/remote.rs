@@ -24,6 +24,7 @@ use super::{
     fields::{self, encode},
     local::{Here, Settled},
     messages::{Message, Outcome},
+    slots::is_cluster,
     Inner, CANCEL_SCAN, REFRESH,
 };
 
@@ -160,25 +161,41 @@ impl Inner {
     /// Reads this replica's pending cancel requests, gives each control the ones it has not
     /// had, and takes them off the pending ones unless more came meanwhile.
     async fn give_cancels(&self) {
-        if let Err(e) = self.try_give_cancels().await {
-            tracing::warn!("cancel requests not read: {e}");
+        // On a Cluster a request that came while the last ones were acknowledged is listed
+        // again, to be given at once; the bound only keeps a flood from holding the task.
+        for _ in 0..4 {
+            match self.try_give_cancels().await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!("cancel requests not read: {e}");
+                    return;
+                }
+            }
         }
     }
 
-    async fn try_give_cancels(&self) -> Result<(), ArcpError> {
+    /// Answers whether more requests are pending already.
+    async fn try_give_cancels(&self) -> Result<bool, ArcpError> {
         let pending_key = self.keys.replica_cancels(self.replica.as_str());
         let mut conn = self.connection().await?;
-        let pending: Vec<(String, u64, String)> = self
-            .scripts
-            .pending_cancels
-            .key(&pending_key)
-            .arg(self.keys.prefix())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.redis.unavailable(e))?;
+        let cluster = is_cluster(&conn);
+        let pending: Vec<(String, u64, String)> = if cluster {
+            self.cluster_pending_cancels(&mut conn, &pending_key)
+                .await?
+        } else {
+            self.scripts
+                .pending_cancels
+                .key(&pending_key)
+                .arg(self.keys.prefix())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.redis.unavailable(e))?
+        };
         if pending.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
+        let mut read = Vec::with_capacity(pending.len());
         let mut ack = self.scripts.ack_cancels.prepare_invoke();
         ack.key(&pending_key).arg(self.keys.prefix());
         for (id, cancels, reason) in pending {
@@ -191,12 +208,18 @@ impl Inner {
                 }
             }
             ack.arg(id.as_str()).arg(cancels);
+            read.push((id, cancels));
+        }
+        if cluster {
+            return self
+                .cluster_ack_cancels(&mut conn, &pending_key, &read)
+                .await;
         }
         let _: i64 = ack
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.redis.unavailable(e))?;
-        Ok(())
+        Ok(false)
     }
 
     /// One round of upkeep; `scan` also reads the pending cancel requests.
@@ -218,13 +241,17 @@ impl Inner {
                 Err(e) => tracing::debug!("running jobs not refreshed: {e}"),
             }
         }
-        for (id, token) in due.inserts {
+        for (id, token, control) in due.inserts {
+            let entry = control.entry();
             let change = self.local.retrying(&id, token);
             match self.owner_of(&id).await {
                 Ok(owner) if owner.as_deref() == Some(self.replica.as_str()) => {
                     change.settle(Settled::Live)
                 }
-                Ok(_) => change.settle(Settled::Forgotten),
+                Ok(_) => match self.abandon_insert(&entry, &id, token).await {
+                    Ok(()) => change.settle(Settled::Forgotten),
+                    Err(e) => tracing::debug!(job = %id, "an insert not undone: {e}"),
+                },
                 Err(e) => tracing::debug!(job = %id, "an insert not settled: {e}"),
             }
         }
@@ -247,8 +274,36 @@ impl Inner {
         }
     }
 
-    /// Writes the changing fields of `entries` into their hashes, in one script.
+    /// Undoes the first steps of an insert dropped on a Cluster before it wrote the job's
+    /// hash, unless the job was inserted here again since; a single Redis took the insert
+    /// whole or not at all.
+    async fn abandon_insert(
+        &self,
+        entry: &JobEntry,
+        id: &JobId,
+        token: u64,
+    ) -> Result<(), ArcpError> {
+        let mut conn = self.connection().await?;
+        if !is_cluster(&conn) || !self.local.current(id, token) {
+            return Ok(());
+        }
+        self.cluster_abandon_insert(
+            &mut conn,
+            &self.replica,
+            id,
+            &entry.session,
+            &entry.principal,
+        )
+        .await
+    }
+
+    /// Writes the changing fields of `entries` into their hashes, in one script (one per
+    /// job's slot on a Cluster).
     async fn refresh(&self, entries: &[(u64, JobEntry)]) -> Result<(), ArcpError> {
+        let mut conn = self.connection().await?;
+        if is_cluster(&conn) {
+            return self.cluster_refresh(&mut conn, entries).await;
+        }
         let mut call = self.scripts.refresh.prepare_invoke();
         call.arg(self.keys.prefix()).arg(self.replica.as_str());
         for (_, entry) in entries {
@@ -258,7 +313,6 @@ impl Inner {
                 .arg(budget)
                 .arg(credentials);
         }
-        let mut conn = self.connection().await?;
         let _: i64 = call
             .invoke_async(&mut conn)
             .await
