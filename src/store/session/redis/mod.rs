@@ -11,7 +11,8 @@
 //!   left, and a release of the lock says so.
 //! - `PREFIX:{sessions:PRINCIPAL}:joined`, a sorted set: the principal's sessions, for its cap,
 //!   each by the time (ms since the Unix epoch) it joined. (A single Redis kept a plain set,
-//!   `…:held`, before; a removal of a session recorded then still leaves it.)
+//!   `…:held`, before: the sessions recorded then no longer count for the cap, and their
+//!   removal still takes them out of it.)
 //! - `PREFIX:{SESSION}:given-up`, on a Cluster only, for a while: the mark of a create whose
 //!   slot a repair freed, refusing its record (see below).
 //! - `PREFIX:{replica:REPLICA}:sessions`, a hash per replica: the sessions it attached a stream
