@@ -154,6 +154,41 @@ pub async fn each_expired_session_is_taken_once(make: Factory) {
     assert_eq!(taken, sessions);
 }
 
+/// The sweep takes a session at its own window's deadline, not before, however often it looks
+/// in between, and even when an older attachment's refused start named an earlier deadline;
+/// a session removed, or resumed, meanwhile it never takes.
+pub async fn a_session_is_taken_at_its_own_deadline_only(make: Factory) {
+    let reg = make(10).resume;
+    let now = SystemTime::now();
+    let deadline = now + Duration::from_secs(60);
+    let s = SessionId::generate();
+    let t1 = reg.issue(&s, &alice(), Epoch(1)).await.unwrap();
+    reg.rotate(t1.expose(), &alice(), Epoch(2)).await.unwrap();
+    assert!(reg.start_window(&s, Epoch(2), deadline).await.unwrap());
+    assert!(!reg.start_window(&s, Epoch(1), now).await.unwrap());
+    let removed = SessionId::generate();
+    reg.issue(&removed, &alice(), Epoch(1)).await.unwrap();
+    assert!(reg.start_window(&removed, Epoch(1), now).await.unwrap());
+    reg.remove(&removed).await.unwrap();
+    let resumed = SessionId::generate();
+    let t = reg.issue(&resumed, &alice(), Epoch(1)).await.unwrap();
+    assert!(reg
+        .start_window(&resumed, Epoch(1), deadline)
+        .await
+        .unwrap());
+    reg.rotate(t.expose(), &alice(), Epoch(2)).await.unwrap();
+    for at in [
+        now,
+        now + Duration::from_secs(30),
+        now + Duration::from_secs(59),
+    ] {
+        assert!(reg.take_expired(at).await.unwrap().is_empty(), "{at:?}");
+    }
+    assert_eq!(reg.take_expired(deadline).await.unwrap(), vec![s]);
+    let later = deadline + Duration::from_secs(60);
+    assert!(reg.take_expired(later).await.unwrap().is_empty());
+}
+
 /// A rotation dropped at any suspension point either rotated (the old token is dead, and the
 /// attachment's window can start) or did not (the old token still works).
 pub async fn a_cancelled_rotation_rotated_or_did_not(make: Factory) {

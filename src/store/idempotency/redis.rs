@@ -7,6 +7,19 @@
 //! it holds. Claiming is one script, so of two replicas racing with a new key exactly one
 //! wins. A repeat racing the first acceptance on another replica polls the key until it is
 //! accepted or released.
+//!
+//! # The sweep
+//!
+//! Redis expires every key at the end of its window by itself; the sweep forgets keys as of a
+//! time of its choosing, ahead of that. Its list, `PREFIX:idem-expiring`, a sorted set of
+//! entries by the end of their windows, spans principals, so it is in a slot of its own: a
+//! claim lists its key there after the claim's script, as a command of its own (a key this
+//! misses still expires on time). On a single Redis the sweep is one script. On a Cluster it
+//! goes slot by slot: the due entries from the list, then each entry's script on its own slot
+//! (pipelined, sent to every slot at once), which deletes it if its window ended, then the
+//! entries off the list. A sweep cut off before the last step leaves entries listed, which
+//! the next one looks at again and finds gone; an entry claimed again between the steps is
+//! taken off the list with the old one and still expires in Redis.
 
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +30,7 @@ use crate::{
     encoding::StoredFrame,
     error::ArcpError,
     ids::{JobId, Principal},
-    store::redis::{millis, unix_millis, Redis, RedisConnection},
+    store::redis::{millis, unix_millis, Connection, Redis, RedisConnection},
 };
 
 use super::{Claim, Fingerprint, IdempotencyKey, IdempotencyStore, KeyTerms};
@@ -79,18 +92,36 @@ redis.call('ZREM', KEYS[2], ARGV[2])
 return 1
 ";
 
-/// Deletes the keys listed in KEYS[1] whose window ended by ARGV[1] ms since the Unix epoch.
+/// Deletes the entry `name` if its window ended by `now`.
+const FORGET_FN: &str = r"
+local function forget(name, now)
+  local until_ms = redis.call('HGET', name, 'x')
+  if not until_ms or tonumber(until_ms) <= tonumber(now) then
+    redis.call('DEL', name)
+  end
+end
+";
+
+/// On a single Redis: deletes the keys listed in KEYS[1] whose window ended by ARGV[1] ms since
+/// the Unix epoch.
 const SWEEP: &str = r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 for _, name in ipairs(due) do
-  local until_ms = redis.call('HGET', name, 'x')
-  if not until_ms or tonumber(until_ms) <= tonumber(ARGV[1]) then
-    redis.call('DEL', name)
-  end
+  forget(name, ARGV[1])
   redis.call('ZREM', KEYS[1], name)
 end
 return #due
 ";
+
+/// On a Cluster: [`FORGET_FN`] on the entry KEYS[1] as of ARGV[1].
+const FORGET: &str = r"
+forget(KEYS[1], ARGV[1])
+return 1
+";
+
+/// How many due entries one sweep of a Cluster looks at, bounding its pipeline; the rest
+/// wait for the next sweep.
+const SWEEP_BATCH: usize = 256;
 
 /// How often a repeat waiting on another submission's acceptance looks again, at first and at
 /// most.
@@ -101,8 +132,8 @@ const POLL_MOST: Duration = Duration::from_millis(100);
 pub struct RedisIdempotencyStore {
     redis: RedisConnection,
     prefix: String,
-    /// Every key by the end of its window, for sweeps ahead of Redis's own expiry. A sorted set
-    /// across principals, so the sweep is for a single Redis, not a Cluster, for now.
+    /// Every key by the end of its window, for sweeps ahead of Redis's own expiry: a sorted set
+    /// across principals, in a slot of its own.
     expiring: String,
     claim: Script,
     accepted: Script,
@@ -130,7 +161,7 @@ impl RedisIdempotencyStore {
             claim: Script::new(CLAIM),
             accepted: Script::new(ACCEPTED),
             release: Script::new(RELEASE),
-            sweep: Script::new(SWEEP),
+            sweep: Script::new(&format!("{FORGET_FN}{SWEEP}")),
         }
     }
 
@@ -143,6 +174,48 @@ impl RedisIdempotencyStore {
             counter: format!("{base}:counter"),
             entries: format!("{base}:key:"),
         }
+    }
+}
+
+impl RedisIdempotencyStore {
+    /// The sweep on a Cluster, slot by slot: the due entries, each forgotten on its own slot,
+    /// then taken off the list.
+    async fn sweep_in_steps(&self, conn: &mut Connection, now: u64) -> Result<(), ArcpError> {
+        let due: Vec<String> = ::redis::cmd("ZRANGEBYSCORE")
+            .arg(&self.expiring)
+            .arg("-inf")
+            .arg(now)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(SWEEP_BATCH)
+            .query_async(conn)
+            .await
+            .map_err(|e| self.redis.unavailable(e))?;
+        if due.is_empty() {
+            return Ok(());
+        }
+        // As EVAL, which no node refuses for a missing script; forgetting is idempotent.
+        let forget = format!("{FORGET_FN}{FORGET}");
+        let mut pipe = ::redis::pipe();
+        for name in &due {
+            pipe.cmd("EVAL")
+                .arg(&forget)
+                .arg(1)
+                .arg(name)
+                .arg(now)
+                .ignore();
+        }
+        let () = pipe
+            .query_async(conn)
+            .await
+            .map_err(|e| self.redis.unavailable(e))?;
+        let _: i64 = ::redis::cmd("ZREM")
+            .arg(&self.expiring)
+            .arg(&due)
+            .query_async(conn)
+            .await
+            .map_err(|e| self.redis.unavailable(e))?;
+        Ok(())
     }
 }
 
@@ -303,6 +376,9 @@ impl IdempotencyStore for RedisIdempotencyStore {
         // principal's ranking.
         let now = unix_millis(now);
         let mut conn = self.redis.get().await?;
+        if let Connection::Cluster(_) = conn {
+            return self.sweep_in_steps(&mut conn, now).await;
+        }
         let _: i64 = self
             .sweep
             .key(&self.expiring)

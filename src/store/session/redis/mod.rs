@@ -9,7 +9,12 @@
 //!   expiring unless its holder renews it.
 //! - `PREFIX:{SESSION}:changes`, a pub/sub channel: every change script publishes the state it
 //!   left, and a release of the lock says so.
-//! - `PREFIX:{sessions:PRINCIPAL}:held`, a set: the principal's sessions, for its cap.
+//! - `PREFIX:{sessions:PRINCIPAL}:joined`, a sorted set: the principal's sessions, for its cap,
+//!   each by the time (ms since the Unix epoch) it joined. (A single Redis kept a plain set,
+//!   `…:held`, before: the sessions recorded then no longer count for the cap, and their
+//!   removal still takes them out of it.)
+//! - `PREFIX:{SESSION}:given-up`, on a Cluster only, for a while: the mark of a create whose
+//!   slot a repair freed, refusing its record (see below).
 //! - `PREFIX:{replica:REPLICA}:sessions`, a hash per replica: the sessions it attached a stream
 //!   to, each to that attachment's epoch, for the replica that takes it over if it is lost
 //!   (`store::replicas`). An attachment joins it in the round trip of the create or attach
@@ -37,27 +42,48 @@
 //! cancelled before its answer arrived reaches it with its message or at the next read of the
 //! record (`open`, taking the lock, a re-read).
 //!
-//! # Cluster
+//! # On a Redis Cluster
 //!
-//! A session's keys share the hash tag `{SESSION}`, and every script but two touches only
-//! them. Creating a session counts and joins its principal's set in the script that writes
-//! the record, and removing it leaves the set in the script that deletes the record (whose
-//! field `h` names the set): two slots, so this store is for a single Redis (or a primary
-//! with replicas). On a Cluster each would become two scripts, one per slot: the set's first
-//! (take the slot, then write the record) and last (delete the record, then free the slot).
-//! A replica dying between the two would leave a slot held by no record, so the set would
-//! keep each member with the time it joined, and a create finding the set full would look
-//! up (from the process) which members older than a grace period have no record, and free
-//! their slots. Channels would become sharded (`SPUBLISH`, `SSUBSCRIBE`), so that a message
-//! stays on the session's shard.
+//! A session's keys share the hash tag `{SESSION}`, and every script but the create's and the
+//! removal's touches only them. Those two also change the principal's sessions, in another
+//! slot: on a single Redis each is one script over both (one round trip, as every call), on
+//! a Cluster two steps, one per slot (`slots.rs`), ordered so that the cap is never exceeded:
+//!
+//! - A create joins the principal's sessions first (taking its slot, under the cap, with the
+//!   time it joined), then writes the record (pipelined with the replica's attached-sessions
+//!   entry): two round trips.
+//! - A removal deletes the record first, then frees the slot its record named.
+//!
+//! So a create or a removal cut off between its steps (a dropped call, a failure, a crash)
+//! leaves a slot held by no record: never a record without a slot. Such slots are repaired:
+//!
+//! - A create that did not finish its steps starts its own repair when it is dropped or fails
+//!   (on its own task, since its caller is gone): it frees the slot unless the record is
+//!   there.
+//! - A create that finds the principal's sessions full waits for this replica's repairs of
+//!   them under way, then takes the members that joined more than `slots::GRACE` (30 s) ago for
+//!   candidates, frees those with no record, and tries once more if that freed any.
+//!
+//! Freeing a slot is itself two steps: in the session's slot, a script that answers whether
+//! there is a record and, if not, marks the create given up (`…:given-up`, for ten minutes),
+//! so that a write of the record still on its way is refused rather than recorded without a
+//! slot (the create then fails with a retryable `INTERNAL_ERROR`); then the slot is freed. A
+//! repair cut off between the two leaves the slot for the next. The grace keeps a create
+//! between its steps on another replica from having its slot taken for one cut off: its two
+//! calls each time out within seconds.
+//!
+//! Pub/sub is classic: a `PUBLISH` from a script reaches every node, and the notifier listens
+//! on one.
 
 mod copy;
 mod lock;
 mod record;
 mod remote;
+mod repairs;
 mod scripts;
+mod slots;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
 use async_trait::async_trait;
 
@@ -66,7 +92,7 @@ use crate::{
     ids::{Epoch, EventSeq, ReplicaId, ReplicaInstance, SessionId},
     store::{
         caps::over_cap,
-        redis::{query_loading, replica_key, Redis},
+        redis::{millis, query_loading, replica_key, unix_millis, Connection, Redis},
     },
 };
 
@@ -93,6 +119,7 @@ impl RedisSessionStore {
             scripts: Scripts::new(),
             instance,
             attached_here,
+            repairs: Default::default(),
         })))
     }
 }
@@ -102,46 +129,74 @@ impl SessionStore for RedisSessionStore {
     async fn create(&self, session: NewSession) -> Result<Arc<dyn SessionRecord>, ArcpError> {
         let store = &self.0.remote;
         let names = store.names(&session.id);
-        let holders = store.holders(&session.principal);
+        let joined = store.joined(&session.principal);
         let features = encode_features(&session.features);
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("HSET")
-            .arg(&store.attached_here)
-            .arg(session.id.as_str())
-            .arg(session.epoch.get())
-            .ignore()
-            .invoke_script(
-                store
-                    .scripts
-                    .create
-                    .key(&names.record)
-                    .key(&holders)
-                    .arg(&names.channel)
-                    .arg(session.id.as_str())
-                    .arg(session.principal.as_str())
-                    .arg(&features)
-                    .arg(session.epoch.get())
-                    .arg(session.max_per_principal)
-                    .arg(&holders)
-                    .arg(store.instance.as_str()),
-            );
+        let now = unix_millis(SystemTime::now());
+        let args = (
+            (
+                names.channel.as_str(),
+                session.id.as_str(),
+                session.principal.as_str(),
+                features.as_str(),
+                session.epoch.get(),
+            ),
+            (
+                session.max_per_principal,
+                joined.as_str(),
+                store.instance.as_str(),
+                now,
+                now.saturating_sub(millis(slots::GRACE)),
+            ),
+        );
         let mut conn = store.redis.get().await?;
-        let (answer,): (Vec<u64>,) = query_loading(&mut conn, &pipe, &[&store.scripts.create])
-            .await
-            .map_err(|e| store.redis.unavailable(e))?;
-        let version = match answer.as_slice() {
-            [0] => {
-                store.unindex(&session.id, session.epoch).await;
-                let cap = session.max_per_principal;
-                return Err(over_cap(
-                    "this principal already holds as many sessions",
-                    "max_sessions_per_principal",
-                    cap,
-                    "detached sessions count until their resume window closes",
-                ));
+        let version = match conn {
+            Connection::Single(_) => {
+                let mut pipe = ::redis::pipe();
+                pipe.cmd("HSET")
+                    .arg(&store.attached_here)
+                    .arg(session.id.as_str())
+                    .arg(session.epoch.get())
+                    .ignore()
+                    .invoke_script(
+                        store
+                            .scripts
+                            .create
+                            .key(&names.record)
+                            .key(&joined)
+                            .arg(args),
+                    );
+                let (answer,): (Vec<u64>,) =
+                    query_loading(&mut conn, &pipe, &[&store.scripts.create])
+                        .await
+                        .map_err(|e| store.redis.unavailable(e))?;
+                match answer.as_slice() {
+                    [0] => {
+                        store.unindex(&session.id, session.epoch).await;
+                        None
+                    }
+                    [1, version] => Some(*version),
+                    _ => return Err(corrupt("an unknown answer to a create")),
+                }
             }
-            [1, version] => *version,
-            _ => return Err(corrupt("an unknown answer to a create")),
+            Connection::Cluster(_) => {
+                let create = slots::Create {
+                    session: &session.id,
+                    epoch: session.epoch,
+                    names: &names,
+                    joined: &joined,
+                    args,
+                };
+                slots::create(store, &mut conn, create).await?
+            }
+        };
+        let Some(version) = version else {
+            let cap = session.max_per_principal;
+            return Err(over_cap(
+                "this principal already holds as many sessions",
+                "max_sessions_per_principal",
+                cap,
+                "detached sessions count until their resume window closes",
+            ));
         };
         let record = self.0.record(
             &session.id,
@@ -190,6 +245,9 @@ impl SessionStore for RedisSessionStore {
         let store = &self.0.remote;
         let names = store.names(id);
         let mut conn = store.redis.get().await?;
+        if let Connection::Cluster(_) = conn {
+            return slots::remove(store, &mut conn, id, &names).await;
+        }
         let _: i64 = store
             .scripts
             .remove

@@ -10,7 +10,7 @@ use crate::{
     },
 };
 
-use super::{copy::Versioned, scripts::Scripts};
+use super::{copy::Versioned, repairs::Repairs, scripts::Scripts};
 
 /// The connection, the scripts, and the replica instance whose attachments the store makes.
 pub(super) struct Remote {
@@ -19,6 +19,8 @@ pub(super) struct Remote {
     pub(super) instance: ReplicaInstance,
     /// The sessions this replica attached: `attached_on(replica)` for this one.
     pub(super) attached_here: String,
+    /// The repairs of slots this replica's cut-off creates held, under way (on a Cluster).
+    pub(super) repairs: Repairs,
 }
 
 /// A session's keys and channel.
@@ -30,6 +32,8 @@ pub(super) struct Names {
     pub(super) lock: String,
     /// Where the scripts publish every change, and the lock its releases.
     pub(super) channel: String,
+    /// On a Cluster, the mark of a create given up on (`slots.rs`), refusing its record.
+    pub(super) given_up: String,
 }
 
 /// A record as read whole.
@@ -63,6 +67,7 @@ impl Remote {
             record: format!("{base}:session"),
             lock: format!("{base}:attach-lock"),
             channel: format!("{base}:changes"),
+            given_up: format!("{base}:given-up"),
         }
     }
 
@@ -72,11 +77,12 @@ impl Remote {
         replica_key(self.redis.prefix(), replica, "sessions")
     }
 
-    /// The key of `principal`'s set of sessions, under the hash tag `{sessions:PRINCIPAL}`
-    /// (which would end at the principal's first `}`, so that is escaped).
-    pub(super) fn holders(&self, principal: &Principal) -> String {
+    /// The key of `principal`'s sessions, a sorted set by the time each joined, under the
+    /// hash tag `{sessions:PRINCIPAL}` (which would end at the principal's first `}`, so that
+    /// is escaped).
+    pub(super) fn joined(&self, principal: &Principal) -> String {
         let tag = principal.as_str().replace('}', "%7D");
-        format!("{}:{{sessions:{tag}}}:held", self.redis.prefix())
+        format!("{}:{{sessions:{tag}}}:joined", self.redis.prefix())
     }
 
     /// Takes attachment `epoch` of `session` off this replica's attached sessions: it ended,

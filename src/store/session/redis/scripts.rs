@@ -1,6 +1,7 @@
 //! The Lua scripts of the Redis session store, and their replies.
 //!
-//! A record is a hash: `p` the principal, `h` the key of its principal's set of sessions,
+//! A record is a hash: `p` the principal, `h` the key of the set of its principal's sessions
+//! it joined,
 //! `f` the features (names joined by commas) and `fv` the version that last set them, `o` the
 //! replica instance that made the newest attachment, and the flow: `e` epoch, `a` attached
 //! (`1` or `0`), `d` delivered, `k` acked, `v` the version every change increments. Numbers are kept as the decimal strings the process sent, so they stay
@@ -94,27 +95,100 @@ k = ARGV[3]
 return commit(nil)
 ";
 
-/// Records session ARGV[2] of principal ARGV[3] (whose sessions are the set KEYS[2], named
-/// ARGV[7]) as KEYS[1], attached at epoch ARGV[5] by replica instance ARGV[8] with features
-/// ARGV[4], unless the principal holds ARGV[6] sessions already. Publishes on ARGV[1]; answers `{1, v}` or `{0}` if refused.
-/// A record the id named before is replaced, at a higher version than it reached.
-const CREATE: &str = r"
-if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[6]) then return {0} end
-local v = (tonumber(redis.call('HGET', KEYS[1], 'v')) or 0) + 1
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'p', ARGV[3], 'h', ARGV[7], 'f', ARGV[4], 'fv', v,
-  'e', ARGV[5], 'a', '1', 'd', '0', 'k', '0', 'v', v, 'o', ARGV[8])
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('PUBLISH', ARGV[1], table.concat({'s', v, ARGV[5], '1', '0', '0', v, ARGV[4]}, ' '))
-return {1, v}
+/// The arguments of the create's scripts, in this order.
+///
+/// ARGV[1] the session's channel, ARGV[2] the session, ARGV[3] its principal, ARGV[4] its
+/// features, ARGV[5] its epoch, ARGV[6] the principal's cap, ARGV[7] the key of the
+/// principal's sessions, ARGV[8] the replica instance attaching it, ARGV[9] now (ms since
+/// the Unix epoch), ARGV[10] when a member must have joined by to be a repair's candidate.
+const JOIN_FN: &str = r"
+local function join(joined)
+  if redis.call('ZSCORE', joined, ARGV[2]) then return true end
+  if redis.call('ZCARD', joined) >= tonumber(ARGV[6]) then return false end
+  redis.call('ZADD', joined, ARGV[9], ARGV[2])
+  return true
+end
 ";
 
-/// Forgets session ARGV[1] (record KEYS[1], attachment lock KEYS[2]) and frees its slot in
-/// its principal's set, whose key the record names.
+/// Writes the record `record` of a new session, as the create's arguments say; publishes it
+/// and answers `{1, v}`. A record the id named before is replaced, at a higher version than
+/// it reached.
+const WRITE_FN: &str = r"
+local function write(record)
+  local v = (tonumber(redis.call('HGET', record, 'v')) or 0) + 1
+  redis.call('DEL', record)
+  redis.call('HSET', record, 'p', ARGV[3], 'h', ARGV[7], 'f', ARGV[4], 'fv', v,
+    'e', ARGV[5], 'a', '1', 'd', '0', 'k', '0', 'v', v, 'o', ARGV[8])
+  redis.call('PUBLISH', ARGV[1], table.concat({'s', v, ARGV[5], '1', '0', '0', v, ARGV[4]}, ' '))
+  return {1, v}
+end
+";
+
+/// On a single Redis: joins the principal's sessions KEYS[2] and writes the record KEYS[1],
+/// unless the principal holds its cap of sessions already (`{0}`).
+const CREATE: &str = r"
+if not join(KEYS[2]) then return {0} end
+return write(KEYS[1])
+";
+
+/// On a Cluster, the create's first step: joins the principal's sessions KEYS[1] (`{'joined'}`),
+/// unless the principal holds its cap already: then answers `{'full', SESSION, ...}`, the
+/// members that joined by ARGV[10], a repair's candidates.
+const JOIN: &str = r"
+if join(KEYS[1]) then return {'joined'} end
+local candidates = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[10], 'LIMIT', 0, 16)
+table.insert(candidates, 1, 'full')
+return candidates
+";
+
+/// On a Cluster, the create's second step: writes the record KEYS[1], unless a repair gave
+/// up on this create (the mark KEYS[2]; `{2}`).
+const WRITE: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return {2} end
+return write(KEYS[1])
+";
+
+/// A repair's first step: answers `0` if there is a record KEYS[1]; else marks the session's
+/// create as given up (KEYS[2], for ARGV[1] ms), so that a late write of it is refused, and
+/// answers `1`: its member may go.
+const ABANDON: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+return 1
+";
+
+/// Takes session `session` out of the set `held` its record names: a sorted set of members
+/// by join time, or a plain set as a single Redis kept them before.
+const LEAVE_FN: &str = r"
+local function leave(held, session)
+  if redis.call('TYPE', held).ok == 'set' then
+    redis.call('SREM', held, session)
+  else
+    redis.call('ZREM', held, session)
+  end
+end
+";
+
+/// On a single Redis: forgets session ARGV[1] (record KEYS[1], attachment lock KEYS[2]) and
+/// frees its slot in its principal's sessions, whose key the record names.
 const REMOVE: &str = r"
 local held = redis.call('HGET', KEYS[1], 'h')
-if held then redis.call('SREM', held, ARGV[1]) end
+if held then leave(held, ARGV[1]) end
 redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+";
+
+/// On a Cluster, the removal's first step: forgets the record KEYS[1] and the attachment lock
+/// KEYS[2], answering the key of the principal's sessions the record names (nil if none).
+const DROP: &str = r"
+local held = redis.call('HGET', KEYS[1], 'h')
+redis.call('DEL', KEYS[1], KEYS[2])
+return held
+";
+
+/// On a Cluster, the removal's second step: takes session ARGV[1] out of the set KEYS[1].
+const LEAVE: &str = r"
+leave(KEYS[1], ARGV[1])
 return 1
 ";
 
@@ -153,7 +227,12 @@ return 1
 /// The store's scripts, each hashed once.
 pub(super) struct Scripts {
     pub(super) create: Script,
+    pub(super) join: Script,
+    pub(super) write: Script,
+    pub(super) abandon: Script,
     pub(super) remove: Script,
+    pub(super) drop: Script,
+    pub(super) leave: Script,
     pub(super) attach: Script,
     pub(super) detach: Script,
     pub(super) delivered: Script,
@@ -168,8 +247,13 @@ impl Scripts {
     pub(super) fn new() -> Self {
         let change = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
         Scripts {
-            create: Script::new(CREATE),
-            remove: Script::new(REMOVE),
+            create: Script::new(&format!("{JOIN_FN}{WRITE_FN}{CREATE}")),
+            join: Script::new(&format!("{JOIN_FN}{JOIN}")),
+            write: Script::new(&format!("{WRITE_FN}{WRITE}")),
+            abandon: Script::new(ABANDON),
+            remove: Script::new(&format!("{LEAVE_FN}{REMOVE}")),
+            drop: Script::new(DROP),
+            leave: Script::new(&format!("{LEAVE_FN}{LEAVE}")),
             attach: change(ATTACH),
             detach: change(DETACH),
             delivered: change(DELIVERED),
