@@ -1,7 +1,7 @@
 //! Every store contract test (`tests/contract/`) against every store: the embedded memory
 //! stores, the same wrapped so that every call suspends, and the Redis stores, on a real
-//! `redis-server`. A store shared between replicas joins this list and must pass the same
-//! suite.
+//! `redis-server` and on a Redis Cluster of three. A store shared between replicas joins this
+//! list and must pass the same suite.
 
 mod common;
 mod contract;
@@ -268,13 +268,14 @@ macro_rules! store_tests {
     };
 }
 
-/// The whole suite for each store. `redis` runs it all too: the stores it has in Redis are
-/// tested there, and the memory ones beside them, as a deployment would combine them.
+/// The whole suite for each store: the memory stores, and every store in Redis, on a single
+/// server and on a Cluster, whose every call must keep to a slot.
 macro_rules! suite {
     ($($test:tt)*) => {
         store_tests!(memory; $($test)*);
         store_tests!(yielding_memory; $($test)*);
         store_tests!(redis; $($test)*);
+        store_tests!(redis_cluster; $($test)*);
     };
 }
 
@@ -334,6 +335,7 @@ macro_rules! replicas_suite {
     ($($test:tt)*) => {
         store_tests!(memory_replicas; $($test)*);
         store_tests!(redis_replicas; $($test)*);
+        store_tests!(redis_cluster_replicas; $($test)*);
     };
 }
 
@@ -371,6 +373,7 @@ fn redis_cluster_processes(max_log_frames: usize) -> (Stores, Stores) {
 macro_rules! shared_replicas_suite {
     ($($test:tt)*) => {
         store_tests!(redis_processes; $($test)*);
+        store_tests!(redis_cluster_processes; $($test)*);
     };
 }
 
@@ -399,95 +402,6 @@ macro_rules! limited_suite {
         store_tests!(yielding_limited_redis_cluster; $($test)*);
     };
 }
-
-/// The tests that pass on a Redis Cluster: the stores whose every call keeps to one slot.
-/// Each store joins as its scripts are made slot-aware, until `suite!` itself runs on
-/// `redis_cluster`.
-macro_rules! cluster_suite {
-    ($($test:tt)*) => {
-        store_tests!(redis_cluster; $($test)*);
-    };
-}
-
-cluster_suite!(
-    log::numbers_frames_without_gaps_and_reads_from_any_position,
-    log::evicts_beyond_its_bound_and_never_skips,
-    log::releases_early_only_for_the_newest_fenced_attachment,
-    log::a_waiting_read_sees_the_next_append_or_the_removal,
-    log::concurrent_appends_get_distinct_gap_free_numbers,
-    log::calls_cancelled_anywhere_leave_no_gap,
-    log::a_log_created_again_replaces_the_old_one,
-    log::a_replica_fence_appends_its_frames_once,
-    log::queued_appends_are_logged_once_each_in_queue_order,
-    replicas::a_live_replica_is_never_claimed,
-    credentials::an_entry_is_outstanding_until_its_revocation_is_accepted,
-    credentials::changes_cancelled_anywhere_took_effect_or_none,
-    credentials::adopting_ones_own_part_changes_nothing,
-    resume::rotation_invalidates_the_previous_token_at_once,
-    resume::tokens_are_bound_to_their_principal,
-    resume::epochs_fence_rotation_and_the_window,
-    resume::a_rotation_clears_the_window,
-    resume::concurrent_rotations_with_one_token_have_one_winner,
-    resume::each_expired_session_is_taken_once,
-    resume::a_cancelled_rotation_rotated_or_did_not,
-    resume::a_session_is_taken_at_its_own_deadline_only,
-    session::a_new_session_is_attached_with_nothing_delivered,
-    session::a_newer_attachment_fences_out_the_older,
-    session::acks_are_bounded_by_deliveries_and_never_move_back,
-    session::a_flow_waiter_wakes_on_the_change_it_waits_for,
-    session::the_attachment_lock_admits_one_holder,
-    session::racing_attachments_end_at_the_newest,
-    session::attaches_and_deliveries_cancelled_anywhere_took_effect_or_none,
-    session::creates_over_the_principal_cap_are_refused_until_one_is_removed,
-    session::racing_creates_take_each_slot_once,
-    session::creates_cancelled_anywhere_hold_a_slot_only_if_recorded,
-    session::lock_attempts_cancelled_anywhere_leave_the_lock_free,
-    idempotency::a_key_names_its_first_job_and_acceptance,
-    idempotency::waiters_learn_of_the_acceptance_or_the_release,
-    idempotency::concurrent_claims_of_a_new_key_have_one_winner,
-    idempotency::a_key_lives_for_its_window,
-    idempotency::a_cancelled_claim_claimed_or_did_not,
-    idempotency::a_principal_holds_a_bounded_number_of_keys,
-    jobs::lists_jobs_in_id_order_within_scope_and_filter,
-    jobs::requests_by_id_reach_the_running_job,
-    jobs::purging_forgets_only_jobs_that_ended_before_the_cutoff,
-    jobs::inserts_and_finishes_cancelled_anywhere_took_effect_or_none,
-    jobs::inserts_over_the_caps_are_refused_until_a_slot_frees,
-    jobs::racing_inserts_take_each_slot_once,
-    jobs::subscriptions_over_the_cap_are_refused_until_one_ends,
-    jobs::racing_subscriptions_take_the_last_slot_once,
-    jobs::caps_hold_when_calls_are_cancelled_anywhere,
-);
-
-store_tests!(
-    redis_cluster_replicas;
-    credentials::each_replica_lists_its_own_part,
-    resume::a_rotation_on_one_replica_is_seen_on_the_other_at_once,
-    session::a_change_on_one_replica_wakes_a_waiter_on_the_other,
-    session::racing_attaches_on_two_replicas_end_at_the_newest,
-    session::the_attachment_lock_admits_one_holder_across_replicas,
-    session::the_session_cap_holds_across_replicas,
-    jobs::a_job_on_one_replica_is_listed_and_found_on_the_other,
-    jobs::a_cancel_on_one_replica_reaches_the_job_on_the_other,
-    jobs::a_job_that_released_its_slot_refuses_cancels_on_every_replica,
-    jobs::subscriptions_on_one_replica_reach_the_job_on_the_other,
-    jobs::caps_hold_across_replicas,
-    log::a_reader_on_one_replica_gets_every_append_of_both_live_in_order,
-    log::a_log_removed_on_one_replica_fails_the_others_waiting_reader,
-    log::appends_racing_on_two_replicas_get_distinct_gap_free_numbers,
-    log::queued_appends_racing_on_two_replicas_get_distinct_gap_free_numbers,
-);
-
-store_tests!(
-    redis_cluster_processes;
-    replicas::a_silent_replica_is_claimed_once_and_learns_it_was_lost,
-    log::a_fenced_replica_appends_nothing_more,
-    credentials::a_lost_replicas_entries_move_to_the_adopter_and_are_never_lost,
-    credentials::a_lost_instance_records_nothing,
-    session::the_sessions_a_replica_attached_are_found_by_replica,
-    jobs::a_lost_replicas_jobs_are_found_and_ended_once,
-    jobs::a_lost_replicas_dropped_changes_are_repaired_by_its_takeover,
-);
 
 limited_suite!(
     log::evicts_beyond_its_byte_bound_and_never_skips,
