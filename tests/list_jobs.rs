@@ -35,29 +35,6 @@ fn list_jobs(filter: Option<proto::JobFilter>, limit: u32, cursor: &str) -> In {
     })
 }
 
-/// Sends `request` and returns the `session_jobs` answering it (job frames in between are
-/// skipped).
-async fn list(conn: &mut Conn, request: In) -> proto::SessionJobs {
-    let id = conn.send(request).await;
-    let (_, frame) = conn
-        .recv_until(|f| {
-            matches!(
-                f.payload,
-                Some(Out::SessionJobs(_)) | Some(Out::SessionError(_))
-            )
-        })
-        .await;
-    assert_eq!(frame.event_seq, 0, "control frames carry no event_seq");
-    assert!(frame.job_id.is_empty());
-    match frame.payload {
-        Some(Out::SessionJobs(jobs)) => {
-            assert_eq!(jobs.request_id, id, "session_jobs answers the list frame");
-            *jobs
-        }
-        other => panic!("expected session_jobs, got {other:?}"),
-    }
-}
-
 /// Sends `request` and asserts it is refused with `INVALID_REQUEST` answering it.
 async fn list_refused(conn: &mut Conn, request: In) {
     let id = conn.send(request).await;
@@ -118,7 +95,7 @@ async fn a_listing_holds_the_principals_jobs_in_submission_order_with_their_summ
     let (mut bob, _) = server.hello_with("bob-token", LISTING).await;
 
     // Nothing yet.
-    let empty = list(&mut a, list_jobs(None, 0, "")).await;
+    let empty = a.session_jobs(list_jobs(None, 0, "")).await;
     assert!(empty.jobs.is_empty());
     assert!(empty.next_cursor.is_empty());
 
@@ -142,11 +119,11 @@ async fn a_listing_holds_the_principals_jobs_in_submission_order_with_their_summ
     let (_, end3) = a.recv_until_terminal(&j3).await;
 
     // Alice sees her jobs from both of her sessions, in submission order; never bob's.
-    let page = list(&mut a, list_jobs(None, 0, "")).await;
+    let page = a.session_jobs(list_jobs(None, 0, "")).await;
     assert_eq!(ids(&page), vec![j1.as_str(), j2.as_str(), j3.as_str()]);
     assert!(page.next_cursor.is_empty(), "no more pages");
     assert_eq!(
-        ids(&list(&mut b, list_jobs(None, 0, "")).await),
+        ids(&b.session_jobs(list_jobs(None, 0, "")).await),
         ids(&page),
         "the same for every session of the principal"
     );
@@ -178,7 +155,7 @@ async fn a_listing_holds_the_principals_jobs_in_submission_order_with_their_summ
     assert_eq!(end3.event_seq, 4);
 
     // Bob sees only his own.
-    let page = list(&mut bob, list_jobs(None, 0, "")).await;
+    let page = bob.session_jobs(list_jobs(None, 0, "")).await;
     assert_eq!(ids(&page), vec![bobs.as_str()]);
 }
 
@@ -207,7 +184,9 @@ async fn the_status_filter_selects_by_lifecycle_state_and_rejects_unknown_states
     let (running, _) = submit_and_accept(&mut conn, ticker(1000, 20)).await;
 
     let all = [&done, &failed, &cancelled, &timed_out, &running];
-    let page = list(&mut conn, list_jobs(filter(&[], "", ""), 0, "")).await;
+    let page = conn
+        .session_jobs(list_jobs(filter(&[], "", ""), 0, ""))
+        .await;
     assert_eq!(
         ids(&page),
         all.iter().map(|s| s.as_str()).collect::<Vec<_>>()
@@ -226,7 +205,9 @@ async fn the_status_filter_selects_by_lifecycle_state_and_rejects_unknown_states
         ("running", vec![&running]),
         ("pending", vec![]),
     ] {
-        let page = list(&mut conn, list_jobs(filter(&[status], "", ""), 0, "")).await;
+        let page = conn
+            .session_jobs(list_jobs(filter(&[status], "", ""), 0, ""))
+            .await;
         assert_eq!(
             ids(&page),
             expected.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
@@ -234,11 +215,13 @@ async fn the_status_filter_selects_by_lifecycle_state_and_rejects_unknown_states
         );
         assert!(page.jobs.iter().all(|j| j.status == status));
     }
-    let page = list(
-        &mut conn,
-        list_jobs(filter(&["running", "success", "pending"], "", ""), 0, ""),
-    )
-    .await;
+    let page = conn
+        .session_jobs(list_jobs(
+            filter(&["running", "success", "pending"], "", ""),
+            0,
+            "",
+        ))
+        .await;
     assert_eq!(ids(&page), vec![done.as_str(), running.as_str()]);
 
     for bad in ["finished", "SUCCESS", ""] {
@@ -271,7 +254,9 @@ async fn the_agent_filter_matches_a_name_or_an_exact_version() {
         ("ticker@2.0.0", vec![]),
         ("nosuch", vec![]),
     ] {
-        let page = list(&mut conn, list_jobs(filter(&[], agent, ""), 0, "")).await;
+        let page = conn
+            .session_jobs(list_jobs(filter(&[], agent, ""), 0, ""))
+            .await;
         assert_eq!(
             ids(&page),
             expected.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
@@ -279,11 +264,9 @@ async fn the_agent_filter_matches_a_name_or_an_exact_version() {
         );
     }
     // Combined with a status filter.
-    let page = list(
-        &mut conn,
-        list_jobs(filter(&["running"], "echo", ""), 0, ""),
-    )
-    .await;
+    let page = conn
+        .session_jobs(list_jobs(filter(&["running"], "echo", ""), 0, ""))
+        .await;
     assert!(page.jobs.is_empty());
     for bad in ["Echo", "echo@", "@1.0.0", "echo@1 0"] {
         list_refused(&mut conn, list_jobs(filter(&[], bad, ""), 0, "")).await;
@@ -297,7 +280,7 @@ async fn created_after_keeps_only_jobs_created_strictly_later() {
     for i in 0..3 {
         jobs.push(echo(&mut conn, json!(i)).await);
     }
-    let all = list(&mut conn, list_jobs(None, 0, "")).await;
+    let all = conn.session_jobs(list_jobs(None, 0, "")).await;
     assert_eq!(
         ids(&all),
         jobs.iter().map(|s| s.as_str()).collect::<Vec<_>>()
@@ -308,7 +291,9 @@ async fn created_after_keeps_only_jobs_created_strictly_later() {
         ("2000-01-01T02:00:00+02:00", jobs.len()),
         ("2999-01-01T00:00:00Z", 0),
     ] {
-        let page = list(&mut conn, list_jobs(filter(&[], "", after), 0, "")).await;
+        let page = conn
+            .session_jobs(list_jobs(filter(&[], "", after), 0, ""))
+            .await;
         assert_eq!(page.jobs.len(), expected, "created_after {after}");
     }
 
@@ -323,7 +308,9 @@ async fn created_after_keeps_only_jobs_created_strictly_later() {
             .filter(|j| j.created_at.as_str() > after)
             .map(|j| j.job_id.as_str())
             .collect();
-        let page = list(&mut conn, list_jobs(filter(&[], "", after), 0, "")).await;
+        let page = conn
+            .session_jobs(list_jobs(filter(&[], "", after), 0, ""))
+            .await;
         assert!(
             !ids(&page).contains(&summary.job_id.as_str()),
             "job {} (created_at {after}) listed as created after {after}: {:?}",
@@ -355,33 +342,35 @@ async fn limit_and_cursor_page_through_the_jobs_until_next_cursor_is_empty() {
     }
     let jobs: Vec<&str> = jobs.iter().map(|s| s.as_str()).collect();
 
-    let p1 = list(&mut conn, list_jobs(None, 2, "")).await;
+    let p1 = conn.session_jobs(list_jobs(None, 2, "")).await;
     assert_eq!(ids(&p1), jobs[0..2]);
     assert!(!p1.next_cursor.is_empty());
-    let p2 = list(&mut conn, list_jobs(None, 2, &p1.next_cursor)).await;
+    let p2 = conn.session_jobs(list_jobs(None, 2, &p1.next_cursor)).await;
     assert_eq!(ids(&p2), jobs[2..4]);
     assert!(!p2.next_cursor.is_empty());
-    let p3 = list(&mut conn, list_jobs(None, 2, &p2.next_cursor)).await;
+    let p3 = conn.session_jobs(list_jobs(None, 2, &p2.next_cursor)).await;
     assert_eq!(ids(&p3), jobs[4..5]);
     assert!(p3.next_cursor.is_empty(), "the last page has no cursor");
 
     // Cursors are stateless positions: reusing one gives the same page.
-    let again = list(&mut conn, list_jobs(None, 2, &p1.next_cursor)).await;
+    let again = conn.session_jobs(list_jobs(None, 2, &p1.next_cursor)).await;
     assert_eq!(ids(&again), ids(&p2));
     // A page that ends exactly at the last job has no cursor.
-    let exact = list(&mut conn, list_jobs(None, 3, &p1.next_cursor)).await;
+    let exact = conn.session_jobs(list_jobs(None, 3, &p1.next_cursor)).await;
     assert_eq!(ids(&exact), jobs[2..5]);
     assert!(exact.next_cursor.is_empty());
     // No limit: the default (100) holds them all.
-    let whole = list(&mut conn, list_jobs(None, 0, "")).await;
+    let whole = conn.session_jobs(list_jobs(None, 0, "")).await;
     assert_eq!(ids(&whole), jobs);
     assert!(whole.next_cursor.is_empty());
     // Filters apply across pages.
-    let page = list(
-        &mut conn,
-        list_jobs(filter(&["success"], "echo", ""), 1, &p2.next_cursor),
-    )
-    .await;
+    let page = conn
+        .session_jobs(list_jobs(
+            filter(&["success"], "echo", ""),
+            1,
+            &p2.next_cursor,
+        ))
+        .await;
     assert_eq!(ids(&page), jobs[4..5]);
     assert!(page.next_cursor.is_empty());
 
@@ -413,15 +402,15 @@ async fn other_principals_jobs_are_listed_only_for_permitted_observers() {
     let a2 = run(&mut alice, ticker(1, 0)).await.0;
 
     assert_eq!(
-        ids(&list(&mut alice, list_jobs(None, 0, "")).await),
+        ids(&alice.session_jobs(list_jobs(None, 0, "")).await),
         vec![a1.as_str(), a2.as_str()]
     );
     assert_eq!(
-        ids(&list(&mut bob, list_jobs(None, 0, "")).await),
+        ids(&bob.session_jobs(list_jobs(None, 0, "")).await),
         vec![b1.as_str()]
     );
     // The observer sees everyone's jobs, in submission order, and has none of its own.
-    let page = list(&mut carol, list_jobs(None, 0, "")).await;
+    let page = carol.session_jobs(list_jobs(None, 0, "")).await;
     assert_eq!(ids(&page), vec![a1.as_str(), b1.as_str(), a2.as_str()]);
     assert_eq!(page.jobs[1].agent, "echo@1.0.0");
     assert_eq!(page.jobs[2].agent, "ticker@1.0.0");
@@ -430,13 +419,13 @@ async fn other_principals_jobs_are_listed_only_for_permitted_observers() {
         "a2's newest seq in alice's session"
     );
     // Filters and paging work the same for an observer.
-    let page = list(&mut carol, list_jobs(filter(&[], "echo", ""), 1, "")).await;
+    let page = carol
+        .session_jobs(list_jobs(filter(&[], "echo", ""), 1, ""))
+        .await;
     assert_eq!(ids(&page), vec![a1.as_str()]);
-    let page = list(
-        &mut carol,
-        list_jobs(filter(&[], "echo", ""), 1, &page.next_cursor),
-    )
-    .await;
+    let page = carol
+        .session_jobs(list_jobs(filter(&[], "echo", ""), 1, &page.next_cursor))
+        .await;
     assert_eq!(ids(&page), vec![b1.as_str()]);
     assert!(page.next_cursor.is_empty());
 }

@@ -121,7 +121,13 @@ pub struct Conn {
 impl Conn {
     /// Sends `list_jobs` and returns the `session_jobs` answering it, skipping job frames.
     pub async fn list_jobs(&mut self) -> proto::SessionJobs {
-        let id = self.send(list_jobs()).await;
+        self.session_jobs(list_jobs()).await
+    }
+
+    /// Sends `request` (a `list_jobs` frame) and returns the `session_jobs` answering it,
+    /// skipping job frames; a control frame, so without `event_seq` or `job_id`.
+    pub async fn session_jobs(&mut self, request: In) -> proto::SessionJobs {
+        let id = self.send(request).await;
         let (_, frame) = self
             .recv_until(|f| {
                 matches!(
@@ -130,9 +136,11 @@ impl Conn {
                 )
             })
             .await;
+        assert_eq!(frame.event_seq, 0, "control frames carry no event_seq");
+        assert!(frame.job_id.is_empty());
         match frame.payload {
             Some(Out::SessionJobs(jobs)) => {
-                assert_eq!(jobs.request_id, id);
+                assert_eq!(jobs.request_id, id, "session_jobs answers the list frame");
                 *jobs
             }
             other => panic!("expected session_jobs, got {other:?}"),
