@@ -95,6 +95,14 @@ struct Setup {
     gate: Arc<Notify>,
 }
 
+/// A gateway for alice alone, to be given its provisioner.
+fn alice_only() -> arcp_gateway::gateway::GatewayBuilder {
+    Gateway::builder(GatewayConfig::default()).auth(Authenticator::from_pairs([(
+        "alice-token".to_string(),
+        Principal::new("alice"),
+    )]))
+}
+
 /// A gateway with a provisioner, alice and bob, the built-ins plus `gate`, where bob may
 /// observe every job.
 async fn start() -> Setup {
@@ -540,8 +548,19 @@ async fn listing_jobs_redacts_credentials_for_other_principals() {
 /// flaky network would.
 struct FlakyRevocation {
     inner: MemoryProvisioner,
-    failures: std::sync::atomic::AtomicU32,
-    attempts: std::sync::atomic::AtomicU32,
+    failures: AtomicU32,
+    attempts: AtomicU32,
+}
+
+impl FlakyRevocation {
+    /// An upstream that refuses its first `failures` revocations.
+    fn failing(failures: u32) -> Arc<FlakyRevocation> {
+        Arc::new(FlakyRevocation {
+            inner: MemoryProvisioner::new(ENDPOINT, Some("openai".into())),
+            failures: AtomicU32::new(failures),
+            attempts: AtomicU32::new(0),
+        })
+    }
 }
 
 #[async_trait::async_trait]
@@ -577,18 +596,8 @@ impl arcp_gateway::credentials::CredentialProvisioner for FlakyRevocation {
 /// the job's terminal frame is logged.
 #[tokio::test]
 async fn a_failed_revocation_is_retried_until_the_upstream_accepts_it() {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    let upstream = Arc::new(FlakyRevocation {
-        inner: MemoryProvisioner::new(ENDPOINT, Some("openai".into())),
-        failures: AtomicU32::new(2),
-        attempts: AtomicU32::new(0),
-    });
-    let gateway = Gateway::builder(GatewayConfig::default())
-        .auth(Authenticator::from_pairs([(
-            "alice-token".to_string(),
-            Principal::new("alice"),
-        )]))
-        .credential_provisioner(upstream.clone());
+    let upstream = FlakyRevocation::failing(2);
+    let gateway = alice_only().credential_provisioner(upstream.clone());
     let server = TestServer::start_gateway(gateway).await;
     let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (job, frame) = submit_and_accept(&mut conn, submit("echo", json!({"x": 1}))).await;
@@ -672,11 +681,7 @@ async fn start_failing(records: u32, revocations: u32) -> Setup {
     agents
         .register("gate", "1.0.0", Arc::new(Gate { open: gate.clone() }))
         .unwrap();
-    let gateway = Gateway::builder(GatewayConfig::default())
-        .auth(Authenticator::from_pairs([(
-            "alice-token".to_string(),
-            Principal::new("alice"),
-        )]))
+    let gateway = alice_only()
         .agents(agents)
         .credential_provisioner(provisioner.clone());
     let server = TestServer::start_wrapped(gateway, move |stores| {
@@ -771,17 +776,8 @@ async fn a_revoked_credential_the_ledger_failed_to_forget_is_forgotten_by_the_sw
 #[tokio::test]
 async fn a_revocation_refused_past_the_jobs_attempts_is_left_to_the_sweep() {
     let attempts = arcp_gateway::credentials::IN_JOB_ATTEMPTS;
-    let upstream = Arc::new(FlakyRevocation {
-        inner: MemoryProvisioner::new(ENDPOINT, Some("openai".into())),
-        failures: AtomicU32::new(attempts),
-        attempts: AtomicU32::new(0),
-    });
-    let gateway = Gateway::builder(GatewayConfig::default())
-        .auth(Authenticator::from_pairs([(
-            "alice-token".to_string(),
-            Principal::new("alice"),
-        )]))
-        .credential_provisioner(upstream.clone());
+    let upstream = FlakyRevocation::failing(attempts);
+    let gateway = alice_only().credential_provisioner(upstream.clone());
     let server = TestServer::start_gateway(gateway).await;
     let (mut conn, _) = server.hello_with("alice-token", FEATURES).await;
     let (job, frame) = submit_and_accept(&mut conn, submit("echo", json!(1))).await;

@@ -505,19 +505,7 @@ pub async fn appends_racing_on_two_replicas_get_distinct_gap_free_numbers(make: 
             })
         })
         .collect();
-    let mut all = BTreeSet::new();
-    for task in tasks {
-        let got = within("the appenders", task).await.unwrap();
-        assert!(
-            got.windows(2).all(|w| w[0] < w[1]),
-            "one task's frames out of order"
-        );
-        all.extend(got);
-    }
-    assert_eq!(all, (1..=TASKS * EACH).collect::<BTreeSet<_>>());
-    let entries = on_a.read(EventSeq::ZERO, 10_000, Wait::No).await.unwrap();
-    assert_eq!(seqs(&entries), (1..=TASKS * EACH).collect::<Vec<_>>());
-    assert_each_task_in_order(&entries, TASKS, EACH);
+    let entries = racers_numbered_every_frame_once(tasks, &on_a, TASKS, EACH).await;
     assert_eq!(
         on_b.read(EventSeq::ZERO, 10_000, Wait::No).await.unwrap(),
         entries
@@ -550,6 +538,18 @@ pub async fn queued_appends_racing_on_two_replicas_get_distinct_gap_free_numbers
             })
         })
         .collect();
+    racers_numbered_every_frame_once(tasks, &on_a, TASKS, EACH).await;
+}
+
+/// Waits for `tasks`, each of which appended `each` frames and returns the numbers they got, in
+/// the order it appended them: every number from 1 on was got once, each task's in order, and
+/// `log` holds them so; returns what it holds.
+async fn racers_numbered_every_frame_once(
+    tasks: Vec<tokio::task::JoinHandle<Vec<u64>>>,
+    log: &Arc<dyn SessionLog>,
+    count: u64,
+    each: u64,
+) -> Vec<LogEntry> {
     let mut all = BTreeSet::new();
     for task in tasks {
         let got = within("the appenders", task).await.unwrap();
@@ -559,10 +559,11 @@ pub async fn queued_appends_racing_on_two_replicas_get_distinct_gap_free_numbers
         );
         all.extend(got);
     }
-    assert_eq!(all, (1..=TASKS * EACH).collect::<BTreeSet<_>>());
-    let entries = on_a.read(EventSeq::ZERO, 10_000, Wait::No).await.unwrap();
-    assert_eq!(seqs(&entries), (1..=TASKS * EACH).collect::<Vec<_>>());
-    assert_each_task_in_order(&entries, TASKS, EACH);
+    assert_eq!(all, (1..=count * each).collect::<BTreeSet<_>>());
+    let entries = log.read(EventSeq::ZERO, 10_000, Wait::No).await.unwrap();
+    assert_eq!(seqs(&entries), (1..=count * each).collect::<Vec<_>>());
+    assert_each_task_in_order(&entries, count, each);
+    entries
 }
 
 /// A frame of [`numbered`]'s size, so that byte bounds can be counted in frames.
