@@ -114,6 +114,9 @@ async fn a_log_whose_keys_are_gone_fails_every_call_naming_the_loss() {
     assert_lost(on_b.read(EventSeq::ZERO, 10, Wait::No).await, LOST);
 }
 
+/// A stream entry as `XRANGE` answers it: the id, then the fields and their values.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_behind_what_a_replica_saw_fails_on_every_replica() {
     let prefix = fresh_prefix();
@@ -124,12 +127,25 @@ async fn a_log_behind_what_a_replica_saw_fails_on_every_replica() {
     // What a failover to a replica that had received only the first three frames leaves.
     let base = format!("{prefix}:{{{id}}}:");
     let mut conn = raw().await;
+    let newest: Vec<StreamEntry> = ::redis::cmd("XREVRANGE")
+        .arg(format!("{base}log"))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(2)
+        .query_async(&mut conn)
+        .await
+        .expect("the newest two entries");
+    let ids: Vec<&str> = newest.iter().map(|(id, _)| id.as_str()).collect();
+    assert!(
+        ids[0].starts_with("5-") && ids[1].starts_with("4-"),
+        "entries 5 and 4 are the newest: {ids:?}"
+    );
     let _: () = ::redis::pipe()
         .atomic()
         .cmd("XDEL")
         .arg(format!("{base}log"))
-        .arg("4-0")
-        .arg("5-0")
+        .arg(&ids)
         .ignore()
         .cmd("HSET")
         .arg(format!("{base}log-meta"))

@@ -409,6 +409,8 @@ limited_suite!(
     log::the_budget_evicts_detached_sessions_first_and_never_attached_ones,
     log::a_newer_fence_reattaches_and_an_older_detach_changes_nothing,
     log::a_removed_log_gives_back_its_bytes,
+    log::released_frames_give_back_their_bytes,
+    log::frames_queued_together_are_measured_one_by_one,
 );
 
 /// A process restarted under the id of one that died waits while the dead one's lease runs

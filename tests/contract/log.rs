@@ -754,3 +754,56 @@ pub async fn a_removed_log_gives_back_its_bytes(make: LimitedFactory) {
     append_numbered(&log, 1).await;
     assert_eq!(evicted_through(&log).await, 1, "the budget still holds");
 }
+
+/// Released frames no longer count against the budget, to the byte: a release through part
+/// of a log gives back those frames' bytes and no more.
+pub async fn released_frames_give_back_their_bytes(make: LimitedFactory) {
+    let size = frame_bytes();
+    let stores = make(bytes_limits(u64::MAX, 6 * size));
+    let (_, attached) = filled(&stores, 5).await;
+    attached
+        .release_through(EventSeq(3), Epoch(1))
+        .await
+        .unwrap();
+    // The attached log holds 2 frames; 4 more in a detached log bring the store to 6.
+    let (id, log) = filled(&stores, 4).await;
+    stores.logs.detached(&id, Epoch(1)).await;
+    assert_eq!(
+        evicted_through(&log).await,
+        0,
+        "the released frames still counted"
+    );
+    append_numbered(&log, 1).await;
+    assert_eq!(
+        evicted_through(&log).await,
+        1,
+        "the frames the release kept no longer counted"
+    );
+}
+
+/// Frames queued together, which a pipelining store appends in one batch, are measured and
+/// evicted frame by frame as if appended one at a time: each says where its own window
+/// starts, and the bounds hold after every one.
+pub async fn frames_queued_together_are_measured_one_by_one(make: LimitedFactory) {
+    let size = frame_bytes();
+    let stores = make(bytes_limits(8 * size, u64::MAX));
+    let log = stores.logs.create(&SessionId::generate()).await.unwrap();
+    append_numbered(&log, 3).await;
+    let mut queued = Vec::new();
+    for n in 4..=20u64 {
+        queued.push(log.queue_append(numbered(n)).await.unwrap());
+    }
+    for (n, answer) in (4..=20u64).zip(queued) {
+        let appended = answer.await.unwrap();
+        assert_eq!(appended.seq, EventSeq(n));
+        assert_eq!(
+            appended.window_start,
+            EventSeq(n - 4),
+            "the frames after frame {n}'s window start fit in 4 frames' bytes"
+        );
+    }
+    assert_eq!(evicted_through(&log).await, 12, "8 frames' bytes are kept");
+    let got = log.read(EventSeq(12), 100, Wait::No).await.unwrap();
+    assert_eq!(seqs(&got), (13..=20).collect::<Vec<_>>());
+    assert_eq!(text(&got[0].frame), "000013");
+}

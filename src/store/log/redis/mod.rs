@@ -19,12 +19,14 @@
 //! A session's keys share its hash tag, `PREFIX:{SESSION}:…`, so each script on one log touches
 //! one Cluster slot:
 //!
-//! - `…:log`, a stream of the frames: the entry of frame `N` has the id `N-0` and one field,
+//! - `…:log`, a stream of the frames: the entry of frame `N` has the id `N-A`, `A` being the
+//!   bytes appended to the log through frame `N` (so ranges by sequence number work as on `N-0`
+//!   ids, and what lies between two frames is the difference of their ids), and one field,
 //!   `f`, the [`StoredFrame`](crate::encoding::StoredFrame) bytes.
 //! - `…:log-meta`, a hash: `id` the incarnation, `n` the newest sequence number, `e`
 //!   `evicted_through`, `b` the bytes retained, `a` the bytes ever appended, `ws`/`we` the
-//!   window's start and where it ends in `a` (for `Appended::window_start`, moved on a frame at
-//!   a time as the memory log moves it), `f` the newest fence, `d` absent while attached, `l`
+//!   window's start and its offset (for `Appended::window_start`, moved on a frame at a time as
+//!   the memory log moves it), `f` the newest fence, `d` absent while attached, `l`
 //!   while detached and on the detached list, `u` while detached and holding nothing; and for
 //!   each writer (a replica's handle) that appended, `w:WRITER`, the last few batches of its
 //!   own it appended, `BATCH FIRST COUNT ...`, newest first, so that a batch sent again is not

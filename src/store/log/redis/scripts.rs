@@ -11,7 +11,13 @@ use ::redis::{Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, Value};
 use super::incarnation::Gone;
 use crate::store::redis::Connection;
 
-/// What every script shares: how a log stands against a handle, and a frame's size.
+/// What every script shares: how a log stands against a handle, and the offsets of its frames.
+///
+/// A frame's entry id is `SEQ-OFFSET`: its sequence number, then the bytes appended to the log
+/// through it. Ranges by sequence number work as they would on `SEQ-0` ids, and the bytes
+/// between two frames are the difference of their offsets: what a release frees is read off
+/// one entry's id, and a walk of the window or of an eviction reads ids a chunk at a time
+/// rather than measuring the frames one by one.
 const PRELUDE: &str = r"
 local function standing(id, tomb, incarnation)
   if not id then return 0 end
@@ -21,10 +27,36 @@ local function standing(id, tomb, incarnation)
   return 1
 end
 
-local function frame_size(stream, seq)
+local function entry_id(seq, offset)
+  return string.format('%d-%d', seq, offset)
+end
+
+local function entry_offset(entry)
+  return tonumber(string.match(entry[1], '-(%d+)$'))
+end
+
+-- The offset of frame seq, or nil when the stream lacks it.
+local function offset_of(stream, seq)
   local entry = redis.call('XRANGE', stream, seq, seq)[1]
-  if entry then return #entry[2][2] end
-  return 0
+  if entry then return entry_offset(entry) end
+  return nil
+end
+
+-- A reader of offsets for a walk forward through the stream: it reads a chunk of entries at
+-- a time. It answers nil for a frame the stream lacks.
+local function offsets(stream)
+  local cache, from, to = {}, 1, 0
+  return function(seq)
+    if seq < from or seq > to then
+      cache, from, to = {}, seq, seq - 1
+      for _, entry in ipairs(redis.call('XRANGE', stream, seq, '+', 'COUNT', 128)) do
+        local at, offset = string.match(entry[1], '^(%d+)-(%d+)$')
+        to = tonumber(at)
+        cache[to] = tonumber(offset)
+      end
+    end
+    return cache[seq]
+  end
 end
 ";
 
@@ -45,7 +77,9 @@ return freed
 ";
 
 /// Appends the frames ARGV[12..] in order, numbering each, evicting beyond the log's bounds,
-/// and publishing the newest number on channel ARGV[6]. Returns `{1, bytes evicted, listed,
+/// and publishing the newest number on channel ARGV[6]. A batch that leaves the log within
+/// its bounds and its window where it was (nearly every one while a reader keeps up) costs an
+/// `XADD` a frame and nothing more. Returns `{1, bytes evicted, listed,
 /// first number, then (i, window start) for the batch's frame i (from 0) and each frame whose
 /// window start differs from the one before}`, or `{standing}`. `listed` is 1 when the log was
 /// detached and empty, and so off the store's detached list, and now holds frames: the caller
@@ -99,35 +133,55 @@ if ARGV[9] ~= '' then
 end
 local max_frames, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
 local window = tonumber(ARGV[5])
-local trimmed, freed, listed = e, 0, 0
-local out = {1, 0, 0, n + 1}
-local told = -1
-for i = 12, #ARGV do
-  local size = #ARGV[i]
-  n = n + 1
-  a = a + size
-  b = b + size
-  redis.call('XADD', KEYS[1], n, 'f', ARGV[i])
-  while n - e > max_frames or (b > max_bytes and n - e > 1) do
-    e = e + 1
-    local evicted = frame_size(KEYS[1], e)
-    b = b - evicted
-    freed = freed + evicted
+-- ae and we: the offsets of frames e and ws, the newest evicted and the window's start.
+local trimmed, ae, listed = e, a - b, 0
+local freed_from = ae
+if ws < e then
+  ws = e
+  we = ae
+end
+local first, count, added = n + 1, #ARGV - 11, 0
+for i = 12, #ARGV do added = added + #ARGV[i] end
+local out = {1, 0, 0, first}
+if n + count - e <= max_frames and a + added - ae <= max_bytes and a + added - we <= window then
+  for i = 12, #ARGV do
+    n = n + 1
+    a = a + #ARGV[i]
+    redis.call('XADD', KEYS[1], entry_id(n, a), 'f', ARGV[i])
   end
-  if ws < e then
-    ws = e
-    we = a - b
+  out[5], out[6] = 0, ws
+else
+  local older, mine = offsets(KEYS[1]), {}
+  local function offset(seq)
+    if seq >= first then return mine[seq] end
+    return older(seq)
   end
-  while a - we > window and ws < n do
-    ws = ws + 1
-    we = we + frame_size(KEYS[1], ws)
-  end
-  if ws ~= told then
-    out[#out + 1] = i - 12
-    out[#out + 1] = ws
-    told = ws
+  local told = -1
+  for i = 12, #ARGV do
+    n = n + 1
+    a = a + #ARGV[i]
+    mine[n] = a
+    redis.call('XADD', KEYS[1], entry_id(n, a), 'f', ARGV[i])
+    while n - e > max_frames or (a - ae > max_bytes and n - e > 1) do
+      e = e + 1
+      ae = offset(e) or ae
+    end
+    if ws < e then
+      ws = e
+      we = ae
+    end
+    while a - we > window and ws < n do
+      ws = ws + 1
+      we = offset(ws) or we
+    end
+    if ws ~= told then
+      out[#out + 1] = i - 12
+      out[#out + 1] = ws
+      told = ws
+    end
   end
 end
+b = a - ae
 if listing == 'u' then
   listing = 'l'
   listed = 1
@@ -145,7 +199,7 @@ if ARGV[9] ~= '' then
   end
   redis.call('HSET', KEYS[2], writer, record)
 end
-out[2], out[3] = freed, listed
+out[2], out[3] = ae - freed_from, listed
 redis.call('PUBLISH', ARGV[6], ARGV[1] .. ' ' .. n)
 return out
 ";
@@ -169,22 +223,18 @@ return 1
 /// log. Returns `{standing, bytes freed}`.
 /// KEYS: stream, metadata. ARGV: incarnation, through, epoch.
 const RELEASE: &str = r"
-local m = redis.call('HMGET', KEYS[2], 'id', 'x', 'n', 'e', 'b', 'f')
+local m = redis.call('HMGET', KEYS[2], 'id', 'x', 'n', 'e', 'b', 'f', 'a')
 local stands = standing(m[1], m[2], ARGV[1])
 if stands ~= 1 then return {stands, 0} end
 if tonumber(ARGV[3]) < tonumber(m[6]) then return {1, 0} end
-local n, e, b = tonumber(m[3]), tonumber(m[4]), tonumber(m[5])
+local n, e, b, a = tonumber(m[3]), tonumber(m[4]), tonumber(m[5]), tonumber(m[7])
 local through = math.min(tonumber(ARGV[2]), n)
 if through <= e then return {1, 0} end
-local freed, from = 0, e + 1
-while from <= through do
-  local entries = redis.call('XRANGE', KEYS[1], from, through, 'COUNT', 256)
-  if #entries == 0 then break end
-  for _, entry in ipairs(entries) do
-    freed = freed + #entry[2][2]
-  end
-  from = tonumber(string.match(entries[#entries][1], '^%d+')) + 1
-end
+local at = a
+if through < n then at = offset_of(KEYS[1], through) end
+-- A stream that lacks the frame lost events, which its readers find out and report.
+if not at then return {1, 0} end
+local freed = at - (a - b)
 redis.call('XTRIM', KEYS[1], 'MINID', through + 1)
 redis.call('HSET', KEYS[2], 'e', through, 'b', b - freed)
 return {1, freed}
@@ -238,14 +288,17 @@ return 1
 /// (gone, attached again), which loses nothing.
 /// KEYS: stream, metadata.
 const EVICT: &str = r"
-local m = redis.call('HMGET', KEYS[2], 'n', 'e', 'b', 'd', 'x')
+local m = redis.call('HMGET', KEYS[2], 'n', 'e', 'b', 'd', 'x', 'a')
 if not m[1] or m[5] or m[4] ~= 'l' then return {0, 1} end
-local n, e, b = tonumber(m[1]), tonumber(m[2]), tonumber(m[3])
-local excess, freed, from = tonumber(ARGV[1]), 0, e
-while freed < excess and e < n do
+local n, e, b, a = tonumber(m[1]), tonumber(m[2]), tonumber(m[3]), tonumber(m[6])
+local excess, from = tonumber(ARGV[1]), e
+local ae = a - b
+local freed_from, offset = ae, offsets(KEYS[1])
+while ae - freed_from < excess and e < n do
   e = e + 1
-  freed = freed + frame_size(KEYS[1], e)
+  ae = offset(e) or ae
 end
+local freed = ae - freed_from
 if e > from then
   redis.call('XTRIM', KEYS[1], 'MINID', e + 1)
   redis.call('HSET', KEYS[2], 'e', e, 'b', b - freed)
