@@ -10,31 +10,20 @@ import asyncio
 import json
 import time
 
-from arcp import ClientInfo, RuntimeInfo, WebSocketTransport, serve_websocket
+from arcp import ClientInfo, WebSocketTransport, serve_websocket
 from arcp.client import ARCPClient
-from arcp.runtime import ARCPRuntime, StaticBearerVerifier
+
+from python_runtime import chatter_runtime
 
 
 async def main(count, size):
-    message = "x" * size
-
-    async def chatter(inp, ctx):
-        for _ in range(count):
-            await ctx.log("info", message)
-        return {"count": count}
-
-    runtime = ARCPRuntime(
-        runtime=RuntimeInfo(name="python-reference", version="1.1.3"),
-        bearer=StaticBearerVerifier({"bench-token": "bench"}),
-        heartbeat_interval_sec=30,
-    )
-    runtime.register_agent("chatter", chatter)
+    runtime = chatter_runtime()
     server = await serve_websocket(runtime.accept, host="127.0.0.1", port=0, path="/arcp")
     port = next(iter(server.sockets)).getsockname()[1]
     async with server:
         client = ARCPClient(client=ClientInfo(name="arcp-bench", version="1"), token="bench-token")
         await client.connect(await WebSocketTransport.connect(f"ws://127.0.0.1:{port}/arcp", max_size=None))
-        handle = await client.submit(agent="chatter", input={})
+        handle = await client.submit(agent="chatter", input={"count": count, "bytes": size})
         frames, start = 0, None
         async for _ in handle.events():
             if start is None:

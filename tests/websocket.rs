@@ -318,3 +318,76 @@ async fn grpc_and_websocket_sessions_see_the_same_jobs() {
     assert_eq!(jobs["payload"]["request_id"], id);
     assert_eq!(jobs["payload"]["jobs"][0]["job_id"], job.as_str());
 }
+
+/// Walks `value` for `null`s; returns where each is.
+fn nulls(value: &Value, path: String) -> Vec<String> {
+    match value {
+        Value::Null => vec![path],
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .flat_map(|(i, item)| nulls(item, format!("{path}[{i}]")))
+            .collect(),
+        Value::Object(fields) => fields
+            .iter()
+            .flat_map(|(key, item)| nulls(item, format!("{path}.{key}")))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Absent optional fields are absent: a client whose schema says "optional string" or
+/// "optional array" refuses `null`. A session that gets a welcome, a job's acceptance, events
+/// and result, a listing, a subscription, a pong and errors finds none in any frame.
+#[tokio::test]
+async fn no_frame_of_a_whole_session_carries_a_null() {
+    let server = TestServer::start_default().await;
+    let features = [
+        "progress",
+        "agent_versions",
+        "list_jobs",
+        "subscribe",
+        "ack",
+    ];
+    let (mut conn, welcome) = server.ws_hello("alice-token", &features).await;
+    let mut frames = vec![welcome];
+    let (job, accepted) = conn.submit_ticker(3, 0).await;
+    frames.push(accepted);
+    frames.extend(conn.recv_until_terminal(&job).await);
+    conn.send("session.list_jobs", json!({})).await;
+    frames.push(conn.recv().await);
+    conn.send(
+        "session.ping",
+        json!({"nonce": "n1", "sent_at": "2026-01-01T00:00:00Z"}),
+    )
+    .await;
+    frames.push(conn.recv().await);
+    conn.send("job.cancel", json!({"job_id": "job_nope"})).await;
+    frames.push(conn.recv().await);
+    conn.send_text("{\"arcp\": \"1.1\"}").await;
+    frames.push(conn.recv().await);
+    let (mut other, _) = server.ws_hello("alice-token", &features).await;
+    other
+        .send("job.subscribe", json!({"job_id": job, "history": true}))
+        .await;
+    frames.extend(other.recv_until_terminal(&job).await);
+
+    let kinds: std::collections::BTreeSet<&str> =
+        frames.iter().filter_map(|f| f["type"].as_str()).collect();
+    for kind in [
+        "session.welcome",
+        "job.accepted",
+        "job.event",
+        "job.result",
+        "session.jobs",
+        "session.pong",
+        "session.error",
+        "job.subscribed",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} among {kinds:?}");
+    }
+    for frame in &frames {
+        let found = nulls(frame, String::new());
+        assert!(found.is_empty(), "null at {found:?} in {frame}");
+    }
+}

@@ -1,16 +1,18 @@
 //! The JSON envelope of spec §5 to and from the domain messages: what WebSocket (and any other
-//! text transport) speaks. The only place that knows the JSON shapes.
+//! text transport) speaks. The only place that knows the JSON shapes: the client's frames are
+//! read here, the runtime's written in `encode`.
 //!
 //! Unknown envelope and payload fields are ignored (§5). Every way a text frame can be wrong
 //! (not JSON, not an object, no `type`, an unknown `type`, a payload that does not fit its
 //! schema) becomes a [`RejectedFrame`] naming what was wrong, which the session answers with
 //! `session.error` `INVALID_REQUEST` and survives.
 
+mod encode;
+
 use serde::{de::DeserializeOwned, Deserialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::{
-    clock::Timestamp,
     encoding::json_value::check_depth,
     error::{excerpt, ArcpError, EXCERPT_CHARS},
     ids::{EventSeq, JobId, SessionId, TraceId},
@@ -19,11 +21,8 @@ use crate::{
             job_ref, ClientMessage, Hello, Inbound, JobSubmit, ListJobs, RejectedFrame,
             ResumeRequest, Subscribe,
         },
-        control::{Control, ControlMessage, JobSummary},
-        credential::Credential,
-        event::{EventBody, ToolError},
-        job_frame::{JobFrame, JobPayload, ResultBody},
-        Json, Lease, PROTOCOL_VERSION,
+        control::{Control, ControlMessage},
+        Json, Lease,
     },
     session::output::{Outbound, OutboundItem, StreamEnd},
 };
@@ -335,288 +334,20 @@ struct SubscribePayload {
 pub fn encode(item: OutboundItem) -> Result<String, StreamEnd> {
     match item {
         OutboundItem::Frame(session, Outbound::Control(control)) => {
-            Ok(control_frame(session, *control).to_string())
+            Ok(encode::control_text(session.as_ref(), &control))
         }
         OutboundItem::Frame(session, Outbound::Job(entry)) => Ok(match entry.frame.decode() {
-            Ok((id, frame)) => job_frame(session, entry.seq, id, &frame).to_string(),
+            Ok((id, frame)) => encode::job_text(session.as_ref(), entry.seq, &id, &frame),
             // The store handed back a frame this runtime did not write: the client is told,
             // rather than sent a frame that is not what was logged.
-            Err(error) => control_frame(
-                session,
-                Control {
+            Err(error) => encode::control_text(
+                session.as_ref(),
+                &Control {
                     request_id: None,
                     message: ControlMessage::Error(error),
                 },
-            )
-            .to_string(),
+            ),
         }),
         OutboundItem::End(end) => Err(end),
-    }
-}
-
-fn envelope(
-    kind: &str,
-    id: String,
-    session: Option<&SessionId>,
-    payload: Value,
-) -> Map<String, Value> {
-    let mut frame = Map::new();
-    frame.insert("arcp".into(), PROTOCOL_VERSION.into());
-    frame.insert("id".into(), id.into());
-    frame.insert("type".into(), kind.into());
-    if let Some(session) = session {
-        frame.insert("session_id".into(), session.as_str().into());
-    }
-    frame.insert("payload".into(), payload);
-    frame
-}
-
-fn control_frame(session: Option<SessionId>, control: Control) -> Value {
-    let request_id = control.request_id;
-    let (kind, payload) = match control.message {
-        ControlMessage::Welcome(w) => (
-            "session.welcome",
-            json!({
-                // Beyond §6.2's example, for clients (the reference Python SDK among them)
-                // that read the session id from the payload and require `accepted_at`.
-                "session_id": session.as_ref().map(SessionId::as_str),
-                "accepted_at": Timestamp::now().to_rfc3339(),
-                "runtime": { "name": w.runtime_name, "version": w.runtime_version },
-                "resume_token": w.resume_token,
-                "resume_window_sec": w.resume_window_sec,
-                "heartbeat_interval_sec": w.heartbeat_interval_sec,
-                "capabilities": {
-                    "encodings": ["json"],
-                    "features": w.features,
-                    "agents": w.agents.iter().map(|a| json!({
-                        "name": a.name, "versions": a.versions, "default": a.default,
-                    })).collect::<Vec<_>>(),
-                },
-            }),
-        ),
-        ControlMessage::Error(e) => (
-            "session.error",
-            json!({
-                "code": e.code().as_str(),
-                "message": e.message(),
-                "retryable": e.retryable(),
-                "request_id": request_id,
-            }),
-        ),
-        ControlMessage::Pong {
-            ping_nonce,
-            received_at,
-        } => (
-            "session.pong",
-            json!({ "ping_nonce": ping_nonce, "received_at": received_at.to_rfc3339() }),
-        ),
-        ControlMessage::Ping { nonce, sent_at } => (
-            "session.ping",
-            json!({ "nonce": nonce, "sent_at": sent_at.to_rfc3339() }),
-        ),
-        ControlMessage::Closed { reason } => ("session.closed", json!({ "reason": reason })),
-        ControlMessage::Jobs { jobs, next_cursor } => (
-            "session.jobs",
-            json!({
-                "request_id": request_id,
-                "jobs": jobs.iter().map(job_summary).collect::<Vec<_>>(),
-                "next_cursor": next_cursor,
-            }),
-        ),
-    };
-    Value::Object(envelope(
-        kind,
-        uuid::Uuid::now_v7().to_string(),
-        session.as_ref(),
-        payload,
-    ))
-}
-
-fn job_frame(session: Option<SessionId>, seq: EventSeq, id: String, frame: &JobFrame) -> Value {
-    let job_id = frame.job_id.as_str();
-    let trace_id = frame.trace_id.as_ref().map(|t| t.as_str());
-    let (kind, payload) = match &frame.payload {
-        JobPayload::Accepted(a) => (
-            "job.accepted",
-            json!({
-                "job_id": job_id,
-                "agent": a.agent,
-                "lease": a.lease,
-                "lease_constraints": a.expires_at.map(|at| json!({ "expires_at": at.to_rfc3339() })),
-                "budget": a.budget,
-                "credentials": (!a.credentials.is_empty()).then(|| a.credentials.iter().map(credential).collect::<Vec<_>>()),
-                "parent_job_id": a.parent_job_id.as_ref().map(JobId::as_str),
-                "accepted_at": a.accepted_at.to_rfc3339(),
-                "trace_id": trace_id,
-                "request_id": a.request_id,
-            }),
-        ),
-        JobPayload::Event { ts, body } => (
-            "job.event",
-            json!({ "kind": body.kind(), "ts": ts.to_rfc3339(), "body": event_body(body) }),
-        ),
-        JobPayload::Result(r) => (
-            "job.result",
-            match &r.result {
-                ResultBody::Inline(result) => json!({
-                    "final_status": "success",
-                    "result": result,
-                    "completed_at": r.completed_at.to_rfc3339(),
-                }),
-                ResultBody::Streamed {
-                    result_id,
-                    result_size,
-                    summary,
-                } => json!({
-                    "final_status": "success",
-                    "result_id": result_id,
-                    "result_size": result_size,
-                    "summary": summary,
-                    "completed_at": r.completed_at.to_rfc3339(),
-                }),
-            },
-        ),
-        JobPayload::Error(e) => (
-            "job.error",
-            json!({
-                "final_status": e.final_status.as_str(),
-                "code": e.code.as_str(),
-                "message": e.message,
-                "retryable": e.code.retryable(),
-                "completed_at": e.completed_at.to_rfc3339(),
-            }),
-        ),
-        JobPayload::Cancelled { reason } => (
-            "job.cancelled",
-            json!({ "job_id": job_id, "reason": reason }),
-        ),
-        JobPayload::Subscribed(s) => {
-            let mut payload = job_summary(&s.summary);
-            if let Value::Object(map) = &mut payload {
-                if let Some(status) = map.remove("status") {
-                    map.insert("current_status".into(), status);
-                }
-                map.remove("created_at");
-                map.remove("submitted_at");
-                map.remove("last_event_seq");
-                map.insert("subscribed_from".into(), s.subscribed_from.get().into());
-                map.insert("replayed".into(), s.replayed.into());
-                map.insert("request_id".into(), json!(s.request_id));
-            }
-            ("job.subscribed", payload)
-        }
-    };
-    let session = session.as_ref();
-    let mut frame = envelope(kind, id, session, payload);
-    frame.insert("job_id".into(), job_id.into());
-    frame.insert("event_seq".into(), seq.get().into());
-    if let Some(trace_id) = trace_id {
-        frame.insert("trace_id".into(), trace_id.into());
-    }
-    Value::Object(frame)
-}
-
-fn job_summary(j: &JobSummary) -> Value {
-    json!({
-        "job_id": j.job_id.as_str(),
-        "agent": j.agent,
-        "status": j.status,
-        "lease": j.lease,
-        "lease_constraints": j.expires_at.map(|at| json!({ "expires_at": at.to_rfc3339() })),
-        "budget": j.budget,
-        "parent_job_id": j.parent_job_id.as_ref().map(JobId::as_str),
-        "created_at": j.created_at.to_rfc3339(),
-        // The same instant under the name the reference Python SDK requires.
-        "submitted_at": j.created_at.to_rfc3339(),
-        "trace_id": j.trace_id.as_ref().map(TraceId::as_str),
-        "last_event_seq": j.last_event_seq.get(),
-        "credentials": (!j.credentials.is_empty()).then(|| j.credentials.iter().map(credential).collect::<Vec<_>>()),
-    })
-}
-
-fn credential(c: &Credential) -> Value {
-    json!({
-        "id": c.id,
-        "scheme": c.scheme,
-        "value": c.value,
-        "endpoint": c.endpoint,
-        "profile": c.profile,
-        "constraints": c.constraints,
-    })
-}
-
-fn event_body(body: &EventBody) -> Value {
-    match body {
-        EventBody::Log { level, message } => {
-            json!({ "level": level.as_str(), "message": message })
-        }
-        EventBody::Thought { text } => json!({ "text": text }),
-        EventBody::ToolCall {
-            tool,
-            args,
-            call_id,
-        } => json!({ "tool": tool, "args": args, "call_id": call_id }),
-        EventBody::ToolResult { call_id, outcome } => match outcome {
-            Ok(result) => json!({ "call_id": call_id, "result": result }),
-            Err(ToolError { code, message }) => json!({
-                "call_id": call_id,
-                "error": { "code": code.as_str(), "message": message, "retryable": code.retryable() },
-            }),
-        },
-        EventBody::Status {
-            phase,
-            message,
-            credential: rotated,
-        } => json!({
-            "phase": phase,
-            "message": message,
-            "credential": rotated.as_deref().map(credential),
-        }),
-        EventBody::Metric {
-            name,
-            value,
-            unit,
-            dimensions,
-        } => json!({
-            "name": name, "value": value, "unit": unit, "dimensions": dimensions,
-        }),
-        EventBody::ArtifactRef {
-            uri,
-            content_type,
-            byte_size,
-            sha256,
-        } => json!({
-            "uri": uri, "content_type": content_type, "byte_size": byte_size, "sha256": sha256,
-        }),
-        EventBody::Delegate {
-            child_job_id,
-            agent,
-            input,
-            lease_request,
-            expires_at,
-        } => json!({
-            "child_job_id": child_job_id,
-            "agent": agent,
-            "input": input,
-            "lease_request": lease_request,
-            "lease_constraints": expires_at.map(|at: Timestamp| json!({ "expires_at": at.to_rfc3339() })),
-        }),
-        EventBody::Progress {
-            current,
-            total,
-            units,
-            message,
-        } => json!({
-            "current": current, "total": total, "units": units, "message": message,
-        }),
-        EventBody::ResultChunk {
-            result_id,
-            chunk_seq,
-            data,
-            encoding,
-            more,
-        } => json!({
-            "result_id": result_id, "chunk_seq": chunk_seq, "data": data, "encoding": encoding, "more": more,
-        }),
     }
 }

@@ -18,7 +18,7 @@ use std::{
 use futures::{
     future,
     stream::{SplitSink, SplitStream},
-    SinkExt, Stream, StreamExt,
+    FutureExt, SinkExt, Stream, StreamExt,
 };
 use http::StatusCode;
 use parking_lot::Mutex;
@@ -47,7 +47,7 @@ use crate::{
     gateway::{ConnectInfo, Gateway},
     ids::Principal,
     protocol::client::{Inbound, ReadFault, RejectedFrame},
-    session::output::StreamEnd,
+    session::output::{OutboundItem, StreamEnd},
 };
 
 use super::{
@@ -61,6 +61,11 @@ pub const PATH: &str = "/arcp";
 
 /// The largest text frame accepted; a job submission's input has to fit.
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The buffer a connection reads into, allocated whole when it opens. Clients send little (a
+/// submit, acks, pings), and a larger message is gathered in a buffer of its own size anyway;
+/// tungstenite's default (128 KiB) was nearly all of an idle session's memory.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// How long the close frame may take to send before the connection is dropped without it.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -204,6 +209,7 @@ async fn connection(
         Ok(response)
     };
     let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(tcp, callback, Some(config));
@@ -261,22 +267,30 @@ async fn connection(
     };
     let ended = {
         let mut outbound = std::pin::pin!(gateway.connect(conn, inbound));
+        // Declared lost and not reading: no close handshake can complete either.
+        let stuck = || {
+            tracing::debug!(?peer, "dropping a websocket whose client stopped reading");
+            Ok(())
+        };
         loop {
             let item = tokio::select! {
                 item = outbound.next() => item,
                 _ = gone.cancelled() => None,
             };
             let Some(item) = item else { break None };
-            match json::encode(item) {
-                Ok(text) => match send_unless_stuck(&mut sink, Message::text(text), &lost).await {
-                    Some(sent) => sent?,
-                    // Declared lost and not reading: no close handshake can complete either.
-                    None => {
-                        tracing::debug!(?peer, "dropping a websocket whose client stopped reading");
-                        return Ok(());
-                    }
-                },
-                Err(end) => break Some(end),
+            // The frames ready now go out in one write: a flush per frame was a system call per
+            // frame, most of a chatty session's cost.
+            let batch = match feed_ready(&mut sink, &mut outbound, item, &lost).await {
+                Some(batch) => batch?,
+                None => return stuck(),
+            };
+            match unless_stuck(sink.flush(), &lost).await {
+                Some(flushed) => flushed?,
+                None => return stuck(),
+            }
+            match batch {
+                Batch::More => {}
+                Batch::Ended(end) => break end,
             }
         }
         // The session's reader, which holds the read half, ends here.
@@ -370,19 +384,66 @@ fn read(message: Result<Message, WsError>) -> Read {
     }
 }
 
-/// Sends `message`, unless the client is declared lost while the send waits for it to read:
-/// then `None`, and the caller drops the connection.
-async fn send_unless_stuck<S>(
+/// The most frames written between two flushes: enough to amortise the system call, few
+/// enough that the first of them is not held back long.
+const MAX_BATCH: usize = 256;
+
+/// How a batch of ready frames ended.
+enum Batch {
+    /// With no more frames ready: the stream goes on.
+    More,
+    /// With the end of the stream: how it ended (`None` for its normal end).
+    Ended(Option<StreamEnd>),
+}
+
+/// Feeds `first` and then every frame the session has ready without waiting, up to
+/// [`MAX_BATCH`], into `sink` (which writes them once its buffer is full, and at the caller's
+/// flush). `None` if the client is declared lost while a write waits for it to read.
+async fn feed_ready<S, O>(
     sink: &mut S,
-    message: Message,
+    outbound: &mut O,
+    first: OutboundItem,
     lost: &CancellationToken,
-) -> Option<Result<(), WsError>>
+) -> Option<Result<Batch, WsError>>
 where
     S: futures::Sink<Message, Error = WsError> + Unpin,
+    O: Stream<Item = OutboundItem> + Unpin,
+{
+    let mut item = first;
+    for _ in 0..MAX_BATCH {
+        match json::encode(item) {
+            Ok(text) => match unless_stuck(sink.feed(Message::text(text)), lost).await? {
+                Ok(()) => {}
+                Err(e) => return Some(Err(e)),
+            },
+            Err(end) => return Some(Ok(Batch::Ended(Some(end)))),
+        }
+        item = match outbound.next().now_or_never() {
+            Some(Some(next)) => next,
+            Some(None) => return Some(Ok(Batch::Ended(None))),
+            None => return Some(Ok(Batch::More)),
+        };
+    }
+    // The frame taken beyond the batch goes first into the next one.
+    match json::encode(item) {
+        Ok(text) => Some(
+            unless_stuck(sink.feed(Message::text(text)), lost)
+                .await?
+                .map(|()| Batch::More),
+        ),
+        Err(end) => Some(Ok(Batch::Ended(Some(end)))),
+    }
+}
+
+/// Runs `write`, unless the client is declared lost while it waits for the client to read:
+/// then `None`, and the caller drops the connection.
+async fn unless_stuck<F>(write: F, lost: &CancellationToken) -> Option<Result<(), WsError>>
+where
+    F: Future<Output = Result<(), WsError>>,
 {
     tokio::select! {
         biased;
-        sent = sink.send(message) => Some(sent),
+        written = write => Some(written),
         () = lost.cancelled() => None,
     }
 }
@@ -442,7 +503,7 @@ mod tests {
         let mut socket = WebSocketStream::from_raw_socket(ours, Role::Server, None).await;
         let lost = CancellationToken::new();
         let big = || Message::text("x".repeat(64 * 1024));
-        let send = send_unless_stuck(&mut socket, big(), &lost);
+        let send = unless_stuck(socket.send(big()), &lost);
         tokio::pin!(send);
         // Nobody reads the other end: the send cannot finish.
         assert!(futures::poll!(&mut send).is_pending());
@@ -451,7 +512,7 @@ mod tests {
         // Sends to a client not lost, or that complete at once, are left alone.
         let (ours, mut theirs) = tokio::io::duplex(1 << 20);
         let mut socket = WebSocketStream::from_raw_socket(ours, Role::Server, None).await;
-        let sent = send_unless_stuck(&mut socket, big(), &lost).await;
+        let sent = unless_stuck(socket.send(big()), &lost).await;
         assert!(matches!(sent, Some(Ok(()))), "{sent:?}");
         let mut buf = [0u8; 16];
         assert!(theirs.read(&mut buf).await.expect("reads") > 0);

@@ -14,7 +14,7 @@ use crate::{client::bench_gateway, rows::soak::soak_gateway, BenchResult};
 /// Which gateway the child serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum ChildConfig {
-    /// The bench gateway of the in-process rows, gRPC only (row 5).
+    /// The bench gateway of the in-process rows, on gRPC and WebSocket (row 5).
     Bench,
     /// The production defaults, on gRPC and WebSocket (row 8).
     Soak,
@@ -30,12 +30,7 @@ pub(crate) async fn serve_child(config: ChildConfig) -> BenchResult<()> {
         ChildConfig::Bench => bench_gateway(),
         ChildConfig::Soak => soak_gateway(),
     };
-    match config {
-        ChildConfig::Bench => server::serve(gateway, grpc, std::future::pending()).await?,
-        ChildConfig::Soak => {
-            server::serve_all(gateway, grpc, websocket, std::future::pending()).await?
-        }
-    }
+    server::serve_all(gateway, grpc, websocket, std::future::pending()).await?;
     Ok(())
 }
 
@@ -45,7 +40,7 @@ pub(crate) struct ChildGateway {
     pid: u32,
     /// Its gRPC address.
     pub(crate) grpc: SocketAddr,
-    /// Its WebSocket address (served by [`ChildConfig::Soak`] only).
+    /// Its WebSocket address.
     pub(crate) websocket: SocketAddr,
 }
 

@@ -41,6 +41,8 @@ pub(crate) struct Bench {
     pub(crate) gateway: Arc<Gateway>,
     pub(crate) channel: Channel,
     pub(crate) addr: SocketAddr,
+    /// Where it serves WebSocket.
+    pub(crate) ws_addr: SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
     served: tokio::task::JoinHandle<()>,
 }
@@ -106,9 +108,11 @@ fn bench_gateway_builder() -> GatewayBuilder {
         max_log_frames: 2_000_000,
         max_log_bytes: u64::MAX,
         retained_bytes_budget: u64::MAX,
-        // Rows 4 to 6 hold thousands of sessions and jobs of one principal.
+        // Rows 4 to 6 hold thousands of sessions and jobs of one principal, and row 5 ws as
+        // many connections from one address.
         max_sessions_per_principal: usize::MAX,
         max_jobs_per_principal: usize::MAX,
+        max_connections_per_peer: std::num::NonZeroUsize::MAX,
         ..GatewayConfig::default()
     };
     let mut agents = AgentRegistry::with_builtins();
@@ -127,10 +131,12 @@ impl Bench {
             .build();
         let listener = server::bind("127.0.0.1:0".parse()?).await?;
         let addr = listener.local_addr()?;
+        let ws_listener = server::bind("127.0.0.1:0".parse()?).await?;
+        let ws_addr = ws_listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let gw = gateway.clone();
         let served = tokio::spawn(async move {
-            let _ = server::serve(gw, listener, async {
+            let _ = server::serve_all(gw, listener, ws_listener, async {
                 let _ = stopped.await;
             })
             .await;
@@ -140,6 +146,7 @@ impl Bench {
             gateway,
             channel,
             addr,
+            ws_addr,
             stop,
             served,
         })

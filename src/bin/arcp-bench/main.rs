@@ -10,7 +10,12 @@
 //! 6. a resume storm: many sessions dropped and resumed at once;
 //! 7. the reference Python runtime and client doing row 1's workload;
 //! 8. a soak under hostile clients (gateway in a child process, production defaults): peak
-//!    memory, and frames lost or duplicated across random drops and resumes.
+//!    memory, and frames lost or duplicated across random drops and resumes;
+//! 9. the reference Python runtime serving row 1's workload to the bench's WebSocket client,
+//!    the one row 1 ws uses against the gateway: the fair pair for the WebSocket path.
+//!
+//! With `--transports` naming `websocket`, rows 1, 3 and 5 also run over WebSocket JSON (rows
+//! "1 ws", "3 ws", "5 ws", on the memory stores) with the bench's own Rust client ([`ws`]).
 //!
 //! Rows 1, 3, 4 and 6 run on each store of `--stores`: the embedded memory stores, and Redis
 //! (a `redis-server` the bench starts, [`redis`]), where row 6 resumes the sessions on a
@@ -25,6 +30,7 @@ mod redis;
 mod rows;
 mod stats;
 mod table;
+mod ws;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -37,8 +43,9 @@ use crate::{
     redis::RedisFixture,
     rows::{
         bare::BareServer,
-        idle::idle_sessions,
-        python_peer::{python, python_peer},
+        idle::{idle_sessions, idle_ws_sessions},
+        live::live_ws,
+        python_peer::{python, python_peer, PythonRuntime},
         soak::{soak, SoakLoad},
     },
     stats::{median, per_round, repeat},
@@ -52,8 +59,11 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Rows to run, e.g. `1,2,3`.
-    #[arg(long, default_value = "1,2,3,4,5,6,7,8", value_delimiter = ',')]
+    #[arg(long, default_value = "1,2,3,4,5,6,7,8,9", value_delimiter = ',')]
     rows: Vec<u8>,
+    /// Transports rows 1, 3 and 5 run over: `grpc`, `websocket` (on the memory stores).
+    #[arg(long, default_value = "grpc,websocket", value_delimiter = ',', value_parser = ["grpc", "websocket"])]
+    transports: Vec<String>,
     /// Stores rows 1, 3, 4 and 6 run on: `memory`, `redis` (a redis-server the bench starts).
     #[arg(long, default_value = "memory,redis", value_delimiter = ',', value_parser = ["memory", "redis"])]
     stores: Vec<String>,
@@ -82,7 +92,7 @@ struct Args {
     /// Sessions in row 6.
     #[arg(long, default_value_t = 1000)]
     storm_sessions: usize,
-    /// A Python interpreter with `agentruntimecontrolprotocol` for row 7; by default a
+    /// A Python interpreter with `agentruntimecontrolprotocol` for rows 7 and 9; by default a
     /// virtualenv is built in target/bench-venv from tests/interop/requirements.txt.
     #[arg(long)]
     python: Option<PathBuf>,
@@ -154,10 +164,21 @@ async fn bench(args: Args) -> BenchResult<()> {
     let mut table = Table::default();
     // Runs of rows 1, 2, 3 and 7, on every store, alternate, so drift on a shared machine hits
     // them alike, and rows 2, 3 and 7 are compared with row 1 run by run.
-    let python = if args.rows.contains(&7) {
+    let python = if args.rows.contains(&7) || args.rows.contains(&9) {
         Some(python(args.python.clone()))
     } else {
         None
+    };
+    let websocket = args.transports.iter().any(|t| t == "websocket");
+    let grpc = args.transports.iter().any(|t| t == "grpc");
+    // Row 9's server lives through every round, as the gateway of row 1 ws is started afresh
+    // for each: its start-up is not what the row measures.
+    let python_runtime = match &python {
+        Some(python) if args.rows.contains(&9) => Some(match python {
+            Ok(python) => PythonRuntime::start(python).await,
+            Err(why) => Err(why.clone().into()),
+        }),
+        _ => None,
     };
     let redis = args
         .stores
@@ -180,9 +201,15 @@ async fn bench(args: Args) -> BenchResult<()> {
     }
     let mut runs: Vec<StoreRuns> = stores.iter().map(|_| StoreRuns::default()).collect();
     let (mut bare, mut peer) = (Vec::new(), Vec::new());
+    let (mut live_ws_runs, mut replay_ws_runs, mut runtime_runs) =
+        (Vec::new(), Vec::new(), Vec::new());
     let mut bare_server: Option<BareServer> = None;
+    let memory = stores.iter().any(|s| matches!(s, BenchStore::Memory));
     for _ in 0..args.runs.max(1) {
         for (store, runs) in stores.iter().zip(runs.iter_mut()) {
+            if !grpc {
+                break;
+            }
             if args.rows.contains(&1) || args.rows.contains(&2) {
                 let bench = Bench::fresh(*store).await?;
                 let before = store.reads()?;
@@ -209,6 +236,21 @@ async fn bench(args: Args) -> BenchResult<()> {
                 runs.replay.push(replay?);
             }
         }
+        if websocket && memory && args.rows.contains(&1) {
+            let bench = Bench::fresh(BenchStore::Memory).await?;
+            let run = live_ws(bench.ws_addr, args.live_frames, args.event_bytes).await;
+            bench.stop().await?;
+            live_ws_runs.push(run?);
+        }
+        if websocket && memory && args.rows.contains(&3) {
+            let bench = Bench::fresh(BenchStore::Memory).await?;
+            let run = bench.replay_ws(args.replay_frames, args.event_bytes).await;
+            bench.stop().await?;
+            replay_ws_runs.push(run?);
+        }
+        if let Some(Ok(runtime)) = &python_runtime {
+            runtime_runs.push(live_ws(runtime.addr, args.live_frames, args.event_bytes).await?);
+        }
         if args.rows.contains(&2) {
             if let Some(sample) = runs.first().and_then(|r| r.live.last()) {
                 let server = match bare_server.take() {
@@ -219,7 +261,7 @@ async fn bench(args: Args) -> BenchResult<()> {
                 bare_server = Some(server);
             }
         }
-        if let Some(Ok(python)) = &python {
+        if let Some(Ok(python)) = python.as_ref().filter(|_| args.rows.contains(&7)) {
             peer.push(python_peer(python, args.live_frames, args.event_bytes).await?);
         }
     }
@@ -291,6 +333,42 @@ async fn bench(args: Args) -> BenchResult<()> {
             );
         }
     }
+    let ws_rate = |r: &client::Received| r.frames as f64 / r.seconds;
+    if !live_ws_runs.is_empty() {
+        let rate = median(live_ws_runs.iter().map(ws_rate));
+        let mbps = median(
+            live_ws_runs
+                .iter()
+                .map(|r| r.bytes as f64 / r.seconds / 1e6),
+        );
+        let size = live_ws_runs[0].bytes as f64 / live_ws_runs[0].frames as f64;
+        let vs = per_round(baseline, &live_ws_runs, |l, w| {
+            ws_rate(w) / l.frames_per_sec
+        })
+        .map(|ratio| format!("{:.0}% of row 1 (gRPC)", 100.0 * ratio))
+        .unwrap_or_default();
+        table.row(
+            "1 ws",
+            "live throughput, one session, WebSocket JSON",
+            format!("{rate:.0} frames/s, {mbps:.1} MB/s ({size:.0} B/frame)"),
+            vs,
+        );
+    }
+    if !replay_ws_runs.is_empty() {
+        let rate = median(replay_ws_runs.iter().copied());
+        let vs = per_round(&live_ws_runs, &replay_ws_runs, |l, r| r / ws_rate(l))
+            .map(|ratio| format!("{ratio:.2}x row 1 ws (median of the runs' ratios)"))
+            .unwrap_or_default();
+        table.row(
+            "3 ws",
+            &format!(
+                "replay of {} frames from seq 0, WebSocket JSON",
+                args.replay_frames
+            ),
+            format!("{rate:.0} frames/s"),
+            vs,
+        );
+    }
     if args.rows.contains(&4) {
         for store in &stores {
             let suffix = store.suffix();
@@ -343,6 +421,19 @@ async fn bench(args: Args) -> BenchResult<()> {
             String::new(),
         );
     }
+    if args.rows.contains(&5) && websocket {
+        let runs = repeat(args.runs, || idle_ws_sessions(args.idle_sessions)).await?;
+        let kib = median(runs.iter().copied());
+        table.row(
+            "5 ws",
+            &format!(
+                "{} idle sessions, WebSocket, a connection each",
+                args.idle_sessions
+            ),
+            format!("{kib:.1} KiB resident per session"),
+            String::new(),
+        );
+    }
     if args.rows.contains(&6) {
         for store in &stores {
             let runs = repeat(args.runs, || storm(*store, args.storm_sessions)).await?;
@@ -359,7 +450,28 @@ async fn bench(args: Args) -> BenchResult<()> {
             );
         }
     }
-    match python {
+    match &python_runtime {
+        Some(Ok(_)) => {
+            let rate = median(runtime_runs.iter().map(ws_rate));
+            let vs = per_round(&live_ws_runs, &runtime_runs, |g, p| ws_rate(g) / ws_rate(p))
+                .map(|ratio| format!("row 1 ws = {ratio:.1}x this (median of the runs' ratios)"))
+                .unwrap_or_default();
+            table.row(
+                "9",
+                "reference Python runtime, row 1's workload to row 1 ws's client",
+                format!("{rate:.0} frames/s"),
+                vs,
+            );
+        }
+        Some(Err(why)) => table.row(
+            "9",
+            "reference Python runtime, WebSocket",
+            format!("not run: {why}"),
+            String::new(),
+        ),
+        None => {}
+    }
+    match python.as_ref().filter(|_| args.rows.contains(&7)) {
         Some(Ok(_)) => {
             let rate = median(peer.iter().copied());
             let vs = per_round(baseline, &peer, |l, p| l.frames_per_sec / p)

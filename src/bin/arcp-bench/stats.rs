@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use crate::{rows::live::Live, BenchResult};
+use crate::BenchResult;
 
 pub(crate) async fn repeat<T, F, Fut>(runs: usize, mut run: F) -> BenchResult<Vec<T>>
 where
@@ -17,14 +17,15 @@ where
     Ok(results)
 }
 
-/// The median over rounds of `ratio` between a round's row 1 run and its run of another row;
-/// `None` when row 1 did not run.
-pub(crate) fn per_round<T>(
-    live: &[Live],
-    other: &[T],
-    ratio: impl Fn(&Live, &T) -> f64,
+/// The median over rounds of `ratio` between a round's run of one row (row 1, mostly) and its
+/// run of another; `None` when either did not run.
+pub(crate) fn per_round<A, B>(
+    one: &[A],
+    other: &[B],
+    ratio: impl Fn(&A, &B) -> f64,
 ) -> Option<f64> {
-    (!live.is_empty()).then(|| median(live.iter().zip(other).map(|(l, o)| ratio(l, o))))
+    (!one.is_empty() && !other.is_empty())
+        .then(|| median(one.iter().zip(other).map(|(a, b)| ratio(a, b))))
 }
 
 pub(crate) fn median(values: impl Iterator<Item = f64>) -> f64 {

@@ -1,10 +1,14 @@
 //! Row 1: live throughput of one session: a `chatter` job's log events through the gateway to
-//! a tonic client, timed from the first event to the result.
+//! a tonic client, timed from the first event to the result; and the same over WebSocket, to
+//! the bench's WebSocket client, from the gateway (row 1 ws) or the Python runtime (row 9).
 
 use arcp_gateway::proto::ServerFrame;
 
+use std::net::SocketAddr;
+
 use crate::{
-    client::{receive, Bench, Session},
+    client::{receive, Bench, Received, Session},
+    ws::WsSession,
     BenchResult,
 };
 
@@ -30,4 +34,17 @@ impl Bench {
             sample,
         })
     }
+}
+
+/// Row 1's workload over WebSocket against the server on `addr`: the gateway (row 1 ws) or the
+/// reference Python runtime (row 9), with the same client.
+pub(crate) async fn live_ws(addr: SocketAddr, count: u64, bytes: u64) -> BenchResult<Received> {
+    let mut session = WsSession::open(addr, None).await?;
+    session.start_chatter(count, bytes).await?;
+    let received = session.receive().await?;
+    // The events and the result, and any status the server adds (a `back_pressure` one).
+    if received.frames < count + 1 {
+        return Err(format!("got {} frames of {}", received.frames, count + 1).into());
+    }
+    Ok(received)
 }

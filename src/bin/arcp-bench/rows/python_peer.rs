@@ -1,8 +1,19 @@
 //! Row 7: the reference Python ARCP runtime and its client doing row 1's workload, both in one
-//! Python process (`bench/python_peer.py`), as a yardstick for row 1. The interpreter is
-//! `--python` or a virtualenv built once in target/bench-venv.
+//! Python process (`bench/python_peer.py`), as a yardstick for row 1. Row 9: the same runtime
+//! serving alone (`bench/python_runtime.py`), for the bench's own WebSocket client, the one row
+//! 1 ws uses against the gateway. The interpreter is `--python` or a virtualenv built once in
+//! target/bench-venv.
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+};
+
+use tokio::{
+    io::AsyncBufReadExt,
+    process::{Child, Command},
+};
 
 use crate::BenchResult;
 
@@ -51,4 +62,39 @@ pub(crate) async fn python_peer(python: &Path, count: u64, bytes: u64) -> BenchR
     let frames = result["frames"].as_f64().ok_or("no frames")?;
     let seconds = result["seconds"].as_f64().ok_or("no seconds")?;
     Ok(frames / seconds)
+}
+
+/// The reference Python runtime serving WebSocket in a child process; stopped when dropped.
+pub(crate) struct PythonRuntime {
+    _child: Child,
+    /// Where it serves `/arcp`.
+    pub(crate) addr: SocketAddr,
+}
+
+impl PythonRuntime {
+    /// Starts `bench/python_runtime.py` and waits until it listens.
+    pub(crate) async fn start(python: &Path) -> BenchResult<PythonRuntime> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/python_runtime.py");
+        let mut child = Command::new(python)
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let port: u16 = loop {
+            let line = lines
+                .next_line()
+                .await?
+                .ok_or("python_runtime.py exited before it listened")?;
+            if let Some(port) = line.strip_prefix("PORT ") {
+                break port.trim().parse()?;
+            }
+        };
+        Ok(PythonRuntime {
+            _child: child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        })
+    }
 }

@@ -1,5 +1,6 @@
 //! Row 3: replay on resume. A session's log is filled while nobody reads it, then the session
-//! resumes from `last_event_seq` 0 and reads it all back.
+//! resumes from `last_event_seq` 0 and reads it all back, over gRPC (row 3) or WebSocket (row 3
+//! ws).
 
 use std::time::{Duration, Instant};
 
@@ -7,6 +8,7 @@ use arcp_gateway::proto::{self, server_frame::Payload as Out};
 
 use crate::{
     client::{Bench, Session},
+    ws::{Resume, WsSession},
     BenchResult,
 };
 
@@ -21,13 +23,7 @@ impl Bench {
         let token = w.resume_token.clone();
         session.start_chatter(count, bytes).await?;
         drop(session);
-        // accepted + events + result, all logged while the client is away.
-        let newest = count + 2;
-        let id = arcp_gateway::ids::SessionId::new(welcome.session_id.clone());
-        let log = self.gateway.stores().logs.open(&id).await?;
-        while log.bounds().await?.newest.get() < newest {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let newest = self.logged(&welcome.session_id, count).await?;
         let start = Instant::now();
         let resume = proto::ResumeInfo {
             session_id: welcome.session_id.clone(),
@@ -46,5 +42,37 @@ impl Bench {
         let seconds = start.elapsed().as_secs_f64();
         let first = first.unwrap_or_default().as_secs_f64() * 1e3;
         Ok((newest as f64 / seconds, first))
+    }
+
+    /// Row 3 over WebSocket: the same log, filled over WebSocket and replayed over WebSocket.
+    /// Returns frames/s.
+    pub(crate) async fn replay_ws(&self, count: u64, bytes: u64) -> BenchResult<f64> {
+        let mut session = WsSession::open(self.ws_addr, None).await?;
+        session.start_chatter(count, bytes).await?;
+        let (session_id, resume_token) = (session.session_id.clone(), session.resume_token.clone());
+        drop(session);
+        let newest = self.logged(&session_id, count).await?;
+        let start = Instant::now();
+        let resume = Resume {
+            session_id,
+            resume_token,
+            last_event_seq: 0,
+        };
+        let mut session = WsSession::open(self.ws_addr, Some(resume)).await?;
+        session.read_through(newest).await?;
+        Ok(newest as f64 / start.elapsed().as_secs_f64())
+    }
+
+    /// Waits until session `session`'s log holds a `chatter` job of `count` events whole
+    /// (accepted, the events, the result: all logged while the client is away), and returns the
+    /// newest sequence number.
+    async fn logged(&self, session: &str, count: u64) -> BenchResult<u64> {
+        let newest = count + 2;
+        let id = arcp_gateway::ids::SessionId::new(session.to_owned());
+        let log = self.gateway.stores().logs.open(&id).await?;
+        while log.bounds().await?.newest.get() < newest {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(newest)
     }
 }
