@@ -56,6 +56,9 @@
 //! - **Replica death**: [`store::replicas`] keeps each replica's lease on a shared store, and
 //!   [`takeover`] is what a surviving replica does with a lost one's jobs and sessions.
 //! - **The gateway**: [`gateway::Gateway`] ties the pieces together; [`config`] its settings.
+//! - **A client**: [`client`] is a Rust client of the gRPC service that resumes its session
+//!   across dropped streams and hands over each job frame once; it reaches only [`proto`],
+//!   [`protocol`], [`encoding`] and [`error`].
 //! - **Concurrency primitives**: `sync` holds the wake-up and the read-mostly lock the frame
 //!   path uses on every frame.
 //! - **Binaries**: `src/main.rs` is `arcp-gateway serve`; `src/bin/arcp-bench/` is the
@@ -63,6 +66,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod credentials;

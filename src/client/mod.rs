@@ -1,0 +1,320 @@
+//! A Rust client of the gateway's gRPC service, so that Rust users and the CLI do not
+//! reimplement resume: [`Client`] opens a session, submits, cancels, lists and subscribes, and
+//! hands the session's frames to its caller with [`Client::next`], resuming the session on
+//! its own when the stream drops.
+//!
+//! Exactly once, in order: the client keeps the latest resume token (rotated on every welcome)
+//! and the newest `event_seq` it handed over, resumes from that, and drops any job frame at or
+//! below it, so its caller sees each job frame once however often the stream drops. A gap (a
+//! frame more than one past the last) is reported as an error rather than handed over. It
+//! acknowledges what it handed over (§6.5) so the gateway can free it.
+//!
+//! - `config`: how it connects and retries;
+//! - `frames`: the frames it builds, and the answers it reads in the gateway's;
+//! - `stream`: one attempt: a stream opened, the hello sent, the welcome read.
+
+mod config;
+mod frames;
+mod stream;
+
+use std::collections::VecDeque;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    encoding::json_value::to_value,
+    error::ArcpError,
+    proto::{
+        self, client_frame::Payload as In, server_frame::Payload as Out, ClientFrame, ServerFrame,
+    },
+    protocol::Json,
+};
+
+pub use self::config::ClientConfig;
+use self::{
+    frames::{frame, request_id, session_error},
+    stream::Attached,
+};
+
+/// What the client knows of its session between two streams.
+#[derive(Clone, Debug)]
+struct Resumable {
+    session_id: String,
+    resume_token: String,
+}
+
+/// One ARCP session on the gateway, resumed across dropped streams.
+pub struct Client {
+    config: ClientConfig,
+    channel: Channel,
+    attached: Attached,
+    session: Resumable,
+    features: Vec<String>,
+    /// The newest `event_seq` handed to the caller.
+    last_seq: u64,
+    /// The newest `event_seq` acknowledged.
+    acked: u64,
+    /// Frames read while waiting for an answer, in the order they came.
+    pending: VecDeque<ServerFrame>,
+    /// How many times the session was resumed.
+    resumes: u64,
+}
+
+impl Client {
+    /// Connects, says hello and waits for the welcome.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ArcpError> {
+        let channel = Endpoint::from_shared(config.endpoint.clone())
+            .map_err(|e| ArcpError::InvalidRequest(format!("bad endpoint: {e}")))?
+            .connect_lazy();
+        let (attached, welcome) = Attached::open(&channel, &config, None).await?;
+        let session = Resumable {
+            session_id: welcome.session_id,
+            resume_token: welcome.resume_token,
+        };
+        Ok(Client {
+            config,
+            channel,
+            attached,
+            session,
+            features: welcome.features,
+            last_seq: 0,
+            acked: 0,
+            pending: VecDeque::new(),
+            resumes: 0,
+        })
+    }
+
+    /// The session's id.
+    pub fn session_id(&self) -> &str {
+        &self.session.session_id
+    }
+
+    /// The features the gateway granted.
+    pub fn features(&self) -> &[String] {
+        &self.features
+    }
+
+    /// The newest `event_seq` handed over.
+    pub fn last_event_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// How many times the session was resumed after a drop.
+    pub fn resumes(&self) -> u64 {
+        self.resumes
+    }
+
+    /// Submits a job to `agent` (`name` or `name@version`) and waits for its acceptance;
+    /// returns the job id. The submission carries an idempotency key, so one sent again after a
+    /// drop cannot start a second job.
+    pub async fn submit(&mut self, agent: &str, input: &Json) -> Result<String, ArcpError> {
+        let key = uuid::Uuid::now_v7().to_string();
+        let submit = In::JobSubmit(proto::JobSubmit {
+            agent: agent.to_owned(),
+            input: Some(to_value(input)),
+            idempotency_key: key,
+            ..Default::default()
+        });
+        let answer = self
+            .request(submit, |frame| match &frame.payload {
+                Some(Out::JobAccepted(a)) => Some(Ok(a.job_id.clone())),
+                _ => None,
+            })
+            .await?;
+        answer
+    }
+
+    /// Asks the gateway to cancel `job`; its end comes through [`Client::next`].
+    pub async fn cancel(&mut self, job: &str) -> Result<(), ArcpError> {
+        let cancel = In::JobCancel(proto::JobCancel {
+            job_id: job.to_owned(),
+            reason: String::new(),
+        });
+        self.send_once(frame(cancel, String::new())).await
+    }
+
+    /// The jobs the session's principal may see (§6.6), one page.
+    pub async fn list_jobs(&mut self) -> Result<Vec<proto::JobSummary>, ArcpError> {
+        let list = In::SessionListJobs(proto::SessionListJobs::default());
+        self.request(list, |frame| match &frame.payload {
+            Some(Out::SessionJobs(jobs)) => Some(Ok(jobs.jobs.clone())),
+            _ => None,
+        })
+        .await?
+    }
+
+    /// Subscribes the session to `job` (§7.6), with its history when `history`; its frames
+    /// then come through [`Client::next`].
+    pub async fn subscribe(&mut self, job: &str, history: bool) -> Result<(), ArcpError> {
+        let subscribe = In::JobSubscribe(proto::JobSubscribe {
+            job_id: job.to_owned(),
+            from_event_seq: None,
+            history,
+        });
+        self.request(subscribe, |frame| match &frame.payload {
+            Some(Out::JobSubscribed(s)) if s.job_id == job => Some(Ok(())),
+            _ => None,
+        })
+        .await?
+    }
+
+    /// The session's next frame: a job frame (each once, in `event_seq` order) or a control
+    /// frame; `None` once the gateway closed the session. A dropped stream is resumed on the
+    /// way; the error of one that cannot be is returned.
+    pub async fn next(&mut self) -> Result<Option<ServerFrame>, ArcpError> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Ok(Some(frame));
+        }
+        loop {
+            let Some(frame) = self.receive().await? else {
+                return Ok(None);
+            };
+            if let Some(frame) = self.take(frame)? {
+                self.acknowledge().await;
+                return Ok(Some(frame));
+            }
+        }
+    }
+
+    /// Sends `payload` with a fresh id and reads frames until `answer` recognises the reply
+    /// (frames with the request's id first) or a `session_error` answers it; what comes
+    /// meanwhile waits for [`Client::next`]. A drop in between sends the request again on the
+    /// resumed stream.
+    async fn request<T>(
+        &mut self,
+        payload: In,
+        answer: impl Fn(&ServerFrame) -> Option<Result<T, ArcpError>>,
+    ) -> Result<Result<T, ArcpError>, ArcpError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let request = frame(payload, id.clone());
+        self.send_once(request.clone()).await?;
+        let mut resumes = self.resumes;
+        loop {
+            let Some(frame) = self.receive().await? else {
+                return Err(ArcpError::Internal(
+                    "the gateway closed the session before answering".into(),
+                ));
+            };
+            if self.resumes != resumes {
+                // The request may not have reached the gateway; sent again, it is answered
+                // once (a submission by its idempotency key).
+                resumes = self.resumes;
+                self.send_once(request.clone()).await?;
+            }
+            let answers_us = request_id(&frame) == Some(id.as_str());
+            if let Some(Out::SessionError(e)) = &frame.payload {
+                if answers_us {
+                    return Ok(Err(session_error(e)));
+                }
+            }
+            let Some(frame) = self.take(frame)? else {
+                continue;
+            };
+            if answers_us || request_id(&frame).is_none() {
+                if let Some(result) = answer(&frame) {
+                    // A job frame that answers is the caller's too.
+                    if frame.event_seq != 0 {
+                        self.pending.push_back(frame);
+                    }
+                    return Ok(result);
+                }
+            }
+            self.pending.push_back(frame);
+        }
+    }
+
+    /// Sends `frame` on the current stream; a stream that is gone is resumed first.
+    async fn send_once(&mut self, frame: ClientFrame) -> Result<(), ArcpError> {
+        if self.attached.send(frame.clone()).await.is_ok() {
+            return Ok(());
+        }
+        self.resume().await?;
+        self.attached.send(frame).await.map_err(|_| {
+            ArcpError::Internal("the resumed stream closed before a frame could be sent".into())
+        })
+    }
+
+    /// The next frame from the gateway, resuming through drops; `None` once it closed the
+    /// session.
+    async fn receive(&mut self) -> Result<Option<ServerFrame>, ArcpError> {
+        loop {
+            match self.attached.recv().await {
+                Ok(Some(frame)) => {
+                    if matches!(frame.payload, Some(Out::SessionClosed(_))) {
+                        self.pending.push_back(frame);
+                        return Ok(self.pending.pop_front());
+                    }
+                    return Ok(Some(frame));
+                }
+                // A stream that ends or fails without `session_closed` was dropped.
+                Ok(None) | Err(_) => self.resume().await?,
+            }
+        }
+    }
+
+    /// Whether the caller gets `frame`: a job frame it has had already is dropped, one past a
+    /// gap is an error.
+    fn take(&mut self, frame: ServerFrame) -> Result<Option<ServerFrame>, ArcpError> {
+        let seq = frame.event_seq;
+        if seq == 0 {
+            return Ok(Some(frame));
+        }
+        if seq <= self.last_seq {
+            return Ok(None);
+        }
+        if seq != self.last_seq + 1 {
+            return Err(ArcpError::Internal(format!(
+                "event {seq} arrived after event {}: the events between were lost",
+                self.last_seq
+            )));
+        }
+        self.last_seq = seq;
+        Ok(Some(frame))
+    }
+
+    /// Acknowledges what was handed over every `ack_every` frames, when `ack` was granted. A
+    /// lost acknowledgement costs only the gateway's memory until the next one.
+    async fn acknowledge(&mut self) {
+        if !self.features.iter().any(|f| f == "ack")
+            || self.last_seq < self.acked + self.config.ack_every.max(1)
+        {
+            return;
+        }
+        let ack = In::SessionAck(proto::SessionAck {
+            last_processed_seq: self.last_seq,
+        });
+        if self.attached.send(frame(ack, String::new())).await.is_ok() {
+            self.acked = self.last_seq;
+        }
+    }
+
+    /// Resumes the session on a new stream from the newest frame handed over, retrying with
+    /// back-off; fails with the gateway's refusal (a resume window that ran out, a token it no
+    /// longer knows) or once the attempts are spent.
+    async fn resume(&mut self) -> Result<(), ArcpError> {
+        let mut backoff = self.config.first_backoff;
+        let mut last = None;
+        for _ in 0..self.config.reconnect_attempts.max(1) {
+            let resume = proto::ResumeInfo {
+                session_id: self.session.session_id.clone(),
+                resume_token: self.session.resume_token.clone(),
+                last_event_seq: self.last_seq,
+            };
+            match Attached::open(&self.channel, &self.config, Some(resume)).await {
+                Ok((attached, welcome)) => {
+                    self.attached = attached;
+                    self.session.resume_token = welcome.resume_token;
+                    self.features = welcome.features;
+                    self.acked = self.acked.min(self.last_seq);
+                    self.resumes += 1;
+                    return Ok(());
+                }
+                Err(e) if !e.retryable() => return Err(e),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+        Err(last.unwrap_or_else(|| ArcpError::Internal("no reconnection was tried".into())))
+    }
+}

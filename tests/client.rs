@@ -1,0 +1,163 @@
+//! The crate's client library (`arcp_gateway::client`) through the real server: a session that
+//! submits, lists, subscribes and cancels, and one whose connection a TCP proxy between it
+//! and the gateway cuts again and again while a job streams, which must see every frame of the
+//! job once, in order, through the result.
+
+mod common;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use arcp_gateway::{
+    client::{Client, ClientConfig},
+    error::ErrorCode,
+    proto::server_frame::Payload as Out,
+};
+use common::*;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+
+/// A TCP proxy in front of the gateway whose [`Cutter::cut`] drops every connection it carries,
+/// as a load balancer or a network failure would, without a word to either side.
+struct Cutter {
+    addr: SocketAddr,
+    generation: Arc<watch::Sender<u64>>,
+}
+
+impl Cutter {
+    async fn start(upstream: SocketAddr) -> Cutter {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("an address");
+        let generation = Arc::new(watch::channel(0u64).0);
+        let cuts = generation.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Cutter { addr, generation }
+    }
+
+    /// Drops every connection open now.
+    fn cut(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+fn config(addr: SocketAddr) -> ClientConfig {
+    ClientConfig::new(format!("http://{addr}"), "alice-token")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_streams_once_through_every_cut_of_the_connection() {
+    let server = TestServer::start_default().await;
+    let cutter = Cutter::start(server.addr).await;
+    let mut client = Client::connect(config(cutter.addr))
+        .await
+        .expect("the client connects through the proxy");
+    let events = 3000u64;
+    let job = client
+        .submit("chatter", &json!({"count": events, "bytes": 40}))
+        .await
+        .expect("the job is accepted");
+    let seed = std::env::var("ARCP_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut logs, mut seqs, mut cuts) = (0u64, Vec::new(), 0u32);
+    let mut until_cut = rng.random_range(1..400);
+    let result = loop {
+        let frame = client
+            .next()
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"))
+            .unwrap_or_else(|| panic!("seed {seed}: the session closed"));
+        if frame.job_id != job {
+            continue;
+        }
+        seqs.push(frame.event_seq);
+        match &frame.payload {
+            Some(Out::JobEvent(e)) if e.kind == "log" => logs += 1,
+            Some(Out::JobResult(_)) => break frame,
+            Some(Out::JobError(e)) => panic!("seed {seed}: the job failed: {e:?}"),
+            _ => {}
+        }
+        until_cut -= 1;
+        if until_cut == 0 {
+            cutter.cut();
+            cuts += 1;
+            until_cut = rng.random_range(1..400);
+        }
+    };
+    assert_eq!(logs, events, "seed {seed}: every event once");
+    let first = seqs[0];
+    assert_eq!(
+        seqs,
+        (first..first + seqs.len() as u64).collect::<Vec<_>>(),
+        "seed {seed}: in order, with no gap and no repeat"
+    );
+    assert!(matches!(result.payload, Some(Out::JobResult(_))));
+    assert!(cuts >= 5, "seed {seed}: only {cuts} cuts");
+    assert!(
+        client.resumes() >= 1 && client.resumes() <= u64::from(cuts),
+        "seed {seed}: {} resumes for {cuts} cuts",
+        client.resumes()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_submits_lists_subscribes_and_cancels() {
+    let server = TestServer::start_default().await;
+    let mut alice = Client::connect(config(server.addr))
+        .await
+        .expect("connects");
+    assert!(alice.features().iter().any(|f| f == "list_jobs"));
+    let job = alice
+        .submit("ticker", &json!({"count": 1000, "interval_ms": 20}))
+        .await
+        .expect("accepted");
+    let listed = alice.list_jobs().await.expect("listed");
+    assert!(listed.iter().any(|j| j.job_id == job), "{listed:?}");
+
+    let mut watcher = Client::connect(config(server.addr))
+        .await
+        .expect("connects");
+    watcher.subscribe(&job, false).await.expect("subscribed");
+
+    alice.cancel(&job).await.expect("cancel sent");
+    let ended = |frame: &arcp_gateway::proto::ServerFrame| match &frame.payload {
+        Some(Out::JobError(e)) if frame.job_id == job => Some(e.code.clone()),
+        _ => None,
+    };
+    let mut code = None;
+    while code.is_none() {
+        let frame = alice.next().await.expect("a frame").expect("open");
+        code = ended(&frame);
+    }
+    assert_eq!(code.as_deref(), Some(ErrorCode::Cancelled.as_str()));
+    let mut seen = None;
+    while seen.is_none() {
+        let frame = watcher.next().await.expect("a frame").expect("open");
+        seen = ended(&frame);
+    }
+    assert_eq!(seen.as_deref(), Some(ErrorCode::Cancelled.as_str()));
+
+    let refused = alice.submit("no-such-agent", &json!({})).await;
+    assert_eq!(
+        refused.err().map(|e| e.code()),
+        Some(ErrorCode::AgentNotAvailable)
+    );
+}
