@@ -10,7 +10,7 @@ use tokio::{
     sync::OwnedSemaphorePermit,
 };
 
-use super::StdioSpec;
+use super::spec::StdioSpec;
 use crate::{error::ArcpError, ids::JobId};
 
 /// The longest line a child may write to stdout; a longer one ends its job.

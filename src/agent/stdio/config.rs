@@ -31,7 +31,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::{StdioAgent, StdioSpec};
+use super::{agent::StdioAgent, spec::StdioSpec};
 use crate::{
     agent::{builtin, Agent, AgentRegistry},
     ids::AgentRef,

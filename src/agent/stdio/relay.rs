@@ -16,7 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::{
     child::{ChildProcess, Line, MAX_LINE_BYTES},
-    StdioSpec,
+    spec::StdioSpec,
 };
 use crate::{
     agent::JobContext,
