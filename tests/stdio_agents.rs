@@ -252,7 +252,15 @@ async fn the_reference_sdk_runtime_streams_a_job_to_its_result() {
     let server = sdk_gateway("sdk-stream").await;
     let (mut conn, _) = server.hello("alice-token").await;
     let input = json!({"count": 3, "interval_ms": 5, "text": "sdk"});
-    let (job, _) = submit_and_accept(&mut conn, submit("sdk-count", input)).await;
+    // With a trace context, which reaches the child as its trace id.
+    conn.send_frame(proto::ClientFrame {
+        id: "traced".into(),
+        trace_id: TRACEPARENT.into(),
+        payload: Some(submit("sdk-count", input)),
+        ..Default::default()
+    })
+    .await;
+    let job = accepted(&conn.recv().await).job_id.clone();
     let (events, terminal) = conn.recv_until_terminal(&job).await;
     let logs: Vec<_> = events.iter().filter_map(log_message).collect();
     assert_eq!(logs, ["counting to 3", "tick 1", "tick 2", "tick 3"]);
@@ -261,6 +269,10 @@ async fn the_reference_sdk_runtime_streams_a_job_to_its_result() {
     let result = result_json(&terminal);
     assert_eq!(result["counted"], 3, "{result}");
     assert_eq!(result["text"], "sdk", "{result}");
+    assert_eq!(
+        result["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "the trace-id field of the client's traceparent: {result}"
+    );
     server.stop().await;
 }
 
@@ -303,6 +315,8 @@ def read():
     return json.loads(line) if line else None
 
 mode = sys.argv[1]
+while mode == "mute":
+    time.sleep(1000)
 read()
 send("session.welcome", {"session_id": "s1", "resume_token": "t", "runtime": {"name": "bad", "version": "0"}})
 read()
@@ -438,6 +452,24 @@ async fn a_childs_job_error_keeps_its_code_and_message() {
     assert_eq!(e.message, "the child says no");
     // It ignored the end of its session: the grace ran out, and the group was killed.
     wait_gone(pid, "the child after its job.error").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_child_that_never_answers_the_hello_ends_its_job() {
+    let dir = scratch("mute");
+    let script = dir.join("misbehaving.py");
+    std::fs::write(&script, MISBEHAVING).expect("write the script");
+    let toml = stdio_entry(
+        "mute",
+        &[system_python(), script.to_str().unwrap(), "mute"],
+        "welcome_timeout_sec = 0.5\ncancel_grace_sec = 0.3",
+    );
+    let server = gateway(&toml, &dir).await;
+    let (mut conn, _) = server.hello("alice-token").await;
+    let (job, _) = submit_and_accept(&mut conn, submit("mute", json!({}))).await;
+    let (_, terminal) = conn.recv_until_terminal(&job).await;
+    expect_internal(&terminal, "did not answer session.hello within 500ms");
     server.stop().await;
 }
 

@@ -52,9 +52,6 @@ pub async fn run(
         outcome = relay.job(spec, ctx, input) => outcome,
         () = ctx.cancelled() => Err(ArcpError::Cancelled("the job was cancelled".into())),
     };
-    if outcome.is_ok() {
-        relay.child.set_farewell(None);
-    }
     outcome
 }
 
@@ -114,6 +111,8 @@ impl Relay {
                     tracing::debug!(target: "arcp_gateway::agent::stdio", job = %ctx.job_id(), kind, "vendor event from the agent process not forwarded");
                 }
                 RuntimeFrame::Result(result) => {
+                    // The child's job is over: it needs no job.cancel, only the end of stdin.
+                    self.child.set_farewell(None);
                     return match result {
                         RuntimeResult::Inline(result) => Ok(result),
                         RuntimeResult::Streamed { result_id } => Err(ArcpError::Internal(format!(
@@ -128,11 +127,15 @@ impl Relay {
                         )),
                     };
                 }
-                RuntimeFrame::JobError(e) => return Err(e),
+                RuntimeFrame::JobError(e) => {
+                    self.child.set_farewell(None);
+                    return Err(e);
+                }
                 RuntimeFrame::Cancelled => {
+                    self.child.set_farewell(None);
                     return Err(ArcpError::Cancelled(
                         "the agent process cancelled its job".into(),
-                    ))
+                    ));
                 }
                 RuntimeFrame::SessionError(e) => {
                     return Err(ArcpError::Internal(format!(
