@@ -319,7 +319,7 @@ while mode == "mute":
     time.sleep(1000)
 read()
 send("session.welcome", {"session_id": "s1", "resume_token": "t", "runtime": {"name": "bad", "version": "0"}})
-read()
+submitted = read()
 send("job.accepted", {"job_id": "j1"})
 if mode == "grandchild":
     sleeper = subprocess.Popen(["sleep", "1000"])
@@ -342,6 +342,11 @@ elif mode == "after_result":
     send("job.result", {"final_status": "success", "result": {"done": True}, "completed_at": "2026-01-01T00:00:00Z"})
     for i in range(3):
         log(f"after the result {i}")
+elif mode == "spend":
+    log("lease " + json.dumps(submitted["payload"].get("lease_request")))
+    send("job.event", {"kind": "metric", "ts": "2026-01-01T00:00:00Z",
+                       "body": {"name": "cost.inference", "value": 0.4, "unit": "USD"}})
+    send("job.result", {"final_status": "success", "result": None, "completed_at": "2026-01-01T00:00:00Z"})
 elif mode == "job_error":
     send("job.error", {"code": "PERMISSION_DENIED", "message": "the child says no", "completed_at": "2026-01-01T00:00:00Z"})
 elif mode == "grandchild":
@@ -425,7 +430,7 @@ async fn every_way_a_child_breaks_ends_its_job_with_an_internal_error_and_the_se
     let server = misbehaving_gateway(&modes).await;
     let (mut conn, _) = server.hello("alice-token").await;
     // A well-behaved job runs beside them all.
-    let ticker = json!({"count": 1000, "interval_ms": 10});
+    let ticker = json!({"count": 1_000_000, "interval_ms": 10});
     let (bystander, _) = submit_and_accept(&mut conn, submit("ticker", ticker)).await;
     for (mode, cause) in cases {
         let (pid, terminal) = run_bad(&mut conn, mode).await;
@@ -452,6 +457,37 @@ async fn a_childs_job_error_keeps_its_code_and_message() {
     assert_eq!(e.message, "the child says no");
     // It ignored the end of its session: the grace ran out, and the group was killed.
     wait_gone(pid, "the child after its job.error").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_child_gets_the_effective_lease_and_its_cost_metrics_charge_the_budget() {
+    let server = misbehaving_gateway(&["spend"]).await;
+    let (mut conn, _) = server
+        .hello_with("alice-token", &["cost.budget", "progress"])
+        .await;
+    let budget = lease(&[("cost.budget", &["USD:1.00"])]);
+    let (job, _) =
+        submit_and_accept(&mut conn, submit_leased("bad-spend", json!({}), budget)).await;
+    let (events, terminal) = conn.recv_until_terminal(&job).await;
+    job_result(&terminal);
+    let logs: Vec<_> = events.iter().filter_map(log_message).collect();
+    assert!(
+        logs.contains(&r#"lease {"cost.budget": ["USD:1.00"]}"#),
+        "the child sees the lease: {logs:?}"
+    );
+    let metrics: Vec<_> = events
+        .iter()
+        .filter_map(|f| match event_body(f) {
+            Some(Body::Metric(m)) => Some((m.name.clone(), m.value, m.unit.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(metrics.len(), 2, "{metrics:?}");
+    assert_eq!(metrics[0].0, "cost.inference");
+    assert_eq!(metrics[1].0, "cost.budget.remaining");
+    assert!((metrics[1].1 - 0.6).abs() < 1e-9, "{metrics:?}");
+    assert_eq!(metrics[1].2, "USD");
     server.stop().await;
 }
 
