@@ -33,7 +33,9 @@
 //!   emission lock that keeps the terminal frame last), and `job::delivery`, how a frame enters
 //!   one session's log and how a job is paced to its reader.
 //! - **Agents**: [`agent`] is the agent trait, the [`agent::JobContext`] an agent runs with,
-//!   the `name@version` registry and the built-in demo agents.
+//!   the `name@version` registry and the built-in demo agents; [`agent::stdio`] runs agents
+//!   written in any language as child processes speaking ARCP over NDJSON, declared in the
+//!   `--agents FILE` TOML, the gateway being their client through [`transport::peer_json`].
 //! - **The job engine**: [`engine`] accepts submissions (with idempotency), runs agents to
 //!   exactly one terminal frame, delegates, cancels, lists and subscribes, by job id through
 //!   the directory.

@@ -1,5 +1,5 @@
-//! `arcp-gateway serve`: the gateway as a standalone process with the built-in demo agents,
-//! its state in embedded in-memory stores or in a Redis it shares with other replicas.
+//! `arcp-gateway serve`: the gateway as a standalone process with the built-in demo agents
+//! (or the agents an `--agents FILE` declares, stdio children among them), its state in embedded in-memory stores or in a Redis it shares with other replicas.
 //!
 //! On a shared store the process registers its replica id before it listens, renews its lease
 //! while it runs, and gives it up once it drained after SIGTERM. If it learns that the others
@@ -8,10 +8,12 @@
 //! stores refuse their frames, the survivor's error being their end) and exits with status 1,
 //! for its orchestrator to start it again, as a new instance of its id.
 
-use std::{net::SocketAddr, num::NonZeroUsize, process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr, num::NonZeroUsize, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
+};
 
 use arcp_gateway::{
-    agent::AgentRegistry,
+    agent::{stdio::AgentsFile, AgentRegistry},
     auth::Authenticator,
     config::GatewayConfig,
     credentials::{HttpProvisioner, MemoryProvisioner},
@@ -50,6 +52,11 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// The agents to offer, and how each runs: a TOML file of `[[agents]]` entries
+    /// (`backend = "builtin"` or `"stdio"`; see examples/agents/). Without it, the built-in
+    /// demo agents.
+    #[arg(long, value_name = "FILE", env = "ARCP_AGENTS")]
+    agents: Option<PathBuf>,
     /// Address to serve gRPC on.
     #[arg(long, default_value = "127.0.0.1:50051", env = "ARCP_LISTEN")]
     listen: SocketAddr,
@@ -234,7 +241,18 @@ async fn main() -> ExitCode {
         )
         .init();
     let Command::Serve(args) = Cli::parse().command;
-    match serve(args).await {
+    // Before anything listens: a gateway whose agents file is wrong does not start.
+    let agents = match &args.agents {
+        None => AgentRegistry::with_builtins(),
+        Some(path) => match AgentsFile::load(path).and_then(|file| file.registry()) {
+            Ok(registry) => registry,
+            Err(e) => {
+                eprintln!("arcp-gateway: --agents {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match serve(args, agents).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -251,7 +269,7 @@ fn seconds(flag: &str, secs: f64) -> Result<Duration, String> {
         .ok_or_else(|| format!("--{flag} must be a positive number of seconds"))
 }
 
-async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve(args: ServeArgs, agents: AgentRegistry) -> Result<(), Box<dyn std::error::Error>> {
     let replica_heartbeat = seconds("replica-heartbeat-sec", args.replica_heartbeat_sec)?;
     let replica_lease = seconds("replica-lease-sec", args.replica_lease_sec)?;
     if replica_lease <= replica_heartbeat {
@@ -316,7 +334,7 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .replica(replica)
         .stores(stores)
         .auth(auth)
-        .agents(AgentRegistry::with_builtins());
+        .agents(agents);
     if !args.observers.is_empty() {
         let observers = args.observers.into_iter().map(Principal::new).collect();
         builder = builder.observe_policy(Arc::new(Observers(observers)));

@@ -5,12 +5,7 @@
 
 mod common;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    sync::OnceLock,
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use common::*;
 use serde_json::{json, Value};
@@ -19,60 +14,9 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// Generous: the first run installs packages. A guard against hangs, not a timing assertion.
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// The virtualenv's interpreter, built once per test run and reused across runs while
-/// `requirements.txt` is unchanged.
+/// The virtualenv's interpreter (see `common::python`).
 fn python() -> &'static Path {
-    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match PYTHON.get_or_init(build_venv) {
-        Ok(python) => python,
-        Err(why) => panic!("the Python interop environment is unavailable: {why}"),
-    }
-}
-
-fn build_venv() -> Result<PathBuf, String> {
-    let requirements = Path::new(ROOT).join("tests/interop/requirements.txt");
-    let wanted = std::fs::read_to_string(&requirements)
-        .map_err(|e| format!("cannot read {}: {e}", requirements.display()))?;
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("interop-venv");
-    let python = venv.join("bin/python");
-    let stamp = venv.join("installed-requirements.txt");
-    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&wanted) {
-        return Ok(python);
-    }
-    let run = |cmd: &mut Command, what: &str| -> Result<(), String> {
-        let out = cmd
-            .output()
-            .map_err(|e| format!("{what}: cannot run {cmd:?}: {e} (is python3 installed?)"))?;
-        if out.status.success() {
-            return Ok(());
-        }
-        Err(format!(
-            "{what} failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    };
-    let _ = std::fs::remove_dir_all(&venv);
-    run(
-        Command::new("python3").args(["-m", "venv"]).arg(&venv),
-        "creating the virtualenv (python3 -m venv; on Debian: apt-get install python3-venv)",
-    )?;
-    run(
-        Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-            ])
-            .arg(&requirements),
-        "installing tests/interop/requirements.txt from PyPI",
-    )?;
-    std::fs::write(&stamp, wanted).map_err(|e| format!("cannot write {}: {e}", stamp.display()))?;
-    Ok(python)
+    interop_python()
 }
 
 /// Runs a Python script with `args`; returns the JSON object on the last line of its output.

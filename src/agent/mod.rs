@@ -7,6 +7,7 @@
 
 pub mod builtin;
 mod context;
+pub mod stdio;
 
 use std::{collections::BTreeMap, sync::Arc};
 

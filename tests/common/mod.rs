@@ -6,6 +6,7 @@
 //! writes, and [`ws`] the WebSocket client;
 //! [`health`] watches gRPC health, [`frames`] builds client payloads and reads server frames,
 //! [`agents`] holds test agents, [`log`] reads a session's log straight from the gateway,
+//! [`python`] builds the Python environment the interoperability tests run,
 //! [`wait`] waits on state the test observes and [`raw`] opens plain TCP connections that
 //! never become useful; [`redis`] runs the `redis-server`s shared stores are tested on (and [`redis_cluster`]
 //! Redis Clusters of them),
@@ -26,6 +27,7 @@ mod haproxy;
 mod health;
 mod log;
 mod process;
+mod python;
 mod raw;
 mod raw_grpc;
 mod redis;
@@ -38,7 +40,8 @@ mod ws;
 #[allow(unused_imports)]
 pub use self::{
     agents::*, deployment::*, each_store::*, frames::*, grpc::*, haproxy::*, health::*, log::*,
-    process::*, raw::*, raw_grpc::*, redis::*, redis_cluster::*, server::*, wait::*, ws::*,
+    process::*, python::*, raw::*, raw_grpc::*, redis::*, redis_cluster::*, server::*, wait::*,
+    ws::*,
 };
 
 /// How long a test waits for a frame before failing. A guard against hangs, not a timing

@@ -33,7 +33,25 @@ impl AgentRegistry {
 
 /// Registers every built-in agent at version 1.0.0.
 pub fn register_all(registry: &mut AgentRegistry) {
-    let agents: [(&str, Arc<dyn Agent>); 8] = [
+    for (name, agent) in all() {
+        // The names and versions are literals that satisfy the §7.5 grammar.
+        let _ = registry.register(name, "1.0.0", agent);
+    }
+}
+
+/// The built-in agent called `name`, for an `--agents` file that mounts it under a name and
+/// version of its own.
+pub fn by_name(name: &str) -> Option<Arc<dyn Agent>> {
+    all().into_iter().find(|(n, _)| *n == name).map(|(_, a)| a)
+}
+
+/// The built-in agents' names.
+pub fn names() -> Vec<&'static str> {
+    all().into_iter().map(|(n, _)| n).collect()
+}
+
+fn all() -> [(&'static str, Arc<dyn Agent>); 8] {
+    [
         ("echo", Arc::new(Echo)),
         ("ticker", Arc::new(Ticker)),
         ("chatter", Arc::new(Chatter)),
@@ -42,9 +60,5 @@ pub fn register_all(registry: &mut AgentRegistry) {
         ("chunker", Arc::new(Chunker)),
         ("delegator", Arc::new(Delegator)),
         ("showcase", Arc::new(Showcase)),
-    ];
-    for (name, agent) in agents {
-        // The names and versions are literals that satisfy the §7.5 grammar.
-        let _ = registry.register(name, "1.0.0", agent);
-    }
+    ]
 }

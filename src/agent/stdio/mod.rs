@@ -1,0 +1,28 @@
+//! Agents in any language: a child process per job that speaks ARCP over NDJSON (one JSON
+//! envelope per line) on its stdin and stdout (§4), behind the gateway's guarantees.
+//!
+//! - `config`: the `--agents FILE` TOML that declares them (and mounts built-in agents).
+//! - `child`: the process: its own process group, bounded line reads, stderr to `tracing`
+//!   (target `arcp_gateway::agent::stdio`, with the job id), and its end, after a
+//!   `job.cancel` and a grace, with the whole group, however the job's future ends.
+//! - `relay`: the gateway as the child's ARCP client, mapping its frames into the job.
+//! - `spec`: what starting a child takes; `agent`: the [`crate::agent::Agent`] that takes a
+//!   `max_children` slot and relays the job to a new child.
+//!
+//! The gateway keeps every guarantee of its own jobs: `max_runtime_sec` and `expires_at`
+//! (the runner drops the job's future, which cancels and then kills the child), budgets from
+//! the `cost.*` metrics the child reports, §8.2 validation of each event, and the caps on
+//! events and results.
+
+mod agent;
+mod child;
+mod config;
+mod relay;
+mod spec;
+
+pub use agent::StdioAgent;
+pub use child::MAX_LINE_BYTES;
+pub use config::{
+    AgentEntry, AgentsFile, AgentsFileError, Backend, DEFAULT_CANCEL_GRACE, DEFAULT_WELCOME_TIMEOUT,
+};
+pub use spec::StdioSpec;

@@ -1,0 +1,27 @@
+//! What starting a stdio agent's child takes, as the agents file declared it.
+
+use std::{collections::BTreeMap, num::NonZeroUsize, path::PathBuf, time::Duration};
+
+/// How to start a stdio agent's child, checked when the agents file was loaded.
+#[derive(Debug, Clone)]
+pub struct StdioSpec {
+    /// The executable, resolved on `PATH` or against `cwd`.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Variables added to the gateway's environment.
+    pub env: BTreeMap<String, String>,
+    /// Its working directory.
+    pub cwd: PathBuf,
+    /// The most children of this agent running at once; a job beyond it waits for a slot.
+    pub max_children: Option<NonZeroUsize>,
+    /// The agent's name inside the child, which `job.submit` names.
+    pub agent: String,
+    /// The bearer token of the child's `session.hello`.
+    pub token: String,
+    /// How long a child whose job ended at the gateway gets after `job.cancel` before its
+    /// process group is killed.
+    pub cancel_grace: Duration,
+    /// How long the child has to answer `session.hello`.
+    pub welcome_timeout: Duration,
+}
