@@ -35,7 +35,7 @@
 //! - **Agents**: [`agent`] is the agent trait, the [`agent::JobContext`] an agent runs with,
 //!   the `name@version` registry and the built-in demo agents; [`agent::stdio`] runs agents
 //!   written in any language as child processes speaking ARCP over NDJSON, declared in the
-//!   `--agents FILE` TOML, the gateway being their client through [`transport::peer_json`].
+//!   `--agents FILE` TOML, the gateway being their client through [`agent::peer_json`].
 //! - **The job engine**: [`engine`] accepts submissions (with idempotency), runs agents to
 //!   exactly one terminal frame, delegates, cancels, lists and subscribes, by job id through
 //!   the directory.

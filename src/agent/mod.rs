@@ -4,9 +4,14 @@
 //! gateway runs it with a [`JobContext`] through which it emits events and observes
 //! cancellation; what it returns becomes the job's `job.result`, what it fails with the
 //! `job.error`.
+//!
+//! - `builtin`: the demo agents; `stdio`: agents in any language, as child processes that
+//!   speak ARCP over NDJSON; `peer_json`: the §5 envelope from the client's side, which the
+//!   gateway speaks to such a runtime.
 
 pub mod builtin;
 mod context;
+pub mod peer_json;
 pub mod stdio;
 
 use std::{collections::BTreeMap, sync::Arc};

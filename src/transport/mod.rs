@@ -3,8 +3,6 @@
 //!
 //! - [`grpc`]: the `arcp.v1` protobuf schema over one gRPC bidirectional stream.
 //! - [`json`]: the JSON envelope of §5, shared by text transports.
-//! - [`peer_json`]: the same envelope from the client's side, for the ARCP runtimes the gateway
-//!   drives (stdio child agents).
 //! - [`ws`]: WebSocket (§4) carrying [`json`] frames.
 //! - `listener`: the accept loop both serve: back-off on accept errors, a cap per peer address.
 
@@ -12,5 +10,4 @@ pub mod grpc;
 pub(crate) mod held_writes;
 pub mod json;
 pub(crate) mod listener;
-pub mod peer_json;
 pub mod ws;

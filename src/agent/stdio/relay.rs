@@ -19,11 +19,13 @@ use super::{
     spec::StdioSpec,
 };
 use crate::{
-    agent::JobContext,
+    agent::{
+        peer_json::{self, RuntimeFrame, RuntimeResult, Submission},
+        JobContext,
+    },
     clock::Timestamp,
     error::{excerpt, ArcpError},
     protocol::Json,
-    transport::peer_json::{self, RuntimeFrame, RuntimeResult, Submission},
 };
 
 /// The features offered to the child. `progress` is forwarded as is; `result_chunk`,

@@ -1,7 +1,7 @@
 //! The §5 JSON envelope from the client's side: the frames the gateway sends to an ARCP
 //! runtime it drives (a stdio child agent), and that runtime's frames as domain messages.
 //!
-//! [`super::json`] is the other direction (a client's frames in, the gateway's out); the two
+//! [`crate::transport::json`] is the other direction (a client's frames in, the gateway's out); the two
 //! agree on the shapes because the tests run both against the reference Python SDK. Unknown
 //! envelope and payload fields are ignored (§5); a line that is not an ARCP frame is an
 //! [`ArcpError::InvalidRequest`] naming what was wrong, which the caller turns into the end
