@@ -9,7 +9,7 @@ use std::{
 };
 
 use arcp_gateway::{
-    agent::AgentRegistry,
+    agent::{Agent, AgentRegistry},
     config::GatewayConfig,
     gateway::GatewayBuilder,
     ids::ReplicaId,
@@ -115,15 +115,35 @@ fn bench_gateway_builder() -> GatewayBuilder {
         max_connections_per_peer: std::num::NonZeroUsize::MAX,
         ..GatewayConfig::default()
     };
+    Gateway::builder(config).agents(bench_agents())
+}
+
+/// The built-in agents and `stamper`.
+fn bench_agents() -> AgentRegistry {
     let mut agents = AgentRegistry::with_builtins();
     let _ = agents.register("stamper", "1.0.0", Arc::new(Stamper));
-    Gateway::builder(config).agents(agents)
+    agents
 }
 
 impl Bench {
     /// A bench gateway as replica `replica` on `store`.
     pub(crate) async fn start(store: BenchStore<'_>, replica: &str) -> BenchResult<Bench> {
-        let builder = bench_gateway_builder();
+        Bench::start_with(store, replica, bench_gateway_builder()).await
+    }
+
+    /// A bench gateway on the memory stores that also offers `agent` as `name`.
+    pub(crate) async fn with_agent(name: &str, agent: Arc<dyn Agent>) -> BenchResult<Bench> {
+        let mut agents = bench_agents();
+        agents.register(name, "1.0.0", agent)?;
+        let builder = bench_gateway_builder().agents(agents);
+        Bench::start_with(BenchStore::Memory, "bench-a", builder).await
+    }
+
+    async fn start_with(
+        store: BenchStore<'_>,
+        replica: &str,
+        builder: GatewayBuilder,
+    ) -> BenchResult<Bench> {
         let stores = store.stores(replica, builder.config().log_limits())?;
         let gateway = builder
             .stores(stores)
@@ -288,8 +308,18 @@ impl Session {
     /// Submits a `chatter` job of `count` log events of `bytes` bytes each, and waits for its
     /// `job_accepted`: until then, dropping the stream could cancel the submit unsent.
     pub(crate) async fn start_chatter(&mut self, count: u64, bytes: u64) -> BenchResult<()> {
+        self.start_job("chatter", count, bytes).await
+    }
+
+    /// [`Session::start_chatter`] on `agent`, any agent taking `chatter`'s input.
+    pub(crate) async fn start_job(
+        &mut self,
+        agent: &str,
+        count: u64,
+        bytes: u64,
+    ) -> BenchResult<()> {
         self.send(submit(
-            "chatter",
+            agent,
             serde_json::json!({"count": count, "bytes": bytes}),
         ))
         .await?;

@@ -12,7 +12,9 @@
 //! 8. a soak under hostile clients (gateway in a child process, production defaults): peak
 //!    memory, and frames lost or duplicated across random drops and resumes;
 //! 9. the reference Python runtime serving row 1's workload to the bench's WebSocket client,
-//!    the one row 1 ws uses against the gateway: the fair pair for the WebSocket path.
+//!    the one row 1 ws uses against the gateway: the fair pair for the WebSocket path;
+//! 10. the hop to an agent in another language: a stdio child emitting row 1's workload,
+//!     through the gateway to a tonic client, against its own output read directly.
 //!
 //! With `--transports` naming `websocket`, rows 1, 3 and 5 also run over WebSocket JSON (rows
 //! "1 ws", "3 ws", "5 ws", on the memory stores) with the bench's own Rust client ([`ws`]).
@@ -47,6 +49,7 @@ use crate::{
         live::live_ws,
         python_peer::{python, python_peer, PythonRuntime},
         soak::{soak, SoakLoad},
+        stdio_hop::{self, stdio_ceiling, stdio_chatter},
     },
     stats::{median, per_round, repeat},
     table::Table,
@@ -59,7 +62,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Rows to run, e.g. `1,2,3`.
-    #[arg(long, default_value = "1,2,3,4,5,6,7,8,9", value_delimiter = ',')]
+    #[arg(long, default_value = "1,2,3,4,5,6,7,8,9,10", value_delimiter = ',')]
     rows: Vec<u8>,
     /// Transports rows 1, 3 and 5 run over: `grpc`, `websocket` (on the memory stores).
     #[arg(long, default_value = "grpc,websocket", value_delimiter = ',', value_parser = ["grpc", "websocket"])]
@@ -92,7 +95,7 @@ struct Args {
     /// Sessions in row 6.
     #[arg(long, default_value_t = 1000)]
     storm_sessions: usize,
-    /// A Python interpreter with `agentruntimecontrolprotocol` for rows 7 and 9; by default a
+    /// A Python interpreter with `agentruntimecontrolprotocol` for rows 7, 9 and 10; by default a
     /// virtualenv is built in target/bench-venv from tests/interop/requirements.txt.
     #[arg(long)]
     python: Option<PathBuf>,
@@ -164,7 +167,7 @@ async fn bench(args: Args) -> BenchResult<()> {
     let mut table = Table::default();
     // Runs of rows 1, 2, 3 and 7, on every store, alternate, so drift on a shared machine hits
     // them alike, and rows 2, 3 and 7 are compared with row 1 run by run.
-    let python = if args.rows.contains(&7) || args.rows.contains(&9) {
+    let python = if [7, 9, 10].iter().any(|r| args.rows.contains(r)) {
         Some(python(args.python.clone()))
     } else {
         None
@@ -203,6 +206,7 @@ async fn bench(args: Args) -> BenchResult<()> {
     let (mut bare, mut peer) = (Vec::new(), Vec::new());
     let (mut live_ws_runs, mut replay_ws_runs, mut runtime_runs) =
         (Vec::new(), Vec::new(), Vec::new());
+    let (mut hop_runs, mut ceiling_runs) = (Vec::new(), Vec::new());
     let mut bare_server: Option<BareServer> = None;
     let memory = stores.iter().any(|s| matches!(s, BenchStore::Memory));
     for _ in 0..args.runs.max(1) {
@@ -250,6 +254,13 @@ async fn bench(args: Args) -> BenchResult<()> {
         }
         if let Some(Ok(runtime)) = &python_runtime {
             runtime_runs.push(live_ws(runtime.addr, args.live_frames, args.event_bytes).await?);
+        }
+        if let Some(Ok(python)) = python.as_ref().filter(|_| args.rows.contains(&10)) {
+            let bench = Bench::with_agent(stdio_hop::AGENT, stdio_chatter(python)).await?;
+            let run = bench.stdio_hop(args.live_frames, args.event_bytes).await;
+            bench.stop().await?;
+            hop_runs.push(run?);
+            ceiling_runs.push(stdio_ceiling(python, args.live_frames, args.event_bytes).await?);
         }
         if args.rows.contains(&2) {
             if let Some(sample) = runs.first().and_then(|r| r.live.last()) {
@@ -466,6 +477,33 @@ async fn bench(args: Args) -> BenchResult<()> {
         Some(Err(why)) => table.row(
             "9",
             "reference Python runtime, WebSocket",
+            format!("not run: {why}"),
+            String::new(),
+        ),
+        None => {}
+    }
+    match python.as_ref().filter(|_| args.rows.contains(&10)) {
+        Some(Ok(_)) => {
+            let rate = median(hop_runs.iter().copied());
+            let ceiling = median(ceiling_runs.iter().copied());
+            let vs = per_round(&hop_runs, &ceiling_runs, |h, c| h / c)
+                .map(|ratio| {
+                    format!(
+                        "{:.0}% of the child's own output, {ceiling:.0} lines/s (median of the runs' ratios)",
+                        100.0 * ratio
+                    )
+                })
+                .unwrap_or_default();
+            table.row(
+                "10",
+                "stdio child agent (Python) emitting row 1's workload, through the gateway",
+                format!("{rate:.0} frames/s"),
+                vs,
+            );
+        }
+        Some(Err(why)) => table.row(
+            "10",
+            "stdio child agent",
             format!("not run: {why}"),
             String::new(),
         ),
