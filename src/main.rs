@@ -8,7 +8,9 @@
 //! stores refuse their frames, the survivor's error being their end) and exits with status 1,
 //! for its orchestrator to start it again, as a new instance of its id.
 
-use std::{net::SocketAddr, num::NonZeroUsize, process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr, num::NonZeroUsize, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
+};
 
 use arcp_gateway::{
     agent::AgentRegistry,
@@ -19,7 +21,10 @@ use arcp_gateway::{
     ids::{Principal, ReplicaId},
     server,
     store::{redis::RedisSettings, StoreChoice, Stores},
-    transport::ws,
+    transport::{
+        tls::{ClientPrincipal, Tls, TlsSettings},
+        ws,
+    },
     Gateway,
 };
 use clap::{Parser, Subcommand};
@@ -215,6 +220,44 @@ struct ServeArgs {
     /// past it jobs end with a retryable INTERNAL_ERROR, logged once the store is back.
     #[arg(long, default_value_t = 10_000, env = "ARCP_STORE_RETRY_MS")]
     store_retry_ms: u64,
+    #[command(flatten)]
+    security: SecurityArgs,
+}
+
+/// TLS, mutual TLS, JWT bearer tokens and the plaintext health listener (docs/deployment.md).
+#[derive(clap::Args)]
+struct SecurityArgs {
+    /// Serve both listeners over TLS with this certificate chain (PEM, leaf first); reloaded
+    /// when the file changes.
+    #[arg(long, value_name = "PEM", env = "ARCP_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM); reloaded when the file changes.
+    #[arg(long, value_name = "PEM", env = "ARCP_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by one of these CAs (PEM): mutual TLS.
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "ARCP_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
+    tls_client_ca: Option<PathBuf>,
+    /// Which name of a client certificate is the connection's principal: none (a bearer
+    /// token names it), cn (the subject's common name), san-dns, san-uri or san-email.
+    #[arg(
+        long,
+        default_value = "none",
+        env = "ARCP_TLS_CLIENT_PRINCIPAL",
+        requires = "tls_client_ca"
+    )]
+    tls_client_principal: ClientPrincipal,
+    /// How often the TLS files are looked at for a change, in seconds.
+    #[arg(long, default_value_t = 5.0, env = "ARCP_TLS_RELOAD_SEC")]
+    tls_reload_sec: f64,
+    /// Also serve gRPC health (only `grpc.health.v1`) in plaintext on this address, for probes
+    /// that cannot speak TLS (the kubelet's gRPC probe).
+    #[arg(long, value_name = "ADDR", env = "ARCP_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
 }
 
 fn parse_token_pair(pair: &str) -> Result<(String, Principal), String> {
@@ -331,12 +374,18 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         let upstream = HttpProvisioner::new(&url, args.credential_upstream_token)?;
         builder = builder.credential_provisioner(Arc::new(upstream));
     }
+    let options = serve_options(&args.security).await?;
     let gateway = builder.build();
     gateway.register().await?;
     let listener = server::bind(args.listen).await?;
     let ws_listener = server::bind(args.ws_listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, "arcp-gateway listening (gRPC, package arcp.v1)");
-    tracing::info!(ws_addr = %ws_listener.local_addr()?, path = ws::PATH, "arcp-gateway listening (ARCP JSON over WebSocket)");
+    let tls = if options.tls.is_some() {
+        "TLS"
+    } else {
+        "plaintext"
+    };
+    tracing::info!(addr = %listener.local_addr()?, tls, "arcp-gateway listening (gRPC, package arcp.v1)");
+    tracing::info!(ws_addr = %ws_listener.local_addr()?, path = ws::PATH, tls, "arcp-gateway listening (ARCP JSON over WebSocket)");
     let stop = CancellationToken::new();
     let signalled = {
         let stop = stop.clone();
@@ -348,10 +397,11 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let serving = async {
-        let served = server::serve_all(
+        let served = server::serve_all_with(
             gateway.clone(),
             listener,
             ws_listener,
+            options,
             stop.clone().cancelled_owned(),
         )
         .await;
@@ -397,6 +447,37 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     gateway.leave().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The TLS configuration and the health listener the flags ask for.
+async fn serve_options(
+    args: &SecurityArgs,
+) -> Result<server::ServeOptions, Box<dyn std::error::Error>> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let mut settings = TlsSettings::new(cert, key);
+            settings.client_ca = args.tls_client_ca.clone();
+            settings.client_principal = args.tls_client_principal;
+            settings.reload_interval = seconds("tls-reload-sec", args.tls_reload_sec)?;
+            let tls = Tls::load(settings)?;
+            tracing::info!(
+                cert = %cert.display(),
+                mutual = tls.requires_client_certificates(),
+                "TLS on both listeners"
+            );
+            Some(tls)
+        }
+        _ => None,
+    };
+    let health = match args.health_listen {
+        Some(addr) => {
+            let listener = server::bind(addr).await?;
+            tracing::info!(addr = %listener.local_addr()?, "gRPC health listening (plaintext, grpc.health.v1 only)");
+            Some(listener)
+        }
+        None => None,
+    };
+    Ok(server::ServeOptions { tls, health })
 }
 
 /// How long jobs ended by the drain get to log their terminal frames before the process exits

@@ -69,6 +69,21 @@ impl Authenticator {
     }
 }
 
+/// The principal a connection's transport establishes, from a bearer token in its metadata
+/// and/or its client certificate; when both name one, they must agree.
+pub fn transport_principal(
+    bearer: Option<Principal>,
+    certificate: Option<Principal>,
+) -> Result<Option<Principal>, ArcpError> {
+    match (bearer, certificate) {
+        (Some(a), Some(b)) if a != b => Err(ArcpError::Unauthenticated(
+            "the bearer token and the client certificate name different principals".into(),
+        )),
+        (Some(p), _) | (None, Some(p)) => Ok(Some(p)),
+        (None, None) => Ok(None),
+    }
+}
+
 /// The scheme every credential must name (§6.1 defines no other).
 pub const BEARER: &str = "bearer";
 

@@ -54,7 +54,8 @@ pub type InboundStream = BoxStream<'static, Result<Inbound, RejectedFrame>>;
 /// and who is connecting.
 #[derive(Clone, Debug, Default)]
 pub struct ConnectInfo {
-    /// The principal authenticated from transport metadata (`authorization: Bearer ...`).
+    /// The principal authenticated from transport metadata (`authorization: Bearer ...`) or
+    /// from the client's TLS certificate.
     pub principal: Option<Principal>,
     /// Resume coordinates from transport metadata, used when the hello carries none.
     pub resume: Option<ResumeRequest>,
@@ -65,6 +66,9 @@ pub struct ConnectInfo {
     /// The stream then ends at the next frame the transport takes; a transport whose send to
     /// that client may be stuck watches this to drop the connection without waiting.
     pub lost: CancellationToken,
+    /// Whether the transport is encrypted (TLS); provisioned credentials (§9.8, §14) are
+    /// offered only then, unless the gateway allows them over plaintext.
+    pub encrypted: bool,
 }
 
 /// Everything the session code needs: the stores it reaches, the job engine, authentication,
