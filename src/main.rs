@@ -14,7 +14,10 @@ use std::{
 
 use arcp_gateway::{
     agent::AgentRegistry,
-    auth::Authenticator,
+    auth::{
+        jwt::{JwtSettings, JwtVerifier},
+        Authenticator,
+    },
     config::GatewayConfig,
     credentials::{HttpProvisioner, MemoryProvisioner},
     engine::Observers,
@@ -258,6 +261,35 @@ struct SecurityArgs {
     /// that cannot speak TLS (the kubelet's gRPC probe).
     #[arg(long, value_name = "ADDR", env = "ARCP_HEALTH_LISTEN")]
     health_listen: Option<SocketAddr>,
+    /// Also accept JWT bearer tokens (HS256, RS256, ES256) signed by a key of this JWKS file;
+    /// reloaded when it changes. Static --auth-token tokens keep working beside them.
+    #[arg(long, value_name = "FILE", env = "ARCP_JWT_JWKS")]
+    jwt_jwks: Option<PathBuf>,
+    /// The `iss` every JWT must carry.
+    #[arg(
+        long,
+        value_name = "ISS",
+        env = "ARCP_JWT_ISSUER",
+        requires = "jwt_jwks"
+    )]
+    jwt_issuer: Option<String>,
+    /// The `aud` every JWT must carry.
+    #[arg(
+        long,
+        value_name = "AUD",
+        env = "ARCP_JWT_AUDIENCE",
+        requires = "jwt_jwks"
+    )]
+    jwt_audience: Option<String>,
+    /// How far a JWT's `exp` and `nbf` may be off, in seconds.
+    #[arg(long, default_value_t = 30, env = "ARCP_JWT_LEEWAY_SEC")]
+    jwt_leeway_sec: u64,
+    /// The JWT claim that names the principal.
+    #[arg(long, default_value = "sub", env = "ARCP_JWT_PRINCIPAL_CLAIM")]
+    jwt_principal_claim: String,
+    /// How often the JWKS file is looked at for a change, in seconds.
+    #[arg(long, default_value_t = 5.0, env = "ARCP_JWT_RELOAD_SEC")]
+    jwt_reload_sec: f64,
 }
 
 fn parse_token_pair(pair: &str) -> Result<(String, Principal), String> {
@@ -337,7 +369,10 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         store_retry: Duration::from_millis(args.store_retry_ms),
         ..GatewayConfig::default()
     };
-    let auth = Authenticator::from_pairs(args.auth_tokens);
+    let mut auth = Authenticator::from_pairs(args.auth_tokens);
+    if let Some(jwt) = jwt_verifier(&args.security)? {
+        auth = auth.with_jwt(jwt);
+    }
     if auth.is_open() {
         tracing::warn!("running open: no --auth-token given, so every bearer token is accepted");
     }
@@ -447,6 +482,29 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     gateway.leave().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The JWT verifier the flags ask for, watching its JWKS file.
+fn jwt_verifier(
+    args: &SecurityArgs,
+) -> Result<Option<Arc<JwtVerifier>>, Box<dyn std::error::Error>> {
+    let Some(jwks) = &args.jwt_jwks else {
+        return Ok(None);
+    };
+    let mut settings = JwtSettings::new(jwks);
+    settings.issuer = args.jwt_issuer.clone();
+    settings.audience = args.jwt_audience.clone();
+    settings.leeway = Duration::from_secs(args.jwt_leeway_sec);
+    settings.principal_claim = args.jwt_principal_claim.clone();
+    settings.reload_interval = seconds("jwt-reload-sec", args.jwt_reload_sec)?;
+    if settings.audience.is_none() || settings.issuer.is_none() {
+        tracing::warn!("JWTs accepted without --jwt-audience or --jwt-issuer: a token your identity provider issued for another service is accepted here too");
+    }
+    let verifier = JwtVerifier::load(settings)?;
+    tracing::info!(jwks = %jwks.display(), "JWT bearer tokens accepted");
+    // Ends with the process.
+    drop(JwtVerifier::watch(&verifier));
+    Ok(Some(verifier))
 }
 
 /// The TLS configuration and the health listener the flags ask for.

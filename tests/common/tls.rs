@@ -55,7 +55,35 @@ pub struct Pki {
     issuer: Issuer<'static, KeyPair>,
     /// The CA's certificate, PEM: what clients trust, and the server's `--tls-client-ca`.
     pub ca: String,
-    dir: PathBuf,
+    dir: ScratchDir,
+}
+
+/// A directory of the test's own under the system's temporary one, removed when dropped.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// A fresh, empty directory.
+    pub fn new(what: &str) -> ScratchDir {
+        use rand::Rng;
+        let dir = std::env::temp_dir().join(format!(
+            "arcp-{what}-{}-{:016x}",
+            std::process::id(),
+            rand::rng().random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        ScratchDir(dir)
+    }
+
+    /// A path in it.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Pki {
@@ -71,13 +99,10 @@ impl Pki {
             KeyUsagePurpose::DigitalSignature,
         ];
         let ca = params.self_signed(&key).expect("a CA certificate").pem();
-        let dir =
-            std::env::temp_dir().join(format!("arcp-tls-{}-{}", std::process::id(), uuid_like()));
-        std::fs::create_dir_all(&dir).expect("a directory for the TLS files");
         Pki {
             issuer: Issuer::new(params, key),
             ca,
-            dir,
+            dir: ScratchDir::new("tls"),
         }
     }
 
@@ -128,7 +153,7 @@ impl Pki {
 
     /// A path in this CA's directory.
     pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        self.dir.path(name)
     }
 
     /// Writes `pair` as `server.crt` and `server.key` and returns settings naming them, that
@@ -149,12 +174,6 @@ impl Pki {
     }
 }
 
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Writes a certificate and key the way a rotation does: each to a file beside it, renamed
 /// over the old one, so a reader sees the old or the new file, never half of one.
 pub fn write_pair(cert: &Path, key: &Path, pair: &CertPair) {
@@ -163,11 +182,6 @@ pub fn write_pair(cert: &Path, key: &Path, pair: &CertPair) {
         std::fs::write(&fresh, pem).expect("write TLS file");
         std::fs::rename(&fresh, path).expect("rename TLS file");
     }
-}
-
-fn uuid_like() -> String {
-    use rand::Rng;
-    format!("{:016x}", rand::rng().random::<u64>())
 }
 
 /// A rustls client trusting `ca`, presenting `identity` if given, offering `alpn`.
