@@ -13,7 +13,7 @@ use arcp_gateway::{
     ids::Principal,
     proto::ServerFrame,
     server::ServeOptions,
-    transport::tls::{Tls, TlsSettings},
+    transport::tls::{ClientPrincipal, Tls, TlsSettings},
     Gateway,
 };
 use common::*;
@@ -25,10 +25,18 @@ fn alice() -> Authenticator {
 
 /// A gateway for `alice` (token `alice-token`) serving both listeners with `settings`.
 async fn tls_server(settings: TlsSettings) -> (TestServer, Arc<Tls>) {
+    tls_server_with(settings, None).await
+}
+
+/// [`tls_server`], with gRPC health also served in plaintext on `health`.
+async fn tls_server_with(
+    settings: TlsSettings,
+    health: Option<tokio::net::TcpListener>,
+) -> (TestServer, Arc<Tls>) {
     let tls = Tls::load(settings).expect("the TLS material loads");
     let options = ServeOptions {
         tls: Some(tls.clone()),
-        ..ServeOptions::default()
+        health,
     };
     let builder = Gateway::builder(GatewayConfig::default()).auth(alice());
     (TestServer::start_with_options(builder, options).await, tls)
@@ -140,4 +148,261 @@ fn material_that_does_not_load_is_refused_at_start() {
     });
     let error = Tls::load(settings).err().expect("no certificate");
     assert!(error.to_string().contains("server.crt"), "{error}");
+}
+
+/// A gateway requiring client certificates of `pki`, taking the principal as `principal` says.
+async fn mtls_server(pki: &Pki, principal: ClientPrincipal) -> (TestServer, Arc<Tls>) {
+    let mut settings = pki.mutual_settings(&pki.server("server-1"));
+    settings.client_principal = principal;
+    tls_server(settings).await
+}
+
+/// How the server refuses a client with `config`: the handshake's error, or (TLS 1.3 checks
+/// the client's certificate after the client's side of the handshake is done) the alert its
+/// first read gets.
+async fn refusal(addr: std::net::SocketAddr, config: tokio_rustls::rustls::ClientConfig) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = match tls_connect(addr, config).await {
+        Err(e) => return e.to_string(),
+        Ok(tls) => tls,
+    };
+    let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(FRAME_TIMEOUT, tls.read(&mut buf))
+        .await
+        .expect("the server answers within the timeout");
+    match read {
+        Err(e) => e.to_string(),
+        Ok(n) => panic!("the server served a refused client ({n} bytes)"),
+    }
+}
+
+#[tokio::test]
+async fn mutual_tls_admits_a_good_client_certificate_and_refuses_the_others() {
+    let pki = Pki::new("client CA");
+    let (server, _tls) = mtls_server(&pki, ClientPrincipal::None).await;
+    let good = pki.client(ClientCert {
+        cn: "alice",
+        ..ClientCert::default()
+    });
+    let mut conn = tls_open(server.addr, &pki.ca, Some(&good)).await;
+    echo_session(&mut conn, "alice-token").await;
+    let mut ws = wss(server.ws_addr, &pki.ca, Some(&good), None)
+        .await
+        .expect("a WebSocket with a good certificate opens");
+    ws.send("session.hello", ws_hello_payload("alice-token", &[]))
+        .await;
+    assert_eq!(ws.recv().await["type"], "session.welcome");
+
+    let missing = refusal(server.addr, client_config(&pki.ca, None, &[b"h2"])).await;
+    assert!(missing.contains("CertificateRequired"), "{missing}");
+    let expired = pki.client(ClientCert {
+        cn: "alice",
+        expired: true,
+        ..ClientCert::default()
+    });
+    let expired = refusal(
+        server.addr,
+        client_config(&pki.ca, Some(&expired), &[b"h2"]),
+    )
+    .await;
+    assert!(expired.contains("CertificateExpired"), "{expired}");
+    let stranger = Pki::new("another CA").client(ClientCert {
+        cn: "alice",
+        ..ClientCert::default()
+    });
+    let unknown = refusal(
+        server.addr,
+        client_config(&pki.ca, Some(&stranger), &[b"h2"]),
+    )
+    .await;
+    assert!(unknown.contains("UnknownCA"), "{unknown}");
+    let on_ws = refusal(server.ws_addr, client_config(&pki.ca, None, &[b"http/1.1"])).await;
+    assert!(on_ws.contains("CertificateRequired"), "{on_ws}");
+}
+
+#[tokio::test]
+async fn the_principal_comes_from_the_client_certificate_on_both_transports() {
+    let pki = Pki::new("identity CA");
+    let (server, _tls) = mtls_server(&pki, ClientPrincipal::CommonName).await;
+    let alice = pki.client(ClientCert {
+        cn: "alice",
+        ..ClientCert::default()
+    });
+    // No bearer token: the certificate names the principal.
+    let mut conn = tls_open(server.addr, &pki.ca, Some(&alice)).await;
+    let welcome_frame = echo_session(&mut conn, "").await;
+    let (session, token) = (
+        welcome_frame.session_id.clone(),
+        welcome(&welcome_frame).resume_token.clone(),
+    );
+    drop(conn);
+    // The same principal as alice's bearer token: it resumes the session.
+    let mut conn = tls_open(server.addr, &pki.ca, Some(&alice)).await;
+    conn.send(hello(
+        "alice-token",
+        FEATURES,
+        Some(resume_info(&session, &token, 0)),
+    ))
+    .await;
+    let resumed = conn.recv().await;
+    welcome(&resumed);
+    assert_eq!(resumed.session_id, session);
+
+    // A certificate and a token that name different principals are refused.
+    let bob = pki.client(ClientCert {
+        cn: "bob",
+        ..ClientCert::default()
+    });
+    let mut conn = tls_open(server.addr, &pki.ca, Some(&bob)).await;
+    conn.send(hello("alice-token", FEATURES, None)).await;
+    let error = conn.recv().await;
+    let e = expect_error(
+        &error,
+        arcp_gateway::error::ErrorCode::Unauthenticated,
+        None,
+    );
+    assert!(e.message.contains("different principals"), "{e:?}");
+
+    // Over WebSocket, at the upgrade.
+    let mut ws = wss(server.ws_addr, &pki.ca, Some(&alice), None)
+        .await
+        .expect("the upgrade succeeds");
+    ws.send(
+        "session.hello",
+        json!({"capabilities": {"encodings": ["json"]}}),
+    )
+    .await;
+    let welcome = ws.recv().await;
+    assert_eq!(welcome["type"], "session.welcome", "{welcome}");
+    let refused = wss(server.ws_addr, &pki.ca, Some(&bob), Some("alice-token")).await;
+    let refused = refused.err().expect("the upgrade is refused");
+    assert!(refused.to_string().contains("401"), "{refused}");
+}
+
+#[tokio::test]
+async fn the_principal_can_come_from_a_subject_alternative_name() {
+    let pki = Pki::new("san CA");
+    let (server, _tls) = mtls_server(&pki, ClientPrincipal::SanUri).await;
+    let spiffe = pki.client(ClientCert {
+        cn: "ignored",
+        uri: Some("spiffe://example.org/alice"),
+        ..ClientCert::default()
+    });
+    let mut conn = tls_open(server.addr, &pki.ca, Some(&spiffe)).await;
+    echo_session(&mut conn, "").await;
+    // The bearer token names `alice`, not the URI: different principals.
+    let mut conn = tls_open(server.addr, &pki.ca, Some(&spiffe)).await;
+    conn.send(hello("alice-token", FEATURES, None)).await;
+    let frame = conn.recv().await;
+    expect_error(
+        &frame,
+        arcp_gateway::error::ErrorCode::Unauthenticated,
+        None,
+    );
+    // A certificate without a URI names nobody: a bearer token must.
+    let plain = pki.client(ClientCert {
+        cn: "alice",
+        ..ClientCert::default()
+    });
+    let mut conn = tls_open(server.addr, &pki.ca, Some(&plain)).await;
+    conn.send(hello("", FEATURES, None)).await;
+    let frame = conn.recv().await;
+    expect_error(
+        &frame,
+        arcp_gateway::error::ErrorCode::Unauthenticated,
+        None,
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_serves_new_connections_and_open_streams_survive() {
+    let pki = Pki::new("rotation CA");
+    let settings = pki.server_settings(&pki.server("server-1"));
+    let (cert, key) = (settings.cert.clone(), settings.key.clone());
+    let (server, _tls) = tls_server(settings).await;
+    let mut open = tls_open(server.addr, &pki.ca, None).await;
+    open.send(hello("alice-token", FEATURES, None)).await;
+    welcome(&open.recv().await);
+
+    write_pair(&cert, &key, &pki.server("server-2"));
+    eventually("new connections get the new certificate", || async {
+        let tls = tls_connect(server.addr, client_config(&pki.ca, None, &[b"h2"]))
+            .await
+            .expect("the handshake succeeds");
+        server_cn(&tls) == "server-2"
+    })
+    .await;
+    // The stream opened before the rotation still carries a whole job.
+    let (job, _) = submit_and_accept(&mut open, submit("echo", json!("still here"))).await;
+    let (_, terminal) = open.recv_until_terminal(&job).await;
+    assert_eq!(result_json(&terminal), json!("still here"));
+    let ws = tls_connect(server.ws_addr, client_config(&pki.ca, None, &[b"http/1.1"]))
+        .await
+        .expect("the handshake succeeds");
+    assert_eq!(server_cn(&ws), "server-2", "both listeners rotate");
+}
+
+#[tokio::test]
+async fn a_broken_replacement_is_refused_and_the_old_certificate_kept() {
+    let pki = Pki::new("broken CA");
+    let settings = pki.server_settings(&pki.server("server-1"));
+    let (cert, key) = (settings.cert.clone(), settings.key.clone());
+    let (server, tls) = tls_server(settings).await;
+    // A new certificate with the old key: they do not match.
+    let old_key = std::fs::read_to_string(&key).unwrap();
+    let mismatched = CertPair {
+        cert: pki.server("server-2").cert,
+        key: old_key,
+    };
+    write_pair(&cert, &key, &mismatched);
+    let error = tls.reload().expect_err("a mismatched pair is refused");
+    assert!(error.to_string().contains("certificate and key"), "{error}");
+    let conn = tls_connect(server.addr, client_config(&pki.ca, None, &[b"h2"]))
+        .await
+        .expect("the handshake succeeds");
+    assert_eq!(server_cn(&conn), "server-1", "the old certificate is kept");
+    // Half a file: refused as well.
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nMIIB").unwrap();
+    assert!(tls.reload().is_err());
+    let mut conn = tls_open(server.addr, &pki.ca, None).await;
+    echo_session(&mut conn, "alice-token").await;
+}
+
+#[tokio::test]
+async fn the_health_listener_serves_only_health_in_plaintext() {
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    let pki = Pki::new("health CA");
+    let health = arcp_gateway::server::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let health_addr = health.local_addr().unwrap();
+    let (server, _tls) =
+        tls_server_with(pki.server_settings(&pki.server("server-1")), Some(health)).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{health_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("a plaintext channel to the health listener");
+    for service in ["", "arcp.v1.Arcp"] {
+        let status = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving, "{service:?}");
+    }
+    let arcp = open_on(channel, &[]).await.err().expect("no ARCP here");
+    assert_eq!(arcp.code(), tonic::Code::Unimplemented, "{arcp:?}");
+    // The main listener still wants TLS, and serves health there too.
+    let tls_channel = tls_channel(server.addr, &pki.ca, None).await.unwrap();
+    let watch = serving_watch(&tls_channel, "").await;
+    server.stop().await;
+    let statuses = statuses_until_end(watch).await;
+    assert_eq!(statuses, vec![ServingStatus::NotServing]);
 }
