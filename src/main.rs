@@ -290,6 +290,10 @@ struct SecurityArgs {
     /// How often the JWKS file is looked at for a change, in seconds.
     #[arg(long, default_value_t = 5.0, env = "ARCP_JWT_RELOAD_SEC")]
     jwt_reload_sec: f64,
+    /// Offer and issue provisioned credentials (§9.8) over plaintext connections too, which
+    /// §14 forbids: for loopback demos and tests only. Without it they go over TLS only.
+    #[arg(long, env = "ARCP_ALLOW_PLAINTEXT_CREDENTIALS")]
+    allow_plaintext_credentials: bool,
 }
 
 fn parse_token_pair(pair: &str) -> Result<(String, Principal), String> {
@@ -367,6 +371,7 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         replica_heartbeat,
         replica_lease,
         store_retry: Duration::from_millis(args.store_retry_ms),
+        allow_plaintext_credentials: args.security.allow_plaintext_credentials,
         ..GatewayConfig::default()
     };
     let mut auth = Authenticator::from_pairs(args.auth_tokens);

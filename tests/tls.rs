@@ -10,6 +10,8 @@ use std::sync::Arc;
 use arcp_gateway::{
     auth::Authenticator,
     config::GatewayConfig,
+    credentials::MemoryProvisioner,
+    gateway::GatewayBuilder,
     ids::Principal,
     proto::ServerFrame,
     server::ServeOptions,
@@ -33,12 +35,21 @@ async fn tls_server_with(
     settings: TlsSettings,
     health: Option<tokio::net::TcpListener>,
 ) -> (TestServer, Arc<Tls>) {
+    let builder = Gateway::builder(GatewayConfig::default()).auth(alice());
+    tls_server_of(builder, settings, health).await
+}
+
+/// The gateway `builder` builds, serving both listeners with `settings`.
+async fn tls_server_of(
+    builder: GatewayBuilder,
+    settings: TlsSettings,
+    health: Option<tokio::net::TcpListener>,
+) -> (TestServer, Arc<Tls>) {
     let tls = Tls::load(settings).expect("the TLS material loads");
     let options = ServeOptions {
         tls: Some(tls.clone()),
         health,
     };
-    let builder = Gateway::builder(GatewayConfig::default()).auth(alice());
     (TestServer::start_with_options(builder, options).await, tls)
 }
 
@@ -405,4 +416,54 @@ async fn the_health_listener_serves_only_health_in_plaintext() {
     server.stop().await;
     let statuses = statuses_until_end(watch).await;
     assert_eq!(statuses, vec![ServingStatus::NotServing]);
+}
+
+#[tokio::test]
+async fn provisioned_credentials_are_offered_over_tls_only_unless_plaintext_is_allowed() {
+    const CREDENTIALS: &[&str] = &["provisioned_credentials"];
+    let issuing = |config: GatewayConfig| {
+        Gateway::builder(config)
+            .auth(alice())
+            .credential_provisioner(Arc::new(MemoryProvisioner::new(
+                "https://models.example",
+                None,
+            )))
+    };
+    // Plaintext: neither offered nor, so, issued.
+    let plaintext = TestServer::start_gateway(issuing(GatewayConfig::default())).await;
+    let (mut conn, frame) = plaintext.hello_with("alice-token", CREDENTIALS).await;
+    assert!(offered_features(&frame).is_empty(), "{frame:?}");
+    let (job, accepted_frame) = submit_and_accept(&mut conn, submit("echo", json!(1))).await;
+    assert!(
+        accepted(&accepted_frame).credentials.is_empty(),
+        "no credential on plaintext"
+    );
+    conn.recv_until_terminal(&job).await;
+    let (_ws, welcome) = plaintext.ws_hello("alice-token", CREDENTIALS).await;
+    let features = &welcome["payload"]["capabilities"]["features"];
+    assert_eq!(features, &json!([]), "{welcome}");
+
+    // TLS: offered.
+    let pki = Pki::new("credentials CA");
+    let settings = pki.server_settings(&pki.server("server-1"));
+    let (tls, _tls) = tls_server_of(issuing(GatewayConfig::default()), settings, None).await;
+    let mut conn = tls_open(tls.addr, &pki.ca, None).await;
+    conn.send(hello("alice-token", CREDENTIALS, None)).await;
+    let frame = conn.recv().await;
+    assert_eq!(offered_features(&frame), CREDENTIALS);
+    let (_, accepted_frame) = submit_and_accept(&mut conn, submit("echo", json!(1))).await;
+    assert_eq!(
+        accepted(&accepted_frame).credentials.len(),
+        1,
+        "issued over TLS"
+    );
+
+    // Plaintext with the development setting: offered.
+    let allowed = GatewayConfig {
+        allow_plaintext_credentials: true,
+        ..GatewayConfig::default()
+    };
+    let demo = TestServer::start_gateway(issuing(allowed)).await;
+    let (_conn, frame) = demo.hello_with("alice-token", CREDENTIALS).await;
+    assert_eq!(offered_features(&frame), CREDENTIALS);
 }

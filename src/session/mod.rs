@@ -103,7 +103,24 @@ pub(crate) struct Offer {
     pub features: Features,
     /// The agent inventory.
     pub agents: Vec<AgentInfo>,
+    /// Whether plaintext connections are offered `provisioned_credentials` too.
+    pub plaintext_credentials: bool,
 }
+
+impl Offer {
+    /// The features offered on `conn`: without `provisioned_credentials` on a plaintext
+    /// transport, unless allowed there (§14).
+    pub(crate) fn features_for(&self, conn: &ConnectInfo) -> Features {
+        if conn.encrypted || self.plaintext_credentials {
+            self.features.clone()
+        } else {
+            self.features.clone().without(CREDENTIALS)
+        }
+    }
+}
+
+/// The feature that carries provisioned credentials (§9.8).
+const CREDENTIALS: &str = "provisioned_credentials";
 
 /// How sessions behave.
 #[derive(Clone, Debug)]
