@@ -238,6 +238,53 @@ async fn the_generated_python_grpc_client_resumes_a_ticker_without_a_gap() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn the_generated_python_grpc_client_runs_over_mutual_tls() {
+    use arcp_gateway::{
+        auth::Authenticator, config::GatewayConfig, ids::Principal, server::ServeOptions,
+        transport::tls::Tls, Gateway,
+    };
+    let pki = Pki::new("python CA");
+    let tls = Tls::load(pki.mutual_settings(&pki.server("server-1"))).expect("TLS loads");
+    let auth = Authenticator::from_pairs([("alice-token".to_string(), Principal::new("alice"))]);
+    let server = TestServer::start_with_options(
+        Gateway::builder(GatewayConfig::default()).auth(auth),
+        ServeOptions {
+            tls: Some(tls),
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    let client = pki.client(ClientCert {
+        cn: "python",
+        ..ClientCert::default()
+    });
+    std::fs::write(pki.path("ca.crt"), &pki.ca).unwrap();
+    std::fs::write(pki.path("client.crt"), &client.cert).unwrap();
+    std::fs::write(pki.path("client.key"), &client.key).unwrap();
+    let path = |name: &str| pki.path(name).display().to_string();
+    let out = run_python(
+        "examples/python/ticker_resume.py",
+        &[
+            "--target".into(),
+            server.addr.to_string(),
+            "--token".into(),
+            "alice-token".into(),
+            "--cacert".into(),
+            path("ca.crt"),
+            "--cert".into(),
+            path("client.crt"),
+            "--key".into(),
+            path("client.key"),
+        ],
+    )
+    .await;
+    assert_eq!(out["same_session"], true, "{out}");
+    assert_eq!(out["gap_free"], true);
+    assert_eq!(out["final_status"], "success");
+    server.stop().await;
+}
+
 /// Every frame `docs/grpcurl.md` tells users to paste must parse as an `arcp.v1.ClientFrame`
 /// in protobuf's JSON mapping, as grpcurl parses it.
 #[tokio::test]
