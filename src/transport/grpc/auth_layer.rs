@@ -7,7 +7,7 @@
 //! gRPC status (UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION, INVALID_ARGUMENT)
 //! carrying the §12 code in `arcp-error-code`, and no stream is opened. What it establishes
 //! travels to the service as a [`ConnectInfo`] request extension, with what the connection's
-//! TLS established ([`Security`], set per connection by `InUseLayer`): whether it is
+//! TLS established (`Security`, set per connection by `InUseLayer`): whether it is
 //! encrypted, and the principal its client certificate names, which must agree with the
 //! bearer token's when both name one.
 //!
