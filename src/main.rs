@@ -535,7 +535,7 @@ async fn serve_options(
     let health = match args.health_listen {
         Some(addr) => {
             let listener = server::bind(addr).await?;
-            tracing::info!(addr = %listener.local_addr()?, "gRPC health listening (plaintext, grpc.health.v1 only)");
+            tracing::info!(health_addr = %listener.local_addr()?, "gRPC health listening (plaintext, grpc.health.v1 only)");
             Some(listener)
         }
         None => None,

@@ -467,3 +467,91 @@ async fn provisioned_credentials_are_offered_over_tls_only_unless_plaintext_is_a
     let (_conn, frame) = demo.hello_with("alice-token", CREDENTIALS).await;
     assert_eq!(offered_features(&frame), CREDENTIALS);
 }
+
+#[tokio::test]
+async fn the_binary_serves_mutual_tls_the_health_listener_and_jwts_from_its_flags() {
+    let pki = Pki::new("binary CA");
+    let settings = pki.mutual_settings(&pki.server("server-1"));
+    let secret = b"the binary's JWT secret, 32 bytes or more";
+    let jwks = json!({"keys": [{"kty": "oct", "alg": "HS256", "k": base64_url(secret)}]});
+    std::fs::write(pki.path("jwks.json"), jwks.to_string()).unwrap();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let (cert, key, ca, jwks) = (
+        path(&settings.cert),
+        path(&settings.key),
+        path(settings.client_ca.as_ref().unwrap()),
+        path(&pki.path("jwks.json")),
+    );
+    let gateway = GatewayProcess::start_with(
+        "info",
+        None,
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca,
+            "--tls-client-principal",
+            "cn",
+            "--health-listen",
+            "127.0.0.1:0",
+            "--jwt-jwks",
+            &jwks,
+            "--jwt-audience",
+            "arcp",
+            "--jwt-issuer",
+            "idp",
+        ],
+    )
+    .await;
+    let health_addr: std::net::SocketAddr = {
+        let output = gateway.output.lock();
+        let line = output
+            .lines()
+            .find(|l| l.contains("gRPC health listening"))
+            .expect("the health listener is logged")
+            .to_owned();
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("health_addr="))
+            .expect("its address")
+            .parse()
+            .expect("an address")
+    };
+    // The principal from the certificate.
+    let alice = pki.client(ClientCert {
+        cn: "alice",
+        ..ClientCert::default()
+    });
+    let mut conn = tls_open(gateway.addr, &pki.ca, Some(&alice)).await;
+    echo_session(&mut conn, "").await;
+    // A JWT, on a connection whose certificate names the same principal.
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({"sub": "alice", "aud": "arcp", "iss": "idp", "exp": now + 60});
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap();
+    let mut conn = tls_open(gateway.addr, &pki.ca, Some(&alice)).await;
+    echo_session(&mut conn, &jwt).await;
+    // No client certificate: refused.
+    let missing = refusal(gateway.addr, client_config(&pki.ca, None, &[b"h2"])).await;
+    assert!(missing.contains("CertificateRequired"), "{missing}");
+    // Health in plaintext beside it.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{health_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("a plaintext channel to the health listener");
+    let _watch = serving_watch(&channel, "").await;
+    let (status, output) = gateway.terminate().await;
+    assert!(status.success(), "{output}");
+    assert!(!output.contains(&jwt), "the JWT never reaches the log");
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}

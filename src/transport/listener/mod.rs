@@ -72,6 +72,9 @@ struct ListenerTls {
     tls: Arc<Tls>,
     alpn: Alpn,
     timeout: Duration,
+    /// Failed handshakes are logged at this rate (a scanner must not flood the log), the rest
+    /// at `debug`.
+    failures: Arc<parking_lot::Mutex<WarningRate>>,
 }
 
 /// A connection the listener admitted.
@@ -106,7 +109,13 @@ impl Listener {
     /// Wraps every connection in TLS with `tls`'s configuration current when it is accepted,
     /// offering `alpn`; a handshake not done within `timeout` closes the connection.
     pub(crate) fn with_tls(mut self, tls: Arc<Tls>, alpn: Alpn, timeout: Duration) -> Self {
-        self.tls = Some(ListenerTls { tls, alpn, timeout });
+        let failures = Arc::new(parking_lot::Mutex::new(WarningRate::new(WARNING_INTERVAL)));
+        self.tls = Some(ListenerTls {
+            tls,
+            alpn,
+            timeout,
+            failures,
+        });
         self
     }
 
@@ -135,6 +144,7 @@ impl Listener {
             let acceptor = tls.tls.acceptor(tls.alpn);
             let principal_from = tls.tls.settings().client_principal;
             let (timeout, transport) = (tls.timeout, self.admission.transport);
+            let failures = tls.failures.clone();
             self.handshakes.spawn(async move {
                 let handshake = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
                 match handshake {
@@ -144,7 +154,16 @@ impl Listener {
                         slot,
                     }),
                     Ok(Err(e)) => {
-                        tracing::info!(transport, peer = %peer, "TLS handshake failed: {e}");
+                        let admitted = failures.lock().admit();
+                        match admitted {
+                            Some(suppressed) => tracing::info!(
+                                transport,
+                                peer = %peer,
+                                suppressed,
+                                "TLS handshake failed: {e}"
+                            ),
+                            None => tracing::debug!(transport, peer = %peer, "TLS handshake failed: {e}"),
+                        }
                         None
                     }
                     Err(_) => {
