@@ -555,3 +555,59 @@ fn base64_url(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
+
+#[tokio::test]
+async fn a_session_resumed_over_plaintext_loses_its_credentials() {
+    const CREDENTIALS: &[&str] = &["provisioned_credentials"];
+    let issuing = || {
+        Gateway::builder(GatewayConfig::default())
+            .auth(alice())
+            .credential_provisioner(Arc::new(MemoryProvisioner::new(
+                "https://models.example",
+                None,
+            )))
+    };
+    // Two replicas of one deployment: one behind TLS, one in plaintext.
+    let stores =
+        arcp_gateway::store::MemoryStores::with_limits(GatewayConfig::default().log_limits());
+    let pki = Pki::new("replicas CA");
+    let tls = Tls::load(pki.server_settings(&pki.server("server-1"))).unwrap();
+    let options = ServeOptions {
+        tls: Some(tls),
+        ..ServeOptions::default()
+    };
+    let over_tls = TestServer::start_on_with_options(issuing(), stores.clone(), options).await;
+    let plaintext =
+        TestServer::start_on_with_options(issuing(), stores, ServeOptions::default()).await;
+
+    let mut conn = tls_open(over_tls.addr, &pki.ca, None).await;
+    conn.send(hello("alice-token", CREDENTIALS, None)).await;
+    let first = conn.recv().await;
+    assert_eq!(offered_features(&first), CREDENTIALS);
+    let (session, token) = (
+        first.session_id.clone(),
+        welcome(&first).resume_token.clone(),
+    );
+    drop(conn);
+
+    // Resumed in plaintext without naming features: the feature is gone, and so are new
+    // credentials.
+    let mut conn = plaintext.open().await;
+    let resume = resume_info(&session, &token, 0);
+    conn.send(arcp_gateway::proto::client_frame::Payload::SessionHello(
+        arcp_gateway::proto::SessionHello {
+            auth: Some(arcp_gateway::proto::Auth {
+                scheme: "bearer".into(),
+                token: "alice-token".into(),
+            }),
+            resume: Some(resume),
+            ..Default::default()
+        },
+    ))
+    .await;
+    let resumed = conn.recv().await;
+    assert_eq!(resumed.session_id, session);
+    assert!(offered_features(&resumed).is_empty(), "{resumed:?}");
+    let (_, accepted_frame) = submit_and_accept(&mut conn, submit("echo", json!(1))).await;
+    assert!(accepted(&accepted_frame).credentials.is_empty());
+}

@@ -123,6 +123,16 @@ impl TestServer {
     /// listener).
     pub async fn start_with_options(builder: GatewayBuilder, options: ServeOptions) -> TestServer {
         let stores = MemoryStores::with_limits(builder.config().log_limits());
+        Self::start_on_with_options(builder, stores, options).await
+    }
+
+    /// [`TestServer::start_with_options`] on the memory `stores`, which other servers may
+    /// share.
+    pub async fn start_on_with_options(
+        builder: GatewayBuilder,
+        stores: MemoryStores,
+        options: ServeOptions,
+    ) -> TestServer {
         let gateway = builder.stores(stores.stores()).build();
         Self::serve_with(gateway, Inspectable(Some(stores)), options).await
     }
