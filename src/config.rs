@@ -123,6 +123,11 @@ pub struct GatewayConfig {
     /// [`RedisSettings::append_retry`](crate::store::redis::RedisSettings::append_retry),
     /// which `arcp-gateway serve` sets to the same).
     pub store_retry: Duration,
+    /// Whether `provisioned_credentials` (§9.8) is offered, and credentials issued, over
+    /// plaintext connections too. §14 wants them over authenticated, encrypted transports
+    /// only, so by default only TLS connections get them; this is for loopback demos and
+    /// tests.
+    pub allow_plaintext_credentials: bool,
 }
 
 /// Room for a NAT gateway's worth of clients, not for a flood from one host.
@@ -167,6 +172,7 @@ impl Default for GatewayConfig {
             auth_failure_delay: Duration::from_secs(1),
             auth_failure_tracked: 65_536,
             store_retry: Duration::from_secs(10),
+            allow_plaintext_credentials: false,
         }
     }
 }

@@ -144,6 +144,7 @@ impl GatewayBuilder {
         let offer = Offer {
             features,
             agents: self.agents.inventory(),
+            plaintext_credentials: config.allow_plaintext_credentials,
         };
         let jobs = JobManager::new(
             Arc::new(self.agents),

@@ -45,13 +45,16 @@
 //!   client frames, `session::liveness` judging whether a `heartbeat` client is still there,
 //!   and `session::stream_control` carrying its stop order and replies;
 //!   [`session::output`] is what a stream yields to its transport.
-//! - **Authentication**: [`auth`] maps bearer tokens to principals; [`auth::throttle`] slows
-//!   the answers to repeated failed bearer and resume tokens, per peer and per principal.
+//! - **Authentication**: [`auth`] maps bearer tokens to principals, static ones and JWTs
+//!   ([`auth::jwt`], keys from a JWKS file); [`auth::throttle`] slows the answers to repeated
+//!   failed bearer and resume tokens, per peer and per principal.
 //! - **Transports**: [`transport::grpc`] is the gRPC service, its frame conversions, its
 //!   codecs and the tower layer that authenticates before a stream opens;
 //!   [`transport::json`] is the §5 JSON envelope and [`transport::ws`] serves it over
 //!   WebSocket; `transport::listener` is the accept loop both share (back-off on accept
-//!   errors, a cap on connections per peer address). [`server`] assembles the tonic server
+//!   errors, a cap on connections per peer address, and TLS when configured:
+//!   [`transport::tls`], certificates reloaded when their files change, mutual TLS and the
+//!   principal a client certificate names). [`server`] assembles the tonic server
 //!   with health, reflection and graceful shutdown, gives every connection a deadline to
 //!   become useful and every shutdown a deadline to end, and runs both transports over one
 //!   gateway.

@@ -14,14 +14,20 @@ use std::{
 
 use arcp_gateway::{
     agent::{stdio::AgentsFile, AgentRegistry},
-    auth::Authenticator,
+    auth::{
+        jwt::{JwtSettings, JwtVerifier},
+        Authenticator,
+    },
     config::GatewayConfig,
     credentials::{HttpProvisioner, MemoryProvisioner},
     engine::Observers,
     ids::{Principal, ReplicaId},
     server,
     store::{redis::RedisSettings, StoreChoice, Stores},
-    transport::ws,
+    transport::{
+        tls::{ClientPrincipal, Tls, TlsSettings},
+        ws,
+    },
     Gateway,
 };
 use clap::{Parser, Subcommand};
@@ -222,6 +228,77 @@ struct ServeArgs {
     /// past it jobs end with a retryable INTERNAL_ERROR, logged once the store is back.
     #[arg(long, default_value_t = 10_000, env = "ARCP_STORE_RETRY_MS")]
     store_retry_ms: u64,
+    #[command(flatten)]
+    security: SecurityArgs,
+}
+
+/// TLS, mutual TLS, JWT bearer tokens and the plaintext health listener (docs/deployment.md).
+#[derive(clap::Args)]
+struct SecurityArgs {
+    /// Serve both listeners over TLS with this certificate chain (PEM, leaf first); reloaded
+    /// when the file changes.
+    #[arg(long, value_name = "PEM", env = "ARCP_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM); reloaded when the file changes.
+    #[arg(long, value_name = "PEM", env = "ARCP_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by one of these CAs (PEM): mutual TLS.
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "ARCP_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
+    tls_client_ca: Option<PathBuf>,
+    /// Which name of a client certificate is the connection's principal: none (a bearer
+    /// token names it), cn (the subject's common name), san-dns, san-uri or san-email.
+    #[arg(
+        long,
+        default_value = "none",
+        env = "ARCP_TLS_CLIENT_PRINCIPAL",
+        requires = "tls_client_ca"
+    )]
+    tls_client_principal: ClientPrincipal,
+    /// How often the TLS files are looked at for a change, in seconds.
+    #[arg(long, default_value_t = 5.0, env = "ARCP_TLS_RELOAD_SEC")]
+    tls_reload_sec: f64,
+    /// Also serve gRPC health (only `grpc.health.v1`) in plaintext on this address, for probes
+    /// that cannot speak TLS (the kubelet's gRPC probe).
+    #[arg(long, value_name = "ADDR", env = "ARCP_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
+    /// Also accept JWT bearer tokens (HS256, RS256, ES256) signed by a key of this JWKS file;
+    /// reloaded when it changes. Static --auth-token tokens keep working beside them.
+    #[arg(long, value_name = "FILE", env = "ARCP_JWT_JWKS")]
+    jwt_jwks: Option<PathBuf>,
+    /// The `iss` every JWT must carry.
+    #[arg(
+        long,
+        value_name = "ISS",
+        env = "ARCP_JWT_ISSUER",
+        requires = "jwt_jwks"
+    )]
+    jwt_issuer: Option<String>,
+    /// The `aud` every JWT must carry.
+    #[arg(
+        long,
+        value_name = "AUD",
+        env = "ARCP_JWT_AUDIENCE",
+        requires = "jwt_jwks"
+    )]
+    jwt_audience: Option<String>,
+    /// How far a JWT's `exp` and `nbf` may be off, in seconds.
+    #[arg(long, default_value_t = 30, env = "ARCP_JWT_LEEWAY_SEC")]
+    jwt_leeway_sec: u64,
+    /// The JWT claim that names the principal.
+    #[arg(long, default_value = "sub", env = "ARCP_JWT_PRINCIPAL_CLAIM")]
+    jwt_principal_claim: String,
+    /// How often the JWKS file is looked at for a change, in seconds.
+    #[arg(long, default_value_t = 5.0, env = "ARCP_JWT_RELOAD_SEC")]
+    jwt_reload_sec: f64,
+    /// Offer and issue provisioned credentials (§9.8) over plaintext connections too, which
+    /// §14 forbids: for loopback demos and tests only. Without it they go over TLS only.
+    #[arg(long, env = "ARCP_ALLOW_PLAINTEXT_CREDENTIALS")]
+    allow_plaintext_credentials: bool,
 }
 
 fn parse_token_pair(pair: &str) -> Result<(String, Principal), String> {
@@ -310,9 +387,13 @@ async fn serve(args: ServeArgs, agents: AgentRegistry) -> Result<(), Box<dyn std
         replica_heartbeat,
         replica_lease,
         store_retry: Duration::from_millis(args.store_retry_ms),
+        allow_plaintext_credentials: args.security.allow_plaintext_credentials,
         ..GatewayConfig::default()
     };
-    let auth = Authenticator::from_pairs(args.auth_tokens);
+    let mut auth = Authenticator::from_pairs(args.auth_tokens);
+    if let Some(jwt) = jwt_verifier(&args.security)? {
+        auth = auth.with_jwt(jwt);
+    }
     if auth.is_open() {
         tracing::warn!("running open: no --auth-token given, so every bearer token is accepted");
     }
@@ -349,12 +430,18 @@ async fn serve(args: ServeArgs, agents: AgentRegistry) -> Result<(), Box<dyn std
         let upstream = HttpProvisioner::new(&url, args.credential_upstream_token)?;
         builder = builder.credential_provisioner(Arc::new(upstream));
     }
+    let options = serve_options(&args.security).await?;
     let gateway = builder.build();
     gateway.register().await?;
     let listener = server::bind(args.listen).await?;
     let ws_listener = server::bind(args.ws_listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, "arcp-gateway listening (gRPC, package arcp.v1)");
-    tracing::info!(ws_addr = %ws_listener.local_addr()?, path = ws::PATH, "arcp-gateway listening (ARCP JSON over WebSocket)");
+    let tls = if options.tls.is_some() {
+        "TLS"
+    } else {
+        "plaintext"
+    };
+    tracing::info!(addr = %listener.local_addr()?, tls, "arcp-gateway listening (gRPC, package arcp.v1)");
+    tracing::info!(ws_addr = %ws_listener.local_addr()?, path = ws::PATH, tls, "arcp-gateway listening (ARCP JSON over WebSocket)");
     let stop = CancellationToken::new();
     let signalled = {
         let stop = stop.clone();
@@ -366,10 +453,11 @@ async fn serve(args: ServeArgs, agents: AgentRegistry) -> Result<(), Box<dyn std
         }
     };
     let serving = async {
-        let served = server::serve_all(
+        let served = server::serve_all_with(
             gateway.clone(),
             listener,
             ws_listener,
+            options,
             stop.clone().cancelled_owned(),
         )
         .await;
@@ -415,6 +503,60 @@ async fn serve(args: ServeArgs, agents: AgentRegistry) -> Result<(), Box<dyn std
     gateway.leave().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The JWT verifier the flags ask for, watching its JWKS file.
+fn jwt_verifier(
+    args: &SecurityArgs,
+) -> Result<Option<Arc<JwtVerifier>>, Box<dyn std::error::Error>> {
+    let Some(jwks) = &args.jwt_jwks else {
+        return Ok(None);
+    };
+    let mut settings = JwtSettings::new(jwks);
+    settings.issuer = args.jwt_issuer.clone();
+    settings.audience = args.jwt_audience.clone();
+    settings.leeway = Duration::from_secs(args.jwt_leeway_sec);
+    settings.principal_claim = args.jwt_principal_claim.clone();
+    settings.reload_interval = seconds("jwt-reload-sec", args.jwt_reload_sec)?;
+    if settings.audience.is_none() || settings.issuer.is_none() {
+        tracing::warn!("JWTs accepted without --jwt-audience or --jwt-issuer: a token your identity provider issued for another service is accepted here too");
+    }
+    let verifier = JwtVerifier::load(settings)?;
+    tracing::info!(jwks = %jwks.display(), "JWT bearer tokens accepted");
+    // Ends with the process.
+    drop(JwtVerifier::watch(&verifier));
+    Ok(Some(verifier))
+}
+
+/// The TLS configuration and the health listener the flags ask for.
+async fn serve_options(
+    args: &SecurityArgs,
+) -> Result<server::ServeOptions, Box<dyn std::error::Error>> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let mut settings = TlsSettings::new(cert, key);
+            settings.client_ca = args.tls_client_ca.clone();
+            settings.client_principal = args.tls_client_principal;
+            settings.reload_interval = seconds("tls-reload-sec", args.tls_reload_sec)?;
+            let tls = Tls::load(settings)?;
+            tracing::info!(
+                cert = %cert.display(),
+                mutual = tls.requires_client_certificates(),
+                "TLS on both listeners"
+            );
+            Some(tls)
+        }
+        _ => None,
+    };
+    let health = match args.health_listen {
+        Some(addr) => {
+            let listener = server::bind(addr).await?;
+            tracing::info!(health_addr = %listener.local_addr()?, "gRPC health listening (plaintext, grpc.health.v1 only)");
+            Some(listener)
+        }
+        None => None,
+    };
+    Ok(server::ServeOptions { tls, health })
 }
 
 /// How long jobs ended by the drain get to log their terminal frames before the process exits

@@ -9,6 +9,12 @@
 //! (`health`), every stream is told to end, and whatever is still open when the grace ends is
 //! cut. While the gateway's shared store does not answer, health is NOT_SERVING as well.
 //!
+//! With [`ServeOptions::tls`], both listeners wrap every connection in TLS (ALPN `h2` for
+//! gRPC, `http/1.1` for WebSocket), the handshake done in the accept loop's own tasks, and the
+//! certificate files are watched for a change ([`Tls::watch`]). [`ServeOptions::health`] is a
+//! plaintext listener serving only `grpc.health.v1`, the same statuses as the main one, for
+//! probes that cannot speak TLS (the kubelet's gRPC probe).
+//!
 //! [`GatewayConfig::connection_setup_timeout`]: crate::config::GatewayConfig::connection_setup_timeout
 //! [`GatewayConfig::shutdown_grace`]: crate::config::GatewayConfig::shutdown_grace
 
@@ -19,6 +25,7 @@ use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time:
 
 use futures::StreamExt;
 use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use self::{
@@ -30,10 +37,22 @@ use crate::{
     proto,
     transport::{
         grpc::{auth_layer::AuthLayer, batched_writes::BatchedWrites, service::ArcpService},
-        listener::{Listener, PeerLimit},
+        listener::{
+            tls::{Alpn, Tls},
+            Listener, PeerLimit,
+        },
         ws,
     },
 };
+
+/// What [`serve_all_with`] serves beside the two listeners.
+#[derive(Default)]
+pub struct ServeOptions {
+    /// TLS on both listeners.
+    pub tls: Option<Arc<Tls>>,
+    /// A plaintext listener serving only `grpc.health.v1`.
+    pub health: Option<TcpListener>,
+}
 
 /// HTTP/2 pings detect peers that vanished without closing the connection, so their sessions
 /// detach (and start the resume window) instead of hanging.
@@ -61,14 +80,16 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let peers = PeerLimit::new(gateway.config().max_connections_per_peer);
     let listener = Listener::new(listener, "grpc", peers);
-    serve_grpc(gateway, listener, shutdown, CancellationToken::new()).await
+    serve_grpc(gateway, listener, None, shutdown, CancellationToken::new()).await
 }
 
 /// [`serve`] on an accept loop of the caller's; cancels `drained` once health is NOT_SERVING
 /// and the gateway has told every stream to end.
+/// With `health_listener`, health is served there too, in plaintext, until the drain.
 async fn serve_grpc(
     gateway: Arc<Gateway>,
     listener: Listener,
+    health_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
     drained: CancellationToken,
 ) -> Result<(), ServeError> {
@@ -81,6 +102,19 @@ async fn serve_grpc(
     // grpcurl and most tools speak reflection v1; older ones only v1alpha.
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
+    let health_only = health_listener.map(|listener| {
+        let served = tonic::transport::Server::builder()
+            .add_service(health_service.clone())
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                drained.clone().cancelled_owned(),
+            );
+        tokio::spawn(async move {
+            if let Err(e) = served.await {
+                tracing::warn!("health listener: {e}");
+            }
+        })
+    });
 
     let sweeper = gateway.spawn_sweeper();
     let config = gateway.config();
@@ -93,9 +127,11 @@ async fn serve_grpc(
     .map({
         let live = live.clone();
         move |accepted| {
+            let security = accepted.stream.security().clone();
             // Frames that many sessions produce at the same tick share a write.
             let io = BatchedWrites::new(accepted.stream);
-            Ok::<_, Infallible>(GuardedIo::new(io, accepted.slot, setup_timeout, &live))
+            let io = GuardedIo::new(io, accepted.slot, security, setup_timeout, &live);
+            Ok::<_, Infallible>(io)
         }
     });
     let stopping = CancellationToken::new();
@@ -145,6 +181,14 @@ async fn serve_grpc(
     if let Some(follower) = follower {
         follower.abort();
     }
+    if let Some(mut health_only) = health_only {
+        if tokio::time::timeout(CUT_SETTLE, &mut health_only)
+            .await
+            .is_err()
+        {
+            health_only.abort();
+        }
+    }
     Ok(result?)
 }
 
@@ -158,9 +202,29 @@ pub async fn serve_all(
     websocket: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_all_with(gateway, grpc, websocket, ServeOptions::default(), shutdown).await
+}
+
+/// [`serve_all`] with TLS on both listeners and/or a plaintext health listener.
+pub async fn serve_all_with(
+    gateway: Arc<Gateway>,
+    grpc: TcpListener,
+    websocket: TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let peers = PeerLimit::new(gateway.config().max_connections_per_peer);
     let grpc = Listener::new(grpc, "grpc", peers.clone());
     let websocket = Listener::new(websocket, "websocket", peers);
+    let setup_timeout = gateway.config().connection_setup_timeout;
+    let (grpc, websocket) = match &options.tls {
+        Some(tls) => (
+            grpc.with_tls(tls.clone(), Alpn::H2, setup_timeout),
+            websocket.with_tls(tls.clone(), Alpn::Http11, setup_timeout),
+        ),
+        None => (grpc, websocket),
+    };
+    let watcher = options.tls.as_ref().map(|tls| AbortOnDrop(Tls::watch(tls)));
     let stop = CancellationToken::new();
     // Cancelled by the gRPC server once health is NOT_SERVING, or when it stops.
     let drained = CancellationToken::new();
@@ -174,6 +238,7 @@ pub async fn serve_all(
         let served = serve_grpc(
             gateway.clone(),
             grpc,
+            options.health,
             stop.clone().cancelled_owned(),
             drained.clone(),
         )
@@ -192,8 +257,18 @@ pub async fn serve_all(
         served
     };
     let ((), grpc, websocket) = tokio::join!(trigger, grpc, websocket);
+    drop(watcher);
     grpc?;
     Ok(websocket?)
+}
+
+/// A task that ends when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Why the server stopped other than by shutdown.

@@ -222,6 +222,8 @@ async fn gateway(upstream: &Upstream, redis: Option<&RedisServer>, id: &str) -> 
     let mut flags = vec![
         "--credential-upstream",
         &url,
+        // Plaintext on loopback (CONFORMANCE.md).
+        "--allow-plaintext-credentials",
         "--replica-id",
         id,
         "--replica-heartbeat-sec",

@@ -95,9 +95,18 @@ struct Setup {
     gate: Arc<Notify>,
 }
 
+/// The test's gateways serve plaintext on loopback, where credentials are issued only when
+/// the configuration allows it (CONFORMANCE.md).
+fn plaintext_credentials() -> GatewayConfig {
+    GatewayConfig {
+        allow_plaintext_credentials: true,
+        ..GatewayConfig::default()
+    }
+}
+
 /// A gateway for alice alone, to be given its provisioner.
 fn alice_only() -> arcp_gateway::gateway::GatewayBuilder {
-    Gateway::builder(GatewayConfig::default()).auth(Authenticator::from_pairs([(
+    Gateway::builder(plaintext_credentials()).auth(Authenticator::from_pairs([(
         "alice-token".to_string(),
         Principal::new("alice"),
     )]))
@@ -112,7 +121,7 @@ async fn start() -> Setup {
     agents
         .register("gate", "1.0.0", Arc::new(Gate { open: gate.clone() }))
         .unwrap();
-    let gateway = Gateway::builder(GatewayConfig::default())
+    let gateway = Gateway::builder(plaintext_credentials())
         .auth(Authenticator::from_pairs([
             ("alice-token".to_string(), Principal::new("alice")),
             ("bob-token".to_string(), Principal::new("bob")),

@@ -324,7 +324,12 @@ async fn a_keyed_submission_racing_its_own_first_acceptance_gets_the_same_job() 
         entered: Notify::new(),
         second: Notify::new(),
     });
-    let gateway = Gateway::builder(GatewayConfig::default())
+    // Plaintext on loopback: credentials only because the configuration allows them there.
+    let config = GatewayConfig {
+        allow_plaintext_credentials: true,
+        ..GatewayConfig::default()
+    };
+    let gateway = Gateway::builder(config)
         .auth(Authenticator::from_pairs([(
             "alice-token".to_string(),
             Principal::new("alice"),

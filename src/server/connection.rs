@@ -33,7 +33,7 @@ use tokio::{
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower::{Layer, Service};
 
-use crate::transport::listener::PeerSlot;
+use crate::transport::listener::{PeerSlot, Security};
 
 /// The gRPC connections a server holds open, so that a shutdown can cut them.
 #[derive(Default)]
@@ -91,15 +91,18 @@ pub(crate) struct GuardedIo<T> {
     /// Armed until the connection is in use.
     setup_deadline: Option<Pin<Box<Sleep>>>,
     in_use: Arc<AtomicBool>,
+    security: Security,
     registration: Registration,
     _slot: PeerSlot,
 }
 
 impl<T> GuardedIo<T> {
-    /// Wraps `inner`, which must open its first stream within `setup_timeout`.
+    /// Wraps `inner`, which must open its first stream within `setup_timeout`; `security`
+    /// is what its transport established, for every request on it.
     pub(crate) fn new(
         inner: T,
         slot: PeerSlot,
+        security: Security,
         setup_timeout: Duration,
         live: &Arc<LiveConnections>,
     ) -> Self {
@@ -107,6 +110,7 @@ impl<T> GuardedIo<T> {
             inner,
             setup_deadline: Some(Box::pin(tokio::time::sleep(setup_timeout))),
             in_use: Arc::default(),
+            security,
             registration: live.register(),
             _slot: slot,
         }
@@ -209,11 +213,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
 }
 
 /// What tonic puts on every request of a [`GuardedIo`] connection; [`InUseLayer`] replaces it
-/// with the [`TcpConnectInfo`] it carries.
+/// with the [`TcpConnectInfo`] and the [`Security`] it carries.
 #[derive(Clone)]
 pub(crate) struct GuardedConnectInfo {
     tcp: TcpConnectInfo,
     in_use: Arc<AtomicBool>,
+    security: Security,
 }
 
 impl<T: Connected<ConnectInfo = TcpConnectInfo>> Connected for GuardedIo<T> {
@@ -223,12 +228,13 @@ impl<T: Connected<ConnectInfo = TcpConnectInfo>> Connected for GuardedIo<T> {
         GuardedConnectInfo {
             tcp: self.inner.connect_info(),
             in_use: self.in_use.clone(),
+            security: self.security.clone(),
         }
     }
 }
 
 /// Marks a [`GuardedIo`] connection in use when a request arrives on it, and gives the request
-/// tonic's [`TcpConnectInfo`]. Install it outside every layer that reads the peer address.
+/// tonic's [`TcpConnectInfo`] and the connection's [`Security`]. Install it outside every layer that reads the peer address.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct InUseLayer;
 
@@ -262,6 +268,7 @@ where
         if let Some(info) = request.extensions_mut().remove::<GuardedConnectInfo>() {
             info.in_use.store(true, Ordering::Release);
             request.extensions_mut().insert(info.tcp);
+            request.extensions_mut().insert(info.security);
         }
         self.inner.call(request)
     }
@@ -288,7 +295,8 @@ mod tests {
         let slot = peers
             .admit(Ipv4Addr::LOCALHOST.into())
             .expect("an empty table admits");
-        (GuardedIo::new(ours, slot, SETUP, live), theirs)
+        let security = Security::default();
+        (GuardedIo::new(ours, slot, security, SETUP, live), theirs)
     }
 
     #[tokio::test(start_paused = true)]
@@ -355,6 +363,7 @@ mod tests {
                 remote_addr: Some(remote),
             },
             in_use: in_use.clone(),
+            security: Security::default(),
         });
         let mut service =
             InUseLayer.layer(tower::service_fn(|request: http::Request<()>| async move {

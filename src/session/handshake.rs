@@ -92,10 +92,11 @@ pub async fn open(
         }
     };
     let principal = authenticate(services, conn, &hello).await?;
+    let offered = services.offer.features_for(conn);
     let features = hello
         .features
         .as_deref()
-        .map(|requested| services.offer.features.negotiate(requested));
+        .map(|requested| offered.negotiate(requested));
     match hello.resume.or_else(|| conn.resume.clone()) {
         None => create(services, principal, features.unwrap_or_default(), guard).await,
         Some(resume) => resume_session(services, conn, principal, features, resume, guard).await,
@@ -235,6 +236,17 @@ async fn resume_session(
     let after = resume.last_event_seq;
     // A resume that cannot succeed must not disturb the stream that holds the session.
     log.bounds().await?.check_resume_from(after)?;
+    // A session that negotiated credentials over TLS loses them when it resumes over
+    // plaintext: none is issued on a transport that may not carry one (§14).
+    let offered = services.offer.features_for(conn);
+    let features = match features {
+        Some(features) => Some(features),
+        None => {
+            let kept = record.features();
+            let allowed = offered.negotiate(&kept.names());
+            (allowed != kept).then_some(allowed)
+        }
+    };
 
     let lock = record.lock_attachment().await?;
     // The token may have been rotated while this resume waited for the lock.

@@ -54,7 +54,8 @@ pub type InboundStream = BoxStream<'static, Result<Inbound, RejectedFrame>>;
 /// and who is connecting.
 #[derive(Clone, Debug, Default)]
 pub struct ConnectInfo {
-    /// The principal authenticated from transport metadata (`authorization: Bearer ...`).
+    /// The principal authenticated from transport metadata (`authorization: Bearer ...`) or
+    /// from the client's TLS certificate.
     pub principal: Option<Principal>,
     /// Resume coordinates from transport metadata, used when the hello carries none.
     pub resume: Option<ResumeRequest>,
@@ -65,6 +66,9 @@ pub struct ConnectInfo {
     /// The stream then ends at the next frame the transport takes; a transport whose send to
     /// that client may be stuck watches this to drop the connection without waiting.
     pub lost: CancellationToken,
+    /// Whether the transport is encrypted (TLS); provisioned credentials (§9.8, §14) are
+    /// offered only then, unless the gateway allows them over plaintext.
+    pub encrypted: bool,
 }
 
 /// Everything the session code needs: the stores it reaches, the job engine, authentication,
@@ -99,7 +103,24 @@ pub(crate) struct Offer {
     pub features: Features,
     /// The agent inventory.
     pub agents: Vec<AgentInfo>,
+    /// Whether plaintext connections are offered `provisioned_credentials` too.
+    pub plaintext_credentials: bool,
 }
+
+impl Offer {
+    /// The features offered on `conn`: without `provisioned_credentials` on a plaintext
+    /// transport, unless allowed there (§14).
+    pub(crate) fn features_for(&self, conn: &ConnectInfo) -> Features {
+        if conn.encrypted || self.plaintext_credentials {
+            self.features.clone()
+        } else {
+            self.features.clone().without(CREDENTIALS)
+        }
+    }
+}
+
+/// The feature that carries provisioned credentials (§9.8).
+const CREDENTIALS: &str = "provisioned_credentials";
 
 /// How sessions behave.
 #[derive(Clone, Debug)]

@@ -4,10 +4,13 @@
 //! - [`grpc`]: the `arcp.v1` protobuf schema over one gRPC bidirectional stream.
 //! - [`json`]: the JSON envelope of §5, shared by text transports.
 //! - [`ws`]: WebSocket (§4) carrying [`json`] frames.
-//! - `listener`: the accept loop both serve: back-off on accept errors, a cap per peer address.
+//! - `listener`: the accept loop both serve: back-off on accept errors, a cap per peer address,
+//!   and TLS ([`tls`]) when configured.
 
 pub mod grpc;
 pub(crate) mod held_writes;
 pub mod json;
 pub(crate) mod listener;
 pub mod ws;
+
+pub use listener::tls;

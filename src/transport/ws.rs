@@ -24,7 +24,7 @@ use http::StatusCode;
 use parking_lot::Mutex;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     task::JoinSet,
 };
 use tokio_tungstenite::{
@@ -42,6 +42,7 @@ use crate::{
     auth::{
         bearer_from_header,
         throttle::{Check, Failure},
+        transport_principal,
     },
     error::ArcpError,
     gateway::{ConnectInfo, Gateway},
@@ -53,7 +54,7 @@ use crate::{
 use super::{
     held_writes::{HeldWrites, Hold},
     json,
-    listener::{Accepted, Listener, PeerLimit},
+    listener::{Accepted, Conn, Listener, PeerLimit},
 };
 
 /// The path ARCP is served on.
@@ -190,22 +191,27 @@ fn refusal(status: StatusCode, error: ArcpError) -> ErrorResponse {
     response
 }
 
-type Socket = WebSocketStream<HeldWrites<TcpStream>>;
+type Socket = WebSocketStream<HeldWrites<Conn>>;
 type Sink = SplitSink<Socket, Message>;
 
 async fn connection(
     gateway: Arc<Gateway>,
-    tcp: TcpStream,
+    tcp: Conn,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     let peer = tcp.peer_addr().ok();
+    let security = tcp.security().clone();
     let tcp = HeldWrites::new(tcp);
     let hold = tcp.hold();
     let mut principal = None;
     // The callback's signature is tungstenite's; its error is the HTTP response itself.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| {
-        principal =
-            admit(&gateway, request, peer, &hold).map_err(|(status, e)| refusal(status, e))?;
+        principal = admit(&gateway, request, peer, &hold)
+            .and_then(|bearer| {
+                transport_principal(bearer, security.principal.clone())
+                    .map_err(|e| (StatusCode::UNAUTHORIZED, e))
+            })
+            .map_err(|(status, e)| refusal(status, e))?;
         Ok(response)
     };
     let config = WebSocketConfig::default()
@@ -264,6 +270,7 @@ async fn connection(
         resume: None,
         peer,
         lost: lost.clone(),
+        encrypted: security.encrypted,
     };
     let ended = {
         let mut outbound = std::pin::pin!(gateway.connect(conn, inbound));

@@ -7,6 +7,7 @@
 //! [`health`] watches gRPC health, [`frames`] builds client payloads and reads server frames,
 //! [`agents`] holds test agents, [`log`] reads a session's log straight from the gateway,
 //! [`python`] builds the Python environment the interoperability tests run,
+//! [`tls`] makes certificates and speaks both transports over TLS,
 //! [`wait`] waits on state the test observes and [`raw`] opens plain TCP connections that
 //! never become useful; [`redis`] runs the `redis-server`s shared stores are tested on (and [`redis_cluster`]
 //! Redis Clusters of them),
@@ -33,6 +34,7 @@ mod raw_grpc;
 mod redis;
 mod redis_cluster;
 mod server;
+mod tls;
 mod wait;
 mod ws;
 
@@ -40,8 +42,8 @@ mod ws;
 #[allow(unused_imports)]
 pub use self::{
     agents::*, deployment::*, each_store::*, frames::*, grpc::*, haproxy::*, health::*, log::*,
-    process::*, python::*, raw::*, raw_grpc::*, redis::*, redis_cluster::*, server::*, wait::*,
-    ws::*,
+    process::*, python::*, raw::*, raw_grpc::*, redis::*, redis_cluster::*, server::*, tls::*,
+    wait::*, ws::*,
 };
 
 /// How long a test waits for a frame before failing. A guard against hangs, not a timing

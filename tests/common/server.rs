@@ -8,7 +8,7 @@ use arcp_gateway::{
     config::GatewayConfig,
     gateway::GatewayBuilder,
     ids::{Principal, ReplicaId, SessionId},
-    server,
+    server::{self, ServeOptions},
     store::{redis::Redis, MemoryStores, Stores},
     Gateway,
 };
@@ -116,6 +116,32 @@ impl TestServer {
     }
 
     async fn serve(gateway: Arc<Gateway>, stores: Inspectable) -> TestServer {
+        Self::serve_with(gateway, stores, ServeOptions::default()).await
+    }
+
+    /// Serves the gateway `builder` builds, on memory stores, with `options` (TLS, a health
+    /// listener).
+    pub async fn start_with_options(builder: GatewayBuilder, options: ServeOptions) -> TestServer {
+        let stores = MemoryStores::with_limits(builder.config().log_limits());
+        Self::start_on_with_options(builder, stores, options).await
+    }
+
+    /// [`TestServer::start_with_options`] on the memory `stores`, which other servers may
+    /// share.
+    pub async fn start_on_with_options(
+        builder: GatewayBuilder,
+        stores: MemoryStores,
+        options: ServeOptions,
+    ) -> TestServer {
+        let gateway = builder.stores(stores.stores()).build();
+        Self::serve_with(gateway, Inspectable(Some(stores)), options).await
+    }
+
+    async fn serve_with(
+        gateway: Arc<Gateway>,
+        stores: Inspectable,
+        options: ServeOptions,
+    ) -> TestServer {
         let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let ws_listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -123,7 +149,7 @@ impl TestServer {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let gw = gateway.clone();
         let task = tokio::spawn(async move {
-            server::serve_all(gw, listener, ws_listener, async {
+            server::serve_all_with(gw, listener, ws_listener, options, async {
                 let _ = stopped.await;
             })
             .await

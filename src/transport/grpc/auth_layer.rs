@@ -6,7 +6,10 @@
 //! code uses, and the sequence against the session's log. A failure answers the call with a
 //! gRPC status (UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION, INVALID_ARGUMENT)
 //! carrying the §12 code in `arcp-error-code`, and no stream is opened. What it establishes
-//! travels to the service as a [`ConnectInfo`] request extension.
+//! travels to the service as a [`ConnectInfo`] request extension, with what the connection's
+//! TLS established (`Security`, set per connection by `InUseLayer`): whether it is
+//! encrypted, and the principal its client certificate names, which must agree with the
+//! bearer token's when both name one.
 //!
 //! A refused token (bearer or resume) counts against the peer and, for a resume token, the
 //! principal; past the limit the refusal is sent late (`crate::auth::throttle`).
@@ -28,11 +31,13 @@ use crate::{
     auth::{
         bearer_from_header,
         throttle::{Check, Failure},
+        transport_principal,
     },
     error::ArcpError,
     gateway::{ConnectInfo, Gateway},
     ids::EventSeq,
     protocol::client::ResumeRequest,
+    transport::listener::Security,
 };
 
 use super::{status, AUTHORIZATION, LAST_EVENT_SEQ, RESUME_TOKEN};
@@ -98,7 +103,12 @@ where
                 .extensions()
                 .get::<TcpConnectInfo>()
                 .and_then(TcpConnectInfo::remote_addr);
-            match admit(&gateway, request.headers(), peer).await {
+            let security = request
+                .extensions()
+                .get::<Security>()
+                .cloned()
+                .unwrap_or_default();
+            match admit(&gateway, request.headers(), peer, security).await {
                 Ok(conn) => {
                     request.extensions_mut().insert(conn);
                     inner.call(request).await
@@ -112,11 +122,13 @@ where
     }
 }
 
-/// Checks the metadata of a call from `peer`; returns what it establishes.
-pub async fn admit(
+/// Checks the metadata of a call from `peer`, on a connection whose transport established
+/// `security`; returns what they establish.
+pub(crate) async fn admit(
     gateway: &Gateway,
     headers: &HeaderMap,
     peer: Option<SocketAddr>,
+    security: Security,
 ) -> Result<ConnectInfo, ArcpError> {
     let failure = |check, principal, error: &ArcpError| Failure {
         check,
@@ -139,6 +151,7 @@ pub async fn admit(
         },
         None => None,
     };
+    let principal = transport_principal(principal, security.principal)?;
     let resume = match header(headers, RESUME_TOKEN)? {
         None => None,
         Some(token) => {
@@ -182,6 +195,7 @@ pub async fn admit(
         principal,
         resume,
         peer,
+        encrypted: security.encrypted,
         ..ConnectInfo::default()
     })
 }
