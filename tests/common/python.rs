@@ -61,36 +61,43 @@ fn build_venv() -> Result<PathBuf, String> {
             String::from_utf8_lossy(&out.stderr)
         ))
     };
-    // Built aside and renamed into place: test processes running at once (nextest runs each
-    // test in its own) must not see, or delete, one another's half-built environment.
-    let building = tmp.join(format!("interop-venv.building-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&building);
-    run(
-        Command::new("python3").args(["-m", "venv"]).arg(&building),
-        "creating the virtualenv (python3 -m venv; on Debian: apt-get install python3-venv)",
-    )?;
-    run(
-        Command::new(building.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-            ])
-            .arg(&requirements),
-        "installing tests/interop/requirements.txt from PyPI",
-    )?;
-    std::fs::write(building.join("installed-requirements.txt"), &wanted)
-        .map_err(|e| format!("cannot write the requirements stamp: {e}"))?;
+    // Built in place, one process at a time: test processes running at once (nextest runs each
+    // test in its own) wait on the lock rather than build over one another. Not built aside and
+    // renamed: a virtualenv's scripts name their interpreter by its path, so a moved one's
+    // `bin/grpcurl` would point nowhere. The stamp is written last, so a build that was cut
+    // short is never taken for a whole one.
+    let lock = std::fs::File::create(tmp.join("interop-venv.lock"))
+        .map_err(|e| format!("cannot create the virtualenv's lock: {e}"))?;
+    // SAFETY: flock on a descriptor this function owns; released when `lock` is dropped.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        return Err(format!(
+            "cannot lock the virtualenv: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
     if !ready(&venv) {
         let _ = std::fs::remove_dir_all(&venv);
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "creating the virtualenv (python3 -m venv; on Debian: apt-get install python3-venv)",
+        )?;
+        run(
+            Command::new(venv.join("bin/python"))
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "-r",
+                ])
+                .arg(&requirements),
+            "installing tests/interop/requirements.txt from PyPI",
+        )?;
+        std::fs::write(venv.join("installed-requirements.txt"), &wanted)
+            .map_err(|e| format!("cannot write the requirements stamp: {e}"))?;
     }
-    if std::fs::rename(&building, &venv).is_err() {
-        // Another process put its environment in place first; it is as good as this one.
-        let _ = std::fs::remove_dir_all(&building);
-    }
+    drop(lock);
     if ready(&venv) {
         Ok(venv.join("bin/python"))
     } else {
