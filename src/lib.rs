@@ -64,6 +64,8 @@
 //! - **A client**: [`client`] is a Rust client of the gRPC service that resumes its session
 //!   across dropped streams and hands over each job frame once; it reaches only [`proto`],
 //!   [`protocol`], [`encoding`] and [`error`].
+//! - **Files reloaded while running**: `reload` swaps the TLS material and the JWKS when their
+//!   files change and load, and reports a change that does not load once.
 //! - **Concurrency primitives**: `sync` holds the wake-up and the read-mostly lock the frame
 //!   path uses on every frame.
 //! - **Binaries**: `src/main.rs` is `arcp-gateway serve`; `src/bin/arcp-bench/` is the
@@ -83,6 +85,7 @@ pub mod ids;
 pub(crate) mod job;
 pub mod lease;
 pub mod protocol;
+pub(crate) mod reload;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -7,20 +7,18 @@
 //! algorithm is the one its header names, so `alg: none` and an RS256 public key used as an
 //! HMAC secret are refused. No token text reaches a log or an error message.
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Weak},
-    time::Duration,
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use jsonwebtoken::{
     jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm},
     Algorithm, DecodingKey, Validation,
 };
-use parking_lot::{Mutex, RwLock};
-use sha2::{Digest, Sha256};
 
-use crate::{error::ArcpError, ids::Principal};
+use crate::{
+    error::ArcpError,
+    ids::Principal,
+    reload::{self, digest, Reloaded},
+};
 
 /// Where the keys are, and what a token must say.
 #[derive(Clone, Debug)]
@@ -76,16 +74,14 @@ struct Key {
 /// Checks JWT bearer tokens against the keys of a JWKS file.
 pub struct JwtVerifier {
     settings: JwtSettings,
-    keys: RwLock<Arc<Vec<Key>>>,
-    /// The digest of the file last loaded, and of the last one refused.
-    loaded: Mutex<([u8; 32], Option<[u8; 32]>)>,
+    keys: Reloaded<Arc<Vec<Key>>>,
 }
 
 impl std::fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtVerifier")
             .field("settings", &self.settings)
-            .field("keys", &self.keys.read().len())
+            .field("keys", &self.keys.current().len())
             .finish()
     }
 }
@@ -96,8 +92,7 @@ impl JwtVerifier {
         let text = read(&settings)?;
         let keys = parse(&settings, &text)?;
         Ok(Arc::new(JwtVerifier {
-            keys: RwLock::new(Arc::new(keys)),
-            loaded: Mutex::new((Sha256::digest(&text).into(), None)),
+            keys: Reloaded::new(Arc::new(keys), digest(&text)),
             settings,
         }))
     }
@@ -111,57 +106,27 @@ impl JwtVerifier {
     /// A change that does not load is an error and leaves the keys in use.
     pub fn reload(&self) -> Result<bool, JwksError> {
         let text = read(&self.settings)?;
-        let digest: [u8; 32] = Sha256::digest(&text).into();
-        let mut loaded = self.loaded.lock();
-        if loaded.0 == digest {
-            return Ok(false);
-        }
-        match parse(&self.settings, &text) {
-            Ok(keys) => {
-                *self.keys.write() = Arc::new(keys);
-                *loaded = (digest, None);
-                Ok(true)
-            }
-            Err(e) => {
-                loaded.1 = Some(digest);
-                Err(e)
-            }
-        }
+        self.keys
+            .offer(digest(&text), || parse(&self.settings, &text).map(Arc::new))
     }
 
     /// Looks at the file every [`JwtSettings::reload_interval`] for as long as `verifier` is
     /// held elsewhere, logging each change and each refused one.
     pub fn watch(verifier: &Arc<JwtVerifier>) -> tokio::task::JoinHandle<()> {
-        let weak: Weak<JwtVerifier> = Arc::downgrade(verifier);
-        let interval = verifier.settings.reload_interval;
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks.tick().await;
-            loop {
-                ticks.tick().await;
-                let Some(verifier) = weak.upgrade() else {
-                    return;
-                };
-                let refused_before = verifier.loaded.lock().1;
-                match verifier.reload() {
-                    Ok(true) => tracing::info!(
-                        jwks = %verifier.settings.jwks.display(),
-                        keys = verifier.keys.read().len(),
-                        "JWKS reloaded"
-                    ),
-                    Ok(false) => {}
-                    Err(e) => {
-                        let refused = verifier.loaded.lock().1;
-                        if refused.is_none() || refused != refused_before {
-                            tracing::error!(
-                                "JWKS changed but does not load; keeping the keys in use: {e}"
-                            );
-                        }
-                    }
-                }
-            }
-        })
+        reload::watch(
+            verifier,
+            verifier.settings.reload_interval,
+            "the JWKS",
+            |v| &v.keys,
+            JwtVerifier::reload,
+            |v| {
+                tracing::info!(
+                    jwks = %v.settings.jwks.display(),
+                    keys = v.keys.current().len(),
+                    "JWKS reloaded"
+                )
+            },
+        )
     }
 
     /// The principal `token` names, if one of the keys signed it and its claims hold.
@@ -176,7 +141,7 @@ impl JwtVerifier {
         ) {
             return Err(refused("the algorithm is not HS256, RS256 or ES256"));
         }
-        let keys = self.keys.read().clone();
+        let keys = self.keys.current().clone();
         let candidates = keys.iter().filter(|key| {
             key.algorithm == header.alg
                 && match (&header.kid, &key.id) {

@@ -11,13 +11,8 @@
 //! With a client CA, every connection must present a certificate it signed and that is valid
 //! now; [`ClientPrincipal`] says which of its names, if any, is the connection's principal.
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Weak},
-    time::Duration,
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use parking_lot::{Mutex, RwLock};
 use rustls::{
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
     server::{danger::ClientCertVerifier, WebPkiClientVerifier},
@@ -26,7 +21,10 @@ use rustls::{
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
-use crate::ids::Principal;
+use crate::{
+    ids::Principal,
+    reload::{self, Reloaded},
+};
 
 /// How often the files are looked at for a change, unless the settings say otherwise.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
@@ -163,10 +161,7 @@ struct Configs {
 /// The TLS configuration the listeners use, reloaded when its files change.
 pub struct Tls {
     settings: TlsSettings,
-    current: RwLock<Configs>,
-    /// The digest of the files' contents last loaded, and of the last ones refused, so that a
-    /// broken replacement is reported once.
-    loaded: Mutex<([u8; 32], Option<[u8; 32]>)>,
+    current: Reloaded<Configs>,
 }
 
 impl Tls {
@@ -175,8 +170,7 @@ impl Tls {
         let files = Files::read(&settings)?;
         let configs = files.configs(&settings)?;
         Ok(Arc::new(Tls {
-            current: RwLock::new(configs),
-            loaded: Mutex::new((files.digest(), None)),
+            current: Reloaded::new(configs, files.digest()),
             settings,
         }))
     }
@@ -195,60 +189,31 @@ impl Tls {
     /// A change that does not load is an error and leaves the configuration in use.
     pub fn reload(&self) -> Result<bool, TlsError> {
         let files = Files::read(&self.settings)?;
-        let digest = files.digest();
-        let mut loaded = self.loaded.lock();
-        if loaded.0 == digest {
-            return Ok(false);
-        }
-        match files.configs(&self.settings) {
-            Ok(configs) => {
-                *self.current.write() = configs;
-                *loaded = (digest, None);
-                Ok(true)
-            }
-            Err(e) => {
-                loaded.1 = Some(digest);
-                Err(e)
-            }
-        }
+        self.current
+            .offer(files.digest(), || files.configs(&self.settings))
     }
 
     /// Looks at the files every [`TlsSettings::reload_interval`] for as long as `tls` is
     /// held elsewhere, logging each change and each refused one.
     pub fn watch(tls: &Arc<Tls>) -> tokio::task::JoinHandle<()> {
-        let weak: Weak<Tls> = Arc::downgrade(tls);
-        let interval = tls.settings.reload_interval;
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks.tick().await;
-            loop {
-                ticks.tick().await;
-                let Some(tls) = weak.upgrade() else { return };
-                let refused_before = tls.loaded.lock().1;
-                match tls.reload() {
-                    Ok(true) => tracing::info!(
-                        cert = %tls.settings.cert.display(),
-                        "TLS certificate reloaded; new connections use it"
-                    ),
-                    Ok(false) => {}
-                    Err(e) => {
-                        // Once per distinct broken content (a read error each time).
-                        let refused = tls.loaded.lock().1;
-                        if refused.is_none() || refused != refused_before {
-                            tracing::error!(
-                                "TLS material changed but does not load; keeping the one in use: {e}"
-                            );
-                        }
-                    }
-                }
-            }
-        })
+        reload::watch(
+            tls,
+            tls.settings.reload_interval,
+            "the TLS material",
+            |tls| &tls.current,
+            Tls::reload,
+            |tls| {
+                tracing::info!(
+                    cert = %tls.settings.cert.display(),
+                    "TLS certificate reloaded; new connections use it"
+                )
+            },
+        )
     }
 
     /// An acceptor with the configuration current now, for one connection.
     pub(crate) fn acceptor(&self, alpn: Alpn) -> TlsAcceptor {
-        let configs = self.current.read();
+        let configs = self.current.current();
         TlsAcceptor::from(match alpn {
             Alpn::H2 => configs.grpc.clone(),
             Alpn::Http11 => configs.websocket.clone(),
