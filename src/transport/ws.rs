@@ -431,7 +431,7 @@ where
             None => return Some(Ok(Batch::More)),
         };
     }
-    // The frame taken beyond the batch goes first into the next one.
+    // The batch is full; the frame taken after its last goes with it, as it cannot be put back.
     match json::encode(item) {
         Ok(text) => Some(
             unless_stuck(sink.feed(Message::text(text)), lost)
