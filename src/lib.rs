@@ -34,8 +34,10 @@
 //!   one session's log and how a job is paced to its reader.
 //! - **Agents**: [`agent`] is the agent trait, the [`agent::JobContext`] an agent runs with,
 //!   the `name@version` registry and the built-in demo agents; [`agent::stdio`] runs agents
-//!   written in any language as child processes speaking ARCP over NDJSON, declared in the
-//!   `--agents FILE` TOML, the gateway being their client through [`agent::peer_json`].
+//!   written in any language as child processes speaking ARCP over NDJSON, and
+//!   [`agent::upstream`] relays jobs to ARCP runtimes over WebSocket, both declared in the
+//!   `--agents FILE` TOML ([`agent::agents_file`]), the gateway being their client through
+//!   [`agent::peer_json`] and [`agent::peer_job`].
 //! - **The job engine**: [`engine`] accepts submissions (with idempotency), runs agents to
 //!   exactly one terminal frame, delegates, cancels, lists and subscribes, by job id through
 //!   the directory.

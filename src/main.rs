@@ -1,5 +1,5 @@
 //! `arcp-gateway serve`: the gateway as a standalone process with the built-in demo agents
-//! (or the agents an `--agents FILE` declares, stdio children among them), its state in embedded in-memory stores or in a Redis it shares with other replicas.
+//! (or the agents an `--agents FILE` declares, stdio children and upstream runtimes among them), its state in embedded in-memory stores or in a Redis it shares with other replicas.
 //!
 //! On a shared store the process registers its replica id before it listens, renews its lease
 //! while it runs, and gives it up once it drained after SIGTERM. If it learns that the others
@@ -13,7 +13,7 @@ use std::{
 };
 
 use arcp_gateway::{
-    agent::{stdio::AgentsFile, AgentRegistry},
+    agent::{agents_file::AgentsFile, AgentRegistry},
     auth::{
         jwt::{JwtSettings, JwtVerifier},
         Authenticator,
@@ -59,8 +59,8 @@ enum Command {
 #[derive(clap::Args)]
 struct ServeArgs {
     /// The agents to offer, and how each runs: a TOML file of `[[agents]]` entries
-    /// (`backend = "builtin"` or `"stdio"`; see examples/agents/). Without it, the built-in
-    /// demo agents.
+    /// (`backend = "builtin"`, `"stdio"` or `"upstream"`; see examples/agents/). Without it,
+    /// the built-in demo agents.
     #[arg(long, value_name = "FILE", env = "ARCP_AGENTS")]
     agents: Option<PathBuf>,
     /// Address to serve gRPC on.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use arcp_gateway::{
     client::{Client, ClientConfig},
@@ -15,46 +15,6 @@ use arcp_gateway::{
 use common::*;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::watch,
-};
-
-/// A TCP proxy in front of the gateway whose [`Cutter::cut`] drops every connection it carries,
-/// as a load balancer or a network failure would, without a word to either side.
-struct Cutter {
-    addr: SocketAddr,
-    generation: Arc<watch::Sender<u64>>,
-}
-
-impl Cutter {
-    async fn start(upstream: SocketAddr) -> Cutter {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("an address");
-        let generation = Arc::new(watch::channel(0u64).0);
-        let cuts = generation.clone();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let mut cut = cuts.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Cutter { addr, generation }
-    }
-
-    /// Drops every connection open now.
-    fn cut(&self) {
-        self.generation.send_modify(|g| *g += 1);
-    }
-}
 
 fn config(addr: SocketAddr) -> ClientConfig {
     ClientConfig::new(format!("http://{addr}"), "alice-token")

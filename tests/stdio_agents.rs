@@ -9,15 +9,10 @@
 
 mod common;
 
-use std::{
-    path::{Path, PathBuf},
-    sync::atomic::{AtomicUsize, Ordering},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use arcp_gateway::{
-    agent::stdio::AgentsFile,
-    config::GatewayConfig,
+    agent::agents_file::AgentsFile,
     proto::{self, client_frame::Payload as In, job_event::Body, server_frame::Payload as Out},
 };
 use common::*;
@@ -27,24 +22,6 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// A guard against hangs, not a timing assertion: processes end in milliseconds.
 const GONE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A fresh directory for one test's files.
-fn scratch(name: &str) -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "stdio_agents/{name}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create the test's directory");
-    dir
-}
-
-/// A TOML string literal.
-fn quoted(text: &str) -> String {
-    serde_json::Value::from(text).to_string()
-}
-
 /// One stdio entry named `name@1.0.0` running `command`, with `extra` keys.
 fn stdio_entry(name: &str, command: &[&str], extra: &str) -> String {
     let argv: Vec<String> = command.iter().map(|a| quoted(a)).collect();
@@ -53,13 +30,6 @@ fn stdio_entry(name: &str, command: &[&str], extra: &str) -> String {
         quoted(name),
         argv.join(", ")
     )
-}
-
-/// A gateway in this process offering the agents `toml` declares (relative to `dir`).
-async fn gateway(toml: &str, dir: &Path) -> TestServer {
-    let file = AgentsFile::parse(toml, dir).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-    let registry = file.registry().expect("the registry builds");
-    TestServer::start_with_agents(GatewayConfig::default(), registry).await
 }
 
 fn ndjson_echo() -> String {
@@ -74,7 +44,7 @@ async fn echo_gateway(extra: &str) -> TestServer {
         &[system_python(), &ndjson_echo()],
         &format!("agent = \"echo\"\n{extra}"),
     );
-    gateway(&toml, &dir).await
+    gateway_with_agents(&toml, &dir).await
 }
 
 fn status_message(frame: &proto::ServerFrame) -> Option<&str> {
@@ -140,15 +110,6 @@ fn pids_with(marker: &str) -> Vec<i32> {
                 && running(*pid)
         })
         .collect()
-}
-
-fn submit_with_runtime(agent: &str, input: serde_json::Value, max_runtime_sec: u32) -> In {
-    In::JobSubmit(proto::JobSubmit {
-        agent: agent.into(),
-        input: Some(json_value(&input)),
-        max_runtime_sec,
-        ..Default::default()
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -286,7 +247,7 @@ async fn sdk_gateway(marker: &str) -> TestServer {
         &[&python, &script, marker],
         "agent = \"count\"",
     );
-    gateway(&toml, &dir).await
+    gateway_with_agents(&toml, &dir).await
 }
 
 #[tokio::test]
@@ -420,7 +381,7 @@ async fn misbehaving_gateway(modes: &[&str]) -> TestServer {
             )
         })
         .collect();
-    gateway(&toml, &dir).await
+    gateway_with_agents(&toml, &dir).await
 }
 
 /// Submits `payload` while other jobs' frames may arrive; returns the job id.
@@ -543,7 +504,7 @@ async fn a_child_that_never_answers_the_hello_ends_its_job() {
         &[system_python(), script.to_str().unwrap(), "mute"],
         "welcome_timeout_sec = 0.5\ncancel_grace_sec = 0.3",
     );
-    let server = gateway(&toml, &dir).await;
+    let server = gateway_with_agents(&toml, &dir).await;
     let (mut conn, _) = server.hello("alice-token").await;
     let (job, _) = submit_and_accept(&mut conn, submit("mute", json!({}))).await;
     let (_, terminal) = conn.recv_until_terminal(&job).await;
@@ -725,8 +686,8 @@ async fn a_bad_agents_file_stops_the_binary_naming_the_entry() {
         ),
         (
             "upstream",
-            format!("{good}[[agents]]\nname = \"research\"\nversion = \"2.1.0\"\nbackend = \"upstream\"\nurl = \"ws://research.internal:8080/arcp\"\n"),
-            vec!["agents[1] (research@2.1.0): ", "not supported yet"],
+            format!("{good}[[agents]]\nname = \"research\"\nversion = \"2.1.0\"\nbackend = \"upstream\"\nurl = \"ws://research.internal:8080/arcp\"\ntoken_env = \"ARCP_TEST_UNSET_UPSTREAM_TOKEN\"\n"),
+            vec!["agents[1] (research@2.1.0): ", "token_env names \"ARCP_TEST_UNSET_UPSTREAM_TOKEN\", which is not set"],
         ),
     ];
     for (name, toml, expected) in cases {

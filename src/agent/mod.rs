@@ -6,13 +6,20 @@
 //! `job.error`.
 //!
 //! - `builtin`: the demo agents; `stdio`: agents in any language, as child processes that
-//!   speak ARCP over NDJSON; `peer_json`: the §5 envelope from the client's side, which the
-//!   gateway speaks to such a runtime.
+//!   speak ARCP over NDJSON; `upstream`: agents in another ARCP runtime, over WebSocket;
+//! - `peer_json`: the §5 envelope from the client's side, which the gateway speaks to such a
+//!   runtime, and `peer_job`: what that runtime's frames mean for the job it runs;
+//! - `slots`: the cap on one backend's concurrent jobs; `agents_file`: the `--agents FILE`
+//!   TOML that declares the agents and their backends.
 
+pub mod agents_file;
 pub mod builtin;
 mod context;
+pub mod peer_job;
 pub mod peer_json;
+pub mod slots;
 pub mod stdio;
+pub mod upstream;
 
 use std::{collections::BTreeMap, sync::Arc};
 

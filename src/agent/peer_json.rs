@@ -1,5 +1,6 @@
 //! The §5 JSON envelope from the client's side: the frames the gateway sends to an ARCP
-//! runtime it drives (a stdio child agent), and that runtime's frames as domain messages.
+//! runtime it drives (a stdio child agent, an upstream runtime), and that runtime's frames as
+//! domain messages.
 //!
 //! [`crate::transport::json`] is the other direction (a client's frames in, the gateway's out); the two
 //! agree on the shapes because the tests run both against the reference Python SDK. Unknown
@@ -21,6 +22,10 @@ use crate::{
     },
 };
 
+/// The largest frame the gateway reads from a runtime it relays a job to; a larger one ends
+/// the job.
+pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
 // ---------------------------------------------------------------------------------------------
 // Frames to the runtime
 // ---------------------------------------------------------------------------------------------
@@ -35,18 +40,54 @@ fn envelope(kind: &str, payload: Value) -> Map<String, Value> {
     frame
 }
 
-/// `session.hello` as `client`/`version`, presenting `token`, offering `features`.
-pub fn hello(client: &str, version: &str, token: &str, features: &[&str]) -> String {
+/// The session a `session.hello` resumes (§6.3).
+pub struct Resume<'a> {
+    /// The session's id, from its welcome.
+    pub session_id: &'a str,
+    /// The resume token of its latest welcome.
+    pub resume_token: &'a str,
+    /// The newest `event_seq` received.
+    pub last_event_seq: u64,
+}
+
+/// `session.hello` as `client`/`version`, presenting `token`, offering `features`; with
+/// `resume`, resuming that session.
+pub fn hello(
+    client: &str,
+    version: &str,
+    token: &str,
+    features: &[&str],
+    resume: Option<&Resume<'_>>,
+) -> String {
+    let mut payload = json!({
+        "client": { "name": client, "version": version },
+        "auth": { "scheme": "bearer", "token": token },
+        "capabilities": { "encodings": ["json"], "features": features },
+    });
+    if let (Some(r), Value::Object(map)) = (resume, &mut payload) {
+        map.insert(
+            "resume".into(),
+            json!({
+                "session_id": r.session_id,
+                "resume_token": r.resume_token,
+                "last_event_seq": r.last_event_seq,
+            }),
+        );
+    }
+    Value::Object(envelope("session.hello", payload)).to_string()
+}
+
+/// `session.list_jobs` (§6.6), unfiltered.
+pub fn list_jobs() -> String {
     Value::Object(envelope(
-        "session.hello",
-        json!({
-            "client": { "name": client, "version": version },
-            "auth": { "scheme": "bearer", "token": token },
-            "capabilities": { "encodings": ["json"], "features": features },
-        }),
+        "session.list_jobs",
+        json!({ "limit": LIST_LIMIT }),
     ))
     .to_string()
 }
+
+/// The most jobs a `session.list_jobs` asks for at once.
+const LIST_LIMIT: u32 = 1000;
 
 /// What a `job.submit` to the runtime carries: the job as the gateway accepted it.
 pub struct Submission<'a> {
@@ -60,6 +101,8 @@ pub struct Submission<'a> {
     pub expires_at: Option<Timestamp>,
     /// The job's trace context (§11).
     pub trace_id: Option<&'a TraceId>,
+    /// The key under which a resubmission names the same job (§7.2).
+    pub idempotency_key: Option<&'a str>,
 }
 
 /// `job.submit` of `submission`.
@@ -69,11 +112,16 @@ pub fn submit(submission: &Submission<'_>) -> String {
         "input": submission.input,
         "lease_request": submission.lease,
     });
-    if let (Some(at), Value::Object(map)) = (submission.expires_at, &mut payload) {
-        map.insert(
-            "lease_constraints".into(),
-            json!({ "expires_at": at.to_rfc3339() }),
-        );
+    if let Value::Object(map) = &mut payload {
+        if let Some(at) = submission.expires_at {
+            map.insert(
+                "lease_constraints".into(),
+                json!({ "expires_at": at.to_rfc3339() }),
+            );
+        }
+        if let Some(key) = submission.idempotency_key {
+            map.insert("idempotency_key".into(), key.into());
+        }
     }
     let mut frame = envelope("job.submit", payload);
     if let Some(trace) = submission.trace_id.and_then(|t| wire_trace_id(t.as_str())) {
@@ -115,11 +163,20 @@ pub fn cancel(job_id: Option<&str>, reason: &str) -> String {
 // Frames from the runtime
 // ---------------------------------------------------------------------------------------------
 
+/// A frame the runtime sent, and the `event_seq` its envelope carries.
+#[derive(Debug, PartialEq)]
+pub struct Decoded {
+    /// The frame.
+    pub frame: RuntimeFrame,
+    /// Its place in the session's event sequence (§8.3), when it has one.
+    pub event_seq: Option<u64>,
+}
+
 /// A frame the runtime sent.
 #[derive(Debug, PartialEq)]
 pub enum RuntimeFrame {
     /// `session.welcome`: the session is open.
-    Welcome,
+    Welcome(Welcome),
     /// `job.accepted`: the runtime's id for the job.
     Accepted {
         /// The runtime's job id, which `job.cancel` names.
@@ -140,12 +197,34 @@ pub enum RuntimeFrame {
     Cancelled,
     /// `session.error`.
     SessionError(ArcpError),
+    /// `session.jobs`: a page of the jobs the session may observe.
+    Jobs(JobsPage),
     /// A frame that needs no answer from a client that negotiated nothing more
     /// (`session.pong`, `session.ack`, `job.subscribed`, ...).
     Other {
         /// Its type.
         kind: String,
     },
+}
+
+/// What a `session.welcome` says of the session.
+#[derive(Debug, PartialEq, Default)]
+pub struct Welcome {
+    /// The session's id, which a resume names.
+    pub session_id: Option<String>,
+    /// The token a resume presents; rotated on every welcome.
+    pub resume_token: Option<String>,
+    /// The features the runtime offers; the effective set is their intersection with ours.
+    pub features: Vec<String>,
+}
+
+/// What a `session.jobs` lists.
+#[derive(Debug, PartialEq)]
+pub struct JobsPage {
+    /// The jobs, as `(job_id, status)`.
+    pub jobs: Vec<(String, String)>,
+    /// Whether this is the last page.
+    pub complete: bool,
 }
 
 /// What a `job.result` says.
@@ -166,6 +245,11 @@ pub enum RuntimeResult {
 
 /// One line of a runtime's output as a frame, or what is wrong with it.
 pub fn decode(text: &str) -> Result<RuntimeFrame, ArcpError> {
+    decode_with_seq(text).map(|d| d.frame)
+}
+
+/// [`decode`], keeping the envelope's `event_seq`.
+pub fn decode_with_seq(text: &str) -> Result<Decoded, ArcpError> {
     let invalid = |m: String| ArcpError::InvalidRequest(m);
     let value: Value = serde_json::from_str(text).map_err(|e| {
         invalid(format!(
@@ -192,13 +276,38 @@ pub fn decode(text: &str) -> Result<RuntimeFrame, ArcpError> {
         Some(Value::String(id)) => Some(id.clone()),
         _ => None,
     };
+    let event_seq =
+        match envelope.get("event_seq") {
+            None | Some(Value::Null) => None,
+            Some(seq) => Some(seq.as_u64().ok_or_else(|| {
+                invalid(format!("the event_seq of {kind} is not a sequence number"))
+            })?),
+        };
+    let session_id = match envelope.get("session_id") {
+        Some(Value::String(id)) => Some(id.clone()),
+        _ => None,
+    };
     let payload = match envelope.remove("payload") {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(p @ Value::Object(_)) => p,
         Some(_) => return Err(invalid(format!("the payload of {kind} is not an object"))),
     };
-    Ok(match kind.as_str() {
-        "session.welcome" => RuntimeFrame::Welcome,
+    let frame = match kind.as_str() {
+        "session.welcome" => {
+            let p: WelcomePayload = parse(&kind, payload)?;
+            RuntimeFrame::Welcome(Welcome {
+                session_id: p.session_id.or(session_id),
+                resume_token: p.resume_token,
+                features: p.capabilities.map(|c| c.features).unwrap_or_default(),
+            })
+        }
+        "session.jobs" => {
+            let p: JobsPayload = parse(&kind, payload)?;
+            RuntimeFrame::Jobs(JobsPage {
+                jobs: p.jobs.into_iter().map(|j| (j.job_id, j.status)).collect(),
+                complete: p.next_cursor.is_none(),
+            })
+        }
         "session.error" => {
             let p: ErrorPayload = parse(&kind, payload)?;
             RuntimeFrame::SessionError(p.into_error())
@@ -244,15 +353,17 @@ pub fn decode(text: &str) -> Result<RuntimeFrame, ArcpError> {
             RuntimeFrame::JobError(p.into_error())
         }
         "job.cancelled" => RuntimeFrame::Cancelled,
-        "session.ping" | "session.pong" | "session.ack" | "session.jobs" | "session.closed"
-        | "job.subscribed" => RuntimeFrame::Other { kind },
+        "session.ping" | "session.pong" | "session.ack" | "session.closed" | "job.subscribed" => {
+            RuntimeFrame::Other { kind }
+        }
         other => {
             return Err(invalid(format!(
                 "unknown message type {:?}",
                 excerpt(other, EXCERPT_CHARS)
             )))
         }
-    })
+    };
+    Ok(Decoded { frame, event_seq })
 }
 
 fn parse<T: DeserializeOwned>(kind: &str, payload: Value) -> Result<T, ArcpError> {
@@ -261,6 +372,32 @@ fn parse<T: DeserializeOwned>(kind: &str, payload: Value) -> Result<T, ArcpError
             "the payload of {kind} does not fit its schema: {e}"
         ))
     })
+}
+
+#[derive(Deserialize)]
+struct WelcomePayload {
+    session_id: Option<String>,
+    resume_token: Option<String>,
+    capabilities: Option<WelcomeCapabilities>,
+}
+
+#[derive(Deserialize)]
+struct WelcomeCapabilities {
+    #[serde(default)]
+    features: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct JobsPayload {
+    #[serde(default)]
+    jobs: Vec<ListedJob>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ListedJob {
+    job_id: String,
+    status: String,
 }
 
 #[derive(Deserialize)]
@@ -468,7 +605,36 @@ mod tests {
     fn decodes_the_frames_a_job_produces() {
         assert_eq!(
             decode(r#"{"arcp":"1.1","id":"x","type":"session.welcome","payload":{}}"#),
-            Ok(RuntimeFrame::Welcome)
+            Ok(RuntimeFrame::Welcome(Welcome::default()))
+        );
+        assert_eq!(
+            decode_with_seq(
+                r#"{"type":"session.welcome","session_id":"s1","payload":{"resume_token":"rt","capabilities":{"features":["progress"]}}}"#
+            ),
+            Ok(Decoded {
+                frame: RuntimeFrame::Welcome(Welcome {
+                    session_id: Some("s1".into()),
+                    resume_token: Some("rt".into()),
+                    features: vec!["progress".into()],
+                }),
+                event_seq: None,
+            })
+        );
+        assert_eq!(
+            decode_with_seq(
+                r#"{"type":"job.event","event_seq":7,"payload":{"kind":"thought","body":{"text":"t"}}}"#
+            )
+            .map(|d| d.event_seq),
+            Ok(Some(7))
+        );
+        assert_eq!(
+            decode(
+                r#"{"type":"session.jobs","payload":{"jobs":[{"job_id":"j1","status":"success","agent":"a"}],"next_cursor":null}}"#
+            ),
+            Ok(RuntimeFrame::Jobs(JobsPage {
+                jobs: vec![("j1".into(), "success".into())],
+                complete: true,
+            }))
         );
         assert_eq!(
             decode(r#"{"type":"job.accepted","job_id":"j1","payload":{}}"#),
@@ -507,6 +673,7 @@ mod tests {
             r#"{"payload":{}}"#,
             r#"{"type":"job.bogus"}"#,
             r#"{"type":"job.event","payload":{"kind":"nope","body":{}}}"#,
+            r#"{"type":"job.event","event_seq":-1,"payload":{"kind":"thought","body":{"text":"t"}}}"#,
         ] {
             let e = decode(line).expect_err(line);
             assert_eq!(e.code(), ErrorCode::InvalidRequest, "{line}: {e}");

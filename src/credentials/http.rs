@@ -13,7 +13,7 @@
 //! revoked once per job, rotated rarely), bounded by [`REQUEST_TIMEOUT`]. Neither a
 //! credential's value nor an answer's body ever reaches an error message or a log.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use ::http::{header, Method, Request, StatusCode, Uri};
 use async_trait::async_trait;
@@ -27,6 +27,7 @@ use crate::{
     error::ArcpError,
     ids::JobId,
     protocol::{credential::Credential, Json},
+    transport::tls_client,
 };
 
 use super::provisioner::CredentialProvisioner;
@@ -237,26 +238,9 @@ where
 
 /// A TLS client trusting the system's root certificates.
 fn tls_connector() -> Result<tokio_rustls::TlsConnector, ArcpError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        // One unreadable certificate does not make the others untrustworthy.
-        let _ = roots.add(cert);
-    }
-    if roots.is_empty() {
-        return Err(ArcpError::InvalidRequest(
-            "an https:// credential upstream needs the system's root certificates, and none \
-             were found"
-                .into(),
-        ));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| ArcpError::Internal(format!("TLS for the credential upstream: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    tls_client::config(None)
+        .map(tokio_rustls::TlsConnector::from)
+        .map_err(|e| ArcpError::InvalidRequest(format!("an https:// credential upstream: {e}")))
 }
 
 /// The error for an answer `status` to `what` that is not success.

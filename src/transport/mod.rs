@@ -6,11 +6,13 @@
 //! - [`ws`]: WebSocket (§4) carrying [`json`] frames.
 //! - `listener`: the accept loop both serve: back-off on accept errors, a cap per peer address,
 //!   and TLS ([`tls`]) when configured.
+//! - [`tls_client`]: TLS for the gateway's own outbound connections.
 
 pub mod grpc;
 pub(crate) mod held_writes;
 pub mod json;
 pub(crate) mod listener;
+pub mod tls_client;
 pub mod ws;
 
 pub use listener::tls;

@@ -55,6 +55,16 @@ pub fn submit(agent: &str, input: serde_json::Value) -> In {
     })
 }
 
+/// A `job.submit` of `agent` with `input` that may run `max_runtime_sec`.
+pub fn submit_with_runtime(agent: &str, input: serde_json::Value, max_runtime_sec: u32) -> In {
+    In::JobSubmit(proto::JobSubmit {
+        agent: agent.into(),
+        input: Some(json_value(&input)),
+        max_runtime_sec,
+        ..Default::default()
+    })
+}
+
 /// A `job.submit` of `agent` with `input` under `idempotency_key` `key`.
 pub fn keyed(agent: &str, input: serde_json::Value, key: &str) -> proto::JobSubmit {
     proto::JobSubmit {

@@ -14,7 +14,7 @@ use super::spec::StdioSpec;
 use crate::{error::ArcpError, ids::JobId};
 
 /// The longest line a child may write to stdout; a longer one ends its job.
-pub const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+pub const MAX_LINE_BYTES: usize = crate::agent::peer_json::MAX_FRAME_BYTES;
 /// The longest stderr line copied to the log; the rest of the line is dropped.
 const MAX_STDERR_LINE_BYTES: usize = 8 * 1024;
 /// The stdout lines read, and ignored, after the job's end before the child is ended.

@@ -1,7 +1,6 @@
 //! Agents in any language: a child process per job that speaks ARCP over NDJSON (one JSON
 //! envelope per line) on its stdin and stdout (§4), behind the gateway's guarantees.
 //!
-//! - `config`: the `--agents FILE` TOML that declares them (and mounts built-in agents).
 //! - `child`: the process: its own process group, bounded line reads, stderr to `tracing`
 //!   (target `arcp_gateway::agent::stdio`, with the job id), and its end, after a
 //!   `job.cancel` and a grace, with the whole group, however the job's future ends.
@@ -16,13 +15,9 @@
 
 mod agent;
 mod child;
-mod config;
 mod relay;
 mod spec;
 
 pub use agent::StdioAgent;
 pub use child::MAX_LINE_BYTES;
-pub use config::{
-    AgentEntry, AgentsFile, AgentsFileError, Backend, DEFAULT_CANCEL_GRACE, DEFAULT_WELCOME_TIMEOUT,
-};
 pub use spec::StdioSpec;

@@ -1,9 +1,7 @@
 //! One job relayed to a child: the gateway is the child's ARCP client. It opens a session
 //! (`session.hello`, `session.welcome`), submits the job with its effective lease and trace
-//! context, and maps each frame the child sends into the gateway's own job: events through
-//! [`JobContext::emit`] (so the gateway's job id, event numbering, §8.2 validation, budgets
-//! and caps apply unchanged), `job.result` as the agent's return value, `job.error` as its
-//! error.
+//! context, and maps each frame the child sends into the gateway's own job
+//! ([`crate::agent::peer_job`]).
 //!
 //! Whatever the child does, the job ends with one clear outcome: output that is not ARCP, a
 //! line over [`MAX_LINE_BYTES`], an exit before the terminal frame, each is an
@@ -20,11 +18,12 @@ use super::{
 };
 use crate::{
     agent::{
-        peer_json::{self, RuntimeFrame, RuntimeResult, Submission},
+        peer_job::{self, Step},
+        peer_json::{self, RuntimeFrame, Submission},
         JobContext,
     },
     clock::Timestamp,
-    error::{excerpt, ArcpError},
+    error::ArcpError,
     protocol::Json,
 };
 
@@ -33,6 +32,8 @@ use crate::{
 const FEATURES: &[&str] = &["progress"];
 /// How long an exited child's status is waited for, to name it in the error.
 const EXIT_STATUS_WAIT: Duration = Duration::from_secs(1);
+/// How the relay's errors name the child.
+const PEER: &str = "the agent process";
 /// The reason in the `job.cancel` a child gets when the gateway's job ends before its own.
 const CANCEL_REASON: &str = "the job was cancelled or timed out at the gateway";
 
@@ -74,6 +75,7 @@ impl Relay {
             env!("CARGO_PKG_VERSION"),
             &spec.token,
             FEATURES,
+            None,
         );
         self.send(&hello).await?;
         tokio::time::timeout(spec.welcome_timeout, self.welcome())
@@ -91,76 +93,30 @@ impl Relay {
             lease: &lease,
             expires_at: ctx.lease().expires_at().map(Timestamp),
             trace_id: ctx.trace_id(),
+            idempotency_key: None,
         });
         drop(input);
         self.send(&submit).await?;
         loop {
-            match self.next().await? {
-                RuntimeFrame::Accepted { job_id } => {
+            match peer_job::apply(ctx, PEER, self.next().await?).await? {
+                Step::Continue => {}
+                Step::Accepted(job_id) => {
                     self.child
                         .set_farewell(Some(peer_json::cancel(Some(&job_id), CANCEL_REASON)));
                 }
-                RuntimeFrame::Event(body) => {
-                    let kind = body.kind();
-                    ctx.emit(body).await.map_err(|e| match e {
-                        ArcpError::InvalidRequest(m) => ArcpError::Internal(format!(
-                            "the agent process sent a {kind} event the gateway refuses: {m}"
-                        )),
-                        other => other,
-                    })?;
-                }
-                RuntimeFrame::VendorEvent { kind } => {
-                    tracing::debug!(target: "arcp_gateway::agent::stdio", job = %ctx.job_id(), kind, "vendor event from the agent process not forwarded");
-                }
-                RuntimeFrame::Result(result) => {
+                Step::Ended(outcome) => {
                     // The child's job is over: it needs no job.cancel, only the end of stdin.
                     self.child.set_farewell(None);
-                    return match result {
-                        RuntimeResult::Inline(result) => Ok(result),
-                        RuntimeResult::Streamed { result_id } => Err(ArcpError::Internal(format!(
-                            "the agent process streamed its result ({}), which stdio agents cannot do yet",
-                            excerpt(&result_id, 64)
-                        ))),
-                        RuntimeResult::Cancelled => Err(ArcpError::Cancelled(
-                            "the agent process ended its job as cancelled".into(),
-                        )),
-                        RuntimeResult::TimedOut => Err(ArcpError::Timeout(
-                            "the agent process ended its job as timed out".into(),
-                        )),
-                    };
+                    return outcome;
                 }
-                RuntimeFrame::JobError(e) => {
-                    self.child.set_farewell(None);
-                    return Err(e);
-                }
-                RuntimeFrame::Cancelled => {
-                    self.child.set_farewell(None);
-                    return Err(ArcpError::Cancelled(
-                        "the agent process cancelled its job".into(),
-                    ));
-                }
-                RuntimeFrame::SessionError(e) => {
-                    return Err(ArcpError::Internal(format!(
-                        "the agent process refused the job: {e}"
-                    )))
-                }
-                RuntimeFrame::Welcome | RuntimeFrame::Other { .. } => {}
+                Step::Refused(e) => return Err(e),
             }
         }
     }
 
     async fn welcome(&mut self) -> Result<(), ArcpError> {
-        loop {
-            match self.next().await? {
-                RuntimeFrame::Welcome => return Ok(()),
-                RuntimeFrame::SessionError(e) => {
-                    return Err(ArcpError::Internal(format!(
-                        "the agent process refused the gateway's session.hello: {e}"
-                    )))
-                }
-                _ => {}
-            }
-        }
+        while peer_job::welcome(PEER, self.next().await?)?.is_none() {}
+        Ok(())
     }
 
     async fn send(&mut self, line: &str) -> Result<(), ArcpError> {

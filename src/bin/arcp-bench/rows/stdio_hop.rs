@@ -10,7 +10,8 @@ use std::{
 };
 
 use arcp_gateway::agent::{
-    stdio::{StdioAgent, StdioSpec, DEFAULT_CANCEL_GRACE, DEFAULT_WELCOME_TIMEOUT},
+    agents_file::{DEFAULT_CANCEL_GRACE, DEFAULT_WELCOME_TIMEOUT},
+    stdio::{StdioAgent, StdioSpec},
     Agent,
 };
 use tokio::{

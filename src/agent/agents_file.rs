@@ -12,11 +12,22 @@
 //! env = { MODEL = "small" }               # optional, added to the gateway's environment
 //! cwd = "agents"                          # optional, relative to this file's directory
 //! max_children = 4                        # optional cap on concurrent children
+//!
+//! [[agents]]
+//! name = "research"
+//! version = "2.1.0"
+//! backend = "upstream"
+//! url = "ws://research.internal:8080/arcp"   # or wss://
+//! token_env = "RESEARCH_TOKEN"            # or token = "..."
+//! agent = "research"                      # optional: its name upstream, default: name
+//! max_jobs = 16                           # optional cap on concurrent jobs
+//! ca_file = "research-ca.pem"             # optional: roots for wss:// besides the system's
 //! ```
 //!
 //! Everything is checked when the file is loaded, so that a gateway with a bad file does not
 //! start: unknown keys, a malformed `name@version`, a duplicate, a command that is not found
-//! or not executable. Each error names its entry: `agents[1] (summarize@1.0.0): ...`.
+//! or not executable, a URL that is not `ws://` or `wss://`, a token variable that is not
+//! set. Each error names its entry: `agents[1] (summarize@1.0.0): ...`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -31,9 +42,13 @@ use std::{
 
 use serde::Deserialize;
 
-use super::{agent::StdioAgent, spec::StdioSpec};
 use crate::{
-    agent::{builtin, Agent, AgentRegistry},
+    agent::{
+        builtin,
+        stdio::{StdioAgent, StdioSpec},
+        upstream::{UpstreamAgent, UpstreamSpec, UpstreamTimings},
+        Agent, AgentRegistry,
+    },
     ids::AgentRef,
 };
 
@@ -81,6 +96,8 @@ pub enum Backend {
     Builtin(String),
     /// A child process per job, speaking ARCP over NDJSON on stdin/stdout.
     Stdio(Arc<StdioSpec>),
+    /// An ARCP runtime elsewhere, over WebSocket.
+    Upstream(Arc<UpstreamSpec>),
 }
 
 #[derive(Deserialize)]
@@ -101,8 +118,6 @@ fn yes() -> bool {
 enum RawEntry {
     Builtin(RawBuiltin),
     Stdio(RawStdio),
-    // Parsed so that its keys are checked, then refused until the backend exists.
-    #[allow(dead_code)]
     Upstream(RawUpstream),
 }
 
@@ -135,14 +150,21 @@ struct RawStdio {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct RawUpstream {
     name: String,
     version: String,
     url: String,
     token: Option<String>,
     token_env: Option<String>,
+    /// The agent's name at the upstream; by default `name`.
     agent: Option<String>,
+    max_jobs: Option<NonZeroUsize>,
+    ca_file: Option<PathBuf>,
+    cancel_grace_sec: Option<f64>,
+    welcome_timeout_sec: Option<f64>,
+    reconnect_timeout_sec: Option<f64>,
+    ping_interval_sec: Option<f64>,
+    check_interval_sec: Option<f64>,
 }
 
 impl AgentsFile {
@@ -201,6 +223,7 @@ impl AgentsFile {
                     ))
                 })?,
                 Backend::Stdio(spec) => Arc::new(StdioAgent::new(spec.clone())),
+                Backend::Upstream(spec) => Arc::new(UpstreamAgent::new(spec.clone())),
             };
             registry
                 .register(&entry.name, &entry.version, agent)
@@ -233,10 +256,9 @@ fn entry_of(entry: RawEntry, base: &Path) -> Result<AgentEntry, String> {
             let spec = stdio_spec(&s, base)?;
             (s.name, s.version, Backend::Stdio(Arc::new(spec)))
         }
-        RawEntry::Upstream(_) => {
-            return Err(
-                "backend \"upstream\" is not supported yet (only \"builtin\" and \"stdio\")".into(),
-            )
+        RawEntry::Upstream(u) => {
+            let spec = upstream_spec(&u, base)?;
+            (u.name, u.version, Backend::Upstream(Arc::new(spec)))
         }
     };
     if !AgentRef::valid_name(&name) {
@@ -272,13 +294,6 @@ fn stdio_spec(s: &RawStdio, base: &Path) -> Result<StdioSpec, String> {
         .map(OsString::from)
         .or_else(|| std::env::var_os("PATH"));
     let program = find_program(program, &cwd, path_var)?;
-    let seconds = |key: &str, value: Option<f64>, default: Duration| match value {
-        None => Ok(default),
-        Some(secs) => Duration::try_from_secs_f64(secs)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("{key} must be a positive number of seconds")),
-    };
     Ok(StdioSpec {
         program,
         args: args.to_vec(),
@@ -294,6 +309,63 @@ fn stdio_spec(s: &RawStdio, base: &Path) -> Result<StdioSpec, String> {
             DEFAULT_WELCOME_TIMEOUT,
         )?,
     })
+}
+
+/// `value` seconds for `key`, or `default` when absent.
+fn seconds(key: &str, value: Option<f64>, default: Duration) -> Result<Duration, String> {
+    match value {
+        None => Ok(default),
+        Some(secs) => Duration::try_from_secs_f64(secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("{key} must be a positive number of seconds")),
+    }
+}
+
+fn upstream_spec(u: &RawUpstream, base: &Path) -> Result<UpstreamSpec, String> {
+    let token = match (&u.token, &u.token_env) {
+        (Some(_), Some(_)) => return Err("set token or token_env, not both".into()),
+        (Some(token), None) => token.clone(),
+        (None, Some(var)) => {
+            std::env::var(var).map_err(|_| format!("token_env names {var:?}, which is not set"))?
+        }
+        (None, None) => String::new(),
+    };
+    let timings = UpstreamTimings {
+        cancel_grace: seconds(
+            "cancel_grace_sec",
+            u.cancel_grace_sec,
+            UpstreamTimings::DEFAULT.cancel_grace,
+        )?,
+        welcome_timeout: seconds(
+            "welcome_timeout_sec",
+            u.welcome_timeout_sec,
+            UpstreamTimings::DEFAULT.welcome_timeout,
+        )?,
+        reconnect_timeout: seconds(
+            "reconnect_timeout_sec",
+            u.reconnect_timeout_sec,
+            UpstreamTimings::DEFAULT.reconnect_timeout,
+        )?,
+        ping_interval: seconds(
+            "ping_interval_sec",
+            u.ping_interval_sec,
+            UpstreamTimings::DEFAULT.ping_interval,
+        )?,
+        check_interval: seconds(
+            "check_interval_sec",
+            u.check_interval_sec,
+            UpstreamTimings::DEFAULT.check_interval,
+        )?,
+    };
+    UpstreamSpec::new(
+        &u.url,
+        token,
+        u.agent.clone().unwrap_or_else(|| u.name.clone()),
+        u.max_jobs,
+        u.ca_file.as_ref().map(|f| base.join(f)).as_deref(),
+        timings,
+    )
 }
 
 /// The executable `program` names: a path (relative to `cwd`) when it has a `/`, otherwise
@@ -385,8 +457,12 @@ mod tests {
                 "command must name a program",
             ),
             (
-                "backend = \"upstream\"\nurl = \"ws://x\"\n",
-                "not supported yet",
+                "backend = \"upstream\"\nurl = \"http://x\"\n",
+                "not a ws:// or wss:// URL",
+            ),
+            (
+                "backend = \"upstream\"\nurl = \"ws://x\"\ntoken_env = \"ARCP_NO_SUCH_VARIABLE\"\n",
+                "which is not set",
             ),
             ("backend = \"carrier-pigeon\"\n", "unknown variant"),
         ] {
