@@ -239,13 +239,18 @@ async fn a_job_beyond_max_children_waits_for_a_slot_and_can_be_cancelled_meanwhi
 // ---------------------------------------------------------------------------------------------
 
 async fn sdk_gateway(marker: &str) -> TestServer {
+    sdk_gateway_with(marker, "").await
+}
+
+/// [`sdk_gateway`] with `extra` keys in its entry.
+async fn sdk_gateway_with(marker: &str, extra: &str) -> TestServer {
     let dir = scratch("sdk");
     let python = interop_python().to_str().expect("a UTF-8 path").to_owned();
     let script = format!("{ROOT}/examples/agents/python_sdk_agent.py");
     let toml = stdio_entry(
         "sdk-count",
         &[&python, &script, marker],
-        "agent = \"count\"",
+        &format!("agent = \"count\"\n{extra}"),
     );
     gateway_with_agents(&toml, &dir).await
 }
@@ -292,6 +297,149 @@ async fn the_reference_sdk_runtime_is_cancelled_through_job_cancel() {
     conn.send(cancel(&job)).await;
     conn.expect_cancelled(&job).await;
     wait_gone(pids[0], "the SDK child").await;
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Long-lived children, several jobs each
+// ---------------------------------------------------------------------------------------------
+
+/// The frames of `jobs` up to each one's terminal frame, read off one connection, in the
+/// order they came.
+async fn until_all_end(conn: &mut Conn, jobs: &[String]) -> Vec<proto::ServerFrame> {
+    let mut frames = Vec::new();
+    let mut open = jobs.len();
+    while open > 0 {
+        let frame = conn.recv().await;
+        if jobs.contains(&frame.job_id) {
+            if is_terminal(&frame) {
+                open -= 1;
+            }
+            frames.push(frame);
+        }
+    }
+    frames
+}
+
+/// The frames of `job` among `frames`.
+fn of_job<'a>(frames: &'a [proto::ServerFrame], job: &str) -> Vec<&'a proto::ServerFrame> {
+    frames.iter().filter(|f| f.job_id == job).collect()
+}
+
+#[tokio::test]
+async fn a_long_lived_child_runs_several_jobs_at_once_and_outlives_them() {
+    let marker = format!("sdk-shared-{}", std::process::id());
+    let server = sdk_gateway_with(
+        &marker,
+        "long_lived = true\njobs_per_child = 3\nmax_children = 1\nidle_timeout_sec = 2",
+    )
+    .await;
+    let (mut conn, _) = server.hello("alice-token").await;
+    let mut jobs = Vec::new();
+    for n in [4, 5, 6] {
+        let input = json!({"count": n, "interval_ms": 20, "text": format!("job of {n}")});
+        jobs.push(
+            submit_and_accept(&mut conn, submit("sdk-count", input))
+                .await
+                .0,
+        );
+    }
+    let frames = until_all_end(&mut conn, &jobs).await;
+    let pids = pids_with(&marker);
+    assert_eq!(pids.len(), 1, "one child ran the three jobs: {pids:?}");
+    for (job, n) in jobs.iter().zip([4, 5, 6]) {
+        let frames = of_job(&frames, job);
+        let ticks: Vec<&str> = frames.iter().filter_map(|f| log_message(f)).collect();
+        let mut expected = vec![format!("counting to {n}")];
+        expected.extend((1..=n).map(|i| format!("tick {i}")));
+        assert_eq!(ticks, expected, "{job} got its own events, each once");
+        let result = result_json(frames.last().expect("a terminal frame"));
+        assert_eq!(result["text"], format!("job of {n}"), "{result}");
+    }
+    // At once: the last job had begun before the first one ended.
+    let first_end = frames
+        .iter()
+        .position(|f| f.job_id == jobs[0] && is_terminal(f));
+    let last_begun = frames.iter().position(|f| f.job_id == jobs[2]);
+    assert!(last_begun < first_end, "the jobs overlapped");
+    // A later job goes to the same child; once it has none for its idle timeout, it ends.
+    let (job, _) = submit_and_accept(
+        &mut conn,
+        submit("sdk-count", json!({"count": 1, "interval_ms": 1})),
+    )
+    .await;
+    conn.recv_until_terminal(&job).await;
+    assert_eq!(pids_with(&marker), pids, "the same child");
+    wait_gone(pids[0], "the idle long-lived child").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn cancelling_one_job_of_a_long_lived_child_leaves_the_others_running() {
+    let marker = format!("sdk-shared-cancel-{}", std::process::id());
+    let server = sdk_gateway_with(&marker, "long_lived = true\njobs_per_child = 2").await;
+    let (mut conn, _) = server.hello("alice-token").await;
+    let long = json!({"count": 100_000, "interval_ms": 20});
+    let (doomed, _) = submit_and_accept(&mut conn, submit("sdk-count", long)).await;
+    let short = json!({"count": 10, "interval_ms": 20});
+    let (kept, _) = submit_and_accept(&mut conn, submit("sdk-count", short)).await;
+    let doomed_id = doomed.clone();
+    conn.recv_until(move |f| f.job_id == doomed_id && log_message(f) == Some("tick 1"))
+        .await;
+    conn.send(cancel(&doomed)).await;
+    let frames = until_all_end(&mut conn, &[doomed.clone(), kept.clone()]).await;
+    let doomed_frames = of_job(&frames, &doomed);
+    let doomed_end = doomed_frames.last().expect("a terminal frame");
+    assert_eq!(job_error(doomed_end).code, "CANCELLED", "{doomed_end:?}");
+    let kept_frames = of_job(&frames, &kept);
+    let kept_end = kept_frames.last().expect("a terminal frame");
+    assert_eq!(result_json(kept_end)["counted"], 10, "{kept_end:?}");
+    let pids = pids_with(&marker);
+    assert_eq!(pids.len(), 1, "the child serves on: {pids:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_lived_child_that_dies_ends_its_jobs_and_the_next_job_gets_a_new_one() {
+    let marker = format!("sdk-shared-crash-{}", std::process::id());
+    let server = sdk_gateway_with(&marker, "long_lived = true\njobs_per_child = 2").await;
+    let (mut conn, _) = server.hello("alice-token").await;
+    let long = json!({"count": 100_000, "interval_ms": 20});
+    let (first, _) = submit_and_accept(&mut conn, submit("sdk-count", long.clone())).await;
+    let (second, _) = submit_and_accept(&mut conn, submit("sdk-count", long)).await;
+    let second_id = second.clone();
+    conn.recv_until(move |f| f.job_id == second_id && log_message(f) == Some("tick 1"))
+        .await;
+    let pids = pids_with(&marker);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    // SAFETY: kill has no memory-safety preconditions; the pid is the test's own child's.
+    unsafe {
+        libc::kill(pids[0], libc::SIGKILL);
+    }
+    let frames = until_all_end(&mut conn, &[first.clone(), second.clone()]).await;
+    for job in [&first, &second] {
+        let frames = of_job(&frames, job);
+        let end = frames.last().expect("a terminal frame");
+        let error = job_error(end);
+        assert_eq!(error.code, "INTERNAL_ERROR", "{end:?}");
+        assert!(
+            error.message.contains("the agent process"),
+            "{}",
+            error.message
+        );
+    }
+    let (job, _) = submit_and_accept(
+        &mut conn,
+        submit("sdk-count", json!({"count": 1, "interval_ms": 1})),
+    )
+    .await;
+    let (_, end) = conn.recv_until_terminal(&job).await;
+    assert_eq!(result_json(&end)["counted"], 1, "{end:?}");
+    let now = pids_with(&marker);
+    assert!(
+        now.len() == 1 && now != pids,
+        "a new child: {now:?} after {pids:?}"
+    );
     server.stop().await;
 }
 

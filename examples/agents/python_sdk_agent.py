@@ -3,7 +3,8 @@
 
     pip install agentruntimecontrolprotocol==1.1.3
 
-The gateway starts this script once per job (see python_sdk_agent.toml): the SDK's
+The gateway starts this script once per job (see python_sdk_agent.toml), or keeps it to serve
+several jobs with `long_lived = true`: the SDK's
 `ARCPRuntime` answers the gateway's `session.hello` and runs the submitted job; everything the
 agent emits through its `JobContext` reaches the gateway's client under the gateway's own job
 id. Cancellation arrives as `job.cancel` and surfaces in the agent as asyncio cancellation.

@@ -12,6 +12,9 @@
 //! env = { MODEL = "small" }               # optional, added to the gateway's environment
 //! cwd = "agents"                          # optional, relative to this file's directory
 //! max_children = 4                        # optional cap on concurrent children
+//! long_lived = true                       # optional: children serve several jobs each
+//! jobs_per_child = 8                      #   at most this many at once (default 1)
+//! idle_timeout_sec = 60                   #   and end after this long without one
 //!
 //! [[agents]]
 //! name = "research"
@@ -45,7 +48,7 @@ use serde::Deserialize;
 use crate::{
     agent::{
         builtin,
-        stdio::{StdioAgent, StdioSpec},
+        stdio::{LongLived, StdioAgent, StdioSpec},
         upstream::{UpstreamAgent, UpstreamSpec, UpstreamTimings},
         Agent, AgentRegistry,
     },
@@ -56,6 +59,8 @@ use crate::{
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(2);
 /// How long a child has to answer `session.hello`, by default.
 pub const DEFAULT_WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a long-lived child without a job lives on, by default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why an agents file cannot be used; the message names the file or the entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +151,11 @@ struct RawStdio {
     token: Option<String>,
     cancel_grace_sec: Option<f64>,
     welcome_timeout_sec: Option<f64>,
+    /// Children that serve several jobs, instead of one per job.
+    #[serde(default)]
+    long_lived: bool,
+    jobs_per_child: Option<NonZeroUsize>,
+    idle_timeout_sec: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -294,6 +304,16 @@ fn stdio_spec(s: &RawStdio, base: &Path) -> Result<StdioSpec, String> {
         .map(OsString::from)
         .or_else(|| std::env::var_os("PATH"));
     let program = find_program(program, &cwd, path_var)?;
+    let long_lived = match (s.long_lived, s.jobs_per_child, s.idle_timeout_sec) {
+        (true, jobs, idle) => Some(LongLived {
+            jobs_per_child: jobs.unwrap_or(NonZeroUsize::MIN),
+            idle_timeout: seconds("idle_timeout_sec", idle, DEFAULT_IDLE_TIMEOUT)?,
+        }),
+        (false, None, None) => None,
+        (false, _, _) => {
+            return Err("jobs_per_child and idle_timeout_sec need long_lived = true".into())
+        }
+    };
     Ok(StdioSpec {
         program,
         args: args.to_vec(),
@@ -308,6 +328,7 @@ fn stdio_spec(s: &RawStdio, base: &Path) -> Result<StdioSpec, String> {
             s.welcome_timeout_sec,
             DEFAULT_WELCOME_TIMEOUT,
         )?,
+        long_lived,
     })
 }
 

@@ -170,6 +170,8 @@ pub struct Decoded {
     pub frame: RuntimeFrame,
     /// Its place in the session's event sequence (§8.3), when it has one.
     pub event_seq: Option<u64>,
+    /// The job its envelope names, when it names one.
+    pub job_id: Option<String>,
 }
 
 /// A frame the runtime sent.
@@ -316,7 +318,7 @@ pub fn decode_with_seq(text: &str) -> Result<Decoded, ArcpError> {
             let p: AcceptedPayload = parse(&kind, payload)?;
             let job_id = p
                 .job_id
-                .or(envelope_job)
+                .or_else(|| envelope_job.clone())
                 .ok_or_else(|| invalid("job.accepted names no job_id".into()))?;
             RuntimeFrame::Accepted { job_id }
         }
@@ -363,7 +365,11 @@ pub fn decode_with_seq(text: &str) -> Result<Decoded, ArcpError> {
             )))
         }
     };
-    Ok(Decoded { frame, event_seq })
+    Ok(Decoded {
+        frame,
+        event_seq,
+        job_id: envelope_job,
+    })
 }
 
 fn parse<T: DeserializeOwned>(kind: &str, payload: Value) -> Result<T, ArcpError> {
@@ -618,6 +624,7 @@ mod tests {
                     features: vec!["progress".into()],
                 }),
                 event_seq: None,
+                job_id: None,
             })
         );
         assert_eq!(

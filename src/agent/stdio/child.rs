@@ -31,14 +31,15 @@ pub enum Line {
     Eof,
 }
 
-/// Reads one line of at most `max` bytes into `buf` (cleared first), without buffering more
-/// than `max` bytes of it whatever the peer writes.
+/// Reads one line of at most `max` bytes onto the end of `buf`, without buffering more than
+/// `max` bytes of it whatever the peer writes. Cancel-safe: a call dropped mid-line leaves what
+/// it read in `buf`, and the next call goes on with the same line, so the caller clears `buf`
+/// only once it is done with a line.
 pub async fn read_line<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     buf: &mut Vec<u8>,
     max: usize,
 ) -> io::Result<Line> {
-    buf.clear();
     loop {
         let available = reader.fill_buf().await?;
         if available.is_empty() {
@@ -112,10 +113,31 @@ impl Drop for ProcessGroup {
     }
 }
 
+/// What a child serves, as its log lines name it (the `serves` field).
+#[derive(Clone, Debug)]
+pub enum Owner {
+    /// The one job it was started for.
+    Job(JobId),
+    /// The jobs of a long-lived child, numbered in its agent's pool.
+    Shared(u64),
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Job(job) => write!(f, "{job}"),
+            Owner::Shared(n) => write!(f, "long-lived child {n}"),
+        }
+    }
+}
+
 /// A running child with its pipes. Dropping it ends the child: a `job.cancel` first if the
 /// job had not ended, then, after the grace, `SIGKILL` to its whole process group.
-pub struct ChildProcess {
-    job: JobId,
+pub struct ChildProcess(Parts);
+
+/// What a child is made of; on drop they move to the task that ends it.
+struct Parts {
+    owner: Owner,
     stdin: Option<ChildStdin>,
     stdout: Option<BufReader<ChildStdout>>,
     // The group is declared before the child so that, should the fields drop without the
@@ -130,10 +152,10 @@ pub struct ChildProcess {
 }
 
 impl ChildProcess {
-    /// Starts `spec`'s command for `job`, its stderr copied to the log.
+    /// Starts `spec`'s command for `owner`, its stderr copied to the log.
     pub fn spawn(
         spec: &StdioSpec,
-        job: &JobId,
+        owner: Owner,
         slot: Option<OwnedSemaphorePermit>,
     ) -> Result<ChildProcess, ArcpError> {
         let mut cmd = Command::new(&spec.program);
@@ -157,11 +179,11 @@ impl ChildProcess {
         let stdin = child.stdin.take().ok_or_else(missing)?;
         let stdout = child.stdout.take().ok_or_else(missing)?;
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(copy_stderr(stderr, job.clone()));
+            tokio::spawn(copy_stderr(stderr, owner.clone()));
         }
-        tracing::debug!(target: "arcp_gateway::agent::stdio", job = %job, pid = child.id(), "agent process started");
-        Ok(ChildProcess {
-            job: job.clone(),
+        tracing::debug!(target: "arcp_gateway::agent::stdio", serves = %owner, pid = child.id(), "agent process started");
+        Ok(ChildProcess(Parts {
+            owner,
             stdin: Some(stdin),
             stdout: Some(BufReader::new(stdout)),
             group,
@@ -169,12 +191,13 @@ impl ChildProcess {
             grace: spec.cancel_grace,
             farewell: None,
             slot,
-        })
+        }))
     }
 
     /// Writes `line` and its `\n` to the child's stdin.
     pub async fn send(&mut self, line: &str) -> Result<(), ArcpError> {
         let stdin = self
+            .0
             .stdin
             .as_mut()
             .ok_or_else(|| ArcpError::Internal("the agent's stdin is closed".into()))?;
@@ -190,9 +213,11 @@ impl ChildProcess {
         })
     }
 
-    /// Reads the next stdout line (at most [`MAX_LINE_BYTES`]) into `buf`.
+    /// Reads the next stdout line (at most [`MAX_LINE_BYTES`]) onto the end of `buf`, as
+    /// [`read_line`] does.
     pub async fn read_line(&mut self, buf: &mut Vec<u8>) -> Result<Line, ArcpError> {
         let stdout = self
+            .0
             .stdout
             .as_mut()
             .ok_or_else(|| ArcpError::Internal("the agent's stdout is closed".into()))?;
@@ -204,50 +229,39 @@ impl ChildProcess {
     /// Sets the frame sent when the child is dropped before the job ended; `None` once it
     /// ended.
     pub fn set_farewell(&mut self, frame: Option<String>) {
-        self.farewell = frame;
+        self.0.farewell = frame;
     }
 
     /// How the child exited, waiting at most `within`; `None` if it is still running.
     pub async fn exit_status(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let child = self.child.as_mut()?;
+        let child = self.0.child.as_mut()?;
         tokio::time::timeout(within, child.wait()).await.ok()?.ok()
     }
 }
 
 impl Drop for ChildProcess {
     fn drop(&mut self) {
-        let reaper = Reaper {
-            job: self.job.clone(),
-            stdin: self.stdin.take(),
-            stdout: self.stdout.take(),
-            group: ProcessGroup(self.group.0.take()),
-            child: self.child.take(),
-            grace: self.grace,
-            farewell: self.farewell.take(),
-            slot: self.slot.take(),
+        let parts = Parts {
+            owner: self.0.owner.clone(),
+            stdin: self.0.stdin.take(),
+            stdout: self.0.stdout.take(),
+            group: ProcessGroup(self.0.group.0.take()),
+            child: self.0.child.take(),
+            grace: self.0.grace,
+            farewell: self.0.farewell.take(),
+            slot: self.0.slot.take(),
         };
-        // Without a runtime (it is shutting down) the reaper's own fields kill the group.
+        // Without a runtime (it is shutting down) the parts' own fields kill the group.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(reaper.run());
+            runtime.spawn(parts.reap());
         }
     }
 }
 
-/// Ends a child in the background once its job no longer needs it.
-struct Reaper {
-    job: JobId,
-    stdin: Option<ChildStdin>,
-    stdout: Option<BufReader<ChildStdout>>,
-    group: ProcessGroup,
-    child: Option<Child>,
-    grace: Duration,
-    farewell: Option<String>,
-    slot: Option<OwnedSemaphorePermit>,
-}
-
-impl Reaper {
-    async fn run(mut self) {
-        let job = self.job.clone();
+impl Parts {
+    /// Ends the child in the background once its job no longer needs it.
+    async fn reap(mut self) {
+        let job = self.owner.clone();
         let cancelling = self.farewell.is_some();
         if let (Some(frame), Some(stdin)) = (self.farewell.take(), self.stdin.as_mut()) {
             let line = format!("{frame}\n");
@@ -266,6 +280,7 @@ impl Reaper {
                     if let Some(stdout) = stdout {
                         let mut buf = Vec::new();
                         while ignored < MAX_LINES_AFTER_END {
+                            buf.clear();
                             match read_line(stdout, &mut buf, MAX_LINE_BYTES).await {
                                 Ok(Line::Complete) => ignored += 1,
                                 Ok(Line::TooLong) => {
@@ -299,17 +314,17 @@ impl Reaper {
         }
         drop(self.slot.take());
         if ignored > 0 {
-            tracing::warn!(target: "arcp_gateway::agent::stdio", job = %job, lines = ignored, "the agent process wrote after its job ended; ignored");
+            tracing::warn!(target: "arcp_gateway::agent::stdio", serves = %job, lines = ignored, "the agent process wrote after its job ended; ignored");
         }
         match exited {
             Some(status) => {
-                tracing::debug!(target: "arcp_gateway::agent::stdio", job = %job, %status, "agent process exited")
+                tracing::debug!(target: "arcp_gateway::agent::stdio", serves = %job, %status, "agent process exited")
             }
             None if cancelling => {
-                tracing::warn!(target: "arcp_gateway::agent::stdio", job = %job, grace = ?self.grace, "the agent process did not end within its grace after job.cancel; killed its process group")
+                tracing::warn!(target: "arcp_gateway::agent::stdio", serves = %job, grace = ?self.grace, "the agent process did not end within its grace after job.cancel; killed its process group")
             }
             None => {
-                tracing::warn!(target: "arcp_gateway::agent::stdio", job = %job, grace = ?self.grace, "the agent process did not exit within its grace after its job ended; killed its process group")
+                tracing::warn!(target: "arcp_gateway::agent::stdio", serves = %job, grace = ?self.grace, "the agent process did not exit within its grace after its job ended; killed its process group")
             }
         }
     }
@@ -317,17 +332,18 @@ impl Reaper {
 
 /// Copies the child's stderr to the log, a line per event, each at most
 /// [`MAX_STDERR_LINE_BYTES`].
-async fn copy_stderr(stderr: impl AsyncRead + Unpin, job: JobId) {
+async fn copy_stderr(stderr: impl AsyncRead + Unpin, job: Owner) {
     let mut reader = BufReader::new(stderr);
     let mut buf = Vec::new();
     loop {
+        buf.clear();
         let line = match read_line(&mut reader, &mut buf, MAX_STDERR_LINE_BYTES).await {
             Ok(Line::Eof) | Err(_) => return,
             Ok(line) => line,
         };
         let text = String::from_utf8_lossy(&buf);
         let truncated = line == Line::TooLong;
-        tracing::info!(target: "arcp_gateway::agent::stdio", job = %job, truncated, "agent stderr: {text}");
+        tracing::info!(target: "arcp_gateway::agent::stdio", serves = %job, truncated, "agent stderr: {text}");
         if truncated && skip_line(&mut reader).await.is_err() {
             return;
         }

@@ -24,4 +24,15 @@ pub struct StdioSpec {
     pub cancel_grace: Duration,
     /// How long the child has to answer `session.hello`.
     pub welcome_timeout: Duration,
+    /// With it, children are long-lived and serve several jobs; without it, a child per job.
+    pub long_lived: Option<LongLived>,
+}
+
+/// How long-lived children serve jobs.
+#[derive(Debug, Clone, Copy)]
+pub struct LongLived {
+    /// The most jobs one child runs at once.
+    pub jobs_per_child: NonZeroUsize,
+    /// How long a child without a job lives on before its stdin is closed.
+    pub idle_timeout: Duration,
 }

@@ -154,7 +154,9 @@ impl Relay<'_> {
 
     /// Applies one frame; `Some` with the job's outcome once the upstream's job ended.
     async fn frame(&mut self, text: &str) -> Result<Option<Result<Json, ArcpError>>, ArcpError> {
-        let Decoded { frame, event_seq } = peer_json::decode_with_seq(text).map_err(|e| {
+        let Decoded {
+            frame, event_seq, ..
+        } = peer_json::decode_with_seq(text).map_err(|e| {
             ArcpError::Internal(format!(
                 "{PEER} sent something that is not ARCP: {}",
                 e.message()

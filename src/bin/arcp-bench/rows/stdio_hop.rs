@@ -43,6 +43,7 @@ pub(crate) fn stdio_chatter(python: &Path) -> Arc<dyn Agent> {
         token: String::new(),
         cancel_grace: DEFAULT_CANCEL_GRACE,
         welcome_timeout: DEFAULT_WELCOME_TIMEOUT,
+        long_lived: None,
     };
     Arc::new(StdioAgent::new(Arc::new(spec)))
 }
