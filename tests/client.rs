@@ -1,11 +1,12 @@
 //! The crate's client library (`arcp_gateway::client`) through the real server: a session that
 //! submits, lists, subscribes and cancels, and one whose connection a TCP proxy between it
 //! and the gateway cuts again and again while a job streams, which must see every frame of the
-//! job once, in order, through the result.
+//! job once, in order, through the result; and one kept away while its job goes on, whose
+//! resume reports what the gateway replayed.
 
 mod common;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use arcp_gateway::{
     client::{Client, ClientConfig},
@@ -15,46 +16,6 @@ use arcp_gateway::{
 use common::*;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::watch,
-};
-
-/// A TCP proxy in front of the gateway whose [`Cutter::cut`] drops every connection it carries,
-/// as a load balancer or a network failure would, without a word to either side.
-struct Cutter {
-    addr: SocketAddr,
-    generation: Arc<watch::Sender<u64>>,
-}
-
-impl Cutter {
-    async fn start(upstream: SocketAddr) -> Cutter {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("an address");
-        let generation = Arc::new(watch::channel(0u64).0);
-        let cuts = generation.clone();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let mut cut = cuts.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Cutter { addr, generation }
-    }
-
-    /// Drops every connection open now.
-    fn cut(&self) {
-        self.generation.send_modify(|g| *g += 1);
-    }
-}
 
 fn config(addr: SocketAddr) -> ClientConfig {
     ClientConfig::new(format!("http://{addr}"), "alice-token")
@@ -159,5 +120,74 @@ async fn a_session_submits_lists_subscribes_and_cancels() {
     assert_eq!(
         refused.err().map(|e| e.code()),
         Some(ErrorCode::AgentNotAvailable)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_tells_how_many_events_the_gateway_replayed() {
+    let server = TestServer::start_default().await;
+    let cutter = Cutter::start(server.addr).await;
+    let mut client = Client::connect(config(cutter.addr))
+        .await
+        .expect("connects through the proxy");
+    let job = client
+        .submit("ticker", &json!({"count": 60, "interval_ms": 20}))
+        .await
+        .expect("accepted");
+    let mut watcher = Client::connect(config(server.addr))
+        .await
+        .expect("connects");
+    watcher.subscribe(&job, false).await.expect("subscribed");
+    let progress = |frame: &arcp_gateway::proto::ServerFrame| match &frame.payload {
+        Some(Out::JobEvent(e)) => match &e.body {
+            Some(arcp_gateway::proto::job_event::Body::Progress(p)) if frame.job_id == job => {
+                Some(p.current)
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    let mut seqs = Vec::new();
+    loop {
+        let frame = client.next().await.expect("a frame").expect("open");
+        if frame.job_id == job {
+            seqs.push(frame.event_seq);
+            if progress(&frame).is_some() {
+                break;
+            }
+        }
+    }
+    assert!(client.last_resume().is_none(), "no resume yet");
+
+    // Kept away while the job goes on: what it logs meanwhile is the replay.
+    cutter.cut_and_refuse();
+    loop {
+        let frame = watcher.next().await.expect("a frame").expect("open");
+        if progress(&frame).is_some_and(|current| current >= 30.0) {
+            break;
+        }
+    }
+    cutter.admit();
+    loop {
+        let frame = client.next().await.expect("a frame").expect("open");
+        if frame.job_id != job {
+            continue;
+        }
+        seqs.push(frame.event_seq);
+        if matches!(frame.payload, Some(Out::JobResult(_))) {
+            break;
+        }
+    }
+    assert_eq!(seqs, (1..=62).collect::<Vec<_>>(), "every frame once");
+    assert_eq!(client.resumes(), 1);
+    let resumed = client.last_resume().expect("the resume is reported");
+    assert!(resumed.after_seq >= 2, "{resumed:?}");
+    assert!(
+        resumed.replayed >= 10,
+        "what was logged while away is replay: {resumed:?}"
+    );
+    assert!(
+        resumed.caught_up && resumed.after_seq + resumed.replayed < 62,
+        "live frames came after the replay: {resumed:?}"
     );
 }

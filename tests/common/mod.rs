@@ -7,7 +7,8 @@
 //! [`health`] watches gRPC health, [`frames`] builds client payloads and reads server frames,
 //! [`agents`] holds test agents, [`log`] reads a session's log straight from the gateway,
 //! [`python`] builds the Python environment the interoperability tests run,
-//! [`tls`] makes certificates and speaks both transports over TLS,
+//! [`tls`] makes certificates and speaks both transports over TLS, [`cutter`] is a TCP proxy
+//! that drops its connections on demand,
 //! [`wait`] waits on state the test observes and [`raw`] opens plain TCP connections that
 //! never become useful; [`redis`] runs the `redis-server`s shared stores are tested on (and [`redis_cluster`]
 //! Redis Clusters of them),
@@ -20,6 +21,7 @@
 use std::time::Duration;
 
 mod agents;
+mod cutter;
 mod deployment;
 mod each_store;
 mod frames;
@@ -41,9 +43,9 @@ mod ws;
 // A test crate that uses nothing of a module leaves its re-export unused.
 #[allow(unused_imports)]
 pub use self::{
-    agents::*, deployment::*, each_store::*, frames::*, grpc::*, haproxy::*, health::*, log::*,
-    process::*, python::*, raw::*, raw_grpc::*, redis::*, redis_cluster::*, server::*, tls::*,
-    wait::*, ws::*,
+    agents::*, cutter::*, deployment::*, each_store::*, frames::*, grpc::*, haproxy::*, health::*,
+    log::*, process::*, python::*, raw::*, raw_grpc::*, redis::*, redis_cluster::*, server::*,
+    tls::*, wait::*, ws::*,
 };
 
 /// How long a test waits for a frame before failing. A guard against hangs, not a timing
