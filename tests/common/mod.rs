@@ -8,7 +8,7 @@
 //! [`agents`] holds test agents, [`log`] reads a session's log straight from the gateway,
 //! [`python`] builds the Python environment the interoperability tests run,
 //! [`tls`] makes certificates and speaks both transports over TLS, [`cutter`] is a TCP proxy
-//! that drops its connections on demand,
+//! that drops its connections on demand, [`terminal`] runs a command in a pseudo-terminal,
 //! [`wait`] waits on state the test observes and [`raw`] opens plain TCP connections that
 //! never become useful; [`redis`] runs the `redis-server`s shared stores are tested on (and [`redis_cluster`]
 //! Redis Clusters of them),
@@ -36,6 +36,7 @@ mod raw_grpc;
 mod redis;
 mod redis_cluster;
 mod server;
+mod terminal;
 mod tls;
 mod wait;
 mod ws;
@@ -45,7 +46,7 @@ mod ws;
 pub use self::{
     agents::*, cutter::*, deployment::*, each_store::*, frames::*, grpc::*, haproxy::*, health::*,
     log::*, process::*, python::*, raw::*, raw_grpc::*, redis::*, redis_cluster::*, server::*,
-    tls::*, wait::*, ws::*,
+    terminal::*, tls::*, wait::*, ws::*,
 };
 
 /// How long a test waits for a frame before failing. A guard against hangs, not a timing
