@@ -6,7 +6,8 @@
 //! writes, and [`ws`] the WebSocket client;
 //! [`health`] watches gRPC health, [`frames`] builds client payloads and reads server frames,
 //! [`agents`] holds test agents, [`log`] reads a session's log straight from the gateway,
-//! [`python`] builds the Python environment the interoperability tests run,
+//! [`python`] builds the Python environment the interoperability tests run, and [`node`] the
+//! Node one,
 //! [`tls`] makes certificates and speaks both transports over TLS, [`cutter`] is a TCP proxy
 //! that drops its connections on demand, [`terminal`] runs a command in a pseudo-terminal,
 //! [`wait`] waits on state the test observes and [`raw`] opens plain TCP connections that
@@ -29,6 +30,7 @@ mod grpc;
 mod haproxy;
 mod health;
 mod log;
+mod node;
 mod process;
 mod python;
 mod raw;
@@ -45,8 +47,8 @@ mod ws;
 #[allow(unused_imports)]
 pub use self::{
     agents::*, cutter::*, deployment::*, each_store::*, frames::*, grpc::*, haproxy::*, health::*,
-    log::*, process::*, python::*, raw::*, raw_grpc::*, redis::*, redis_cluster::*, server::*,
-    terminal::*, tls::*, wait::*, ws::*,
+    log::*, node::*, process::*, python::*, raw::*, raw_grpc::*, redis::*, redis_cluster::*,
+    server::*, terminal::*, tls::*, wait::*, ws::*,
 };
 
 /// How long a test waits for a frame before failing. A guard against hangs, not a timing
