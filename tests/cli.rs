@@ -134,6 +134,15 @@ async fn library_client(addr: SocketAddr) -> Client {
         .expect("the library client connects")
 }
 
+/// A gateway process, and a job of `input` on `ticker` that a library client's session
+/// (returned too, to keep it open) submitted there.
+async fn ticker_of_another_session(input: Value) -> (GatewayProcess, Client, String) {
+    let gateway = GatewayProcess::start("info").await;
+    let mut submitter = library_client(gateway.addr).await;
+    let job = submitter.submit("ticker", &input).await.expect("accepted");
+    (gateway, submitter, job)
+}
+
 /// Reads `watcher`'s frames until `job` reports progress `at_least` far.
 async fn wait_for_progress(watcher: &mut Client, job: &str, at_least: f64) {
     loop {
@@ -291,12 +300,8 @@ async fn jobs_lists_the_principal_s_jobs() {
 
 #[tokio::test]
 async fn tail_follows_a_job_of_another_session_from_its_start_to_its_end() {
-    let gateway = GatewayProcess::start("info").await;
-    let mut submitter = library_client(gateway.addr).await;
-    let job = submitter
-        .submit("ticker", &json!({"count": 20, "interval_ms": 20}))
-        .await
-        .expect("accepted");
+    let (gateway, _submitter, job) =
+        ticker_of_another_session(json!({"count": 20, "interval_ms": 20})).await;
     let (code, stdout, stderr) = run(client(gateway.addr, &["tail", &job, "--json"])).await;
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let lines = json_lines(&stdout);
@@ -321,12 +326,8 @@ async fn tail_follows_a_job_of_another_session_from_its_start_to_its_end() {
 
 #[tokio::test]
 async fn cancel_asks_the_gateway_and_reports_its_refusal() {
-    let gateway = GatewayProcess::start("info").await;
-    let mut submitter = library_client(gateway.addr).await;
-    let job = submitter
-        .submit("ticker", &json!({"count": 100000, "interval_ms": 20}))
-        .await
-        .expect("accepted");
+    let (gateway, mut submitter, job) =
+        ticker_of_another_session(json!({"count": 100000, "interval_ms": 20})).await;
     // Only the submitting session may cancel (§7.6): the command's session is refused.
     let (code, stdout, stderr) = run(client(gateway.addr, &["cancel", &job])).await;
     assert_eq!(code, 1, "{stdout}\n{stderr}");

@@ -30,24 +30,16 @@ impl Bar {
     /// Shows `shown`: progress moves the bar, the end finishes it, the rest is printed above.
     pub fn show(&mut self, shown: &Shown) {
         match shown {
-            Shown::Progress {
-                current,
-                total,
-                units,
-                message,
-                ..
-            } => {
-                match total {
-                    Some(total) if !self.has_total => {
+            Shown::Progress { progress: p, .. } => {
+                if let Some(total) = p.total {
+                    if !self.has_total {
                         self.bar.set_style(style(WITH_TOTAL));
                         self.has_total = true;
-                        self.bar.set_length(count(*total));
                     }
-                    Some(total) => self.bar.set_length(count(*total)),
-                    None => {}
+                    self.bar.set_length(count(total));
                 }
-                self.bar.set_position(count(*current));
-                let msg = [units.as_str(), message.as_str()]
+                self.bar.set_position(count(p.current));
+                let msg = [p.units.as_str(), p.message.as_str()]
                     .into_iter()
                     .filter(|part| !part.is_empty())
                     .collect::<Vec<_>>()

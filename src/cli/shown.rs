@@ -29,14 +29,8 @@ pub enum Shown {
     Progress {
         /// Its `event_seq`.
         seq: u64,
-        /// How far the job got.
-        current: f64,
-        /// How far it goes, when it knows.
-        total: Option<f64>,
-        /// What `current` and `total` count.
-        units: String,
-        /// What it is doing.
-        message: String,
+        /// `current`, `total` (when the job knows it), `units` and `message`.
+        progress: ProgressBody,
     },
     /// A `log` event.
     Log {
@@ -92,7 +86,10 @@ impl Shown {
                 status: s.current_status.clone(),
             },
             Out::JobEvent(e) => match &e.body {
-                Some(Body::Progress(p)) => progress(seq, p),
+                Some(Body::Progress(p)) => Shown::Progress {
+                    seq,
+                    progress: p.clone(),
+                },
                 Some(Body::Log(l)) => Shown::Log {
                     seq,
                     level: l.level.clone(),
@@ -140,18 +137,12 @@ impl Shown {
         match self {
             Shown::Accepted { job, agent } => format!("job {job} accepted ({agent})"),
             Shown::Subscribed { job, status } => format!("subscribed to job {job} ({status})"),
-            Shown::Progress {
-                seq,
-                current,
-                total,
-                units,
-                message,
-            } => {
-                let mut line = format!("[{seq}] progress {current}");
-                if let Some(total) = total {
+            Shown::Progress { seq, progress: p } => {
+                let mut line = format!("[{seq}] progress {}", p.current);
+                if let Some(total) = p.total {
                     line.push_str(&format!("/{total}"));
                 }
-                for part in [units, message] {
+                for part in [&p.units, &p.message] {
                     if !part.is_empty() {
                         line.push(' ');
                         line.push_str(part);
@@ -189,15 +180,9 @@ impl Shown {
             Shown::Subscribed { job, status } => {
                 json!({ "type": "job.subscribed", "job_id": job, "current_status": status })
             }
-            Shown::Progress {
-                seq,
-                current,
-                total,
-                units,
-                message,
-            } => json!({
+            Shown::Progress { seq, progress: p } => json!({
                 "type": "job.event", "kind": "progress", "event_seq": seq,
-                "current": current, "total": total, "units": units, "message": message,
+                "current": p.current, "total": p.total, "units": p.units, "message": p.message,
             }),
             Shown::Log {
                 seq,
@@ -224,15 +209,5 @@ impl Shown {
                 "detail": detail, "events": events,
             }),
         }
-    }
-}
-
-fn progress(seq: u64, p: &ProgressBody) -> Shown {
-    Shown::Progress {
-        seq,
-        current: p.current,
-        total: p.total,
-        units: p.units.clone(),
-        message: p.message.clone(),
     }
 }

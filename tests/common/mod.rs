@@ -7,7 +7,7 @@
 //! [`health`] watches gRPC health, [`frames`] builds client payloads and reads server frames,
 //! [`agents`] holds test agents, [`log`] reads a session's log straight from the gateway,
 //! [`python`] builds the Python environment the interoperability tests run, and [`node`] the
-//! Node one,
+//! Node one, each under the [`install_lock`] of its own,
 //! [`tls`] makes certificates and speaks both transports over TLS, [`cutter`] is a TCP proxy
 //! that drops its connections on demand, [`terminal`] runs a command in a pseudo-terminal,
 //! [`wait`] waits on state the test observes and [`raw`] opens plain TCP connections that
@@ -29,6 +29,7 @@ mod frames;
 mod grpc;
 mod haproxy;
 mod health;
+mod install_lock;
 mod log;
 mod node;
 mod process;
@@ -47,8 +48,8 @@ mod ws;
 #[allow(unused_imports)]
 pub use self::{
     agents::*, cutter::*, deployment::*, each_store::*, frames::*, grpc::*, haproxy::*, health::*,
-    log::*, node::*, process::*, python::*, raw::*, raw_grpc::*, redis::*, redis_cluster::*,
-    server::*, terminal::*, tls::*, wait::*, ws::*,
+    install_lock::*, log::*, node::*, process::*, python::*, raw::*, raw_grpc::*, redis::*,
+    redis_cluster::*, server::*, terminal::*, tls::*, wait::*, ws::*,
 };
 
 /// How long a test waits for a frame before failing. A guard against hangs, not a timing

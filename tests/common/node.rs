@@ -9,6 +9,8 @@ use std::{
     sync::OnceLock,
 };
 
+use super::install_lock;
+
 /// The `node_modules` directory `examples/node` runs with; panics, saying why, when it cannot be
 /// installed.
 pub fn node_modules() -> &'static Path {
@@ -45,15 +47,7 @@ fn install() -> Result<PathBuf, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     // One install at a time: test processes running at once wait on the lock rather than
     // install over one another; the stamp is written last, so a cut-short install is redone.
-    let lock_file = std::fs::File::create(dir.join(".lock"))
-        .map_err(|e| format!("cannot create the install lock: {e}"))?;
-    // SAFETY: flock on a descriptor this function owns; released when `lock_file` is dropped.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock_file), libc::LOCK_EX) } != 0 {
-        return Err(format!(
-            "cannot lock the install: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    let lock_file = install_lock(&dir.join(".lock"), "the Node packages")?;
     if !ready() {
         for (name, text) in [("package.json", &manifest), ("package-lock.json", &lock)] {
             std::fs::write(dir.join(name), text)
