@@ -1,5 +1,7 @@
 //! `arcp-gateway client` through the real gateway binary: without a terminal (plain lines, exit
-//! codes from how the job ended, `--json` lines, `jobs`, `tail` and `cancel`), and in a
+//! codes from how the job ended (success, failure, Ctrl-C's cancellation, timeout) and for a
+//! gateway that cannot be reached or refuses the token, `--json` lines, `jobs`, `tail` and
+//! `cancel`), and in a
 //! pseudo-terminal (tmux), where it draws a progress bar and, when a TCP proxy between it and
 //! the gateway drops its stream mid-job, resumes, says how many events the gateway replayed,
 //! and ends the job with every event seen once.
@@ -229,6 +231,28 @@ async fn a_failed_job_exits_3_and_a_job_cancelled_by_ctrl_c_exits_4() {
     assert_eq!(code, 4, "{lines:?}");
     let last = lines.last().expect("a last line");
     assert!(last.starts_with("job ended: cancelled"), "{lines:?}");
+}
+
+#[tokio::test]
+async fn a_job_that_runs_out_of_time_exits_5() {
+    let gateway =
+        GatewayProcess::start_with("info", None, &["--default-max-runtime-sec", "1"]).await;
+    let (code, stdout, stderr) = run(client(
+        gateway.addr,
+        &[
+            "submit",
+            "ticker",
+            "--input",
+            r#"{"count": 100000, "interval_ms": 20}"#,
+        ],
+    ))
+    .await;
+    assert_eq!(code, 5, "{stdout}\n{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("job ended: timed_out") && last.contains("TIMEOUT"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]
