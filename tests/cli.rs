@@ -440,8 +440,14 @@ async fn without_a_terminal_a_dropped_stream_is_resumed_and_said_so() {
 
 /// `arcp-gateway client ... submit ticker` through `addr`, in a terminal.
 fn ticker_in_a_terminal(addr: SocketAddr, count: u64, interval_ms: u64) -> Terminal {
+    let input = json!({"count": count, "interval_ms": interval_ms});
+    submit_in_a_terminal(addr, "ticker", &input)
+}
+
+/// `arcp-gateway client ... submit AGENT --input INPUT` through `addr`, in a terminal.
+fn submit_in_a_terminal(addr: SocketAddr, agent: &str, input: &Value) -> Terminal {
     let endpoint = format!("http://{addr}");
-    let input = json!({"count": count, "interval_ms": interval_ms}).to_string();
+    let input = input.to_string();
     Terminal::start(&[
         env!("CARGO_BIN_EXE_arcp-gateway"),
         "client",
@@ -450,7 +456,7 @@ fn ticker_in_a_terminal(addr: SocketAddr, count: u64, interval_ms: u64) -> Termi
         "--token",
         GATEWAY_TOKEN,
         "submit",
-        "ticker",
+        agent,
         "--input",
         &input,
     ])
@@ -495,6 +501,24 @@ async fn on_a_terminal_a_progress_bar_is_drawn_and_finished() {
         screen.contains("job ended: success after 102 events"),
         "{screen}"
     );
+}
+
+#[tokio::test]
+async fn on_a_terminal_log_lines_are_printed_above_the_bar() {
+    let gateway = GatewayProcess::start("info").await;
+    let terminal = submit_in_a_terminal(gateway.addr, "showcase", &json!({}));
+    let (status, screen) = terminal.exit_status().await;
+    assert_eq!(status, 0, "{screen}");
+    let row = |pred: &dyn Fn(&str) -> bool| {
+        screen
+            .lines()
+            .position(pred)
+            .unwrap_or_else(|| panic!("missing a line on\n{screen}"))
+    };
+    let log = row(&|l| l.ends_with("] info: starting"));
+    let bar = row(&|l| bar_position(l, 2) == Some(2));
+    let end = row(&|l| l.starts_with("job ended: success"));
+    assert!(log < bar && bar < end, "{screen}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
