@@ -42,7 +42,7 @@ pub enum ClientCommand {
         #[arg(long, default_value = "{}", value_parser = parse_json)]
         input: Json,
     },
-    /// List the jobs the token's principal may see.
+    /// List the jobs the token's principal may see (the gateway's first page of them).
     Jobs,
     /// Follow a job submitted elsewhere to its end, from the start of what the gateway still
     /// holds of it.

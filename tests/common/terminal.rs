@@ -18,6 +18,7 @@ const ROWS: u16 = 40;
 /// A command running in a terminal of its own; the tmux server ends with it when dropped.
 pub struct Terminal {
     socket: PathBuf,
+    script: PathBuf,
 }
 
 impl Terminal {
@@ -57,7 +58,7 @@ impl Terminal {
                 panic!("these tests need tmux on PATH (apt-get install tmux): {e}")
             });
         assert!(started.success(), "tmux new-session failed: {started}");
-        Terminal { socket }
+        Terminal { socket, script }
     }
 
     /// The screen as it is now, one line a row, without colours.
@@ -115,6 +116,7 @@ impl Drop for Terminal {
             .arg("kill-server")
             .status();
         let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(&self.script);
     }
 }
 
