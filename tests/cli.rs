@@ -40,6 +40,13 @@ async fn run(mut cmd: tokio::process::Command) -> (i32, String, String) {
     )
 }
 
+/// `client submit ticker --input INPUT EXTRA` against `addr`, run to its end.
+async fn submit_ticker(addr: SocketAddr, input: &str, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec!["submit", "ticker", "--input", input];
+    args.extend_from_slice(extra);
+    run(client(addr, &args)).await
+}
+
 /// `text`'s lines as JSON objects; fails on a line that is not one.
 fn json_lines(text: &str) -> Vec<Value> {
     text.lines()
@@ -197,11 +204,7 @@ async fn without_a_terminal_submit_prints_plain_lines_and_exits_0_on_success() {
 #[tokio::test]
 async fn a_failed_job_exits_3_and_a_job_cancelled_by_ctrl_c_exits_4() {
     let gateway = GatewayProcess::start("info").await;
-    let (code, stdout, stderr) = run(client(
-        gateway.addr,
-        &["submit", "ticker", "--input", r#"{"count": "many"}"#],
-    ))
-    .await;
+    let (code, stdout, stderr) = submit_ticker(gateway.addr, r#"{"count": "many"}"#, &[]).await;
     assert_eq!(code, 3, "{stdout}\n{stderr}");
     let last = stdout.lines().last().unwrap_or_default();
     assert!(
@@ -237,16 +240,8 @@ async fn a_failed_job_exits_3_and_a_job_cancelled_by_ctrl_c_exits_4() {
 async fn a_job_that_runs_out_of_time_exits_5() {
     let gateway =
         GatewayProcess::start_with("info", None, &["--default-max-runtime-sec", "1"]).await;
-    let (code, stdout, stderr) = run(client(
-        gateway.addr,
-        &[
-            "submit",
-            "ticker",
-            "--input",
-            r#"{"count": 100000, "interval_ms": 20}"#,
-        ],
-    ))
-    .await;
+    let (code, stdout, stderr) =
+        submit_ticker(gateway.addr, r#"{"count": 100000, "interval_ms": 20}"#, &[]).await;
     assert_eq!(code, 5, "{stdout}\n{stderr}");
     let last = stdout.lines().last().unwrap_or_default();
     assert!(
@@ -258,16 +253,11 @@ async fn a_job_that_runs_out_of_time_exits_5() {
 #[tokio::test]
 async fn json_output_is_one_object_a_line_with_every_event_once() {
     let gateway = GatewayProcess::start("info").await;
-    let (code, stdout, stderr) = run(client(
+    let (code, stdout, stderr) = submit_ticker(
         gateway.addr,
-        &[
-            "submit",
-            "ticker",
-            "--json",
-            "--input",
-            r#"{"count": 5, "interval_ms": 0}"#,
-        ],
-    ))
+        r#"{"count": 5, "interval_ms": 0}"#,
+        &["--json"],
+    )
     .await;
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let lines = json_lines(&stdout);
