@@ -65,16 +65,18 @@
 //! - **The gateway**: [`gateway::Gateway`] ties the pieces together; [`config`] its settings.
 //! - **A client**: [`client`] is a Rust client of the gRPC service that resumes its session
 //!   across dropped streams and hands over each job frame once; it reaches only [`proto`],
-//!   [`protocol`], [`encoding`] and [`error`].
+//!   [`protocol`], [`encoding`], [`clock`] and [`error`]. [`cli`] is `arcp-gateway client`
+//!   on it: a progress bar, plain lines or JSON lines, and exit codes from a job's end.
 //! - **Files reloaded while running**: `reload` swaps the TLS material and the JWKS when their
 //!   files change and load, and reports a change that does not load once.
 //! - **Concurrency primitives**: `sync` holds the wake-up and the read-mostly lock the frame
 //!   path uses on every frame.
-//! - **Binaries**: `src/main.rs` is `arcp-gateway serve`; `src/bin/arcp-bench/` is the
+//! - **Binaries**: `src/main.rs` is `arcp-gateway serve` and `arcp-gateway client`; `src/bin/arcp-bench/` is the
 //!   benchmark described in `BENCHMARKS.md`, one module per row.
 
 pub mod agent;
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;

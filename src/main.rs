@@ -7,6 +7,8 @@
 //! and sessions are someone else's by then: it stops serving, ends its jobs at once (the
 //! stores refuse their frames, the survivor's error being their end) and exits with status 1,
 //! for its orchestrator to start it again, as a new instance of its id.
+//!
+//! `arcp-gateway client` is a command-line client of a gateway (`arcp_gateway::cli`).
 
 use std::{
     net::SocketAddr, num::NonZeroUsize, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
@@ -18,6 +20,7 @@ use arcp_gateway::{
         jwt::{JwtSettings, JwtVerifier},
         Authenticator,
     },
+    cli::ClientArgs,
     config::GatewayConfig,
     credentials::{HttpProvisioner, MemoryProvisioner},
     engine::Observers,
@@ -53,7 +56,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve ARCP sessions over gRPC.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Talk to a gateway: submit a job and follow it, list, tail or cancel jobs.
+    Client(ClientArgs),
 }
 
 #[derive(clap::Args)]
@@ -312,12 +317,20 @@ fn parse_token_pair(pair: &str) -> Result<(String, Principal), String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Serve(args) => serve_main(*args).await,
+        // No log subscriber: the client's stdout is its output, for a terminal or a script.
+        Command::Client(args) => arcp_gateway::cli::run(args).await,
+    }
+}
+
+/// `serve`: the gateway until a signal, or its replica's loss, stops it.
+async fn serve_main(args: ServeArgs) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let Command::Serve(args) = Cli::parse().command;
     // Before anything listens: a gateway whose agents file is wrong does not start.
     let agents = match &args.agents {
         None => AgentRegistry::with_builtins(),

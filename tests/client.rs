@@ -1,7 +1,8 @@
 //! The crate's client library (`arcp_gateway::client`) through the real server: a session that
 //! submits, lists, subscribes and cancels, and one whose connection a TCP proxy between it
 //! and the gateway cuts again and again while a job streams, which must see every frame of the
-//! job once, in order, through the result.
+//! job once, in order, through the result; and one kept away while its job goes on, whose
+//! resume reports what the gateway replayed.
 
 mod common;
 
@@ -119,5 +120,74 @@ async fn a_session_submits_lists_subscribes_and_cancels() {
     assert_eq!(
         refused.err().map(|e| e.code()),
         Some(ErrorCode::AgentNotAvailable)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_tells_how_many_events_the_gateway_replayed() {
+    let server = TestServer::start_default().await;
+    let cutter = Cutter::start(server.addr).await;
+    let mut client = Client::connect(config(cutter.addr))
+        .await
+        .expect("connects through the proxy");
+    let job = client
+        .submit("ticker", &json!({"count": 60, "interval_ms": 20}))
+        .await
+        .expect("accepted");
+    let mut watcher = Client::connect(config(server.addr))
+        .await
+        .expect("connects");
+    watcher.subscribe(&job, false).await.expect("subscribed");
+    let progress = |frame: &arcp_gateway::proto::ServerFrame| match &frame.payload {
+        Some(Out::JobEvent(e)) => match &e.body {
+            Some(arcp_gateway::proto::job_event::Body::Progress(p)) if frame.job_id == job => {
+                Some(p.current)
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    let mut seqs = Vec::new();
+    loop {
+        let frame = client.next().await.expect("a frame").expect("open");
+        if frame.job_id == job {
+            seqs.push(frame.event_seq);
+            if progress(&frame).is_some() {
+                break;
+            }
+        }
+    }
+    assert!(client.last_resume().is_none(), "no resume yet");
+
+    // Kept away while the job goes on: what it logs meanwhile is the replay.
+    cutter.cut_and_refuse();
+    loop {
+        let frame = watcher.next().await.expect("a frame").expect("open");
+        if progress(&frame).is_some_and(|current| current >= 30.0) {
+            break;
+        }
+    }
+    cutter.admit();
+    loop {
+        let frame = client.next().await.expect("a frame").expect("open");
+        if frame.job_id != job {
+            continue;
+        }
+        seqs.push(frame.event_seq);
+        if matches!(frame.payload, Some(Out::JobResult(_))) {
+            break;
+        }
+    }
+    assert_eq!(seqs, (1..=62).collect::<Vec<_>>(), "every frame once");
+    assert_eq!(client.resumes(), 1);
+    let resumed = client.last_resume().expect("the resume is reported");
+    assert!(resumed.after_seq >= 2, "{resumed:?}");
+    assert!(
+        resumed.replayed >= 10,
+        "what was logged while away is replay: {resumed:?}"
+    );
+    assert!(
+        resumed.caught_up && resumed.after_seq + resumed.replayed < 62,
+        "live frames came after the replay: {resumed:?}"
     );
 }

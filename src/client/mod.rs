@@ -9,12 +9,17 @@
 //! frame more than one past the last) is reported as an error rather than handed over. It
 //! acknowledges what it handed over (§6.5) so the gateway can free it.
 //!
+//! After each resume it tells what the gateway replayed ([`Client::last_resume`]), for a
+//! caller that reports drops (the CLI does).
+//!
 //! - `config`: how it connects and retries;
 //! - `frames`: the frames it builds, and the answers it reads in the gateway's;
+//! - `replay`: how much of a resumed stream was replay;
 //! - `stream`: one attempt: a stream opened, the hello sent, the welcome read.
 
 mod config;
 mod frames;
+mod replay;
 mod stream;
 
 use std::collections::VecDeque;
@@ -30,9 +35,10 @@ use crate::{
     protocol::Json,
 };
 
-pub use self::config::ClientConfig;
+pub use self::{config::ClientConfig, replay::Resumed};
 use self::{
     frames::{frame, request_id, session_error},
+    replay::Replay,
     stream::Attached,
 };
 
@@ -58,6 +64,10 @@ pub struct Client {
     pending: VecDeque<ServerFrame>,
     /// How many times the session was resumed.
     resumes: u64,
+    /// Frames a resumed stream sent before the pong that dated the resume, not yet read.
+    early: VecDeque<ServerFrame>,
+    /// What the latest resume replayed.
+    replay: Option<Replay>,
 }
 
 impl Client {
@@ -81,6 +91,8 @@ impl Client {
             acked: 0,
             pending: VecDeque::new(),
             resumes: 0,
+            early: VecDeque::new(),
+            replay: None,
         })
     }
 
@@ -102,6 +114,12 @@ impl Client {
     /// How many times the session was resumed after a drop.
     pub fn resumes(&self) -> u64 {
         self.resumes
+    }
+
+    /// What the latest resume replayed so far: the frames handed over since that the gateway
+    /// had logged while the client was away. `None` before the first resume.
+    pub fn last_resume(&self) -> Option<&Resumed> {
+        self.replay.as_ref().map(Replay::resumed)
     }
 
     /// Submits a job to `agent` (`name` or `name@version`) and waits for its acceptance;
@@ -238,7 +256,11 @@ impl Client {
     /// session.
     async fn receive(&mut self) -> Result<Option<ServerFrame>, ArcpError> {
         loop {
-            match self.attached.recv().await {
+            let received = match self.early.pop_front() {
+                Some(frame) => Ok(Some(frame)),
+                None => self.attached.recv().await,
+            };
+            match received {
                 Ok(Some(frame)) => {
                     if matches!(frame.payload, Some(Out::SessionClosed(_))) {
                         self.pending.push_back(frame);
@@ -269,6 +291,9 @@ impl Client {
             )));
         }
         self.last_seq = seq;
+        if let Some(replay) = &mut self.replay {
+            replay.count(&frame);
+        }
         Ok(Some(frame))
     }
 
@@ -300,8 +325,16 @@ impl Client {
                 resume_token: self.session.resume_token.clone(),
                 last_event_seq: self.last_seq,
             };
-            match Attached::open(&self.channel, &self.config, Some(resume)).await {
-                Ok((attached, welcome)) => {
+            let opened = match Attached::open(&self.channel, &self.config, Some(resume)).await {
+                Ok((mut attached, welcome)) => attached
+                    .gateway_time(&mut self.early)
+                    .await
+                    .map(|resumed_at| (attached, welcome, resumed_at)),
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok((attached, welcome, resumed_at)) => {
+                    self.replay = Some(Replay::new(self.last_seq, resumed_at));
                     self.attached = attached;
                     self.session.resume_token = welcome.resume_token;
                     self.features = welcome.features;

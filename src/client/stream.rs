@@ -1,11 +1,14 @@
 //! One stream of a [`super::Client`]'s session: opened, the hello (or the resume) sent, the
 //! welcome read.
 
+use std::collections::VecDeque;
+
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{transport::Channel, Streaming};
 
 use crate::{
+    clock::Timestamp,
     error::ArcpError,
     proto::{
         self, arcp_client::ArcpClient, client_frame::Payload as In, server_frame::Payload as Out,
@@ -96,6 +99,40 @@ impl Attached {
     /// The next frame; `Ok(None)` when the stream ended, `Err` when it failed.
     pub(super) async fn recv(&mut self) -> Result<Option<ServerFrame>, tonic::Status> {
         self.rx.message().await
+    }
+
+    /// The gateway's time now, from the pong to a ping sent now; the frames that come before
+    /// the pong are kept in `early`, in order. `None` when the gateway closed the session
+    /// first; a stream that ends or fails first is a retryable `INTERNAL_ERROR`.
+    pub(super) async fn gateway_time(
+        &mut self,
+        early: &mut VecDeque<ServerFrame>,
+    ) -> Result<Option<Timestamp>, ArcpError> {
+        let nonce = uuid::Uuid::now_v7().to_string();
+        let ping = In::SessionPing(proto::SessionPing {
+            nonce: nonce.clone(),
+            sent_at: Timestamp::now().to_rfc3339(),
+        });
+        self.send(frame(ping, String::new()))
+            .await
+            .map_err(|()| unreachable_gateway("the stream closed before the ping"))?;
+        loop {
+            let frame = self
+                .recv()
+                .await
+                .map_err(|status| unreachable_gateway(status.message()))?
+                .ok_or_else(|| unreachable_gateway("the stream ended before the pong"))?;
+            match &frame.payload {
+                Some(Out::SessionPong(pong)) if pong.ping_nonce == nonce => {
+                    return Ok(Timestamp::parse_rfc3339(&pong.received_at));
+                }
+                Some(Out::SessionClosed(_)) => {
+                    early.push_back(frame);
+                    return Ok(None);
+                }
+                _ => early.push_back(frame),
+            }
+        }
     }
 }
 

@@ -5,9 +5,12 @@
 //! [`grpc`] is the gRPC client, [`raw_grpc`] a gRPC stream that sends whatever bytes a test
 //! writes, and [`ws`] the WebSocket client;
 //! [`health`] watches gRPC health, [`frames`] builds client payloads and reads server frames,
-//! [`agents`] holds test agents and [`agents_file`] gateways with an agents file, [`cutter`] a TCP proxy that drops its connections, [`log`] reads a session's log straight from the gateway,
-//! [`python`] builds the Python environment the interoperability tests run,
-//! [`tls`] makes certificates and speaks both transports over TLS,
+//! [`agents`] holds test agents and [`agents_file`] gateways with an agents file, [`log`] reads
+//! a session's log straight from the gateway,
+//! [`python`] builds the Python environment the interoperability tests run, and [`node`] the
+//! Node one, each under the [`install_lock`] of its own,
+//! [`tls`] makes certificates and speaks both transports over TLS, [`cutter`] is a TCP proxy
+//! that drops its connections on demand, [`terminal`] runs a command in a pseudo-terminal,
 //! [`wait`] waits on state the test observes and [`raw`] opens plain TCP connections that
 //! never become useful; [`redis`] runs the `redis-server`s shared stores are tested on (and [`redis_cluster`]
 //! Redis Clusters of them),
@@ -28,7 +31,9 @@ mod frames;
 mod grpc;
 mod haproxy;
 mod health;
+mod install_lock;
 mod log;
+mod node;
 mod process;
 mod python;
 mod raw;
@@ -36,6 +41,7 @@ mod raw_grpc;
 mod redis;
 mod redis_cluster;
 mod server;
+mod terminal;
 mod tls;
 mod wait;
 mod ws;
@@ -44,8 +50,8 @@ mod ws;
 #[allow(unused_imports)]
 pub use self::{
     agents::*, agents_file::*, cutter::*, deployment::*, each_store::*, frames::*, grpc::*,
-    haproxy::*, health::*, log::*, process::*, python::*, raw::*, raw_grpc::*, redis::*,
-    redis_cluster::*, server::*, tls::*, wait::*, ws::*,
+    haproxy::*, health::*, install_lock::*, log::*, node::*, process::*, python::*, raw::*,
+    raw_grpc::*, redis::*, redis_cluster::*, server::*, terminal::*, tls::*, wait::*, ws::*,
 };
 
 /// How long a test waits for a frame before failing. A guard against hangs, not a timing

@@ -8,6 +8,8 @@ use std::{
     sync::OnceLock,
 };
 
+use super::install_lock;
+
 /// The virtualenv's interpreter; panics, saying why, when it cannot be built.
 pub fn interop_python() -> &'static Path {
     static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -66,15 +68,7 @@ fn build_venv() -> Result<PathBuf, String> {
     // renamed: a virtualenv's scripts name their interpreter by its path, so a moved one's
     // `bin/grpcurl` would point nowhere. The stamp is written last, so a build that was cut
     // short is never taken for a whole one.
-    let lock = std::fs::File::create(tmp.join("interop-venv.lock"))
-        .map_err(|e| format!("cannot create the virtualenv's lock: {e}"))?;
-    // SAFETY: flock on a descriptor this function owns; released when `lock` is dropped.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
-        return Err(format!(
-            "cannot lock the virtualenv: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    let lock = install_lock(&tmp.join("interop-venv.lock"), "the virtualenv")?;
     if !ready(&venv) {
         let _ = std::fs::remove_dir_all(&venv);
         run(
