@@ -62,7 +62,8 @@
 //!   gateway.
 //! - **Replica death**: [`store::replicas`] keeps each replica's lease on a shared store, and
 //!   [`takeover`] is what a surviving replica does with a lost one's jobs and sessions.
-//! - **The gateway**: [`gateway::Gateway`] ties the pieces together; [`config`] its settings.
+//! - **The gateway**: [`gateway::Gateway`] ties the pieces together; [`config`] its settings,
+//!   and [`settings`] the config file merged with the flags and the environment.
 //! - **A client**: [`client`] is a Rust client of the gRPC service that resumes its session
 //!   across dropped streams and hands over each job frame once; it reaches only [`proto`],
 //!   [`protocol`], [`encoding`], [`clock`] and [`error`]. [`cli`] is `arcp-gateway client`
@@ -71,8 +72,8 @@
 //!   files change and load, and reports a change that does not load once.
 //! - **Concurrency primitives**: `sync` holds the wake-up and the read-mostly lock the frame
 //!   path uses on every frame.
-//! - **Binaries**: `src/main.rs` is `arcp-gateway serve` and `arcp-gateway client`; `src/bin/arcp-bench/` is the
-//!   benchmark described in `BENCHMARKS.md`, one module per row.
+//! - **Binaries**: `src/main.rs` is `arcp-gateway serve`, `client` and `config check`;
+//!   `src/bin/arcp-bench/` is the benchmark described in `BENCHMARKS.md`, one module per row.
 
 pub mod agent;
 pub mod auth;
@@ -92,6 +93,7 @@ pub mod protocol;
 pub(crate) mod reload;
 pub mod server;
 pub mod session;
+pub mod settings;
 pub mod store;
 pub(crate) mod sync;
 pub mod takeover;

@@ -11,7 +11,8 @@
 //! `arcp-gateway client` is a command-line client of a gateway (`arcp_gateway::cli`).
 
 use std::{
-    net::SocketAddr, num::NonZeroUsize, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
+    ffi::OsString, net::SocketAddr, num::NonZeroUsize, path::PathBuf, process::ExitCode, sync::Arc,
+    time::Duration,
 };
 
 use arcp_gateway::{
@@ -26,6 +27,7 @@ use arcp_gateway::{
     engine::Observers,
     ids::{Principal, ReplicaId},
     server,
+    settings::{self, Merged},
     store::{redis::RedisSettings, StoreChoice, Stores},
     transport::{
         tls::{ClientPrincipal, Tls, TlsSettings},
@@ -33,7 +35,7 @@ use arcp_gateway::{
     },
     Gateway,
 };
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -59,10 +61,30 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Talk to a gateway: submit a job and follow it, list, tail or cancel jobs.
     Client(ClientArgs),
+    /// Check a config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check FILE (with the environment, and any `serve` flags after it) and print the
+    /// settings `serve --config FILE` would run with, the source of each, secrets masked.
+    Check {
+        /// The config file.
+        file: PathBuf,
+        /// `serve` flags, which come before the file.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        serve: Vec<OsString>,
+    },
 }
 
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// A TOML file of settings: any flag of `serve` by its name (`resume_window_sec = 600`),
+    /// and `[[agents]]` entries. Flags and environment variables come before it.
+    #[arg(long, value_name = "FILE", env = "ARCP_CONFIG")]
+    config: Option<PathBuf>,
     /// The agents to offer, and how each runs: a TOML file of `[[agents]]` entries
     /// (`backend = "builtin"`, `"stdio"` or `"upstream"`; see examples/agents/). Without it,
     /// the built-in demo agents.
@@ -76,7 +98,7 @@ struct ServeArgs {
     ws_listen: SocketAddr,
     /// Accept bearer TOKEN as PRINCIPAL; repeatable. With none, every bearer token is
     /// accepted and names its own principal.
-    #[arg(long = "auth-token", value_name = "TOKEN=PRINCIPAL", env = "ARCP_AUTH_TOKENS", value_delimiter = ',', value_parser = parse_token_pair)]
+    #[arg(long = "auth-token", value_name = "TOKEN=PRINCIPAL", env = "ARCP_AUTH_TOKENS", hide_env_values = true, value_delimiter = ',', value_parser = parse_token_pair)]
     auth_tokens: Vec<(String, Principal)>,
     /// How long a session, its events and its resume token survive a dropped connection.
     #[arg(long, default_value_t = 600, env = "ARCP_RESUME_WINDOW_SEC")]
@@ -176,7 +198,12 @@ struct ServeArgs {
     )]
     credential_upstream: Option<String>,
     /// The bearer token the credential upstream wants, if any.
-    #[arg(long, value_name = "TOKEN", env = "ARCP_CREDENTIAL_UPSTREAM_TOKEN")]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "ARCP_CREDENTIAL_UPSTREAM_TOKEN",
+        hide_env_values = true
+    )]
     credential_upstream_token: Option<String>,
     /// How long a new stream may stay silent before its `session.hello`.
     #[arg(long, default_value_t = 30, env = "ARCP_HELLO_TIMEOUT_SEC")]
@@ -317,30 +344,95 @@ fn parse_token_pair(pair: &str) -> Result<(String, Principal), String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Serve(args) => serve_main(*args).await,
+    let (merged, cli) = match parse(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
+        Err(code) => return code,
+    };
+    match cli.command {
+        Command::Serve(args) => serve_main(*args, merged.agents).await,
         // No log subscriber: the client's stdout is its output, for a terminal or a script.
         Command::Client(args) => arcp_gateway::cli::run(args).await,
+        Command::Config(ConfigCommand::Check { file, serve }) => config_check(file, serve),
+    }
+}
+
+/// The command line with its config file merged in, parsed; a refusal is said on stderr.
+fn parse(args: Vec<OsString>) -> Result<(Merged, Cli), ExitCode> {
+    let cmd = Cli::command();
+    let merged = settings::merge(&cmd, args).map_err(|e| {
+        eprintln!("arcp-gateway: {e}");
+        ExitCode::from(2)
+    })?;
+    let matches = cmd.get_matches_from(&merged.args);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    Ok((merged, cli))
+}
+
+/// `config check FILE [FLAGS]`: the settings `serve` would run with, or what is wrong.
+fn config_check(file: PathBuf, flags: Vec<OsString>) -> ExitCode {
+    let mut args: Vec<OsString> = vec!["arcp-gateway".into(), "serve".into(), "--config".into()];
+    args.push(file.into());
+    args.extend(flags);
+    let (merged, cli) = match parse(args.clone()) {
+        Ok(parsed) => parsed,
+        Err(code) => return code,
+    };
+    let Command::Serve(serve_args) = cli.command else {
+        return ExitCode::FAILURE;
+    };
+    let agents = match agents_of(&serve_args, merged.agents.clone()) {
+        Ok(registry) => registry,
+        Err(e) => {
+            eprintln!("arcp-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cmd = Cli::command();
+    let Some(sub) = cmd.find_subcommand("serve") else {
+        return ExitCode::FAILURE;
+    };
+    let matches = sub.clone().get_matches_from(&merged.args[1..]);
+    print!(
+        "{}",
+        settings::render(&settings::effective(sub, &matches, &merged))
+    );
+    for agent in agents.inventory() {
+        println!("# agent {} {}", agent.name, agent.versions.join(", "));
+    }
+    ExitCode::SUCCESS
+}
+
+/// The agents the settings declare: the config file's `[[agents]]`, an `--agents` file, or
+/// the built-in ones.
+fn agents_of(args: &ServeArgs, inline: Option<(String, PathBuf)>) -> Result<AgentRegistry, String> {
+    match (&args.agents, inline) {
+        (Some(_), Some(_)) => {
+            Err("the config file declares [[agents]] and --agents names a file too: use one".into())
+        }
+        (Some(path), None) => AgentsFile::load(path)
+            .and_then(|file| file.registry())
+            .map_err(|e| format!("--agents {e}")),
+        (None, Some((toml, base))) => AgentsFile::parse(&toml, &base)
+            .and_then(|file| file.registry())
+            .map_err(|e| format!("config file [[agents]]: {e}")),
+        (None, None) => Ok(AgentRegistry::with_builtins()),
     }
 }
 
 /// `serve`: the gateway until a signal, or its replica's loss, stops it.
-async fn serve_main(args: ServeArgs) -> ExitCode {
+async fn serve_main(args: ServeArgs, inline_agents: Option<(String, PathBuf)>) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    // Before anything listens: a gateway whose agents file is wrong does not start.
-    let agents = match &args.agents {
-        None => AgentRegistry::with_builtins(),
-        Some(path) => match AgentsFile::load(path).and_then(|file| file.registry()) {
-            Ok(registry) => registry,
-            Err(e) => {
-                eprintln!("arcp-gateway: --agents {e}");
-                return ExitCode::from(2);
-            }
-        },
+    // Before anything listens: a gateway whose agents are declared wrong does not start.
+    let agents = match agents_of(&args, inline_agents) {
+        Ok(registry) => registry,
+        Err(e) => {
+            eprintln!("arcp-gateway: {e}");
+            return ExitCode::from(2);
+        }
     };
     match serve(args, agents).await {
         Ok(()) => ExitCode::SUCCESS,
