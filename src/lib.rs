@@ -60,7 +60,8 @@
 //!   gateway.
 //! - **Replica death**: [`store::replicas`] keeps each replica's lease on a shared store, and
 //!   [`takeover`] is what a surviving replica does with a lost one's jobs and sessions.
-//! - **The gateway**: [`gateway::Gateway`] ties the pieces together; [`config`] its settings.
+//! - **The gateway**: [`gateway::Gateway`] ties the pieces together; [`config`] its settings;
+//!   [`logging`] the process's log, as text or JSON lines.
 //! - **A client**: [`client`] is a Rust client of the gRPC service that resumes its session
 //!   across dropped streams and hands over each job frame once; it reaches only [`proto`],
 //!   [`protocol`], [`encoding`] and [`error`].
@@ -84,6 +85,7 @@ pub mod gateway;
 pub mod ids;
 pub(crate) mod job;
 pub mod lease;
+pub mod logging;
 pub mod protocol;
 pub(crate) mod reload;
 pub mod server;

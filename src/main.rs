@@ -22,6 +22,7 @@ use arcp_gateway::{
     credentials::{HttpProvisioner, MemoryProvisioner},
     engine::Observers,
     ids::{Principal, ReplicaId},
+    logging::{self, LogFormat},
     server,
     store::{redis::RedisSettings, StoreChoice, Stores},
     transport::{
@@ -32,7 +33,6 @@ use arcp_gateway::{
 };
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// mimalloc rather than the system allocator: the frame path allocates and frees small buffers
 /// on every event, from both workers (see BENCHMARKS.md for what it changed).
@@ -228,6 +228,10 @@ struct ServeArgs {
     /// past it jobs end with a retryable INTERNAL_ERROR, logged once the store is back.
     #[arg(long, default_value_t = 10_000, env = "ARCP_STORE_RETRY_MS")]
     store_retry_ms: u64,
+    /// How log lines are written: `text`, or `json` (one object per line, each listing the
+    /// spans it is in with their fields). The level comes from RUST_LOG (default info).
+    #[arg(long, default_value = "text", env = "ARCP_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(flatten)]
     security: SecurityArgs,
 }
@@ -312,12 +316,8 @@ fn parse_token_pair(pair: &str) -> Result<(String, Principal), String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
     let Command::Serve(args) = Cli::parse().command;
+    logging::init(args.log_format);
     // Before anything listens: a gateway whose agents file is wrong does not start.
     let agents = match &args.agents {
         None => AgentRegistry::with_builtins(),
