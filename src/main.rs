@@ -234,6 +234,8 @@ struct ServeArgs {
     log_format: LogFormat,
     #[command(flatten)]
     security: SecurityArgs,
+    #[command(flatten)]
+    transport: TransportArgs,
 }
 
 /// TLS, mutual TLS, JWT bearer tokens and the plaintext health listener (docs/deployment.md).
@@ -305,6 +307,42 @@ struct SecurityArgs {
     allow_plaintext_credentials: bool,
 }
 
+/// Transport settings for running behind a load balancer or a service mesh (README.md,
+/// "Behind a proxy or a mesh").
+#[derive(clap::Args)]
+struct TransportArgs {
+    /// How often an idle gRPC connection is pinged (HTTP/2 PING), in seconds.
+    #[arg(
+        long,
+        default_value_t = 20.0,
+        env = "ARCP_HTTP2_KEEPALIVE_INTERVAL_SEC"
+    )]
+    http2_keepalive_interval_sec: f64,
+    /// How long an HTTP/2 ping may go unanswered before the connection is closed, in seconds.
+    #[arg(long, default_value_t = 10.0, env = "ARCP_HTTP2_KEEPALIVE_TIMEOUT_SEC")]
+    http2_keepalive_timeout_sec: f64,
+    /// TCP keepalive (SO_KEEPALIVE) idle time on accepted sockets of both listeners, in
+    /// seconds; 0 turns it off.
+    #[arg(long, default_value_t = 60.0, env = "ARCP_TCP_KEEPALIVE_SEC")]
+    tcp_keepalive_sec: f64,
+    /// Ask connections to go away once they are this old, less up to a tenth (gRPC: HTTP/2
+    /// GOAWAY; WebSocket: close code 1012), so that long-lived connections rebalance over
+    /// replicas; sessions on them stay resumable. In seconds; 0 (the default) turns it off.
+    #[arg(long, default_value_t = 0.0, env = "ARCP_MAX_CONNECTION_AGE_SEC")]
+    max_connection_age_sec: f64,
+    /// How long a connection past its maximum age keeps its streams before it is cut, in
+    /// seconds.
+    #[arg(
+        long,
+        default_value_t = 30.0,
+        env = "ARCP_MAX_CONNECTION_AGE_GRACE_SEC"
+    )]
+    max_connection_age_grace_sec: f64,
+    /// The most streams (sessions) one HTTP/2 connection may have open at once; 0 for no limit.
+    #[arg(long, default_value_t = 1000, env = "ARCP_MAX_CONCURRENT_STREAMS")]
+    max_concurrent_streams: u32,
+}
+
 fn parse_token_pair(pair: &str) -> Result<(String, Principal), String> {
     match pair.split_once('=') {
         Some((token, principal)) if !token.is_empty() && !principal.is_empty() => {
@@ -336,6 +374,13 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `secs` seconds, or `None` for 0 (or anything that is no duration), which turns a setting off.
+fn off_when_zero(secs: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
 }
 
 /// A duration of `secs` seconds given for `flag`, which must be positive.
@@ -388,6 +433,22 @@ async fn serve(args: ServeArgs, agents: AgentRegistry) -> Result<(), Box<dyn std
         replica_lease,
         store_retry: Duration::from_millis(args.store_retry_ms),
         allow_plaintext_credentials: args.security.allow_plaintext_credentials,
+        http2_keepalive_interval: seconds(
+            "http2-keepalive-interval-sec",
+            args.transport.http2_keepalive_interval_sec,
+        )?,
+        http2_keepalive_timeout: seconds(
+            "http2-keepalive-timeout-sec",
+            args.transport.http2_keepalive_timeout_sec,
+        )?,
+        tcp_keepalive: off_when_zero(args.transport.tcp_keepalive_sec),
+        max_connection_age: off_when_zero(args.transport.max_connection_age_sec),
+        max_connection_age_grace: Duration::try_from_secs_f64(
+            args.transport.max_connection_age_grace_sec,
+        )
+        .map_err(|_| "--max-connection-age-grace-sec must be a number of seconds")?,
+        max_concurrent_streams: (args.transport.max_concurrent_streams != 0)
+            .then_some(args.transport.max_concurrent_streams),
         ..GatewayConfig::default()
     };
     let mut auth = Authenticator::from_pairs(args.auth_tokens);

@@ -15,6 +15,10 @@
 //! plaintext listener serving only `grpc.health.v1`, the same statuses as the main one, for
 //! probes that cannot speak TLS (the kubelet's gRPC probe).
 //!
+//! For proxies and meshes, the HTTP/2 keepalive, the streams per connection and a maximum
+//! connection age come from [`GatewayConfig`](crate::config::GatewayConfig): past its age a
+//! connection gets a GOAWAY, and is cut once the grace after it ends.
+//!
 //! [`GatewayConfig::connection_setup_timeout`]: crate::config::GatewayConfig::connection_setup_timeout
 //! [`GatewayConfig::shutdown_grace`]: crate::config::GatewayConfig::shutdown_grace
 
@@ -41,6 +45,7 @@ use crate::{
             tls::{Alpn, Tls},
             Listener, PeerLimit,
         },
+        max_age::MaxAge,
         ws,
     },
 };
@@ -53,11 +58,6 @@ pub struct ServeOptions {
     /// A plaintext listener serving only `grpc.health.v1`.
     pub health: Option<TcpListener>,
 }
-
-/// HTTP/2 pings detect peers that vanished without closing the connection, so their sessions
-/// detach (and start the resume window) instead of hanging.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long cut connections get to finish closing before `serve` returns regardless: a cut
 /// connection's next read or write fails, so this is a bound, not a wait.
@@ -79,7 +79,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let peers = PeerLimit::new(gateway.config().max_connections_per_peer);
-    let listener = Listener::new(listener, "grpc", peers);
+    let listener =
+        Listener::new(listener, "grpc", peers).with_tcp_keepalive(gateway.config().tcp_keepalive);
     serve_grpc(gateway, listener, None, shutdown, CancellationToken::new()).await
 }
 
@@ -119,6 +120,11 @@ async fn serve_grpc(
     let sweeper = gateway.spawn_sweeper();
     let config = gateway.config();
     let (setup_timeout, grace) = (config.connection_setup_timeout, config.shutdown_grace);
+    // tonic takes one age for every connection, so this server's is jittered once: replicas
+    // started together still send their GOAWAYs apart. The cut after the grace is ours
+    // (`GuardedIo`): tonic's own grace replaces the GOAWAY rather than following it.
+    let max_age = MaxAge::from_config(config);
+    let cut_after = max_age.map(|max| max.cut_after());
     let live = Arc::new(LiveConnections::default());
     let incoming = futures::stream::unfold(listener, |mut listener| async move {
         let accepted = listener.accept().await;
@@ -130,7 +136,7 @@ async fn serve_grpc(
             let security = accepted.stream.security().clone();
             // Frames that many sessions produce at the same tick share a write.
             let io = BatchedWrites::new(accepted.stream);
-            let io = GuardedIo::new(io, accepted.slot, security, setup_timeout, &live);
+            let io = GuardedIo::new(io, accepted.slot, security, setup_timeout, cut_after, &live);
             Ok::<_, Infallible>(io)
         }
     });
@@ -146,9 +152,14 @@ async fn serve_grpc(
             drained.cancel();
         }
     };
-    let serving = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(config.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
+        .max_concurrent_streams(config.max_concurrent_streams);
+    if let Some(max) = max_age {
+        builder = builder.max_connection_age(max.age);
+    }
+    let serving = builder
         // Outermost: it marks the connection in use and restores the peer address for the
         // layers inside it.
         .layer(InUseLayer)
@@ -214,8 +225,9 @@ pub async fn serve_all_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let peers = PeerLimit::new(gateway.config().max_connections_per_peer);
-    let grpc = Listener::new(grpc, "grpc", peers.clone());
-    let websocket = Listener::new(websocket, "websocket", peers);
+    let keepalive = gateway.config().tcp_keepalive;
+    let grpc = Listener::new(grpc, "grpc", peers.clone()).with_tcp_keepalive(keepalive);
+    let websocket = Listener::new(websocket, "websocket", peers).with_tcp_keepalive(keepalive);
     let setup_timeout = gateway.config().connection_setup_timeout;
     let (grpc, websocket) = match &options.tls {
         Some(tls) => (

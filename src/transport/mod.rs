@@ -6,11 +6,13 @@
 //! - [`ws`]: WebSocket (§4) carrying [`json`] frames.
 //! - `listener`: the accept loop both serve: back-off on accept errors, a cap per peer address,
 //!   and TLS ([`tls`]) when configured.
+//! - `max_age`: when a connection is asked to go away, and when it is cut.
 
 pub mod grpc;
 pub(crate) mod held_writes;
 pub mod json;
 pub(crate) mod listener;
+pub(crate) mod max_age;
 pub mod ws;
 
 pub use listener::tls;
