@@ -54,7 +54,7 @@
 //!   WebSocket; `transport::listener` is the accept loop both share (back-off on accept
 //!   errors, a cap on connections per peer address, and TLS when configured:
 //!   [`transport::tls`], certificates reloaded when their files change, mutual TLS and the
-//!   principal a client certificate names). [`server`] assembles the tonic server
+//!   principal a client certificate names). [`server`] assembles the gRPC server
 //!   with health, reflection and graceful shutdown, gives every connection a deadline to
 //!   become useful and every shutdown a deadline to end, and runs both transports over one
 //!   gateway.

@@ -1,11 +1,11 @@
 //! A gRPC connection as the server holds it: it must open its first stream within the setup
 //! timeout, and it is cut when the shutdown grace ends, or when the grace after its maximum age
-//! ends (hyper sent its GOAWAY at that age; see `server`).
+//! ends (hyper sent its GOAWAY at that age; see `http2`).
 //!
-//! tonic owns the task that serves a connection, so both ends are enforced in the connection's
-//! IO ([`GuardedIo`]): past the deadline, or once cut, every read and write fails, which ends
-//! hyper's connection and closes the socket. A connection becomes in use when its first request
-//! arrives; [`InUseLayer`] says so through the connect info tonic puts on every request, and
+//! The ends are enforced in the connection's IO ([`GuardedIo`]), whatever hyper is doing with
+//! it: past the deadline, or once cut, every read and write fails, which ends hyper's
+//! connection and closes the socket. A connection becomes in use when its first request
+//! arrives; [`InUseLayer`] says so through the connect info `http2` puts on every request, and
 //! hands the request tonic's own [`TcpConnectInfo`] in its place, so
 //! [`tonic::Request::remote_addr`] keeps working.
 //!
@@ -226,7 +226,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     }
 }
 
-/// What tonic puts on every request of a [`GuardedIo`] connection; [`InUseLayer`] replaces it
+/// What `http2` puts on every request of a [`GuardedIo`] connection; [`InUseLayer`] replaces it
 /// with the [`TcpConnectInfo`] and the [`Security`] it carries.
 #[derive(Clone)]
 pub(crate) struct GuardedConnectInfo {
