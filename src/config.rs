@@ -128,10 +128,36 @@ pub struct GatewayConfig {
     /// only, so by default only TLS connections get them; this is for loopback demos and
     /// tests.
     pub allow_plaintext_credentials: bool,
+    /// How often an idle gRPC connection is pinged (HTTP/2 PING), so that a peer that vanished
+    /// without closing it is noticed and its sessions detach (starting their resume window)
+    /// instead of hanging; also keeps a proxy's idle timer from closing it.
+    pub http2_keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub http2_keepalive_timeout: Duration,
+    /// When set, accepted sockets of both listeners get `SO_KEEPALIVE` with this idle time:
+    /// probes that keep a cloud load balancer's or a NAT's connection table entry alive, and
+    /// find a peer that is gone even where HTTP/2 pings do not run (WebSocket).
+    pub tcp_keepalive: Option<Duration>,
+    /// When set, a connection is asked to go away once it is this old, less up to a tenth
+    /// (jitter, so that a fleet's connections do not all reconnect at once): gRPC gets an
+    /// HTTP/2 GOAWAY (new streams go to a new connection, which a load balancer may place on
+    /// another replica), WebSocket a close frame saying to resume elsewhere. Sessions on it
+    /// detach and stay resumable.
+    pub max_connection_age: Option<Duration>,
+    /// How long, after `max_connection_age`, a connection's streams have before it is cut.
+    pub max_connection_age_grace: Duration,
+    /// The most streams one HTTP/2 connection may have open at once (HTTP/2's
+    /// SETTINGS_MAX_CONCURRENT_STREAMS); a client opens another connection beyond it, or waits.
+    /// `None` for no limit.
+    pub max_concurrent_streams: Option<u32>,
 }
 
 /// Room for a NAT gateway's worth of clients, not for a flood from one host.
 const DEFAULT_MAX_CONNECTIONS_PER_PEER: NonZeroUsize = NonZeroUsize::new(256).unwrap();
+
+/// Room for the sessions a proxy multiplexes onto one upstream connection; past it the proxy
+/// opens another, rather than one connection carrying an unbounded number.
+const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1000;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -173,6 +199,12 @@ impl Default for GatewayConfig {
             auth_failure_tracked: 65_536,
             store_retry: Duration::from_secs(10),
             allow_plaintext_credentials: false,
+            http2_keepalive_interval: Duration::from_secs(20),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            tcp_keepalive: Some(Duration::from_secs(60)),
+            max_connection_age: None,
+            max_connection_age_grace: Duration::from_secs(30),
+            max_concurrent_streams: Some(DEFAULT_MAX_CONCURRENT_STREAMS),
         }
     }
 }

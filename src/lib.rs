@@ -56,14 +56,15 @@
 //!   WebSocket; `transport::listener` is the accept loop both share (back-off on accept
 //!   errors, a cap on connections per peer address, and TLS when configured:
 //!   [`transport::tls`], certificates reloaded when their files change, mutual TLS and the
-//!   principal a client certificate names). [`server`] assembles the tonic server
+//!   principal a client certificate names). [`server`] assembles the gRPC server
 //!   with health, reflection and graceful shutdown, gives every connection a deadline to
 //!   become useful and every shutdown a deadline to end, and runs both transports over one
 //!   gateway.
 //! - **Replica death**: [`store::replicas`] keeps each replica's lease on a shared store, and
 //!   [`takeover`] is what a surviving replica does with a lost one's jobs and sessions.
 //! - **The gateway**: [`gateway::Gateway`] ties the pieces together; [`config`] its settings,
-//!   and [`settings`] the config file merged with the flags and the environment.
+//!   and [`settings`] the config file merged with the flags and the environment;
+//!   [`logging`] the process's log, as text or JSON lines.
 //! - **A client**: [`client`] is a Rust client of the gRPC service that resumes its session
 //!   across dropped streams and hands over each job frame once; it reaches only [`proto`],
 //!   [`protocol`], [`encoding`], [`clock`] and [`error`]. [`cli`] is `arcp-gateway client`
@@ -89,6 +90,7 @@ pub mod gateway;
 pub mod ids;
 pub(crate) mod job;
 pub mod lease;
+pub mod logging;
 pub mod protocol;
 pub(crate) mod reload;
 pub mod server;

@@ -26,6 +26,7 @@ use arcp_gateway::{
     credentials::{HttpProvisioner, MemoryProvisioner},
     engine::Observers,
     ids::{Principal, ReplicaId},
+    logging::{self, LogFormat},
     server,
     settings::{self, Merged},
     store::{redis::RedisSettings, StoreChoice, Stores},
@@ -37,7 +38,6 @@ use arcp_gateway::{
 };
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// mimalloc rather than the system allocator: the frame path allocates and frees small buffers
 /// on every event, from both workers (see BENCHMARKS.md for what it changed).
@@ -260,8 +260,14 @@ struct ServeArgs {
     /// past it jobs end with a retryable INTERNAL_ERROR, logged once the store is back.
     #[arg(long, default_value_t = 10_000, env = "ARCP_STORE_RETRY_MS")]
     store_retry_ms: u64,
+    /// How log lines are written: `text`, or `json` (one object per line, each listing the
+    /// spans it is in with their fields). The level comes from RUST_LOG (default info).
+    #[arg(long, default_value = "text", env = "ARCP_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(flatten)]
     security: SecurityArgs,
+    #[command(flatten)]
+    transport: TransportArgs,
 }
 
 /// TLS, mutual TLS, JWT bearer tokens and the plaintext health listener (docs/deployment.md).
@@ -331,6 +337,42 @@ struct SecurityArgs {
     /// §14 forbids: for loopback demos and tests only. Without it they go over TLS only.
     #[arg(long, env = "ARCP_ALLOW_PLAINTEXT_CREDENTIALS")]
     allow_plaintext_credentials: bool,
+}
+
+/// Transport settings for running behind a load balancer or a service mesh (README.md,
+/// "Behind a proxy or a mesh").
+#[derive(clap::Args)]
+struct TransportArgs {
+    /// How often an idle gRPC connection is pinged (HTTP/2 PING), in seconds.
+    #[arg(
+        long,
+        default_value_t = 20.0,
+        env = "ARCP_HTTP2_KEEPALIVE_INTERVAL_SEC"
+    )]
+    http2_keepalive_interval_sec: f64,
+    /// How long an HTTP/2 ping may go unanswered before the connection is closed, in seconds.
+    #[arg(long, default_value_t = 10.0, env = "ARCP_HTTP2_KEEPALIVE_TIMEOUT_SEC")]
+    http2_keepalive_timeout_sec: f64,
+    /// TCP keepalive (SO_KEEPALIVE) idle time on accepted sockets of both listeners, in
+    /// seconds; 0 turns it off.
+    #[arg(long, default_value_t = 60.0, env = "ARCP_TCP_KEEPALIVE_SEC")]
+    tcp_keepalive_sec: f64,
+    /// Ask connections to go away once they are this old, less up to a tenth (gRPC: HTTP/2
+    /// GOAWAY; WebSocket: close code 1012), so that long-lived connections rebalance over
+    /// replicas; sessions on them stay resumable. In seconds; 0 (the default) turns it off.
+    #[arg(long, default_value_t = 0.0, env = "ARCP_MAX_CONNECTION_AGE_SEC")]
+    max_connection_age_sec: f64,
+    /// How long a connection past its maximum age keeps its streams before it is cut, in
+    /// seconds.
+    #[arg(
+        long,
+        default_value_t = 30.0,
+        env = "ARCP_MAX_CONNECTION_AGE_GRACE_SEC"
+    )]
+    max_connection_age_grace_sec: f64,
+    /// The most streams (sessions) one HTTP/2 connection may have open at once; 0 for no limit.
+    #[arg(long, default_value_t = 1000, env = "ARCP_MAX_CONCURRENT_STREAMS")]
+    max_concurrent_streams: u32,
 }
 
 fn parse_token_pair(pair: &str) -> Result<(String, Principal), String> {
@@ -421,11 +463,7 @@ fn agents_of(args: &ServeArgs, inline: Option<(String, PathBuf)>) -> Result<Agen
 
 /// `serve`: the gateway until a signal, or its replica's loss, stops it.
 async fn serve_main(args: ServeArgs, inline_agents: Option<(String, PathBuf)>) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    logging::init(args.log_format);
     // Before anything listens: a gateway whose agents are declared wrong does not start.
     let agents = match agents_of(&args, inline_agents) {
         Ok(registry) => registry,
@@ -441,6 +479,13 @@ async fn serve_main(args: ServeArgs, inline_agents: Option<(String, PathBuf)>) -
             ExitCode::FAILURE
         }
     }
+}
+
+/// `secs` seconds, or `None` for 0 (or anything that is no duration), which turns a setting off.
+fn off_when_zero(secs: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
 }
 
 /// A duration of `secs` seconds given for `flag`, which must be positive.
@@ -493,6 +538,22 @@ async fn serve(args: ServeArgs, agents: AgentRegistry) -> Result<(), Box<dyn std
         replica_lease,
         store_retry: Duration::from_millis(args.store_retry_ms),
         allow_plaintext_credentials: args.security.allow_plaintext_credentials,
+        http2_keepalive_interval: seconds(
+            "http2-keepalive-interval-sec",
+            args.transport.http2_keepalive_interval_sec,
+        )?,
+        http2_keepalive_timeout: seconds(
+            "http2-keepalive-timeout-sec",
+            args.transport.http2_keepalive_timeout_sec,
+        )?,
+        tcp_keepalive: off_when_zero(args.transport.tcp_keepalive_sec),
+        max_connection_age: off_when_zero(args.transport.max_connection_age_sec),
+        max_connection_age_grace: Duration::try_from_secs_f64(
+            args.transport.max_connection_age_grace_sec,
+        )
+        .map_err(|_| "--max-connection-age-grace-sec must be a number of seconds")?,
+        max_concurrent_streams: (args.transport.max_concurrent_streams != 0)
+            .then_some(args.transport.max_concurrent_streams),
         ..GatewayConfig::default()
     };
     let mut auth = Authenticator::from_pairs(args.auth_tokens);

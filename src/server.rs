@@ -1,6 +1,7 @@
-//! The servers: the tonic server (the ARCP service behind its authentication layer, with gRPC
-//! health and server reflection, graceful shutdown and the session sweeper), and
-//! [`serve_all`], which runs it beside the WebSocket transport over one gateway.
+//! The servers: the gRPC server (tonic's services: the ARCP service behind its authentication
+//! layer, with gRPC health and server reflection; served by hyper's HTTP/2, one task per
+//! connection (`http2`); graceful shutdown and the session sweeper), and [`serve_all`], which
+//! runs it beside the WebSocket transport over one gateway.
 //!
 //! Both accept through one loop (`crate::transport::listener`: back-off on accept errors, a
 //! cap on connections per peer address shared by the two). A gRPC connection must open its
@@ -15,13 +16,18 @@
 //! plaintext listener serving only `grpc.health.v1`, the same statuses as the main one, for
 //! probes that cannot speak TLS (the kubelet's gRPC probe).
 //!
+//! For proxies and meshes, the HTTP/2 keepalive, the streams per connection and a maximum
+//! connection age come from [`GatewayConfig`](crate::config::GatewayConfig): past its own
+//! (jittered) age a connection gets a GOAWAY, and is cut once the grace after it ends.
+//!
 //! [`GatewayConfig::connection_setup_timeout`]: crate::config::GatewayConfig::connection_setup_timeout
 //! [`GatewayConfig::shutdown_grace`]: crate::config::GatewayConfig::shutdown_grace
 
 mod connection;
 mod health;
+mod http2;
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use tokio::net::TcpListener;
@@ -41,6 +47,7 @@ use crate::{
             tls::{Alpn, Tls},
             Listener, PeerLimit,
         },
+        max_age::MaxAge,
         ws,
     },
 };
@@ -53,11 +60,6 @@ pub struct ServeOptions {
     /// A plaintext listener serving only `grpc.health.v1`.
     pub health: Option<TcpListener>,
 }
-
-/// HTTP/2 pings detect peers that vanished without closing the connection, so their sessions
-/// detach (and start the resume window) instead of hanging.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long cut connections get to finish closing before `serve` returns regardless: a cut
 /// connection's next read or write fails, so this is a bound, not a wait.
@@ -79,7 +81,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let peers = PeerLimit::new(gateway.config().max_connections_per_peer);
-    let listener = Listener::new(listener, "grpc", peers);
+    let listener =
+        Listener::new(listener, "grpc", peers).with_tcp_keepalive(gateway.config().tcp_keepalive);
     serve_grpc(gateway, listener, None, shutdown, CancellationToken::new()).await
 }
 
@@ -128,10 +131,17 @@ async fn serve_grpc(
         let live = live.clone();
         move |accepted| {
             let security = accepted.stream.security().clone();
+            // Jittered per connection; hyper sends the GOAWAY at the age, `GuardedIo` cuts
+            // what is left once the grace after it ends.
+            let max_age = MaxAge::from_config(config);
+            let cut_after = max_age.map(|max| max.cut_after());
             // Frames that many sessions produce at the same tick share a write.
             let io = BatchedWrites::new(accepted.stream);
-            let io = GuardedIo::new(io, accepted.slot, security, setup_timeout, &live);
-            Ok::<_, Infallible>(io)
+            let io = GuardedIo::new(io, accepted.slot, security, setup_timeout, cut_after, &live);
+            http2::Incoming {
+                io,
+                max_age: max_age.map(|max| max.age),
+            }
         }
     });
     let stopping = CancellationToken::new();
@@ -146,36 +156,32 @@ async fn serve_grpc(
             drained.cancel();
         }
     };
-    let serving = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+    let routes = tonic::service::Routes::new(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ArcpService::new(gateway.clone()))
+        .prepare();
+    let service = tower::ServiceBuilder::new()
         // Outermost: it marks the connection in use and restores the peer address for the
         // layers inside it.
         .layer(InUseLayer)
         .layer(AuthLayer::new(gateway.clone()))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(ArcpService::new(gateway.clone()))
-        .serve_with_incoming_shutdown(incoming, signal);
+        .service(routes);
+    let serving = http2::serve(incoming, service, config, signal);
     let mut serving = std::pin::pin!(serving);
-    let result = tokio::select! {
-        result = &mut serving => result,
+    tokio::select! {
+        () = &mut serving => {}
         () = async {
             stopping.cancelled().await;
             tokio::time::sleep(grace).await;
         } => {
             let cut = live.cut_all();
             tracing::warn!(cut, "shutdown grace of {grace:?} over: gRPC connections still open are cut");
-            match tokio::time::timeout(CUT_SETTLE, &mut serving).await {
-                Ok(result) => result,
-                Err(_) => {
-                    tracing::warn!("gRPC connections still open after the cut; returning anyway");
-                    Ok(())
-                }
+            if tokio::time::timeout(CUT_SETTLE, &mut serving).await.is_err() {
+                tracing::warn!("gRPC connections still open after the cut; returning anyway");
             }
         }
-    };
+    }
     drained.cancel();
     sweeper.abort();
     if let Some(follower) = follower {
@@ -189,7 +195,7 @@ async fn serve_grpc(
             health_only.abort();
         }
     }
-    Ok(result?)
+    Ok(())
 }
 
 /// Serves gRPC on `grpc` and WebSocket ([`crate::transport::ws`]) on `websocket` until
@@ -214,8 +220,9 @@ pub async fn serve_all_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let peers = PeerLimit::new(gateway.config().max_connections_per_peer);
-    let grpc = Listener::new(grpc, "grpc", peers.clone());
-    let websocket = Listener::new(websocket, "websocket", peers);
+    let keepalive = gateway.config().tcp_keepalive;
+    let grpc = Listener::new(grpc, "grpc", peers.clone()).with_tcp_keepalive(keepalive);
+    let websocket = Listener::new(websocket, "websocket", peers).with_tcp_keepalive(keepalive);
     let setup_timeout = gateway.config().connection_setup_timeout;
     let (grpc, websocket) = match &options.tls {
         Some(tls) => (

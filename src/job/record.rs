@@ -121,14 +121,26 @@ impl JobRecord {
         authority: Authority,
         services: Arc<JobServices>,
     ) -> JobRecord {
+        // A field is recorded only when the job has a value for it: an empty one says nothing
+        // and trips log pipelines that index fields.
         let span = tracing::info_span!(
             "arcp.job",
             job_id = %spec.id,
+            session_id = %owner.session,
             agent = %spec.agent,
-            trace_id = spec.trace_id.as_ref().map(|t| t.as_str()).unwrap_or(""),
-            "arcp.lease.expires_at" = spec.lease.expires_at().map(|t| Timestamp(t).to_rfc3339()).unwrap_or_default(),
+            trace_id = tracing::field::Empty,
+            "arcp.lease.expires_at" = tracing::field::Empty,
             "arcp.budget.remaining" = tracing::field::Empty,
         );
+        if let Some(trace_id) = &spec.trace_id {
+            span.record("trace_id", trace_id.as_str());
+        }
+        if let Some(expires_at) = spec.lease.expires_at() {
+            span.record(
+                "arcp.lease.expires_at",
+                Timestamp(expires_at).to_rfc3339().as_str(),
+            );
+        }
         let emitter = Emitter::new(
             spec.id.clone(),
             spec.trace_id.clone(),

@@ -86,7 +86,8 @@ impl ClientMessage {
 }
 
 /// The opening of a session: `session.hello`, or `session.resume` (which always has `resume`).
-#[derive(Clone, Debug, Default)]
+/// Its `Debug` leaves the token out.
+#[derive(Clone, Default)]
 pub struct Hello {
     /// `auth.scheme` (§6.1), when the hello names one; only `bearer` is defined.
     pub scheme: Option<String>,
@@ -98,8 +99,8 @@ pub struct Hello {
     pub resume: Option<ResumeRequest>,
 }
 
-/// What a client presents to continue a session.
-#[derive(Clone, Debug)]
+/// What a client presents to continue a session. Its `Debug` leaves the token out.
+#[derive(Clone)]
 pub struct ResumeRequest {
     /// The session the client believes it resumes, when it says.
     pub session_id: Option<SessionId>,
@@ -108,6 +109,30 @@ pub struct ResumeRequest {
     /// The highest `event_seq` the client has processed.
     pub last_event_seq: EventSeq,
 }
+
+impl std::fmt::Debug for Hello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hello")
+            .field("scheme", &self.scheme)
+            .field("token", &self.token.as_ref().map(|_| REDACTED))
+            .field("features", &self.features)
+            .field("resume", &self.resume)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ResumeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResumeRequest")
+            .field("session_id", &self.session_id)
+            .field("token", &REDACTED)
+            .field("last_event_seq", &self.last_event_seq)
+            .finish()
+    }
+}
+
+/// What `Debug` shows in place of a secret.
+pub(crate) const REDACTED: &str = "<redacted>";
 
 /// `job.submit` (§7.1).
 #[derive(Clone, Debug)]
@@ -228,5 +253,27 @@ pub fn job_ref(
         (Some(p), _) => Ok(p),
         (None, Some(e)) => Ok(e.clone()),
         (None, None) => Err(ArcpError::InvalidRequest(format!("{what} requires job_id"))),
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn debug_leaves_tokens_out() {
+        let resume = ResumeRequest {
+            session_id: None,
+            token: "resume-secret".into(),
+            last_event_seq: EventSeq::default(),
+        };
+        let hello = Hello {
+            token: Some("bearer-secret".into()),
+            resume: Some(resume),
+            ..Hello::default()
+        };
+        let shown = format!("{hello:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains(REDACTED), "{shown}");
     }
 }

@@ -93,8 +93,8 @@ pub struct JobSummary {
     pub credentials: Vec<Credential>,
 }
 
-/// `session.welcome`.
-#[derive(Clone, Debug)]
+/// `session.welcome`. Its `Debug` leaves the resume token out.
+#[derive(Clone)]
 pub struct Welcome {
     /// The runtime's name and version.
     pub runtime_name: &'static str,
@@ -110,6 +110,20 @@ pub struct Welcome {
     pub features: Vec<String>,
     /// The agent inventory.
     pub agents: Vec<AgentInfo>,
+}
+
+impl std::fmt::Debug for Welcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Welcome")
+            .field("runtime_name", &self.runtime_name)
+            .field("runtime_version", &self.runtime_version)
+            .field("resume_token", &super::client::REDACTED)
+            .field("resume_window_sec", &self.resume_window_sec)
+            .field("heartbeat_interval_sec", &self.heartbeat_interval_sec)
+            .field("features", &self.features)
+            .field("agents", &self.agents)
+            .finish()
+    }
 }
 
 /// One agent of the inventory (§7.5).

@@ -1,10 +1,11 @@
 //! A gRPC connection as the server holds it: it must open its first stream within the setup
-//! timeout, and it is cut when the shutdown grace ends.
+//! timeout, and it is cut when the shutdown grace ends, or when the grace after its maximum age
+//! ends (hyper sent its GOAWAY at that age; see `http2`).
 //!
-//! tonic owns the task that serves a connection, so both ends are enforced in the connection's
-//! IO ([`GuardedIo`]): past the deadline, or once cut, every read and write fails, which ends
-//! hyper's connection and closes the socket. A connection becomes in use when its first request
-//! arrives; [`InUseLayer`] says so through the connect info tonic puts on every request, and
+//! The ends are enforced in the connection's IO ([`GuardedIo`]), whatever hyper is doing with
+//! it: past the deadline, or once cut, every read and write fails, which ends hyper's
+//! connection and closes the socket. A connection becomes in use when its first request
+//! arrives; [`InUseLayer`] says so through the connect info `http2` puts on every request, and
 //! hands the request tonic's own [`TcpConnectInfo`] in its place, so
 //! [`tonic::Request::remote_addr`] keeps working.
 //!
@@ -90,6 +91,8 @@ pub(crate) struct GuardedIo<T> {
     inner: T,
     /// Armed until the connection is in use.
     setup_deadline: Option<Pin<Box<Sleep>>>,
+    /// When the connection is cut for its age, if it has a maximum one.
+    age_deadline: Option<Pin<Box<Sleep>>>,
     in_use: Arc<AtomicBool>,
     security: Security,
     registration: Registration,
@@ -97,18 +100,21 @@ pub(crate) struct GuardedIo<T> {
 }
 
 impl<T> GuardedIo<T> {
-    /// Wraps `inner`, which must open its first stream within `setup_timeout`; `security`
-    /// is what its transport established, for every request on it.
+    /// Wraps `inner`, which must open its first stream within `setup_timeout` and is cut
+    /// `cut_after` from now if given; `security` is what its transport established, for every
+    /// request on it.
     pub(crate) fn new(
         inner: T,
         slot: PeerSlot,
         security: Security,
         setup_timeout: Duration,
+        cut_after: Option<Duration>,
         live: &Arc<LiveConnections>,
     ) -> Self {
         GuardedIo {
             inner,
             setup_deadline: Some(Box::pin(tokio::time::sleep(setup_timeout))),
+            age_deadline: cut_after.map(|after| Box::pin(tokio::time::sleep(after))),
             in_use: Arc::default(),
             security,
             registration: live.register(),
@@ -116,10 +122,18 @@ impl<T> GuardedIo<T> {
         }
     }
 
-    /// Fails once the connection is cut or its setup deadline has passed.
+    /// Fails once the connection is cut, or its setup deadline or its age has passed.
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         if self.registration.live.is_cut() {
             return Err(cut());
+        }
+        if let Some(deadline) = &mut self.age_deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the grace after the connection's maximum age ended",
+                ));
+            }
         }
         if let Some(deadline) = &mut self.setup_deadline {
             if self.in_use.load(Ordering::Acquire) {
@@ -212,7 +226,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     }
 }
 
-/// What tonic puts on every request of a [`GuardedIo`] connection; [`InUseLayer`] replaces it
+/// What `http2` puts on every request of a [`GuardedIo`] connection; [`InUseLayer`] replaces it
 /// with the [`TcpConnectInfo`] and the [`Security`] it carries.
 #[derive(Clone)]
 pub(crate) struct GuardedConnectInfo {
@@ -296,7 +310,10 @@ mod tests {
             .admit(Ipv4Addr::LOCALHOST.into())
             .expect("an empty table admits");
         let security = Security::default();
-        (GuardedIo::new(ours, slot, security, SETUP, live), theirs)
+        (
+            GuardedIo::new(ours, slot, security, SETUP, None, live),
+            theirs,
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -319,6 +336,23 @@ mod tests {
         io.read_exact(&mut buf).await.expect("still open");
         assert_eq!(&buf, b"late");
         assert!(io.setup_deadline.is_none(), "the deadline is disarmed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_past_its_age_and_grace_fails_even_in_use() {
+        let live = Arc::default();
+        let (ours, _peer) = tokio::io::duplex(64);
+        let slot = PeerLimit::new(NonZeroUsize::MIN)
+            .admit(Ipv4Addr::LOCALHOST.into())
+            .expect("an empty table admits");
+        let age = SETUP * 3;
+        let mut io = GuardedIo::new(ours, slot, Security::default(), SETUP, Some(age), &live);
+        io.in_use.store(true, Ordering::Release);
+        let started = tokio::time::Instant::now();
+        let mut buf = [0; 8];
+        let read = io.read(&mut buf).await.expect_err("the age passes");
+        assert_eq!(read.kind(), io::ErrorKind::ConnectionAborted);
+        assert_eq!(started.elapsed(), age);
     }
 
     #[tokio::test]

@@ -7,12 +7,14 @@
 //! - `listener`: the accept loop both serve: back-off on accept errors, a cap per peer address,
 //!   and TLS ([`tls`]) when configured.
 //! - [`tls_client`]: TLS for the gateway's own outbound connections.
+//! - `max_age`: when a connection is asked to go away, and when it is cut.
 
 pub mod grpc;
 pub(crate) mod held_writes;
 pub mod json;
 pub(crate) mod listener;
 pub mod tls_client;
+pub(crate) mod max_age;
 pub mod ws;
 
 pub use listener::tls;

@@ -55,6 +55,7 @@ use super::{
     held_writes::{HeldWrites, Hold},
     json,
     listener::{Accepted, Conn, Listener, PeerLimit},
+    max_age::MaxAge,
 };
 
 /// The path ARCP is served on.
@@ -67,6 +68,12 @@ const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// submit, acks, pings), and a larger message is gathered in a buffer of its own size anyway;
 /// tungstenite's default (128 KiB) was nearly all of an idle session's memory.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// The reason of the close frame (code 1012, as for a restart) that ends a connection at its
+/// maximum age: the client resumes its session on a new connection, which a load balancer may
+/// place on another replica.
+pub const MAX_AGE_REASON: &str =
+    "the connection reached its maximum age; resume the session on a new connection";
 
 /// How long the close frame may take to send before the connection is dropped without it.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -92,12 +99,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let peers = PeerLimit::new(gateway.config().max_connections_per_peer);
-    serve_on(
-        gateway,
-        Listener::new(listener, "websocket", peers),
-        shutdown,
-    )
-    .await
+    let listener = Listener::new(listener, "websocket", peers)
+        .with_tcp_keepalive(gateway.config().tcp_keepalive);
+    serve_on(gateway, listener, shutdown).await
 }
 
 /// [`serve`] on an accept loop of the caller's.
@@ -272,6 +276,15 @@ async fn connection(
         lost: lost.clone(),
         encrypted: security.encrypted,
     };
+    // Jittered per connection, so that connections opened together do not close together.
+    let max_age = MaxAge::from_config(gateway.config());
+    let mut aged = std::pin::pin!(async move {
+        match max_age {
+            Some(max) => tokio::time::sleep(max.age).await,
+            None => future::pending().await,
+        }
+    });
+    let mut too_old = false;
     let ended = {
         let mut outbound = std::pin::pin!(gateway.connect(conn, inbound));
         // Declared lost and not reading: no close handshake can complete either.
@@ -283,6 +296,11 @@ async fn connection(
             let item = tokio::select! {
                 item = outbound.next() => item,
                 _ = gone.cancelled() => None,
+                // Dropping the stream detaches the session, which stays resumable.
+                () = &mut aged => {
+                    too_old = true;
+                    None
+                }
             };
             let Some(item) = item else { break None };
             // The frames ready now go out in one write: a flush per frame was a system call per
@@ -302,18 +320,28 @@ async fn connection(
         }
         // The session's reader, which holds the read half, ends here.
     };
-    let close = ended.as_ref().map_or(
-        CloseFrame {
+    let close = match &ended {
+        Some(end) => close_frame(end),
+        None if too_old => CloseFrame {
+            code: CloseCode::Restart,
+            reason: MAX_AGE_REASON.into(),
+        },
+        None => CloseFrame {
             code: CloseCode::Normal,
             reason: "".into(),
         },
-        close_frame,
-    );
+    };
+    // Past its age, the connection's close handshake has the grace a gRPC connection's
+    // streams get after its GOAWAY.
+    let close_grace = match max_age {
+        Some(max) if too_old => max.grace.max(CLOSE_GRACE),
+        _ => CLOSE_GRACE,
+    };
     let closing = async {
         let _ = sink.send(Message::Close(Some(close))).await;
         let _ = sink.close().await;
     };
-    if tokio::time::timeout(CLOSE_GRACE, closing).await.is_err() {
+    if tokio::time::timeout(close_grace, closing).await.is_err() {
         return Ok(());
     }
     if matches!(ended, Some(StreamEnd::Unreadable(_))) {

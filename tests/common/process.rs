@@ -59,6 +59,8 @@ pub struct GatewayProcess {
     pub addr: SocketAddr,
     pub ws_addr: SocketAddr,
     pub output: Arc<parking_lot::Mutex<String>>,
+    /// The output as written, colour codes and all.
+    pub raw_output: Arc<parking_lot::Mutex<String>>,
     pub readers: Vec<JoinHandle<()>>,
 }
 
@@ -101,14 +103,19 @@ impl GatewayProcess {
         cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().expect("spawn arcp-gateway");
         let output = Arc::new(parking_lot::Mutex::new(String::new()));
+        let raw_output = Arc::new(parking_lot::Mutex::new(String::new()));
         let (lines_tx, mut lines) = mpsc::unbounded_channel();
+        let buffers = Buffers {
+            output: output.clone(),
+            raw: raw_output.clone(),
+        };
         let readers = vec![
             capture(
                 child.stdout.take().unwrap(),
-                output.clone(),
+                buffers.clone(),
                 lines_tx.clone(),
             ),
-            capture(child.stderr.take().unwrap(), output.clone(), lines_tx),
+            capture(child.stderr.take().unwrap(), buffers, lines_tx),
         ];
         let addrs = tokio::time::timeout(PROCESS_TIMEOUT, async {
             let (mut addr, mut ws_addr) = (None, None);
@@ -140,6 +147,7 @@ impl GatewayProcess {
             addr,
             ws_addr,
             output,
+            raw_output,
             readers,
         }
     }
@@ -263,19 +271,29 @@ impl GatewayProcess {
     }
 }
 
-/// Copies `pipe` line by line, colour codes removed, into `output` and `lines`.
+/// Where [`capture`] copies a process's output: as written, and with colour codes removed.
+#[derive(Clone)]
+struct Buffers {
+    output: Arc<parking_lot::Mutex<String>>,
+    raw: Arc<parking_lot::Mutex<String>>,
+}
+
+/// Copies `pipe` line by line into `buffers`, and colour codes removed into `lines`.
 fn capture(
     pipe: impl AsyncRead + Unpin + Send + 'static,
-    output: Arc<parking_lot::Mutex<String>>,
+    buffers: Buffers,
     lines: mpsc::UnboundedSender<String>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut reader = BufReader::new(pipe).lines();
-        while let Ok(Some(line)) = reader.next_line().await {
-            let line = strip_ansi(&line);
+        while let Ok(Some(raw)) = reader.next_line().await {
+            let line = strip_ansi(&raw);
             {
-                let mut output = output.lock();
+                let mut output = buffers.output.lock();
                 output.push_str(&line);
+                output.push('\n');
+                let mut output = buffers.raw.lock();
+                output.push_str(&raw);
                 output.push('\n');
             }
             let _ = lines.send(line);
@@ -304,12 +322,19 @@ fn strip_ansi(line: &str) -> String {
 }
 
 /// The address after `key` (`addr=` or `ws_addr=`) in a startup line
-/// `... arcp-gateway listening ... addr=127.0.0.1:PORT`.
+/// `... arcp-gateway listening ... addr=127.0.0.1:PORT`, or in its field (`addr`, `ws_addr`)
+/// when the line is JSON (`--log-format json`).
 fn listening_addr(line: &str, key: &str) -> Option<SocketAddr> {
     if !line.contains("arcp-gateway listening") {
         return None;
     }
-    let addr = line.split_whitespace().find_map(|w| w.strip_prefix(key))?;
+    let addr = match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(json) => json.get(key.trim_end_matches('='))?.as_str()?.to_owned(),
+        Err(_) => line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))?
+            .to_owned(),
+    };
     Some(
         addr.parse()
             .unwrap_or_else(|e| panic!("bad {key} in {line:?}: {e}")),

@@ -2,8 +2,9 @@
 
 use std::{collections::BTreeMap, num::NonZeroUsize, path::PathBuf, time::Duration};
 
-/// How to start a stdio agent's child, checked when the agents file was loaded.
-#[derive(Debug, Clone)]
+/// How to start a stdio agent's child, checked when the agents file was loaded. Its `Debug`
+/// leaves out the token and the environment's values, which may be keys.
+#[derive(Clone)]
 pub struct StdioSpec {
     /// The executable, resolved on `PATH` or against `cwd`.
     pub program: PathBuf,
@@ -35,4 +36,19 @@ pub struct LongLived {
     pub jobs_per_child: NonZeroUsize,
     /// How long a child without a job lives on before its stdin is closed.
     pub idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for StdioSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StdioSpec")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("cwd", &self.cwd)
+            .field("max_children", &self.max_children)
+            .field("agent", &self.agent)
+            .field("cancel_grace", &self.cancel_grace)
+            .field("welcome_timeout", &self.welcome_timeout)
+            .finish_non_exhaustive()
+    }
 }

@@ -11,6 +11,7 @@
 //! - [`tls`]: the TLS configuration a listener may wrap its connections in, reloaded when its
 //!   files change.
 //! - `conn`: an accepted connection, in TLS or not, and what its handshake established.
+//! - `keepalive`: TCP keepalive on accepted sockets.
 //!
 //! With TLS, each admitted connection makes its handshake in a task of its own (bounded by
 //! the connection setup timeout), so a slow or silent client holds up no other; `accept`
@@ -18,6 +19,7 @@
 
 mod backoff;
 mod conn;
+mod keepalive;
 mod peers;
 pub mod tls;
 mod warning_rate;
@@ -32,6 +34,7 @@ use tokio::{
 
 use self::{
     backoff::Backoff,
+    keepalive::set_tcp_keepalive,
     tls::{Alpn, Tls},
     warning_rate::WarningRate,
 };
@@ -65,6 +68,8 @@ struct Admission {
     /// When the next accept may be tried, after a failure. Kept here rather than in a local
     /// sleep, so a caller that drops `accept` and calls it again still waits.
     retry_at: Option<Instant>,
+    /// The TCP keepalive idle time accepted sockets get, if any.
+    tcp_keepalive: Option<Duration>,
 }
 
 /// How a listener wraps its connections in TLS.
@@ -100,10 +105,17 @@ impl Listener {
                 failures: WarningRate::new(WARNING_INTERVAL),
                 refusals: WarningRate::new(WARNING_INTERVAL),
                 retry_at: None,
+                tcp_keepalive: None,
             },
             tls: None,
             handshakes: JoinSet::new(),
         }
+    }
+
+    /// Turns on TCP keepalive with `idle` time on every accepted socket, when given.
+    pub(crate) fn with_tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.admission.tcp_keepalive = idle;
+        self
     }
 
     /// Wraps every connection in TLS with `tls`'s configuration current when it is accepted,
@@ -219,6 +231,11 @@ impl Admission {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            if let Some(idle) = self.tcp_keepalive {
+                if let Err(e) = set_tcp_keepalive(&stream, idle) {
+                    tracing::debug!(transport = self.transport, %peer, "TCP keepalive not set: {e}");
+                }
+            }
             return (stream, peer, slot);
         }
     }
