@@ -69,6 +69,8 @@
 //!   across dropped streams and hands over each job frame once; it reaches only [`proto`],
 //!   [`protocol`], [`encoding`], [`clock`] and [`error`]. [`cli`] is `arcp-gateway client`
 //!   on it: a progress bar, plain lines or JSON lines, and exit codes from a job's end.
+//! - **Traces**: [`telemetry`] exports the job, session and store spans over OTLP, the ARCP
+//!   trace id their W3C parent.
 //! - **Files reloaded while running**: `reload` swaps the TLS material and the JWKS when their
 //!   files change and load, and reports a change that does not load once.
 //! - **Concurrency primitives**: `sync` holds the wake-up and the read-mostly lock the frame
@@ -99,6 +101,7 @@ pub mod settings;
 pub mod store;
 pub(crate) mod sync;
 pub mod takeover;
+pub mod telemetry;
 pub mod transport;
 
 #[cfg(test)]

@@ -8,7 +8,11 @@
 
 use std::{io::IsTerminal, str::FromStr};
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{
+    layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer, Registry,
+};
+
+use crate::telemetry::Telemetry;
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -32,19 +36,33 @@ impl FromStr for LogFormat {
     }
 }
 
-/// Installs the global subscriber writing to stdout in `format`.
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber writing to stdout in `format`, and with `otlp`, exporting
+/// spans to that OTLP collector too ([`Telemetry`], to be shut down on exit).
+pub fn init(format: LogFormat, otlp: Option<&str>) -> Result<Option<Telemetry>, String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.with_ansi(colour()).init(),
-        LogFormat::Json => builder
+    let fmt = tracing_subscriber::fmt::layer();
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![match format {
+        LogFormat::Text => fmt.with_ansi(colour()).boxed(),
+        LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(true)
-            .init(),
-    }
+            .boxed(),
+    }];
+    let telemetry = match otlp {
+        Some(endpoint) => {
+            let (telemetry, layer) = Telemetry::otlp(endpoint, "arcp-gateway")?;
+            layers.push(layer.boxed());
+            Some(telemetry)
+        }
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(layers)
+        .with(filter)
+        .init();
+    Ok(telemetry)
 }
 
 /// Whether text lines may carry colour codes.

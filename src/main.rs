@@ -264,6 +264,10 @@ struct ServeArgs {
     /// spans it is in with their fields). The level comes from RUST_LOG (default info).
     #[arg(long, default_value = "text", env = "ARCP_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Export the job, session and store spans to the OTLP collector at this gRPC endpoint
+    /// (`http://HOST:4317`); a job's span joins the trace its `trace_id` names.
+    #[arg(long, value_name = "URL", env = "ARCP_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(flatten)]
     security: SecurityArgs,
     #[command(flatten)]
@@ -463,7 +467,13 @@ fn agents_of(args: &ServeArgs, inline: Option<(String, PathBuf)>) -> Result<Agen
 
 /// `serve`: the gateway until a signal, or its replica's loss, stops it.
 async fn serve_main(args: ServeArgs, inline_agents: Option<(String, PathBuf)>) -> ExitCode {
-    logging::init(args.log_format);
+    let telemetry = match logging::init(args.log_format, args.otlp_endpoint.as_deref()) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("arcp-gateway: --otlp-endpoint: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // Before anything listens: a gateway whose agents are declared wrong does not start.
     let agents = match agents_of(&args, inline_agents) {
         Ok(registry) => registry,
@@ -472,13 +482,18 @@ async fn serve_main(args: ServeArgs, inline_agents: Option<(String, PathBuf)>) -
             return ExitCode::from(2);
         }
     };
-    match serve(args, agents).await {
+    let code = match serve(args, agents).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
+    };
+    if let Some(telemetry) = telemetry {
+        // The last export is a blocking call that needs the runtime's other threads.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     }
+    code
 }
 
 /// `secs` seconds, or `None` for 0 (or anything that is no duration), which turns a setting off.

@@ -132,6 +132,13 @@ impl JobRecord {
             "arcp.lease.expires_at" = tracing::field::Empty,
             "arcp.budget.remaining" = tracing::field::Empty,
         );
+        // §11: the job's span joins the caller's trace; a job without one gets its span's, so
+        // that what its agent does joins the job's.
+        let mut spec = spec;
+        crate::telemetry::join(&span, spec.trace_id.as_ref());
+        if spec.trace_id.is_none() {
+            spec.trace_id = crate::telemetry::traceparent(&span);
+        }
         if let Some(trace_id) = &spec.trace_id {
             span.record("trace_id", trace_id.as_str());
         }

@@ -25,6 +25,7 @@ use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Duration};
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::time::{Instant, Sleep};
+use tracing::Instrument;
 
 use crate::{
     clock::Timestamp,
@@ -87,9 +88,18 @@ pub fn serve(
         // Boxed: the handshake's future is large and over once the stream is attached; inline,
         // it would be part of every session's stream for its whole life (row 5 of
         // BENCHMARKS.md).
-        let opened = Box::pin(handshake::open(&services, &conn, first, &mut guard)).await;
+        let span = tracing::info_span!("arcp.session.open", session_id = tracing::field::Empty);
+        let opened = Box::pin(
+            handshake::open(&services, &conn, first, &mut guard).instrument(span.clone()),
+        )
+        .await;
         let attachment = match opened {
-            Ok(attachment) => attachment,
+            Ok(attachment) => {
+                span.record("session_id", attachment.record.id().as_str());
+                // The span is the handshake's: it ends here, not with the stream.
+                drop(span);
+                attachment
+            }
             Err(error) => {
                 tracing::info!(code = %error.code(), "handshake refused: {}", error.message());
                 drop(guard);

@@ -18,6 +18,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use tracing::Instrument;
+
 use crate::{
     auth::{
         self,
@@ -35,6 +37,7 @@ use crate::{
         resume::{token_not_valid, ResumeToken},
         session::{NewSession, SessionRecord},
     },
+    telemetry::store_span,
 };
 
 use super::{output::StreamEnd, stream_control::StreamControl, ConnectInfo, SessionServices};
@@ -164,8 +167,16 @@ async fn create(
     let guard = guard.insert(DetachGuard::new(services.clone(), id.clone(), epoch));
     // The registry entry comes first: once it exists, the guard's detach starts its window,
     // and the sweep that closes the window removes whatever else was created.
-    let token = services.resume.issue(&id, &principal, epoch).await?;
-    let log = services.logs.create(&id).await?;
+    let token = services
+        .resume
+        .issue(&id, &principal, epoch)
+        .instrument(store_span("resume.issue"))
+        .await?;
+    let log = services
+        .logs
+        .create(&id)
+        .instrument(store_span("log.create"))
+        .await?;
     let created = services
         .sessions
         .create(NewSession {
@@ -225,14 +236,17 @@ async fn resume_session(
     let id = check_token(services, conn, &principal, &resume).await?;
     // The token was valid, so its holder may learn why the session cannot be resumed: the
     // store unavailable (retryable), or its log gone, and how (the store says if it lost it).
-    let record = services.sessions.open(&id).await.map_err(|e| {
-        if e.retryable() {
-            e
-        } else {
-            token_not_valid()
-        }
-    })?;
-    let log = services.logs.open(&id).await?;
+    let record = services
+        .sessions
+        .open(&id)
+        .instrument(store_span("session.open"))
+        .await
+        .map_err(|e| if e.retryable() { e } else { token_not_valid() })?;
+    let log = services
+        .logs
+        .open(&id)
+        .instrument(store_span("log.open"))
+        .await?;
     let after = resume.last_event_seq;
     // A resume that cannot succeed must not disturb the stream that holds the session.
     log.bounds().await?.check_resume_from(after)?;
@@ -285,7 +299,12 @@ async fn check_token(
     principal: &Principal,
     resume: &ResumeRequest,
 ) -> Result<SessionId, ArcpError> {
-    let checked = match services.resume.check(&resume.token, principal).await {
+    let checked = match services
+        .resume
+        .check(&resume.token, principal)
+        .instrument(store_span("resume.check"))
+        .await
+    {
         Ok(id)
             if resume
                 .session_id

@@ -13,8 +13,8 @@ pub mod grpc;
 pub(crate) mod held_writes;
 pub mod json;
 pub(crate) mod listener;
-pub mod tls_client;
 pub(crate) mod max_age;
+pub mod tls_client;
 pub mod ws;
 
 pub use listener::tls;
