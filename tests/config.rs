@@ -153,16 +153,8 @@ async fn serve_runs_with_the_config_file_and_its_agents() {
     let path = file.to_str().expect("a UTF-8 path");
     let process = GatewayProcess::start_with("info", None, &["--config", path]).await;
     let (_, welcomed) = process.endpoint().hello(GATEWAY_TOKEN).await;
-    let welcomed = welcome(&welcomed);
-    assert_eq!(welcomed.resume_window_sec, 42);
-    let agents: Vec<_> = welcomed
-        .capabilities
-        .as_ref()
-        .expect("capabilities")
-        .agents
-        .iter()
-        .map(|a| a.name.as_str())
-        .collect();
+    assert_eq!(welcome(&welcomed).resume_window_sec, 42);
+    let agents: Vec<_> = inventory(&welcomed).into_iter().map(|a| a.0).collect();
     assert_eq!(agents, ["repeat"]);
     process.terminate().await;
     // A flag comes before the file.

@@ -741,24 +741,20 @@ async fn the_welcome_lists_the_stdio_agents_of_the_binary() {
     let process =
         GatewayProcess::start_with("info", None, &["--agents", file.to_str().unwrap()]).await;
     let (mut conn, welcome_frame) = process.endpoint().hello("alice-token").await;
-    let agents = &welcome(&welcome_frame)
-        .capabilities
-        .as_ref()
-        .expect("capabilities")
-        .agents;
-    let listed: Vec<_> = agents
-        .iter()
-        .map(|a| (a.name.as_str(), a.versions.clone(), a.default.as_str()))
-        .collect();
+    let listed = inventory(&welcome_frame);
     assert_eq!(
         listed,
         [
             (
-                "ndjson-echo",
+                "ndjson-echo".to_owned(),
                 vec!["1.0.0".to_owned(), "2.0.0".to_owned()],
-                "2.0.0"
+                "2.0.0".to_owned()
             ),
-            ("repeat", vec!["1.0.0".to_owned()], "1.0.0"),
+            (
+                "repeat".to_owned(),
+                vec!["1.0.0".to_owned()],
+                "1.0.0".to_owned()
+            ),
         ]
     );
     // Through the binary, with the child's stderr in the gateway's log under the job's id.

@@ -127,20 +127,15 @@ async fn an_upstream_runtime_streams_a_job_through_the_gateway() {
     let upstream = PythonUpstream::start().await;
     let server = fronting(upstream.addr, "").await;
     let (mut conn, welcomed) = server.hello("alice-token").await;
-    let agents = &welcome(&welcomed)
-        .capabilities
-        .as_ref()
-        .expect("capabilities")
-        .agents;
-    let listed: Vec<_> = agents
-        .iter()
-        .map(|a| (a.name.as_str(), a.versions.clone()))
+    let listed: Vec<_> = inventory(&welcomed)
+        .into_iter()
+        .map(|(name, versions, _)| (name, versions))
         .collect();
     assert_eq!(
         listed,
         [
-            ("research", vec!["2.1.0".to_owned()]),
-            ("research-wait", vec!["1.0.0".to_owned()])
+            ("research".to_owned(), vec!["2.1.0".to_owned()]),
+            ("research-wait".to_owned(), vec!["1.0.0".to_owned()])
         ]
     );
     conn.send_frame(proto::ClientFrame {

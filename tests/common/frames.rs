@@ -193,6 +193,18 @@ pub fn welcome(frame: &ServerFrame) -> &proto::SessionWelcome {
     }
 }
 
+/// The agent inventory of a welcome: each agent's name, versions and default version.
+pub fn inventory(frame: &ServerFrame) -> Vec<(String, Vec<String>, String)> {
+    welcome(frame)
+        .capabilities
+        .as_ref()
+        .expect("capabilities")
+        .agents
+        .iter()
+        .map(|a| (a.name.clone(), a.versions.clone(), a.default.clone()))
+        .collect()
+}
+
 /// The features a welcome frame says the session negotiated.
 pub fn offered_features(frame: &ServerFrame) -> &[String] {
     let capabilities = welcome(frame).capabilities.as_ref();
