@@ -17,7 +17,13 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use arcp_gateway::proto::{self, server_frame::Payload as Out};
+use arcp_gateway::{
+    config::GatewayConfig,
+    proto::{self, server_frame::Payload as Out},
+    server::ServeOptions,
+    transport::tls::Tls,
+    Gateway,
+};
 use common::*;
 use serde_json::json;
 use tokio::{
@@ -335,4 +341,57 @@ async fn an_upstream_that_cannot_be_reached_or_refuses_the_token_ends_the_job() 
     conn.recv_until(|f| matches!(f.payload, Some(Out::SessionPong(_))))
         .await;
     server.stop().await;
+}
+
+/// `wss://`: the upstream's certificate checked against the entry's `ca_file`, and refused
+/// without it.
+#[tokio::test]
+async fn a_wss_upstream_is_reached_over_tls_trusting_its_ca_file() {
+    let pki = Pki::new("upstream CA");
+    let tls = Tls::load(pki.server_settings(&pki.server("upstream"))).expect("TLS loads");
+    let options = ServeOptions {
+        tls: Some(tls),
+        health: None,
+    };
+    let upstream =
+        TestServer::start_with_options(Gateway::builder(GatewayConfig::default()), options).await;
+    let ca = pki.path("ca.pem");
+    std::fs::write(&ca, &pki.ca).expect("write the CA");
+    let url = format!("wss://{SERVER_NAME}:{}/arcp", upstream.ws_addr.port());
+    let entry = |name: &str, extra: &str| {
+        format!(
+            "[[agents]]\nname = {}\nversion = \"1.0.0\"\nbackend = \"upstream\"\nurl = {}\n\
+             agent = \"echo\"\nreconnect_timeout_sec = 0.5\n{}{extra}\n",
+            quoted(name),
+            quoted(&url),
+            token("alice-token")
+        )
+    };
+    let toml = format!(
+        "{}{}",
+        entry(
+            "trusting",
+            &format!("ca_file = {}", quoted(ca.to_str().expect("UTF-8")))
+        ),
+        entry("untrusting", "")
+    );
+    let server = gateway_with_agents(&toml, &scratch("upstream-wss")).await;
+    let (mut conn, _) = server.hello("alice-token").await;
+    let (job, _) = submit_and_accept(&mut conn, submit("trusting", json!({"over": "wss"}))).await;
+    let (_, terminal) = conn.recv_until_terminal(&job).await;
+    assert_eq!(
+        result_json(&terminal),
+        json!({"over": "wss"}),
+        "{terminal:?}"
+    );
+    let (job, _) = submit_and_accept(&mut conn, submit("untrusting", json!({}))).await;
+    let (_, terminal) = conn.recv_until_terminal(&job).await;
+    let error = job_error(&terminal);
+    assert!(
+        error.message.contains("TLS handshake"),
+        "a certificate the system does not trust: {}",
+        error.message
+    );
+    server.stop().await;
+    upstream.stop().await;
 }
