@@ -86,6 +86,7 @@ pub mod gateway;
 pub mod ids;
 pub(crate) mod job;
 pub mod lease;
+pub mod metrics;
 pub mod protocol;
 pub(crate) mod reload;
 pub mod server;

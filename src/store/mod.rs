@@ -27,6 +27,7 @@ pub mod redis;
 pub mod replicas;
 pub mod resume;
 pub mod session;
+pub mod timed;
 
 use std::sync::Arc;
 
@@ -42,6 +43,7 @@ use self::{
     replicas::{memory::MemoryReplicas, redis::RedisReplicaRegistry, ReplicaRegistry},
     resume::{memory::MemoryResumeRegistry, redis::RedisResumeRegistry, ResumeRegistry},
     session::{memory::MemorySessionStore, redis::RedisSessionStore, SessionStore},
+    timed::{TimedLogs, TimedResume, TimedSessions},
 };
 use crate::{
     error::ArcpError,
@@ -148,12 +150,24 @@ impl Stores {
         replica: &ReplicaId,
         limits: LogLimits,
     ) -> Result<Stores, ArcpError> {
-        match choice {
-            StoreChoice::Memory => Ok(Stores::memory_with_limits(limits)),
+        let (kind, stores) = match choice {
+            StoreChoice::Memory => ("memory", Stores::memory_with_limits(limits)),
             StoreChoice::Redis(url) => {
                 let redis = Redis::open_with(url, prefix, settings)?;
-                Ok(Stores::redis(&redis, replica, limits))
+                ("redis", Stores::redis(&redis, replica, limits))
             }
+        };
+        Ok(stores.timed(kind))
+    }
+
+    /// These stores with their session, resume and log operations timed, as `kind` (`memory`,
+    /// `redis`), in the store latency metrics ([`timed`]).
+    pub fn timed(self, kind: &'static str) -> Stores {
+        Stores {
+            sessions: Arc::new(TimedSessions::new(kind, self.sessions)),
+            resume: Arc::new(TimedResume::new(kind, self.resume)),
+            logs: Arc::new(TimedLogs::new(kind, self.logs)),
+            ..self
         }
     }
 

@@ -47,6 +47,7 @@ use crate::{
     error::ArcpError,
     gateway::{ConnectInfo, Gateway},
     ids::Principal,
+    metrics::transport::Transport,
     protocol::client::{Inbound, ReadFault, RejectedFrame},
     session::output::{OutboundItem, StreamEnd},
 };
@@ -271,6 +272,7 @@ async fn connection(
         peer,
         lost: lost.clone(),
         encrypted: security.encrypted,
+        transport: Transport::WebSocket,
     };
     let ended = {
         let mut outbound = std::pin::pin!(gateway.connect(conn, inbound));

@@ -23,7 +23,9 @@ use crate::{
     sync::wakeup::Wakeup,
 };
 
-use super::{evicted, Appended, EventLog, LogBounds, LogEntry, LogLimits, SessionLog, Wait};
+use super::{
+    evicted, Appended, EventLog, LogBounds, LogEntry, LogLimits, Retention, SessionLog, Wait,
+};
 
 /// Event logs held in this process's memory, within [`LogLimits`].
 pub struct MemoryEventLog {
@@ -165,6 +167,14 @@ impl MemoryEventLog {
         self.budget.retained.load(Ordering::Acquire)
     }
 
+    /// The frames all the logs retain together.
+    pub fn retained_frames(&self) -> u64 {
+        let logs: Vec<_> = self.sessions.read().values().cloned().collect();
+        logs.iter()
+            .map(|log| log.frames.lock().retained.len() as u64)
+            .sum()
+    }
+
     /// The bytes of frames the session's log retains, if it has one.
     pub fn session_bytes(&self, session: &SessionId) -> Option<u64> {
         let log = self.sessions.read().get(session).cloned()?;
@@ -234,6 +244,13 @@ impl EventLog for MemoryEventLog {
                 self.budget.enforce();
             }
         }
+    }
+
+    fn retention(&self) -> Option<Retention> {
+        Some(Retention {
+            frames: self.retained_frames(),
+            bytes: self.retained_bytes(),
+        })
     }
 }
 
