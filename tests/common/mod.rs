@@ -5,7 +5,7 @@
 //! [`grpc`] is the gRPC client, [`raw_grpc`] a gRPC stream that sends whatever bytes a test
 //! writes, and [`ws`] the WebSocket client;
 //! [`health`] watches gRPC health, [`frames`] builds client payloads and reads server frames,
-//! [`agents`] holds test agents and [`agents_file`] gateways with an agents file, [`cutter`] a TCP proxy that drops its connections, [`log`] reads a session's log straight from the gateway,
+//! [`agents`] holds test agents and [`agents_file`] gateways with an agents file, [`cutter`] a TCP proxy that drops its connections, [`log`] reads a session's log straight from the gateway, [`metrics`] scrapes the Prometheus endpoint,
 //! [`python`] builds the Python environment the interoperability tests run,
 //! [`tls`] makes certificates and speaks both transports over TLS,
 //! [`wait`] waits on state the test observes and [`raw`] opens plain TCP connections that
@@ -29,6 +29,7 @@ mod grpc;
 mod haproxy;
 mod health;
 mod log;
+mod metrics;
 mod process;
 mod python;
 mod raw;
@@ -44,8 +45,8 @@ mod ws;
 #[allow(unused_imports)]
 pub use self::{
     agents::*, agents_file::*, cutter::*, deployment::*, each_store::*, frames::*, grpc::*,
-    haproxy::*, health::*, log::*, process::*, python::*, raw::*, raw_grpc::*, redis::*,
-    redis_cluster::*, server::*, tls::*, wait::*, ws::*,
+    haproxy::*, health::*, log::*, metrics::*, process::*, python::*, raw::*, raw_grpc::*,
+    redis::*, redis_cluster::*, server::*, tls::*, wait::*, ws::*,
 };
 
 /// How long a test waits for a frame before failing. A guard against hangs, not a timing

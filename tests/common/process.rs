@@ -189,6 +189,18 @@ impl GatewayProcess {
         }
     }
 
+    /// Waits for a line containing `message` and `key` (`metrics_addr=`, say) and returns the
+    /// address after `key` in it: where a listener the process started last says it listens.
+    pub async fn logged_addr(&self, message: &str, key: &str) -> SocketAddr {
+        self.wait_for_line(&[message, key]).await;
+        let output = self.output.lock();
+        output
+            .lines()
+            .filter(|l| l.contains(message))
+            .find_map(|l| addr_after(l, key))
+            .unwrap_or_else(|| panic!("no {key}ADDR in the {message:?} line; output:\n{output}"))
+    }
+
     /// The CPU time the process has used so far, user and system, all threads.
     pub fn cpu_time(&self) -> Duration {
         let pid = self.child.id().expect("the process is still running");
@@ -309,6 +321,11 @@ fn listening_addr(line: &str, key: &str) -> Option<SocketAddr> {
     if !line.contains("arcp-gateway listening") {
         return None;
     }
+    addr_after(line, key)
+}
+
+/// The address after `key` in `line`, if a word of it starts with `key`.
+fn addr_after(line: &str, key: &str) -> Option<SocketAddr> {
     let addr = line.split_whitespace().find_map(|w| w.strip_prefix(key))?;
     Some(
         addr.parse()
