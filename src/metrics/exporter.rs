@@ -13,7 +13,7 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{describe, DURATION_BUCKETS};
+use crate::metrics::{describe, store_latency, DURATION_BUCKETS, GRPC_DURATION_SECONDS};
 
 /// The path metrics are served at.
 pub const PATH: &str = "/metrics";
@@ -47,7 +47,10 @@ impl Exporter {
     /// before anything records: what is recorded before goes nowhere.
     pub async fn install(addr: SocketAddr) -> Result<Exporter, ExporterError> {
         let handle = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)?
+            .set_buckets_for_metric(
+                Matcher::Full(GRPC_DURATION_SECONDS.into()),
+                DURATION_BUCKETS,
+            )?
             .install_recorder()?;
         describe();
         let listener = TcpListener::bind(addr).await?;
@@ -125,7 +128,9 @@ impl Scrape {
             );
         }
         (self.refresh)();
-        let mut response = Response::new(Full::new(Bytes::from(self.handle.render())));
+        let mut text = self.handle.render();
+        store_latency::render(&mut text);
+        let mut response = Response::new(Full::new(Bytes::from(text)));
         response.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),

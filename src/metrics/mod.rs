@@ -12,11 +12,13 @@
 //! when it opens, and adds each batch it takes from the log with one atomic increment.
 //!
 //! Beside this file: [`exporter`] installs the recorder and serves `/metrics`,
-//! [`grpc_layer`] is the tower layer that measures every gRPC call, [`transport`] names the
-//! transports streams are counted by.
+//! [`grpc_layer`] is the tower layer that measures every gRPC call, [`store_latency`] holds
+//! the store latency histograms (in fixed atomic buckets, since a log append is timed on every
+//! frame), [`transport`] names the transports streams are counted by.
 
 pub mod exporter;
 pub mod grpc_layer;
+pub mod store_latency;
 pub mod transport;
 
 use ::metrics::Unit;
@@ -65,7 +67,7 @@ pub const GRPC_ERRORS: &str = "arcp_grpc_errors_total";
 /// seconds; a `Session` stream's lasts as long as the stream).
 pub const GRPC_DURATION_SECONDS: &str = "arcp_grpc_request_duration_seconds";
 
-/// The histograms' bucket bounds, in seconds: store operations take from microseconds (memory)
+/// The histograms' bucket bounds (`le`), in seconds: store operations take from microseconds (memory)
 /// to milliseconds (Redis), gRPC calls up to a stream's lifetime.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0,
@@ -98,11 +100,6 @@ pub fn describe() {
         LOG_RETAINED_BYTES,
         Unit::Bytes,
         "Bytes of job frames the event logs retain."
-    );
-    describe_histogram!(
-        STORE_OPERATION_SECONDS,
-        Unit::Seconds,
-        "Store operation latency, by store and operation."
     );
     describe_counter!(BACK_PRESSURE, "Back-pressure signals, by signal.");
     describe_counter!(GRPC_REQUESTS, "gRPC calls, by method.");

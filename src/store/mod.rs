@@ -48,6 +48,7 @@ use self::{
 use crate::{
     error::ArcpError,
     ids::{ReplicaId, ReplicaInstance},
+    metrics::store_latency::Store,
 };
 
 /// One of each store.
@@ -151,18 +152,18 @@ impl Stores {
         limits: LogLimits,
     ) -> Result<Stores, ArcpError> {
         let (kind, stores) = match choice {
-            StoreChoice::Memory => ("memory", Stores::memory_with_limits(limits)),
+            StoreChoice::Memory => (Store::Memory, Stores::memory_with_limits(limits)),
             StoreChoice::Redis(url) => {
                 let redis = Redis::open_with(url, prefix, settings)?;
-                ("redis", Stores::redis(&redis, replica, limits))
+                (Store::Redis, Stores::redis(&redis, replica, limits))
             }
         };
         Ok(stores.timed(kind))
     }
 
-    /// These stores with their session, resume and log operations timed, as `kind` (`memory`,
-    /// `redis`), in the store latency metrics ([`timed`]).
-    pub fn timed(self, kind: &'static str) -> Stores {
+    /// These stores with their session, resume and log operations timed, as `kind`, in the
+    /// store latency metrics ([`timed`]).
+    pub fn timed(self, kind: Store) -> Stores {
         Stores {
             sessions: Arc::new(TimedSessions::new(kind, self.sessions)),
             resume: Arc::new(TimedResume::new(kind, self.resume)),

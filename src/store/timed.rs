@@ -1,16 +1,15 @@
 //! The stores the gateway runs on, timed: each wrapper passes every call through to the store
 //! it wraps and records how long it took in
-//! [`STORE_OPERATION_SECONDS`](crate::metrics::STORE_OPERATION_SECONDS), labelled with the
+//! `arcp_store_operation_duration_seconds`, labelled with the
 //! store (`memory`, `redis`) and the operation.
 //!
-//! The histogram handles are looked up once, when a wrapper is made (a session's log: when it
-//! is created or opened), so that a timed append costs two clock reads and an atomic push.
+//! A timed call costs two clock reads and three atomic adds into the fixed buckets of
+//! [`crate::metrics::store_latency`]; nothing is looked up or allocated.
 //! A read that waits for frames ([`Wait::ForMore`]) is `log_read_waiting`: its time includes
 //! the wait for the jobs to log something, not only the store's answer.
 
 use std::{future::Future, sync::Arc, time::SystemTime};
 
-use ::metrics::{histogram, Histogram};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
@@ -18,7 +17,7 @@ use crate::{
     encoding::StoredFrame,
     error::ArcpError,
     ids::{Epoch, EventSeq, Principal, ReplicaId, ReplicaInstance, SessionId},
-    metrics::STORE_OPERATION_SECONDS,
+    metrics::store_latency::{latency, Latency, Operation, Store},
     store::{
         log::{Appended, EventLog, LogBounds, LogEntry, QueuedAppend, Retention, SessionLog, Wait},
         resume::{ResumeRegistry, ResumeToken},
@@ -26,39 +25,34 @@ use crate::{
     },
 };
 
-/// The histogram of `operation` on `store`.
-fn operation(store: &'static str, operation: &'static str) -> Histogram {
-    histogram!(STORE_OPERATION_SECONDS, "store" => store, "operation" => operation)
-}
-
 /// Runs `call`, recording its duration in `into`.
-async fn timed<T>(into: &Histogram, call: impl Future<Output = T>) -> T {
+async fn timed<T>(into: &Latency, call: impl Future<Output = T>) -> T {
     let started = Instant::now();
     let answer = call.await;
-    into.record(started.elapsed().as_secs_f64());
+    into.record(started.elapsed());
     answer
 }
 
 /// A [`SessionStore`], timed.
 pub struct TimedSessions {
     inner: Arc<dyn SessionStore>,
-    create: Histogram,
-    open: Histogram,
-    remove: Histogram,
-    attached_on: Histogram,
-    forget_attached_on: Histogram,
+    create: &'static Latency,
+    open: &'static Latency,
+    remove: &'static Latency,
+    attached_on: &'static Latency,
+    forget_attached_on: &'static Latency,
 }
 
 impl TimedSessions {
     /// `inner`, a `store` store, timed.
-    pub fn new(store: &'static str, inner: Arc<dyn SessionStore>) -> TimedSessions {
+    pub fn new(store: Store, inner: Arc<dyn SessionStore>) -> TimedSessions {
         TimedSessions {
             inner,
-            create: operation(store, "session_create"),
-            open: operation(store, "session_open"),
-            remove: operation(store, "session_remove"),
-            attached_on: operation(store, "session_attached_on"),
-            forget_attached_on: operation(store, "session_forget_attached_on"),
+            create: latency(store, Operation::SessionCreate),
+            open: latency(store, Operation::SessionOpen),
+            remove: latency(store, Operation::SessionRemove),
+            attached_on: latency(store, Operation::SessionAttachedOn),
+            forget_attached_on: latency(store, Operation::SessionForgetAttachedOn),
         }
     }
 }
@@ -66,24 +60,24 @@ impl TimedSessions {
 #[async_trait]
 impl SessionStore for TimedSessions {
     async fn create(&self, session: NewSession) -> Result<Arc<dyn SessionRecord>, ArcpError> {
-        timed(&self.create, self.inner.create(session)).await
+        timed(self.create, self.inner.create(session)).await
     }
 
     async fn open(&self, id: &SessionId) -> Result<Arc<dyn SessionRecord>, ArcpError> {
-        timed(&self.open, self.inner.open(id)).await
+        timed(self.open, self.inner.open(id)).await
     }
 
     async fn remove(&self, id: &SessionId) -> Result<(), ArcpError> {
-        timed(&self.remove, self.inner.remove(id)).await
+        timed(self.remove, self.inner.remove(id)).await
     }
 
     async fn attached_on(&self, replica: &ReplicaId) -> Result<Vec<(SessionId, Epoch)>, ArcpError> {
-        timed(&self.attached_on, self.inner.attached_on(replica)).await
+        timed(self.attached_on, self.inner.attached_on(replica)).await
     }
 
     async fn forget_attached_on(&self, replica: &ReplicaId) -> Result<(), ArcpError> {
         timed(
-            &self.forget_attached_on,
+            self.forget_attached_on,
             self.inner.forget_attached_on(replica),
         )
         .await
@@ -93,25 +87,25 @@ impl SessionStore for TimedSessions {
 /// A [`ResumeRegistry`], timed.
 pub struct TimedResume {
     inner: Arc<dyn ResumeRegistry>,
-    issue: Histogram,
-    check: Histogram,
-    rotate: Histogram,
-    start_window: Histogram,
-    take_expired: Histogram,
-    remove: Histogram,
+    issue: &'static Latency,
+    check: &'static Latency,
+    rotate: &'static Latency,
+    start_window: &'static Latency,
+    take_expired: &'static Latency,
+    remove: &'static Latency,
 }
 
 impl TimedResume {
     /// `inner`, a `store` store, timed.
-    pub fn new(store: &'static str, inner: Arc<dyn ResumeRegistry>) -> TimedResume {
+    pub fn new(store: Store, inner: Arc<dyn ResumeRegistry>) -> TimedResume {
         TimedResume {
             inner,
-            issue: operation(store, "resume_issue"),
-            check: operation(store, "resume_check"),
-            rotate: operation(store, "resume_rotate"),
-            start_window: operation(store, "resume_start_window"),
-            take_expired: operation(store, "resume_take_expired"),
-            remove: operation(store, "resume_remove"),
+            issue: latency(store, Operation::ResumeIssue),
+            check: latency(store, Operation::ResumeCheck),
+            rotate: latency(store, Operation::ResumeRotate),
+            start_window: latency(store, Operation::ResumeStartWindow),
+            take_expired: latency(store, Operation::ResumeTakeExpired),
+            remove: latency(store, Operation::ResumeRemove),
         }
     }
 }
@@ -124,11 +118,11 @@ impl ResumeRegistry for TimedResume {
         principal: &Principal,
         epoch: Epoch,
     ) -> Result<ResumeToken, ArcpError> {
-        timed(&self.issue, self.inner.issue(session, principal, epoch)).await
+        timed(self.issue, self.inner.issue(session, principal, epoch)).await
     }
 
     async fn check(&self, token: &str, principal: &Principal) -> Result<SessionId, ArcpError> {
-        timed(&self.check, self.inner.check(token, principal)).await
+        timed(self.check, self.inner.check(token, principal)).await
     }
 
     async fn rotate(
@@ -137,7 +131,7 @@ impl ResumeRegistry for TimedResume {
         principal: &Principal,
         epoch: Epoch,
     ) -> Result<ResumeToken, ArcpError> {
-        timed(&self.rotate, self.inner.rotate(presented, principal, epoch)).await
+        timed(self.rotate, self.inner.rotate(presented, principal, epoch)).await
     }
 
     async fn start_window(
@@ -147,46 +141,46 @@ impl ResumeRegistry for TimedResume {
         deadline: SystemTime,
     ) -> Result<bool, ArcpError> {
         timed(
-            &self.start_window,
+            self.start_window,
             self.inner.start_window(session, epoch, deadline),
         )
         .await
     }
 
     async fn take_expired(&self, now: SystemTime) -> Result<Vec<SessionId>, ArcpError> {
-        timed(&self.take_expired, self.inner.take_expired(now)).await
+        timed(self.take_expired, self.inner.take_expired(now)).await
     }
 
     async fn remove(&self, session: &SessionId) -> Result<(), ArcpError> {
-        timed(&self.remove, self.inner.remove(session)).await
+        timed(self.remove, self.inner.remove(session)).await
     }
 }
 
 /// An [`EventLog`] whose sessions' logs are timed.
 pub struct TimedLogs {
-    store: &'static str,
+    store: Store,
     inner: Arc<dyn EventLog>,
-    create: Histogram,
-    open: Histogram,
+    create: &'static Latency,
+    open: &'static Latency,
 }
 
 impl TimedLogs {
     /// `inner`, a `store` store, timed.
-    pub fn new(store: &'static str, inner: Arc<dyn EventLog>) -> TimedLogs {
+    pub fn new(store: Store, inner: Arc<dyn EventLog>) -> TimedLogs {
         TimedLogs {
             store,
             inner,
-            create: operation(store, "log_create"),
-            open: operation(store, "log_open"),
+            create: latency(store, Operation::LogCreate),
+            open: latency(store, Operation::LogOpen),
         }
     }
 
     fn wrap(&self, log: Arc<dyn SessionLog>) -> Arc<dyn SessionLog> {
         Arc::new(TimedLog {
             inner: log,
-            append: operation(self.store, "log_append"),
-            read: operation(self.store, "log_read"),
-            read_waiting: operation(self.store, "log_read_waiting"),
+            append: latency(self.store, Operation::LogAppend),
+            read: latency(self.store, Operation::LogRead),
+            read_waiting: latency(self.store, Operation::LogReadWaiting),
         })
     }
 }
@@ -194,12 +188,12 @@ impl TimedLogs {
 #[async_trait]
 impl EventLog for TimedLogs {
     async fn create(&self, session: &SessionId) -> Result<Arc<dyn SessionLog>, ArcpError> {
-        let log = timed(&self.create, self.inner.create(session)).await?;
+        let log = timed(self.create, self.inner.create(session)).await?;
         Ok(self.wrap(log))
     }
 
     async fn open(&self, session: &SessionId) -> Result<Arc<dyn SessionLog>, ArcpError> {
-        let log = timed(&self.open, self.inner.open(session)).await?;
+        let log = timed(self.open, self.inner.open(session)).await?;
         Ok(self.wrap(log))
     }
 
@@ -219,19 +213,19 @@ impl EventLog for TimedLogs {
 /// One session's log, timed.
 struct TimedLog {
     inner: Arc<dyn SessionLog>,
-    append: Histogram,
-    read: Histogram,
-    read_waiting: Histogram,
+    append: &'static Latency,
+    read: &'static Latency,
+    read_waiting: &'static Latency,
 }
 
 #[async_trait]
 impl SessionLog for TimedLog {
     async fn append_measured(&self, frame: StoredFrame) -> Result<Appended, ArcpError> {
-        timed(&self.append, self.inner.append_measured(frame)).await
+        timed(self.append, self.inner.append_measured(frame)).await
     }
 
     async fn append(&self, frame: StoredFrame) -> Result<EventSeq, ArcpError> {
-        timed(&self.append, self.inner.append(frame)).await
+        timed(self.append, self.inner.append(frame)).await
     }
 
     fn pipelines(&self) -> bool {
@@ -254,8 +248,8 @@ impl SessionLog for TimedLog {
         wait: Wait,
     ) -> Result<Vec<LogEntry>, ArcpError> {
         let into = match wait {
-            Wait::No => &self.read,
-            Wait::ForMore => &self.read_waiting,
+            Wait::No => self.read,
+            Wait::ForMore => self.read_waiting,
         };
         timed(into, self.inner.read(after, max, wait)).await
     }
