@@ -228,6 +228,9 @@ async fn unknown_grpc_paths_are_counted_as_other() {
 #[tokio::test]
 async fn without_the_flag_nothing_listens_for_metrics() {
     let process = GatewayProcess::start("info").await;
+    // A session served: the process is past its start-up, SIGTERM handler included.
+    let (conn, _) = process.endpoint().hello(GATEWAY_TOKEN).await;
+    drop(conn);
     let (status, output) = process.terminate().await;
     assert!(status.success(), "exit {status}; output:\n{output}");
     assert!(!output.contains(METRICS_LINE), "{output}");

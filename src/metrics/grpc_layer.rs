@@ -85,9 +85,8 @@ pub struct GrpcMetrics<S> {
 
 impl<S, B> Service<Request<B>> for GrpcMetrics<S>
 where
-    S: Service<Request<B>, Response = Response<tonic::body::Body>> + Clone + Send + 'static,
+    S: Service<Request<B>, Response = Response<tonic::body::Body>>,
     S::Future: Send + 'static,
-    B: Send + 'static,
 {
     type Response = Response<tonic::body::Body>;
     type Error = S::Error;
@@ -98,41 +97,36 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        // The clone is the service that was driven to readiness in `poll_ready`; keep it.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let path = request.uri().path();
         let method = if self.methods.contains(path) {
             path.to_owned()
         } else {
             OTHER_METHOD.to_owned()
         };
+        counter!(GRPC_REQUESTS, "method" => method.clone()).increment(1);
+        let mut call = Call {
+            method,
+            started: Instant::now(),
+            code: None,
+            recorded: false,
+        };
+        let answer = self.inner.call(request);
         Box::pin(async move {
-            let call = Call {
-                method,
-                started: Instant::now(),
-                code: None,
-                recorded: false,
-            };
-            counter!(GRPC_REQUESTS, "method" => call.method.clone()).increment(1);
-            let response = inner.call(request).await;
-            Ok(match response {
+            match answer.await {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
-                    let mut call = call;
                     call.code = grpc_status(&parts.headers);
                     let body = MeteredBody { inner: body, call };
-                    Response::from_parts(parts, tonic::body::Body::new(body))
+                    Ok(Response::from_parts(parts, tonic::body::Body::new(body)))
                 }
                 // The service failed without a status: hyper answers the call with an error,
                 // which the client sees as INTERNAL or UNKNOWN.
                 Err(e) => {
-                    let mut call = call;
                     call.code = Some(tonic::Code::Unknown as i32);
-                    drop(call);
-                    return Err(e);
+                    call.record();
+                    Err(e)
                 }
-            })
+            }
         })
     }
 }

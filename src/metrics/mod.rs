@@ -42,7 +42,9 @@ pub const FRAMES_DELIVERED: &str = "arcp_frames_delivered_total";
 /// Of those, the frames a resumed stream delivered that were logged before it resumed, by
 /// `transport` (counter).
 pub const FRAMES_REPLAYED: &str = "arcp_frames_replayed_total";
-/// Resume attempts, by `outcome`: `ok`, or the §12 error code that refused it (counter).
+/// Resume attempts that reached the session handshake, by `outcome`: `ok`, or the §12 error
+/// code that refused it (counter). A gRPC resume refused on its metadata, before any stream
+/// opens, is counted in [`AUTH_FAILURES`] and [`GRPC_ERRORS`] instead.
 pub const RESUME_ATTEMPTS: &str = "arcp_resume_attempts_total";
 /// Failed bearer and resume token checks, by `check` (`bearer`, `resume`) and §12 `code`
 /// (counter).
