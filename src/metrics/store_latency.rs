@@ -39,14 +39,9 @@ impl Store {
 pub enum Operation {
     /// A job frame appended to a session's log.
     LogAppend,
-    /// A read of a session's log that returns what is there.
+    /// A look at a session's log for the frames after a position (a read that waits for
+    /// frames counts each look, not the wait).
     LogRead,
-    /// A read of a session's log that waits for a frame: its time includes the wait.
-    LogReadWaiting,
-    /// A new session's log created.
-    LogCreate,
-    /// A session's log opened.
-    LogOpen,
     /// A session recorded.
     SessionCreate,
     /// A session's record opened.
@@ -72,12 +67,9 @@ pub enum Operation {
 }
 
 impl Operation {
-    const ALL: [Operation; 16] = [
+    const ALL: [Operation; 13] = [
         Operation::LogAppend,
         Operation::LogRead,
-        Operation::LogReadWaiting,
-        Operation::LogCreate,
-        Operation::LogOpen,
         Operation::SessionCreate,
         Operation::SessionOpen,
         Operation::SessionRemove,
@@ -95,9 +87,6 @@ impl Operation {
         match self {
             Operation::LogAppend => "log_append",
             Operation::LogRead => "log_read",
-            Operation::LogReadWaiting => "log_read_waiting",
-            Operation::LogCreate => "log_create",
-            Operation::LogOpen => "log_open",
             Operation::SessionCreate => "session_create",
             Operation::SessionOpen => "session_open",
             Operation::SessionRemove => "session_remove",

@@ -43,7 +43,7 @@ use self::{
     replicas::{memory::MemoryReplicas, redis::RedisReplicaRegistry, ReplicaRegistry},
     resume::{memory::MemoryResumeRegistry, redis::RedisResumeRegistry, ResumeRegistry},
     session::{memory::MemorySessionStore, redis::RedisSessionStore, SessionStore},
-    timed::{TimedLogs, TimedResume, TimedSessions},
+    timed::{TimedResume, TimedSessions},
 };
 use crate::{
     error::ArcpError,
@@ -161,13 +161,12 @@ impl Stores {
         Ok(stores.timed(kind))
     }
 
-    /// These stores with their session, resume and log operations timed, as `kind`, in the
-    /// store latency metrics ([`timed`]).
+    /// These stores with their session and resume operations timed, as `kind`, in the store
+    /// latency metrics ([`timed`]); the event logs time themselves.
     pub fn timed(self, kind: Store) -> Stores {
         Stores {
             sessions: Arc::new(TimedSessions::new(kind, self.sessions)),
             resume: Arc::new(TimedResume::new(kind, self.resume)),
-            logs: Arc::new(TimedLogs::new(kind, self.logs)),
             ..self
         }
     }
