@@ -21,8 +21,6 @@ pub mod grpc_layer;
 pub mod store_latency;
 pub mod transport;
 
-use ::metrics::Unit;
-
 /// Sessions with a stream attached on this replica (gauge).
 pub const SESSIONS_ATTACHED: &str = "arcp_sessions_attached";
 /// Sessions this replica saw detach whose resume window is open, neither resumed nor swept
@@ -75,43 +73,99 @@ pub const DURATION_BUCKETS: &[f64] = &[
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0,
 ];
 
-/// Registers the help text and unit of every metric with the installed recorder.
+/// What kind of metric a name is, for its description.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// The help text of every metric the recorder renders (the store latency histograms are
+/// rendered, help included, by [`store_latency`]).
+const HELP: &[(&str, Kind, &str)] = &[
+    (
+        SESSIONS_ATTACHED,
+        Kind::Gauge,
+        "Sessions with a stream attached on this replica.",
+    ),
+    (
+        SESSIONS_DETACHED,
+        Kind::Gauge,
+        "Sessions detached from this replica whose resume window is open.",
+    ),
+    (
+        STREAMS_OPEN,
+        Kind::Gauge,
+        "Attached streams open, by transport.",
+    ),
+    (JOBS_STARTED, Kind::Counter, "Jobs started, by agent."),
+    (
+        JOBS_FINISHED,
+        Kind::Counter,
+        "Jobs ended, by agent and final status.",
+    ),
+    (
+        JOBS_RUNNING,
+        Kind::Gauge,
+        "Jobs running on this replica, by agent.",
+    ),
+    (
+        FRAMES_DELIVERED,
+        Kind::Counter,
+        "Job frames delivered, by transport.",
+    ),
+    (
+        FRAMES_REPLAYED,
+        Kind::Counter,
+        "Job frames replayed to resumed streams, by transport.",
+    ),
+    (
+        RESUME_ATTEMPTS,
+        Kind::Counter,
+        "Resume attempts, by outcome.",
+    ),
+    (
+        AUTH_FAILURES,
+        Kind::Counter,
+        "Failed token checks, by check and code.",
+    ),
+    (
+        LOG_RETAINED_FRAMES,
+        Kind::Gauge,
+        "Job frames the event logs retain.",
+    ),
+    (
+        LOG_RETAINED_BYTES,
+        Kind::Gauge,
+        "Bytes of job frames the event logs retain.",
+    ),
+    (
+        BACK_PRESSURE,
+        Kind::Counter,
+        "Back-pressure signals, by signal.",
+    ),
+    (GRPC_REQUESTS, Kind::Counter, "gRPC calls, by method."),
+    (
+        GRPC_ERRORS,
+        Kind::Counter,
+        "gRPC calls ended with an error, by method and code.",
+    ),
+    (
+        GRPC_DURATION_SECONDS,
+        Kind::Histogram,
+        "gRPC call duration in seconds, by method.",
+    ),
+];
+
+/// Registers the help text of every metric with the installed recorder.
 pub fn describe() {
     use ::metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_gauge!(
-        SESSIONS_ATTACHED,
-        "Sessions with a stream attached on this replica."
-    );
-    describe_gauge!(
-        SESSIONS_DETACHED,
-        "Sessions detached from this replica whose resume window is open."
-    );
-    describe_gauge!(STREAMS_OPEN, "Attached streams open, by transport.");
-    describe_counter!(JOBS_STARTED, "Jobs started, by agent.");
-    describe_counter!(JOBS_FINISHED, "Jobs ended, by agent and final status.");
-    describe_gauge!(JOBS_RUNNING, "Jobs running on this replica, by agent.");
-    describe_counter!(FRAMES_DELIVERED, "Job frames delivered, by transport.");
-    describe_counter!(
-        FRAMES_REPLAYED,
-        "Job frames replayed to resumed streams, by transport."
-    );
-    describe_counter!(RESUME_ATTEMPTS, "Resume attempts, by outcome.");
-    describe_counter!(AUTH_FAILURES, "Failed token checks, by check and code.");
-    describe_gauge!(LOG_RETAINED_FRAMES, "Job frames the event logs retain.");
-    describe_gauge!(
-        LOG_RETAINED_BYTES,
-        Unit::Bytes,
-        "Bytes of job frames the event logs retain."
-    );
-    describe_counter!(BACK_PRESSURE, "Back-pressure signals, by signal.");
-    describe_counter!(GRPC_REQUESTS, "gRPC calls, by method.");
-    describe_counter!(
-        GRPC_ERRORS,
-        "gRPC calls ended with an error, by method and code."
-    );
-    describe_histogram!(
-        GRPC_DURATION_SECONDS,
-        Unit::Seconds,
-        "gRPC call duration, by method."
-    );
+    for &(name, kind, help) in HELP {
+        match kind {
+            Kind::Counter => describe_counter!(name, help),
+            Kind::Gauge => describe_gauge!(name, help),
+            Kind::Histogram => describe_histogram!(name, help),
+        }
+    }
 }
