@@ -10,8 +10,14 @@ const METRICS_LINE: &str = "metrics listening";
 
 /// Starts the gateway with metrics on an ephemeral port; returns it and where metrics are.
 async fn gateway_with_metrics() -> (GatewayProcess, std::net::SocketAddr) {
-    let process =
-        GatewayProcess::start_with("info", None, &["--metrics-listen", "127.0.0.1:0"]).await;
+    gateway_with_metrics_and(&[]).await
+}
+
+/// [`gateway_with_metrics`] with `extra` flags.
+async fn gateway_with_metrics_and(extra: &[&str]) -> (GatewayProcess, std::net::SocketAddr) {
+    let mut args = vec!["--metrics-listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let process = GatewayProcess::start_with("info", None, &args).await;
     let addr = process.logged_addr(METRICS_LINE, "metrics_addr=").await;
     (process, addr)
 }
@@ -195,6 +201,42 @@ fn assert_no_unbounded_labels(s: &Scrape) {
             assert!(!line.contains(secret), "{secret} in a label: {line}");
         }
     }
+}
+
+#[tokio::test]
+async fn websocket_frames_and_back_pressure_are_counted() {
+    let (process, metrics) = gateway_with_metrics_and(&["--back-pressure-lag", "3"]).await;
+    let gateway = process.endpoint();
+
+    // Over gRPC with `ack` and nothing acknowledged: ten ticks past a lag limit of three draw
+    // one back_pressure status (tests/ack.rs): accepted, ten ticks, the status, the result.
+    let (mut conn, _) = gateway
+        .hello_with(GATEWAY_TOKEN, &["ack", "progress"])
+        .await;
+    let (job, _) = submit_and_accept(&mut conn, ticker(10, 0)).await;
+    let (_, terminal) = conn.recv_until_terminal(&job).await;
+    assert_eq!(terminal.event_seq, 13);
+
+    // Over WebSocket: accepted, two ticks, the result.
+    let (mut ws, _) = gateway.ws_hello(GATEWAY_TOKEN, &["progress"]).await;
+    let (job, _) = ws.submit_ticker(2, 0).await;
+    let frames = ws.recv_until_terminal(&job).await;
+    assert_eq!(frames.len(), 3, "{frames:?}");
+
+    let s = scrape(metrics).await;
+    assert_eq!(
+        s.value("arcp_back_pressure_total", &[("signal", "status")]),
+        1.0
+    );
+    let delivered = |transport| s.get("arcp_frames_delivered_total", &[("transport", transport)]);
+    assert_eq!(delivered("grpc"), Some(13.0), "{}", s.text);
+    assert_eq!(delivered("websocket"), Some(4.0), "{}", s.text);
+    assert_eq!(
+        s.value("arcp_streams_open", &[("transport", "websocket")]),
+        1.0
+    );
+    assert_eq!(s.value("arcp_streams_open", &[("transport", "grpc")]), 1.0);
+    assert_eq!(s.value("arcp_sessions_attached", &[]), 2.0);
 }
 
 #[tokio::test]
