@@ -450,8 +450,10 @@ impl Gateway {
                 tracing::warn!(session = %id, "session record not removed: {e}");
             }
             self.stores.logs.remove(&id).await;
+            self.sessions.attachments.forget_detached(&id);
             tracing::info!(session = %id, "resume window closed; session removed");
         }
+        self.sessions.attachments.forget_closed_windows(now);
         if let Some(before) = now.checked_sub(self.config.resume_window) {
             if let Err(e) = self.sessions.jobs.purge_finished(before).await {
                 tracing::warn!("could not purge finished jobs: {e}");

@@ -60,6 +60,11 @@
 //!   with health, reflection and graceful shutdown, gives every connection a deadline to
 //!   become useful and every shutdown a deadline to end, and runs both transports over one
 //!   gateway.
+//! - **Metrics**: [`metrics`] names every Prometheus metric in one place; the code records
+//!   through the `metrics` facade with those names, [`metrics::exporter`] serves them at
+//!   `GET /metrics` (`--metrics-listen`), [`metrics::grpc_layer`] measures every gRPC call,
+//!   and [`store::timed`] and the event logs time store operations into
+//!   [`metrics::store_latency`].
 //! - **Replica death**: [`store::replicas`] keeps each replica's lease on a shared store, and
 //!   [`takeover`] is what a surviving replica does with a lost one's jobs and sessions.
 //! - **The gateway**: [`gateway::Gateway`] ties the pieces together; [`config`] its settings,
@@ -93,6 +98,7 @@ pub mod ids;
 pub(crate) mod job;
 pub mod lease;
 pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub(crate) mod reload;
 pub mod server;

@@ -27,6 +27,7 @@ use arcp_gateway::{
     engine::Observers,
     ids::{Principal, ReplicaId},
     logging::{self, LogFormat},
+    metrics::exporter::{self, Exporter},
     server,
     settings::{self, Merged},
     store::{redis::RedisSettings, StoreChoice, Stores},
@@ -205,6 +206,10 @@ struct ServeArgs {
         hide_env_values = true
     )]
     credential_upstream_token: Option<String>,
+    /// Serve Prometheus metrics at `GET /metrics` on this address (plaintext HTTP/1.1);
+    /// off by default.
+    #[arg(long, value_name = "ADDR", env = "ARCP_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// How long a new stream may stay silent before its `session.hello`.
     #[arg(long, default_value_t = 30, env = "ARCP_HELLO_TIMEOUT_SEC")]
     hello_timeout_sec: u64,
@@ -512,6 +517,11 @@ fn seconds(flag: &str, secs: f64) -> Result<Duration, String> {
 }
 
 async fn serve(args: ServeArgs, agents: AgentRegistry) -> Result<(), Box<dyn std::error::Error>> {
+    // First: what is recorded before the recorder is installed goes nowhere.
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(Exporter::install(addr).await?),
+        None => None,
+    };
     let replica_heartbeat = seconds("replica-heartbeat-sec", args.replica_heartbeat_sec)?;
     let replica_lease = seconds("replica-lease-sec", args.replica_lease_sec)?;
     if replica_lease <= replica_heartbeat {
@@ -624,6 +634,16 @@ async fn serve(args: ServeArgs, agents: AgentRegistry) -> Result<(), Box<dyn std
     tracing::info!(addr = %listener.local_addr()?, tls, "arcp-gateway listening (gRPC, package arcp.v1)");
     tracing::info!(ws_addr = %ws_listener.local_addr()?, path = ws::PATH, tls, "arcp-gateway listening (ARCP JSON over WebSocket)");
     let stop = CancellationToken::new();
+    if let Some(metrics) = metrics {
+        tracing::info!(metrics_addr = %metrics.local_addr()?, path = exporter::PATH, "metrics listening (Prometheus)");
+        let logs = gateway.stores().logs.clone();
+        let refresh = move || {
+            if let Some(retention) = logs.retention() {
+                retention.gauge();
+            }
+        };
+        tokio::spawn(metrics.serve(refresh, stop.clone()));
+    }
     let signalled = {
         let stop = stop.clone();
         async move {

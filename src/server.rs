@@ -40,6 +40,7 @@ use self::{
 };
 use crate::{
     gateway::Gateway,
+    metrics::grpc_layer::GrpcMetricsLayer,
     proto,
     transport::{
         grpc::{auth_layer::AuthLayer, batched_writes::BatchedWrites, service::ArcpService},
@@ -165,6 +166,8 @@ async fn serve_grpc(
         // Outermost: it marks the connection in use and restores the peer address for the
         // layers inside it.
         .layer(InUseLayer)
+        // Outside authentication, so that the calls it refuses are counted too.
+        .layer(GrpcMetricsLayer::new(DESCRIPTOR_SETS))
         .layer(AuthLayer::new(gateway.clone()))
         .service(routes);
     let serving = http2::serve(incoming, service, config, signal);
@@ -291,6 +294,15 @@ pub enum ServeError {
     #[error("websocket: {0}")]
     WebSocket(#[from] std::io::Error),
 }
+
+/// The services the server offers, as encoded descriptor sets: for reflection, and for the
+/// method label of the gRPC metrics.
+const DESCRIPTOR_SETS: &[&[u8]] = &[
+    proto::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()

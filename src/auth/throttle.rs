@@ -31,7 +31,9 @@ use std::{
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::{error::ErrorCode, ids::Principal};
+use ::metrics::counter;
+
+use crate::{error::ErrorCode, ids::Principal, metrics::AUTH_FAILURES};
 
 /// How failed attempts are limited.
 #[derive(Clone, Debug)]
@@ -55,12 +57,19 @@ pub enum Check {
     Resume,
 }
 
-impl fmt::Display for Check {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Check {
+    /// Its name in the audit log and the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Check::Bearer => "bearer",
             Check::Resume => "resume",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -145,6 +154,8 @@ impl AuthThrottle {
             by_peer.max(by_principal).unwrap_or(0)
         };
         self.counts.failures.fetch_add(1, Ordering::Relaxed);
+        counter!(AUTH_FAILURES, "check" => failure.check.as_str(), "code" => failure.code.as_str())
+            .increment(1);
         let slowed = worst > self.limits.limit;
         let delay_ms = if slowed {
             u64::try_from(self.limits.delay.as_millis()).unwrap_or(u64::MAX)

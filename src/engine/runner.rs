@@ -7,6 +7,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use ::metrics::{counter, gauge, Gauge};
 use futures::FutureExt;
 use tracing::Instrument;
 
@@ -17,6 +18,7 @@ use crate::{
     error::ArcpError,
     ids::CredentialId,
     job::{record::JobRecord, JobServices},
+    metrics::{JOBS_FINISHED, JOBS_RUNNING, JOBS_STARTED},
     protocol::{
         job_frame::{FinalStatus, JobError, JobPayload, JobResult, ResultBody},
         Json,
@@ -48,6 +50,7 @@ pub(super) async fn run(
     input: Json,
     max_runtime: Option<Duration>,
 ) {
+    let running = RunningJob::start(&job.spec.agent);
     let ctx = JobContext::new(job.clone(), delegation);
     let settings = &job.services.settings;
     // A job that named no limit still gets one: nobody may be there to cancel it.
@@ -83,6 +86,7 @@ pub(super) async fn run(
     }
 
     let (status, frames, published) = conclude(&job, outcome);
+    running.finished(status);
     revoke_credentials(&job.services, &job).await;
     job.finish(status, frames).await;
     if let Err(e) = directory.finish(job.entry()).await {
@@ -97,6 +101,40 @@ pub(super) async fn run(
     }
     let _enter = job.span.enter();
     tracing::info!(job = %job.id(), status = status.as_str(), "job finished");
+}
+
+/// A job's place in the jobs metrics: counted as started and running from when its runner
+/// starts, and as ended with its final status once it has one. Dropped unfinished (its
+/// replica stopped mid-run), it still leaves the running gauge.
+struct RunningJob {
+    agent: String,
+    running: Gauge,
+}
+
+impl RunningJob {
+    fn start(agent: &str) -> RunningJob {
+        counter!(JOBS_STARTED, "agent" => agent.to_owned()).increment(1);
+        let running = gauge!(JOBS_RUNNING, "agent" => agent.to_owned());
+        running.increment(1.0);
+        RunningJob {
+            agent: agent.to_owned(),
+            running,
+        }
+    }
+
+    fn finished(&self, status: FinalStatus) {
+        let labels = [
+            ("agent", self.agent.clone()),
+            ("status", status.as_str().to_owned()),
+        ];
+        counter!(JOBS_FINISHED, &labels).increment(1);
+    }
+}
+
+impl Drop for RunningJob {
+    fn drop(&mut self) {
+        self.running.decrement(1.0);
+    }
 }
 
 async fn sleep_for(limit: Option<Duration>) {

@@ -15,11 +15,14 @@ use std::sync::{
     Arc,
 };
 
+use ::metrics::counter;
+
 use crate::{
     clock::Timestamp,
     encoding::StoredFrame,
     error::ArcpError,
     ids::{EventSeq, JobId, Principal, SessionId},
+    metrics::BACK_PRESSURE,
     protocol::{
         event::EventBody,
         job_frame::{JobFrame, JobPayload, Subscribed},
@@ -269,6 +272,8 @@ impl DeliveryPolicy {
         job_frame: impl FnOnce(JobPayload) -> JobFrame,
     ) -> JobFrame {
         tracing::info!(session = %to.session, lag, "client lags; signalling back_pressure");
+        // Once per crossing of the lag limit, not per frame.
+        counter!(BACK_PRESSURE, "signal" => "status").increment(1);
         job_frame(JobPayload::Event {
             ts: Timestamp::now(),
             body: EventBody::Status {
@@ -307,6 +312,8 @@ impl DeliveryPolicy {
             .max(appended.window_start.get());
         let caught_up = move |flow: &Flow| !flow.attached || flow.delivered.get() >= reach;
         if !caught_up(&record.flow()) {
+            // Only a job that must wait gets here; the frame path that need not wait does not.
+            counter!(BACK_PRESSURE, "signal" => "flow_wait").increment(1);
             record.wait_flow(&caught_up).await;
         }
     }

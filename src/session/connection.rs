@@ -22,6 +22,7 @@
 
 use std::{collections::VecDeque, pin::Pin, sync::Arc, time::Duration};
 
+use ::metrics::{counter, gauge, Counter, Gauge};
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::time::{Instant, Sleep};
@@ -30,7 +31,8 @@ use tracing::Instrument;
 use crate::{
     clock::Timestamp,
     error::{ArcpError, ErrorCode},
-    ids::SessionId,
+    ids::{EventSeq, SessionId},
+    metrics::{transport::Transport, FRAMES_DELIVERED, FRAMES_REPLAYED, STREAMS_OPEN},
     protocol::control::{Control, ControlMessage},
     store::log::{cursor::LogCursor, LogEntry},
 };
@@ -138,6 +140,8 @@ struct OutboundHalf {
     end: Option<StreamEnd>,
     /// Since when reads of the log have failed because the store did not answer.
     read_trouble: Option<Instant>,
+    /// The stream's metrics, looked up once here so that a batch costs an atomic add each.
+    counted: StreamCounters,
     _reader: AbortOnDrop,
 }
 
@@ -145,6 +149,47 @@ impl Drop for OutboundHalf {
     fn drop(&mut self) {
         // However the stream ends, unless the client was declared lost first.
         self.stream.release();
+        self.counted.open.decrement(1.0);
+    }
+}
+
+/// An attached stream's metrics.
+struct StreamCounters {
+    delivered: Counter,
+    replayed: Counter,
+    /// Frames through this one were logged before the stream resumed.
+    replay_through: EventSeq,
+    open: Gauge,
+}
+
+impl StreamCounters {
+    fn start(transport: Transport, replay_through: EventSeq) -> StreamCounters {
+        let transport = transport.as_str();
+        let open = gauge!(STREAMS_OPEN, "transport" => transport);
+        open.increment(1.0);
+        StreamCounters {
+            delivered: counter!(FRAMES_DELIVERED, "transport" => transport),
+            replayed: counter!(FRAMES_REPLAYED, "transport" => transport),
+            replay_through,
+            open,
+        }
+    }
+
+    /// Counts a batch taken from the log, in order.
+    fn taken(&mut self, frames: &[LogEntry]) {
+        self.delivered.increment(frames.len() as u64);
+        if self.replay_through == EventSeq::ZERO {
+            return;
+        }
+        let replayed = frames
+            .iter()
+            .take_while(|f| f.seq <= self.replay_through)
+            .count();
+        self.replayed.increment(replayed as u64);
+        if replayed < frames.len() {
+            // Caught up: every later frame is live.
+            self.replay_through = EventSeq::ZERO;
+        }
     }
 }
 
@@ -204,6 +249,7 @@ impl OutboundHalf {
             done: false,
             end: None,
             read_trouble: None,
+            counted: StreamCounters::start(conn.transport, attachment.replay_through),
             _reader: AbortOnDrop(reader),
         };
         let due = outbound.next_check();
@@ -310,6 +356,7 @@ impl OutboundHalf {
                 return Some(error_frame(self.session.clone(), None, error));
             }
         }
+        self.counted.taken(&frames);
         self.pending = frames.into();
         self.last_sent = Instant::now();
         None

@@ -18,6 +18,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use ::metrics::counter;
 use tracing::Instrument;
 
 use crate::{
@@ -27,6 +28,7 @@ use crate::{
     },
     error::ArcpError,
     ids::{Epoch, EventSeq, Principal, SessionId},
+    metrics::RESUME_ATTEMPTS,
     protocol::{
         client::{ClientMessage, Hello, Inbound, ResumeRequest},
         control::Welcome,
@@ -74,6 +76,9 @@ pub struct Attachment {
     pub replay_after: EventSeq,
     /// The first frames after `replay_after`, read when the resume was checked.
     pub first: Vec<LogEntry>,
+    /// The newest frame logged when the stream resumed (`ZERO` for a new session): the
+    /// frames through it that the stream delivers are replayed ones.
+    pub replay_through: EventSeq,
 }
 
 /// Turns the first frame of a stream into an attachment. `guard` is armed before the first
@@ -102,7 +107,15 @@ pub async fn open(
         .map(|requested| offered.negotiate(requested));
     match hello.resume.or_else(|| conn.resume.clone()) {
         None => create(services, principal, features.unwrap_or_default(), guard).await,
-        Some(resume) => resume_session(services, conn, principal, features, resume, guard).await,
+        Some(resume) => {
+            let resumed = resume_session(services, conn, principal, features, resume, guard).await;
+            let outcome = match &resumed {
+                Ok(_) => "ok",
+                Err(e) => e.code().as_str(),
+            };
+            counter!(RESUME_ATTEMPTS, "outcome" => outcome).increment(1);
+            resumed
+        }
     }
 }
 
@@ -205,6 +218,7 @@ async fn create(
         control,
         replay_after: EventSeq::ZERO,
         first: Vec::new(),
+        replay_through: EventSeq::ZERO,
     })
 }
 
@@ -249,7 +263,8 @@ async fn resume_session(
         .await?;
     let after = resume.last_event_seq;
     // A resume that cannot succeed must not disturb the stream that holds the session.
-    log.bounds().await?.check_resume_from(after)?;
+    let bounds = log.bounds().await?;
+    bounds.check_resume_from(after)?;
     // A session that negotiated credentials over TLS loses them when it resumes over
     // plaintext: none is issued on a transport that may not carry one (§14).
     let offered = services.offer.features_for(conn);
@@ -287,6 +302,9 @@ async fn resume_session(
         epoch,
         control,
         replay_after: after,
+        replay_through: first
+            .last()
+            .map_or(bounds.newest, |last| last.seq.max(bounds.newest)),
         first,
     })
 }
@@ -406,6 +424,7 @@ async fn detach(
     loop {
         match services.resume.start_window(session, epoch, deadline).await {
             Ok(true) => {
+                services.attachments.window_started(session, deadline);
                 tracing::info!(session = %session, window_sec = window.as_secs(), "transport detached; resume window started");
                 return;
             }

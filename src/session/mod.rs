@@ -27,7 +27,14 @@ mod liveness;
 pub mod output;
 pub(crate) mod stream_control;
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use ::metrics::gauge;
 
 use futures::stream::BoxStream;
 use parking_lot::Mutex;
@@ -37,6 +44,7 @@ use crate::{
     auth::{throttle::AuthThrottle, Authenticator},
     engine::JobManager,
     ids::{Epoch, Principal, SessionId},
+    metrics::{transport::Transport, SESSIONS_ATTACHED, SESSIONS_DETACHED},
     protocol::{
         client::{Inbound, RejectedFrame, ResumeRequest},
         control::AgentInfo,
@@ -69,6 +77,8 @@ pub struct ConnectInfo {
     /// Whether the transport is encrypted (TLS); provisioned credentials (§9.8, §14) are
     /// offered only then, unless the gateway allows them over plaintext.
     pub encrypted: bool,
+    /// Which transport the stream came over, for the metrics counted by transport.
+    pub transport: Transport,
 }
 
 /// Everything the session code needs: the stores it reaches, the job engine, authentication,
@@ -139,10 +149,12 @@ pub(crate) struct SessionSettings {
 }
 
 /// The streams attached to sessions on this process, so that a newer attachment here stops the
-/// one it replaces at once, and a shutdown reaches every stream.
+/// one it replaces at once, and a shutdown reaches every stream; and the sessions detached
+/// from it whose resume window is open, with its end, for the sessions gauges.
 #[derive(Default)]
 pub struct Attachments {
     streams: Mutex<HashMap<SessionId, (Epoch, Arc<StreamControl>)>>,
+    detached: Mutex<HashMap<SessionId, SystemTime>>,
 }
 
 impl Attachments {
@@ -156,6 +168,8 @@ impl Attachments {
                 _ => streams.insert(session.clone(), (epoch, control)),
             }
         };
+        self.gauge_attached();
+        self.forget_detached(session);
         if let Some((_, previous)) = replaced {
             tracing::info!(session = %session, "session taken over by a resuming stream");
             previous.stop(StreamEnd::Superseded);
@@ -167,7 +181,35 @@ impl Attachments {
         let mut streams = self.streams.lock();
         if streams.get(session).is_some_and(|(e, _)| *e == epoch) {
             streams.remove(session);
+            gauge!(SESSIONS_ATTACHED).set(streams.len() as f64);
         }
+    }
+
+    fn gauge_attached(&self) {
+        gauge!(SESSIONS_ATTACHED).set(self.streams.lock().len() as f64);
+    }
+
+    /// Counts `session` as detached from here until `until`, when its resume window closes.
+    pub(crate) fn window_started(&self, session: &SessionId, until: SystemTime) {
+        let mut detached = self.detached.lock();
+        detached.insert(session.clone(), until);
+        gauge!(SESSIONS_DETACHED).set(detached.len() as f64);
+    }
+
+    /// Stops counting `session` as detached: it was resumed, or its window closed.
+    pub(crate) fn forget_detached(&self, session: &SessionId) {
+        let mut detached = self.detached.lock();
+        if detached.remove(session).is_some() {
+            gauge!(SESSIONS_DETACHED).set(detached.len() as f64);
+        }
+    }
+
+    /// Stops counting the sessions whose window has closed by `now`: another replica may
+    /// have resumed or swept them, and this one would never hear of it.
+    pub(crate) fn forget_closed_windows(&self, now: SystemTime) {
+        let mut detached = self.detached.lock();
+        detached.retain(|_, until| *until > now);
+        gauge!(SESSIONS_DETACHED).set(detached.len() as f64);
     }
 
     /// Ends every attached stream with `why`.

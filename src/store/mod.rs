@@ -27,6 +27,7 @@ pub mod redis;
 pub mod replicas;
 pub mod resume;
 pub mod session;
+pub mod timed;
 
 use std::sync::Arc;
 
@@ -42,10 +43,12 @@ use self::{
     replicas::{memory::MemoryReplicas, redis::RedisReplicaRegistry, ReplicaRegistry},
     resume::{memory::MemoryResumeRegistry, redis::RedisResumeRegistry, ResumeRegistry},
     session::{memory::MemorySessionStore, redis::RedisSessionStore, SessionStore},
+    timed::{TimedResume, TimedSessions},
 };
 use crate::{
     error::ArcpError,
     ids::{ReplicaId, ReplicaInstance},
+    metrics::store_latency::Store,
 };
 
 /// One of each store.
@@ -148,12 +151,23 @@ impl Stores {
         replica: &ReplicaId,
         limits: LogLimits,
     ) -> Result<Stores, ArcpError> {
-        match choice {
-            StoreChoice::Memory => Ok(Stores::memory_with_limits(limits)),
+        let (kind, stores) = match choice {
+            StoreChoice::Memory => (Store::Memory, Stores::memory_with_limits(limits)),
             StoreChoice::Redis(url) => {
                 let redis = Redis::open_with(url, prefix, settings)?;
-                Ok(Stores::redis(&redis, replica, limits))
+                (Store::Redis, Stores::redis(&redis, replica, limits))
             }
+        };
+        Ok(stores.timed(kind))
+    }
+
+    /// These stores with their session and resume operations timed, as `kind`, in the store
+    /// latency metrics ([`timed`]); the event logs time themselves.
+    pub fn timed(self, kind: Store) -> Stores {
+        Stores {
+            sessions: Arc::new(TimedSessions::new(kind, self.sessions)),
+            resume: Arc::new(TimedResume::new(kind, self.resume)),
+            ..self
         }
     }
 

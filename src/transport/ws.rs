@@ -47,6 +47,7 @@ use crate::{
     error::ArcpError,
     gateway::{ConnectInfo, Gateway},
     ids::Principal,
+    metrics::transport::Transport,
     protocol::client::{Inbound, ReadFault, RejectedFrame},
     session::output::{OutboundItem, StreamEnd},
 };
@@ -275,6 +276,7 @@ async fn connection(
         peer,
         lost: lost.clone(),
         encrypted: security.encrypted,
+        transport: Transport::WebSocket,
     };
     // Jittered per connection, so that connections opened together do not close together.
     let max_age = MaxAge::from_config(gateway.config());

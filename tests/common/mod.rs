@@ -6,7 +6,7 @@
 //! writes, and [`ws`] the WebSocket client;
 //! [`health`] watches gRPC health, [`frames`] builds client payloads and reads server frames,
 //! [`agents`] holds test agents and [`agents_file`] gateways with an agents file, [`log`] reads
-//! a session's log straight from the gateway,
+//! a session's log straight from the gateway, [`metrics`] scrapes the Prometheus endpoint,
 //! [`python`] builds the Python environment the interoperability tests run, and [`node`] the
 //! Node one, each under the [`install_lock`] of its own,
 //! [`tls`] makes certificates and speaks both transports over TLS, [`cutter`] is a TCP proxy
@@ -33,6 +33,7 @@ mod haproxy;
 mod health;
 mod install_lock;
 mod log;
+mod metrics;
 mod node;
 mod process;
 mod python;
@@ -50,8 +51,9 @@ mod ws;
 #[allow(unused_imports)]
 pub use self::{
     agents::*, agents_file::*, cutter::*, deployment::*, each_store::*, frames::*, grpc::*,
-    haproxy::*, health::*, install_lock::*, log::*, node::*, process::*, python::*, raw::*,
-    raw_grpc::*, redis::*, redis_cluster::*, server::*, terminal::*, tls::*, wait::*, ws::*,
+    haproxy::*, health::*, install_lock::*, log::*, metrics::*, node::*, process::*, python::*,
+    raw::*, raw_grpc::*, redis::*, redis_cluster::*, server::*, terminal::*, tls::*, wait::*,
+    ws::*,
 };
 
 /// How long a test waits for a frame before failing. A guard against hangs, not a timing

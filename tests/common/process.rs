@@ -197,6 +197,18 @@ impl GatewayProcess {
         }
     }
 
+    /// Waits for a line containing `message` and `key` (`metrics_addr=`, say) and returns the
+    /// address after `key` in it: where a listener the process started last says it listens.
+    pub async fn logged_addr(&self, message: &str, key: &str) -> SocketAddr {
+        self.wait_for_line(&[message, key]).await;
+        let output = self.output.lock();
+        output
+            .lines()
+            .filter(|l| l.contains(message))
+            .find_map(|l| addr_after(l, key))
+            .unwrap_or_else(|| panic!("no {key}ADDR in the {message:?} line; output:\n{output}"))
+    }
+
     /// The CPU time the process has used so far, user and system, all threads.
     pub fn cpu_time(&self) -> Duration {
         let pid = self.child.id().expect("the process is still running");
@@ -328,6 +340,12 @@ fn listening_addr(line: &str, key: &str) -> Option<SocketAddr> {
     if !line.contains("arcp-gateway listening") {
         return None;
     }
+    addr_after(line, key)
+}
+
+/// The address after `key` in `line`: in a word of it that starts with `key`, or in its field
+/// (`addr`, `ws_addr`) when the line is JSON (`--log-format json`).
+fn addr_after(line: &str, key: &str) -> Option<SocketAddr> {
     let addr = match serde_json::from_str::<serde_json::Value>(line) {
         Ok(json) => json.get(key.trim_end_matches('='))?.as_str()?.to_owned(),
         Err(_) => line

@@ -13,6 +13,7 @@ use arcp_gateway::{
     config::GatewayConfig,
     gateway::GatewayBuilder,
     ids::ReplicaId,
+    metrics::store_latency::Store,
     proto::{
         self, arcp_client::ArcpClient, client_frame::Payload as In, server_frame::Payload as Out,
         ClientFrame, ServerFrame,
@@ -85,7 +86,8 @@ impl BenchStore<'_> {
     /// The stores replica `replica` of a bench gateway uses.
     fn stores(&self, replica: &str, limits: LogLimits) -> BenchResult<Stores> {
         Ok(match self {
-            BenchStore::Memory => Stores::memory_with_limits(limits),
+            // Timed as `arcp-gateway serve` times them (`Stores::open`).
+            BenchStore::Memory => Stores::memory_with_limits(limits).timed(Store::Memory),
             BenchStore::Redis(redis) => Stores::open(
                 &StoreChoice::Redis(redis.url.clone()),
                 "bench",

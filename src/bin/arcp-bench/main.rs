@@ -36,6 +36,7 @@ mod ws;
 
 use std::{path::PathBuf, time::Duration};
 
+use arcp_gateway::metrics::exporter::{self, Exporter};
 use clap::Parser;
 use futures::FutureExt;
 
@@ -111,6 +112,10 @@ struct Args {
     /// Row 8 fails if the gateway's peak resident memory exceeds this, MiB.
     #[arg(long, default_value_t = 512.0)]
     soak_rss_bound_mib: f64,
+    /// Record metrics as `arcp-gateway serve --metrics-listen` does (the recorder installed,
+    /// /metrics served on an ephemeral port), to measure what recording costs.
+    #[arg(long)]
+    metrics: bool,
     /// Serve a gateway and print its addresses (rows 5 and 8 run the gateway in a child
     /// process so its memory is measured alone).
     #[arg(long, hide = true, value_enum)]
@@ -157,6 +162,11 @@ async fn main() -> BenchResult<()> {
     let args = Args::parse();
     if let Some(config) = args.child_gateway {
         return serve_child(config).await;
+    }
+    if args.metrics {
+        let exporter = Exporter::install("127.0.0.1:0".parse()?).await?;
+        eprintln!("metrics on {}{}", exporter.local_addr()?, exporter::PATH);
+        tokio::spawn(exporter.serve(|| {}, tokio_util::sync::CancellationToken::new()));
     }
     // The clients run as tasks on the runtime's workers, as a tonic client in a service does,
     // rather than on the main thread, which would be a third thread competing for the cores.

@@ -11,6 +11,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc, Weak,
     },
+    time::Instant,
 };
 
 use async_trait::async_trait;
@@ -20,10 +21,13 @@ use crate::{
     encoding::StoredFrame,
     error::ArcpError,
     ids::{Epoch, EventSeq, ReplicaInstance, SessionId},
+    metrics::store_latency::{latency, Operation, Store},
     sync::wakeup::Wakeup,
 };
 
-use super::{evicted, Appended, EventLog, LogBounds, LogEntry, LogLimits, SessionLog, Wait};
+use super::{
+    evicted, Appended, EventLog, LogBounds, LogEntry, LogLimits, Retention, SessionLog, Wait,
+};
 
 /// Event logs held in this process's memory, within [`LogLimits`].
 pub struct MemoryEventLog {
@@ -165,6 +169,14 @@ impl MemoryEventLog {
         self.budget.retained.load(Ordering::Acquire)
     }
 
+    /// The frames all the logs retain together.
+    pub fn retained_frames(&self) -> u64 {
+        let logs: Vec<_> = self.sessions.read().values().cloned().collect();
+        logs.iter()
+            .map(|log| log.frames.lock().retained.len() as u64)
+            .sum()
+    }
+
     /// The bytes of frames the session's log retains, if it has one.
     pub fn session_bytes(&self, session: &SessionId) -> Option<u64> {
         let log = self.sessions.read().get(session).cloned()?;
@@ -234,6 +246,13 @@ impl EventLog for MemoryEventLog {
                 self.budget.enforce();
             }
         }
+    }
+
+    fn retention(&self) -> Option<Retention> {
+        Some(Retention {
+            frames: self.retained_frames(),
+            bytes: self.retained_bytes(),
+        })
     }
 }
 
@@ -409,9 +428,20 @@ impl Drop for MemorySessionLog {
     }
 }
 
+impl MemorySessionLog {
+    /// [`MemorySessionLog::read_now`], timed in the store latency metrics.
+    fn read_timed(&self, after: EventSeq, max: usize) -> Result<Vec<LogEntry>, ArcpError> {
+        let started = Instant::now();
+        let read = self.read_now(after, max);
+        latency(Store::Memory, Operation::LogRead).record(started.elapsed());
+        read
+    }
+}
+
 #[async_trait]
 impl SessionLog for MemorySessionLog {
     async fn append_measured(&self, frame: StoredFrame) -> Result<Appended, ArcpError> {
+        let started = Instant::now();
         let size = frame.len() as u64;
         // Evicted frames are freed after the lock is released.
         let mut evicted = Evicted::default();
@@ -457,6 +487,7 @@ impl SessionLog for MemorySessionLog {
         if retained > self.budget.limit {
             self.budget.enforce();
         }
+        latency(Store::Memory, Operation::LogAppend).record(started.elapsed());
         Ok(appended)
     }
 
@@ -467,7 +498,7 @@ impl SessionLog for MemorySessionLog {
         wait: Wait,
     ) -> Result<Vec<LogEntry>, ArcpError> {
         let max = max.max(1);
-        let frames = self.read_now(after, max)?;
+        let frames = self.read_timed(after, max)?;
         if !frames.is_empty() || wait == Wait::No {
             return Ok(frames);
         }
@@ -476,7 +507,7 @@ impl SessionLog for MemorySessionLog {
                 self.frames.lock().bounds.newest > after || self.removed.load(Ordering::Acquire)
             })
             .await;
-        self.read_now(after, max)
+        self.read_timed(after, max)
     }
 
     async fn fence(&self, epoch: Epoch) -> Result<(), ArcpError> {

@@ -38,6 +38,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use ::metrics::gauge;
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
@@ -45,6 +46,7 @@ use crate::{
     encoding::StoredFrame,
     error::ArcpError,
     ids::{Epoch, EventSeq, ReplicaInstance, SessionId},
+    metrics::{LOG_RETAINED_BYTES, LOG_RETAINED_FRAMES},
 };
 
 /// A frame as a log holds it: its place in the session's sequence, and the frame.
@@ -83,6 +85,23 @@ impl LogLimits {
     /// the frames jobs append while they are being paced fit in the other half.
     pub fn window_bytes(&self) -> u64 {
         self.max_bytes / 2
+    }
+}
+
+/// The frames, and their bytes, an event log's sessions retain together.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Retention {
+    /// Frames retained.
+    pub frames: u64,
+    /// Their bytes, as the store's budget counts them.
+    pub bytes: u64,
+}
+
+impl Retention {
+    /// Sets the retention gauges to this.
+    pub fn gauge(self) {
+        gauge!(LOG_RETAINED_FRAMES).set(self.frames as f64);
+        gauge!(LOG_RETAINED_BYTES).set(self.bytes as f64);
     }
 }
 
@@ -203,6 +222,12 @@ pub trait EventLog: Send + Sync + 'static {
     /// Drops the session's log: waiting readers fail, and so does every later call through a
     /// handle to it. Its frames no longer count against the store's budget.
     async fn remove(&self, session: &SessionId);
+
+    /// What the logs retain together, for stores that account for it; `None` for a shared
+    /// store, where a count would be a round trip per scrape over every session.
+    fn retention(&self) -> Option<Retention> {
+        None
+    }
 
     /// Attachment `epoch`'s stream of `session` is gone. Unless a newer attachment has fenced
     /// the log since (see [`SessionLog::fence`]), the session is detached from now on, and its

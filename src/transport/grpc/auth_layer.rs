@@ -36,6 +36,7 @@ use crate::{
     error::ArcpError,
     gateway::{ConnectInfo, Gateway},
     ids::EventSeq,
+    metrics::transport::Transport,
     protocol::client::ResumeRequest,
     transport::listener::Security,
 };
@@ -196,6 +197,7 @@ pub(crate) async fn admit(
         resume,
         peer,
         encrypted: security.encrypted,
+        transport: Transport::Grpc,
         ..ConnectInfo::default()
     })
 }

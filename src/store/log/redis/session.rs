@@ -23,7 +23,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, OnceLock, Weak,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use ::redis::{ErrorKind, ServerErrorKind, Value};
@@ -35,6 +35,7 @@ use crate::{
     encoding::StoredFrame,
     error::ArcpError,
     ids::{Epoch, EventSeq, ReplicaInstance, SessionId},
+    metrics::store_latency::{latency, Operation, Store as StoreKind},
     store::{
         log::{evicted, Appended, LogBounds, LogEntry, QueuedAppend, SessionLog, Wait},
         redis::{
@@ -729,7 +730,10 @@ impl SessionLog for RedisSessionLog {
             .me
             .upgrade()
             .ok_or_else(|| Gone::Removed.error(&self.session))?;
-        Commits::append(me, frame).await
+        let started = Instant::now();
+        let appended = Commits::append(me, frame).await;
+        latency(StoreKind::Redis, Operation::LogAppend).record(started.elapsed());
+        appended
     }
 
     fn pipelines(&self) -> bool {
@@ -771,7 +775,10 @@ impl SessionLog for RedisSessionLog {
         loop {
             let subscriptions = self.subscriptions.load(Ordering::Acquire);
             if look {
-                let read = self.read_now(after, max).await?;
+                let started = Instant::now();
+                let read = self.read_now(after, max).await;
+                latency(StoreKind::Redis, Operation::LogRead).record(started.elapsed());
+                let read = read?;
                 self.looked_after.store(subscriptions, Ordering::Release);
                 if !read.is_empty() || wait == Wait::No {
                     return Ok(read);
