@@ -182,31 +182,13 @@ async fn an_upstream_runtime_streams_a_job_through_the_gateway() {
 async fn a_client_resumed_mid_job_gets_every_event_of_the_upstream_job_once() {
     let upstream = PythonUpstream::start().await;
     let server = fronting(upstream.addr, "").await;
-    let (mut conn, welcomed) = server.hello("alice-token").await;
-    let session = welcomed.session_id.clone();
-    let token = welcome(&welcomed).resume_token.clone();
     let input = json!({"count": 20, "interval_ms": 10});
-    let (job, accepted_frame) = submit_and_accept(&mut conn, submit("research", input)).await;
-    let mut frames = vec![accepted_frame];
-    while frames.iter().filter_map(progress_current).count() < 3 {
-        frames.push(conn.recv().await);
-    }
-    let last = frames.last().map(|f| f.event_seq).expect("frames");
-    drop(conn);
-    // The upstream job goes on meanwhile: the gateway's log grows past what the client took.
-    wait_for_log(&server, &session, last + 4).await;
-    let (mut conn, first) = server
-        .resume_with_hello("alice-token", FEATURES, resume_info(&session, &token, last))
-        .await;
-    welcome(&first);
-    let (rest, terminal) = conn.recv_until_terminal(&job).await;
-    frames.extend(rest);
-    assert_eq!(result_json(&terminal)["counted"], 20, "{terminal:?}");
-    frames.push(terminal);
-    assert!(
-        contiguous(&event_seqs(&frames)),
-        "every frame once, in order"
-    );
+    let frames = resumed_mid_job(&server, submit("research", input), |f| {
+        f.iter().filter_map(progress_current).count() >= 3
+    })
+    .await;
+    let terminal = frames.last().expect("a terminal frame");
+    assert_eq!(result_json(terminal)["counted"], 20, "{terminal:?}");
     let progress: Vec<_> = frames.iter().filter_map(progress_current).collect();
     let expected: Vec<f64> = (1..=20).map(f64::from).collect();
     assert_eq!(progress, expected);

@@ -2,9 +2,15 @@
 
 use std::{sync::Arc, time::Duration};
 
-use arcp_gateway::{ids::SessionId, store::log::SessionLog};
+use arcp_gateway::{
+    ids::SessionId,
+    proto::{client_frame::Payload as In, ServerFrame},
+    store::log::SessionLog,
+};
 
-use super::{TestServer, FRAME_TIMEOUT};
+use super::{
+    event_seqs, resume_info, submit_and_accept, welcome, TestServer, FEATURES, FRAME_TIMEOUT,
+};
 
 /// The session's log, straight from the gateway.
 pub async fn session_log(server: &TestServer, session: &str) -> Arc<dyn SessionLog> {
@@ -43,4 +49,40 @@ pub async fn wait_for_log(server: &TestServer, session: &str, seq: u64) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Submits `payload` on a new session of `server`, reads its frames until `enough` says so,
+/// drops the stream, waits for the job to log four frames more meanwhile, resumes, and reads
+/// on to the job's terminal frame. Returns every frame of the job, acceptance to end, and
+/// asserts the client saw each once, in order.
+pub async fn resumed_mid_job(
+    server: &TestServer,
+    payload: In,
+    enough: impl Fn(&[ServerFrame]) -> bool,
+) -> Vec<ServerFrame> {
+    let (mut conn, welcomed) = server.hello("alice-token").await;
+    let session = welcomed.session_id.clone();
+    let token = welcome(&welcomed).resume_token.clone();
+    let (job, accepted) = submit_and_accept(&mut conn, payload).await;
+    let mut frames = vec![accepted];
+    while !enough(&frames) {
+        frames.push(conn.recv().await);
+    }
+    let last = frames.last().map(|f| f.event_seq).expect("frames");
+    drop(conn);
+    // The job goes on meanwhile: the log grows past what the client took.
+    wait_for_log(server, &session, last + 4).await;
+    let (mut conn, first) = server
+        .resume_with_hello("alice-token", FEATURES, resume_info(&session, &token, last))
+        .await;
+    welcome(&first);
+    let (rest, terminal) = conn.recv_until_terminal(&job).await;
+    frames.extend(rest);
+    frames.push(terminal);
+    let seqs = event_seqs(&frames);
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "every frame once, in order: {seqs:?}"
+    );
+    frames
 }
