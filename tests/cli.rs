@@ -1,14 +1,14 @@
 //! `arcp-gateway client` through the real gateway binary: without a terminal (plain lines, exit
 //! codes from how the job ended (success, failure, Ctrl-C's cancellation, timeout) and for a
-//! gateway that cannot be reached or refuses the token, `--json` lines, `jobs`, `tail` and
-//! `cancel`), and in a
+//! gateway that cannot be reached or refuses the token, `--json` lines, `jobs`, `tail`, and
+//! `attach` and `cancel` taking up the session a detached or killed `submit` kept), and in a
 //! pseudo-terminal (tmux), where it draws a progress bar and, when a TCP proxy between it and
 //! the gateway drops its stream mid-job, resumes, says how many events the gateway replayed,
 //! and ends the job with every event seen once.
 
 mod common;
 
-use std::{net::SocketAddr, process::Stdio};
+use std::{net::SocketAddr, os::unix::fs::PermissionsExt, path::PathBuf, process::Stdio};
 
 use arcp_gateway::{
     client::{Client, ClientConfig},
@@ -18,11 +18,32 @@ use common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 
-/// `arcp-gateway client --endpoint http://ADDR --token alice-token ARGS`, stdout and stderr
-/// piped: no terminal.
+/// The state directory the tests' clients keep sessions in: the test binary's own, not the
+/// user's.
+fn state_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-state-{}", std::process::id()))
+}
+
+/// The file in which `client submit` keeps the session of `job`.
+fn kept_session(job: &str) -> PathBuf {
+    state_dir().join("sessions").join(format!("{job}.json"))
+}
+
+/// `arcp-gateway client --endpoint http://ADDR --token alice-token --state-dir DIR ARGS`,
+/// stdout and stderr piped: no terminal.
 fn client(addr: SocketAddr, args: &[&str]) -> tokio::process::Command {
     let endpoint = format!("http://{addr}");
-    let mut full = vec!["client", "--endpoint", &endpoint, "--token", GATEWAY_TOKEN];
+    let state = state_dir();
+    let state = state.to_str().expect("a UTF-8 path");
+    let mut full = vec![
+        "client",
+        "--endpoint",
+        &endpoint,
+        "--token",
+        GATEWAY_TOKEN,
+        "--state-dir",
+        state,
+    ];
     full.extend_from_slice(args);
     command(&full)
 }
@@ -117,6 +138,15 @@ impl Following {
                 return line;
             }
         }
+    }
+
+    /// Waits for a client that was killed to be gone.
+    async fn finish_killed(mut self) -> Vec<String> {
+        tokio::time::timeout(PROCESS_TIMEOUT, self.child.wait())
+            .await
+            .expect("the killed client exits")
+            .expect("wait for the client");
+        self.seen
     }
 
     /// Reads the rest; the exit code and every line read.
@@ -339,17 +369,125 @@ async fn tail_follows_a_job_of_another_session_from_its_start_to_its_end() {
 }
 
 #[tokio::test]
-async fn cancel_asks_the_gateway_and_reports_its_refusal() {
+async fn cancel_without_the_submitting_session_is_refused_and_says_why() {
     let (gateway, mut submitter, job) =
         ticker_of_another_session(json!({"count": 100000, "interval_ms": 20})).await;
-    // Only the submitting session may cancel (§7.6): the command's session is refused.
+    // Only the submitting session may cancel (§7.4), and no session of this job is kept: the
+    // command's own session asks, and is refused.
     let (code, stdout, stderr) = run(client(gateway.addr, &["cancel", &job])).await;
     assert_eq!(code, 1, "{stdout}\n{stderr}");
     assert!(stderr.contains("PERMISSION_DENIED"), "{stderr}");
+    assert!(
+        stderr.contains("only the session that submitted a job may cancel it"),
+        "{stderr}"
+    );
     let (code, _, stderr) = run(client(gateway.addr, &["cancel", "job_no_such_job"])).await;
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("JOB_NOT_FOUND"), "{stderr}");
+    let (code, _, stderr) = run(client(gateway.addr, &["attach", "job_no_such_job"])).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no session of job job_no_such_job is kept"), "{stderr}");
     submitter.cancel(&job).await.expect("the submitter cancels");
+}
+
+/// The job id in the JSON line of a job's acceptance.
+fn accepted_job_id(line: &str) -> String {
+    let accepted: Value = serde_json::from_str(line).expect("a JSON line");
+    assert_eq!(accepted["type"], "job.accepted", "{line}");
+    accepted["job_id"].as_str().expect("a job id").to_owned()
+}
+
+#[tokio::test]
+async fn cancel_takes_up_the_session_a_detached_submit_kept_and_cancels_its_job() {
+    let gateway = GatewayProcess::start("info").await;
+    let (code, stdout, stderr) = submit_ticker(
+        gateway.addr,
+        r#"{"count": 100000, "interval_ms": 20}"#,
+        &["--detach", "--json"],
+    )
+    .await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "only the acceptance: {stdout}");
+    let job = accepted_job_id(&stdout);
+    let file = kept_session(&job);
+    let mode = std::fs::metadata(&file)
+        .unwrap_or_else(|e| panic!("{} kept: {e}", file.display()))
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the resume token is the user's only");
+    let kept = std::fs::read_to_string(&file).expect("read the kept session");
+
+    // The job runs on, its session detached.
+    let mut watcher = library_client(gateway.addr).await;
+    watcher.subscribe(&job, false).await.expect("subscribed");
+    wait_for_progress(&mut watcher, &job, 2.0).await;
+
+    let (code, stdout, stderr) = run(client(gateway.addr, &["cancel", &job])).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "only the end: {stdout}");
+    assert!(lines[0].starts_with("job ended: cancelled"), "{stdout}");
+    assert!(!file.exists(), "the ended job's session is forgotten");
+    let token: Value = serde_json::from_str(&kept).expect("JSON");
+    let token = token["resume_token"].as_str().expect("a token");
+    assert!(
+        !stdout.contains(token) && !stderr.contains(token),
+        "the token is not shown"
+    );
+
+    let (code, stdout, _) = run(client(gateway.addr, &["jobs", "--json"])).await;
+    assert_eq!(code, 0);
+    let listed = json_lines(&stdout);
+    let entry = listed
+        .iter()
+        .find(|j| j["job_id"] == job.as_str())
+        .unwrap_or_else(|| panic!("{job} not in {stdout}"));
+    assert_eq!(entry["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn attach_takes_up_the_session_of_a_killed_submit_and_follows_its_job_once_to_the_end() {
+    let gateway = GatewayProcess::start("info").await;
+    let mut following = Following::spawn(client(
+        gateway.addr,
+        &[
+            "submit",
+            "ticker",
+            "--json",
+            "--input",
+            r#"{"count": 40, "interval_ms": 20}"#,
+        ],
+    ));
+    let job = accepted_job_id(
+        &following
+            .until("the acceptance", |l| l.contains("job.accepted"))
+            .await,
+    );
+    following
+        .until("a progress event", |l| l.contains("progress"))
+        .await;
+    following.child.start_kill().expect("kill the client");
+    let _ = following.finish_killed().await;
+    assert!(kept_session(&job).exists(), "the killed client's session is kept");
+
+    let (code, stdout, stderr) = run(client(gateway.addr, &["attach", &job, "--json"])).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let lines = json_lines(&stdout);
+    let resumed = lines
+        .iter()
+        .find(|l| l["type"] == "resumed")
+        .unwrap_or_else(|| panic!("no resume reported: {stdout}"));
+    assert_eq!(resumed["after_event_seq"], 1, "from the acceptance: {resumed}");
+    assert_each_event_once(&lines);
+    assert_eq!(progress_currents(&lines), (1..=40).collect::<Vec<_>>());
+    let end = lines.last().expect("an end");
+    assert_eq!(end["final_status"], "success");
+    assert_eq!(end["events"], 41, "every progress event and the result, once");
+    assert!(!kept_session(&job).exists(), "the ended job's session is forgotten");
+
+    // The session was taken up once, its token rotated: the old point is spent.
+    let (code, _, stderr) = run(client(gateway.addr, &["attach", &job])).await;
+    assert_eq!(code, 1, "{stderr}");
 }
 
 #[tokio::test]
@@ -445,6 +583,8 @@ fn submit_in_a_terminal(addr: SocketAddr, agent: &str, input: &Value) -> Termina
         &endpoint,
         "--token",
         GATEWAY_TOKEN,
+        "--state-dir",
+        state_dir().to_str().expect("a UTF-8 path"),
         "submit",
         agent,
         "--input",

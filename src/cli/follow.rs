@@ -10,7 +10,7 @@ use crate::{
     proto::server_frame::Payload as Out,
 };
 
-use super::{exit::Exit, output::Output, shown::Shown};
+use super::{exit::Exit, output::Output, saved::Kept, shown::Shown};
 
 /// What Ctrl-C does while a job is followed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,15 +23,17 @@ pub enum OnInterrupt {
 }
 
 /// Shows the frames of `job` until its end; the exit its final status names. A session that
-/// closes or fails first, or a `session_error` the gateway sends meanwhile, is the error.
+/// closes or fails first, or a `session_error` the gateway sends meanwhile, is the error. With
+/// `kept`, the session's file is saved again after each resume.
 pub async fn follow(
     client: &mut Client,
     job: &str,
     output: &mut Output,
     on_interrupt: OnInterrupt,
+    mut kept: Option<&mut Kept>,
 ) -> Result<Exit, ArcpError> {
     let mut resumes = Resumes {
-        reported: client.resumes(),
+        reported: 0,
         pending: false,
     };
     // Made once, before the first frame: a SIGINT that comes between two reads waits in it,
@@ -64,6 +66,9 @@ pub async fn follow(
                 }
             },
         };
+        if let Some(kept) = kept.as_deref_mut() {
+            kept.refresh(client);
+        }
         let Some(frame) = next? else {
             return Err(ArcpError::Internal(
                 "the gateway closed the session before the job ended".into(),

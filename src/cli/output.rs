@@ -13,6 +13,8 @@ pub enum Output {
     Plain,
     /// One JSON object a line.
     Json,
+    /// Only the job's end, as the plain or JSON output prints it.
+    End(Box<Output>),
 }
 
 impl Output {
@@ -27,12 +29,23 @@ impl Output {
         }
     }
 
+    /// Only the end of the job, in JSON if `json` and a plain line if not: for a command that
+    /// acts on a job rather than follow it.
+    pub fn end_only(json: bool) -> Output {
+        Output::End(Box::new(if json { Output::Json } else { Output::Plain }))
+    }
+
     /// Prints `shown`.
     pub fn show(&mut self, shown: &Shown) {
         match self {
             Output::Bar(bar) => bar.show(shown),
             Output::Plain => print_line(&shown.text()),
             Output::Json => print_line(&shown.json().to_string()),
+            Output::End(output) => {
+                if matches!(shown, Shown::Ended { .. }) {
+                    output.show(shown);
+                }
+            }
         }
     }
 

@@ -48,7 +48,7 @@ pub enum Shown {
         /// The event kind.
         kind: String,
     },
-    /// The stream dropped and the session was resumed.
+    /// The session was resumed: after its stream dropped, or taken up by `attach`.
     Resumed {
         /// The newest `event_seq` seen before the drop.
         after_seq: u64,
@@ -160,7 +160,7 @@ impl Shown {
                 after_seq,
                 replayed,
             } => format!(
-                "stream dropped; session resumed after event {after_seq}, {replayed} events replayed"
+                "session resumed after event {after_seq}, {replayed} events replayed"
             ),
             Shown::Ended {
                 final_status,

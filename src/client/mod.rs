@@ -12,6 +12,11 @@
 //! After each resume it tells what the gateway replayed ([`Client::last_resume`]), for a
 //! caller that reports drops (the CLI does).
 //!
+//! A session outlives its client: [`Client::resume_point`] is what a resume presents, and
+//! [`Client::resume`] takes the session up again from it, in another process as well, within
+//! the gateway's resume window. A resumed session keeps its authority over the jobs it
+//! submitted (§7.7): it may cancel them, where another session may only watch.
+//!
 //! - `config`: how it connects and retries;
 //! - `frames`: the frames it builds, and the answers it reads in the gateway's;
 //! - `replay`: how much of a resumed stream was replay;
@@ -27,6 +32,7 @@ use std::collections::VecDeque;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{
+    clock::Timestamp,
     encoding::json_value::to_value,
     error::ArcpError,
     proto::{
@@ -39,14 +45,37 @@ pub use self::{config::ClientConfig, replay::Resumed};
 use self::{
     frames::{frame, request_id, session_error},
     replay::Replay,
-    stream::Attached,
+    stream::{Attached, Welcomed},
 };
 
 /// What the client knows of its session between two streams.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Resumable {
     session_id: String,
     resume_token: String,
+}
+
+/// Where a session can be taken up again: what a resume presents (§6.3). The token is a
+/// secret, single-use: the gateway rotates it on every welcome, so a point is good until the
+/// session is resumed from it (or its resume window closes).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// The session.
+    pub session_id: String,
+    /// The token its latest welcome issued.
+    pub resume_token: String,
+    /// The newest `event_seq` handed over: a resume replays what came after it.
+    pub last_event_seq: u64,
+}
+
+impl std::fmt::Debug for ResumePoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResumePoint")
+            .field("session_id", &self.session_id)
+            .field("resume_token", &"<secret>")
+            .field("last_event_seq", &self.last_event_seq)
+            .finish()
+    }
 }
 
 /// One ARCP session on the gateway, resumed across dropped streams.
@@ -62,7 +91,8 @@ pub struct Client {
     acked: u64,
     /// Frames read while waiting for an answer, in the order they came.
     pending: VecDeque<ServerFrame>,
-    /// How many times the session was resumed.
+    /// How many times the session was resumed (a client made by [`Client::resume`] starts
+    /// at one).
     resumes: u64,
     /// Frames a resumed stream sent before the pong that dated the resume, not yet read.
     early: VecDeque<ServerFrame>,
@@ -73,9 +103,7 @@ pub struct Client {
 impl Client {
     /// Connects, says hello and waits for the welcome.
     pub async fn connect(config: ClientConfig) -> Result<Client, ArcpError> {
-        let channel = Endpoint::from_shared(config.endpoint.clone())
-            .map_err(|e| ArcpError::InvalidRequest(format!("bad endpoint: {e}")))?
-            .connect_lazy();
+        let channel = channel(&config)?;
         let (attached, welcome) = Attached::open(&channel, &config, None).await?;
         let session = Resumable {
             session_id: welcome.session_id,
@@ -96,6 +124,44 @@ impl Client {
         })
     }
 
+    /// Takes up the session at `point` (left by this client or another, in this process or
+    /// another) on a new stream: the gateway replays what came after `point`'s `event_seq`,
+    /// and the session goes on, its authority over its jobs with it. Retried like a drop; the
+    /// gateway's refusal (a window that closed, a token already used) is the error. Counts as
+    /// the client's first resume.
+    pub async fn resume(config: ClientConfig, point: ResumePoint) -> Result<Client, ArcpError> {
+        let channel = channel(&config)?;
+        let mut early = VecDeque::new();
+        let (attached, welcome, resumed_at) =
+            retry_resume(&channel, &config, &point, &mut early).await?;
+        Ok(Client {
+            config,
+            channel,
+            attached,
+            session: Resumable {
+                session_id: point.session_id,
+                resume_token: welcome.resume_token,
+            },
+            features: welcome.features,
+            last_seq: point.last_event_seq,
+            acked: point.last_event_seq,
+            pending: VecDeque::new(),
+            resumes: 1,
+            early,
+            replay: Some(Replay::new(point.last_event_seq, resumed_at)),
+        })
+    }
+
+    /// Where the session can be taken up again now, by [`Client::resume`]: its latest token,
+    /// and the newest `event_seq` handed over.
+    pub fn resume_point(&self) -> ResumePoint {
+        ResumePoint {
+            session_id: self.session.session_id.clone(),
+            resume_token: self.session.resume_token.clone(),
+            last_event_seq: self.last_seq,
+        }
+    }
+
     /// The session's id.
     pub fn session_id(&self) -> &str {
         &self.session.session_id
@@ -111,7 +177,7 @@ impl Client {
         self.last_seq
     }
 
-    /// How many times the session was resumed after a drop.
+    /// How many times the session was resumed: after a drop, or by [`Client::resume`].
     pub fn resumes(&self) -> u64 {
         self.resumes
     }
@@ -246,7 +312,7 @@ impl Client {
         if self.attached.send(frame.clone()).await.is_ok() {
             return Ok(());
         }
-        self.resume().await?;
+        self.reattach().await?;
         self.attached.send(frame).await.map_err(|_| {
             ArcpError::Internal("the resumed stream closed before a frame could be sent".into())
         })
@@ -269,7 +335,7 @@ impl Client {
                     return Ok(Some(frame));
                 }
                 // A stream that ends or fails without `session_closed` was dropped.
-                Ok(None) | Err(_) => self.resume().await?,
+                Ok(None) | Err(_) => self.reattach().await?,
             }
         }
     }
@@ -316,38 +382,58 @@ impl Client {
     /// Resumes the session on a new stream from the newest frame handed over, retrying with
     /// back-off; fails with the gateway's refusal (a resume window that ran out, a token it no
     /// longer knows) or once the attempts are spent.
-    async fn resume(&mut self) -> Result<(), ArcpError> {
-        let mut backoff = self.config.first_backoff;
-        let mut last = None;
-        for _ in 0..self.config.reconnect_attempts.max(1) {
-            let resume = proto::ResumeInfo {
-                session_id: self.session.session_id.clone(),
-                resume_token: self.session.resume_token.clone(),
-                last_event_seq: self.last_seq,
-            };
-            let opened = match Attached::open(&self.channel, &self.config, Some(resume)).await {
-                Ok((mut attached, welcome)) => attached
-                    .gateway_time(&mut self.early)
-                    .await
-                    .map(|resumed_at| (attached, welcome, resumed_at)),
-                Err(e) => Err(e),
-            };
-            match opened {
-                Ok((attached, welcome, resumed_at)) => {
-                    self.replay = Some(Replay::new(self.last_seq, resumed_at));
-                    self.attached = attached;
-                    self.session.resume_token = welcome.resume_token;
-                    self.features = welcome.features;
-                    self.acked = self.acked.min(self.last_seq);
-                    self.resumes += 1;
-                    return Ok(());
-                }
-                Err(e) if !e.retryable() => return Err(e),
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(self.config.max_backoff);
-        }
-        Err(last.unwrap_or_else(|| ArcpError::Internal("no reconnection was tried".into())))
+    async fn reattach(&mut self) -> Result<(), ArcpError> {
+        let point = self.resume_point();
+        let (attached, welcome, resumed_at) =
+            retry_resume(&self.channel, &self.config, &point, &mut self.early).await?;
+        self.replay = Some(Replay::new(self.last_seq, resumed_at));
+        self.attached = attached;
+        self.session.resume_token = welcome.resume_token;
+        self.features = welcome.features;
+        self.acked = self.acked.min(self.last_seq);
+        self.resumes += 1;
+        Ok(())
     }
+}
+
+/// The channel to `config`'s endpoint, connected when first used.
+fn channel(config: &ClientConfig) -> Result<Channel, ArcpError> {
+    Ok(Endpoint::from_shared(config.endpoint.clone())
+        .map_err(|e| ArcpError::InvalidRequest(format!("bad endpoint: {e}")))?
+        .connect_lazy())
+}
+
+/// Resumes the session at `point` on a new stream, retrying with back-off as `config` says:
+/// the stream, its welcome, and the gateway's time just after (the frames before its pong go
+/// to `early`). Fails with the gateway's refusal, or once the attempts are spent.
+async fn retry_resume(
+    channel: &Channel,
+    config: &ClientConfig,
+    point: &ResumePoint,
+    early: &mut VecDeque<ServerFrame>,
+) -> Result<(Attached, Welcomed, Option<Timestamp>), ArcpError> {
+    let mut backoff = config.first_backoff;
+    let mut last = None;
+    for _ in 0..config.reconnect_attempts.max(1) {
+        let resume = proto::ResumeInfo {
+            session_id: point.session_id.clone(),
+            resume_token: point.resume_token.clone(),
+            last_event_seq: point.last_event_seq,
+        };
+        let opened = match Attached::open(channel, config, Some(resume)).await {
+            Ok((mut attached, welcome)) => attached
+                .gateway_time(early)
+                .await
+                .map(|resumed_at| (attached, welcome, resumed_at)),
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(opened) => return Ok(opened),
+            Err(e) if !e.retryable() => return Err(e),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(config.max_backoff);
+    }
+    Err(last.unwrap_or_else(|| ArcpError::Internal("no reconnection was tried".into())))
 }
