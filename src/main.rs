@@ -638,9 +638,13 @@ async fn serve(args: ServeArgs, agents: AgentRegistry) -> Result<(), Box<dyn std
         tracing::info!(metrics_addr = %metrics.local_addr()?, path = exporter::PATH, "metrics listening (Prometheus)");
         let logs = gateway.stores().logs.clone();
         let refresh = move || {
-            if let Some(retention) = logs.retention() {
-                retention.gauge();
-            }
+            let logs = logs.clone();
+            let refreshed: futures::future::BoxFuture<'static, ()> = Box::pin(async move {
+                if let Some(retention) = logs.retention().await {
+                    retention.gauge();
+                }
+            });
+            refreshed
         };
         tokio::spawn(metrics.serve(refresh, stop.clone()));
     }

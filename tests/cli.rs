@@ -386,7 +386,10 @@ async fn cancel_without_the_submitting_session_is_refused_and_says_why() {
     assert!(stderr.contains("JOB_NOT_FOUND"), "{stderr}");
     let (code, _, stderr) = run(client(gateway.addr, &["attach", "job_no_such_job"])).await;
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("no session of job job_no_such_job is kept"), "{stderr}");
+    assert!(
+        stderr.contains("no session of job job_no_such_job is kept"),
+        "{stderr}"
+    );
     submitter.cancel(&job).await.expect("the submitter cancels");
 }
 
@@ -468,7 +471,10 @@ async fn attach_takes_up_the_session_of_a_killed_submit_and_follows_its_job_once
         .await;
     following.child.start_kill().expect("kill the client");
     let _ = following.finish_killed().await;
-    assert!(kept_session(&job).exists(), "the killed client's session is kept");
+    assert!(
+        kept_session(&job).exists(),
+        "the killed client's session is kept"
+    );
 
     let (code, stdout, stderr) = run(client(gateway.addr, &["attach", &job, "--json"])).await;
     assert_eq!(code, 0, "{stdout}\n{stderr}");
@@ -477,13 +483,22 @@ async fn attach_takes_up_the_session_of_a_killed_submit_and_follows_its_job_once
         .iter()
         .find(|l| l["type"] == "resumed")
         .unwrap_or_else(|| panic!("no resume reported: {stdout}"));
-    assert_eq!(resumed["after_event_seq"], 1, "from the acceptance: {resumed}");
+    assert_eq!(
+        resumed["after_event_seq"], 1,
+        "from the acceptance: {resumed}"
+    );
     assert_each_event_once(&lines);
     assert_eq!(progress_currents(&lines), (1..=40).collect::<Vec<_>>());
     let end = lines.last().expect("an end");
     assert_eq!(end["final_status"], "success");
-    assert_eq!(end["events"], 41, "every progress event and the result, once");
-    assert!(!kept_session(&job).exists(), "the ended job's session is forgotten");
+    assert_eq!(
+        end["events"], 41,
+        "every progress event and the result, once"
+    );
+    assert!(
+        !kept_session(&job).exists(),
+        "the ended job's session is forgotten"
+    );
 
     // The session was taken up once, its token rotated: the old point is spent.
     let (code, _, stderr) = run(client(gateway.addr, &["attach", &job])).await;

@@ -277,3 +277,46 @@ async fn without_the_flag_nothing_listens_for_metrics() {
     assert!(status.success(), "exit {status}; output:\n{output}");
     assert!(!output.contains(METRICS_LINE), "{output}");
 }
+
+#[tokio::test]
+async fn on_redis_retention_is_the_deployment_s_and_batches_are_timed() {
+    let redis = RedisServer::start();
+    let store = ["--store", redis.url()];
+    let (a, a_metrics) = gateway_with_metrics_and(&store).await;
+    let (_b, b_metrics) = gateway_with_metrics_and(&store).await;
+
+    // On replica A: accepted, three ticks and the result, nothing acknowledged, so the log
+    // retains all five.
+    let (mut conn, _) = a.endpoint().hello(GATEWAY_TOKEN).await;
+    let (job, _) = submit_and_accept(&mut conn, ticker(3, 0)).await;
+    let (_, terminal) = conn.recv_until_terminal(&job).await;
+    assert_eq!(terminal.event_seq, 5);
+
+    // Each replica shows what the deployment's logs retain, B (which holds no session) too.
+    for metrics in [a_metrics, b_metrics] {
+        let s = scrape(metrics).await;
+        assert_eq!(s.value("arcp_log_retained_frames", &[]), 5.0, "{}", s.text);
+        assert!(s.value("arcp_log_retained_bytes", &[]) > 0.0, "{}", s.text);
+    }
+
+    // A's store calls went to Redis, each batch of appended frames a timed round trip.
+    let s = scrape(a_metrics).await;
+    for operation in ["log_commit", "log_read", "session_create"] {
+        let labels = [("operation", operation), ("store", "redis")];
+        let count = s.value("arcp_store_operation_duration_seconds_count", &labels);
+        assert!(count >= 1.0, "{operation} timed: {count}\n{}", s.text);
+    }
+    let commits = s.value(
+        "arcp_store_operation_duration_seconds_count",
+        &[("operation", "log_commit"), ("store", "redis")],
+    );
+    assert!(commits <= 5.0, "at most one batch a frame: {commits}");
+    assert_eq!(
+        s.get(
+            "arcp_store_operation_duration_seconds_count",
+            &[("operation", "log_append"), ("store", "memory")]
+        ),
+        None,
+        "nothing went to a memory log"
+    );
+}

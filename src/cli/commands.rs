@@ -68,11 +68,10 @@ async fn show_acceptance(
     kept: bool,
 ) -> Result<Exit, Failure> {
     loop {
-        let frame = client
-            .next()
-            .await
-            .map_err(failed)?
-            .ok_or_else(|| failed(ArcpError::Internal("the gateway closed the session".into())))?;
+        let frame =
+            client.next().await.map_err(failed)?.ok_or_else(|| {
+                failed(ArcpError::Internal("the gateway closed the session".into()))
+            })?;
         if let Some(shown @ Shown::Accepted { .. }) = Shown::of_frame(&frame, job) {
             output.show(&shown);
             if !kept {
@@ -222,7 +221,11 @@ pub async fn cancel(
 
 /// The end of a followed job: its exit, with its kept session forgotten; the output is left
 /// as it is, and the session kept, when following it failed.
-fn end(ended: Result<Exit, ArcpError>, output: &Output, kept: Option<Kept>) -> Result<Exit, Failure> {
+fn end(
+    ended: Result<Exit, ArcpError>,
+    output: &Output,
+    kept: Option<Kept>,
+) -> Result<Exit, Failure> {
     let exit = finish(ended, output)?;
     if let Some(kept) = kept {
         kept.forget();

@@ -159,9 +159,7 @@ impl Shown {
             Shown::Resumed {
                 after_seq,
                 replayed,
-            } => format!(
-                "session resumed after event {after_seq}, {replayed} events replayed"
-            ),
+            } => format!("session resumed after event {after_seq}, {replayed} events replayed"),
             Shown::Ended {
                 final_status,
                 detail,

@@ -6,6 +6,7 @@
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
+use futures::future::BoxFuture;
 use http_body_util::Full;
 use hyper::{body::Bytes, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -64,7 +65,11 @@ impl Exporter {
 
     /// Serves `GET /metrics` until `stop` is cancelled. `refresh` runs before each render, for
     /// gauges read from elsewhere at scrape time.
-    pub async fn serve(self, refresh: impl Fn() + Send + Sync + 'static, stop: CancellationToken) {
+    pub async fn serve(
+        self,
+        refresh: impl Fn() -> BoxFuture<'static, ()> + Send + Sync + 'static,
+        stop: CancellationToken,
+    ) {
         let Exporter { handle, listener } = self;
         let scrape = Arc::new(Scrape {
             handle: handle.clone(),
@@ -100,7 +105,7 @@ impl Exporter {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| {
                     let scrape = scrape.clone();
-                    async move { Ok::<_, Infallible>(scrape.answer(&request)) }
+                    async move { Ok::<_, Infallible>(scrape.answer(&request).await) }
                 });
                 let served = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
@@ -116,18 +121,18 @@ impl Exporter {
 /// What a scrape reads.
 struct Scrape {
     handle: PrometheusHandle,
-    refresh: Box<dyn Fn() + Send + Sync>,
+    refresh: Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
 }
 
 impl Scrape {
-    fn answer<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+    async fn answer<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
         if request.method() != Method::GET || request.uri().path() != PATH {
             return plain(
                 StatusCode::NOT_FOUND,
                 "not found; metrics are at GET /metrics\n",
             );
         }
-        (self.refresh)();
+        (self.refresh)().await;
         let mut text = self.handle.render();
         store_latency::render(&mut text);
         let mut response = Response::new(Full::new(Bytes::from(text)));

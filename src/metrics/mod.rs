@@ -47,13 +47,15 @@ pub const RESUME_ATTEMPTS: &str = "arcp_resume_attempts_total";
 /// Failed bearer and resume token checks, by `check` (`bearer`, `resume`) and §12 `code`
 /// (counter).
 pub const AUTH_FAILURES: &str = "arcp_auth_failures_total";
-/// Job frames the event logs retain for resume, as the log store accounts them (gauge; read
-/// at each scrape, from stores that keep the count).
+/// Job frames the event logs retain for resume (gauge; read at each scrape: this process's
+/// logs on the memory store, every replica's on Redis, from a walk of the logs' metadata at
+/// most ten seconds old).
 pub const LOG_RETAINED_FRAMES: &str = "arcp_log_retained_frames";
 /// Bytes of job frames the event logs retain for resume (gauge; read at each scrape).
 pub const LOG_RETAINED_BYTES: &str = "arcp_log_retained_bytes";
 /// How long store operations take, by `store` (`memory`, `redis`) and `operation`
-/// (`log_append`, `log_read`, `session_create`, `resume_check`, ...) (histogram, seconds).
+/// (`log_append`, `log_commit`, `log_read`, `session_create`, `resume_check`, ...)
+/// (histogram, seconds).
 pub const STORE_OPERATION_SECONDS: &str = "arcp_store_operation_duration_seconds";
 /// Back-pressure signals, by `signal`: `status` (a `back_pressure` status sent to a lagging
 /// client that negotiated `ack`), `flow_wait` (a job paused until its reader caught up)

@@ -37,8 +37,12 @@ impl Store {
 /// A timed store operation: the `operation` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
-    /// A job frame appended to a session's log.
+    /// A job frame appended to a session's log, waited for by its caller (the frames a job
+    /// queues without waiting, on a shared store, are timed by the batch).
     LogAppend,
+    /// A batch of appended frames committed to a shared store, one round trip: every frame,
+    /// queued or waited for, goes in one.
+    LogCommit,
     /// A look at a session's log for the frames after a position (a read that waits for
     /// frames counts each look, not the wait).
     LogRead,
@@ -67,8 +71,9 @@ pub enum Operation {
 }
 
 impl Operation {
-    const ALL: [Operation; 13] = [
+    const ALL: [Operation; 14] = [
         Operation::LogAppend,
+        Operation::LogCommit,
         Operation::LogRead,
         Operation::SessionCreate,
         Operation::SessionOpen,
@@ -86,6 +91,7 @@ impl Operation {
     fn as_str(self) -> &'static str {
         match self {
             Operation::LogAppend => "log_append",
+            Operation::LogCommit => "log_commit",
             Operation::LogRead => "log_read",
             Operation::SessionCreate => "session_create",
             Operation::SessionOpen => "session_open",

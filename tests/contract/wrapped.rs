@@ -22,7 +22,7 @@ use arcp_gateway::{
             Holdings, JobCaps, JobControl, JobDirectory, JobEntry, ListScope, LostJob, Subscriber,
             Subscription,
         },
-        log::{Appended, EventLog, LogBounds, LogEntry, QueuedAppend, SessionLog, Wait},
+        log::{Appended, EventLog, LogBounds, LogEntry, QueuedAppend, Retention, SessionLog, Wait},
         replicas::{Heartbeat, Registration, ReplicaRegistry},
         resume::{ResumeRegistry, ResumeToken},
         session::{AckOutcome, AttachmentLock, Flow, NewSession, SessionRecord, SessionStore},
@@ -117,6 +117,10 @@ impl EventLog for Wrapped<dyn EventLog> {
     async fn detached(&self, session: &SessionId, epoch: Epoch) {
         self.around("logs.detached", self.inner.detached(session, epoch))
             .await
+    }
+
+    async fn retention(&self) -> Option<Retention> {
+        self.around("logs.retention", self.inner.retention()).await
     }
 }
 

@@ -166,7 +166,10 @@ async fn main() -> BenchResult<()> {
     if args.metrics {
         let exporter = Exporter::install("127.0.0.1:0".parse()?).await?;
         eprintln!("metrics on {}{}", exporter.local_addr()?, exporter::PATH);
-        tokio::spawn(exporter.serve(|| {}, tokio_util::sync::CancellationToken::new()));
+        tokio::spawn(exporter.serve(
+            || Box::pin(async {}),
+            tokio_util::sync::CancellationToken::new(),
+        ));
     }
     // The clients run as tasks on the runtime's workers, as a tonic client in a service does,
     // rather than on the main thread, which would be a third thread competing for the cores.

@@ -248,7 +248,7 @@ impl EventLog for MemoryEventLog {
         }
     }
 
-    fn retention(&self) -> Option<Retention> {
+    async fn retention(&self) -> Option<Retention> {
         Some(Retention {
             frames: self.retained_frames(),
             bytes: self.retained_bytes(),

@@ -89,7 +89,7 @@ impl LogLimits {
 }
 
 /// The frames, and their bytes, an event log's sessions retain together.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct Retention {
     /// Frames retained.
     pub frames: u64,
@@ -223,11 +223,8 @@ pub trait EventLog: Send + Sync + 'static {
     /// handle to it. Its frames no longer count against the store's budget.
     async fn remove(&self, session: &SessionId);
 
-    /// What the logs retain together, for stores that account for it; `None` for a shared
-    /// store, where a count would be a round trip per scrape over every session.
-    fn retention(&self) -> Option<Retention> {
-        None
-    }
+    /// What the logs retain together, for the metrics; `None` when the store cannot say now.
+    async fn retention(&self) -> Option<Retention>;
 
     /// Attachment `epoch`'s stream of `session` is gone. Unless a newer attachment has fenced
     /// the log since (see [`SessionLog::fence`]), the session is detached from now on, and its

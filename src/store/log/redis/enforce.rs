@@ -11,7 +11,11 @@ use std::{
 
 use ::redis::Value;
 
-use crate::{error::ArcpError, ids::SessionId};
+use crate::{
+    error::ArcpError,
+    ids::SessionId,
+    store::{log::Retention, redis::Connection},
+};
 
 use super::{
     budget::{Listing, Position},
@@ -168,75 +172,25 @@ impl Store {
         let budget = &self.budget;
         let _enforcing = budget.enforcing.lock().await;
         let mut conn = self.redis.get().await?;
-        let listed: Vec<String> = ::redis::cmd("ZRANGE")
-            .arg(&budget.detached)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.redis.unavailable(e))?;
-        let mut sessions: BTreeSet<String> = listed.into_iter().collect();
-        // A few at a time, so that a store of many logs does not hold Redis up.
-        let mut cursor = 0u64;
-        loop {
-            let (next, members): (u64, Vec<String>) = ::redis::cmd("SSCAN")
-                .arg(&budget.logs)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(RECOUNT_BATCH)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.redis.unavailable(e))?;
-            sessions.extend(members);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        // What is owed is in the logs' metadata already, which the recount reads.
+        // What is owed is in the logs' metadata already, which the walk reads.
         budget.take();
-        let sessions: Vec<String> = sessions.into_iter().collect();
-        let (mut total, mut detached, mut gone) = (0u64, Vec::new(), Vec::new());
-        for chunk in sessions.chunks(RECOUNT_BATCH) {
-            let mut pipe = ::redis::pipe();
-            for session in chunk {
-                let keys = self.keys(&SessionId::new(session.clone()));
-                pipe.cmd("HMGET")
-                    .arg(&keys.meta)
-                    .arg(&["id", "x", "b", "d"]);
-            }
-            let metas: Vec<Vec<Value>> = pipe
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.redis.unavailable(e))?;
-            for (session, meta) in chunk.iter().zip(metas) {
-                match meta.as_slice() {
-                    [Value::BulkString(_), tomb, bytes, listing] if !matches!(tomb, Value::BulkString(t) if t == b"removed") =>
-                    {
-                        total += number(bytes).unwrap_or(0);
-                        if matches!(listing, Value::BulkString(d) if d == b"l") {
-                            detached.push(session.clone());
-                        }
-                    }
-                    _ => gone.push(session.clone()),
-                }
-            }
-        }
-        if !gone.is_empty() {
+        let walked = self.walk(&mut conn, true).await?;
+        if !walked.gone.is_empty() {
             let _: Value = ::redis::cmd("SREM")
                 .arg(&budget.logs)
-                .arg(&gone)
+                .arg(&walked.gone)
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.redis.unavailable(e))?;
         }
+        let detached = &walked.detached;
         let script = &self.scripts.recount;
         let mut cmd = script.call(3, 1 + detached.len(), 64 * (1 + detached.len()));
         cmd.arg(&budget.retained)
             .arg(&budget.detached)
             .arg(&budget.detach_order)
-            .arg(total);
-        for session in &detached {
+            .arg(walked.retention.bytes);
+        for session in detached {
             cmd.arg(session);
         }
         script
@@ -245,6 +199,88 @@ impl Store {
             .map_err(|e| self.redis.unavailable(e))?;
         Ok(())
     }
+
+    /// What all logs retain, read from every log's metadata, changing nothing: the frames and
+    /// bytes the metrics show.
+    pub(super) async fn survey(&self) -> Result<Retention, ArcpError> {
+        let mut conn = self.redis.get().await?;
+        Ok(self.walk(&mut conn, false).await?.retention)
+    }
+
+    /// Reads the metadata of every log the budget lists (of the detached sessions too, with
+    /// `listed`), a chunk at a time so that a store of many logs does not hold Redis up.
+    async fn walk(&self, conn: &mut Connection, listed: bool) -> Result<Walked, ArcpError> {
+        let budget = &self.budget;
+        let mut sessions = BTreeSet::new();
+        if listed {
+            let detached: Vec<String> = ::redis::cmd("ZRANGE")
+                .arg(&budget.detached)
+                .arg(0)
+                .arg(-1)
+                .query_async(conn)
+                .await
+                .map_err(|e| self.redis.unavailable(e))?;
+            sessions.extend(detached);
+        }
+        let mut cursor = 0u64;
+        loop {
+            let (next, members): (u64, Vec<String>) = ::redis::cmd("SSCAN")
+                .arg(&budget.logs)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(RECOUNT_BATCH)
+                .query_async(conn)
+                .await
+                .map_err(|e| self.redis.unavailable(e))?;
+            sessions.extend(members);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let sessions: Vec<String> = sessions.into_iter().collect();
+        let mut walked = Walked::default();
+        for chunk in sessions.chunks(RECOUNT_BATCH) {
+            let mut pipe = ::redis::pipe();
+            for session in chunk {
+                let keys = self.keys(&SessionId::new(session.clone()));
+                pipe.cmd("HMGET")
+                    .arg(&keys.meta)
+                    .arg(&["id", "x", "b", "d", "n", "e"]);
+            }
+            let metas: Vec<Vec<Value>> = pipe
+                .query_async(conn)
+                .await
+                .map_err(|e| self.redis.unavailable(e))?;
+            for (session, meta) in chunk.iter().zip(metas) {
+                match meta.as_slice() {
+                    [Value::BulkString(_), tomb, bytes, listing, newest, evicted] if !matches!(tomb, Value::BulkString(t) if t == b"removed") =>
+                    {
+                        walked.retention.bytes += number(bytes).unwrap_or(0);
+                        walked.retention.frames += number(newest)
+                            .unwrap_or(0)
+                            .saturating_sub(number(evicted).unwrap_or(0));
+                        if matches!(listing, Value::BulkString(d) if d == b"l") {
+                            walked.detached.push(session.clone());
+                        }
+                    }
+                    _ => walked.gone.push(session.clone()),
+                }
+            }
+        }
+        Ok(walked)
+    }
+}
+
+/// What a walk over the logs' metadata found.
+#[derive(Default)]
+struct Walked {
+    /// The frames and bytes the logs retain.
+    retention: Retention,
+    /// The logs marked detached and holding frames.
+    detached: Vec<String>,
+    /// The sessions listed whose logs are gone.
+    gone: Vec<String>,
 }
 
 /// The store's upkeep while it lives: what it owes the count, added each second, and a

@@ -122,6 +122,8 @@ mod tail;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use tokio::time::Instant;
+
 use ::redis::Value;
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -140,14 +142,20 @@ use self::{
     session::{Limits, RedisSessionLog, Store},
 };
 
-use super::{EventLog, LogLimits, SessionLog};
+use super::{EventLog, LogLimits, Retention, SessionLog};
 
 /// How long a removed log's tombstone stays, telling its handles it was removed, not lost.
 const TOMBSTONE: Duration = Duration::from_secs(3600);
 
+/// How old the retention a scrape shows may be: a scrape walks every log's metadata again
+/// only when the last walk is older, so that scrapes in quick succession cost Redis one walk.
+const SURVEY_EVERY: Duration = Duration::from_secs(10);
+
 /// Event logs held in Redis, within [`LogLimits`].
 pub struct RedisEventLog {
     store: Arc<Store>,
+    /// The latest walk of the logs for the metrics, and when it ended.
+    surveyed: tokio::sync::Mutex<Option<(Instant, Retention)>>,
 }
 
 impl RedisEventLog {
@@ -182,7 +190,10 @@ impl RedisEventLog {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(enforce::upkeep(Arc::downgrade(&store)));
         }
-        RedisEventLog { store }
+        RedisEventLog {
+            store,
+            surveyed: tokio::sync::Mutex::new(None),
+        }
     }
 
     /// Sets the budget's count of the bytes all logs retain, and its list of the detached
@@ -337,6 +348,28 @@ impl EventLog for RedisEventLog {
         }
         if let Some(log) = store.held(session) {
             log.unread();
+        }
+    }
+
+    /// Deployment-wide: what every replica's sessions retain, as the logs' metadata says, at
+    /// most [`SURVEY_EVERY`] old. A walk that fails shows the last one's (none before one
+    /// succeeded); one cancelled by its scrape changed nothing.
+    async fn retention(&self) -> Option<Retention> {
+        let mut surveyed = self.surveyed.lock().await;
+        if let Some((at, retention)) = *surveyed {
+            if at.elapsed() < SURVEY_EVERY {
+                return Some(retention);
+            }
+        }
+        match self.store.survey().await {
+            Ok(retention) => {
+                *surveyed = Some((Instant::now(), retention));
+                Some(retention)
+            }
+            Err(e) => {
+                tracing::debug!("event log retention not surveyed: {e}");
+                surveyed.map(|(_, retention)| retention)
+            }
         }
     }
 }

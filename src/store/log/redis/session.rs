@@ -715,7 +715,10 @@ impl Batcher for RedisSessionLog {
         link: Link,
         out: &mut Vec<Appended>,
     ) -> Result<(), CommitError> {
-        match self.run_append(Some(link), frames, None, out).await? {
+        let started = Instant::now();
+        let appended = self.run_append(Some(link), frames, None, out).await;
+        latency(StoreKind::Redis, Operation::LogCommit).record(started.elapsed());
+        match appended? {
             Append::Appended => Ok(()),
             Append::AlreadyFenced => Err(CommitError::Failed(unexpected())),
         }
