@@ -1,8 +1,9 @@
 //! The crate's client library (`arcp_gateway::client`) through the real server: a session that
 //! submits, lists, subscribes and cancels, and one whose connection a TCP proxy between it
 //! and the gateway cuts again and again while a job streams, which must see every frame of the
-//! job once, in order, through the result; and one kept away while its job goes on, whose
-//! resume reports what the gateway replayed.
+//! job once, in order, through the result; one kept away while its job goes on, whose
+//! resume reports what the gateway replayed; and a session taken up by a second client from
+//! the first one's resume point, which may cancel the first one's job.
 
 mod common;
 
@@ -190,4 +191,54 @@ async fn a_resume_tells_how_many_events_the_gateway_replayed() {
         resumed.caught_up && resumed.after_seq + resumed.replayed < 62,
         "live frames came after the replay: {resumed:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_made_from_a_resume_point_takes_up_the_session_and_may_cancel_its_job() {
+    let server = TestServer::start_default().await;
+    let mut first = Client::connect(config(server.addr))
+        .await
+        .expect("connects");
+    let job = first
+        .submit("ticker", &json!({"count": 100000, "interval_ms": 10}))
+        .await
+        .expect("accepted");
+    let accepted = first.next().await.expect("a frame").expect("open");
+    assert!(matches!(accepted.payload, Some(Out::JobAccepted(_))));
+    let point = first.resume_point();
+    assert_eq!(point.session_id, first.session_id());
+    assert_eq!(point.last_event_seq, accepted.event_seq);
+    drop(first);
+
+    // Another client takes the session up from the point: what came after it, once, and the
+    // submitting session's authority with it.
+    let mut second = Client::resume(config(server.addr), point.clone())
+        .await
+        .expect("resumes");
+    assert_eq!(second.session_id(), point.session_id);
+    assert_ne!(
+        second.resume_point().resume_token,
+        point.resume_token,
+        "the welcome rotated the token"
+    );
+    let mut last = point.last_event_seq;
+    while last < point.last_event_seq + 3 {
+        let frame = second.next().await.expect("a frame").expect("open");
+        if frame.event_seq != 0 {
+            assert_eq!(frame.event_seq, last + 1, "once, in order");
+            last = frame.event_seq;
+        }
+    }
+    second.cancel(&job).await.expect("cancel sent");
+    let code = loop {
+        let frame = second.next().await.expect("a frame").expect("open");
+        if let Some(Out::JobError(e)) = &frame.payload {
+            break e.code.clone();
+        }
+    };
+    assert_eq!(code, ErrorCode::Cancelled.as_str());
+
+    // The point's token was spent on the resume.
+    let spent = Client::resume(config(server.addr), point).await;
+    assert!(spent.is_err(), "a used token resumes nothing");
 }
