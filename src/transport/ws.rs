@@ -446,29 +446,66 @@ where
     S: futures::Sink<Message, Error = WsError> + Unpin,
     O: Stream<Item = OutboundItem> + Unpin,
 {
-    let mut item = first;
-    for _ in 0..MAX_BATCH {
-        match json::encode(item) {
+    let mut items = vec![first];
+    let mut ended = false;
+    while items.len() < MAX_BATCH {
+        match outbound.next().now_or_never() {
+            Some(Some(next)) => items.push(next),
+            Some(None) => {
+                ended = true;
+                break;
+            }
+            None => break,
+        }
+    }
+    for text in encode_all(items).await {
+        match text {
             Ok(text) => match unless_stuck(sink.feed(Message::text(text)), lost).await? {
                 Ok(()) => {}
                 Err(e) => return Some(Err(e)),
             },
             Err(end) => return Some(Ok(Batch::Ended(Some(end)))),
         }
-        item = match outbound.next().now_or_never() {
-            Some(Some(next)) => next,
-            Some(None) => return Some(Ok(Batch::Ended(None))),
-            None => return Some(Ok(Batch::More)),
-        };
     }
-    // The batch is full; the frame taken after its last goes with it, as it cannot be put back.
-    match json::encode(item) {
-        Ok(text) => Some(
-            unless_stuck(sink.feed(Message::text(text)), lost)
-                .await?
-                .map(|()| Batch::More),
-        ),
-        Err(end) => Some(Ok(Batch::Ended(Some(end)))),
+    Some(Ok(if ended {
+        Batch::Ended(None)
+    } else {
+        Batch::More
+    }))
+}
+
+/// From how many frames a batch is encoded in two halves at once.
+const PARALLEL_FROM: usize = 64;
+
+/// Encodes `items` as JSON, in order. A large batch (a replay's, or a live stream's that fell
+/// behind) is encoded in two halves on two tasks, which the runtime can run on two cores:
+/// encoding is most of a WebSocket stream's work, and one task doing it all held a replay to
+/// one core.
+async fn encode_all(mut items: Vec<OutboundItem>) -> Vec<Result<String, StreamEnd>> {
+    let encode = |items: Vec<OutboundItem>| items.into_iter().map(json::encode).collect::<Vec<_>>();
+    if items.len() < PARALLEL_FROM {
+        return encode(items);
+    }
+    let second = items.split_off(items.len() / 2);
+    // Both halves spawned: the second spawn moves the first out of the worker's own slot,
+    // where no other worker could take it.
+    let first = tokio::spawn(async move { encode(items) });
+    let second = tokio::spawn(async move { encode(second) });
+    let (first, second) = futures::future::join(first, second).await;
+    let mut texts = joined(first);
+    texts.extend(joined(second));
+    texts
+}
+
+/// A half's texts, from its task.
+fn joined(
+    half: Result<Vec<Result<String, StreamEnd>>, tokio::task::JoinError>,
+) -> Vec<Result<String, StreamEnd>> {
+    match half {
+        Ok(texts) => texts,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Nothing aborts these tasks: only a runtime shutting down cancels them.
+        Err(_) => vec![Err(StreamEnd::ShuttingDown)],
     }
 }
 
@@ -533,6 +570,47 @@ mod tests {
     use tokio_tungstenite::tungstenite::protocol::Role;
 
     use super::*;
+    use crate::{
+        encoding::StoredFrame,
+        ids::{EventSeq, JobId, SessionId},
+        protocol::job_frame::{JobFrame, JobPayload},
+        session::output::Outbound,
+        store::log::LogEntry,
+    };
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_encoded_in_halves_keeps_its_order_and_its_end() {
+        let session = SessionId::new("sess_1");
+        let item = |seq: u64| {
+            let frame = StoredFrame::encode(&JobFrame {
+                job_id: JobId::new(format!("job_{seq}")),
+                trace_id: None,
+                payload: JobPayload::Cancelled { reason: None },
+            });
+            OutboundItem::Frame(
+                Some(session.clone()),
+                Outbound::Job(LogEntry {
+                    seq: EventSeq(seq),
+                    frame,
+                }),
+            )
+        };
+        for len in [1, PARALLEL_FROM - 1, PARALLEL_FROM, MAX_BATCH] {
+            let mut items: Vec<_> = (1..=len as u64).map(item).collect();
+            items.push(OutboundItem::End(StreamEnd::ShuttingDown));
+            let texts = encode_all(items).await;
+            assert_eq!(texts.len(), len + 1);
+            for (n, text) in texts[..len].iter().enumerate() {
+                let text = text.as_ref().expect("a frame");
+                let seq = n + 1;
+                assert!(
+                    text.contains(&format!("\"job_id\":\"job_{seq}\",\"event_seq\":{seq},")),
+                    "frame {seq} in its place: {text}"
+                );
+            }
+            assert_eq!(texts[len], Err(StreamEnd::ShuttingDown));
+        }
+    }
 
     #[tokio::test]
     async fn a_send_stuck_on_a_client_declared_lost_is_given_up() {

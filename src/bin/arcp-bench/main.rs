@@ -49,6 +49,7 @@ use crate::{
         idle::{idle_sessions, idle_ws_sessions},
         live::live_ws,
         python_peer::{python, python_peer, PythonRuntime},
+        replay::Replayed,
         soak::{soak, SoakLoad},
         stdio_hop::{self, stdio_ceiling, stdio_chatter},
     },
@@ -126,7 +127,7 @@ struct Args {
 #[derive(Default)]
 struct StoreRuns {
     live: Vec<rows::live::Live>,
-    replay: Vec<(f64, f64)>,
+    replay: Vec<Replayed>,
     /// Redis round trips per 1,000 events of each row 1 run.
     trips: Vec<f64>,
     /// Redis memory per retained frame of each row 3 run, bytes.
@@ -341,11 +342,10 @@ async fn bench(args: Args) -> BenchResult<()> {
             );
         }
         if !runs.replay.is_empty() {
-            let rate = median(runs.replay.iter().map(|r| r.0));
-            let first = median(runs.replay.iter().map(|r| r.1));
             let mut notes = Vec::new();
-            if let Some(ratio) = per_round(&runs.live, &runs.replay, |l, r| r.0 / l.frames_per_sec)
-            {
+            if let Some(ratio) = per_round(&runs.live, &runs.replay, |l, r| {
+                r.streaming_rate() / l.frames_per_sec
+            }) {
                 notes.push(format!(
                     "{ratio:.2}x row 1{suffix} (median of the runs' ratios)"
                 ));
@@ -357,7 +357,7 @@ async fn bench(args: Args) -> BenchResult<()> {
             table.row(
                 &format!("3{suffix}"),
                 &format!("replay of {} frames from seq 0", args.replay_frames),
-                format!("{rate:.0} frames/s, first frame after {first:.1} ms"),
+                replayed(&runs.replay),
                 notes.join("; "),
             );
         }
@@ -384,17 +384,18 @@ async fn bench(args: Args) -> BenchResult<()> {
         );
     }
     if !replay_ws_runs.is_empty() {
-        let rate = median(replay_ws_runs.iter().copied());
-        let vs = per_round(&live_ws_runs, &replay_ws_runs, |l, r| r / ws_rate(l))
-            .map(|ratio| format!("{ratio:.2}x row 1 ws (median of the runs' ratios)"))
-            .unwrap_or_default();
+        let vs = per_round(&live_ws_runs, &replay_ws_runs, |l, r| {
+            r.streaming_rate() / ws_rate(l)
+        })
+        .map(|ratio| format!("{ratio:.2}x row 1 ws (median of the runs' ratios)"))
+        .unwrap_or_default();
         table.row(
             "3 ws",
             &format!(
                 "replay of {} frames from seq 0, WebSocket JSON",
                 args.replay_frames
             ),
-            format!("{rate:.0} frames/s"),
+            replayed(&replay_ws_runs),
             vs,
         );
     }
@@ -584,4 +585,14 @@ async fn bench(args: Args) -> BenchResult<()> {
         Some((_, false)) => Err("row 8: peak resident memory over its bound".into()),
         _ => Ok(()),
     }
+}
+
+/// Row 3's figures over `runs`, each the median: the rate from the first replayed frame (the
+/// one row 1's is compared with), the rate from the resume's request, and the wait for the
+/// first frame.
+fn replayed(runs: &[Replayed]) -> String {
+    let streaming = median(runs.iter().map(Replayed::streaming_rate));
+    let whole = median(runs.iter().map(Replayed::rate));
+    let first = median(runs.iter().map(Replayed::first_ms));
+    format!("{streaming:.0} frames/s ({whole:.0} from the resume), first frame after {first:.1} ms")
 }

@@ -142,15 +142,17 @@ impl WsSession {
         })
     }
 
-    /// Reads frames until one with `event_seq` `newest`.
-    pub(crate) async fn read_through(&mut self, newest: u64) -> BenchResult<()> {
+    /// Reads frames until one with `event_seq` `newest`; returns when the first came.
+    pub(crate) async fn read_through(&mut self, newest: u64) -> BenchResult<Instant> {
+        let mut first = None;
         while let Some(message) = self.socket.next().await {
             let Message::Text(text) = message? else {
                 continue;
             };
             let head: Head = serde_json::from_str(text.as_str())?;
+            let first = *first.get_or_insert_with(Instant::now);
             if head.event_seq == Some(newest) {
-                return Ok(());
+                return Ok(first);
             }
         }
         Err(format!("the stream ended before event {newest}").into())

@@ -1,6 +1,10 @@
 //! Row 3: replay on resume. A session's log is filled while nobody reads it, then the session
 //! resumes from `last_event_seq` 0 and reads it all back, over gRPC (row 3) or WebSocket (row 3
 //! ws).
+//!
+//! Each run gives two rates: from the first replayed frame to the last, which row 1 counts the
+//! same way (its clock starts at the first event), and from the resume's request, which adds
+//! the wait for the first frame; and that wait itself.
 
 use std::time::{Duration, Instant};
 
@@ -12,10 +16,39 @@ use crate::{
     BenchResult,
 };
 
+/// What one replay measured.
+#[derive(Clone, Copy)]
+pub(crate) struct Replayed {
+    /// The frames replayed.
+    frames: u64,
+    /// From the resume's request to the first replayed frame.
+    first: Duration,
+    /// From the resume's request to the last.
+    whole: Duration,
+}
+
+impl Replayed {
+    /// Frames/s from the first replayed frame to the last, as row 1 counts from its first
+    /// event.
+    pub(crate) fn streaming_rate(&self) -> f64 {
+        self.frames as f64 / self.whole.saturating_sub(self.first).as_secs_f64()
+    }
+
+    /// Frames/s from the resume's request to the last frame.
+    pub(crate) fn rate(&self) -> f64 {
+        self.frames as f64 / self.whole.as_secs_f64()
+    }
+
+    /// Milliseconds from the resume's request to the first replayed frame.
+    pub(crate) fn first_ms(&self) -> f64 {
+        self.first.as_secs_f64() * 1e3
+    }
+}
+
 impl Bench {
     /// Row 3: fills a session's log with `count` events while nobody reads, then resumes from
-    /// seq 0. Returns (frames/s, ms to the first replayed frame).
-    pub(crate) async fn replay(&self, count: u64, bytes: u64) -> BenchResult<(f64, f64)> {
+    /// seq 0 and reads them all.
+    pub(crate) async fn replay(&self, count: u64, bytes: u64) -> BenchResult<Replayed> {
         let (mut session, welcome) = Session::open(self.channel.clone(), None).await?;
         let Some(Out::SessionWelcome(w)) = &welcome.payload else {
             unreachable!()
@@ -39,14 +72,15 @@ impl Bench {
                 break;
             }
         }
-        let seconds = start.elapsed().as_secs_f64();
-        let first = first.unwrap_or_default().as_secs_f64() * 1e3;
-        Ok((newest as f64 / seconds, first))
+        Ok(Replayed {
+            frames: newest,
+            first: first.unwrap_or_default(),
+            whole: start.elapsed(),
+        })
     }
 
     /// Row 3 over WebSocket: the same log, filled over WebSocket and replayed over WebSocket.
-    /// Returns frames/s.
-    pub(crate) async fn replay_ws(&self, count: u64, bytes: u64) -> BenchResult<f64> {
+    pub(crate) async fn replay_ws(&self, count: u64, bytes: u64) -> BenchResult<Replayed> {
         let mut session = WsSession::open(self.ws_addr, None).await?;
         session.start_chatter(count, bytes).await?;
         let (session_id, resume_token) = (session.session_id.clone(), session.resume_token.clone());
@@ -59,8 +93,12 @@ impl Bench {
             last_event_seq: 0,
         };
         let mut session = WsSession::open(self.ws_addr, Some(resume)).await?;
-        session.read_through(newest).await?;
-        Ok(newest as f64 / start.elapsed().as_secs_f64())
+        let first = session.read_through(newest).await?;
+        Ok(Replayed {
+            frames: newest,
+            first: first.duration_since(start),
+            whole: start.elapsed(),
+        })
     }
 
     /// Waits until session `session`'s log holds a `chatter` job of `count` events whole
