@@ -29,23 +29,27 @@ fn kept_session(job: &str) -> PathBuf {
     state_dir().join("sessions").join(format!("{job}.json"))
 }
 
-/// `arcp-gateway client --endpoint http://ADDR --token alice-token --state-dir DIR ARGS`,
-/// stdout and stderr piped: no terminal.
-fn client(addr: SocketAddr, args: &[&str]) -> tokio::process::Command {
-    let endpoint = format!("http://{addr}");
+/// `client --endpoint http://ADDR --token alice-token --state-dir DIR ARGS`: the arguments
+/// of `arcp-gateway` for a client of the gateway at `addr`.
+fn client_args(addr: SocketAddr, args: &[&str]) -> Vec<String> {
     let state = state_dir();
-    let state = state.to_str().expect("a UTF-8 path");
     let mut full = vec![
-        "client",
-        "--endpoint",
-        &endpoint,
-        "--token",
-        GATEWAY_TOKEN,
-        "--state-dir",
-        state,
+        "client".to_owned(),
+        "--endpoint".to_owned(),
+        format!("http://{addr}"),
+        "--token".to_owned(),
+        GATEWAY_TOKEN.to_owned(),
+        "--state-dir".to_owned(),
+        state.to_str().expect("a UTF-8 path").to_owned(),
     ];
-    full.extend_from_slice(args);
-    command(&full)
+    full.extend(args.iter().map(|a| a.to_string()));
+    full
+}
+
+/// `arcp-gateway` [`client_args`], stdout and stderr piped: no terminal.
+fn client(addr: SocketAddr, args: &[&str]) -> tokio::process::Command {
+    let full = client_args(addr, args);
+    command(&full.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Runs `cmd` to its end: its exit code, stdout and stderr.
@@ -547,13 +551,11 @@ async fn without_a_terminal_a_dropped_stream_is_resumed_and_said_so() {
             r#"{"count": 60, "interval_ms": 20}"#,
         ],
     ));
-    let accepted: Value = serde_json::from_str(
+    let job = accepted_job_id(
         &following
             .until("the acceptance", |l| l.contains("job.accepted"))
             .await,
-    )
-    .expect("JSON");
-    let job = accepted["job_id"].as_str().expect("a job id").to_owned();
+    );
     let mut watcher = library_client(gateway.addr).await;
     watcher.subscribe(&job, false).await.expect("subscribed");
     following
@@ -589,22 +591,11 @@ fn ticker_in_a_terminal(addr: SocketAddr, count: u64, interval_ms: u64) -> Termi
 
 /// `arcp-gateway client ... submit AGENT --input INPUT` through `addr`, in a terminal.
 fn submit_in_a_terminal(addr: SocketAddr, agent: &str, input: &Value) -> Terminal {
-    let endpoint = format!("http://{addr}");
     let input = input.to_string();
-    Terminal::start(&[
-        env!("CARGO_BIN_EXE_arcp-gateway"),
-        "client",
-        "--endpoint",
-        &endpoint,
-        "--token",
-        GATEWAY_TOKEN,
-        "--state-dir",
-        state_dir().to_str().expect("a UTF-8 path"),
-        "submit",
-        agent,
-        "--input",
-        &input,
-    ])
+    let args = client_args(addr, &["submit", agent, "--input", &input]);
+    let mut line = vec![env!("CARGO_BIN_EXE_arcp-gateway")];
+    line.extend(args.iter().map(String::as_str));
+    Terminal::start(&line)
 }
 
 /// The bar's `POS/LEN` on `screen`, if a bar (`[===>   ] POS/LEN`) is drawn.
