@@ -504,9 +504,13 @@ async fn attach_takes_up_the_session_of_a_killed_submit_and_follows_its_job_once
         "the ended job's session is forgotten"
     );
 
-    // The session was taken up once, its token rotated: the old point is spent.
+    // With its job ended, nothing of the session is kept to take up.
     let (code, _, stderr) = run(client(gateway.addr, &["attach", &job])).await;
     assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("no session of job {job} is kept")),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

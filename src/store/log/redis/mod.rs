@@ -151,6 +151,9 @@ const TOMBSTONE: Duration = Duration::from_secs(3600);
 /// only when the last walk is older, so that scrapes in quick succession cost Redis one walk.
 const SURVEY_EVERY: Duration = Duration::from_secs(10);
 
+/// How long a scrape waits for a walk, lest a Redis that does not answer hold the scrape up.
+const SURVEY_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Event logs held in Redis, within [`LogLimits`].
 pub struct RedisEventLog {
     store: Arc<Store>,
@@ -352,8 +355,8 @@ impl EventLog for RedisEventLog {
     }
 
     /// Deployment-wide: what every replica's sessions retain, as the logs' metadata says, at
-    /// most [`SURVEY_EVERY`] old. A walk that fails shows the last one's (none before one
-    /// succeeded); one cancelled by its scrape changed nothing.
+    /// most [`SURVEY_EVERY`] old. A walk that fails, or takes longer than [`SURVEY_TIMEOUT`],
+    /// shows the last one's (none before one succeeded); one cut short changed nothing.
     async fn retention(&self) -> Option<Retention> {
         let mut surveyed = self.surveyed.lock().await;
         if let Some((at, retention)) = *surveyed {
@@ -361,13 +364,17 @@ impl EventLog for RedisEventLog {
                 return Some(retention);
             }
         }
-        match self.store.survey().await {
-            Ok(retention) => {
+        match tokio::time::timeout(SURVEY_TIMEOUT, self.store.survey()).await {
+            Ok(Ok(retention)) => {
                 *surveyed = Some((Instant::now(), retention));
                 Some(retention)
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::debug!("event log retention not surveyed: {e}");
+                surveyed.map(|(_, retention)| retention)
+            }
+            Err(_) => {
+                tracing::debug!("event log retention not surveyed within {SURVEY_TIMEOUT:?}");
                 surveyed.map(|(_, retention)| retention)
             }
         }
