@@ -291,8 +291,9 @@ async fn batches_behind_a_failed_one_are_never_appended_ahead_of_it() {
 }
 
 /// A log read live on the replica that writes it, whose reads take the frames it wrote from
-/// memory rather than from the stream: frames missing from the stream, or the whole log gone,
-/// still fail its reads, as they fail reads of the stream.
+/// memory rather than from the stream, once Redis vouched for them in its answer to their
+/// append: frames missing from the stream, or the whole log gone, fail the next append and
+/// every read after it, as they fail reads of the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_of_frames_its_replica_wrote_still_sees_them_lost() {
     for lose_all in [false, true] {
@@ -323,7 +324,9 @@ async fn a_reader_of_frames_its_replica_wrote_still_sees_them_lost() {
                 .expect("DEL");
         }
         let says = if lose_all { LOST } else { "lost events" };
+        assert_lost(log.append(frame("4")).await, says);
         assert_lost(log.read(EventSeq(1), 10, Wait::No).await, says);
+        assert_lost(log.read(EventSeq(3), 10, Wait::No).await, says);
     }
 }
 

@@ -79,11 +79,13 @@ return freed
 /// Appends the frames ARGV[12..] in order, numbering each, evicting beyond the log's bounds,
 /// and publishing the newest number on channel ARGV[6]. A batch that leaves the log within
 /// its bounds and its window where it was (nearly every one while a reader keeps up) costs an
-/// `XADD` a frame and nothing more. Returns `{1, bytes evicted, listed,
+/// `XADD` a frame and nothing more. Returns `{1, bytes evicted, listed, evicted through,
 /// first number, then (i, window start) for the batch's frame i (from 0) and each frame whose
 /// window start differs from the one before}`, or `{standing}`. `listed` is 1 when the log was
 /// detached and empty, and so off the store's detached list, and now holds frames: the caller
-/// lists it.
+/// lists it. A stream that lacks entries its metadata counts lost events: the log is marked so
+/// (`{-3}`), as a read of it would find. So the answer vouches, as a read of the metadata
+/// would, for every frame of the log from the one after `evicted through` to the batch's last.
 ///
 /// The frames come from replica instance ARGV[7], and are refused (`{-6}`) if it was fenced
 /// out of the log. With ARGV[8] not empty, the script first fences instance ARGV[8] out, and
@@ -93,12 +95,12 @@ return freed
 /// batches are numbered in the order it sends them, and the metadata keeps the last few it
 /// applied, newest first (`w:WRITER`, `BATCH FIRST COUNT ...`, as many as `commit.rs` may have
 /// on their way at once, and one more): a batch sent again, because its answer was lost, is
-/// not applied a second time but answered `{2, 0, 0, first number, 0, window start}` with the
-/// numbers it got (and the window as it stands now, which is later and so stricter); an older
-/// one, which its writer gave up on and which reached Redis after a newer one, is not applied
-/// at all and answered `{-4}`. Unless ARGV[11] is empty, the batch is refused (`{-5}`) if batch
-/// ARGV[11] is not the last this writer appended: batches sent behind one another are never
-/// appended out of order.
+/// not applied a second time but answered `{2, 0, 0, evicted through, first number, 0, window
+/// start}` with the numbers it got (and the window as it stands now, which is later and so
+/// stricter); an older one, which its writer gave up on and which reached Redis after a newer
+/// one, is not applied at all and answered `{-4}`. Unless ARGV[11] is empty, the batch is
+/// refused (`{-5}`) if batch ARGV[11] is not the last this writer appended: batches sent
+/// behind one another are never appended out of order.
 /// KEYS: stream, metadata.
 /// ARGV: incarnation, the newest number the handle knows of, max frames, max bytes, window
 /// bytes, channel, instance, instance to fence, writer, batch, the batch before, frames.
@@ -126,10 +128,15 @@ local batch, applied = tonumber(ARGV[10]), m[11] or ''
 if ARGV[9] ~= '' then
   local last = string.match(applied, '^(%d+)')
   for done, first in string.gmatch(applied, '(%d+) (%d+) %d+') do
-    if tonumber(done) == batch then return {2, 0, 0, tonumber(first), 0, ws} end
+    if tonumber(done) == batch then return {2, 0, 0, e, tonumber(first), 0, ws} end
   end
   if last and tonumber(last) >= batch then return {-4} end
   if ARGV[11] ~= '' and last ~= ARGV[11] then return {-5} end
+end
+if redis.call('XLEN', KEYS[1]) ~= n - e then
+  redis.call('HSET', KEYS[2], 'x', 'lost')
+  redis.call('PUBLISH', ARGV[6], ARGV[1] .. ' !')
+  return {-3}
 end
 local max_frames, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
 local window = tonumber(ARGV[5])
@@ -142,14 +149,14 @@ if ws < e then
 end
 local first, count, added = n + 1, #ARGV - 11, 0
 for i = 12, #ARGV do added = added + #ARGV[i] end
-local out = {1, 0, 0, first}
+local out = {1, 0, 0, 0, first}
 if n + count - e <= max_frames and a + added - ae <= max_bytes and a + added - we <= window then
   for i = 12, #ARGV do
     n = n + 1
     a = a + #ARGV[i]
     redis.call('XADD', KEYS[1], entry_id(n, a), 'f', ARGV[i])
   end
-  out[5], out[6] = 0, ws
+  out[6], out[7] = 0, ws
 else
   local older, mine = offsets(KEYS[1]), {}
   local function offset(seq)
@@ -190,7 +197,7 @@ end
 if e > trimmed then redis.call('XTRIM', KEYS[1], 'MINID', e + 1) end
 redis.call('HSET', KEYS[2], 'n', n, 'e', e, 'b', b, 'a', a, 'ws', ws, 'we', we)
 if ARGV[9] ~= '' then
-  local record = batch .. ' ' .. out[4] .. ' ' .. (#ARGV - 11)
+  local record = batch .. ' ' .. first .. ' ' .. (#ARGV - 11)
   local kept = 1
   for entry in string.gmatch(applied, '%d+ %d+ %d+') do
     if kept == KEEP then break end
@@ -199,7 +206,7 @@ if ARGV[9] ~= '' then
   end
   redis.call('HSET', KEYS[2], writer, record)
 end
-out[2], out[3] = ae - freed_from, listed
+out[2], out[3], out[4] = ae - freed_from, listed, e
 redis.call('PUBLISH', ARGV[6], ARGV[1] .. ' ' .. n)
 return out
 ";

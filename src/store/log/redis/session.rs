@@ -52,7 +52,7 @@ use super::{
     commit::{Batcher, CommitBounds, CommitError, Commits, Link, Sending},
     incarnation::{Gone, Incarnation},
     scripts::{Scripts, Standing, ALREADY_FENCED, FENCED, OUT_OF_ORDER, REPLAYED, STALE},
-    tail::Tail,
+    tail::{Tail, Vouched},
 };
 
 /// What every log of a store shares.
@@ -333,7 +333,8 @@ impl RedisSessionLog {
     }
 
     /// Up to `max` frames after `after`, as Redis holds them now: from the tail when it holds
-    /// them, once Redis's metadata vouches for them; else from the stream.
+    /// them, once Redis vouches for them (the newest append's answer did, unless a newer frame
+    /// is known of; else its metadata); else from the stream.
     async fn read_now(&self, after: EventSeq, max: usize) -> Result<Vec<LogEntry>, ArcpError> {
         self.check_present()?;
         let known = self.newest.load(Ordering::Acquire);
@@ -348,9 +349,14 @@ impl RedisSessionLog {
             self.commits.landed().await;
             held = self.tail.lock().read(after, max);
         }
-        match held {
-            Some(held) => self.read_held(after, known, held).await,
-            None => self.read_stream(after, max, known).await,
+        let vouched = self.tail.lock().vouched(known);
+        match (held, vouched) {
+            (Some(_), Some(vouched)) if after < vouched.evicted_through => {
+                Err(evicted(after, vouched.evicted_through))
+            }
+            (Some(held), Some(_)) => Ok(held),
+            (Some(held), None) => self.read_held(after, known, held).await,
+            (None, _) => self.read_stream(after, max, known).await,
         }
     }
 
@@ -630,15 +636,22 @@ impl RedisSessionLog {
                 }
             }
         }
-        let (Some(Some(freed)), Some(Some(listed))) = (reply.next(), reply.next()) else {
+        let (Some(Some(freed)), Some(Some(listed)), Some(Some(evicted_through))) =
+            (reply.next(), reply.next(), reply.next())
+        else {
             return Err(CommitError::Failed(unexpected()));
         };
         store.budget.owe(-freed);
         let first =
             numbered(reply, frames.len(), out).ok_or_else(|| CommitError::Failed(unexpected()))?;
         if !frames.is_empty() {
-            self.tail.lock().appended(first, frames);
-            self.saw(first.get() + frames.len() as u64 - 1);
+            let newest = EventSeq(first.get() + frames.len() as u64 - 1);
+            let vouched = Vouched {
+                newest,
+                evicted_through: EventSeq(u64::try_from(evicted_through).unwrap_or_default()),
+            };
+            self.tail.lock().appended(first, frames, vouched);
+            self.saw(newest.get());
         }
         self.budgeted(tally, listed == 1).await;
         Ok(Append::Appended)
