@@ -129,6 +129,22 @@ impl Following {
         }
     }
 
+    /// `client submit ticker --json` of `count` ticks 20 ms apart through `addr`, followed up to
+    /// the job's acceptance; with the job's id.
+    async fn ticker_accepted(addr: SocketAddr, count: u64) -> (Following, String) {
+        let input = json!({"count": count, "interval_ms": 20}).to_string();
+        let mut following = Following::spawn(client(
+            addr,
+            &["submit", "ticker", "--json", "--input", &input],
+        ));
+        let job = accepted_job_id(
+            &following
+                .until("the acceptance", |l| l.contains("job.accepted"))
+                .await,
+        );
+        (following, job)
+    }
+
     /// Reads lines until one holds `pred`; returns it.
     async fn until(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
         loop {
@@ -455,21 +471,7 @@ async fn cancel_takes_up_the_session_a_detached_submit_kept_and_cancels_its_job(
 #[tokio::test]
 async fn attach_takes_up_the_session_of_a_killed_submit_and_follows_its_job_once_to_the_end() {
     let gateway = GatewayProcess::start("info").await;
-    let mut following = Following::spawn(client(
-        gateway.addr,
-        &[
-            "submit",
-            "ticker",
-            "--json",
-            "--input",
-            r#"{"count": 40, "interval_ms": 20}"#,
-        ],
-    ));
-    let job = accepted_job_id(
-        &following
-            .until("the acceptance", |l| l.contains("job.accepted"))
-            .await,
-    );
+    let (mut following, job) = Following::ticker_accepted(gateway.addr, 40).await;
     following
         .until("a progress event", |l| l.contains("progress"))
         .await;
@@ -545,21 +547,7 @@ async fn an_unreachable_gateway_or_a_refused_token_has_its_own_exit_code() {
 async fn without_a_terminal_a_dropped_stream_is_resumed_and_said_so() {
     let gateway = GatewayProcess::start("info").await;
     let cutter = Cutter::start(gateway.addr).await;
-    let mut following = Following::spawn(client(
-        cutter.addr,
-        &[
-            "submit",
-            "ticker",
-            "--json",
-            "--input",
-            r#"{"count": 60, "interval_ms": 20}"#,
-        ],
-    ));
-    let job = accepted_job_id(
-        &following
-            .until("the acceptance", |l| l.contains("job.accepted"))
-            .await,
-    );
+    let (mut following, job) = Following::ticker_accepted(cutter.addr, 60).await;
     let mut watcher = library_client(gateway.addr).await;
     watcher.subscribe(&job, false).await.expect("subscribed");
     following

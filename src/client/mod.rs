@@ -48,13 +48,6 @@ use self::{
     stream::{Attached, Welcomed},
 };
 
-/// What the client knows of its session between two streams.
-#[derive(Clone)]
-struct Resumable {
-    session_id: String,
-    resume_token: String,
-}
-
 /// Where a session can be taken up again: what a resume presents (§6.3). The token is a
 /// secret, single-use: the gateway rotates it on every welcome, so a point is good until the
 /// session is resumed from it (or its resume window closes).
@@ -72,7 +65,7 @@ impl std::fmt::Debug for ResumePoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResumePoint")
             .field("session_id", &self.session_id)
-            .field("resume_token", &"<secret>")
+            .field("resume_token", &crate::protocol::client::REDACTED)
             .field("last_event_seq", &self.last_event_seq)
             .finish()
     }
@@ -83,10 +76,10 @@ pub struct Client {
     config: ClientConfig,
     channel: Channel,
     attached: Attached,
-    session: Resumable,
+    /// The session, its latest token, and the newest `event_seq` handed to the caller: what the
+    /// next resume presents.
+    point: ResumePoint,
     features: Vec<String>,
-    /// The newest `event_seq` handed to the caller.
-    last_seq: u64,
     /// The newest `event_seq` acknowledged.
     acked: u64,
     /// Frames read while waiting for an answer, in the order they came.
@@ -105,17 +98,16 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<Client, ArcpError> {
         let channel = channel(&config)?;
         let (attached, welcome) = Attached::open(&channel, &config, None).await?;
-        let session = Resumable {
-            session_id: welcome.session_id,
-            resume_token: welcome.resume_token,
-        };
         Ok(Client {
             config,
             channel,
             attached,
-            session,
+            point: ResumePoint {
+                session_id: welcome.session_id,
+                resume_token: welcome.resume_token,
+                last_event_seq: 0,
+            },
             features: welcome.features,
-            last_seq: 0,
             acked: 0,
             pending: VecDeque::new(),
             resumes: 0,
@@ -134,37 +126,33 @@ impl Client {
         let mut early = VecDeque::new();
         let (attached, welcome, resumed_at) =
             retry_resume(&channel, &config, &point, &mut early).await?;
+        let last_seq = point.last_event_seq;
         Ok(Client {
             config,
             channel,
             attached,
-            session: Resumable {
-                session_id: point.session_id,
+            point: ResumePoint {
                 resume_token: welcome.resume_token,
+                ..point
             },
             features: welcome.features,
-            last_seq: point.last_event_seq,
-            acked: point.last_event_seq,
+            acked: last_seq,
             pending: VecDeque::new(),
             resumes: 1,
             early,
-            replay: Some(Replay::new(point.last_event_seq, resumed_at)),
+            replay: Some(Replay::new(last_seq, resumed_at)),
         })
     }
 
     /// Where the session can be taken up again now, by [`Client::resume`]: its latest token,
     /// and the newest `event_seq` handed over.
     pub fn resume_point(&self) -> ResumePoint {
-        ResumePoint {
-            session_id: self.session.session_id.clone(),
-            resume_token: self.session.resume_token.clone(),
-            last_event_seq: self.last_seq,
-        }
+        self.point.clone()
     }
 
     /// The session's id.
     pub fn session_id(&self) -> &str {
-        &self.session.session_id
+        &self.point.session_id
     }
 
     /// The features the gateway granted.
@@ -174,7 +162,7 @@ impl Client {
 
     /// The newest `event_seq` handed over.
     pub fn last_event_seq(&self) -> u64 {
-        self.last_seq
+        self.point.last_event_seq
     }
 
     /// How many times the session was resumed: after a drop, or by [`Client::resume`].
@@ -347,16 +335,16 @@ impl Client {
         if seq == 0 {
             return Ok(Some(frame));
         }
-        if seq <= self.last_seq {
+        if seq <= self.point.last_event_seq {
             return Ok(None);
         }
-        if seq != self.last_seq + 1 {
+        if seq != self.point.last_event_seq + 1 {
             return Err(ArcpError::Internal(format!(
                 "event {seq} arrived after event {}: the events between were lost",
-                self.last_seq
+                self.point.last_event_seq
             )));
         }
-        self.last_seq = seq;
+        self.point.last_event_seq = seq;
         if let Some(replay) = &mut self.replay {
             replay.count(&frame);
         }
@@ -367,15 +355,15 @@ impl Client {
     /// lost acknowledgement costs only the gateway's memory until the next one.
     async fn acknowledge(&mut self) {
         if !self.features.iter().any(|f| f == "ack")
-            || self.last_seq < self.acked + self.config.ack_every.max(1)
+            || self.point.last_event_seq < self.acked + self.config.ack_every.max(1)
         {
             return;
         }
         let ack = In::SessionAck(proto::SessionAck {
-            last_processed_seq: self.last_seq,
+            last_processed_seq: self.point.last_event_seq,
         });
         if self.attached.send(frame(ack, String::new())).await.is_ok() {
-            self.acked = self.last_seq;
+            self.acked = self.point.last_event_seq;
         }
     }
 
@@ -383,14 +371,13 @@ impl Client {
     /// back-off; fails with the gateway's refusal (a resume window that ran out, a token it no
     /// longer knows) or once the attempts are spent.
     async fn reattach(&mut self) -> Result<(), ArcpError> {
-        let point = self.resume_point();
         let (attached, welcome, resumed_at) =
-            retry_resume(&self.channel, &self.config, &point, &mut self.early).await?;
-        self.replay = Some(Replay::new(self.last_seq, resumed_at));
+            retry_resume(&self.channel, &self.config, &self.point, &mut self.early).await?;
+        self.replay = Some(Replay::new(self.point.last_event_seq, resumed_at));
         self.attached = attached;
-        self.session.resume_token = welcome.resume_token;
+        self.point.resume_token = welcome.resume_token;
         self.features = welcome.features;
-        self.acked = self.acked.min(self.last_seq);
+        self.acked = self.acked.min(self.point.last_event_seq);
         self.resumes += 1;
         Ok(())
     }
@@ -436,4 +423,21 @@ async fn retry_resume(
         backoff = (backoff * 2).min(config.max_backoff);
     }
     Err(last.unwrap_or_else(|| ArcpError::Internal("no reconnection was tried".into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ResumePoint;
+
+    #[test]
+    fn a_resume_point_shown_for_debugging_hides_its_token() {
+        let point = ResumePoint {
+            session_id: "sess_1".into(),
+            resume_token: "rt_very_secret".into(),
+            last_event_seq: 7,
+        };
+        let shown = format!("{point:?}");
+        assert!(!shown.contains("rt_very_secret"), "{shown}");
+        assert!(shown.contains("sess_1") && shown.contains('7'), "{shown}");
+    }
 }
