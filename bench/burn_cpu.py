@@ -14,7 +14,10 @@ PERIOD = 0.002
 
 
 def main() -> None:
-    share = float(sys.argv[1])
+    try:
+        (share,) = map(float, sys.argv[1:])
+    except ValueError:
+        sys.exit("usage: python3 bench/burn_cpu.py SHARE   (SHARE between 0 and 1)")
     if not 0.0 < share < 1.0:
         sys.exit("SHARE must be between 0 and 1")
     busy = PERIOD * share
