@@ -43,6 +43,34 @@ impl Timestamp {
         self.rfc3339().as_str().to_owned()
     }
 
+    /// Whether `text` is exactly what [`Timestamp::rfc3339`] writes for the instant it names,
+    /// so that an encoder may copy it as it is rather than parse and format it again.
+    ///
+    /// A logged event's timestamp is checked on every delivery; all the events of one second
+    /// share its text up to the milliseconds, so each thread parses a second's text once and
+    /// then only compares it.
+    pub fn is_as_written(text: &str) -> bool {
+        let bytes = text.as_bytes();
+        let Some((second, millis)) = bytes.split_first_chunk::<SECOND_TEXT>() else {
+            return false;
+        };
+        let [b'.', m1, m2, m3, b'Z'] = *millis else {
+            return false;
+        };
+        if ![m1, m2, m3].iter().all(u8::is_ascii_digit) {
+            return false;
+        }
+        if CHECKED_SECOND.with(|checked| checked.get() == Some(*second)) {
+            return true;
+        }
+        let as_written =
+            Timestamp::parse_rfc3339(text).is_some_and(|t| t.rfc3339().as_str() == text);
+        if as_written {
+            CHECKED_SECOND.with(|checked| checked.set(Some(*second)));
+        }
+        as_written
+    }
+
     /// [`Timestamp::to_rfc3339`] without allocating, for encoders that copy the text anyway.
     pub fn rfc3339(self) -> Rfc3339 {
         match self.0.duration_since(SystemTime::UNIX_EPOCH) {
@@ -89,6 +117,15 @@ thread_local! {
     /// events a second, so the calendar arithmetic is done once a second and each event writes
     /// only its milliseconds.
     static LAST_SECOND: Cell<(u64, [u8; 24])> = const { Cell::new((u64::MAX, [0; 24])) };
+}
+
+/// `YYYY-MM-DDTHH:MM:SS`: the part of a written timestamp shared by a whole second.
+const SECOND_TEXT: usize = 19;
+
+thread_local! {
+    /// The second whose text this thread last found as written (`Timestamp::is_as_written`):
+    /// any milliseconds after it are as written too.
+    static CHECKED_SECOND: Cell<Option<[u8; SECOND_TEXT]>> = const { Cell::new(None) };
 }
 
 /// Formats `since` the Unix epoch, which must be before the year 10000.

@@ -52,21 +52,21 @@ pub struct StoredFrame {
 const FRAME_ARCP: u32 = 1;
 const FRAME_ID: u32 = 2;
 const FRAME_SESSION_ID: u32 = 3;
-const FRAME_TRACE_ID: u32 = 4;
-const FRAME_JOB_ID: u32 = 5;
+pub(super) const FRAME_TRACE_ID: u32 = 4;
+pub(super) const FRAME_JOB_ID: u32 = 5;
 const FRAME_EVENT_SEQ: u32 = 6;
 /// The job payloads' field numbers (`job_accepted` to `job_subscribed`).
 const JOB_PAYLOADS: std::ops::RangeInclusive<u32> = 20..=25;
-const FRAME_JOB_EVENT: u32 = 21;
+pub(super) const FRAME_JOB_EVENT: u32 = 21;
 /// The payloads that end a job: `job_result`, `job_error` and `job_cancelled`.
 const JOB_ENDS: std::ops::RangeInclusive<u32> = 22..=24;
-const EVENT_KIND: u32 = 1;
-const EVENT_TS: u32 = 2;
-const EVENT_LOG: u32 = 10;
-const EVENT_THOUGHT: u32 = 11;
-const EVENT_STATUS: u32 = 14;
-const EVENT_METRIC: u32 = 15;
-const EVENT_PROGRESS: u32 = 18;
+pub(super) const EVENT_KIND: u32 = 1;
+pub(super) const EVENT_TS: u32 = 2;
+pub(super) const EVENT_LOG: u32 = 10;
+pub(super) const EVENT_THOUGHT: u32 = 11;
+pub(super) const EVENT_STATUS: u32 = 14;
+pub(super) const EVENT_METRIC: u32 = 15;
+pub(super) const EVENT_PROGRESS: u32 = 18;
 
 impl StoredFrame {
     /// Encodes `frame` under a fresh envelope id.
@@ -188,7 +188,7 @@ impl StoredFrame {
     }
 
     /// The envelope id's text.
-    fn id_field_text(&self) -> &[u8] {
+    pub(super) fn id_field_text(&self) -> &[u8] {
         let mut fields = Fields::new(self.id_field());
         fields.next_field().map_or(&[][..], |f| f.value)
     }

@@ -8,12 +8,13 @@
 //! `session.error` `INVALID_REQUEST` and survives.
 
 mod encode;
+mod text;
 
 use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::{Map, Value};
 
 use crate::{
-    encoding::json_value::check_depth,
+    encoding::{json_value::check_depth, StoredFrame},
     error::{excerpt, ArcpError, EXCERPT_CHARS},
     ids::{EventSeq, JobId, SessionId, TraceId},
     protocol::{
@@ -336,18 +337,28 @@ pub fn encode(item: OutboundItem) -> Result<String, StreamEnd> {
         OutboundItem::Frame(session, Outbound::Control(control)) => {
             Ok(encode::control_text(session.as_ref(), &control))
         }
-        OutboundItem::Frame(session, Outbound::Job(entry)) => Ok(match entry.frame.decode() {
-            Ok((id, frame)) => encode::job_text(session.as_ref(), entry.seq, &id, &frame),
-            // The store handed back a frame this runtime did not write: the client is told,
-            // rather than sent a frame that is not what was logged.
-            Err(error) => encode::control_text(
-                session.as_ref(),
-                &Control {
-                    request_id: None,
-                    message: ControlMessage::Error(error),
-                },
-            ),
+        OutboundItem::Frame(session, Outbound::Job(entry)) => Ok(match entry.frame.event() {
+            Some(event) => {
+                encode::stored_event_text(session.as_ref(), entry.seq, &event, entry.frame.len())
+            }
+            None => job_text(session.as_ref(), entry.seq, &entry.frame),
         }),
         OutboundItem::End(end) => Err(end),
+    }
+}
+
+/// A logged frame's text through its domain message, for the frames that do not read in place.
+fn job_text(session: Option<&SessionId>, seq: EventSeq, frame: &StoredFrame) -> String {
+    match frame.decode() {
+        Ok((id, frame)) => encode::job_text(session, seq, &id, &frame),
+        // The store handed back a frame this runtime did not write: the client is told,
+        // rather than sent a frame that is not what was logged.
+        Err(error) => encode::control_text(
+            session,
+            &Control {
+                request_id: None,
+                message: ControlMessage::Error(error),
+            },
+        ),
     }
 }

@@ -1,57 +1,51 @@
-//! The runtime's frames as JSON text (§5), written straight from the domain messages: no
+//! The runtime's frames as JSON text (§5), written straight from the domain messages, or for
+//! the events agents emit by the thousand straight from their stored encoding: no
 //! intermediate `serde_json::Value`, no allocation for a timestamp or an envelope id, and an
 //! absent optional field is absent rather than `null`, which a strict client's schema
 //! ("optional string", "optional array") would refuse.
 //!
-//! Each message is a view that borrows what it shows and serializes as a map of only the
-//! fields it has.
-
-use serde::{
-    ser::{SerializeMap, SerializeSeq},
-    Serialize, Serializer,
-};
+//! Each message is written member by member through a [`Writer`], only the fields it has.
 
 use crate::{
     clock::Timestamp,
+    encoding::stored_event::{StoredBody, StoredEvent},
     error::ArcpError,
     ids::{EventSeq, JobId, SessionId, TraceId},
     protocol::{
-        control::{AgentInfo, Control, ControlMessage, JobSummary, Welcome},
+        control::{Control, ControlMessage, JobSummary, Welcome},
         credential::Credential,
-        event::{EventBody, ToolError},
+        event::{EventBody, LogLevel},
         job_frame::{JobFrame, JobPayload, ResultBody},
-        PROTOCOL_VERSION,
+        Json, PROTOCOL_VERSION,
     },
 };
+
+use super::text::Writer;
+
+/// Room for a control frame's text, most of which are short.
+const CONTROL_CAPACITY: usize = 256;
+/// Room for a job frame's envelope and the keys around its content.
+const ENVELOPE_CAPACITY: usize = 256;
+/// Room for a job frame written from its domain message, whose size is not known ahead.
+const JOB_CAPACITY: usize = 512;
 
 /// A session-control frame's text.
 pub(super) fn control_text(session: Option<&SessionId>, control: &Control) -> String {
     let mut id = uuid::Uuid::encode_buffer();
     let id = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut id);
-    let (kind, payload) = match &control.message {
-        ControlMessage::Welcome(w) => ("session.welcome", Payload::Welcome(w, session)),
-        ControlMessage::Error(e) => (
-            "session.error",
-            Payload::Error(e, control.request_id.as_deref()),
-        ),
-        ControlMessage::Pong {
-            ping_nonce,
-            received_at,
-        } => ("session.pong", Payload::Pong(ping_nonce, *received_at)),
-        ControlMessage::Ping { nonce, sent_at } => ("session.ping", Payload::Ping(nonce, *sent_at)),
-        ControlMessage::Closed { reason } => ("session.closed", Payload::Closed(reason)),
-        ControlMessage::Jobs { jobs, next_cursor } => (
-            "session.jobs",
-            Payload::Jobs(jobs, next_cursor, control.request_id.as_deref()),
-        ),
+    let kind = match &control.message {
+        ControlMessage::Welcome(_) => "session.welcome",
+        ControlMessage::Error(_) => "session.error",
+        ControlMessage::Pong { .. } => "session.pong",
+        ControlMessage::Ping { .. } => "session.ping",
+        ControlMessage::Closed { .. } => "session.closed",
+        ControlMessage::Jobs { .. } => "session.jobs",
     };
-    text(&Envelope {
-        id,
-        kind,
-        session,
-        job: None,
-        payload,
-    })
+    let text = Writer::with_capacity(CONTROL_CAPACITY).text(|w| {
+        envelope(w, id, kind, session);
+        w.object("payload", |w| control_payload(w, control, session));
+    });
+    finished(text, session)
 }
 
 /// A logged job frame's text, with the envelope id and the sequence number it was logged with.
@@ -61,6 +55,12 @@ pub(super) fn job_text(
     id: &str,
     frame: &JobFrame,
 ) -> String {
+    let job = JobFields {
+        id,
+        job_id: frame.job_id.as_str(),
+        trace_id: frame.trace_id.as_ref().map(TraceId::as_str),
+        seq,
+    };
     let kind = match &frame.payload {
         JobPayload::Accepted(_) => "job.accepted",
         JobPayload::Event { .. } => "job.event",
@@ -69,454 +69,381 @@ pub(super) fn job_text(
         JobPayload::Cancelled { .. } => "job.cancelled",
         JobPayload::Subscribed(_) => "job.subscribed",
     };
-    text(&Envelope {
-        id,
-        kind,
-        session,
-        job: Some((frame, seq)),
-        payload: Payload::Job(frame),
+    let text = Writer::with_capacity(JOB_CAPACITY).text(|w| {
+        job_envelope(w, &job, kind, session);
+        w.object("payload", |w| job_payload(w, frame));
+    });
+    finished(text, session)
+}
+
+/// A logged event's text, written from its stored encoding with the sequence number it was
+/// logged with; `stored_len`, the encoding's length, sizes the text.
+pub(super) fn stored_event_text(
+    session: Option<&SessionId>,
+    seq: EventSeq,
+    event: &StoredEvent<'_>,
+    stored_len: usize,
+) -> String {
+    let job = JobFields {
+        id: event.id,
+        job_id: event.job_id,
+        trace_id: event.trace_id,
+        seq,
+    };
+    // The text is the stored encoding's strings with the keys and the envelope around them.
+    let text = Writer::with_capacity(ENVELOPE_CAPACITY + stored_len).text(|w| {
+        job_envelope(w, &job, "job.event", session);
+        w.object("payload", |w| {
+            event_payload(w, event.body.kind(), event.ts, |w| match event.body {
+                StoredBody::Log { level, message } => log(w, level, message),
+                StoredBody::Thought { text } => thought(w, text),
+                StoredBody::Status { phase, message } => status(w, phase, message, None),
+                StoredBody::Metric { name, value, unit } => metric(w, name, value, unit, None),
+                StoredBody::Progress {
+                    current,
+                    total,
+                    units,
+                    message,
+                } => progress(w, current, total, units, message),
+            })
+        });
+    });
+    finished(text, session)
+}
+
+/// What the envelope of a job frame says of the frame.
+struct JobFields<'a> {
+    id: &'a str,
+    job_id: &'a str,
+    trace_id: Option<&'a str>,
+    seq: EventSeq,
+}
+
+/// A `job.event` payload: its `kind`, its `ts` and the body `body` writes.
+fn event_payload(w: &mut Writer, kind: &'static str, ts: &str, body: impl FnOnce(&mut Writer)) {
+    w.str("kind", kind);
+    w.str("ts", ts);
+    w.object("body", body);
+}
+
+/// The text, or if serde_json refused a value (not reached: every key is a string and every
+/// value serializable), an error frame telling the client so, rather than a frame that is
+/// not what was meant.
+fn finished(text: Result<String, serde_json::Error>, session: Option<&SessionId>) -> String {
+    text.unwrap_or_else(|e| {
+        let error = ArcpError::Internal(format!("a frame could not be encoded as JSON: {e}"));
+        let control = Control {
+            request_id: None,
+            message: ControlMessage::Error(error),
+        };
+        control_text(session, &control)
     })
 }
 
-fn text(envelope: &Envelope<'_>) -> String {
-    match serde_json::to_string(envelope) {
-        Ok(text) => text,
-        // Not reached: every key is a string and every value serializable. Should it be, the
-        // client is told, rather than sent a frame that is not what was meant.
-        Err(e) => {
-            let error = ArcpError::Internal(format!("a frame could not be encoded as JSON: {e}"));
-            let control = Control {
-                request_id: None,
-                message: ControlMessage::Error(error),
-            };
-            control_text(envelope.session, &control)
-        }
-    }
+/// The envelope of §5.1, up to its payload.
+fn envelope(w: &mut Writer, id: &str, kind: &'static str, session: Option<&SessionId>) {
+    w.str("arcp", PROTOCOL_VERSION);
+    w.str("id", id);
+    w.str("type", kind);
+    w.opt_str("session_id", session.map(SessionId::as_str));
 }
 
-/// The envelope of §5.1.
-struct Envelope<'a> {
-    id: &'a str,
+fn job_envelope(
+    w: &mut Writer,
+    job: &JobFields<'_>,
     kind: &'static str,
-    session: Option<&'a SessionId>,
-    /// For a job frame: the frame, for its `job_id` and `trace_id`, and its `event_seq`.
-    job: Option<(&'a JobFrame, EventSeq)>,
-    payload: Payload<'a>,
-}
-
-impl Serialize for Envelope<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("arcp", PROTOCOL_VERSION)?;
-        map.serialize_entry("id", self.id)?;
-        map.serialize_entry("type", self.kind)?;
-        optional(&mut map, "session_id", self.session.map(SessionId::as_str))?;
-        if let Some((frame, seq)) = self.job {
-            map.serialize_entry("job_id", frame.job_id.as_str())?;
-            map.serialize_entry("event_seq", &seq.get())?;
-            optional(
-                &mut map,
-                "trace_id",
-                frame.trace_id.as_ref().map(TraceId::as_str),
-            )?;
-        }
-        map.serialize_entry("payload", &self.payload)?;
-        map.end()
-    }
-}
-
-/// Writes `key` only when there is a value.
-fn optional<M: SerializeMap, T: Serialize + ?Sized>(
-    map: &mut M,
-    key: &'static str,
-    value: Option<&T>,
-) -> Result<(), M::Error> {
-    match value {
-        Some(value) => map.serialize_entry(key, value),
-        None => Ok(()),
-    }
+    session: Option<&SessionId>,
+) {
+    envelope(w, job.id, kind, session);
+    w.str("job_id", job.job_id);
+    w.value("event_seq", &job.seq.get());
+    w.opt_str("trace_id", job.trace_id);
 }
 
 /// A timestamp as RFC 3339 text, formatted on the stack.
-struct Time(Timestamp);
+fn time(w: &mut Writer, key: &'static str, at: Timestamp) {
+    w.str(key, at.rfc3339().as_str());
+}
 
-impl Serialize for Time {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.0.rfc3339().as_str())
+/// `lease_constraints`, where a lease has a deadline.
+fn constraints(w: &mut Writer, expires_at: Option<Timestamp>) {
+    if let Some(at) = expires_at {
+        w.object("lease_constraints", |w| time(w, "expires_at", at));
     }
 }
 
-/// `{ "expires_at": ... }`, where a lease has a deadline.
-struct Constraints(Timestamp);
-
-impl Serialize for Constraints {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(1))?;
-        map.serialize_entry("expires_at", &Time(self.0))?;
-        map.end()
-    }
-}
-
-/// A payload of one of the runtime's messages.
-enum Payload<'a> {
-    Welcome(&'a Welcome, Option<&'a SessionId>),
-    Error(&'a ArcpError, Option<&'a str>),
-    Pong(&'a str, Timestamp),
-    Ping(&'a str, Timestamp),
-    Closed(&'a Option<String>),
-    Jobs(&'a [JobSummary], &'a Option<String>, Option<&'a str>),
-    Job(&'a JobFrame),
-}
-
-impl Serialize for Payload<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        match *self {
-            Payload::Welcome(w, session) => welcome(&mut map, w, session)?,
-            Payload::Error(e, request_id) => {
-                map.serialize_entry("code", e.code().as_str())?;
-                map.serialize_entry("message", e.message())?;
-                map.serialize_entry("retryable", &e.retryable())?;
-                optional(&mut map, "request_id", request_id)?;
-            }
-            Payload::Pong(nonce, at) => {
-                map.serialize_entry("ping_nonce", nonce)?;
-                map.serialize_entry("received_at", &Time(at))?;
-            }
-            Payload::Ping(nonce, at) => {
-                map.serialize_entry("nonce", nonce)?;
-                map.serialize_entry("sent_at", &Time(at))?;
-            }
-            Payload::Closed(reason) => optional(&mut map, "reason", reason.as_deref())?,
-            Payload::Jobs(jobs, next_cursor, request_id) => {
-                optional(&mut map, "request_id", request_id)?;
-                map.serialize_entry("jobs", &Each(jobs, Listed))?;
-                optional(&mut map, "next_cursor", next_cursor.as_deref())?;
-            }
-            Payload::Job(frame) => job_payload(&mut map, frame)?,
+fn control_payload(w: &mut Writer, control: &Control, session: Option<&SessionId>) {
+    let request_id = control.request_id.as_deref();
+    match &control.message {
+        ControlMessage::Welcome(welcome) => self::welcome(w, welcome, session),
+        ControlMessage::Error(e) => {
+            w.str("code", e.code().as_str());
+            w.str("message", e.message());
+            w.value("retryable", &e.retryable());
+            w.opt_str("request_id", request_id);
         }
-        map.end()
+        ControlMessage::Pong {
+            ping_nonce,
+            received_at,
+        } => {
+            w.str("ping_nonce", ping_nonce);
+            time(w, "received_at", *received_at);
+        }
+        ControlMessage::Ping { nonce, sent_at } => {
+            w.str("nonce", nonce);
+            time(w, "sent_at", *sent_at);
+        }
+        ControlMessage::Closed { reason } => w.opt_str("reason", reason.as_deref()),
+        ControlMessage::Jobs { jobs, next_cursor } => {
+            w.opt_str("request_id", request_id);
+            w.objects("jobs", jobs, listed);
+            w.opt_str("next_cursor", next_cursor.as_deref());
+        }
     }
 }
 
-fn welcome<M: SerializeMap>(
-    map: &mut M,
-    w: &Welcome,
-    session: Option<&SessionId>,
-) -> Result<(), M::Error> {
+fn welcome(w: &mut Writer, welcome: &Welcome, session: Option<&SessionId>) {
     // Beyond §6.2's example, for clients (the reference Python SDK among them) that read the
     // session id from the payload and require `accepted_at`.
-    optional(map, "session_id", session.map(SessionId::as_str))?;
-    map.serialize_entry("accepted_at", &Time(Timestamp::now()))?;
-    map.serialize_entry("runtime", &Runtime(w))?;
-    map.serialize_entry("resume_token", &w.resume_token)?;
-    map.serialize_entry("resume_window_sec", &w.resume_window_sec)?;
-    map.serialize_entry("heartbeat_interval_sec", &w.heartbeat_interval_sec)?;
-    map.serialize_entry("capabilities", &Capabilities(w))
-}
-
-struct Runtime<'a>(&'a Welcome);
-
-impl Serialize for Runtime<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(2))?;
-        map.serialize_entry("name", self.0.runtime_name)?;
-        map.serialize_entry("version", self.0.runtime_version)?;
-        map.end()
-    }
-}
-
-struct Capabilities<'a>(&'a Welcome);
-
-impl Serialize for Capabilities<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(3))?;
-        map.serialize_entry("encodings", &["json"])?;
-        map.serialize_entry("features", &self.0.features)?;
-        map.serialize_entry("agents", &Each(&self.0.agents, Agent))?;
-        map.end()
-    }
-}
-
-struct Agent<'a>(&'a AgentInfo);
-
-impl Serialize for Agent<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(3))?;
-        map.serialize_entry("name", &self.0.name)?;
-        map.serialize_entry("versions", &self.0.versions)?;
-        map.serialize_entry("default", &self.0.default)?;
-        map.end()
-    }
-}
-
-/// A slice shown element by element through a view.
-struct Each<'a, T, V>(&'a [T], fn(&'a T) -> V);
-
-impl<'a, T, V: Serialize> Serialize for Each<'a, T, V> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
-        for item in self.0 {
-            seq.serialize_element(&(self.1)(item))?;
-        }
-        seq.end()
-    }
+    w.opt_str("session_id", session.map(SessionId::as_str));
+    time(w, "accepted_at", Timestamp::now());
+    w.object("runtime", |w| {
+        w.str("name", welcome.runtime_name);
+        w.str("version", welcome.runtime_version);
+    });
+    w.str("resume_token", &welcome.resume_token);
+    w.value("resume_window_sec", &welcome.resume_window_sec);
+    w.value("heartbeat_interval_sec", &welcome.heartbeat_interval_sec);
+    w.object("capabilities", |w| {
+        w.value("encodings", &["json"]);
+        w.value("features", &welcome.features);
+        w.objects("agents", &welcome.agents, |w, agent| {
+            w.str("name", &agent.name);
+            w.value("versions", &agent.versions);
+            w.str("default", &agent.default);
+        });
+    });
 }
 
 /// Provisioned credentials, where there are any: an empty list is absent.
-fn credentials<M: SerializeMap>(map: &mut M, credentials: &[Credential]) -> Result<(), M::Error> {
-    if credentials.is_empty() {
-        return Ok(());
+fn credentials(w: &mut Writer, credentials: &[Credential]) {
+    if !credentials.is_empty() {
+        w.objects("credentials", credentials, secret);
     }
-    map.serialize_entry("credentials", &Each(credentials, Secret))
 }
 
 /// A credential, its value included: only the job's submitter is sent one (§14).
-struct Secret<'a>(&'a Credential);
-
-impl Serialize for Secret<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let c = self.0;
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("id", &c.id)?;
-        map.serialize_entry("scheme", &c.scheme)?;
-        map.serialize_entry("value", &c.value)?;
-        map.serialize_entry("endpoint", &c.endpoint)?;
-        optional(&mut map, "profile", c.profile.as_deref())?;
-        map.serialize_entry("constraints", &c.constraints)?;
-        map.end()
-    }
+fn secret(w: &mut Writer, c: &Credential) {
+    w.str("id", &c.id);
+    w.str("scheme", &c.scheme);
+    w.str("value", &c.value);
+    w.str("endpoint", &c.endpoint);
+    w.opt_str("profile", c.profile.as_deref());
+    w.value("constraints", &c.constraints);
 }
 
-fn job_payload<M: SerializeMap>(map: &mut M, frame: &JobFrame) -> Result<(), M::Error> {
+fn job_payload(w: &mut Writer, frame: &JobFrame) {
     let job_id = frame.job_id.as_str();
     match &frame.payload {
         JobPayload::Accepted(a) => {
-            map.serialize_entry("job_id", job_id)?;
-            map.serialize_entry("agent", &a.agent)?;
-            map.serialize_entry("lease", &a.lease)?;
-            optional(
-                map,
-                "lease_constraints",
-                a.expires_at.map(Constraints).as_ref(),
-            )?;
-            optional(map, "budget", a.budget.as_ref())?;
-            credentials(map, &a.credentials)?;
-            optional(
-                map,
-                "parent_job_id",
-                a.parent_job_id.as_ref().map(JobId::as_str),
-            )?;
-            map.serialize_entry("accepted_at", &Time(a.accepted_at))?;
-            optional(
-                map,
-                "trace_id",
-                frame.trace_id.as_ref().map(TraceId::as_str),
-            )?;
-            optional(map, "request_id", a.request_id.as_deref())
+            w.str("job_id", job_id);
+            w.str("agent", &a.agent);
+            w.value("lease", &a.lease);
+            constraints(w, a.expires_at);
+            w.opt_value("budget", a.budget.as_ref());
+            credentials(w, &a.credentials);
+            w.opt_str("parent_job_id", a.parent_job_id.as_ref().map(JobId::as_str));
+            time(w, "accepted_at", a.accepted_at);
+            w.opt_str("trace_id", frame.trace_id.as_ref().map(TraceId::as_str));
+            w.opt_str("request_id", a.request_id.as_deref());
         }
         JobPayload::Event { ts, body } => {
-            map.serialize_entry("kind", body.kind())?;
-            map.serialize_entry("ts", &Time(*ts))?;
-            map.serialize_entry("body", &Body(body))
+            event_payload(w, body.kind(), ts.rfc3339().as_str(), |w| {
+                domain_body(w, body)
+            })
         }
         JobPayload::Result(r) => {
-            map.serialize_entry("final_status", "success")?;
+            w.str("final_status", "success");
             match &r.result {
-                ResultBody::Inline(result) => map.serialize_entry("result", result)?,
+                ResultBody::Inline(result) => w.value("result", result),
                 ResultBody::Streamed {
                     result_id,
                     result_size,
                     summary,
                 } => {
-                    map.serialize_entry("result_id", result_id)?;
-                    map.serialize_entry("result_size", result_size)?;
-                    optional(map, "summary", summary.as_deref())?;
+                    w.str("result_id", result_id);
+                    w.value("result_size", result_size);
+                    w.opt_str("summary", summary.as_deref());
                 }
             }
-            map.serialize_entry("completed_at", &Time(r.completed_at))
+            time(w, "completed_at", r.completed_at);
         }
         JobPayload::Error(e) => {
-            map.serialize_entry("final_status", e.final_status.as_str())?;
-            map.serialize_entry("code", e.code.as_str())?;
-            map.serialize_entry("message", &e.message)?;
-            map.serialize_entry("retryable", &e.code.retryable())?;
-            map.serialize_entry("completed_at", &Time(e.completed_at))
+            w.str("final_status", e.final_status.as_str());
+            w.str("code", e.code.as_str());
+            w.str("message", &e.message);
+            w.value("retryable", &e.code.retryable());
+            time(w, "completed_at", e.completed_at);
         }
         JobPayload::Cancelled { reason } => {
-            map.serialize_entry("job_id", job_id)?;
-            optional(map, "reason", reason.as_deref())
+            w.str("job_id", job_id);
+            w.opt_str("reason", reason.as_deref());
         }
         JobPayload::Subscribed(s) => {
-            summary_fields(map, &s.summary, "current_status")?;
-            map.serialize_entry("subscribed_from", &s.subscribed_from.get())?;
-            map.serialize_entry("replayed", &s.replayed)?;
-            optional(map, "request_id", s.request_id.as_deref())
+            summary_fields(w, &s.summary, "current_status");
+            w.value("subscribed_from", &s.subscribed_from.get());
+            w.value("replayed", &s.replayed);
+            w.opt_str("request_id", s.request_id.as_deref());
         }
     }
 }
 
 /// A job as `session.jobs` lists it; `job.subscribed` shows part of it (`summary_fields`).
-struct Listed<'a>(&'a JobSummary);
-
-impl Serialize for Listed<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let j = self.0;
-        let mut map = serializer.serialize_map(None)?;
-        summary_fields(&mut map, j, "status")?;
-        map.serialize_entry("created_at", &Time(j.created_at))?;
-        // The same instant under the name the reference Python SDK requires.
-        map.serialize_entry("submitted_at", &Time(j.created_at))?;
-        map.serialize_entry("last_event_seq", &j.last_event_seq.get())?;
-        map.end()
-    }
+fn listed(w: &mut Writer, j: &JobSummary) {
+    summary_fields(w, j, "status");
+    time(w, "created_at", j.created_at);
+    // The same instant under the name the reference Python SDK requires.
+    time(w, "submitted_at", j.created_at);
+    w.value("last_event_seq", &j.last_event_seq.get());
 }
 
 /// What a listing and a subscription both say of a job; its status under `status_key`.
-fn summary_fields<M: SerializeMap>(
-    map: &mut M,
-    j: &JobSummary,
-    status_key: &'static str,
-) -> Result<(), M::Error> {
-    map.serialize_entry("job_id", j.job_id.as_str())?;
-    map.serialize_entry("agent", &j.agent)?;
-    map.serialize_entry(status_key, j.status)?;
-    map.serialize_entry("lease", &j.lease)?;
-    optional(
-        map,
-        "lease_constraints",
-        j.expires_at.map(Constraints).as_ref(),
-    )?;
-    optional(map, "budget", j.budget.as_ref())?;
-    optional(
-        map,
-        "parent_job_id",
-        j.parent_job_id.as_ref().map(JobId::as_str),
-    )?;
-    optional(map, "trace_id", j.trace_id.as_ref().map(TraceId::as_str))?;
-    credentials(map, &j.credentials)
+fn summary_fields(w: &mut Writer, j: &JobSummary, status_key: &'static str) {
+    w.str("job_id", j.job_id.as_str());
+    w.str("agent", &j.agent);
+    w.str(status_key, j.status);
+    w.value("lease", &j.lease);
+    constraints(w, j.expires_at);
+    w.opt_value("budget", j.budget.as_ref());
+    w.opt_str("parent_job_id", j.parent_job_id.as_ref().map(JobId::as_str));
+    w.opt_str("trace_id", j.trace_id.as_ref().map(TraceId::as_str));
+    credentials(w, &j.credentials);
 }
 
-/// A `job.event` body (§8.2).
-struct Body<'a>(&'a EventBody);
-
-impl Serialize for Body<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        match self.0 {
-            EventBody::Log { level, message } => {
-                map.serialize_entry("level", level.as_str())?;
-                map.serialize_entry("message", message)?;
-            }
-            EventBody::Thought { text } => map.serialize_entry("text", text)?,
-            EventBody::ToolCall {
-                tool,
-                args,
-                call_id,
-            } => {
-                map.serialize_entry("tool", tool)?;
-                map.serialize_entry("args", args)?;
-                map.serialize_entry("call_id", call_id)?;
-            }
-            EventBody::ToolResult { call_id, outcome } => {
-                map.serialize_entry("call_id", call_id)?;
-                match outcome {
-                    Ok(result) => map.serialize_entry("result", result)?,
-                    Err(error) => map.serialize_entry("error", &Failure(error))?,
-                }
-            }
-            EventBody::Status {
-                phase,
-                message,
-                credential,
-            } => {
-                map.serialize_entry("phase", phase)?;
-                optional(&mut map, "message", message.as_deref())?;
-                optional(
-                    &mut map,
-                    "credential",
-                    credential.as_deref().map(Secret).as_ref(),
-                )?;
-            }
-            EventBody::Metric {
-                name,
-                value,
-                unit,
-                dimensions,
-            } => {
-                map.serialize_entry("name", name)?;
-                map.serialize_entry("value", value)?;
-                optional(&mut map, "unit", unit.as_deref())?;
-                optional(&mut map, "dimensions", dimensions.as_ref())?;
-            }
-            EventBody::ArtifactRef {
-                uri,
-                content_type,
-                byte_size,
-                sha256,
-            } => {
-                map.serialize_entry("uri", uri)?;
-                map.serialize_entry("content_type", content_type)?;
-                optional(&mut map, "byte_size", byte_size.as_ref())?;
-                optional(&mut map, "sha256", sha256.as_deref())?;
-            }
-            EventBody::Delegate {
-                child_job_id,
-                agent,
-                input,
-                lease_request,
-                expires_at,
-            } => {
-                map.serialize_entry("child_job_id", child_job_id)?;
-                map.serialize_entry("agent", agent)?;
-                map.serialize_entry("input", input)?;
-                map.serialize_entry("lease_request", lease_request)?;
-                optional(
-                    &mut map,
-                    "lease_constraints",
-                    expires_at.map(Constraints).as_ref(),
-                )?;
-            }
-            EventBody::Progress {
-                current,
-                total,
-                units,
-                message,
-            } => {
-                map.serialize_entry("current", current)?;
-                optional(&mut map, "total", total.as_ref())?;
-                optional(&mut map, "units", units.as_deref())?;
-                optional(&mut map, "message", message.as_deref())?;
-            }
-            EventBody::ResultChunk {
-                result_id,
-                chunk_seq,
-                data,
-                encoding,
-                more,
-            } => {
-                map.serialize_entry("result_id", result_id)?;
-                map.serialize_entry("chunk_seq", chunk_seq)?;
-                map.serialize_entry("data", data)?;
-                map.serialize_entry("encoding", encoding)?;
-                map.serialize_entry("more", more)?;
+/// A `job.event` body (§8.2). The bodies agents emit by the thousand are written by the same
+/// functions whether they come from the domain message or from the stored encoding.
+fn domain_body(w: &mut Writer, body: &EventBody) {
+    match body {
+        EventBody::Log { level, message } => log(w, *level, message),
+        EventBody::Thought { text } => thought(w, text),
+        EventBody::ToolCall {
+            tool,
+            args,
+            call_id,
+        } => {
+            w.str("tool", tool);
+            w.value("args", args);
+            w.str("call_id", call_id);
+        }
+        EventBody::ToolResult { call_id, outcome } => {
+            w.str("call_id", call_id);
+            match outcome {
+                Ok(result) => w.value("result", result),
+                Err(error) => w.object("error", |w| {
+                    w.str("code", error.code.as_str());
+                    w.str("message", &error.message);
+                    w.value("retryable", &error.code.retryable());
+                }),
             }
         }
-        map.end()
+        EventBody::Status {
+            phase,
+            message,
+            credential,
+        } => status(w, phase, message.as_deref(), credential.as_deref()),
+        EventBody::Metric {
+            name,
+            value,
+            unit,
+            dimensions,
+        } => metric(w, name, *value, unit.as_deref(), dimensions.as_ref()),
+        EventBody::ArtifactRef {
+            uri,
+            content_type,
+            byte_size,
+            sha256,
+        } => {
+            w.str("uri", uri);
+            w.str("content_type", content_type);
+            w.opt_value("byte_size", byte_size.as_ref());
+            w.opt_str("sha256", sha256.as_deref());
+        }
+        EventBody::Delegate {
+            child_job_id,
+            agent,
+            input,
+            lease_request,
+            expires_at,
+        } => {
+            w.str("child_job_id", child_job_id);
+            w.str("agent", agent);
+            w.value("input", input);
+            w.value("lease_request", lease_request);
+            constraints(w, *expires_at);
+        }
+        EventBody::Progress {
+            current,
+            total,
+            units,
+            message,
+        } => progress(w, *current, *total, units.as_deref(), message.as_deref()),
+        EventBody::ResultChunk {
+            result_id,
+            chunk_seq,
+            data,
+            encoding,
+            more,
+        } => {
+            w.str("result_id", result_id);
+            w.value("chunk_seq", chunk_seq);
+            w.str("data", data);
+            w.str("encoding", encoding);
+            w.value("more", more);
+        }
     }
 }
 
-/// The error of a `tool_result`.
-struct Failure<'a>(&'a ToolError);
+fn log(w: &mut Writer, level: LogLevel, message: &str) {
+    w.str("level", level.as_str());
+    w.str("message", message);
+}
 
-impl Serialize for Failure<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(3))?;
-        map.serialize_entry("code", self.0.code.as_str())?;
-        map.serialize_entry("message", &self.0.message)?;
-        map.serialize_entry("retryable", &self.0.code.retryable())?;
-        map.end()
+fn thought(w: &mut Writer, text: &str) {
+    w.str("text", text);
+}
+
+fn status(w: &mut Writer, phase: &str, message: Option<&str>, credential: Option<&Credential>) {
+    w.str("phase", phase);
+    w.opt_str("message", message);
+    if let Some(credential) = credential {
+        w.object("credential", |w| secret(w, credential));
     }
+}
+
+fn metric(
+    w: &mut Writer,
+    name: &str,
+    value: f64,
+    unit: Option<&str>,
+    dimensions: Option<&serde_json::Map<String, Json>>,
+) {
+    w.str("name", name);
+    w.value("value", &value);
+    w.opt_str("unit", unit);
+    w.opt_value("dimensions", dimensions);
+}
+
+fn progress(
+    w: &mut Writer,
+    current: f64,
+    total: Option<f64>,
+    units: Option<&str>,
+    message: Option<&str>,
+) {
+    w.value("current", &current);
+    w.opt_value("total", total.as_ref());
+    w.opt_str("units", units);
+    w.opt_str("message", message);
 }
 
 #[cfg(test)]
@@ -529,6 +456,7 @@ mod tests {
     use crate::{
         encoding::fixtures::{self, at},
         protocol::{
+            control::AgentInfo,
             job_frame::{Accepted, Subscribed},
             Lease,
         },
@@ -702,6 +630,33 @@ mod tests {
             nulls(frame, "", &mut found);
             assert!(found.is_empty(), "null at {found:?} in {frame}");
         }
+    }
+
+    #[test]
+    fn an_event_written_from_its_stored_encoding_is_the_text_of_its_domain_message() {
+        let session = SessionId::new("sess_1");
+        let mut in_place = 0;
+        for (i, payload) in job_payloads().into_iter().enumerate() {
+            let frame = JobFrame {
+                job_id: JobId::new("job_1"),
+                trace_id: (i % 2 == 0).then(|| TraceId::new("4bf92f3577b34da6a3ce929d0e0e4736")),
+                payload,
+            };
+            let stored = crate::encoding::StoredFrame::encode(&frame);
+            let Some(event) = stored.event() else {
+                continue;
+            };
+            in_place += 1;
+            let (id, decoded) = stored.decode().expect("decodes");
+            let seq = EventSeq(i as u64 + 1);
+            for session in [None, Some(&session)] {
+                assert_eq!(
+                    stored_event_text(session, seq, &event, stored.len()),
+                    job_text(session, seq, &id, &decoded),
+                );
+            }
+        }
+        assert!(in_place >= 5, "only {in_place} frames read in place");
     }
 
     #[test]
