@@ -220,6 +220,26 @@ mod tests {
     }
 
     #[test]
+    fn only_text_as_this_runtime_writes_it_is_as_written() {
+        let t = Timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_000_123_456));
+        let text = t.to_rfc3339();
+        assert!(Timestamp::is_as_written(&text));
+        // The same second with other milliseconds, once the second is known.
+        assert!(Timestamp::is_as_written(&text.replace(".456Z", ".999Z")));
+        for other in [
+            text.replace(".456Z", ".45xZ"),
+            text.replace('Z', "+00:00"),
+            text.replace(".456", ""),
+            text.replace("-11-", "-13-"),
+            "2025-02-30T10:00:00.000Z".to_owned(),
+            "2025-06-30T23:59:60.000Z".to_owned(),
+            String::new(),
+        ] {
+            assert!(!Timestamp::is_as_written(&other), "{other:?}");
+        }
+    }
+
+    #[test]
     fn a_seconds_text_is_reused_only_within_that_second() {
         let second = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000);
         for t in [

@@ -341,14 +341,14 @@ pub fn encode(item: OutboundItem) -> Result<String, StreamEnd> {
             Some(event) => {
                 encode::stored_event_text(session.as_ref(), entry.seq, &event, entry.frame.len())
             }
-            None => job_text(session.as_ref(), entry.seq, &entry.frame),
+            None => decoded_text(session.as_ref(), entry.seq, &entry.frame),
         }),
         OutboundItem::End(end) => Err(end),
     }
 }
 
 /// A logged frame's text through its domain message, for the frames that do not read in place.
-fn job_text(session: Option<&SessionId>, seq: EventSeq, frame: &StoredFrame) -> String {
+fn decoded_text(session: Option<&SessionId>, seq: EventSeq, frame: &StoredFrame) -> String {
     match frame.decode() {
         Ok((id, frame)) => encode::job_text(session, seq, &id, &frame),
         // The store handed back a frame this runtime did not write: the client is told,
