@@ -10,13 +10,13 @@
 //! leaves [`StoredFrame::event`] with `None`, and the caller decodes the frame in full, which
 //! reports what is wrong with it.
 
-use prost::encoding::WireType;
+use prost::encoding::{decode_key, decode_varint, WireType};
 
 use crate::{clock::Timestamp, protocol::event::LogLevel};
 
 use super::stored_frame::{
-    Field, Fields, StoredFrame, EVENT_KIND, EVENT_LOG, EVENT_METRIC, EVENT_PROGRESS, EVENT_STATUS,
-    EVENT_THOUGHT, EVENT_TS, FRAME_JOB_EVENT, FRAME_JOB_ID, FRAME_TRACE_ID,
+    StoredFrame, EVENT_KIND, EVENT_LOG, EVENT_METRIC, EVENT_PROGRESS, EVENT_STATUS, EVENT_THOUGHT,
+    EVENT_TS, FRAME_JOB_EVENT, FRAME_JOB_ID, FRAME_TRACE_ID,
 };
 
 /// A logged event, its fields borrowed from the stored frame.
@@ -102,15 +102,15 @@ impl StoredFrame {
             return None;
         }
         let (mut ts, mut body) = ("", None);
-        for field in fields(event) {
+        for field in Fields(event) {
             match field? {
                 (EVENT_KIND, Value::Bytes(kind)) => {
                     // Not read (the body names the kind), but the domain decoder checks it.
                     text(kind)?;
                 }
                 (EVENT_TS, Value::Bytes(text_ts)) => ts = text(text_ts)?,
-                (tag, Value::Bytes(encoding)) if body.is_none() => {
-                    body = Some(StoredBody::read(tag, encoding)?)
+                (tag, Value::Bytes(fields)) if body.is_none() => {
+                    body = Some(StoredBody::read(tag, fields)?)
                 }
                 _ => return None,
             }
@@ -119,7 +119,7 @@ impl StoredFrame {
             return None;
         }
         let (mut trace_id, mut job_id) = (None, None);
-        for field in fields(self.envelope_fields()) {
+        for field in Fields(self.envelope_fields()) {
             match field? {
                 (FRAME_TRACE_ID, Value::Bytes(t)) => {
                     trace_id = Some(text(t)?).filter(|t| !t.is_empty())
@@ -139,13 +139,13 @@ impl StoredFrame {
 }
 
 impl<'a> StoredBody<'a> {
-    /// The body in field `tag` of a `JobEvent`, encoded as `encoding`.
-    fn read(tag: u32, encoding: &'a [u8]) -> Option<StoredBody<'a>> {
+    /// The body in field `tag` of a `JobEvent`, whose fields are `fields`.
+    fn read(tag: u32, fields: &'a [u8]) -> Option<StoredBody<'a>> {
         // Each field as it was given (the last time, if more than once, as protobuf reads it),
         // by field number.
         let mut strings = [None; 4];
         let mut doubles = [None; 2];
-        for field in fields(encoding) {
+        for field in Fields(fields) {
             match field? {
                 (n @ 1..=4, Value::Bytes(s)) => strings[n as usize - 1] = Some(text(s)?),
                 (n @ 1..=2, Value::Double(d)) => doubles[n as usize - 1] = Some(d),
@@ -193,37 +193,57 @@ enum Value<'a> {
     Double(f64),
 }
 
-/// The fields of `encoding` in order, by number and value; an item is `None` where the
-/// encoding does not read, and nothing follows it.
-fn fields(encoding: &[u8]) -> impl Iterator<Item = Option<(u32, Value<'_>)>> {
-    let mut fields = Fields::new(encoding);
-    let mut failed = false;
-    std::iter::from_fn(move || {
-        if failed {
+/// The fields of an encoded message, in order; an item is `None` where the encoding is not
+/// one this reader takes, and nothing follows it.
+///
+/// Not `stored_frame`'s reader of top-level fields: made to take 64-bit fields too and used
+/// here, it kept offsets and error messages this reader has no use for, and replay over
+/// WebSocket fell 2 to 13% (BENCHMARKS.md).
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Option<(u32, Value<'a>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.0.is_empty() {
             return None;
         }
-        let item = match fields.next_any() {
-            Ok(None) => return None,
-            Ok(Some(field)) => value(&field).map(|value| (field.tag, value)),
-            Err(_) => None,
-        };
-        failed = item.is_none();
-        Some(item)
-    })
+        let field = self.field();
+        if field.is_none() {
+            self.0 = &[];
+        }
+        Some(field)
+    }
 }
 
-fn value<'a>(field: &Field<'a>) -> Option<Value<'a>> {
-    Some(match field.wire_type {
-        WireType::SixtyFourBit => Value::Double(f64::from_le_bytes(field.value.try_into().ok()?)),
-        _ => Value::Bytes(field.value),
-    })
+impl<'a> Fields<'a> {
+    fn field(&mut self) -> Option<(u32, Value<'a>)> {
+        let mut rest = self.0;
+        let (tag, wire_type) = decode_key(&mut rest).ok()?;
+        let value = match wire_type {
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
+                let value = rest.get(..len)?;
+                rest = &rest[len..];
+                Value::Bytes(value)
+            }
+            WireType::SixtyFourBit => {
+                let (bytes, after) = rest.split_first_chunk::<8>()?;
+                rest = after;
+                Value::Double(f64::from_le_bytes(*bytes))
+            }
+            _ => return None,
+        };
+        self.0 = rest;
+        Some((tag, value))
+    }
 }
 
 /// The one field of `encoding`, if it has exactly one.
 fn single(encoding: &[u8]) -> Option<(u32, Value<'_>)> {
-    let mut all = fields(encoding);
-    let only = all.next()??;
-    all.next().is_none().then_some(only)
+    let mut fields = Fields(encoding);
+    let only = fields.next()??;
+    fields.next().is_none().then_some(only)
 }
 
 fn text(bytes: &[u8]) -> Option<&str> {

@@ -256,62 +256,44 @@ fn offset(at: usize) -> u32 {
     u32::try_from(at).unwrap_or(u32::MAX)
 }
 
-/// The fields of an encoding, one at a time.
-pub(super) struct Fields<'a> {
+/// The top-level fields of an encoding, one at a time.
+struct Fields<'a> {
     rest: &'a [u8],
     /// Where `rest` starts in the encoding.
     at: usize,
 }
 
-pub(super) struct Field<'a> {
-    pub(super) tag: u32,
-    pub(super) wire_type: WireType,
-    /// A length-delimited field's content, or a 64-bit field's eight bytes.
-    pub(super) value: &'a [u8],
+struct Field<'a> {
+    tag: u32,
+    wire_type: WireType,
+    value: &'a [u8],
     /// Where the field ends, from the start of the encoding it was read from.
     end: usize,
 }
 
 impl<'a> Fields<'a> {
-    pub(super) fn new(bytes: &'a [u8]) -> Self {
+    fn new(bytes: &'a [u8]) -> Self {
         Fields { rest: bytes, at: 0 }
     }
 
-    /// The next field, which must be there and, as every top-level field of a stored frame
-    /// is, length-delimited.
     fn next_field(&mut self) -> Result<Field<'a>, ArcpError> {
-        match self.next_any()? {
-            Some(field) if field.wire_type == WireType::LengthDelimited => Ok(field),
-            Some(_) => Err(corrupt("a top-level field is not length-delimited")),
-            None => Err(corrupt("truncated")),
-        }
-    }
-
-    /// The next field, length-delimited or 64-bit; `None` at the end of the encoding.
-    pub(super) fn next_any(&mut self) -> Result<Option<Field<'a>>, ArcpError> {
-        if self.rest.is_empty() {
-            return Ok(None);
-        }
         let truncated = || corrupt("truncated");
         let mut rest = self.rest;
         let (tag, wire_type) = decode_key(&mut rest).map_err(|_| truncated())?;
-        let len = match wire_type {
-            WireType::LengthDelimited => {
-                usize::try_from(decode_varint(&mut rest).map_err(|_| truncated())?)
-                    .map_err(|_| truncated())?
-            }
-            WireType::SixtyFourBit => 8,
-            _ => return Err(corrupt("a field is neither length-delimited nor 64-bit")),
-        };
+        if wire_type != WireType::LengthDelimited {
+            return Err(corrupt("a top-level field is not length-delimited"));
+        }
+        let len = usize::try_from(decode_varint(&mut rest).map_err(|_| truncated())?)
+            .map_err(|_| truncated())?;
         let value = rest.get(..len).ok_or_else(truncated)?;
         self.at += self.rest.len() - rest.len() + len;
         self.rest = &rest[len..];
-        Ok(Some(Field {
+        Ok(Field {
             tag,
             wire_type,
             value,
             end: self.at,
-        }))
+        })
     }
 }
 
